@@ -1,0 +1,148 @@
+//! Fetch: whole stored batches from the requested offsets, long-polling on
+//! `max_wait_ms`/`min_bytes`. Waiting is woken by appends to the requested partitions
+//! (each registers this request's `Notify`), never by a sleep loop.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use tokio::sync::Notify;
+use tracing::warn;
+
+use super::errors;
+use crate::broker::Broker;
+use crate::log::partition::PartitionLog;
+
+/// Longest long poll honoured, whatever the client asks.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+struct Slot {
+    topic: usize,
+    partition: i32,
+    offset: i64,
+    max_bytes: usize,
+    log: Result<Arc<PartitionLog>, i16>,
+}
+
+pub(super) async fn handle(broker: &Broker, req: FetchRequest, _version: i16) -> FetchResponse {
+    let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT);
+    let deadline = Instant::now() + wait;
+    let min_bytes = req.min_bytes.max(0) as usize;
+    let max_bytes = if req.max_bytes <= 0 { usize::MAX } else { req.max_bytes as usize };
+    let mut slots = Vec::new();
+    for (ti, t) in req.topics.iter().enumerate() {
+        let topic = broker.log.get(t.topic.0.as_str());
+        for p in &t.partitions {
+            let log = match &topic {
+                None => Err(errors::UNKNOWN_TOPIC_OR_PARTITION),
+                Some(tp) => broker.log.partition(tp, p.partition).map_err(|e| errors::topic_error(&e)),
+            };
+            slots.push(Slot {
+                topic: ti,
+                partition: p.partition,
+                offset: p.fetch_offset,
+                max_bytes: p.partition_max_bytes.max(0) as usize,
+                log,
+            });
+        }
+    }
+    let notify = Arc::new(Notify::new());
+    let parts = loop {
+        for s in &slots {
+            if let Ok(l) = &s.log {
+                l.register(&notify);
+            }
+        }
+        let (parts, bytes, errored) = read_all(broker, &slots, max_bytes);
+        let now = Instant::now();
+        if bytes >= min_bytes.max(1) || errored || now >= deadline {
+            break parts;
+        }
+        if tokio::time::timeout(deadline - now, notify.notified()).await.is_err() {
+            break read_all(broker, &slots, max_bytes).0;
+        }
+    };
+    let mut r = FetchResponse::default();
+    let mut topics: Vec<FetchableTopicResponse> = req
+        .topics
+        .iter()
+        .map(|t| {
+            let mut ft = FetchableTopicResponse::default();
+            ft.topic = t.topic.clone();
+            ft.topic_id = t.topic_id;
+            ft
+        })
+        .collect();
+    for (s, pd) in slots.iter().zip(parts) {
+        topics[s.topic].partitions.push(pd);
+    }
+    r.responses = topics;
+    r
+}
+
+/// Reads every slot once; returns the partitions, total record bytes, and whether any
+/// partition answered with an error (which ends the long poll, as in Kafka).
+fn read_all(broker: &Broker, slots: &[Slot], max_bytes: usize) -> (Vec<PartitionData>, usize, bool) {
+    let mut total = 0usize;
+    let mut errored = false;
+    let mut out = Vec::with_capacity(slots.len());
+    for s in slots {
+        let mut pd = PartitionData::default();
+        pd.partition_index = s.partition;
+        pd.preferred_read_replica = kafka_protocol::messages::BrokerId(-1);
+        match &s.log {
+            Err(code) => {
+                pd.error_code = *code;
+                pd.high_watermark = -1;
+                pd.last_stable_offset = -1;
+                pd.log_start_offset = -1;
+                errored = true;
+            }
+            Ok(log) => {
+                let hwm = log.high_watermark();
+                let start = log.log_start();
+                pd.high_watermark = hwm as i64;
+                pd.last_stable_offset = hwm as i64;
+                pd.log_start_offset = start as i64;
+                if s.offset < start as i64 || s.offset > hwm as i64 {
+                    pd.error_code = errors::OFFSET_OUT_OF_RANGE;
+                    errored = true;
+                } else if s.offset < hwm as i64 {
+                    // KIP-74: the first batch is returned even if larger than the limits.
+                    let budget = s.max_bytes.min(max_bytes.saturating_sub(total));
+                    let limit = if total == 0 { budget.max(1) } else { budget };
+                    if limit > 0 {
+                        match log.read(&broker.log.store, s.offset as u64, limit) {
+                            Ok(res) => {
+                                let len: usize = res.batches.iter().map(|b| b.len()).sum();
+                                if len > 0 && (total == 0 || len <= limit) {
+                                    let mut buf = BytesMut::with_capacity(len);
+                                    for b in &res.batches {
+                                        buf.extend_from_slice(b);
+                                    }
+                                    total += len;
+                                    pd.records = Some(buf.freeze());
+                                }
+                                pd.high_watermark = res.high_watermark as i64;
+                                pd.last_stable_offset = res.high_watermark as i64;
+                                pd.log_start_offset = res.log_start as i64;
+                            }
+                            Err(e) => {
+                                warn!(cause = %e, "fetch read failed");
+                                pd.error_code = errors::KAFKA_STORAGE_ERROR;
+                                errored = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if pd.records.is_none() {
+            pd.records = Some(Default::default());
+        }
+        out.push(pd);
+    }
+    (out, total, errored)
+}

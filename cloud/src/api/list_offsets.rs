@@ -1,0 +1,103 @@
+//! ListOffsets: earliest (-2), latest (-1), max timestamp (-3), or the first offset whose
+//! record timestamp is at or after the given time.
+
+use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+use kafka_protocol::records::RecordBatchDecoder;
+
+use super::errors;
+use crate::broker::Broker;
+use crate::log::batch::BatchHeader;
+use crate::log::partition::PartitionLog;
+use crate::storage::Store;
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+const CHUNK: usize = 256;
+
+/// (offset, timestamp) of the first record with timestamp >= `ts`, or of the record with
+/// the largest timestamp when `ts` is None.
+fn search(store: &Store, log: &PartitionLog, ts: Option<i64>) -> Result<Option<(i64, i64)>, crate::storage::Error> {
+    let hwm = log.high_watermark();
+    let mut from = log.log_start();
+    let mut best: Option<(i64, bytes::Bytes)> = None;
+    loop {
+        let chunk = store.log_read(log.topic_id, log.index, from, usize::MAX, CHUNK)?;
+        let n = chunk.len();
+        for (base, b) in &chunk {
+            if *base < from {
+                continue;
+            }
+            if *base >= hwm {
+                return Ok(best.and_then(|(_, b)| pick(&b, ts)));
+            }
+            let Ok(h) = BatchHeader::parse(b) else { continue };
+            match ts {
+                Some(t) if h.max_timestamp >= t => return Ok(pick(b, ts)),
+                Some(_) => {}
+                None => {
+                    if best.as_ref().is_none_or(|(m, _)| h.max_timestamp > *m) {
+                        best = Some((h.max_timestamp, b.clone()));
+                    }
+                }
+            }
+        }
+        match chunk.last() {
+            Some((base, _)) if n == CHUNK => from = base + 1,
+            _ => return Ok(best.and_then(|(_, b)| pick(&b, ts))),
+        }
+    }
+}
+
+fn pick(batch: &bytes::Bytes, ts: Option<i64>) -> Option<(i64, i64)> {
+    let mut b = batch.clone();
+    let set = RecordBatchDecoder::decode(&mut b).ok()?;
+    match ts {
+        Some(t) => set.records.iter().find(|r| r.timestamp >= t).map(|r| (r.offset, r.timestamp)),
+        None => set.records.iter().max_by_key(|r| r.timestamp).map(|r| (r.offset, r.timestamp)),
+    }
+}
+
+pub(super) fn handle(broker: &Broker, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+    let mut r = ListOffsetsResponse::default();
+    for t in req.topics {
+        let topic = broker.log.get(t.name.0.as_str());
+        let mut rt = ListOffsetsTopicResponse::default();
+        for p in t.partitions {
+            let mut rp = ListOffsetsPartitionResponse::default();
+            rp.partition_index = p.partition_index;
+            rp.timestamp = -1;
+            rp.offset = -1;
+            if version >= 4 {
+                rp.leader_epoch = 0;
+            }
+            let log = match &topic {
+                None => Err(errors::UNKNOWN_TOPIC_OR_PARTITION),
+                Some(tp) => broker.log.partition(tp, p.partition_index).map_err(|e| errors::topic_error(&e)),
+            };
+            match log {
+                Err(code) => rp.error_code = code,
+                Ok(log) => match p.timestamp {
+                    LATEST => rp.offset = log.high_watermark() as i64,
+                    EARLIEST => rp.offset = log.log_start() as i64,
+                    ts => {
+                        let target = if ts == MAX_TIMESTAMP { None } else { Some(ts) };
+                        match search(&broker.log.store, &log, target) {
+                            Ok(Some((offset, timestamp))) => {
+                                rp.offset = offset;
+                                rp.timestamp = timestamp;
+                            }
+                            Ok(None) => {}
+                            Err(_) => rp.error_code = errors::KAFKA_STORAGE_ERROR,
+                        }
+                    }
+                },
+            }
+            rt.partitions.push(rp);
+        }
+        rt.name = t.name;
+        r.topics.push(rt);
+    }
+    r
+}

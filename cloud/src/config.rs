@@ -1,0 +1,214 @@
+//! The cloud's configuration: YAML, every key optional with a documented default
+//! (`configs/cloud.yaml`), unknown keys rejected, values validated after parsing.
+//! Errors name the file, the key and the reason.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::storage::SyncPolicy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read { file: String, source: std::io::Error },
+    #[error("{file}: {key}: {reason}")]
+    Invalid { file: String, key: String, reason: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory of the RocksDB store.
+    pub data_dir: PathBuf,
+    pub kafka: KafkaConfig,
+    pub storage: StorageConfig,
+    pub groups: GroupsConfig,
+    /// The MQTT view of the log (issue 4).
+    pub mqtt: crate::mqtt::MqttConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    pub listen: SocketAddr,
+    /// Host advertised in Metadata; defaults to the listen address's IP.
+    pub advertised_host: Option<String>,
+    pub max_frame_bytes: u64,
+    pub auto_create_topics: bool,
+    pub default_partitions: u32,
+    /// A connection that sends part of a frame and then stalls is closed after this.
+    pub frame_timeout_ms: u64,
+    /// A connection with no request at all is closed after this (Kafka's connections.max.idle.ms).
+    pub idle_timeout_ms: u64,
+    /// Cap on topics answered by one Metadata request for all topics.
+    pub metadata_max_topics: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `group` (default), `interval` or `none`.
+    pub sync: String,
+    pub sync_interval_ms: u64,
+    pub retention_check_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupsConfig {
+    pub initial_rebalance_delay_ms: u64,
+    pub min_session_timeout_ms: u64,
+    pub max_session_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("data/cloud"),
+            kafka: KafkaConfig::default(),
+            storage: StorageConfig::default(),
+            groups: GroupsConfig::default(),
+            mqtt: crate::mqtt::MqttConfig::default(),
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            advertised_host: None,
+            max_frame_bytes: 100 << 20,
+            auto_create_topics: true,
+            default_partitions: 1,
+            frame_timeout_ms: 30_000,
+            idle_timeout_ms: 600_000,
+            metadata_max_topics: 2_000_000,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { sync: "group".into(), sync_interval_ms: 100, retention_check_interval_ms: 300_000 }
+    }
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        GroupsConfig { initial_rebalance_delay_ms: 3_000, min_session_timeout_ms: 1_000, max_session_timeout_ms: 300_000 }
+    }
+}
+
+impl Config {
+    /// Loads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        Self::parse(&text, &file)
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let invalid = |key: String, reason: String| ConfigError::Invalid { file: file.to_string(), key, reason };
+        let de = serde_yaml::Deserializer::from_str(text);
+        let cfg: Config = match serde_path_to_error::deserialize(de) {
+            Ok(c) => c,
+            Err(e) => {
+                let key = e.path().to_string();
+                let key = if key == "." { "(top level)".to_string() } else { key };
+                let mut reason = e.into_inner().to_string();
+                // serde_yaml appends " at line N column M"; keep it: it helps.
+                if reason.is_empty() {
+                    reason = "invalid value".into();
+                }
+                return Err(invalid(key, reason));
+            }
+        };
+        cfg.validate().map_err(|(k, r)| invalid(k.to_string(), r))?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.kafka.max_frame_bytes < 1024 || self.kafka.max_frame_bytes > i32::MAX as u64 {
+            return Err(("kafka.max_frame_bytes", "must be between 1024 and 2147483647".into()));
+        }
+        if self.kafka.default_partitions == 0 {
+            return Err(("kafka.default_partitions", "must be at least 1".into()));
+        }
+        if self.kafka.frame_timeout_ms == 0 {
+            return Err(("kafka.frame_timeout_ms", "must be at least 1".into()));
+        }
+        if self.kafka.idle_timeout_ms == 0 {
+            return Err(("kafka.idle_timeout_ms", "must be at least 1".into()));
+        }
+        self.sync_policy()?;
+        if self.storage.retention_check_interval_ms == 0 {
+            return Err(("storage.retention_check_interval_ms", "must be at least 1".into()));
+        }
+        if self.groups.min_session_timeout_ms > self.groups.max_session_timeout_ms {
+            return Err(("groups.min_session_timeout_ms", "must not exceed groups.max_session_timeout_ms".into()));
+        }
+        self.mqtt.validate()?;
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(("data_dir", "must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    pub fn sync_policy(&self) -> Result<SyncPolicy, (&'static str, String)> {
+        match self.storage.sync.as_str() {
+            "group" => Ok(SyncPolicy::Group),
+            "none" => Ok(SyncPolicy::None),
+            "interval" if self.storage.sync_interval_ms == 0 => {
+                Err(("storage.sync_interval_ms", "must be at least 1 with sync: interval".into()))
+            }
+            "interval" => Ok(SyncPolicy::Interval(Duration::from_millis(self.storage.sync_interval_ms))),
+            other => Err(("storage.sync", format!("unknown policy {other:?}; expected group, interval or none"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "cloud.yaml").expect_err("must fail").to_string()
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("{}", "f").expect("defaults");
+        assert_eq!(c.kafka.listen.port(), 9092);
+        assert_eq!(c.sync_policy(), Ok(SyncPolicy::Group));
+    }
+
+    #[test]
+    fn errors_name_file_key_and_reason() {
+        let e = err("kafka:\n  listen: nowhere\n");
+        assert!(e.starts_with("cloud.yaml: kafka.listen:"), "{e}");
+        let e = err("kafka:\n  lisen: 127.0.0.1:1\n");
+        assert!(e.contains("unknown field") && e.contains("lisen"), "{e}");
+        let e = err("storage:\n  sync: sometimes\n");
+        assert!(e.starts_with("cloud.yaml: storage.sync: unknown policy"), "{e}");
+        let e = err("kafka:\n  max_frame_bytes: 10\n");
+        assert!(e.contains("kafka.max_frame_bytes"), "{e}");
+        let e = err("groups:\n  min_session_timeout_ms: 10\n  max_session_timeout_ms: 5\n");
+        assert!(e.contains("groups.min_session_timeout_ms"), "{e}");
+        let e = err("mqtt:\n  receive_maximum: 0\n");
+        assert!(e.starts_with("cloud.yaml: mqtt.receive_maximum:"), "{e}");
+        let e = err("mqtt:\n  lisen: 127.0.0.1:1\n");
+        assert!(e.contains("unknown field") && e.contains("lisen"), "{e}");
+        let e = err("mqtt:\n  tls:\n    listen: 127.0.0.1:0\n");
+        assert!(e.contains("mqtt.tls"), "{e}");
+    }
+
+    #[test]
+    fn shipped_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/cloud.yaml");
+        Config::load(&path).expect("configs/cloud.yaml is valid");
+    }
+}

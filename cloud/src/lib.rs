@@ -1,0 +1,134 @@
+//! The cloud broker: the Kafka protocol (and later MQTT) over one RocksDB store.
+//!
+//! Layers, arrows one way: [`wire`] (bytes <-> frames and requests) -> [`connection`]
+//! (socket, frame I/O) -> `server` (accept loop, per-connection task) -> `api` (one file
+//! per Kafka API) -> `log` / `groups` (partitions, offsets, idempotence, membership) ->
+//! [`storage`] (RocksDB, domain verbs only). See ARCHITECTURE.md.
+
+mod api;
+mod broker;
+pub mod config;
+pub mod connection;
+mod groups;
+mod log;
+pub mod mqtt;
+mod server;
+pub mod storage;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+/// Errors that stop the broker from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("cannot open the store in {path}: {source}")]
+    Store { path: String, source: storage::Error },
+    #[error("cannot listen on {addr} (kafka.listen): {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    MqttListen { addr: String, key: &'static str, source: std::io::Error },
+    #[error("mqtt.tls: {0}")]
+    MqttTls(#[from] mqtt::TlsError),
+    #[error("cannot load the mqtt view of the store: {0}")]
+    Mqtt(String),
+}
+
+/// A started broker: its bound Kafka address and a future that serves until dropped.
+pub struct Running {
+    pub kafka_addr: std::net::SocketAddr,
+    /// The plain MQTT listener's address (`mqtt.listen`), if enabled.
+    pub mqtt_addr: Option<std::net::SocketAddr>,
+    /// The MQTT over TLS listener's address (`mqtt.tls.listen`), if configured.
+    pub mqtts_addr: Option<std::net::SocketAddr>,
+    serve: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
+impl Running {
+    pub async fn serve(self) {
+        self.serve.await
+    }
+}
+
+/// Opens the store and binds the listener; call [`Running::serve`] to serve.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let dir = config.data_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir { path: dir.display().to_string(), source })?;
+    let policy = config.sync_policy().unwrap_or(storage::SyncPolicy::Group);
+    let store_dir = dir.join("store");
+    let store = Arc::new(
+        storage::Store::open(&store_dir, policy)
+            .map_err(|source| StartError::Store { path: store_dir.display().to_string(), source })?,
+    );
+    let log = Arc::new(
+        log::Log::open(store.clone()).map_err(|source| StartError::Store { path: store_dir.display().to_string(), source })?,
+    );
+    let g = &config.groups;
+    let groups = Arc::new(groups::Coordinator::new(
+        store.clone(),
+        Duration::from_millis(g.initial_rebalance_delay_ms),
+        (Duration::from_millis(g.min_session_timeout_ms), Duration::from_millis(g.max_session_timeout_ms)),
+    ));
+    let listener = TcpListener::bind(config.kafka.listen)
+        .await
+        .map_err(|source| StartError::Listen { addr: config.kafka.listen.to_string(), source })?;
+    let kafka_addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr: config.kafka.listen.to_string(), source })?;
+    let host = config.kafka.advertised_host.clone().unwrap_or_else(|| kafka_addr.ip().to_string());
+    let node = broker::Node { host, port: kafka_addr.port() as i32 };
+    let retention_every = Duration::from_millis(config.storage.retention_check_interval_ms);
+    let mqtt_hub = mqtt::Hub::open(log.clone(), config.mqtt.clone()).map_err(|e| StartError::Mqtt(e.to_string()))?;
+    let bind_mqtt = |addr: std::net::SocketAddr, key: &'static str| async move {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::MqttListen { addr: addr.to_string(), key, source })?;
+        let a = l.local_addr().map_err(|source| StartError::MqttListen { addr: addr.to_string(), key, source })?;
+        Ok::<_, StartError>((l, a))
+    };
+    let mqtt_listener = match config.mqtt.listen {
+        Some(addr) => Some(bind_mqtt(addr, "mqtt.listen").await?),
+        None => None,
+    };
+    let mqtts_listener = match &config.mqtt.tls {
+        Some(t) => {
+            let acceptor = mqtt::tls_acceptor(t)?;
+            Some((bind_mqtt(t.listen, "mqtt.tls.listen").await?, acceptor))
+        }
+        None => None,
+    };
+    let mqtt_addr = mqtt_listener.as_ref().map(|(_, a)| *a);
+    let mqtts_addr = mqtts_listener.as_ref().map(|((_, a), _)| *a);
+    let broker = Arc::new(
+        broker::Broker::new(store.clone(), log.clone(), groups.clone(), config, node)
+            .await
+            .map_err(|source| StartError::Store { path: store_dir.display().to_string(), source })?,
+    );
+    tracing::info!(topics = log.topic_count(), "store opened");
+    let serve = async move {
+        tokio::spawn(log::retention::run(log.clone(), retention_every));
+        tokio::spawn(mqtt_hub.clone().watch_topics());
+        if let Some((l, _)) = mqtt_listener {
+            tokio::spawn(mqtt::serve(l, mqtt_hub.clone()));
+        }
+        if let Some(((l, _), acceptor)) = mqtts_listener {
+            tokio::spawn(mqtt::serve_tls(l, acceptor, mqtt_hub.clone()));
+        }
+        let ticker = groups.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                t.tick().await;
+                ticker.tick();
+            }
+        });
+        server::serve(listener, broker).await;
+    };
+    Ok(Running { kafka_addr, mqtt_addr, mqtts_addr, serve: Box::pin(serve) })
+}

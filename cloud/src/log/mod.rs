@@ -1,0 +1,302 @@
+//! The log: every topic's partitions over the one store, plus topic metadata.
+//!
+//! Topics live in memory as a name -> [`Topic`] map loaded at start (about 200 bytes each,
+//! so a million topics is ~200 MB); a partition's offsets and producer state load lazily on
+//! first use, so start-up cost does not grow with data volume.
+
+pub(crate) mod batch;
+pub(crate) mod partition;
+pub(crate) mod producer;
+pub(crate) mod retention;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::storage::{self, Store, TopicRecord, WriteSet};
+use partition::PartitionLog;
+
+/// Topic-level refusals (mapped to Kafka error codes by the API layer).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TopicError {
+    #[error("topic already exists")]
+    Exists,
+    #[error("unknown topic or partition")]
+    Unknown,
+    #[error("invalid topic name: {0}")]
+    InvalidName(&'static str),
+    #[error("invalid partition count: {0}")]
+    InvalidPartitions(String),
+    #[error("invalid config {key}: {reason}")]
+    InvalidConfig { key: String, reason: String },
+    #[error("storage: {0}")]
+    Storage(#[from] storage::Error),
+}
+
+/// Topic configs the broker understands, with Kafka's defaults.
+pub(crate) const TOPIC_CONFIG_DEFAULTS: &[(&str, &str)] = &[
+    ("cleanup.policy", "delete"),
+    ("compression.type", "producer"),
+    ("max.message.bytes", "1048588"),
+    ("message.timestamp.type", "CreateTime"),
+    ("min.insync.replicas", "1"),
+    ("retention.bytes", "-1"),
+    ("retention.ms", "604800000"),
+    ("segment.bytes", "1073741824"),
+];
+
+pub(crate) struct Topic {
+    pub(crate) id: u32,
+    pub(crate) name: Arc<str>,
+    configs: RwLock<BTreeMap<String, String>>,
+    partitions: RwLock<Vec<Option<Arc<PartitionLog>>>>,
+}
+
+impl Topic {
+    pub(crate) fn partition_count(&self) -> u32 {
+        self.partitions.read().unwrap_or_else(|p| p.into_inner()).len() as u32
+    }
+
+    /// The topic's explicit configs (defaults not included).
+    pub(crate) fn configs(&self) -> BTreeMap<String, String> {
+        self.configs.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A config value, falling back to the default.
+    pub(crate) fn config(&self, key: &str) -> Option<String> {
+        if let Some(v) = self.configs.read().unwrap_or_else(|p| p.into_inner()).get(key) {
+            return Some(v.clone());
+        }
+        TOPIC_CONFIG_DEFAULTS.iter().find(|(k, _)| *k == key).map(|(_, v)| v.to_string())
+    }
+
+    /// A stable 16-byte topic id derived from the numeric id.
+    pub(crate) fn uuid(&self) -> [u8; 16] {
+        let mut u = *b"edgecloudtopic\0\0";
+        u[10..14].copy_from_slice(&self.id.to_be_bytes());
+        u[14] = 0x5a;
+        u
+    }
+
+    fn record(&self) -> TopicRecord {
+        TopicRecord { id: self.id, name: self.name.to_string(), partitions: self.partition_count(), configs: self.configs() }
+    }
+}
+
+/// Checks a Kafka topic name: `[a-zA-Z0-9._-]{1,249}`, not `.` or `..`.
+pub(crate) fn validate_name(name: &str) -> Result<(), TopicError> {
+    if name.is_empty() || name.len() > 249 {
+        return Err(TopicError::InvalidName("length must be 1..=249"));
+    }
+    if name == "." || name == ".." {
+        return Err(TopicError::InvalidName("'.' and '..' are not allowed"));
+    }
+    if !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-') {
+        return Err(TopicError::InvalidName("only [a-zA-Z0-9._-] are allowed"));
+    }
+    Ok(())
+}
+
+fn validate_config(key: &str, value: &str) -> Result<(), TopicError> {
+    let bad = |reason: &str| TopicError::InvalidConfig { key: key.to_string(), reason: reason.to_string() };
+    match key {
+        "retention.ms" | "retention.bytes" => {
+            let v: i64 = value.parse().map_err(|_| bad("not an integer"))?;
+            if v < -1 {
+                return Err(bad("must be -1 or more"));
+            }
+        }
+        "segment.bytes" | "max.message.bytes" | "min.insync.replicas" => {
+            value.parse::<i64>().map_err(|_| bad("not an integer"))?;
+        }
+        "cleanup.policy" if value != "delete" => return Err(bad("only 'delete' is supported")),
+        "cleanup.policy" | "compression.type" | "message.timestamp.type" => {}
+        _ => return Err(bad("unknown topic config")),
+    }
+    Ok(())
+}
+
+/// A topic to create.
+pub(crate) struct NewTopic {
+    pub(crate) name: String,
+    pub(crate) partitions: u32,
+    pub(crate) configs: BTreeMap<String, String>,
+}
+
+pub(crate) struct Log {
+    pub(crate) store: Arc<Store>,
+    topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
+    next_id: AtomicU32,
+    generation: AtomicU64,
+    admin: tokio::sync::Mutex<()>,
+    /// Names of newly created topics, for views that index topics (MQTT). Additive: a
+    /// send with no receiver is a no-op.
+    created: tokio::sync::broadcast::Sender<Arc<str>>,
+}
+
+impl Log {
+    pub(crate) fn open(store: Arc<Store>) -> Result<Log, storage::Error> {
+        let records = store.load_topics()?;
+        let mut map = HashMap::with_capacity(records.len());
+        let mut next_id = 1u32;
+        for r in records {
+            next_id = next_id.max(r.id + 1);
+            let t = Topic {
+                id: r.id,
+                name: Arc::from(r.name.as_str()),
+                configs: RwLock::new(r.configs),
+                partitions: RwLock::new(vec![None; r.partitions as usize]),
+            };
+            map.insert(t.name.clone(), Arc::new(t));
+        }
+        Ok(Log {
+            store,
+            topics: RwLock::new(map),
+            next_id: AtomicU32::new(next_id),
+            generation: AtomicU64::new(1),
+            admin: tokio::sync::Mutex::new(()),
+            created: tokio::sync::broadcast::channel(4096).0,
+        })
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    /// Bumped on every create, delete or partition change; keys cached views.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn topic_count(&self) -> usize {
+        self.topics.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// All topics, sorted by name.
+    pub(crate) fn all(&self) -> Vec<Arc<Topic>> {
+        let mut v: Vec<Arc<Topic>> = self.topics.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// The partition's log, loading it on first use.
+    pub(crate) fn partition(&self, topic: &Topic, index: i32) -> Result<Arc<PartitionLog>, TopicError> {
+        if index < 0 {
+            return Err(TopicError::Unknown);
+        }
+        let i = index as usize;
+        {
+            let parts = topic.partitions.read().unwrap_or_else(|p| p.into_inner());
+            match parts.get(i) {
+                None => return Err(TopicError::Unknown),
+                Some(Some(p)) => return Ok(p.clone()),
+                Some(None) => {}
+            }
+        }
+        let mut parts = topic.partitions.write().unwrap_or_else(|p| p.into_inner());
+        let slot = parts.get_mut(i).ok_or(TopicError::Unknown)?;
+        if let Some(p) = slot {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(PartitionLog::load(&self.store, topic.id, index as u32)?);
+        *slot = Some(p.clone());
+        Ok(p)
+    }
+
+    /// Validates and creates topics in one durable metadata write. Returns one result per
+    /// input, in order. `validate_only` checks without creating.
+    pub(crate) async fn create(&self, topics: Vec<NewTopic>, validate_only: bool) -> Vec<Result<(), TopicError>> {
+        let _admin = self.admin.lock().await;
+        let mut results = Vec::with_capacity(topics.len());
+        let mut set = WriteSet::default();
+        let mut created = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for t in topics {
+            let r = (|| {
+                validate_name(&t.name)?;
+                if t.partitions == 0 || t.partitions > 100_000 {
+                    return Err(TopicError::InvalidPartitions(format!("{} is not in 1..=100000", t.partitions)));
+                }
+                for (k, v) in &t.configs {
+                    validate_config(k, v)?;
+                }
+                if self.get(&t.name).is_some() || !seen.insert(t.name.clone()) {
+                    return Err(TopicError::Exists);
+                }
+                Ok(())
+            })();
+            if r.is_ok() && !validate_only {
+                let id = self.next_id.fetch_add(1, Ordering::AcqRel);
+                let rec = TopicRecord { id, name: t.name.clone(), partitions: t.partitions, configs: t.configs };
+                set.put_topic(&rec);
+                created.push(rec);
+            }
+            results.push(r);
+        }
+        if created.is_empty() {
+            return results;
+        }
+        if let Err(e) = self.store.write(set, true).await {
+            return results.into_iter().map(|r| r.and(Err(TopicError::Storage(e.clone())))).collect();
+        }
+        let mut map = self.topics.write().unwrap_or_else(|p| p.into_inner());
+        for r in created {
+            let t = Topic {
+                id: r.id,
+                name: Arc::from(r.name.as_str()),
+                configs: RwLock::new(r.configs),
+                partitions: RwLock::new(vec![None; r.partitions as usize]),
+            };
+            let _ = self.created.send(t.name.clone());
+            map.insert(t.name.clone(), Arc::new(t));
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        results
+    }
+
+    /// Deletes a topic: one metadata delete plus range deletes of its log and state.
+    pub(crate) async fn delete(&self, name: &str) -> Result<(), TopicError> {
+        let _admin = self.admin.lock().await;
+        let topic = self.get(name).ok_or(TopicError::Unknown)?;
+        let mut set = WriteSet::default();
+        set.delete_topic(&topic.record());
+        self.store.write(set, true).await?;
+        self.topics.write().unwrap_or_else(|p| p.into_inner()).remove(name);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Raises a topic's partition count to `count`.
+    pub(crate) async fn add_partitions(&self, name: &str, count: u32, validate_only: bool) -> Result<(), TopicError> {
+        let _admin = self.admin.lock().await;
+        let topic = self.get(name).ok_or(TopicError::Unknown)?;
+        let current = topic.partition_count();
+        if count <= current || count > 100_000 {
+            return Err(TopicError::InvalidPartitions(format!(
+                "topic has {current} partitions; the new count must be larger (and at most 100000), got {count}"
+            )));
+        }
+        if validate_only {
+            return Ok(());
+        }
+        let mut rec = topic.record();
+        rec.partitions = count;
+        let mut set = WriteSet::default();
+        set.put_topic(&rec);
+        self.store.write(set, true).await?;
+        topic.partitions.write().unwrap_or_else(|p| p.into_inner()).resize(count as usize, None);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Receives the name of every topic created from now on (a lagging receiver must
+    /// rescan [`Log::all`]).
+    pub(crate) fn watch_created(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.created.subscribe()
+    }
+
+    /// Loaded partitions of a topic (for retention).
+    pub(crate) fn loaded_partition(&self, topic: &Topic, index: u32) -> Option<Arc<PartitionLog>> {
+        topic.partitions.read().unwrap_or_else(|p| p.into_inner()).get(index as usize).cloned().flatten()
+    }
+}

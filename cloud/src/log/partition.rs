@@ -1,0 +1,248 @@
+//! One partition's log: offset assignment, idempotence, reads and append wake-ups.
+//!
+//! Invariants:
+//! - Offsets are assigned, and the write submitted to the store's single writer, under
+//!   `state`'s lock, so storage order equals offset order.
+//! - `visible` (the high watermark) only moves forward, and only after the store
+//!   confirmed the write under the sync policy. Fetch never returns bytes above it.
+//! - The last stored batch is never deleted by retention, so the end offset is always
+//!   recoverable from the last key after a restart.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tracing::error;
+
+use super::batch::{self, BatchHeader};
+use super::producer::{ProducerState, SeqCheck, SeqEntry};
+use crate::storage::{self, Store, WriteSet};
+
+/// Why an append was refused (mapped to Kafka error codes by the API layer).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum AppendError {
+    #[error("corrupt record batch: {0}")]
+    Corrupt(#[from] batch::BatchError),
+    #[error("out of order sequence number")]
+    OutOfOrderSequence,
+    #[error("producer epoch is fenced")]
+    StaleEpoch,
+    #[error("transactional batches are not supported")]
+    Transactional,
+    #[error("storage: {0}")]
+    Storage(#[from] storage::Error),
+}
+
+/// Offsets of an accepted append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Appended {
+    pub(crate) base_offset: u64,
+    pub(crate) end_offset: u64,
+    pub(crate) duplicate: bool,
+}
+
+struct State {
+    next_offset: u64,
+    producers: HashMap<i64, ProducerState>,
+    reload: bool,
+}
+
+pub(crate) struct PartitionLog {
+    pub(crate) topic_id: u32,
+    pub(crate) index: u32,
+    state: Mutex<State>,
+    visible: AtomicU64,
+    log_start: AtomicU64,
+    waiters: Mutex<Vec<Weak<Notify>>>,
+}
+
+/// Batches read from a partition, plus its offsets at the time of the read.
+pub(crate) struct ReadResult {
+    pub(crate) batches: Vec<Bytes>,
+    pub(crate) high_watermark: u64,
+    pub(crate) log_start: u64,
+}
+
+fn end_of(base: u64, b: &[u8]) -> u64 {
+    base + BatchHeader::parse(b).map(|h| h.offset_count()).unwrap_or(1)
+}
+
+impl PartitionLog {
+    pub(crate) fn load(store: &Store, topic_id: u32, index: u32) -> Result<PartitionLog, storage::Error> {
+        let (next, start, producers) = Self::recover(store, topic_id, index)?;
+        Ok(PartitionLog {
+            topic_id,
+            index,
+            state: Mutex::new(State { next_offset: next, producers, reload: false }),
+            visible: AtomicU64::new(next),
+            log_start: AtomicU64::new(start),
+            waiters: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn recover(
+        store: &Store,
+        topic_id: u32,
+        index: u32,
+    ) -> Result<(u64, u64, HashMap<i64, ProducerState>), storage::Error> {
+        let next = store.log_last(topic_id, index)?.map(|(base, b)| end_of(base, &b)).unwrap_or(0);
+        let start = store.log_first(topic_id, index)?.map(|(base, _)| base).unwrap_or(next);
+        let mut producers = HashMap::new();
+        for (pid, v) in store.producer_states(topic_id, index)? {
+            match ProducerState::decode(&v) {
+                Some(s) => {
+                    producers.insert(pid, s);
+                }
+                None => error!(topic_id, partition = index, producer_id = pid, "corrupt producer state skipped"),
+            }
+        }
+        Ok((next, start, producers))
+    }
+
+    pub(crate) fn high_watermark(&self) -> u64 {
+        self.visible.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn log_start(&self) -> u64 {
+        self.log_start.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_log_start(&self, start: u64) {
+        self.log_start.fetch_max(start, Ordering::AcqRel);
+    }
+
+    /// Appends the batches of one produce request. `durable` asks for the sync policy.
+    pub(crate) async fn append(&self, store: &Store, batches: Vec<Bytes>, durable: bool) -> Result<Appended, AppendError> {
+        let mut headers = Vec::with_capacity(batches.len());
+        for b in &batches {
+            let h = BatchHeader::parse(b)?;
+            if h.is_transactional() || h.is_control() {
+                return Err(AppendError::Transactional);
+            }
+            headers.push(h);
+        }
+        let (rx, appended) = {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.reload {
+                let (next, _, producers) = Self::recover(store, self.topic_id, self.index)?;
+                st.next_offset = next;
+                st.producers = producers;
+                st.reload = false;
+            }
+            let mut set = WriteSet::default();
+            let mut first: Option<Appended> = None;
+            let mut end = st.next_offset;
+            let mut touched = Vec::new();
+            for (b, h) in batches.iter().zip(&headers) {
+                if h.producer_id >= 0 {
+                    match ProducerState::check(st.producers.get(&h.producer_id), h.producer_epoch, h.base_sequence) {
+                        SeqCheck::Accept => {}
+                        SeqCheck::Duplicate(e) => {
+                            first.get_or_insert(Appended { base_offset: e.base_offset, end_offset: e.end_offset, duplicate: true });
+                            continue;
+                        }
+                        SeqCheck::OutOfOrder => return Err(AppendError::OutOfOrderSequence),
+                        SeqCheck::StaleEpoch => return Err(AppendError::StaleEpoch),
+                    }
+                }
+                let base = end;
+                end = base + h.offset_count();
+                set.put_log(self.topic_id, self.index, base, batch::with_base_offset(b, base));
+                if h.producer_id >= 0 {
+                    let last_seq = h.base_sequence.wrapping_add(h.last_offset_delta);
+                    let e = SeqEntry { first_seq: h.base_sequence, last_seq, base_offset: base, end_offset: end };
+                    st.producers.entry(h.producer_id).or_default().record(h.producer_epoch, e);
+                    touched.push(h.producer_id);
+                }
+                first.get_or_insert(Appended { base_offset: base, end_offset: end, duplicate: false });
+            }
+            for pid in touched {
+                if let Some(s) = st.producers.get(&pid) {
+                    set.put_producer(self.topic_id, self.index, pid, s.encode());
+                }
+            }
+            let Some(appended) = first else {
+                return Err(AppendError::Corrupt(batch::BatchError::Truncated("empty record set")));
+            };
+            if set.is_empty() {
+                drop(st);
+                return Ok(appended);
+            }
+            st.next_offset = end;
+            (store.submit(set, durable), Appended { end_offset: end, ..appended })
+        };
+        match rx.await {
+            Ok(Ok(())) => {
+                self.visible.fetch_max(appended.end_offset, Ordering::AcqRel);
+                self.wake();
+                Ok(appended)
+            }
+            Ok(Err(e)) => {
+                self.state.lock().unwrap_or_else(|p| p.into_inner()).reload = true;
+                Err(AppendError::Storage(e))
+            }
+            Err(_) => {
+                self.state.lock().unwrap_or_else(|p| p.into_inner()).reload = true;
+                Err(AppendError::Storage(storage::Error::Closed))
+            }
+        }
+    }
+
+    /// Reads whole batches containing offsets from `offset` below the high watermark,
+    /// up to `max_bytes` (at least one batch when any is available).
+    pub(crate) fn read(&self, store: &Store, offset: u64, max_bytes: usize) -> Result<ReadResult, storage::Error> {
+        let hwm = self.high_watermark();
+        let log_start = self.log_start();
+        let mut batches = Vec::new();
+        if offset < hwm {
+            let entries = store.log_read(self.topic_id, self.index, offset, max_bytes.max(1), 10_000)?;
+            let mut total = 0usize;
+            for (base, b) in entries {
+                if base >= hwm {
+                    break;
+                }
+                if end_of(base, &b) <= offset {
+                    continue;
+                }
+                if !batches.is_empty() && total + b.len() > max_bytes {
+                    break;
+                }
+                total += b.len();
+                batches.push(b);
+            }
+        }
+        Ok(ReadResult { batches, high_watermark: hwm, log_start })
+    }
+
+    /// Registers `n` to be notified on the next append to this partition.
+    pub(crate) fn register(&self, n: &Arc<Notify>) {
+        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if w.len() >= 64 {
+            w.retain(|x| x.strong_count() > 0);
+        }
+        w.push(Arc::downgrade(n));
+    }
+
+    fn wake(&self) {
+        let waiters = std::mem::take(&mut *self.waiters.lock().unwrap_or_else(|p| p.into_inner()));
+        for w in waiters {
+            if let Some(n) = w.upgrade() {
+                n.notify_one();
+            }
+        }
+    }
+
+    /// Waits until offsets below `end` are visible (a duplicate of an in-flight batch).
+    pub(crate) async fn wait_visible(&self, end: u64) {
+        let n = Arc::new(Notify::new());
+        loop {
+            self.register(&n);
+            if self.high_watermark() >= end {
+                return;
+            }
+            n.notified().await;
+        }
+    }
+}

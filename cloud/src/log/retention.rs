@@ -1,0 +1,127 @@
+//! Retention: deletes a partition's oldest batches once they are older than `retention.ms`
+//! (by the batch's max timestamp) or while the partition is larger than `retention.bytes`.
+//! A deletion is one range delete. The last batch is always kept so the partition's end
+//! offset survives a restart (Kafka likewise keeps the active segment).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{debug, warn};
+
+use super::batch::BatchHeader;
+use super::{Log, Topic};
+use crate::storage::{self, WriteSet};
+
+const SCAN_CHUNK: usize = 256;
+
+/// Runs a sweep every `every` until the process ends.
+pub(crate) async fn run(log: Arc<Log>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let log = log.clone();
+        let handle = tokio::runtime::Handle::current();
+        let res = tokio::task::spawn_blocking(move || {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            sweep(&log, &handle, now)
+        })
+        .await;
+        match res {
+            Ok(Ok(n)) if n > 0 => debug!(deleted_batches = n, "retention sweep"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(cause = %e, "retention sweep failed"),
+            Err(e) => warn!(cause = %e, "retention sweep panicked"),
+        }
+    }
+}
+
+/// One pass over every topic; returns the number of batches deleted.
+pub(crate) fn sweep(log: &Log, rt: &tokio::runtime::Handle, now_ms: i64) -> Result<u64, storage::Error> {
+    let mut deleted = 0;
+    for topic in log.all() {
+        let ms: i64 = topic.config("retention.ms").and_then(|v| v.parse().ok()).unwrap_or(-1);
+        let bytes: i64 = topic.config("retention.bytes").and_then(|v| v.parse().ok()).unwrap_or(-1);
+        if ms < 0 && bytes < 0 {
+            continue;
+        }
+        for p in 0..topic.partition_count() {
+            deleted += sweep_partition(log, rt, &topic, p, now_ms.saturating_sub(ms.max(0)), ms >= 0, bytes)?;
+        }
+    }
+    Ok(deleted)
+}
+
+fn sweep_partition(
+    log: &Log,
+    rt: &tokio::runtime::Handle,
+    topic: &Topic,
+    p: u32,
+    cutoff_ms: i64,
+    by_time: bool,
+    max_bytes: i64,
+) -> Result<u64, storage::Error> {
+    let store = &log.store;
+    // Total size only when a byte limit applies (it needs a full scan).
+    let mut excess: i64 = if max_bytes >= 0 {
+        let mut total = 0i64;
+        let mut from = 0u64;
+        loop {
+            let chunk = store.log_read(topic.id, p, from, usize::MAX, SCAN_CHUNK)?;
+            let n = chunk.len();
+            for (base, b) in &chunk {
+                if *base >= from {
+                    total += b.len() as i64;
+                }
+            }
+            match chunk.last() {
+                Some((base, _)) if n == SCAN_CHUNK => from = base + 1,
+                _ => break,
+            }
+        }
+        total - max_bytes
+    } else {
+        0
+    };
+    let mut new_start: Option<u64> = None;
+    let mut count = 0u64;
+    let mut from = 0u64;
+    'scan: loop {
+        let chunk = store.log_read(topic.id, p, from, usize::MAX, SCAN_CHUNK + 1)?;
+        let floor = from;
+        let mut iter = chunk.iter().filter(|(base, _)| *base >= floor).peekable();
+        while let Some((_, b)) = iter.next() {
+            let Some((next_base, _)) = iter.peek() else {
+                // The last batch of this chunk: continue from it unless it is the last overall.
+                if chunk.len() <= SCAN_CHUNK {
+                    break 'scan;
+                }
+                break;
+            };
+            let expired = by_time && BatchHeader::parse(b).map(|h| h.max_timestamp < cutoff_ms).unwrap_or(false);
+            let too_big = excess > 0;
+            if !expired && !too_big {
+                break 'scan;
+            }
+            excess -= b.len() as i64;
+            count += 1;
+            new_start = Some(*next_base);
+            from = *next_base;
+        }
+        if chunk.len() <= SCAN_CHUNK {
+            break;
+        }
+    }
+    if let Some(start) = new_start {
+        let mut set = WriteSet::default();
+        set.delete_log_before(topic.id, p, start);
+        rt.block_on(store.write(set, false))?;
+        if let Some(part) = log.loaded_partition(topic, p) {
+            part.set_log_start(start);
+        }
+    }
+    Ok(count)
+}

@@ -1,0 +1,90 @@
+//! `cloud [--config FILE]`: runs the broker. Logs go to stderr (RUST_LOG filters them);
+//! stdout carries one `listening <protocol> <addr>` line per bound listener.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tracing_subscriber::EnvFilter;
+
+fn usage() -> &'static str {
+    "usage: cloud [--config FILE]\n  runs the edge-to-cloud broker; with no --config, built-in defaults (see configs/cloud.yaml)"
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let mut args = std::env::args().skip(1);
+    let mut config_path: Option<PathBuf> = None;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--config" | "-c" => match args.next() {
+                Some(p) => config_path = Some(PathBuf::from(p)),
+                None => {
+                    eprintln!("--config needs a file\n{}", usage());
+                    return ExitCode::from(2);
+                }
+            },
+            "--help" | "-h" => {
+                println!("{}", usage());
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("unknown argument {other:?}\n{}", usage());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let config = match &config_path {
+        Some(p) => match cloud::Config::load(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => cloud::Config::default(),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let running = match cloud::start(config).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("listening kafka {}", running.kafka_addr);
+        if let Some(a) = running.mqtt_addr {
+            println!("listening mqtt {a}");
+        }
+        if let Some(a) = running.mqtts_addr {
+            println!("listening mqtts {a}");
+        }
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot install the SIGTERM handler: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tokio::select! {
+            _ = running.serve() => ExitCode::SUCCESS,
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("shutting down on SIGINT");
+                ExitCode::SUCCESS
+            }
+            _ = term.recv() => {
+                tracing::info!("shutting down on SIGTERM");
+                ExitCode::SUCCESS
+            }
+        }
+    })
+}

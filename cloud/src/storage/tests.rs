@@ -1,0 +1,102 @@
+use super::*;
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Store::open(dir.path(), SyncPolicy::Group).expect("open");
+    (dir, s)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+#[test]
+fn log_read_starts_at_containing_entry() {
+    let (_d, s) = store();
+    rt().block_on(async {
+        let mut w = WriteSet::default();
+        for base in [0u64, 10, 20] {
+            w.put_log(7, 0, base, Bytes::from(vec![base as u8; 4]));
+        }
+        w.put_log(7, 1, 0, Bytes::from_static(b"other-partition"));
+        w.put_log(8, 0, 0, Bytes::from_static(b"other-topic"));
+        s.write(w, true).await.expect("write");
+    });
+    let got: Vec<u64> = s.log_read(7, 0, 15, 1 << 20, 100).expect("read").into_iter().map(|e| e.0).collect();
+    assert_eq!(got, vec![10, 20]);
+    let got: Vec<u64> = s.log_read(7, 0, 0, 1, 100).expect("read").into_iter().map(|e| e.0).collect();
+    assert_eq!(got, vec![0], "max_bytes still returns one entry");
+    assert_eq!(s.log_last(7, 0).expect("last").map(|e| e.0), Some(20));
+    assert_eq!(s.log_first(7, 1).expect("first").map(|e| e.1), Some(Bytes::from_static(b"other-partition")));
+    assert_eq!(s.log_last(9, 0).expect("last"), None);
+}
+
+#[test]
+fn topics_round_trip_and_delete_is_a_range_delete() {
+    let (_d, s) = store();
+    let mut t = TopicRecord { id: 3, name: "a.b".into(), partitions: 2, configs: BTreeMap::new() };
+    t.configs.insert("retention.ms".into(), "1000".into());
+    rt().block_on(async {
+        let mut w = WriteSet::default();
+        w.put_topic(&t);
+        w.put_log(3, 0, 0, Bytes::from_static(b"x"));
+        w.put_log(3, 1, 5, Bytes::from_static(b"y"));
+        w.put_log(4, 0, 0, Bytes::from_static(b"keep"));
+        w.put_producer(3, 0, 42, vec![1, 2, 3]);
+        s.write(w, true).await.expect("write");
+    });
+    assert_eq!(s.load_topics().expect("load"), vec![t.clone()]);
+    assert_eq!(s.producer_states(3, 0).expect("ps"), vec![(42, vec![1, 2, 3])]);
+    rt().block_on(async {
+        let mut w = WriteSet::default();
+        w.delete_topic(&t);
+        s.write(w, true).await.expect("delete");
+    });
+    assert!(s.load_topics().expect("load").is_empty());
+    assert_eq!(s.log_last(3, 0).expect("last"), None);
+    assert_eq!(s.log_last(3, 1).expect("last"), None);
+    assert!(s.producer_states(3, 0).expect("ps").is_empty());
+    assert_eq!(s.log_last(4, 0).expect("last").map(|e| e.0), Some(0));
+}
+
+#[test]
+fn offsets_and_counters_survive_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let s = Store::open(dir.path(), SyncPolicy::Group).expect("open");
+        rt().block_on(async {
+            let mut w = WriteSet::default();
+            w.put_offset("g1", "t", 0, vec![9]);
+            w.put_offset("g1", "t", 1, vec![8]);
+            w.put_offset("g2", "t", 0, vec![7]);
+            w.put_counter("pid", 1000);
+            s.write(w, true).await.expect("write");
+        });
+    }
+    let s = Store::open(dir.path(), SyncPolicy::Group).expect("reopen");
+    assert_eq!(s.counter("pid").expect("counter"), 1000);
+    assert_eq!(s.group_offsets("g1").expect("offsets").len(), 2);
+    assert_eq!(s.groups_with_offsets().expect("groups"), vec!["g1".to_string(), "g2".to_string()]);
+    rt().block_on(async {
+        let mut w = WriteSet::default();
+        w.delete_group_offsets("g1");
+        s.write(w, true).await.expect("write");
+    });
+    assert_eq!(s.groups_with_offsets().expect("groups"), vec!["g2".to_string()]);
+}
+
+#[test]
+fn delete_log_before_keeps_later_entries() {
+    let (_d, s) = store();
+    rt().block_on(async {
+        let mut w = WriteSet::default();
+        for base in [0u64, 10, 20] {
+            w.put_log(1, 0, base, Bytes::from_static(b"b"));
+        }
+        s.write(w, true).await.expect("write");
+        let mut w = WriteSet::default();
+        w.delete_log_before(1, 0, 20);
+        s.write(w, true).await.expect("delete");
+    });
+    assert_eq!(s.log_first(1, 0).expect("first").map(|e| e.0), Some(20));
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need (Debian and
+# PyPI packages), builds, runs the Rust tests, then the system tests with real clients.
+#   ./tests/run.sh            everything
+#   ./tests/run.sh -k kcat    pass arguments through to pytest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Build outside the checkout so later runs on this machine reuse the RocksDB build
+# (about 30 minutes of C++ on two cores the first time).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edge-cloud-sync/target}"
+export CARGO_TERM_COLOR=never
+
+need_apt=()
+command -v kcat >/dev/null || need_apt+=(kcat)
+command -v mosquitto >/dev/null || need_apt+=(mosquitto)
+command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
+[ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need_apt+=(libclang-dev clang)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "==> installing Debian packages: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+echo "==> installing Python test packages"
+python3 -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+
+echo "==> building"
+cargo build --workspace --all-targets
+
+echo "==> Rust tests"
+cargo test --workspace
+
+echo "==> system tests (real clients)"
+export CLOUD_BIN="$CARGO_TARGET_DIR/debug/cloud"
+export EDGE_BIN="$CARGO_TARGET_DIR/debug/edge"
+python3 -m pytest tests/python -q -p no:cacheprovider "$@"

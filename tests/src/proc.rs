@@ -1,0 +1,91 @@
+//! Running the cloud binary for benchmarks, and reading a process's resource use.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+/// The cloud binary: `$CLOUD_BIN`, else beside the running executable.
+pub fn cloud_bin() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("CLOUD_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("exe dir")?;
+    for cand in [dir.join("cloud"), dir.join("../cloud")] {
+        if cand.exists() {
+            return Ok(cand);
+        }
+    }
+    bail!("cloud binary not found; build it (cargo build -p cloud) or set CLOUD_BIN")
+}
+
+pub struct Cloud {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Cloud {
+    /// Starts the cloud on 127.0.0.1:0 with `extra_yaml` appended to a config in `dir`.
+    pub fn start(dir: &Path, extra_yaml: &str) -> Result<Cloud> {
+        let cfg = dir.join("cloud.yaml");
+        std::fs::write(
+            &cfg,
+            format!("data_dir: {}\nkafka:\n  listen: 127.0.0.1:0\n{extra_yaml}", dir.join("data").display()),
+        )?;
+        let mut child = Command::new(cloud_bin()?)
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let Some(line) = lines.next() else { bail!("cloud exited before listening") };
+            let line = line?;
+            if let Some(a) = line.strip_prefix("listening kafka ") {
+                break a.trim().to_string();
+            }
+        };
+        Ok(Cloud { child, addr })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resident set size of a process in bytes.
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    for line in status.lines() {
+        if let Some(v) = line.strip_prefix("VmRSS:") {
+            let kb: u64 = v.trim().trim_end_matches("kB").trim().parse()?;
+            return Ok(kb * 1024);
+        }
+    }
+    bail!("no VmRSS")
+}
+
+/// Open file descriptors of a process.
+pub fn open_fds(pid: u32) -> Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+/// The p-th percentile (0..=100) of sorted samples.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
