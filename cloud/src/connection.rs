@@ -29,8 +29,19 @@ pub struct Connection<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
-    pub fn new(stream: S, max_frame: usize, frame_timeout: Duration, idle_timeout: Duration) -> Self {
-        Connection { stream, buf: BytesMut::with_capacity(8 * 1024), max_frame, frame_timeout, idle_timeout }
+    pub fn new(
+        stream: S,
+        max_frame: usize,
+        frame_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
+        Connection {
+            stream,
+            buf: BytesMut::with_capacity(8 * 1024),
+            max_frame,
+            frame_timeout,
+            idle_timeout,
+        }
     }
 
     /// Reads one frame body (without its length prefix). `Ok(None)` on a clean close.
@@ -43,7 +54,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             // Reserve what the announced frame needs (already checked against the cap).
             if self.buf.len() >= 4 {
-                let len = i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+                let len = i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+                    as usize;
                 let want = (4 + len).saturating_sub(self.buf.len()).min(1 << 20);
                 self.buf.reserve(want);
             } else {
@@ -59,14 +71,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 Err(_) => return Err(err),
             };
             if n == 0 {
-                return if self.buf.is_empty() { Ok(None) } else { Err(Error::Truncated(self.buf.len())) };
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(Error::Truncated(self.buf.len()))
+                };
             }
         }
     }
 
-    /// Writes one complete frame (length prefix included) in one write.
-    pub async fn write_frame(&mut self, frame: &[u8]) -> Result<(), Error> {
-        self.stream.write_all(frame).await?;
+    /// Writes one frame: `head` (length prefix included) then `tail`, if any.
+    pub async fn write_frame(&mut self, head: &[u8], tail: Option<&[u8]>) -> Result<(), Error> {
+        self.stream.write_all(head).await?;
+        if let Some(t) = tail {
+            self.stream.write_all(t).await?;
+        }
         self.stream.flush().await?;
         Ok(())
     }

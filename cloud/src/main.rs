@@ -10,10 +10,21 @@ fn usage() -> &'static str {
     "usage: cloud [--config FILE]\n  runs the edge-to-cloud broker; with no --config, built-in defaults (see configs/cloud.yaml)"
 }
 
+/// Prints `listening <protocol> <addr>` on stdout. A closed stdout (the launcher stopped
+/// reading) must not stop the broker, so write errors are ignored.
+fn announce(protocol: &str, addr: std::net::SocketAddr) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "listening {protocol} {addr}");
+    let _ = out.flush();
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .init();
     let mut args = std::env::args().skip(1);
     let mut config_path: Option<PathBuf> = None;
@@ -46,7 +57,10 @@ fn main() -> ExitCode {
         },
         None => cloud::Config::default(),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -61,20 +75,21 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        println!("listening kafka {}", running.kafka_addr);
+        announce("kafka", running.kafka_addr);
         if let Some(a) = running.mqtt_addr {
-            println!("listening mqtt {a}");
+            announce("mqtt", a);
         }
         if let Some(a) = running.mqtts_addr {
-            println!("listening mqtts {a}");
+            announce("mqtts", a);
         }
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: cannot install the SIGTERM handler: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: cannot install the SIGTERM handler: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
         tokio::select! {
             _ = running.serve() => ExitCode::SUCCESS,
             _ = tokio::signal::ctrl_c() => {

@@ -37,7 +37,9 @@ async fn run(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
         Duration::from_millis(k.frame_timeout_ms),
         Duration::from_millis(k.idle_timeout_ms),
     );
-    let who = Peer { host: peer.ip().to_string() };
+    let who = Peer {
+        host: peer.ip().to_string(),
+    };
     debug!("connection opened");
     loop {
         let body = match conn.read_frame().await {
@@ -56,8 +58,8 @@ async fn run(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
             }
         };
         match api::handle(&broker, &who, body).await {
-            Ok(Some(frame)) => {
-                if let Err(e) = conn.write_frame(&frame).await {
+            Ok(Some(resp)) => {
+                if let Err(e) = conn.write_frame(&resp.head, resp.tail.as_deref()).await {
                     debug!(cause = %e, "write failed");
                     return;
                 }

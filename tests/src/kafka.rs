@@ -7,11 +7,14 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
-    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    ApiKey, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse,
+    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader,
+    ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -22,12 +25,23 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: &str) -> Result<Client> {
-        let stream = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connect {addr}"))?;
         stream.set_nodelay(true)?;
-        Ok(Client { stream, correlation: 0 })
+        Ok(Client {
+            stream,
+            correlation: 0,
+        })
     }
 
-    async fn call<Req: Encodable, Resp: Decodable>(&mut self, api: ApiKey, version: i16, req: &Req, expect_reply: bool) -> Result<Option<Resp>> {
+    async fn call<Req: Encodable, Resp: Decodable>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        req: &Req,
+        expect_reply: bool,
+    ) -> Result<Option<Resp>> {
         self.correlation += 1;
         let mut h = RequestHeader::default();
         h.request_api_key = api as i16;
@@ -50,7 +64,11 @@ impl Client {
         let mut body = Bytes::from(body);
         let rh = ResponseHeader::decode(&mut body, api.response_header_version(version))?;
         if rh.correlation_id != self.correlation {
-            bail!("correlation id {} != {}", rh.correlation_id, self.correlation);
+            bail!(
+                "correlation id {} != {}",
+                rh.correlation_id,
+                self.correlation
+            );
         }
         Ok(Some(Resp::decode(&mut body, version)?))
     }
@@ -65,7 +83,10 @@ impl Client {
             t.replication_factor = 1;
             req.topics.push(t);
         }
-        let r: CreateTopicsResponse = self.call(ApiKey::CreateTopics, 7, &req, true).await?.context("no reply")?;
+        let r: CreateTopicsResponse = self
+            .call(ApiKey::CreateTopics, 7, &req, true)
+            .await?
+            .context("no reply")?;
         Ok(r.topics.iter().map(|t| t.error_code).collect())
     }
 
@@ -77,11 +98,19 @@ impl Client {
             m.name = Some(TopicName(StrBytes::from_string(t.to_string())));
             vec![m]
         });
-        self.call(ApiKey::Metadata, 12, &req, true).await?.context("no reply")
+        self.call(ApiKey::Metadata, 12, &req, true)
+            .await?
+            .context("no reply")
     }
 
     /// Produces one record set; returns the base offset.
-    pub async fn produce(&mut self, topic: &str, partition: i32, records: Bytes, acks: i16) -> Result<i64> {
+    pub async fn produce(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        records: Bytes,
+        acks: i16,
+    ) -> Result<i64> {
         let mut p = PartitionProduceData::default();
         p.index = partition;
         p.records = Some(records);
@@ -94,7 +123,11 @@ impl Client {
         req.topic_data = vec![t];
         let r: Option<ProduceResponse> = self.call(ApiKey::Produce, 9, &req, acks != 0).await?;
         let Some(r) = r else { return Ok(-1) };
-        let pr = r.responses.first().and_then(|t| t.partition_responses.first()).context("empty produce response")?;
+        let pr = r
+            .responses
+            .first()
+            .and_then(|t| t.partition_responses.first())
+            .context("empty produce response")?;
         if pr.error_code != 0 {
             bail!("produce error {}", pr.error_code);
         }
@@ -102,7 +135,14 @@ impl Client {
     }
 
     /// Fetches from `offset`; returns (record bytes, high watermark).
-    pub async fn fetch(&mut self, topic: &str, partition: i32, offset: i64, max_bytes: i32, max_wait_ms: i32) -> Result<(Bytes, i64)> {
+    pub async fn fetch(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: i32,
+        max_wait_ms: i32,
+    ) -> Result<(Bytes, i64)> {
         let mut p = FetchPartition::default();
         p.partition = partition;
         p.fetch_offset = offset;
@@ -119,8 +159,15 @@ impl Client {
         req.max_bytes = max_bytes;
         req.session_epoch = -1;
         req.topics = vec![t];
-        let r: FetchResponse = self.call(ApiKey::Fetch, 11, &req, true).await?.context("no reply")?;
-        let pd = r.responses.first().and_then(|t| t.partitions.first()).context("empty fetch response")?;
+        let r: FetchResponse = self
+            .call(ApiKey::Fetch, 11, &req, true)
+            .await?
+            .context("no reply")?;
+        let pd = r
+            .responses
+            .first()
+            .and_then(|t| t.partitions.first())
+            .context("empty fetch response")?;
         if pd.error_code != 0 {
             bail!("fetch error {}", pd.error_code);
         }
@@ -130,7 +177,9 @@ impl Client {
 
 /// Encodes `n` records of `size` bytes as one batch.
 pub fn record_batch(n: usize, size: usize, compression: Compression) -> Result<Bytes> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
     let records: Vec<Record> = (0..n)
         .map(|i| Record {
             transactional: false,
@@ -144,12 +193,21 @@ pub fn record_batch(n: usize, size: usize, compression: Compression) -> Result<B
             sequence: i as i32,
             timestamp: now,
             key: None,
-            value: Some(Bytes::from((0..size).map(|j| (i * 31 + j) as u8).collect::<Vec<u8>>())),
+            value: Some(Bytes::from(
+                (0..size).map(|j| (i * 31 + j) as u8).collect::<Vec<u8>>(),
+            )),
             headers: Default::default(),
         })
         .collect();
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression })?;
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )?;
     Ok(buf.freeze())
 }
 

@@ -32,23 +32,30 @@ impl Cloud {
         let cfg = dir.join("cloud.yaml");
         std::fs::write(
             &cfg,
-            format!("data_dir: {}\nkafka:\n  listen: 127.0.0.1:0\n{extra_yaml}", dir.join("data").display()),
+            format!(
+                "data_dir: {}\nkafka:\n  listen: 127.0.0.1:0\nmqtt:\n  listen: 127.0.0.1:0\n{extra_yaml}",
+                dir.join("data").display()
+            ),
         )?;
         let mut child = Command::new(cloud_bin()?)
             .arg("--config")
             .arg(&cfg)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(dir.join("cloud.log"))?))
             .spawn()?;
         let stdout = child.stdout.take().context("stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let addr = loop {
-            let Some(line) = lines.next() else { bail!("cloud exited before listening") };
+            let Some(line) = lines.next() else {
+                bail!("cloud exited before listening")
+            };
             let line = line?;
             if let Some(a) = line.strip_prefix("listening kafka ") {
                 break a.trim().to_string();
             }
         };
+        // Keep draining stdout so the broker never writes into a closed pipe.
+        std::thread::spawn(move || for _ in lines {});
         Ok(Cloud { child, addr })
     }
 

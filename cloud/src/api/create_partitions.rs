@@ -7,15 +7,25 @@ use kafka_protocol::protocol::StrBytes;
 use super::errors;
 use crate::broker::Broker;
 
-pub(super) async fn handle(broker: &Broker, req: CreatePartitionsRequest, _version: i16) -> CreatePartitionsResponse {
+pub(super) async fn handle(
+    broker: &Broker,
+    req: CreatePartitionsRequest,
+    _version: i16,
+) -> CreatePartitionsResponse {
     let mut r = CreatePartitionsResponse::default();
     for t in req.topics {
         let mut res = CreatePartitionsTopicResult::default();
         res.name = t.name.clone();
         let outcome = if t.count <= 0 {
-            Err(crate::log::TopicError::InvalidPartitions(format!("{} is not a valid partition count", t.count)))
+            Err(crate::log::TopicError::InvalidPartitions(format!(
+                "{} is not a valid partition count",
+                t.count
+            )))
         } else {
-            broker.log.add_partitions(t.name.0.as_str(), t.count as u32, req.validate_only).await
+            broker
+                .log
+                .add_partitions(t.name.0.as_str(), t.count as u32, req.validate_only)
+                .await
         };
         if let Err(e) = outcome {
             res.error_code = errors::topic_error(&e);

@@ -10,14 +10,22 @@ use super::errors;
 use crate::broker::Broker;
 use crate::log::NewTopic;
 
-pub(super) async fn handle(broker: &Broker, req: CreateTopicsRequest, _version: i16) -> CreateTopicsResponse {
+pub(super) async fn handle(
+    broker: &Broker,
+    req: CreateTopicsRequest,
+    _version: i16,
+) -> CreateTopicsResponse {
     let mut results: Vec<CreatableTopicResult> = Vec::with_capacity(req.topics.len());
     let mut new = Vec::new();
     let mut slots = Vec::new();
     for t in req.topics {
         let mut res = CreatableTopicResult::default();
         res.name = t.name.clone();
-        let partitions = if t.num_partitions == -1 { broker.config.kafka.default_partitions as i32 } else { t.num_partitions };
+        let partitions = if t.num_partitions == -1 {
+            broker.config.kafka.default_partitions as i32
+        } else {
+            t.num_partitions
+        };
         res.num_partitions = partitions;
         res.replication_factor = 1;
         if t.replication_factor != -1 && t.replication_factor != 1 {
@@ -31,14 +39,31 @@ pub(super) async fn handle(broker: &Broker, req: CreateTopicsRequest, _version: 
         }
         if partitions <= 0 && t.assignments.is_empty() {
             res.error_code = errors::INVALID_PARTITIONS;
-            res.error_message = Some(StrBytes::from_static_str("number of partitions must be positive"));
+            res.error_message = Some(StrBytes::from_static_str(
+                "number of partitions must be positive",
+            ));
             results.push(res);
             continue;
         }
-        let partitions = if t.assignments.is_empty() { partitions } else { t.assignments.len() as i32 };
-        let configs: BTreeMap<String, String> =
-            t.configs.iter().filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string()))).collect();
-        new.push(NewTopic { name: t.name.0.to_string(), partitions: partitions as u32, configs });
+        let partitions = if t.assignments.is_empty() {
+            partitions
+        } else {
+            t.assignments.len() as i32
+        };
+        let configs: BTreeMap<String, String> = t
+            .configs
+            .iter()
+            .filter_map(|c| {
+                c.value
+                    .as_ref()
+                    .map(|v| (c.name.to_string(), v.to_string()))
+            })
+            .collect();
+        new.push(NewTopic {
+            name: t.name.0.to_string(),
+            partitions: partitions as u32,
+            configs,
+        });
         slots.push(results.len());
         results.push(res);
     }

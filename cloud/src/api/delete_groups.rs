@@ -6,11 +6,19 @@ use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
 use super::errors;
 use crate::broker::Broker;
 
-pub(super) async fn handle(broker: &Broker, req: DeleteGroupsRequest, _version: i16) -> DeleteGroupsResponse {
+pub(super) async fn handle(
+    broker: &Broker,
+    req: DeleteGroupsRequest,
+    _version: i16,
+) -> DeleteGroupsResponse {
     let mut r = DeleteGroupsResponse::default();
     for g in req.groups_names {
         let mut res = DeletableGroupResult::default();
-        res.error_code = broker.groups.delete(g.0.as_str()).await.unwrap_or(errors::KAFKA_STORAGE_ERROR);
+        res.error_code = broker
+            .groups
+            .delete(g.0.as_str())
+            .await
+            .unwrap_or(errors::KAFKA_STORAGE_ERROR);
         res.group_id = g;
         r.results.push(res);
     }

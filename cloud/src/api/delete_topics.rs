@@ -7,7 +7,11 @@ use kafka_protocol::protocol::StrBytes;
 use super::errors;
 use crate::broker::Broker;
 
-pub(super) async fn handle(broker: &Broker, req: DeleteTopicsRequest, version: i16) -> DeleteTopicsResponse {
+pub(super) async fn handle(
+    broker: &Broker,
+    req: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
     let mut targets: Vec<(Option<TopicName>, uuid::Uuid)> = Vec::new();
     if version >= 6 {
         for t in req.topics {
@@ -24,9 +28,18 @@ pub(super) async fn handle(broker: &Broker, req: DeleteTopicsRequest, version: i
         res.topic_id = id;
         let resolved = match &name {
             Some(n) => Some(n.0.to_string()),
-            None => broker.log.all().into_iter().find(|t| uuid::Uuid::from_bytes(t.uuid()) == id).map(|t| t.name.to_string()),
+            None => broker
+                .log
+                .all()
+                .into_iter()
+                .find(|t| uuid::Uuid::from_bytes(t.uuid()) == id)
+                .map(|t| t.name.to_string()),
         };
-        res.name = name.clone().or_else(|| resolved.clone().map(|n| TopicName(StrBytes::from_string(n))));
+        res.name = name.clone().or_else(|| {
+            resolved
+                .clone()
+                .map(|n| TopicName(StrBytes::from_string(n)))
+        });
         match resolved {
             None => res.error_code = errors::UNKNOWN_TOPIC_ID,
             Some(n) => {

@@ -6,7 +6,11 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::broker::{Broker, NODE_ID};
 
-pub(super) fn handle(broker: &Broker, _req: DescribeClusterRequest, _version: i16) -> DescribeClusterResponse {
+pub(super) fn handle(
+    broker: &Broker,
+    _req: DescribeClusterRequest,
+    _version: i16,
+) -> DescribeClusterResponse {
     let mut r = DescribeClusterResponse::default();
     r.endpoint_type = 1;
     r.cluster_id = StrBytes::from_string(broker.cluster_id.clone());

@@ -1,6 +1,8 @@
 //! DescribeConfigs: topic configs (explicit and defaults) and the broker's own.
 
-use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::protocol::StrBytes;
 
@@ -23,13 +25,21 @@ fn entry(name: &str, value: &str, source: i8, read_only: bool) -> DescribeConfig
     c
 }
 
-pub(super) fn handle(broker: &Broker, req: DescribeConfigsRequest, _version: i16) -> DescribeConfigsResponse {
+pub(super) fn handle(
+    broker: &Broker,
+    req: DescribeConfigsRequest,
+    _version: i16,
+) -> DescribeConfigsResponse {
     let mut r = DescribeConfigsResponse::default();
     for res in req.resources {
         let mut out = DescribeConfigsResult::default();
         out.resource_type = res.resource_type;
         out.resource_name = res.resource_name.clone();
-        let wanted = |k: &str| res.configuration_keys.as_ref().is_none_or(|keys| keys.iter().any(|x| x.as_str() == k));
+        let wanted = |k: &str| {
+            res.configuration_keys
+                .as_ref()
+                .is_none_or(|keys| keys.iter().any(|x| x.as_str() == k))
+        };
         match res.resource_type {
             TOPIC => match broker.log.get(res.resource_name.as_str()) {
                 Some(t) => {
@@ -49,11 +59,17 @@ pub(super) fn handle(broker: &Broker, req: DescribeConfigsRequest, _version: i16
                     out.error_message = Some(StrBytes::from_static_str("unknown topic"));
                 }
             },
-            BROKER if res.resource_name.is_empty() || res.resource_name.as_str() == NODE_ID.to_string() => {
+            BROKER
+                if res.resource_name.is_empty()
+                    || res.resource_name.as_str() == NODE_ID.to_string() =>
+            {
                 let k = &broker.config.kafka;
                 let items = [
                     ("broker.id", NODE_ID.to_string()),
-                    ("auto.create.topics.enable", k.auto_create_topics.to_string()),
+                    (
+                        "auto.create.topics.enable",
+                        k.auto_create_topics.to_string(),
+                    ),
                     ("num.partitions", k.default_partitions.to_string()),
                     ("socket.request.max.bytes", k.max_frame_bytes.to_string()),
                     ("log.retention.ms", "604800000".to_string()),
@@ -61,7 +77,8 @@ pub(super) fn handle(broker: &Broker, req: DescribeConfigsRequest, _version: i16
                 ];
                 for (name, value) in items {
                     if wanted(name) {
-                        out.configs.push(entry(name, &value, SOURCE_STATIC_BROKER, true));
+                        out.configs
+                            .push(entry(name, &value, SOURCE_STATIC_BROKER, true));
                     }
                 }
             }

@@ -6,7 +6,11 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::broker::Broker;
 
-pub(super) fn handle(broker: &Broker, req: DescribeGroupsRequest, _version: i16) -> DescribeGroupsResponse {
+pub(super) fn handle(
+    broker: &Broker,
+    req: DescribeGroupsRequest,
+    _version: i16,
+) -> DescribeGroupsResponse {
     let mut r = DescribeGroupsResponse::default();
     for id in req.groups {
         let mut g = DescribedGroup::default();

@@ -30,14 +30,21 @@ pub(super) async fn handle(broker: &Broker, req: FetchRequest, _version: i16) ->
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT);
     let deadline = Instant::now() + wait;
     let min_bytes = req.min_bytes.max(0) as usize;
-    let max_bytes = if req.max_bytes <= 0 { usize::MAX } else { req.max_bytes as usize };
+    let max_bytes = if req.max_bytes <= 0 {
+        usize::MAX
+    } else {
+        req.max_bytes as usize
+    };
     let mut slots = Vec::new();
     for (ti, t) in req.topics.iter().enumerate() {
         let topic = broker.log.get(t.topic.0.as_str());
         for p in &t.partitions {
             let log = match &topic {
                 None => Err(errors::UNKNOWN_TOPIC_OR_PARTITION),
-                Some(tp) => broker.log.partition(tp, p.partition).map_err(|e| errors::topic_error(&e)),
+                Some(tp) => broker
+                    .log
+                    .partition(tp, p.partition)
+                    .map_err(|e| errors::topic_error(&e)),
             };
             slots.push(Slot {
                 topic: ti,
@@ -60,7 +67,10 @@ pub(super) async fn handle(broker: &Broker, req: FetchRequest, _version: i16) ->
         if bytes >= min_bytes.max(1) || errored || now >= deadline {
             break parts;
         }
-        if tokio::time::timeout(deadline - now, notify.notified()).await.is_err() {
+        if tokio::time::timeout(deadline - now, notify.notified())
+            .await
+            .is_err()
+        {
             break read_all(broker, &slots, max_bytes).0;
         }
     };
@@ -84,7 +94,11 @@ pub(super) async fn handle(broker: &Broker, req: FetchRequest, _version: i16) ->
 
 /// Reads every slot once; returns the partitions, total record bytes, and whether any
 /// partition answered with an error (which ends the long poll, as in Kafka).
-fn read_all(broker: &Broker, slots: &[Slot], max_bytes: usize) -> (Vec<PartitionData>, usize, bool) {
+fn read_all(
+    broker: &Broker,
+    slots: &[Slot],
+    max_bytes: usize,
+) -> (Vec<PartitionData>, usize, bool) {
     let mut total = 0usize;
     let mut errored = false;
     let mut out = Vec::with_capacity(slots.len());

@@ -9,10 +9,18 @@ use kafka_protocol::protocol::StrBytes;
 
 const GROUP: i8 = 0;
 
-pub(super) fn handle(broker: &Broker, req: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
+pub(super) fn handle(
+    broker: &Broker,
+    req: FindCoordinatorRequest,
+    version: i16,
+) -> FindCoordinatorResponse {
     let mut r = FindCoordinatorResponse::default();
     let host = StrBytes::from_string(broker.node.host.clone());
-    let code = if req.key_type == GROUP { errors::NONE } else { errors::COORDINATOR_NOT_AVAILABLE };
+    let code = if req.key_type == GROUP {
+        errors::NONE
+    } else {
+        errors::COORDINATOR_NOT_AVAILABLE
+    };
     if version >= 4 {
         for key in req.coordinator_keys {
             let mut c = Coordinator::default();

@@ -7,7 +7,11 @@ use tracing::error;
 use super::errors;
 use crate::broker::Broker;
 
-pub(super) async fn handle(broker: &Broker, req: InitProducerIdRequest, _version: i16) -> InitProducerIdResponse {
+pub(super) async fn handle(
+    broker: &Broker,
+    req: InitProducerIdRequest,
+    _version: i16,
+) -> InitProducerIdResponse {
     let mut r = InitProducerIdResponse::default();
     if req.transactional_id.is_some() {
         r.error_code = errors::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;

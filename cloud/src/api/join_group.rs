@@ -9,18 +9,36 @@ use kafka_protocol::protocol::StrBytes;
 use crate::broker::Broker;
 use crate::groups::group::JoinRequest;
 
-pub(super) async fn handle(broker: &Broker, req: JoinGroupRequest, version: i16, h: &RequestHeader, host: &str) -> JoinGroupResponse {
+pub(super) async fn handle(
+    broker: &Broker,
+    req: JoinGroupRequest,
+    version: i16,
+    h: &RequestHeader,
+    host: &str,
+) -> JoinGroupResponse {
     let session = Duration::from_millis(req.session_timeout_ms.max(0) as u64);
-    let rebalance = if version >= 1 { Duration::from_millis(req.rebalance_timeout_ms.max(0) as u64) } else { session };
+    let rebalance = if version >= 1 {
+        Duration::from_millis(req.rebalance_timeout_ms.max(0) as u64)
+    } else {
+        session
+    };
     let jr = JoinRequest {
         member_id: req.member_id.to_string(),
         instance_id: req.group_instance_id.map(|s| s.to_string()),
-        client_id: h.client_id.as_ref().map(|s| s.to_string()).unwrap_or_default(),
+        client_id: h
+            .client_id
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
         client_host: format!("/{host}"),
         session_timeout: session,
         rebalance_timeout: rebalance,
         protocol_type: req.protocol_type.to_string(),
-        protocols: req.protocols.into_iter().map(|p| (p.name.to_string(), p.metadata)).collect(),
+        protocols: req
+            .protocols
+            .into_iter()
+            .map(|p| (p.name.to_string(), p.metadata))
+            .collect(),
         require_known_member_id: version >= 4,
     };
     let res = broker.groups.join(req.group_id.0.as_str(), jr).await;

@@ -12,7 +12,12 @@ pub(super) fn handle(broker: &Broker, req: ListGroupsRequest, _version: i16) -> 
     match broker.groups.list() {
         Ok(groups) => {
             for (name, protocol_type, state) in groups {
-                if !req.states_filter.is_empty() && !req.states_filter.iter().any(|s| s.as_str().eq_ignore_ascii_case(state)) {
+                if !req.states_filter.is_empty()
+                    && !req
+                        .states_filter
+                        .iter()
+                        .any(|s| s.as_str().eq_ignore_ascii_case(state))
+                {
                     continue;
                 }
                 let mut g = ListedGroup::default();

@@ -1,7 +1,9 @@
 //! ListOffsets: earliest (-2), latest (-1), max timestamp (-3), or the first offset whose
 //! record timestamp is at or after the given time.
 
-use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::records::RecordBatchDecoder;
 
@@ -18,7 +20,11 @@ const CHUNK: usize = 256;
 
 /// (offset, timestamp) of the first record with timestamp >= `ts`, or of the record with
 /// the largest timestamp when `ts` is None.
-fn search(store: &Store, log: &PartitionLog, ts: Option<i64>) -> Result<Option<(i64, i64)>, crate::storage::Error> {
+fn search(
+    store: &Store,
+    log: &PartitionLog,
+    ts: Option<i64>,
+) -> Result<Option<(i64, i64)>, crate::storage::Error> {
     let hwm = log.high_watermark();
     let mut from = log.log_start();
     let mut best: Option<(i64, bytes::Bytes)> = None;
@@ -32,7 +38,9 @@ fn search(store: &Store, log: &PartitionLog, ts: Option<i64>) -> Result<Option<(
             if *base >= hwm {
                 return Ok(best.and_then(|(_, b)| pick(&b, ts)));
             }
-            let Ok(h) = BatchHeader::parse(b) else { continue };
+            let Ok(h) = BatchHeader::parse(b) else {
+                continue;
+            };
             match ts {
                 Some(t) if h.max_timestamp >= t => return Ok(pick(b, ts)),
                 Some(_) => {}
@@ -54,12 +62,24 @@ fn pick(batch: &bytes::Bytes, ts: Option<i64>) -> Option<(i64, i64)> {
     let mut b = batch.clone();
     let set = RecordBatchDecoder::decode(&mut b).ok()?;
     match ts {
-        Some(t) => set.records.iter().find(|r| r.timestamp >= t).map(|r| (r.offset, r.timestamp)),
-        None => set.records.iter().max_by_key(|r| r.timestamp).map(|r| (r.offset, r.timestamp)),
+        Some(t) => set
+            .records
+            .iter()
+            .find(|r| r.timestamp >= t)
+            .map(|r| (r.offset, r.timestamp)),
+        None => set
+            .records
+            .iter()
+            .max_by_key(|r| r.timestamp)
+            .map(|r| (r.offset, r.timestamp)),
     }
 }
 
-pub(super) fn handle(broker: &Broker, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+pub(super) fn handle(
+    broker: &Broker,
+    req: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
     let mut r = ListOffsetsResponse::default();
     for t in req.topics {
         let topic = broker.log.get(t.name.0.as_str());
@@ -74,7 +94,10 @@ pub(super) fn handle(broker: &Broker, req: ListOffsetsRequest, version: i16) -> 
             }
             let log = match &topic {
                 None => Err(errors::UNKNOWN_TOPIC_OR_PARTITION),
-                Some(tp) => broker.log.partition(tp, p.partition_index).map_err(|e| errors::topic_error(&e)),
+                Some(tp) => broker
+                    .log
+                    .partition(tp, p.partition_index)
+                    .map_err(|e| errors::topic_error(&e)),
             };
             match log {
                 Err(code) => rp.error_code = code,

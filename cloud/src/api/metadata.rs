@@ -5,8 +5,12 @@
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
-use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, ResponseKind, TopicName};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{
+    BrokerId, MetadataRequest, MetadataResponse, ResponseKind, TopicName,
+};
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use tracing::warn;
 
@@ -59,12 +63,16 @@ pub(super) async fn handle(broker: &Broker, req: MetadataRequest, version: i16) 
     if requested.is_empty() && version == 0 {
         return all_topics(broker, version).await;
     }
-    let auto = broker.config.kafka.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
+    let auto =
+        broker.config.kafka.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
     let mut r = base(broker);
     let mut to_create = Vec::new();
     for t in &requested {
         let Some(name) = t.name.clone() else {
-            r.topics.push(missing(TopicName(StrBytes::default()), errors::UNKNOWN_TOPIC_ID));
+            r.topics.push(missing(
+                TopicName(StrBytes::default()),
+                errors::UNKNOWN_TOPIC_ID,
+            ));
             continue;
         };
         if broker.log.get(name.0.as_str()).is_none() && auto {
@@ -78,7 +86,10 @@ pub(super) async fn handle(broker: &Broker, req: MetadataRequest, version: i16) 
     if !to_create.is_empty() {
         for res in broker.log.create(to_create, false).await {
             if let Err(e) = res {
-                if !matches!(e, crate::log::TopicError::Exists | crate::log::TopicError::InvalidName(_)) {
+                if !matches!(
+                    e,
+                    crate::log::TopicError::Exists | crate::log::TopicError::InvalidName(_)
+                ) {
                     warn!(cause = %e, "auto-create failed");
                 }
             }
@@ -98,7 +109,7 @@ pub(super) async fn handle(broker: &Broker, req: MetadataRequest, version: i16) 
             }
         }
     }
-    Reply::Message(ResponseKind::Metadata(r))
+    Reply::message(ResponseKind::Metadata(r))
 }
 
 async fn all_topics(broker: &Broker, version: i16) -> Reply {
@@ -113,18 +124,36 @@ async fn all_topics(broker: &Broker, version: i16) -> Reply {
     let topics: Vec<Arc<Topic>> = broker.log.all();
     let cap = broker.config.kafka.metadata_max_topics;
     if topics.len() > cap {
-        warn!(topics = topics.len(), cap, "all-topics metadata truncated to kafka.metadata_max_topics");
+        warn!(
+            topics = topics.len(),
+            cap, "all-topics metadata truncated to kafka.metadata_max_topics"
+        );
     }
     let shown = &topics[..topics.len().min(cap)];
-    let buf = match encode_streaming(&base(broker), shown.len(), shown.iter().map(|t| topic_entry(t)), version) {
+    // Size first, so the cached body is allocated once at its exact size (no doubling
+    // reallocations of a buffer that is tens of megabytes at a million topics).
+    let mut size = 0usize;
+    for t in shown {
+        size += topic_entry(t).compute_size(version).unwrap_or(0);
+    }
+    let buf = match encode_streaming(
+        &base(broker),
+        shown.len(),
+        size,
+        shown.iter().map(|t| topic_entry(t)),
+        version,
+    ) {
         Ok(b) => b,
         Err(e) => {
             warn!(cause = %e, "metadata encode failed");
-            return Reply::Message(ResponseKind::Metadata(base(broker)));
+            return Reply::message(ResponseKind::Metadata(base(broker)));
         }
     };
     let bytes = buf.freeze();
-    *broker.metadata_cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, version, bytes.clone()));
+    *broker
+        .metadata_cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some((generation, version, bytes.clone()));
     Reply::Encoded(bytes)
 }
 
@@ -134,6 +163,7 @@ async fn all_topics(broker: &Broker, version: i16) -> Reply {
 fn encode_streaming(
     base: &MetadataResponse,
     count: usize,
+    topics_size: usize,
     topics: impl Iterator<Item = MetadataResponseTopic>,
     version: i16,
 ) -> anyhow::Result<BytesMut> {
@@ -143,9 +173,12 @@ fn encode_streaming(
     // Fields after the topics array: cluster_authorized_operations (v8-10), tagged fields (v9+).
     let suffix = if (8..=10).contains(&version) { 4 } else { 0 } + if flexible { 1 } else { 0 };
     let empty_array = if flexible { 1 } else { 4 };
-    anyhow::ensure!(empty.len() >= suffix + empty_array, "unexpected empty metadata encoding");
+    anyhow::ensure!(
+        empty.len() >= suffix + empty_array,
+        "unexpected empty metadata encoding"
+    );
     let prefix_end = empty.len() - suffix - empty_array;
-    let mut out = BytesMut::with_capacity(empty.len() + count * 64);
+    let mut out = BytesMut::with_capacity(empty.len() + 5 + topics_size);
     out.extend_from_slice(&empty[..prefix_end]);
     if flexible {
         let mut n = count as u64 + 1;
@@ -165,7 +198,11 @@ fn encode_streaming(
 }
 
 fn cached(broker: &Broker, generation: u64, version: i16) -> Option<Bytes> {
-    match &*broker.metadata_cache.lock().unwrap_or_else(|p| p.into_inner()) {
+    match &*broker
+        .metadata_cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+    {
         Some((g, v, b)) if *g == generation && *v == version => Some(b.clone()),
         _ => None,
     }
@@ -200,13 +237,16 @@ mod tests {
         base.brokers = vec![b];
         base.cluster_id = Some(StrBytes::from_static_str("c"));
         for n in [0usize, 1, 3, 130] {
-            let topics: Vec<MetadataResponseTopic> = (0..n).map(|i| topic(&format!("t{i}"), (i % 3) as i32 + 1)).collect();
+            let topics: Vec<MetadataResponseTopic> = (0..n)
+                .map(|i| topic(&format!("t{i}"), (i % 3) as i32 + 1))
+                .collect();
             let mut whole = base.clone();
             whole.topics = topics.clone();
             for version in 0..=12 {
                 let mut expected = BytesMut::new();
                 whole.encode(&mut expected, version).expect("encode");
-                let got = encode_streaming(&base, n, topics.clone().into_iter(), version).expect("stream");
+                let got = encode_streaming(&base, n, 0, topics.clone().into_iter(), version)
+                    .expect("stream");
                 assert_eq!(got, expected, "version {version}, {n} topics");
             }
         }

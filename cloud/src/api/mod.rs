@@ -13,9 +13,9 @@ pub(crate) mod errors;
 mod fetch;
 mod find_coordinator;
 mod heartbeat;
+mod init_producer_id;
 mod join_group;
 mod leave_group;
-mod init_producer_id;
 mod list_groups;
 mod list_offsets;
 mod metadata;
@@ -62,7 +62,9 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
 /// Whether a request can be decoded: advertised, and within the codec's own range.
 pub(crate) fn decodable(api: ApiKey, version: i16) -> bool {
     let codec = api.valid_versions();
-    SUPPORTED.iter().any(|(a, lo, hi)| *a == api && version >= *lo && version <= *hi)
+    SUPPORTED
+        .iter()
+        .any(|(a, lo, hi)| *a == api && version >= *lo && version <= *hi)
         && version >= codec.min
         && version <= codec.max
 }
@@ -70,11 +72,17 @@ pub(crate) fn decodable(api: ApiKey, version: i16) -> bool {
 /// The outcome of one request.
 pub(crate) enum Reply {
     /// A response message to encode with the request's version.
-    Message(ResponseKind),
+    Message(Box<ResponseKind>),
     /// A response body already encoded (cached Metadata).
     Encoded(Bytes),
     /// No response (Produce with acks=0).
     Nothing,
+}
+
+impl Reply {
+    pub(crate) fn message(m: ResponseKind) -> Reply {
+        Reply::Message(Box::new(m))
+    }
 }
 
 /// Connection facts a handler may need.
@@ -82,13 +90,26 @@ pub(crate) struct Peer {
     pub(crate) host: String,
 }
 
+/// An encoded response: the frame's head (length prefix, header, and usually the whole
+/// body) and, for cached bodies, the body itself, written after the head without a copy.
+pub(crate) struct Response {
+    pub(crate) head: BytesMut,
+    pub(crate) tail: Option<Bytes>,
+}
+
 /// Decodes, handles and encodes one request frame. `Ok(None)` means no response.
 /// An error means the connection must be closed.
-pub(crate) async fn handle(broker: &Broker, peer: &Peer, body: Bytes) -> Result<Option<BytesMut>, wire::Error> {
+pub(crate) async fn handle(
+    broker: &Broker,
+    peer: &Peer,
+    body: Bytes,
+) -> Result<Option<Response>, wire::Error> {
     let pre = wire::preamble(&body)?;
-    if pre.api_key == ApiKey::ApiVersions as i16 && !decodable(ApiKey::ApiVersions, pre.api_version) {
+    if pre.api_key == ApiKey::ApiVersions as i16 && !decodable(ApiKey::ApiVersions, pre.api_version)
+    {
         // KIP-511: answer in the v0 shape with UNSUPPORTED_VERSION, keep the connection.
-        return Ok(Some(frame(pre.correlation_id, 0, &api_versions::unsupported(), 0)?));
+        let head = frame(pre.correlation_id, 0, &api_versions::unsupported(), 0)?;
+        return Ok(Some(Response { head, tail: None }));
     }
     let req = wire::decode_request(body, decodable)?;
     let version = req.version;
@@ -99,14 +120,21 @@ pub(crate) async fn handle(broker: &Broker, peer: &Peer, body: Bytes) -> Result<
     match reply {
         Reply::Nothing => Ok(None),
         Reply::Message(msg) => {
+            let msg = *msg;
             let mut out = start_frame(correlation_id, header_version)?;
-            msg.encode(&mut out, version).map_err(|e| encode_err(api, version, e))?;
-            Ok(Some(finish_frame(out)))
+            msg.encode(&mut out, version)
+                .map_err(|e| encode_err(api, version, e))?;
+            Ok(Some(Response {
+                head: finish_frame(out, 0),
+                tail: None,
+            }))
         }
         Reply::Encoded(bytes) => {
-            let mut out = start_frame(correlation_id, header_version)?;
-            out.put_slice(&bytes);
-            Ok(Some(finish_frame(out)))
+            let out = start_frame(correlation_id, header_version)?;
+            Ok(Some(Response {
+                head: finish_frame(out, bytes.len()),
+                tail: Some(bytes),
+            }))
         }
     }
 }
@@ -115,40 +143,76 @@ async fn dispatch(broker: &Broker, peer: &Peer, req: Request) -> Reply {
     let v = req.version;
     let h = &req.header;
     match req.body {
-        RequestKind::ApiVersions(r) => Reply::Message(ResponseKind::ApiVersions(api_versions::handle(r, v))),
+        RequestKind::ApiVersions(r) => {
+            Reply::message(ResponseKind::ApiVersions(api_versions::handle(r, v)))
+        }
         RequestKind::Metadata(r) => metadata::handle(broker, r, v).await,
         RequestKind::Produce(r) => produce::handle(broker, r, v).await,
-        RequestKind::Fetch(r) => Reply::Message(ResponseKind::Fetch(fetch::handle(broker, r, v).await)),
-        RequestKind::ListOffsets(r) => Reply::Message(ResponseKind::ListOffsets(list_offsets::handle(broker, r, v))),
-        RequestKind::CreateTopics(r) => Reply::Message(ResponseKind::CreateTopics(create_topics::handle(broker, r, v).await)),
-        RequestKind::DeleteTopics(r) => Reply::Message(ResponseKind::DeleteTopics(delete_topics::handle(broker, r, v).await)),
-        RequestKind::CreatePartitions(r) => {
-            Reply::Message(ResponseKind::CreatePartitions(create_partitions::handle(broker, r, v).await))
+        RequestKind::Fetch(r) => {
+            Reply::message(ResponseKind::Fetch(fetch::handle(broker, r, v).await))
         }
-        RequestKind::DescribeConfigs(r) => Reply::Message(ResponseKind::DescribeConfigs(describe_configs::handle(broker, r, v))),
-        RequestKind::DescribeCluster(r) => Reply::Message(ResponseKind::DescribeCluster(describe_cluster::handle(broker, r, v))),
-        RequestKind::FindCoordinator(r) => Reply::Message(ResponseKind::FindCoordinator(find_coordinator::handle(broker, r, v))),
-        RequestKind::JoinGroup(r) => {
-            Reply::Message(ResponseKind::JoinGroup(join_group::handle(broker, r, v, h, &peer.host).await))
+        RequestKind::ListOffsets(r) => Reply::message(ResponseKind::ListOffsets(
+            list_offsets::handle(broker, r, v),
+        )),
+        RequestKind::CreateTopics(r) => Reply::message(ResponseKind::CreateTopics(
+            create_topics::handle(broker, r, v).await,
+        )),
+        RequestKind::DeleteTopics(r) => Reply::message(ResponseKind::DeleteTopics(
+            delete_topics::handle(broker, r, v).await,
+        )),
+        RequestKind::CreatePartitions(r) => Reply::message(ResponseKind::CreatePartitions(
+            create_partitions::handle(broker, r, v).await,
+        )),
+        RequestKind::DescribeConfigs(r) => Reply::message(ResponseKind::DescribeConfigs(
+            describe_configs::handle(broker, r, v),
+        )),
+        RequestKind::DescribeCluster(r) => Reply::message(ResponseKind::DescribeCluster(
+            describe_cluster::handle(broker, r, v),
+        )),
+        RequestKind::FindCoordinator(r) => Reply::message(ResponseKind::FindCoordinator(
+            find_coordinator::handle(broker, r, v),
+        )),
+        RequestKind::JoinGroup(r) => Reply::message(ResponseKind::JoinGroup(
+            join_group::handle(broker, r, v, h, &peer.host).await,
+        )),
+        RequestKind::SyncGroup(r) => Reply::message(ResponseKind::SyncGroup(
+            sync_group::handle(broker, r, v).await,
+        )),
+        RequestKind::Heartbeat(r) => {
+            Reply::message(ResponseKind::Heartbeat(heartbeat::handle(broker, r, v)))
         }
-        RequestKind::SyncGroup(r) => Reply::Message(ResponseKind::SyncGroup(sync_group::handle(broker, r, v).await)),
-        RequestKind::Heartbeat(r) => Reply::Message(ResponseKind::Heartbeat(heartbeat::handle(broker, r, v))),
-        RequestKind::LeaveGroup(r) => Reply::Message(ResponseKind::LeaveGroup(leave_group::handle(broker, r, v))),
-        RequestKind::OffsetCommit(r) => Reply::Message(ResponseKind::OffsetCommit(offset_commit::handle(broker, r, v).await)),
-        RequestKind::OffsetFetch(r) => Reply::Message(ResponseKind::OffsetFetch(offset_fetch::handle(broker, r, v))),
-        RequestKind::ListGroups(r) => Reply::Message(ResponseKind::ListGroups(list_groups::handle(broker, r, v))),
-        RequestKind::DescribeGroups(r) => Reply::Message(ResponseKind::DescribeGroups(describe_groups::handle(broker, r, v))),
-        RequestKind::DeleteGroups(r) => Reply::Message(ResponseKind::DeleteGroups(delete_groups::handle(broker, r, v).await)),
-        RequestKind::InitProducerId(r) => {
-            Reply::Message(ResponseKind::InitProducerId(init_producer_id::handle(broker, r, v).await))
+        RequestKind::LeaveGroup(r) => {
+            Reply::message(ResponseKind::LeaveGroup(leave_group::handle(broker, r, v)))
         }
+        RequestKind::OffsetCommit(r) => Reply::message(ResponseKind::OffsetCommit(
+            offset_commit::handle(broker, r, v).await,
+        )),
+        RequestKind::OffsetFetch(r) => Reply::message(ResponseKind::OffsetFetch(
+            offset_fetch::handle(broker, r, v),
+        )),
+        RequestKind::ListGroups(r) => {
+            Reply::message(ResponseKind::ListGroups(list_groups::handle(broker, r, v)))
+        }
+        RequestKind::DescribeGroups(r) => Reply::message(ResponseKind::DescribeGroups(
+            describe_groups::handle(broker, r, v),
+        )),
+        RequestKind::DeleteGroups(r) => Reply::message(ResponseKind::DeleteGroups(
+            delete_groups::handle(broker, r, v).await,
+        )),
+        RequestKind::InitProducerId(r) => Reply::message(ResponseKind::InitProducerId(
+            init_producer_id::handle(broker, r, v).await,
+        )),
         // `decodable` admits only the APIs above.
         _ => Reply::Nothing,
     }
 }
 
 fn encode_err(api: ApiKey, version: i16, e: anyhow::Error) -> wire::Error {
-    wire::Error::Malformed { api, version, reason: format!("response encoding failed: {e}") }
+    wire::Error::Malformed {
+        api,
+        version,
+        reason: format!("response encoding failed: {e}"),
+    }
 }
 
 fn start_frame(correlation_id: i32, header_version: i16) -> Result<BytesMut, wire::Error> {
@@ -156,18 +220,25 @@ fn start_frame(correlation_id: i32, header_version: i16) -> Result<BytesMut, wir
     out.put_i32(0);
     let mut h = ResponseHeader::default();
     h.correlation_id = correlation_id;
-    h.encode(&mut out, header_version).map_err(|e| encode_err(ApiKey::ApiVersions, header_version, e))?;
+    h.encode(&mut out, header_version)
+        .map_err(|e| encode_err(ApiKey::ApiVersions, header_version, e))?;
     Ok(out)
 }
 
-fn finish_frame(mut out: BytesMut) -> BytesMut {
-    let len = (out.len() - 4) as i32;
+fn finish_frame(mut out: BytesMut, tail_len: usize) -> BytesMut {
+    let len = (out.len() - 4 + tail_len) as i32;
     out[0..4].copy_from_slice(&len.to_be_bytes());
     out
 }
 
-fn frame<T: Encodable>(correlation_id: i32, header_version: i16, msg: &T, version: i16) -> Result<BytesMut, wire::Error> {
+fn frame<T: Encodable>(
+    correlation_id: i32,
+    header_version: i16,
+    msg: &T,
+    version: i16,
+) -> Result<BytesMut, wire::Error> {
     let mut out = start_frame(correlation_id, header_version)?;
-    msg.encode(&mut out, version).map_err(|e| encode_err(ApiKey::ApiVersions, version, e))?;
-    Ok(finish_frame(out))
+    msg.encode(&mut out, version)
+        .map_err(|e| encode_err(ApiKey::ApiVersions, version, e))?;
+    Ok(finish_frame(out, 0))
 }

@@ -1,7 +1,9 @@
 //! OffsetCommit: durable committed offsets, including simple (memberless) commits with
 //! generation -1 as Flink and other assign()-based consumers send them.
 
-use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 use tracing::error;
 
@@ -9,14 +11,20 @@ use super::errors;
 use crate::broker::Broker;
 use crate::groups::Committed;
 
-pub(super) async fn handle(broker: &Broker, req: OffsetCommitRequest, _version: i16) -> OffsetCommitResponse {
+pub(super) async fn handle(
+    broker: &Broker,
+    req: OffsetCommitRequest,
+    _version: i16,
+) -> OffsetCommitResponse {
     let group = req.group_id.0.to_string();
     let mut offsets = Vec::new();
     let mut unknown = std::collections::HashSet::new();
     for t in &req.topics {
         let topic = broker.log.get(t.name.0.as_str());
         for p in &t.partitions {
-            let known = topic.as_ref().is_some_and(|tp| p.partition_index >= 0 && (p.partition_index as u32) < tp.partition_count());
+            let known = topic.as_ref().is_some_and(|tp| {
+                p.partition_index >= 0 && (p.partition_index as u32) < tp.partition_count()
+            });
             if !known {
                 unknown.insert((t.name.0.to_string(), p.partition_index));
                 continue;
@@ -27,7 +35,11 @@ pub(super) async fn handle(broker: &Broker, req: OffsetCommitRequest, _version: 
                 Committed {
                     offset: p.committed_offset,
                     leader_epoch: p.committed_leader_epoch,
-                    metadata: p.committed_metadata.as_ref().map(|m| m.to_string()).unwrap_or_default(),
+                    metadata: p
+                        .committed_metadata
+                        .as_ref()
+                        .map(|m| m.to_string())
+                        .unwrap_or_default(),
                 },
             ));
         }
@@ -35,7 +47,16 @@ pub(super) async fn handle(broker: &Broker, req: OffsetCommitRequest, _version: 
     let code = if group.is_empty() {
         crate::groups::INVALID_GROUP_ID
     } else {
-        match broker.groups.commit(&group, req.member_id.as_str(), req.generation_id_or_member_epoch, offsets).await {
+        match broker
+            .groups
+            .commit(
+                &group,
+                req.member_id.as_str(),
+                req.generation_id_or_member_epoch,
+                offsets,
+            )
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 error!(cause = %e, group = %group, "offset commit failed");

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use kafka_protocol::messages::offset_fetch_response::{
-    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
-    OffsetFetchResponseTopics,
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{GroupId, OffsetFetchRequest, OffsetFetchResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
@@ -16,13 +16,23 @@ use crate::groups::Committed;
 /// (topic, [(partition, committed)]) for the requested topics, or all committed ones.
 type Answer = Vec<(String, Vec<(i32, Option<Committed>)>)>;
 
-fn lookup(broker: &Broker, group: &str, topics: Option<Vec<(String, Vec<i32>)>>) -> Result<Answer, i16> {
-    let committed: HashMap<(String, i32), Committed> = broker.groups.offsets(group).map_err(|_| errors::KAFKA_STORAGE_ERROR)?;
+fn lookup(
+    broker: &Broker,
+    group: &str,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+) -> Result<Answer, i16> {
+    let committed: HashMap<(String, i32), Committed> = broker
+        .groups
+        .offsets(group)
+        .map_err(|_| errors::KAFKA_STORAGE_ERROR)?;
     Ok(match topics {
         Some(ts) => ts
             .into_iter()
             .map(|(t, parts)| {
-                let ps = parts.into_iter().map(|p| (p, committed.get(&(t.clone(), p)).cloned())).collect();
+                let ps = parts
+                    .into_iter()
+                    .map(|p| (p, committed.get(&(t.clone(), p)).cloned()))
+                    .collect();
                 (t, ps)
             })
             .collect(),
@@ -41,11 +51,19 @@ fn lookup(broker: &Broker, group: &str, topics: Option<Vec<(String, Vec<i32>)>>)
     })
 }
 
-pub(super) fn handle(broker: &Broker, req: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+pub(super) fn handle(
+    broker: &Broker,
+    req: OffsetFetchRequest,
+    version: i16,
+) -> OffsetFetchResponse {
     let mut r = OffsetFetchResponse::default();
     if version >= 8 {
         for g in req.groups {
-            let topics = g.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
+            let topics = g.topics.map(|ts| {
+                ts.into_iter()
+                    .map(|t| (t.name.0.to_string(), t.partition_indexes))
+                    .collect()
+            });
             let mut out = OffsetFetchResponseGroup::default();
             match lookup(broker, g.group_id.0.as_str(), topics) {
                 Ok(answer) => {
@@ -56,8 +74,11 @@ pub(super) fn handle(broker: &Broker, req: OffsetFetchRequest, version: i16) -> 
                             let mut rp = OffsetFetchResponsePartitions::default();
                             rp.partition_index = p;
                             rp.committed_offset = c.as_ref().map(|c| c.offset).unwrap_or(-1);
-                            rp.committed_leader_epoch = c.as_ref().map(|c| c.leader_epoch).unwrap_or(-1);
-                            rp.metadata = Some(StrBytes::from_string(c.map(|c| c.metadata).unwrap_or_default()));
+                            rp.committed_leader_epoch =
+                                c.as_ref().map(|c| c.leader_epoch).unwrap_or(-1);
+                            rp.metadata = Some(StrBytes::from_string(
+                                c.map(|c| c.metadata).unwrap_or_default(),
+                            ));
                             rt.partitions.push(rp);
                         }
                         out.topics.push(rt);
@@ -70,7 +91,11 @@ pub(super) fn handle(broker: &Broker, req: OffsetFetchRequest, version: i16) -> 
         }
         return r;
     }
-    let topics = req.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
+    let topics = req.topics.map(|ts| {
+        ts.into_iter()
+            .map(|t| (t.name.0.to_string(), t.partition_indexes))
+            .collect()
+    });
     match lookup(broker, req.group_id.0.as_str(), topics) {
         Ok(answer) => {
             for (t, ps) in answer {
@@ -81,7 +106,9 @@ pub(super) fn handle(broker: &Broker, req: OffsetFetchRequest, version: i16) -> 
                     rp.partition_index = p;
                     rp.committed_offset = c.as_ref().map(|c| c.offset).unwrap_or(-1);
                     rp.committed_leader_epoch = c.as_ref().map(|c| c.leader_epoch).unwrap_or(-1);
-                    rp.metadata = Some(StrBytes::from_string(c.map(|c| c.metadata).unwrap_or_default()));
+                    rp.metadata = Some(StrBytes::from_string(
+                        c.map(|c| c.metadata).unwrap_or_default(),
+                    ));
                     rt.partitions.push(rp);
                 }
                 r.topics.push(rt);

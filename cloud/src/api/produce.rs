@@ -26,11 +26,23 @@ struct Outcome {
 
 impl Outcome {
     fn err(code: i16, message: impl Into<String>) -> Outcome {
-        Outcome { code, base_offset: -1, log_start: -1, message: Some(message.into()) }
+        Outcome {
+            code,
+            base_offset: -1,
+            log_start: -1,
+            message: Some(message.into()),
+        }
     }
 }
 
-async fn append_one(broker: &Broker, topic: &str, index: i32, records: Option<Bytes>, acks: i16, timeout: Duration) -> Outcome {
+async fn append_one(
+    broker: &Broker,
+    topic: &str,
+    index: i32,
+    records: Option<Bytes>,
+    acks: i16,
+    timeout: Duration,
+) -> Outcome {
     let Some(t) = broker.log.get(topic) else {
         return Outcome::err(errors::UNKNOWN_TOPIC_OR_PARTITION, "unknown topic");
     };
@@ -49,16 +61,37 @@ async fn append_one(broker: &Broker, topic: &str, index: i32, records: Option<By
             return Outcome::err(errors::CORRUPT_MESSAGE, e.to_string());
         }
     };
-    let max = t.config("max.message.bytes").and_then(|v| v.parse::<usize>().ok()).unwrap_or(1_048_588);
+    let max = t
+        .config("max.message.bytes")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1_048_588);
     if let Some(big) = batches.iter().find(|b| b.len() > max) {
-        return Outcome::err(MESSAGE_TOO_LARGE, format!("batch of {} bytes exceeds max.message.bytes {max}", big.len()));
+        return Outcome::err(
+            MESSAGE_TOO_LARGE,
+            format!(
+                "batch of {} bytes exceeds max.message.bytes {max}",
+                big.len()
+            ),
+        );
     }
     match part.append(&broker.log.store, batches, acks == -1).await {
         Ok(a) => {
-            if a.duplicate && tokio::time::timeout(timeout, part.wait_visible(a.end_offset)).await.is_err() {
-                return Outcome::err(errors::KAFKA_STORAGE_ERROR, "duplicate of a batch still being written");
+            if a.duplicate
+                && tokio::time::timeout(timeout, part.wait_visible(a.end_offset))
+                    .await
+                    .is_err()
+            {
+                return Outcome::err(
+                    errors::KAFKA_STORAGE_ERROR,
+                    "duplicate of a batch still being written",
+                );
             }
-            Outcome { code: errors::NONE, base_offset: a.base_offset as i64, log_start: part.log_start() as i64, message: None }
+            Outcome {
+                code: errors::NONE,
+                base_offset: a.base_offset as i64,
+                log_start: part.log_start() as i64,
+                message: None,
+            }
         }
         Err(e) => {
             if matches!(e, crate::log::partition::AppendError::Storage(_)) {
@@ -80,7 +113,14 @@ pub(super) async fn handle(broker: &Broker, req: ProduceRequest, _version: i16) 
             if !matches!(acks, -1..=1) || req.transactional_id.is_some() {
                 continue;
             }
-            futures.push(append_one(broker, t.name.0.as_str(), p.index, p.records.clone(), acks, timeout));
+            futures.push(append_one(
+                broker,
+                t.name.0.as_str(),
+                p.index,
+                p.records.clone(),
+                acks,
+                timeout,
+            ));
         }
     }
     let mut outcomes = join_all(futures).await.into_iter();
@@ -92,11 +132,16 @@ pub(super) async fn handle(broker: &Broker, req: ProduceRequest, _version: i16) 
         let mut rt = TopicProduceResponse::default();
         for p in t.partition_data {
             let o = if req.transactional_id.is_some() {
-                Outcome::err(errors::TRANSACTIONAL_ID_AUTHORIZATION_FAILED, "transactions are not supported")
+                Outcome::err(
+                    errors::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                    "transactions are not supported",
+                )
             } else if !matches!(acks, -1..=1) {
                 Outcome::err(errors::INVALID_REQUIRED_ACKS, "acks must be -1, 0 or 1")
             } else {
-                outcomes.next().unwrap_or_else(|| Outcome::err(errors::UNKNOWN_SERVER_ERROR, "missing outcome"))
+                outcomes.next().unwrap_or_else(|| {
+                    Outcome::err(errors::UNKNOWN_SERVER_ERROR, "missing outcome")
+                })
             };
             let mut rp = PartitionProduceResponse::default();
             rp.index = p.index;
@@ -110,5 +155,5 @@ pub(super) async fn handle(broker: &Broker, req: ProduceRequest, _version: i16) 
         rt.name = t.name;
         r.responses.push(rt);
     }
-    Reply::Message(ResponseKind::Produce(r))
+    Reply::message(ResponseKind::Produce(r))
 }

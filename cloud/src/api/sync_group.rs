@@ -5,9 +5,25 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::broker::Broker;
 
-pub(super) async fn handle(broker: &Broker, req: SyncGroupRequest, _version: i16) -> SyncGroupResponse {
-    let assignments = req.assignments.into_iter().map(|a| (a.member_id.to_string(), a.assignment)).collect();
-    let res = broker.groups.sync(req.group_id.0.as_str(), req.member_id.as_str(), req.generation_id, assignments).await;
+pub(super) async fn handle(
+    broker: &Broker,
+    req: SyncGroupRequest,
+    _version: i16,
+) -> SyncGroupResponse {
+    let assignments = req
+        .assignments
+        .into_iter()
+        .map(|a| (a.member_id.to_string(), a.assignment))
+        .collect();
+    let res = broker
+        .groups
+        .sync(
+            req.group_id.0.as_str(),
+            req.member_id.as_str(),
+            req.generation_id,
+            assignments,
+        )
+        .await;
     let mut r = SyncGroupResponse::default();
     r.error_code = res.error;
     r.protocol_type = res.protocol_type.map(StrBytes::from_string);

@@ -129,9 +129,19 @@ impl Group {
     }
 
     /// Handles a JoinGroup; the answer arrives on `reply` now or when the join phase ends.
-    pub(crate) fn join(&mut self, req: JoinRequest, now: Instant, reply: oneshot::Sender<JoinResult>) {
+    pub(crate) fn join(
+        &mut self,
+        req: JoinRequest,
+        now: Instant,
+        reply: oneshot::Sender<JoinResult>,
+    ) {
         let fail = |reply: oneshot::Sender<JoinResult>, error: i16, member_id: String| {
-            let _ = reply.send(JoinResult { error, generation: -1, member_id, ..Default::default() });
+            let _ = reply.send(JoinResult {
+                error,
+                generation: -1,
+                member_id,
+                ..Default::default()
+            });
         };
         if let Some(pt) = &self.protocol_type {
             if !self.members.is_empty() && *pt != req.protocol_type {
@@ -140,7 +150,10 @@ impl Group {
         }
         if !self.members.is_empty() {
             let ok = req.protocols.iter().any(|(name, _)| {
-                self.members.values().filter(|m| m.id != req.member_id).all(|m| m.protocols.iter().any(|(n, _)| n == name))
+                self.members
+                    .values()
+                    .filter(|m| m.id != req.member_id)
+                    .all(|m| m.protocols.iter().any(|(n, _)| n == name))
             });
             if !ok {
                 return fail(reply, INCONSISTENT_GROUP_PROTOCOL, req.member_id);
@@ -153,7 +166,9 @@ impl Group {
                 return fail(reply, MEMBER_ID_REQUIRED, id);
             }
             id
-        } else if self.members.contains_key(&req.member_id) || self.pending.remove(&req.member_id).is_some() {
+        } else if self.members.contains_key(&req.member_id)
+            || self.pending.remove(&req.member_id).is_some()
+        {
             req.member_id.clone()
         } else {
             return fail(reply, UNKNOWN_MEMBER_ID, req.member_id);
@@ -161,19 +176,22 @@ impl Group {
         if self.members.is_empty() {
             self.protocol_type = Some(req.protocol_type.clone());
         }
-        let m = self.members.entry(member_id.clone()).or_insert_with(|| Member {
-            id: member_id.clone(),
-            instance_id: req.instance_id.clone(),
-            client_id: req.client_id.clone(),
-            client_host: req.client_host.clone(),
-            session_timeout: req.session_timeout,
-            rebalance_timeout: req.rebalance_timeout,
-            protocols: Vec::new(),
-            assignment: Bytes::new(),
-            last_seen: now,
-            join_waiter: None,
-            sync_waiter: None,
-        });
+        let m = self
+            .members
+            .entry(member_id.clone())
+            .or_insert_with(|| Member {
+                id: member_id.clone(),
+                instance_id: req.instance_id.clone(),
+                client_id: req.client_id.clone(),
+                client_host: req.client_host.clone(),
+                session_timeout: req.session_timeout,
+                rebalance_timeout: req.rebalance_timeout,
+                protocols: Vec::new(),
+                assignment: Bytes::new(),
+                last_seen: now,
+                join_waiter: None,
+                sync_waiter: None,
+            });
         let changed = m.protocols != req.protocols;
         m.protocols = req.protocols;
         m.session_timeout = req.session_timeout;
@@ -185,7 +203,11 @@ impl Group {
             State::Stable if !changed && !is_leader => {
                 // A follower rejoining with the same metadata: answer with the current
                 // generation, no rebalance needed.
-                if let Some(w) = self.members.get_mut(&member_id).and_then(|m| m.join_waiter.take()) {
+                if let Some(w) = self
+                    .members
+                    .get_mut(&member_id)
+                    .and_then(|m| m.join_waiter.take())
+                {
                     let _ = w.send(self.join_result(&member_id, false));
                 }
             }
@@ -199,13 +221,25 @@ impl Group {
         if self.state == State::CompletingRebalance {
             for m in self.members.values_mut() {
                 if let Some(w) = m.sync_waiter.take() {
-                    let _ = w.send(SyncResult { error: REBALANCE_IN_PROGRESS, ..Default::default() });
+                    let _ = w.send(SyncResult {
+                        error: REBALANCE_IN_PROGRESS,
+                        ..Default::default()
+                    });
                 }
             }
         }
         self.state = State::PreparingRebalance;
-        let timeout = self.members.values().map(|m| m.rebalance_timeout).max().unwrap_or_default();
-        let wait = if was_empty { self.initial_delay.min(timeout) } else { timeout };
+        let timeout = self
+            .members
+            .values()
+            .map(|m| m.rebalance_timeout)
+            .max()
+            .unwrap_or_default();
+        let wait = if was_empty {
+            self.initial_delay.min(timeout)
+        } else {
+            timeout
+        };
         self.rebalance_deadline = Some(now + wait);
         self.maybe_complete_join(now);
     }
@@ -216,7 +250,7 @@ impl Group {
         let initial = self.generation == 0 || self.initial_delay.is_zero();
         // The first rebalance of a group waits the initial delay so that members starting
         // together land in one generation; later ones complete once everyone rejoined.
-        if deadline_passed || (all_joined && !(initial && !self.initial_delay.is_zero())) {
+        if deadline_passed || (all_joined && (!initial || self.initial_delay.is_zero())) {
             self.complete_join();
         }
     }
@@ -232,14 +266,22 @@ impl Group {
             return;
         }
         self.generation += 1;
-        if !self.leader.as_ref().is_some_and(|l| self.members.contains_key(l)) {
+        if !self
+            .leader
+            .as_ref()
+            .is_some_and(|l| self.members.contains_key(l))
+        {
             self.leader = self.members.keys().next().cloned();
         }
         let leader = self.leader.clone().unwrap_or_default();
         self.protocol = self.members.get(&leader).and_then(|l| {
             l.protocols
                 .iter()
-                .find(|(n, _)| self.members.values().all(|m| m.protocols.iter().any(|(x, _)| x == n)))
+                .find(|(n, _)| {
+                    self.members
+                        .values()
+                        .all(|m| m.protocols.iter().any(|(x, _)| x == n))
+                })
                 .map(|(n, _)| n.clone())
         });
         self.state = State::CompletingRebalance;
@@ -299,7 +341,10 @@ impl Group {
         now: Instant,
         reply: oneshot::Sender<SyncResult>,
     ) {
-        let err = |e: i16| SyncResult { error: e, ..Default::default() };
+        let err = |e: i16| SyncResult {
+            error: e,
+            ..Default::default()
+        };
         if let Err(e) = self.check_member(member_id, generation) {
             let _ = reply.send(err(e));
             return;
@@ -312,7 +357,11 @@ impl Group {
                 let _ = reply.send(err(REBALANCE_IN_PROGRESS));
             }
             State::Stable => {
-                let a = self.members.get(member_id).map(|m| m.assignment.clone()).unwrap_or_default();
+                let a = self
+                    .members
+                    .get(member_id)
+                    .map(|m| m.assignment.clone())
+                    .unwrap_or_default();
                 let _ = reply.send(self.sync_result(a));
             }
             State::CompletingRebalance => {
@@ -342,7 +391,12 @@ impl Group {
     }
 
     fn sync_result(&self, assignment: Bytes) -> SyncResult {
-        SyncResult { error: NONE, protocol_type: self.protocol_type.clone(), protocol: self.protocol.clone(), assignment }
+        SyncResult {
+            error: NONE,
+            protocol_type: self.protocol_type.clone(),
+            protocol: self.protocol.clone(),
+            assignment,
+        }
     }
 
     pub(crate) fn heartbeat(&mut self, member_id: &str, generation: i32, now: Instant) -> i16 {
@@ -365,7 +419,11 @@ impl Group {
             return UNKNOWN_MEMBER_ID;
         };
         if let Some(w) = m.join_waiter.take() {
-            let _ = w.send(JoinResult { error: UNKNOWN_MEMBER_ID, generation: -1, ..Default::default() });
+            let _ = w.send(JoinResult {
+                error: UNKNOWN_MEMBER_ID,
+                generation: -1,
+                ..Default::default()
+            });
         }
         self.after_removal(now);
         NONE
@@ -389,7 +447,11 @@ impl Group {
     pub(crate) fn check_commit(&self, member_id: &str, generation: i32) -> i16 {
         if generation < 0 && member_id.is_empty() {
             // A simple (unmanaged) consumer: allowed while the group has no members.
-            return if self.members.is_empty() { NONE } else { UNKNOWN_MEMBER_ID };
+            return if self.members.is_empty() {
+                NONE
+            } else {
+                UNKNOWN_MEMBER_ID
+            };
         }
         if let Err(e) = self.check_member(member_id, generation) {
             return e;
@@ -409,14 +471,19 @@ impl Group {
         let expired: Vec<String> = self
             .members
             .values()
-            .filter(|m| m.join_waiter.is_none() && now.duration_since(m.last_seen) > m.session_timeout)
+            .filter(|m| {
+                m.join_waiter.is_none() && now.duration_since(m.last_seen) > m.session_timeout
+            })
             .map(|m| m.id.clone())
             .collect();
         if !expired.is_empty() {
             for id in &expired {
                 if let Some(mut m) = self.members.remove(id) {
                     if let Some(w) = m.sync_waiter.take() {
-                        let _ = w.send(SyncResult { error: UNKNOWN_MEMBER_ID, ..Default::default() });
+                        let _ = w.send(SyncResult {
+                            error: UNKNOWN_MEMBER_ID,
+                            ..Default::default()
+                        });
                     }
                 }
             }

@@ -60,13 +60,24 @@ pub(crate) struct Coordinator {
 }
 
 impl Coordinator {
-    pub(crate) fn new(store: Arc<Store>, initial_delay: Duration, session_bounds: (Duration, Duration)) -> Coordinator {
-        Coordinator { groups: Mutex::new(HashMap::new()), store, initial_delay, session_bounds }
+    pub(crate) fn new(
+        store: Arc<Store>,
+        initial_delay: Duration,
+        session_bounds: (Duration, Duration),
+    ) -> Coordinator {
+        Coordinator {
+            groups: Mutex::new(HashMap::new()),
+            store,
+            initial_delay,
+            session_bounds,
+        }
     }
 
     fn with<R>(&self, group: &str, f: impl FnOnce(&mut Group) -> R) -> R {
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
-        let g = groups.entry(group.to_string()).or_insert_with(|| Group::new(group, self.initial_delay));
+        let g = groups
+            .entry(group.to_string())
+            .or_insert_with(|| Group::new(group, self.initial_delay));
         f(g)
     }
 
@@ -91,13 +102,28 @@ impl Coordinator {
         }
         let (tx, rx) = oneshot::channel();
         self.with(group, |g| g.join(req, Instant::now(), tx));
-        rx.await.unwrap_or(JoinResult { error: group::REBALANCE_IN_PROGRESS, generation: -1, ..Default::default() })
+        rx.await.unwrap_or(JoinResult {
+            error: group::REBALANCE_IN_PROGRESS,
+            generation: -1,
+            ..Default::default()
+        })
     }
 
-    pub(crate) async fn sync(&self, group: &str, member: &str, generation: i32, assignments: Vec<(String, Bytes)>) -> SyncResult {
+    pub(crate) async fn sync(
+        &self,
+        group: &str,
+        member: &str,
+        generation: i32,
+        assignments: Vec<(String, Bytes)>,
+    ) -> SyncResult {
         let (tx, rx) = oneshot::channel();
-        self.with(group, |g| g.sync(member, generation, assignments, Instant::now(), tx));
-        rx.await.unwrap_or(SyncResult { error: group::REBALANCE_IN_PROGRESS, ..Default::default() })
+        self.with(group, |g| {
+            g.sync(member, generation, assignments, Instant::now(), tx)
+        });
+        rx.await.unwrap_or(SyncResult {
+            error: group::REBALANCE_IN_PROGRESS,
+            ..Default::default()
+        })
     }
 
     pub(crate) fn heartbeat(&self, group: &str, member: &str, generation: i32) -> i16 {
@@ -129,7 +155,10 @@ impl Coordinator {
     }
 
     /// Committed offsets of a group, keyed by (topic, partition).
-    pub(crate) fn offsets(&self, group: &str) -> Result<HashMap<(String, i32), Committed>, storage::Error> {
+    pub(crate) fn offsets(
+        &self,
+        group: &str,
+    ) -> Result<HashMap<(String, i32), Committed>, storage::Error> {
         let mut out = HashMap::new();
         for (t, p, v) in self.store.group_offsets(group)? {
             if let Some(c) = Committed::decode(&v) {
@@ -151,8 +180,20 @@ impl Coordinator {
                 .members
                 .values()
                 .map(|m| {
-                    let meta = m.protocols.iter().find(|(n, _)| *n == protocol).map(|(_, b)| b.clone()).unwrap_or_default();
-                    (m.id.clone(), m.instance_id.clone(), m.client_id.clone(), m.client_host.clone(), meta, m.assignment.clone())
+                    let meta = m
+                        .protocols
+                        .iter()
+                        .find(|(n, _)| *n == protocol)
+                        .map(|(_, b)| b.clone())
+                        .unwrap_or_default();
+                    (
+                        m.id.clone(),
+                        m.instance_id.clone(),
+                        m.client_id.clone(),
+                        m.client_host.clone(),
+                        meta,
+                        m.assignment.clone(),
+                    )
                 })
                 .collect(),
         })
@@ -170,7 +211,10 @@ impl Coordinator {
             if g.is_idle() && g.generation == 0 {
                 continue;
             }
-            out.insert(g.name.clone(), (g.protocol_type.clone().unwrap_or_default(), g.state.name()));
+            out.insert(
+                g.name.clone(),
+                (g.protocol_type.clone().unwrap_or_default(), g.state.name()),
+            );
         }
         let mut v: Vec<_> = out.into_iter().map(|(n, (t, s))| (n, t, s)).collect();
         v.sort();

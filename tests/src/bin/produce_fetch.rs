@@ -24,7 +24,14 @@ struct Opts {
 }
 
 fn opts() -> Result<Opts> {
-    let mut o = Opts { producers: 4, consumers: 2, mb: 256, record_size: 1024, batch_records: 64, runs: 3 };
+    let mut o = Opts {
+        producers: 4,
+        consumers: 2,
+        mb: 256,
+        record_size: 1024,
+        batch_records: 64,
+        runs: 3,
+    };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -54,9 +61,25 @@ struct Run {
 async fn ours(o: &Opts) -> Result<Run> {
     let dir = tempfile::tempdir()?;
     let cloud = Cloud::start(dir.path(), "storage:\n  sync: group\n")?;
+    let log_path = dir.path().join("cloud.log");
+    let result = ours_on(o, &cloud).await;
+    if result.is_err() {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        eprintln!(
+            "cloud log tail:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    result
+}
+
+async fn ours_on(o: &Opts, cloud: &Cloud) -> Result<Run> {
     let topic = "bench";
     let mut admin = Client::connect(&cloud.addr).await?;
-    let codes = admin.create_topics(&[topic.to_string()], o.producers as i32).await?;
+    let codes = admin
+        .create_topics(&[topic.to_string()], o.producers as i32)
+        .await?;
     anyhow::ensure!(codes == vec![0], "create topic failed: {codes:?}");
     let batch = record_batch(o.batch_records, o.record_size, Compression::None)?;
     let batches_per_producer = (o.mb << 20) / batch.len() / o.producers;
@@ -67,7 +90,9 @@ async fn ours(o: &Opts) -> Result<Run> {
     for c in 0..o.consumers {
         let addr = cloud.addr.clone();
         let consumed = consumed.clone();
-        let parts: Vec<i32> = (0..o.producers as i32).filter(|p| *p as usize % o.consumers == c).collect();
+        let parts: Vec<i32> = (0..o.producers as i32)
+            .filter(|p| *p as usize % o.consumers == c)
+            .collect();
         let per_part = (batches_per_producer * o.batch_records) as i64;
         consumers.push(tokio::spawn(async move {
             let mut client = Client::connect(&addr).await?;
@@ -111,7 +136,10 @@ async fn ours(o: &Opts) -> Result<Run> {
         last = last.max(c.await??);
     }
     let consume_secs = (last - start).as_secs_f64();
-    anyhow::ensure!(consumed.load(Ordering::Relaxed) == total_records, "consumers saw a different record count");
+    anyhow::ensure!(
+        consumed.load(Ordering::Relaxed) == total_records,
+        "consumers saw a different record count"
+    );
     lat.sort_by(|a, b| a.total_cmp(b));
     let bytes = (batch.len() * batches_per_producer * o.producers) as f64;
     Ok(Run {
@@ -193,8 +221,14 @@ async fn main() -> Result<()> {
         }
     }
     let m = |v: &[Run], f: fn(&Run) -> f64| median(v.iter().map(f).collect());
-    println!("{:<28} {:>10} {:>12} {:>9} {:>9} {:>12}", "", "MB/s", "records/s", "p50 ms", "p99 ms", "consume MB/s");
-    for (name, v) in [("cloud (Kafka produce)", &a), ("raw RocksDB (same bytes)", &b)] {
+    println!(
+        "{:<28} {:>10} {:>12} {:>9} {:>9} {:>12}",
+        "", "MB/s", "records/s", "p50 ms", "p99 ms", "consume MB/s"
+    );
+    for (name, v) in [
+        ("cloud (Kafka produce)", &a),
+        ("raw RocksDB (same bytes)", &b),
+    ] {
         println!(
             "{:<28} {:>10.1} {:>12.0} {:>9.2} {:>9.2} {:>12.1}",
             name,
@@ -205,6 +239,9 @@ async fn main() -> Result<()> {
             m(v, |r| r.consumed_mb_s)
         );
     }
-    println!("ratio cloud/raw (MB/s): {:.2}", m(&a, |r| r.mb_s) / m(&b, |r| r.mb_s));
+    println!(
+        "ratio cloud/raw (MB/s): {:.2}",
+        m(&a, |r| r.mb_s) / m(&b, |r| r.mb_s)
+    );
     Ok(())
 }

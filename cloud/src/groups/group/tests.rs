@@ -33,7 +33,10 @@ fn two_members_rebalance_and_sync() {
     let mut g = Group::new("g", Duration::from_millis(100));
     let a = join_new(&mut g, t0);
     let mut ra = join(&mut g, &a, t0);
-    assert!(ra.try_recv().is_err(), "the first join waits for the initial delay");
+    assert!(
+        ra.try_recv().is_err(),
+        "the first join waits for the initial delay"
+    );
     let b = join_new(&mut g, t0);
     let mut rb = join(&mut g, &b, t0);
     g.tick(t0 + Duration::from_millis(50));
@@ -57,8 +60,14 @@ fn two_members_rebalance_and_sync() {
         (follower.member_id.clone(), Bytes::from_static(b"F")),
     ];
     g.sync(&leader.member_id, 1, assignments, t0, ltx);
-    assert_eq!(lrx.try_recv().expect("leader sync").assignment, Bytes::from_static(b"L"));
-    assert_eq!(frx.try_recv().expect("follower sync").assignment, Bytes::from_static(b"F"));
+    assert_eq!(
+        lrx.try_recv().expect("leader sync").assignment,
+        Bytes::from_static(b"L")
+    );
+    assert_eq!(
+        frx.try_recv().expect("follower sync").assignment,
+        Bytes::from_static(b"F")
+    );
     assert_eq!(g.state, State::Stable);
     assert_eq!(g.heartbeat(&follower.member_id, 1, t0), NONE);
     assert_eq!(g.heartbeat(&follower.member_id, 0, t0), ILLEGAL_GENERATION);
@@ -71,7 +80,9 @@ fn leave_triggers_rebalance_and_rejoin_completes_it() {
     let mut g = Group::new("g", Duration::ZERO);
     let a = join_new(&mut g, t0);
     let mut ra = join(&mut g, &a, t0);
-    let ja = ra.try_recv().expect("single member joins at once without initial delay");
+    let ja = ra
+        .try_recv()
+        .expect("single member joins at once without initial delay");
     assert_eq!(ja.generation, 1);
     let b = join_new(&mut g, t0);
     let mut rb = join(&mut g, &b, t0);
@@ -92,10 +103,10 @@ fn silent_member_expires_and_group_rebalances_without_it() {
     let t0 = Instant::now();
     let mut g = Group::new("g", Duration::ZERO);
     let a = join_new(&mut g, t0);
-    let _ = join(&mut g, &a, t0);
+    let _rx = join(&mut g, &a, t0);
     let b = join_new(&mut g, t0);
     let mut rb = join(&mut g, &b, t0);
-    let _ = join(&mut g, &a, t0);
+    let _rx = join(&mut g, &a, t0);
     assert!(rb.try_recv().is_ok());
     g.state = State::Stable;
     g.heartbeat(&a, g.generation, t0 + Duration::from_secs(8));
@@ -110,12 +121,15 @@ fn rebalance_deadline_drops_members_that_did_not_rejoin() {
     let t0 = Instant::now();
     let mut g = Group::new("g", Duration::ZERO);
     let a = join_new(&mut g, t0);
-    let _ = join(&mut g, &a, t0);
+    let _rx = join(&mut g, &a, t0);
     let b = join_new(&mut g, t0);
     let mut rb = join(&mut g, &b, t0);
     // `a` keeps heartbeating (so its session stays alive) but never rejoins.
     for s in [8, 16, 24] {
-        assert_eq!(g.heartbeat(&a, 1, t0 + Duration::from_secs(s)), REBALANCE_IN_PROGRESS);
+        assert_eq!(
+            g.heartbeat(&a, 1, t0 + Duration::from_secs(s)),
+            REBALANCE_IN_PROGRESS
+        );
     }
     g.tick(t0 + Duration::from_secs(29));
     assert!(rb.try_recv().is_err());
@@ -131,7 +145,7 @@ fn simple_commits_only_for_memberless_groups() {
     let mut g = Group::new("g", Duration::ZERO);
     assert_eq!(g.check_commit("", -1), NONE);
     let a = join_new(&mut g, t0);
-    let _ = join(&mut g, &a, t0);
+    let _rx = join(&mut g, &a, t0);
     assert_eq!(g.check_commit("", -1), UNKNOWN_MEMBER_ID);
     assert_eq!(g.check_commit(&a, 0), ILLEGAL_GENERATION);
     assert_eq!(g.check_commit(&a, 1), REBALANCE_IN_PROGRESS);
@@ -144,10 +158,13 @@ fn unknown_member_rejoin_is_refused_and_inconsistent_protocols_are_rejected() {
     let mut r = join(&mut g, "ghost", t0);
     assert_eq!(r.try_recv().expect("answer").error, UNKNOWN_MEMBER_ID);
     let a = join_new(&mut g, t0);
-    let _ = join(&mut g, &a, t0);
+    let _rx = join(&mut g, &a, t0);
     let (tx, mut rx) = oneshot::channel();
     let mut other = req("");
     other.protocols = vec![("roundrobin-only".into(), Bytes::new())];
     g.join(other, t0, tx);
-    assert_eq!(rx.try_recv().expect("answer").error, INCONSISTENT_GROUP_PROTOCOL);
+    assert_eq!(
+        rx.try_recv().expect("answer").error,
+        INCONSISTENT_GROUP_PROTOCOL
+    );
 }

@@ -1,0 +1,412 @@
+//! mqtt-bench: the cloud's MQTT view side by side with Mosquitto (Debian) in one run.
+//!
+//! Rows: fan-in (many publishers, one subscriber on a wildcard), fan-out (one publisher,
+//! many subscribers), and QoS 1 round trip (publish, wait for the subscriber to receive,
+//! repeat). Every row reports delivered msgs/s, per-message latency p50/p99 (send time is
+//! carried in the payload) and the broker's RSS after the row. Clients are the same raw
+//! 3.1.1 clients for both brokers (rumqttc's codec, no client library overhead).
+//!
+//!   cargo run -p tests --bin mqtt-bench -- [--publishers 8] [--subscribers 20]
+//!        [--messages 10000] [--size 100] [--qos 1] [--round-trips 2000]
+//!
+//! The cloud runs twice: with its defaults (QoS 1/2 acknowledged after a group fsync,
+//! i.e. durable) and with `storage.sync: none` + `mqtt.durable_publish: false` (what
+//! Mosquitto does by default: no persistence before the ack).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::{BufMut, BytesMut};
+use rumqttc::mqttbytes::v4::{Connect, Packet, PubAck, Publish, Subscribe};
+use rumqttc::mqttbytes::QoS;
+use tests::proc::{cloud_bin, percentile, rss_bytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Opts {
+    publishers: usize,
+    subscribers: usize,
+    messages: usize,
+    size: usize,
+    qos: QoS,
+    round_trips: usize,
+}
+
+fn opts() -> Result<Opts> {
+    let mut o = Opts {
+        publishers: 8,
+        subscribers: 20,
+        messages: 10_000,
+        size: 100,
+        qos: QoS::AtLeastOnce,
+        round_trips: 2000,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let v: usize = args.get(i + 1).context("missing value")?.parse()?;
+        match args[i].as_str() {
+            "--publishers" => o.publishers = v,
+            "--subscribers" => o.subscribers = v,
+            "--messages" => o.messages = v,
+            "--size" => o.size = v.max(16),
+            "--qos" => {
+                o.qos = if v == 0 {
+                    QoS::AtMostOnce
+                } else {
+                    QoS::AtLeastOnce
+                }
+            }
+            "--round-trips" => o.round_trips = v,
+            other => bail!("unknown flag {other}"),
+        }
+        i += 2;
+    }
+    Ok(o)
+}
+
+/// A broker under test: a child process and its MQTT port.
+struct Broker {
+    name: &'static str,
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_cloud(dir: &Path, name: &'static str, extra: &str) -> Result<Broker> {
+    std::fs::create_dir_all(dir)?;
+    let cfg = dir.join("cloud.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir: {}\nkafka:\n  listen: 127.0.0.1:0\n{extra}",
+            dir.join("data").display()
+        ),
+    )?;
+    let mut child = Command::new(cloud_bin()?)
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(dir.join("cloud.log"))?))
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let Some(line) = lines.next() else {
+            bail!("cloud exited before listening")
+        };
+        if let Some(a) = line?.strip_prefix("listening mqtt ") {
+            break a.trim().to_string();
+        }
+    };
+    Ok(Broker { name, child, addr })
+}
+
+fn start_mosquitto(dir: &Path) -> Result<Broker> {
+    std::fs::create_dir_all(dir)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let cfg = dir.join("mosquitto.conf");
+    // Unlimited queues so a slow subscriber is not silently dropped from (fair to a log).
+    std::fs::write(
+        &cfg,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 1000\n"),
+    )?;
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(
+            dir.join("mosquitto.log"),
+        )?))
+        .spawn()
+        .context("mosquitto not installed (apt-get install mosquitto)")?;
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        if Instant::now() > deadline {
+            bail!("mosquitto did not listen on {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(20)); // process start-up: no event to wait on
+    }
+    Ok(Broker {
+        name: "mosquitto",
+        child,
+        addr,
+    })
+}
+
+/// A raw MQTT 3.1.1 connection.
+struct Conn {
+    s: TcpStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+}
+
+impl Conn {
+    async fn connect(addr: &str, id: &str) -> Result<Conn> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let mut c = Conn {
+            s,
+            rbuf: BytesMut::with_capacity(64 << 10),
+            wbuf: BytesMut::new(),
+        };
+        let mut connect = Connect::new(id);
+        connect.keep_alive = 0;
+        connect.clean_session = true;
+        Packet::Connect(connect).write(&mut c.wbuf, usize::MAX)?;
+        c.flush().await?;
+        match c.next().await? {
+            Packet::ConnAck(_) => Ok(c),
+            p => bail!("expected CONNACK, got {p:?}"),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        self.s.write_all(&self.wbuf).await?;
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    async fn next(&mut self) -> Result<Packet> {
+        loop {
+            match Packet::read(&mut self.rbuf, usize::MAX) {
+                Ok(p) => return Ok(p),
+                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(e) => bail!("decode: {e}"),
+            }
+            if self.s.read_buf(&mut self.rbuf).await? == 0 {
+                bail!("connection closed");
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<()> {
+        let mut s = Subscribe::new(filter, qos);
+        s.pkid = 1;
+        Packet::Subscribe(s).write(&mut self.wbuf, usize::MAX)?;
+        self.flush().await?;
+        loop {
+            if let Packet::SubAck(_) = self.next().await? {
+                return Ok(());
+            }
+        }
+    }
+
+    fn publish(&mut self, topic: &str, qos: QoS, pkid: u16, payload: &[u8]) -> Result<()> {
+        let mut p = Publish::new(topic, qos, payload.to_vec());
+        p.pkid = if qos == QoS::AtMostOnce { 0 } else { pkid };
+        Packet::Publish(p).write(&mut self.wbuf, usize::MAX)?;
+        Ok(())
+    }
+}
+
+fn payload(size: usize, t0: Instant) -> Vec<u8> {
+    let mut v = Vec::with_capacity(size);
+    v.put_u64(t0.elapsed().as_nanos() as u64);
+    v.resize(size, b'x');
+    v
+}
+
+/// Publishes `n` messages with up to `window` unacknowledged (QoS 1).
+async fn publisher(
+    addr: String,
+    id: String,
+    topic: String,
+    n: usize,
+    size: usize,
+    qos: QoS,
+    t0: Instant,
+) -> Result<()> {
+    let mut c = Conn::connect(&addr, &id).await?;
+    let window = 100;
+    let (mut sent, mut acked) = (0usize, 0usize);
+    while acked < n {
+        while sent < n && sent - acked < window {
+            c.publish(&topic, qos, (sent % 60_000 + 1) as u16, &payload(size, t0))?;
+            sent += 1;
+            if qos == QoS::AtMostOnce {
+                acked += 1;
+            }
+        }
+        c.flush().await?;
+        if qos == QoS::AtMostOnce {
+            continue;
+        }
+        if let Packet::PubAck(_) = c.next().await? {
+            acked += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Receives `n` messages; returns per-message latencies (ns) and the last arrival time.
+async fn subscriber(mut c: Conn, n: usize, t0: Instant) -> Result<(Vec<f64>, Duration)> {
+    let mut lat = Vec::with_capacity(n);
+    while lat.len() < n {
+        if let Packet::Publish(p) = c.next().await? {
+            let sent = u64::from_be_bytes(p.payload[..8].try_into()?);
+            lat.push((t0.elapsed().as_nanos() as u64).saturating_sub(sent) as f64 / 1e6);
+            if p.qos != QoS::AtMostOnce {
+                Packet::PubAck(PubAck::new(p.pkid)).write(&mut c.wbuf, usize::MAX)?;
+            }
+            if c.rbuf.is_empty() {
+                c.flush().await?;
+            }
+        }
+    }
+    c.flush().await?;
+    Ok((lat, t0.elapsed()))
+}
+
+struct Row {
+    msgs_s: f64,
+    p50: f64,
+    p99: f64,
+    rss_mb: f64,
+}
+
+async fn fan(b: &Broker, pubs: usize, subs: usize, o: &Opts, tag: &str) -> Result<Row> {
+    let (filter, topic) = if pubs > 1 {
+        (format!("{tag}/+"), None)
+    } else {
+        (format!("{tag}/t"), Some(format!("{tag}/t")))
+    };
+    let mut readers = Vec::new();
+    for i in 0..subs {
+        let mut c = Conn::connect(&b.addr, &format!("{tag}-s{i}")).await?;
+        c.subscribe(&filter, o.qos).await?;
+        readers.push(c);
+    }
+    let t0 = Instant::now();
+    let total_per_sub = pubs * o.messages;
+    let sub_tasks: Vec<_> = readers
+        .into_iter()
+        .map(|c| tokio::spawn(subscriber(c, total_per_sub, t0)))
+        .collect();
+    let pub_tasks: Vec<_> = (0..pubs)
+        .map(|i| {
+            let t = topic.clone().unwrap_or_else(|| format!("{tag}/p{i}"));
+            tokio::spawn(publisher(
+                b.addr.clone(),
+                format!("{tag}-p{i}"),
+                t,
+                o.messages,
+                o.size,
+                o.qos,
+                t0,
+            ))
+        })
+        .collect();
+    for p in pub_tasks {
+        p.await??;
+    }
+    let mut lat = Vec::new();
+    let mut end = Duration::ZERO;
+    for s in sub_tasks {
+        let (l, e) = tokio::time::timeout(Duration::from_secs(300), s)
+            .await
+            .context("subscriber stalled")???;
+        lat.extend(l);
+        end = end.max(e);
+    }
+    lat.sort_by(f64::total_cmp);
+    Ok(Row {
+        msgs_s: lat.len() as f64 / end.as_secs_f64(),
+        p50: percentile(&lat, 50.0),
+        p99: percentile(&lat, 99.0),
+        rss_mb: rss_bytes(b.child.id())? as f64 / 1e6,
+    })
+}
+
+async fn round_trip(b: &Broker, o: &Opts) -> Result<Row> {
+    let mut sub = Conn::connect(&b.addr, "rt-s").await?;
+    sub.subscribe("rt/t", QoS::AtLeastOnce).await?;
+    let mut publ = Conn::connect(&b.addr, "rt-p").await?;
+    let t0 = Instant::now();
+    let mut lat = Vec::with_capacity(o.round_trips);
+    for i in 0..o.round_trips {
+        let start = Instant::now();
+        publ.publish(
+            "rt/t",
+            QoS::AtLeastOnce,
+            (i % 60_000 + 1) as u16,
+            &payload(o.size, t0),
+        )?;
+        publ.flush().await?;
+        loop {
+            if let Packet::Publish(p) = sub.next().await? {
+                Packet::PubAck(PubAck::new(p.pkid)).write(&mut sub.wbuf, usize::MAX)?;
+                sub.flush().await?;
+                break;
+            }
+        }
+        lat.push(start.elapsed().as_secs_f64() * 1e3);
+        loop {
+            if let Packet::PubAck(_) = publ.next().await? {
+                break;
+            }
+        }
+    }
+    let total = t0.elapsed();
+    lat.sort_by(f64::total_cmp);
+    Ok(Row {
+        msgs_s: o.round_trips as f64 / total.as_secs_f64(),
+        p50: percentile(&lat, 50.0),
+        p99: percentile(&lat, 99.0),
+        rss_mb: rss_bytes(b.child.id())? as f64 / 1e6,
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let o = opts()?;
+    let dir = tempfile::tempdir()?;
+    let brokers = vec![
+        start_cloud(
+            &dir.path().join("cloud"),
+            "cloud (durable)",
+            "mqtt:\n  listen: 127.0.0.1:0\n",
+        )?,
+        start_cloud(
+            &dir.path().join("cloud-nosync"),
+            "cloud (sync none)",
+            "storage:\n  sync: none\nmqtt:\n  listen: 127.0.0.1:0\n  durable_publish: false\n",
+        )?,
+        start_mosquitto(&dir.path().join("mosquitto"))?,
+    ];
+    let q = if o.qos == QoS::AtMostOnce { 0 } else { 1 };
+    println!(
+        "mqtt-bench: {} B payloads, QoS {q}; fan-in {}x{} msgs; fan-out 1x{} msgs to {} subscribers; {} QoS 1 round trips",
+        o.size, o.publishers, o.messages, o.messages, o.subscribers, o.round_trips
+    );
+    println!(
+        "{:<10} {:<18} {:>12} {:>9} {:>9} {:>8}",
+        "row", "broker", "msgs/s", "p50 ms", "p99 ms", "RSS MB"
+    );
+    for (name, row) in [("fan-in", 0), ("fan-out", 1), ("round-trip", 2)] {
+        for b in &brokers {
+            let r = match row {
+                0 => fan(b, o.publishers, 1, &o, "fi").await?,
+                1 => fan(b, 1, o.subscribers, &o, "fo").await?,
+                _ => round_trip(b, &o).await?,
+            };
+            println!(
+                "{:<10} {:<18} {:>12.0} {:>9.2} {:>9.2} {:>8.1}",
+                name, b.name, r.msgs_s, r.p50, r.p99, r.rss_mb
+            );
+        }
+    }
+    Ok(())
+}
