@@ -5,6 +5,7 @@
 //! per Kafka API) -> `log` / `groups` (partitions, offsets, idempotence, membership) ->
 //! [`storage`] (RocksDB, domain verbs only). See ARCHITECTURE.md.
 
+pub mod alloc;
 mod api;
 mod broker;
 pub mod config;

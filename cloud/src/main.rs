@@ -6,6 +6,11 @@ use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
 
+/// Oversized allocations requested by wire decoders become virtual reservations instead
+/// of aborting the process (see `cloud::alloc`).
+#[global_allocator]
+static GLOBAL: cloud::alloc::Allocator = cloud::alloc::Allocator;
+
 fn usage() -> &'static str {
     "usage: cloud [--config FILE]\n  runs the edge-to-cloud broker; with no --config, built-in defaults (see configs/cloud.yaml)"
 }

@@ -8,6 +8,15 @@
 #[allow(dead_code, unreachable_pub)]
 mod wire;
 
+#[path = "../../cloud/src/alloc.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod alloc;
+
+// The broker's allocator: a lying array count reserves address space instead of aborting
+// (see cloud/src/alloc.rs), so the fuzzer looks for real bugs rather than that one.
+#[global_allocator]
+static GLOBAL: alloc::Allocator = alloc::Allocator;
+
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 

@@ -9,7 +9,7 @@ use futures_util::future::join_all;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{errors, Reply};
 use crate::broker::Broker;
@@ -57,7 +57,7 @@ async fn append_one(
         Ok(b) if !b.is_empty() => b,
         Ok(_) => return Outcome::err(errors::CORRUPT_MESSAGE, "empty record set"),
         Err(e) => {
-            debug!(topic, partition = index, cause = %e, "produce rejected");
+            info!(topic, partition = index, cause = %e, "corrupt record set rejected");
             return Outcome::err(errors::CORRUPT_MESSAGE, e.to_string());
         }
     };
@@ -96,6 +96,8 @@ async fn append_one(
         Err(e) => {
             if matches!(e, crate::log::partition::AppendError::Storage(_)) {
                 warn!(topic, partition = index, cause = %e, "append failed");
+            } else if matches!(e, crate::log::partition::AppendError::Corrupt(_)) {
+                info!(topic, partition = index, cause = %e, "corrupt record set rejected");
             } else {
                 debug!(topic, partition = index, cause = %e, "append refused");
             }

@@ -211,3 +211,30 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod edge_interop {
+    use super::*;
+    use common::kafka::batch::{encode_batch, BatchRecord, ProducerState};
+    use kafka_protocol::records::Compression;
+
+    /// The edge's encoder (shared in `common`) must produce batches this broker accepts.
+    #[test]
+    fn edge_batches_pass_validation() {
+        let records: Vec<BatchRecord> = (0..50)
+            .map(|i| BatchRecord {
+                key: Some(Bytes::from(format!("cam{i}"))),
+                value: Some(Bytes::from(vec![b'x'; 100 + i])),
+                headers: vec![("mqtt.topic".into(), Some(Bytes::from_static(b"a/b"))), ("mqtt.qos".into(), Some(Bytes::from_static(b"1")))],
+                timestamp_ms: 1_700_000_000_000 + i as i64,
+            })
+            .collect();
+        for c in [Compression::None, Compression::Zstd, Compression::Lz4] {
+            let b = encode_batch(&records, ProducerState { producer_id: 7, producer_epoch: 0 }, 100, c).expect("encode");
+            let batches = split(&b).expect("split");
+            assert_eq!(batches.len(), 1, "{c:?}");
+            let h = BatchHeader::parse(&batches[0]).expect("header");
+            assert_eq!((h.producer_id, h.base_sequence, h.offset_count()), (7, 100, 50));
+        }
+    }
+}
