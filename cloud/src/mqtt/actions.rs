@@ -1,0 +1,115 @@
+//! Performing the session's actions for one connection: appends (batched per read),
+//! subscriptions (index, cursors, retained messages), and session persistence.
+
+use std::collections::VecDeque;
+
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::QoS;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::warn;
+
+use super::conn::Conn;
+use super::cursor::{Cursors, Start};
+use super::persist::SavedSession;
+use super::records::Message;
+use super::session::{Action, Session};
+use super::Error;
+
+/// Appends the publishes collected from one read, then performs their acknowledgements.
+pub(super) async fn flush_appends<S: AsyncRead + AsyncWrite + Unpin>(
+    c: &mut Conn<S>,
+    session: &mut Session,
+    cursors: &mut Cursors,
+    conn_id: u64,
+    persisted: &mut bool,
+    pending: &mut Vec<(Message, QoS, u16)>,
+) -> Result<Option<bool>, Error> {
+    if pending.is_empty() {
+        return Ok(None);
+    }
+    let batch = std::mem::take(pending);
+    let msgs: Vec<Message> = batch.iter().map(|(m, _, _)| m.clone()).collect();
+    let ok = c.hub.append_many(&msgs, &session.client_id).await;
+    let mut actions = VecDeque::new();
+    for ((_, qos, pkid), ok) in batch.into_iter().zip(ok) {
+        actions.extend(session.appended(qos, pkid, ok));
+    }
+    perform(c, session, cursors, conn_id, persisted, actions).await
+}
+
+pub(super) fn session_actions(session: &mut Session, p: Packet) -> VecDeque<Action> {
+    session.incoming(p).into()
+}
+
+/// Performs actions in order; returns `Some(publish_will)` when the connection must close.
+pub(super) async fn perform<S: AsyncRead + AsyncWrite + Unpin>(
+    c: &mut Conn<S>,
+    session: &mut Session,
+    cursors: &mut Cursors,
+    conn_id: u64,
+    persisted: &mut bool,
+    mut actions: VecDeque<Action>,
+) -> Result<Option<bool>, Error> {
+    let mut changed = false;
+    while let Some(a) = actions.pop_front() {
+        match a {
+            Action::Send(p) => c.send(&p)?,
+            Action::Append { message, qos, pkid } => {
+                let ok = match c.hub.append(&message, &session.client_id).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn!(topic = message.topic, cause = %e, "publish not appended");
+                        false
+                    }
+                };
+                actions.extend(session.appended(qos, pkid, ok));
+            }
+            Action::Subscribed(list) => {
+                for (filter, opts, is_new) in list {
+                    for (mqtt, log_name) in c.hub.subscribe(conn_id, &filter) {
+                        for (p, part) in c.hub.partitions(&log_name) {
+                            cursors.open(log_name.clone(), Some(mqtt.clone()), p, part, Start::End);
+                        }
+                    }
+                    if opts.retain_handling == 0 || (opts.retain_handling == 1 && is_new) {
+                        cursors.retained.extend(c.hub.retained_matching(&filter));
+                    }
+                }
+                changed = true;
+            }
+            Action::Unsubscribed(list) => {
+                for f in list {
+                    c.hub.unsubscribe(conn_id, &f);
+                }
+                changed = true;
+            }
+            Action::Done(_) => {}
+            Action::Close { reason, will } => {
+                if let Some(r) = reason {
+                    c.refuse(r).await?;
+                }
+                return Ok(Some(will));
+            }
+        }
+    }
+    if changed && session.expiry > 0 {
+        let saved = SavedSession {
+            expiry: session.expiry,
+            subscriptions: session
+                .subscriptions
+                .iter()
+                .map(|(f, o)| (f.clone(), o.clone()))
+                .collect(),
+            cursors: cursors
+                .committed(session)
+                .into_iter()
+                .map(|(t, p, o)| (t.to_string(), p, o))
+                .collect(),
+        };
+        c.hub
+            .persist_session(&session.client_id, Some(saved))
+            .await?;
+        *persisted = true;
+    }
+    Ok(None)
+}

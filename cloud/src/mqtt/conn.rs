@@ -1,0 +1,468 @@
+//! One MQTT connection: owns the socket and buffers, reads packets, feeds the session
+//! state machine, performs its actions (appends, subscriptions, closes) and delivers
+//! from the log when an append wakes it. Nothing here decides protocol rules.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttc::v5::mqttbytes::v5::{
+    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet,
+};
+use rumqttc::v5::mqttbytes::QoS;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tracing::{debug, field, info_span, warn, Instrument};
+
+use super::actions::{flush_appends, perform, session_actions};
+use super::codec::{self, CodecError, Version};
+use super::cursor::{Cursors, Start};
+use super::hub::{Detached, Event, Hub};
+use super::persist::SavedSession;
+use super::records::{self, Message};
+use super::session::{Action, ClientLimits, Session};
+use super::{topic, Error};
+
+/// Serves one accepted stream (plain TCP or TLS) until it closes.
+pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer: SocketAddr,
+    hub: Arc<Hub>,
+) {
+    let span = info_span!("mqtt", %peer, client_id = field::Empty);
+    async move {
+        if let Err(e) = run(stream, hub).await {
+            debug!(cause = %e, "connection ended");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+pub(super) struct Conn<S> {
+    pub(super) stream: S,
+    pub(super) hub: Arc<Hub>,
+    pub(super) version: Version,
+    pub(super) rbuf: BytesMut,
+    pub(super) wbuf: BytesMut,
+    pub(super) write_timeout: Duration,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    pub(super) async fn flush(&mut self) -> Result<(), Error> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.write_timeout, self.stream.write_all(&self.wbuf)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "write stalled",
+                )))
+            }
+        }
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    pub(super) fn send(&mut self, p: &Packet) -> Result<(), Error> {
+        codec::encode(p, self.version, &mut self.wbuf)?;
+        Ok(())
+    }
+
+    /// Sends a DISCONNECT (MQTT 5 only) and flushes.
+    pub(super) async fn refuse(&mut self, reason: DisconnectReasonCode) -> Result<(), Error> {
+        if self.version == Version::V5 {
+            self.send(&Packet::Disconnect(Disconnect {
+                reason_code: reason,
+                properties: None,
+            }))?;
+        }
+        self.flush().await
+    }
+}
+
+fn assign_id() -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "auto-{:x}-{:x}",
+        records::now_ms(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Result<(), Error> {
+    let cfg = hub.config.clone();
+    let max = cfg.max_packet_bytes as usize;
+    let mut c = Conn {
+        stream,
+        hub: hub.clone(),
+        version: Version::V4,
+        rbuf: BytesMut::with_capacity(4096),
+        wbuf: BytesMut::new(),
+        write_timeout: Duration::from_millis(cfg.write_timeout_ms),
+    };
+    // 1. CONNECT, within the connect timeout.
+    let deadline = Instant::now() + Duration::from_millis(cfg.connect_timeout_ms);
+    let (version, packet) = loop {
+        match codec::decode_connect(&mut c.rbuf, max) {
+            Ok(Some(v)) => break v,
+            Ok(None) => {}
+            Err(CodecError::UnsupportedProtocol { name, level }) => {
+                debug!(name, level, "unsupported protocol level");
+                c.wbuf.extend_from_slice(&[0x20, 0x02, 0x00, 0x01]);
+                c.flush().await?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        match tokio::time::timeout_at(deadline, c.stream.read_buf(&mut c.rbuf)).await {
+            Ok(Ok(0)) => return Ok(()),
+            Ok(r) => r?,
+            Err(_) => {
+                debug!("no CONNECT within connect_timeout_ms");
+                return Ok(());
+            }
+        };
+    };
+    c.version = version;
+    let Packet::Connect(connect, will, _login) = packet else {
+        return Err(CodecError::NotConnect.into());
+    };
+    let props = connect.properties.clone().unwrap_or_default();
+    let connack = |code: ConnectReturnCode, props: Option<ConnAckProperties>| {
+        Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+            properties: props,
+        })
+    };
+    let mut client_id = connect.client_id.clone();
+    let mut assigned = None;
+    if client_id.is_empty() {
+        if version == Version::V4 && !connect.clean_start {
+            c.send(&connack(ConnectReturnCode::BadClientId, None))?;
+            return c.flush().await;
+        }
+        client_id = assign_id();
+        assigned = Some(client_id.clone());
+    }
+    tracing::Span::current().record("client_id", client_id.as_str());
+    let will = match will {
+        Some(w) => {
+            let name = String::from_utf8(w.topic.to_vec()).unwrap_or_default();
+            if topic::validate_name(&name).is_err() {
+                c.send(&connack(ConnectReturnCode::TopicNameInvalid, None))?;
+                return c.flush().await;
+            }
+            let delay = w
+                .properties
+                .as_ref()
+                .and_then(|p| p.delay_interval)
+                .unwrap_or(0);
+            let props = w
+                .properties
+                .map(|p| rumqttc::v5::mqttbytes::v5::PublishProperties {
+                    payload_format_indicator: p.payload_format_indicator,
+                    message_expiry_interval: p.message_expiry_interval,
+                    content_type: p.content_type,
+                    response_topic: p.response_topic,
+                    correlation_data: p.correlation_data,
+                    user_properties: p.user_properties,
+                    ..Default::default()
+                });
+            let m = Message {
+                topic: name,
+                payload: w.message,
+                qos: w.qos,
+                retain: w.retain,
+                props,
+                timestamp_ms: 0,
+            };
+            Some((m, delay))
+        }
+        None => None,
+    };
+    let expiry = match version {
+        Version::V4 if connect.clean_start => 0,
+        Version::V4 => u32::MAX,
+        Version::V5 => props.session_expiry_interval.unwrap_or(0),
+    };
+    let expiry_granted = expiry.min(cfg.max_session_expiry_secs);
+    let mut keep_alive = connect.keep_alive;
+    let mut server_keep_alive = None;
+    if version == Version::V5
+        && cfg.max_keep_alive_secs > 0
+        && (keep_alive == 0 || keep_alive > cfg.max_keep_alive_secs)
+    {
+        keep_alive = cfg.max_keep_alive_secs;
+        server_keep_alive = Some(keep_alive);
+    }
+    let client_limits = ClientLimits {
+        receive_maximum: props
+            .receive_maximum
+            .unwrap_or(u16::MAX)
+            .min(cfg.max_inflight)
+            .max(1),
+        max_packet_size: props.max_packet_size,
+        topic_alias_max: props.topic_alias_max.unwrap_or(0),
+    };
+    // 2. Take the session (waiting for a connection that holds it to let go).
+    let attached = hub.attach(&client_id, connect.clean_start).await;
+    let conn_id = attached.conn;
+    let mut events = attached.events;
+    let session_present = attached.resumed.is_some();
+    let discarded = attached.discarded;
+    let mut cursors = Cursors::default();
+    let mut resend = Vec::new();
+    let mut session = match attached.resumed {
+        Some(d) => {
+            let mut s = d.session;
+            s.expiry = expiry_granted;
+            resend = s.resume(version, client_limits, hub.limits());
+            for (t, p, o) in d.cursors {
+                if let Some((_, log)) = hub.partitions(&t).into_iter().find(|(i, _)| *i == p) {
+                    cursors.open(t.clone(), hub.name_of(&t), p, log, Start::At(o));
+                }
+            }
+            for f in s.subscriptions.keys() {
+                for (mqtt, log_name) in hub.topics_matching(f) {
+                    for (p, log) in hub.partitions(&log_name) {
+                        cursors.open(
+                            log_name.clone(),
+                            Some(mqtt.clone()),
+                            p,
+                            log,
+                            Start::Beginning,
+                        );
+                    }
+                }
+            }
+            s
+        }
+        None => {
+            let mut s = Session::new(client_id.clone(), version, expiry_granted, hub.limits());
+            s.client = client_limits;
+            s
+        }
+    };
+    if discarded {
+        // A clean start discards the stored session of this client id.
+        if let Err(e) = hub.persist_session(&client_id, None).await {
+            warn!(cause = %e, "cannot delete the previous session");
+        }
+    }
+    let ack_props = (version == Version::V5).then(|| ConnAckProperties {
+        session_expiry_interval: (expiry_granted != expiry).then_some(expiry_granted),
+        receive_max: Some(cfg.receive_maximum),
+        max_qos: None,
+        retain_available: Some(1),
+        max_packet_size: Some(cfg.max_packet_bytes),
+        assigned_client_identifier: assigned,
+        topic_alias_max: Some(cfg.topic_alias_maximum),
+        reason_string: None,
+        user_properties: vec![],
+        wildcard_subscription_available: Some(1),
+        subscription_identifiers_available: Some(1),
+        shared_subscription_available: Some(0),
+        server_keep_alive,
+        response_information: None,
+        server_reference: None,
+        authentication_method: None,
+        authentication_data: None,
+    });
+    c.send(&Packet::ConnAck(ConnAck {
+        session_present,
+        code: ConnectReturnCode::Success,
+        properties: ack_props,
+    }))?;
+    for p in &resend {
+        c.send(p)?;
+    }
+    c.flush().await?;
+    let mut persisted = session_present && session.expiry > 0;
+    let ka = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+    // 3. Serve until closed.
+    let outcome = serve_loop(
+        &mut c,
+        &mut session,
+        &mut cursors,
+        &mut events,
+        conn_id,
+        ka,
+        &mut persisted,
+    )
+    .await;
+    let (publish_will, result) = match outcome {
+        Ok(will) => (will, Ok(())),
+        Err(e) => (true, Err(e)),
+    };
+    // 4. Leave: will, persistence, registry.
+    if publish_will {
+        if let Some((mut m, delay)) = will {
+            m.timestamp_ms = records::now_ms();
+            let hub2 = hub.clone();
+            let client = client_id.clone();
+            let wait = if session.expiry == 0 {
+                0
+            } else {
+                delay.min(session.expiry)
+            };
+            tokio::spawn(async move {
+                if wait > 0 {
+                    tokio::time::sleep(Duration::from_secs(u64::from(wait))).await;
+                    if !hub2.still_offline(&client) {
+                        return;
+                    }
+                }
+                if let Err(e) = hub2.append(&m, &client).await {
+                    warn!(client, cause = %e, "will message not published");
+                }
+            });
+        }
+    }
+    if session.expiry > 0 {
+        let saved = SavedSession {
+            expiry: session.expiry,
+            subscriptions: session
+                .subscriptions
+                .iter()
+                .map(|(f, o)| (f.clone(), o.clone()))
+                .collect(),
+            cursors: cursors
+                .committed(&session)
+                .into_iter()
+                .map(|(t, p, o)| (t.to_string(), p, o))
+                .collect(),
+        };
+        if let Err(e) = hub.persist_session(&client_id, Some(saved)).await {
+            warn!(cause = %e, "cannot persist session");
+        }
+    } else if persisted {
+        if let Err(e) = hub.persist_session(&client_id, None).await {
+            warn!(cause = %e, "cannot delete session");
+        }
+    }
+    let positions = cursors
+        .list
+        .iter()
+        .map(|c| (c.log_name.clone(), c.partition, c.next))
+        .collect();
+    hub.detach(
+        conn_id,
+        &client_id,
+        Detached {
+            session,
+            cursors: positions,
+        },
+    );
+    result
+}
+
+/// Returns whether the will must be published.
+async fn serve_loop<S: AsyncRead + AsyncWrite + Unpin>(
+    c: &mut Conn<S>,
+    session: &mut Session,
+    cursors: &mut Cursors,
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    conn_id: u64,
+    keep_alive: Option<Duration>,
+    persisted: &mut bool,
+) -> Result<bool, Error> {
+    let max = c.hub.config.max_packet_bytes as usize;
+    let mut last_packet = Instant::now();
+    loop {
+        // Every complete packet buffered (also those sent right behind CONNECT). Publishes
+        // decoded together are appended together (one batch per topic), and acknowledged
+        // in the order received; any other packet first waits for those appends.
+        let mut pending: Vec<(Message, QoS, u16)> = Vec::new();
+        loop {
+            let p = match codec::decode(&mut c.rbuf, c.version, max) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    let reason = match e {
+                        CodecError::TooLarge { .. } => DisconnectReasonCode::PacketTooLarge,
+                        _ => DisconnectReasonCode::MalformedPacket,
+                    };
+                    debug!(cause = %e, "bad packet");
+                    flush_appends(c, session, cursors, conn_id, persisted, &mut pending).await?;
+                    c.refuse(reason).await?;
+                    return Ok(true);
+                }
+            };
+            let mut actions = session_actions(session, p);
+            if let (1, Some(Action::Append { .. })) = (actions.len(), actions.front()) {
+                if let Some(Action::Append { message, qos, pkid }) = actions.pop_front() {
+                    pending.push((message, qos, pkid));
+                }
+                continue;
+            }
+            if let Some(will) =
+                flush_appends(c, session, cursors, conn_id, persisted, &mut pending).await?
+            {
+                c.flush().await?;
+                return Ok(will);
+            }
+            if let Some(will) = perform(c, session, cursors, conn_id, persisted, actions).await? {
+                c.flush().await?;
+                return Ok(will);
+            }
+        }
+        if let Some(will) =
+            flush_appends(c, session, cursors, conn_id, persisted, &mut pending).await?
+        {
+            c.flush().await?;
+            return Ok(will);
+        }
+        let more = cursors.pump(&c.hub.log.store, session, c.version, &mut c.wbuf)?;
+        c.flush().await?;
+        let ready = more || cursors.ready(session);
+        let notify = Arc::new(Notify::new());
+        if !ready {
+            cursors.register(&notify);
+        }
+        let ready = ready || cursors.ready(session);
+        let deadline = keep_alive.map(|k| last_packet + k);
+        tokio::select! {
+            biased;
+            r = c.stream.read_buf(&mut c.rbuf) => {
+                if r? == 0 {
+                    return Ok(true);
+                }
+                last_packet = Instant::now();
+            }
+            ev = events.recv() => match ev {
+                Some(Event::NewTopic { mqtt, log }) => {
+                    if session.wants(&mqtt) {
+                        for (p, part) in c.hub.partitions(&log) {
+                            cursors.open(log.clone(), Some(mqtt.clone()), p, part, Start::Beginning);
+                        }
+                    }
+                }
+                Some(Event::TakenOver) | None => {
+                    c.refuse(DisconnectReasonCode::SessionTakenOver).await?;
+                    return Ok(true);
+                }
+            },
+            _ = notify.notified(), if !ready => {}
+            _ = std::future::ready(()), if ready => {}
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                debug!("keep alive expired");
+                c.refuse(DisconnectReasonCode::KeepAliveTimeout).await?;
+                return Ok(true);
+            }
+        }
+    }
+}
+
+async fn sleep_until(d: Option<Instant>) {
+    match d {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

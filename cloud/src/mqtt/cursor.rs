@@ -1,0 +1,190 @@
+//! Delivery from the log: one cursor per (topic, partition) a session's subscriptions
+//! match. A cursor is only a position; messages are read from the store when the
+//! partition's high watermark passes it (the connection is woken by the append through
+//! [`PartitionLog::register`]), decoded, and handed to the session state machine.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::sync::Notify;
+use tracing::warn;
+
+use super::codec::{self, Version};
+use super::records::{self, Message};
+use super::session::{Session, Ticket};
+use super::Error;
+use crate::log::batch::BatchHeader;
+use crate::log::partition::PartitionLog;
+use crate::storage::Store;
+
+/// Stop filling the write buffer past this many bytes (flush, then continue).
+pub(crate) const WRITE_BUDGET: usize = 1 << 20;
+/// Bytes read from one partition at a time.
+const READ_BYTES: usize = 256 << 10;
+
+pub(crate) struct Cursor {
+    pub(crate) log_name: Arc<str>,
+    /// The topic's MQTT name, for records without an `mqtt.topic` header.
+    pub(crate) mqtt: Option<Arc<str>>,
+    pub(crate) partition: u32,
+    pub(crate) log: Arc<PartitionLog>,
+    /// Next offset to read.
+    pub(crate) next: u64,
+}
+
+/// Every cursor of one connection, plus retained messages waiting to be sent.
+#[derive(Default)]
+pub(crate) struct Cursors {
+    pub(crate) list: Vec<Cursor>,
+    keys: HashSet<(Arc<str>, u32)>,
+    pub(crate) retained: VecDeque<Arc<Message>>,
+}
+
+/// Where a new cursor starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// Only messages appended from now on (a new subscription on an existing topic).
+    End,
+    /// Everything still in the log (a topic created after the subscription).
+    Beginning,
+    /// A saved position.
+    At(u64),
+}
+
+impl Cursors {
+    /// Adds a cursor unless one exists for the partition.
+    pub(crate) fn open(
+        &mut self,
+        log_name: Arc<str>,
+        mqtt: Option<Arc<str>>,
+        partition: u32,
+        log: Arc<PartitionLog>,
+        start: Start,
+    ) {
+        if !self.keys.insert((log_name.clone(), partition)) {
+            return;
+        }
+        let next = match start {
+            Start::End => log.high_watermark(),
+            Start::Beginning => log.log_start(),
+            Start::At(o) => o,
+        };
+        self.list.push(Cursor {
+            log_name,
+            mqtt,
+            partition,
+            log,
+            next,
+        });
+    }
+
+    /// Registers `n` on every partition, to be woken by the next append.
+    pub(crate) fn register(&self, n: &Arc<Notify>) {
+        for c in &self.list {
+            c.log.register(n);
+        }
+    }
+
+    /// Whether something could be delivered now.
+    pub(crate) fn ready(&self, session: &Session) -> bool {
+        session.can_send()
+            && (!self.retained.is_empty()
+                || self.list.iter().any(|c| c.next < c.log.high_watermark()))
+    }
+
+    /// The position each cursor may be committed at: its next offset, or the oldest
+    /// delivery still in flight from it.
+    pub(crate) fn committed(&self, session: &Session) -> Vec<(Arc<str>, u32, u64)> {
+        let mut pos: Vec<u64> = self.list.iter().map(|c| c.next).collect();
+        for t in session.tickets_in_flight() {
+            if let Some(p) = pos.get_mut(t.cursor as usize) {
+                *p = (*p).min(t.offset);
+            }
+        }
+        self.list
+            .iter()
+            .zip(pos)
+            .map(|(c, p)| (c.log_name.clone(), c.partition, p))
+            .collect()
+    }
+
+    /// Encodes deliverable messages into `out` until nothing is left, the client's
+    /// receive maximum is reached, or `out` passes [`WRITE_BUDGET`]. Returns whether it
+    /// stopped on the budget (more may be ready).
+    pub(crate) fn pump(
+        &mut self,
+        store: &Store,
+        session: &mut Session,
+        version: Version,
+        out: &mut BytesMut,
+    ) -> Result<bool, Error> {
+        let now = records::now_ms();
+        while session.can_send() {
+            let Some(m) = self.retained.pop_front() else {
+                break;
+            };
+            if let (Some(p), _) = session.deliver(&m, None, false, true, now) {
+                codec::encode(&p, version, out)?;
+            }
+        }
+        let client = session.client_id.clone();
+        for (i, c) in self.list.iter_mut().enumerate() {
+            loop {
+                if out.len() >= WRITE_BUDGET {
+                    return Ok(true);
+                }
+                if !session.can_send() {
+                    return Ok(false);
+                }
+                c.next = c.next.max(c.log.log_start());
+                if c.next >= c.log.high_watermark() {
+                    break;
+                }
+                let read = c.log.read(store, c.next, READ_BYTES)?;
+                if read.batches.is_empty() {
+                    break;
+                }
+                let mut blocked = false;
+                for b in &read.batches {
+                    let end = BatchHeader::parse(b)
+                        .map(|h| h.base_offset.max(0) as u64 + h.offset_count());
+                    let stored = match records::decode(b, c.next, c.mqtt.as_deref()) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            warn!(topic = %c.log_name, partition = c.partition, cause = %e, "undecodable batch skipped");
+                            Vec::new()
+                        }
+                    };
+                    for s in stored {
+                        if !session.can_send() {
+                            blocked = true;
+                            break;
+                        }
+                        let from_self = s.key.as_deref() == Some(client.as_bytes());
+                        let ticket = Ticket {
+                            cursor: i as u32,
+                            offset: s.offset,
+                        };
+                        let (p, _) =
+                            session.deliver(&s.message, Some(ticket), from_self, false, now);
+                        c.next = s.offset + 1;
+                        if let Some(p) = p {
+                            codec::encode(&p, version, out)?;
+                        }
+                    }
+                    if blocked {
+                        break;
+                    }
+                    if let Ok(end) = end {
+                        c.next = c.next.max(end);
+                    }
+                }
+                if blocked {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(false)
+    }
+}

@@ -1,0 +1,535 @@
+//! State shared by every MQTT connection: the topic index (MQTT name -> log topic), the
+//! subscription index (filter -> connection), the session registry (online connections
+//! and offline persistent sessions), and retained messages.
+//!
+//! Topics come from the log itself: loaded at start, then learned from
+//! [`Log::watch_created`] whoever created them (an MQTT publish, a Kafka CreateTopics or
+//! auto-create). A new topic is matched against the subscription index and announced to
+//! the matching connections, which open cursors on it from its start: a wildcard
+//! subscription sees topics created after it without resubscribing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, Notify};
+use tracing::{debug, info, warn};
+
+use super::persist::{self, SavedSession};
+use super::records::{self, Message};
+use super::session::{Limits, Session};
+use super::topic::{FilterIndex, TopicIndex};
+use super::{codec::Version, Error, MqttConfig};
+use crate::log::partition::PartitionLog;
+use crate::log::{Log, NewTopic, TopicError};
+use crate::storage::WriteSet;
+
+/// Sent by the hub to one connection.
+#[derive(Debug)]
+pub(crate) enum Event {
+    NewTopic { mqtt: Arc<str>, log: Arc<str> },
+    TakenOver,
+}
+
+/// A session without a connection: its state machine and its log positions.
+pub(crate) struct Detached {
+    pub(crate) session: Session,
+    /// `(log topic, partition, next offset)`.
+    pub(crate) cursors: Vec<(Arc<str>, u32, u64)>,
+}
+
+enum Slot {
+    Online { conn: u64, gone: Arc<Notify> },
+    Offline { state: Box<Detached>, epoch: u64 },
+}
+
+/// What [`Hub::attach`] gives a new connection.
+pub(crate) struct Attached {
+    pub(crate) conn: u64,
+    pub(crate) events: mpsc::UnboundedReceiver<Event>,
+    pub(crate) resumed: Option<Detached>,
+    /// A stored session was discarded by a clean start (delete it from the store).
+    pub(crate) discarded: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    topics: TopicIndex<Arc<str>>,
+    names: HashMap<Arc<str>, Arc<str>>,
+    subs: FilterIndex<u64>,
+    conns: HashMap<u64, mpsc::UnboundedSender<Event>>,
+    sessions: HashMap<String, Slot>,
+    retained: TopicIndex<Arc<Message>>,
+    next_id: u64,
+}
+
+pub(crate) struct Hub {
+    pub(crate) log: Arc<Log>,
+    pub(crate) config: MqttConfig,
+    inner: Mutex<Inner>,
+    created: Mutex<Option<broadcast::Receiver<Arc<str>>>>,
+}
+
+/// The MQTT name of a log topic: its reverse mapping, or a recorded alias.
+fn mqtt_name(log_name: &str, aliases: &HashMap<String, String>) -> Option<String> {
+    match common::topic::kafka_to_mqtt(log_name) {
+        Ok(common::topic::Decoded::Topic(t)) => Some(t),
+        _ => aliases.get(log_name).cloned(),
+    }
+}
+
+impl Hub {
+    pub(crate) fn open(log: Arc<Log>, config: MqttConfig) -> Result<Arc<Hub>, Error> {
+        let created = log.watch_created();
+        let mut inner = Inner::default();
+        let aliases: HashMap<String, String> = log.store.topic_aliases()?.into_iter().collect();
+        for t in log.all() {
+            if let Some(m) = mqtt_name(&t.name, &aliases) {
+                let m: Arc<str> = m.into();
+                inner.topics.insert(&m, t.name.clone());
+                inner.names.insert(t.name.clone(), m);
+            }
+        }
+        for (topic, v) in log.store.retained()? {
+            match persist::decode_retained(&v) {
+                Some(m) => {
+                    inner.retained.insert(&topic, Arc::new(m));
+                }
+                None => warn!(topic, "corrupt retained message skipped"),
+            }
+        }
+        let limits = limits(&config);
+        for (client, v) in log.store.sessions()? {
+            let Some(saved) = SavedSession::decode(&v) else {
+                warn!(client, "corrupt persistent session skipped");
+                continue;
+            };
+            let mut session = Session::new(client.clone(), Version::V5, saved.expiry, limits);
+            session.subscriptions = saved.subscriptions.into_iter().collect();
+            let cursors = saved
+                .cursors
+                .into_iter()
+                .map(|(t, p, o)| (Arc::from(t.as_str()), p, o))
+                .collect();
+            inner.next_id += 1;
+            let epoch = inner.next_id;
+            inner.sessions.insert(
+                client,
+                Slot::Offline {
+                    state: Box::new(Detached { session, cursors }),
+                    epoch,
+                },
+            );
+        }
+        info!(
+            topics = inner.topics.len(),
+            retained = inner.retained.len(),
+            sessions = inner.sessions.len(),
+            "mqtt view loaded"
+        );
+        let offline: Vec<(String, u32, u64)> = inner
+            .sessions
+            .iter()
+            .filter_map(|(c, s)| match s {
+                Slot::Offline { state, epoch } => Some((c.clone(), state.session.expiry, *epoch)),
+                Slot::Online { .. } => None,
+            })
+            .collect();
+        let hub = Arc::new(Hub {
+            log,
+            config,
+            inner: Mutex::new(inner),
+            created: Mutex::new(Some(created)),
+        });
+        for (client, expiry, epoch) in offline {
+            hub.clone().expire_later(client, expiry, epoch);
+        }
+        Ok(hub)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Follows topic creation in the log (run once, for the life of the broker).
+    pub(crate) async fn watch_topics(self: Arc<Self>) {
+        let Some(mut rx) = self
+            .created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        loop {
+            match rx.recv().await {
+                Ok(name) => self.topic_added(&name),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    warn!(missed = n, "topic notifications lagged; rescanning topics");
+                    for t in self.log.all() {
+                        self.topic_added(&t.name);
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    fn topic_added(&self, log_name: &Arc<str>) {
+        let aliases = match common::topic::kafka_to_mqtt(log_name) {
+            Ok(common::topic::Decoded::Topic(_)) => HashMap::new(),
+            _ => self
+                .log
+                .store
+                .topic_aliases()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        };
+        let Some(m) = mqtt_name(log_name, &aliases) else {
+            debug!(topic = %log_name, "log topic has no mqtt name");
+            return;
+        };
+        let mut g = self.lock();
+        if g.names.contains_key(log_name) {
+            return;
+        }
+        let m: Arc<str> = m.into();
+        g.topics.insert(&m, log_name.clone());
+        g.names.insert(log_name.clone(), m.clone());
+        let mut conns = Vec::new();
+        g.subs.matching(&m, &mut conns);
+        conns.sort_unstable();
+        conns.dedup();
+        for c in conns {
+            if let Some(tx) = g.conns.get(&c) {
+                let _ = tx.send(Event::NewTopic {
+                    mqtt: m.clone(),
+                    log: log_name.clone(),
+                });
+            }
+        }
+    }
+
+    /// The MQTT name of a log topic, if it has one.
+    pub(crate) fn name_of(&self, log_name: &str) -> Option<Arc<str>> {
+        self.lock().names.get(log_name).cloned()
+    }
+
+    /// Registers a connection for `client_id`, taking over (and waiting for) a connection
+    /// that holds it, and resuming its offline session unless `clean`.
+    pub(crate) async fn attach(&self, client_id: &str, clean: bool) -> Attached {
+        loop {
+            let wait = {
+                let g = self.lock();
+                match g.sessions.get(client_id) {
+                    Some(Slot::Online { conn, gone }) => {
+                        if let Some(tx) = g.conns.get(conn) {
+                            let _ = tx.send(Event::TakenOver);
+                        }
+                        Some((gone.clone(), *conn))
+                    }
+                    _ => None,
+                }
+            };
+            if let Some((gone, old)) = wait {
+                let notified = gone.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let still = matches!(self.lock().sessions.get(client_id), Some(Slot::Online { conn, .. }) if *conn == old);
+                if still
+                    && tokio::time::timeout(Duration::from_secs(5), notified)
+                        .await
+                        .is_err()
+                {
+                    warn!(
+                        client_id,
+                        "previous connection did not release the session in 5 s; taking it"
+                    );
+                    let mut g = self.lock();
+                    g.sessions.remove(client_id);
+                    g.conns.remove(&old);
+                }
+                continue;
+            }
+            let mut g = self.lock();
+            if matches!(g.sessions.get(client_id), Some(Slot::Online { .. })) {
+                continue;
+            }
+            g.next_id += 1;
+            let conn = g.next_id;
+            let (tx, events) = mpsc::unbounded_channel();
+            g.conns.insert(conn, tx);
+            let old = g.sessions.insert(
+                client_id.to_string(),
+                Slot::Online {
+                    conn,
+                    gone: Arc::new(Notify::new()),
+                },
+            );
+            let discarded = clean && matches!(old, Some(Slot::Offline { .. }));
+            let resumed = match old {
+                Some(Slot::Offline { state, .. }) if !clean => Some(*state),
+                _ => None,
+            };
+            for f in resumed.iter().flat_map(|d| d.session.subscriptions.keys()) {
+                g.subs.insert(f, conn);
+            }
+            return Attached {
+                conn,
+                events,
+                resumed,
+                discarded,
+            };
+        }
+    }
+
+    /// Unregisters a connection. A session with a non-zero expiry stays as `Offline`
+    /// (and is persisted by the caller); otherwise it ends.
+    pub(crate) fn detach(self: &Arc<Self>, conn: u64, client_id: &str, state: Detached) {
+        let mut g = self.lock();
+        g.conns.remove(&conn);
+        for f in state.session.subscriptions.keys() {
+            g.subs.remove(f, &conn);
+        }
+        let gone = match g.sessions.get(client_id) {
+            Some(Slot::Online { conn: c, gone }) if *c == conn => gone.clone(),
+            _ => return,
+        };
+        let expiry = state.session.expiry;
+        if expiry == 0 {
+            g.sessions.remove(client_id);
+        } else {
+            g.next_id += 1;
+            let epoch = g.next_id;
+            g.sessions.insert(
+                client_id.to_string(),
+                Slot::Offline {
+                    state: Box::new(state),
+                    epoch,
+                },
+            );
+            drop(g);
+            self.clone()
+                .expire_later(client_id.to_string(), expiry, epoch);
+        }
+        gone.notify_waiters();
+    }
+
+    fn expire_later(self: Arc<Self>, client: String, expiry: u32, epoch: u64) {
+        if expiry == u32::MAX {
+            return;
+        }
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
+            let expired = {
+                let mut g = self.lock();
+                match g.sessions.get(&client) {
+                    Some(Slot::Offline { epoch: e, .. }) if *e == epoch => {
+                        g.sessions.remove(&client).is_some()
+                    }
+                    _ => false,
+                }
+            };
+            if expired {
+                info!(client, "session expired");
+                let mut set = WriteSet::default();
+                set.delete_session(&client);
+                if let Err(e) = self.log.store.write(set, true).await {
+                    warn!(client, cause = %e, "cannot delete expired session");
+                }
+            }
+        });
+    }
+
+    /// Whether the session of `client` is still offline at `epoch`-independent level
+    /// (used by will delay): true if nobody reconnected since `conn` left.
+    pub(crate) fn still_offline(&self, client: &str) -> bool {
+        !matches!(self.lock().sessions.get(client), Some(Slot::Online { .. }))
+    }
+
+    /// Adds `filter` for `conn`; returns the existing topics it matches.
+    pub(crate) fn subscribe(&self, conn: u64, filter: &str) -> Vec<(Arc<str>, Arc<str>)> {
+        let mut g = self.lock();
+        g.subs.insert(filter, conn);
+        let mut out = Vec::new();
+        g.topics.matching(filter, &mut out);
+        out.into_iter()
+            .map(|(m, l)| (Arc::from(m.as_str()), l))
+            .collect()
+    }
+
+    pub(crate) fn unsubscribe(&self, conn: u64, filter: &str) {
+        self.lock().subs.remove(filter, &conn);
+    }
+
+    /// Existing topics matching `filter` (for a resumed session).
+    pub(crate) fn topics_matching(&self, filter: &str) -> Vec<(Arc<str>, Arc<str>)> {
+        let mut out = Vec::new();
+        self.lock().topics.matching(filter, &mut out);
+        out.into_iter()
+            .map(|(m, l)| (Arc::from(m.as_str()), l))
+            .collect()
+    }
+
+    pub(crate) fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        let mut out = Vec::new();
+        self.lock().retained.matching(filter, &mut out);
+        out.into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// The partitions of a log topic with their logs.
+    pub(crate) fn partitions(&self, log_name: &str) -> Vec<(u32, Arc<PartitionLog>)> {
+        let Some(t) = self.log.get(log_name) else {
+            return vec![];
+        };
+        (0..t.partition_count())
+            .filter_map(|i| self.log.partition(&t, i as i32).ok().map(|p| (i, p)))
+            .collect()
+    }
+
+    /// Appends one message to its topic's log (creating the topic), then updates the
+    /// retained message if it has the retain flag.
+    pub(crate) async fn append(&self, m: &Message, client_id: &str) -> Result<(), Error> {
+        self.append_topic(std::slice::from_ref(m), client_id).await
+    }
+
+    /// Appends messages received together from one client: one RecordBatch (one log
+    /// write, one wake-up of the subscribers) per topic, topics concurrently. Returns one
+    /// result per message, in order.
+    pub(crate) async fn append_many(&self, msgs: &[Message], client_id: &str) -> Vec<bool> {
+        let mut groups: Vec<(&str, Vec<Message>, Vec<usize>)> = Vec::new();
+        for (i, m) in msgs.iter().enumerate() {
+            match groups.iter_mut().find(|g| g.0 == m.topic) {
+                Some(g) => {
+                    g.1.push(m.clone());
+                    g.2.push(i);
+                }
+                None => groups.push((&m.topic, vec![m.clone()], vec![i])),
+            }
+        }
+        let results = futures_util::future::join_all(
+            groups.iter().map(|g| self.append_topic(&g.1, client_id)),
+        )
+        .await;
+        let mut ok = vec![false; msgs.len()];
+        for (g, r) in groups.iter().zip(results) {
+            if let Err(e) = &r {
+                warn!(topic = g.0, cause = %e, "publish not appended");
+            }
+            for &i in &g.2 {
+                ok[i] = r.is_ok();
+            }
+        }
+        ok
+    }
+
+    /// Appends messages of one topic as one batch.
+    async fn append_topic(&self, msgs: &[Message], client_id: &str) -> Result<(), Error> {
+        let Some(first) = msgs.first() else {
+            return Ok(());
+        };
+        let log_name = common::topic::mqtt_to_kafka(&first.topic)?;
+        let topic = match self.log.get(&log_name) {
+            Some(t) => t,
+            None => self.create_topic(&log_name, &first.topic).await?,
+        };
+        let count = topic.partition_count().max(1);
+        let index = if count == 1 {
+            0
+        } else {
+            (fnv(client_id.as_bytes()) % count) as i32
+        };
+        let part = self.log.partition(&topic, index)?;
+        let key = bytes::Bytes::copy_from_slice(client_id.as_bytes());
+        let recs: Vec<_> = msgs
+            .iter()
+            .map(|m| records::to_record(m, Some(key.clone())))
+            .collect();
+        let batch = records::encode(&recs)?;
+        part.append(&self.log.store, vec![batch], self.config.durable_publish)
+            .await?;
+        for m in msgs.iter().filter(|m| m.retain) {
+            self.set_retained(m).await?;
+        }
+        Ok(())
+    }
+
+    async fn create_topic(
+        &self,
+        log_name: &str,
+        mqtt: &str,
+    ) -> Result<Arc<crate::log::Topic>, Error> {
+        if !matches!(
+            common::topic::kafka_to_mqtt(log_name),
+            Ok(common::topic::Decoded::Topic(_))
+        ) {
+            let mut set = WriteSet::default();
+            set.put_topic_alias(log_name, mqtt);
+            self.log.store.write(set, true).await?;
+        }
+        let new = NewTopic {
+            name: log_name.to_string(),
+            partitions: 1,
+            configs: Default::default(),
+        };
+        match self.log.create(vec![new], false).await.pop() {
+            Some(Ok(())) | Some(Err(TopicError::Exists)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(TopicError::Unknown.into()),
+        }
+        self.log
+            .get(log_name)
+            .ok_or_else(|| TopicError::Unknown.into())
+    }
+
+    async fn set_retained(&self, m: &Message) -> Result<(), Error> {
+        let mut set = WriteSet::default();
+        if m.payload.is_empty() {
+            set.delete_retained(&m.topic);
+        } else {
+            set.put_retained(&m.topic, persist::encode_retained(m)?);
+        }
+        self.log.store.write(set, true).await?;
+        let mut g = self.lock();
+        if m.payload.is_empty() {
+            g.retained.remove(&m.topic);
+        } else {
+            g.retained.insert(&m.topic, Arc::new(m.clone()));
+        }
+        Ok(())
+    }
+
+    /// Stores (or, for `None`, deletes) the persistent session of `client`.
+    pub(crate) async fn persist_session(
+        &self,
+        client: &str,
+        saved: Option<SavedSession>,
+    ) -> Result<(), Error> {
+        let mut set = WriteSet::default();
+        match saved {
+            Some(s) => set.put_session(client, s.encode()),
+            None => set.delete_session(client),
+        }
+        self.log.store.write(set, true).await?;
+        Ok(())
+    }
+
+    pub(crate) fn limits(&self) -> Limits {
+        limits(&self.config)
+    }
+}
+
+fn limits(c: &MqttConfig) -> Limits {
+    Limits {
+        receive_maximum: c.receive_maximum,
+        topic_alias_max: c.topic_alias_maximum,
+    }
+}
+
+/// FNV-1a: spreads publishers over a multi-partition topic, stable across restarts.
+fn fnv(b: &[u8]) -> u32 {
+    b.iter().fold(0x811c_9dc5u32, |h, &x| {
+        (h ^ u32::from(x)).wrapping_mul(0x0100_0193)
+    })
+}

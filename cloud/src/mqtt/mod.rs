@@ -1,0 +1,242 @@
+//! The cloud's MQTT view of the log (issue 4): MQTT 3.1.1 and 5 clients publish to and
+//! subscribe on the same topics Kafka clients use, served from the one copy in the log.
+//!
+//! Layers, arrows one way: [`codec`] (bytes <-> packets, rumqttc's `mqttbytes`, no I/O)
+//! -> `conn` (one socket: buffers, timeouts, the action loop) -> [`session`] (the
+//! protocol state machine, no I/O) -> `hub` (topic and subscription indexes, session
+//! registry, retained messages) + `cursor` (delivery positions in the log) ->
+//! `crate::log` / `crate::storage`.
+//!
+//! - A publish is appended as one Kafka record ([`records`]) to the mapped topic
+//!   (`common::topic`), creating the topic on first use; QoS 1/2 acknowledgements are
+//!   sent once the append is durable (`mqtt.durable_publish`).
+//! - A subscriber holds one cursor per matched partition and is woken by the append
+//!   (`PartitionLog::register`), whoever appended (MQTT, Kafka Produce, an edge).
+//! - A persistent session is its subscriptions plus one position per cursor, stored in
+//!   the store's metadata; retained messages are stored there too and survive restarts.
+
+mod actions;
+pub(crate) mod codec;
+mod conn;
+mod cursor;
+mod hub;
+mod persist;
+pub(crate) mod records;
+pub(crate) mod session;
+pub(crate) mod topic;
+
+#[cfg(test)]
+mod codec_tests;
+#[cfg(test)]
+mod session_tests;
+#[cfg(test)]
+mod topic_tests;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+pub(crate) use hub::Hub;
+
+/// Errors of the MQTT view.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    #[error("topic name: {0}")]
+    TopicName(#[from] common::topic::Error),
+    #[error("topic: {0}")]
+    Topic(#[from] crate::log::TopicError),
+    #[error("append: {0}")]
+    Append(#[from] crate::log::partition::AppendError),
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::Error),
+    #[error("records: {0}")]
+    Records(#[from] records::RecordError),
+    #[error("codec: {0}")]
+    Codec(#[from] codec::CodecError),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Why the TLS listener could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: no {what} found")]
+    Missing { path: String, what: &'static str },
+    #[error("invalid certificate or key: {0}")]
+    Rustls(String),
+}
+
+/// `mqtt:` in the cloud config (documented with defaults in `configs/cloud.yaml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Plain MQTT listener; `null` disables it.
+    pub listen: Option<SocketAddr>,
+    /// MQTT over TLS (rustls); absent by default.
+    pub tls: Option<TlsConfig>,
+    /// Largest packet accepted (and advertised as MQTT 5 Maximum Packet Size).
+    pub max_packet_bytes: u32,
+    /// QoS 1/2 publishes a client may have unacknowledged (MQTT 5 Receive Maximum).
+    pub receive_maximum: u16,
+    /// Cap on QoS 1/2 deliveries in flight to one client (also bounded by its Receive Maximum).
+    pub max_inflight: u16,
+    /// Topic aliases a client may use (MQTT 5 Topic Alias Maximum).
+    pub topic_alias_maximum: u16,
+    /// MQTT 5 clients asking for a longer (or no) keep alive get this (Server Keep Alive); 0: no cap.
+    pub max_keep_alive_secs: u16,
+    /// Cap on the session expiry interval a client may ask for.
+    pub max_session_expiry_secs: u32,
+    /// A connection that sends no CONNECT within this is closed.
+    pub connect_timeout_ms: u64,
+    /// A connection whose socket accepts no bytes for this long is closed.
+    pub write_timeout_ms: u64,
+    /// QoS 1/2 acknowledgements wait for the storage sync policy (like Kafka acks=all).
+    pub durable_publish: bool,
+}
+
+/// The TLS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub listen: SocketAddr,
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
+            tls: None,
+            max_packet_bytes: 1 << 20,
+            receive_maximum: 1024,
+            max_inflight: 1024,
+            topic_alias_maximum: 64,
+            max_keep_alive_secs: 3600,
+            max_session_expiry_secs: u32::MAX,
+            connect_timeout_ms: 10_000,
+            write_timeout_ms: 30_000,
+            durable_publish: true,
+        }
+    }
+}
+
+impl MqttConfig {
+    /// Checks values serde cannot; the error names the key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.max_packet_bytes < 64 || self.max_packet_bytes > 268_435_455 {
+            return Err((
+                "mqtt.max_packet_bytes",
+                "must be between 64 and 268435455".into(),
+            ));
+        }
+        if self.receive_maximum == 0 {
+            return Err(("mqtt.receive_maximum", "must be at least 1".into()));
+        }
+        if self.max_inflight == 0 {
+            return Err(("mqtt.max_inflight", "must be at least 1".into()));
+        }
+        if self.connect_timeout_ms == 0 {
+            return Err(("mqtt.connect_timeout_ms", "must be at least 1".into()));
+        }
+        if self.write_timeout_ms == 0 {
+            return Err(("mqtt.write_timeout_ms", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Loads the TLS certificate chain and key.
+pub(crate) fn tls_acceptor(t: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+    let read = |p: &PathBuf| {
+        std::fs::read(p).map_err(|source| TlsError::Read {
+            path: p.display().to_string(),
+            source,
+        })
+    };
+    let cert_pem = read(&t.cert)?;
+    let key_pem = read(&t.key)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|source| TlsError::Read {
+            path: t.cert.display().to_string(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Missing {
+            path: t.cert.display().to_string(),
+            what: "certificate",
+        });
+    }
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|source| TlsError::Read {
+            path: t.key.display().to_string(),
+            source,
+        })?
+        .ok_or_else(|| TlsError::Missing {
+            path: t.key.display().to_string(),
+            what: "private key",
+        })?;
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Accepts plain MQTT connections forever.
+pub(crate) async fn serve(listener: TcpListener, hub: Arc<Hub>) {
+    loop {
+        match listener.accept().await {
+            Ok((sock, peer)) => {
+                let _ = sock.set_nodelay(true);
+                tokio::spawn(conn::serve(sock, peer, hub.clone()));
+            }
+            Err(e) => {
+                // EMFILE and friends: keep serving the connections we have.
+                warn!(cause = %e, "mqtt accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Accepts MQTT over TLS connections forever; a failed handshake closes that connection only.
+pub(crate) async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    hub: Arc<Hub>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((sock, peer)) => {
+                let _ = sock.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let hub = hub.clone();
+                let timeout = std::time::Duration::from_millis(hub.config.connect_timeout_ms);
+                tokio::spawn(async move {
+                    match tokio::time::timeout(timeout, acceptor.accept(sock)).await {
+                        Ok(Ok(tls)) => conn::serve(tls, peer, hub).await,
+                        Ok(Err(e)) => debug!(%peer, cause = %e, "tls handshake failed"),
+                        Err(_) => debug!(%peer, "tls handshake timed out"),
+                    }
+                });
+            }
+            Err(e) => {
+                warn!(cause = %e, "mqtts accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

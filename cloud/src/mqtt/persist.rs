@@ -1,0 +1,162 @@
+//! Encodings of what the MQTT view stores: persistent sessions (subscriptions plus one
+//! committed log position per cursor — never message copies) and retained messages
+//! (one record in a RecordBatch, the same encoding as the log).
+
+use bytes::{Buf, BufMut, Bytes};
+use rumqttc::v5::mqttbytes::QoS;
+
+use super::records::{self, qos_from, qos_num, Message};
+use super::session::SubOptions;
+
+const SESSION_FORMAT: u8 = 1;
+
+/// A session as stored: what survives a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct SavedSession {
+    pub(crate) expiry: u32,
+    pub(crate) subscriptions: Vec<(String, SubOptions)>,
+    /// `(log topic, partition, next offset to deliver)`.
+    pub(crate) cursors: Vec<(String, u32, u64)>,
+}
+
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    b.put_u32(s.len() as u32);
+    b.put_slice(s.as_bytes());
+}
+
+fn get_str(b: &mut &[u8]) -> Option<String> {
+    if b.remaining() < 4 {
+        return None;
+    }
+    let n = b.get_u32() as usize;
+    if b.remaining() < n {
+        return None;
+    }
+    let s = std::str::from_utf8(&b[..n]).ok()?.to_string();
+    b.advance(n);
+    Some(s)
+}
+
+impl SavedSession {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(64);
+        b.put_u8(SESSION_FORMAT);
+        b.put_u32(self.expiry);
+        b.put_u32(self.subscriptions.len() as u32);
+        for (f, o) in &self.subscriptions {
+            put_str(&mut b, f);
+            b.put_u8(qos_num(o.qos));
+            b.put_u8(u8::from(o.no_local) | u8::from(o.retain_as_published) << 1);
+            b.put_u8(o.retain_handling);
+            b.put_u32(o.id.map(|i| i as u32).unwrap_or(0));
+        }
+        b.put_u32(self.cursors.len() as u32);
+        for (t, p, o) in &self.cursors {
+            put_str(&mut b, t);
+            b.put_u32(*p);
+            b.put_u64(*o);
+        }
+        b
+    }
+
+    pub(crate) fn decode(mut b: &[u8]) -> Option<SavedSession> {
+        let b = &mut b;
+        if b.remaining() < 9 || b.get_u8() != SESSION_FORMAT {
+            return None;
+        }
+        let expiry = b.get_u32();
+        let n = b.get_u32() as usize;
+        let mut subscriptions = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            let f = get_str(b)?;
+            if b.remaining() < 7 {
+                return None;
+            }
+            let qos: QoS = qos_from(b.get_u8())?;
+            let flags = b.get_u8();
+            let retain_handling = b.get_u8();
+            let id = b.get_u32();
+            let opts = SubOptions {
+                qos,
+                no_local: flags & 1 != 0,
+                retain_as_published: flags & 2 != 0,
+                retain_handling,
+                id: (id != 0).then_some(id as usize),
+            };
+            subscriptions.push((f, opts));
+        }
+        if b.remaining() < 4 {
+            return None;
+        }
+        let n = b.get_u32() as usize;
+        let mut cursors = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            let t = get_str(b)?;
+            if b.remaining() < 12 {
+                return None;
+            }
+            cursors.push((t, b.get_u32(), b.get_u64()));
+        }
+        Some(SavedSession {
+            expiry,
+            subscriptions,
+            cursors,
+        })
+    }
+}
+
+/// A retained message as stored.
+pub(crate) fn encode_retained(m: &Message) -> Result<Vec<u8>, records::RecordError> {
+    Ok(records::encode(&[records::to_record(m, None)])?.to_vec())
+}
+
+pub(crate) fn decode_retained(v: &[u8]) -> Option<Message> {
+    let b = Bytes::copy_from_slice(v);
+    records::decode(&b, 0, None)
+        .ok()?
+        .into_iter()
+        .next()
+        .map(|s| s.message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn session_round_trip(expiry in any::<u32>(),
+                              subs in proptest::collection::vec(("[a-z/#+]{1,20}", 0u8..3, any::<bool>(), any::<bool>(), 0u8..3, 0u32..1000), 0..8),
+                              cursors in proptest::collection::vec(("[a-z._]{1,20}", any::<u32>(), any::<u64>()), 0..8)) {
+            let s = SavedSession {
+                expiry,
+                subscriptions: subs.into_iter().map(|(f, q, nl, rap, rh, id)| (f, SubOptions {
+                    qos: qos_from(q).expect("qos"), no_local: nl, retain_as_published: rap, retain_handling: rh,
+                    id: (id != 0).then_some(id as usize),
+                })).collect(),
+                cursors,
+            };
+            prop_assert_eq!(SavedSession::decode(&s.encode()), Some(s));
+        }
+
+        #[test]
+        fn session_decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = SavedSession::decode(&b);
+        }
+    }
+
+    #[test]
+    fn retained_round_trip() {
+        let m = Message {
+            topic: "a/b".into(),
+            payload: Bytes::from_static(b"x"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            props: None,
+            timestamp_ms: 9,
+        };
+        let v = encode_retained(&m).expect("encode");
+        assert_eq!(decode_retained(&v), Some(m));
+    }
+}

@@ -1,0 +1,303 @@
+//! One log, two views: MQTT messages <-> Kafka records (design brief section 3, "Records").
+//!
+//! An MQTT publish becomes one record: value = payload untouched, key = the publishing
+//! client id, timestamp = arrival time (CreateTime), headers from [`common::headers`]
+//! (`mqtt.topic`, `mqtt.qos`, `mqtt.retain`, MQTT 5 properties, `mqtt.user.<name>` per
+//! user property). Records are encoded as one v2 RecordBatch with
+//! `sequence = offset delta` (common's encoder), never re-encoded afterwards.
+//!
+//! Reading back, a record produced by any Kafka client becomes a publish: the
+//! `mqtt.topic` header names it where present, else the topic's reverse-mapped name;
+//! `mqtt.*` property headers become MQTT 5 properties, `mqtt.user.<name>` headers and
+//! any other header become user properties.
+
+use bytes::Bytes;
+use common::headers as h;
+use common::kafka::batch::{encode_batch, BatchRecord, ProducerState};
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+use rumqttc::v5::mqttbytes::QoS;
+
+/// Header carrying the MQTT 5 message expiry interval (seconds, decimal). Not (yet) in
+/// `common::headers`: a local adapter until it is added there.
+pub(crate) const MQTT_MESSAGE_EXPIRY: &str = "mqtt.message_expiry";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RecordError {
+    #[error("cannot encode record batch: {0}")]
+    Encode(String),
+    #[error("cannot decode stored record batch: {0}")]
+    Decode(String),
+}
+
+/// An application message as the broker routes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Message {
+    pub(crate) topic: String,
+    pub(crate) payload: Bytes,
+    pub(crate) qos: QoS,
+    pub(crate) retain: bool,
+    /// MQTT 5 properties that travel with the message (no alias, no subscription ids).
+    pub(crate) props: Option<PublishProperties>,
+    /// Arrival time, ms since the epoch.
+    pub(crate) timestamp_ms: i64,
+}
+
+impl Message {
+    /// Whether the message expired (MQTT 5 message expiry) at `now_ms`.
+    pub(crate) fn expired(&self, now_ms: i64) -> bool {
+        match self.props.as_ref().and_then(|p| p.message_expiry_interval) {
+            Some(s) => now_ms >= self.timestamp_ms + i64::from(s) * 1000,
+            None => false,
+        }
+    }
+
+    /// The expiry interval left at `now_ms`, for forwarding (MQTT 5 3.3.2.3.3).
+    pub(crate) fn remaining_expiry(&self, now_ms: i64) -> Option<u32> {
+        let s = self.props.as_ref()?.message_expiry_interval?;
+        let left = (self.timestamp_ms + i64::from(s) * 1000 - now_ms).max(0) / 1000;
+        Some(u32::try_from(left).unwrap_or(u32::MAX).max(1))
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn qos_num(q: QoS) -> u8 {
+    match q {
+        QoS::AtMostOnce => 0,
+        QoS::AtLeastOnce => 1,
+        QoS::ExactlyOnce => 2,
+    }
+}
+
+pub(crate) fn qos_from(n: u8) -> Option<QoS> {
+    match n {
+        0 => Some(QoS::AtMostOnce),
+        1 => Some(QoS::AtLeastOnce),
+        2 => Some(QoS::ExactlyOnce),
+        _ => None,
+    }
+}
+
+/// The record for one message.
+pub(crate) fn to_record(m: &Message, key: Option<Bytes>) -> BatchRecord {
+    let s = |v: &str| Some(Bytes::copy_from_slice(v.as_bytes()));
+    let mut headers = vec![
+        (h::MQTT_TOPIC.to_string(), s(&m.topic)),
+        (h::MQTT_QOS.to_string(), s(&qos_num(m.qos).to_string())),
+        (
+            h::MQTT_RETAIN.to_string(),
+            Some(Bytes::from_static(h::bool_value(m.retain))),
+        ),
+    ];
+    if let Some(p) = &m.props {
+        if let Some(ct) = &p.content_type {
+            headers.push((h::MQTT_CONTENT_TYPE.to_string(), s(ct)));
+        }
+        if let Some(f) = p.payload_format_indicator {
+            headers.push((h::MQTT_PAYLOAD_FORMAT.to_string(), s(&f.to_string())));
+        }
+        if let Some(e) = p.message_expiry_interval {
+            headers.push((MQTT_MESSAGE_EXPIRY.to_string(), s(&e.to_string())));
+        }
+        if let Some(r) = &p.response_topic {
+            headers.push((h::MQTT_RESPONSE_TOPIC.to_string(), s(r)));
+        }
+        if let Some(c) = &p.correlation_data {
+            headers.push((h::MQTT_CORRELATION_DATA.to_string(), Some(c.clone())));
+        }
+        for (k, v) in &p.user_properties {
+            headers.push((h::user_property(k), s(v)));
+        }
+    }
+    BatchRecord {
+        key,
+        value: Some(m.payload.clone()),
+        headers,
+        timestamp_ms: m.timestamp_ms,
+    }
+}
+
+/// Encodes records as one uncompressed v2 batch (offset deltas 0.., sequence = delta).
+pub(crate) fn encode(records: &[BatchRecord]) -> Result<Bytes, RecordError> {
+    encode_batch(records, ProducerState::NONE, 0, Compression::None)
+        .map_err(|e| RecordError::Encode(e.to_string()))
+}
+
+/// One record read back from the log, as a message.
+#[derive(Debug, Clone)]
+pub(crate) struct Stored {
+    pub(crate) offset: u64,
+    pub(crate) key: Option<Bytes>,
+    pub(crate) message: Message,
+}
+
+/// Decodes one stored batch into messages at offsets `>= from`. `fallback_topic` names
+/// records without an `mqtt.topic` header (the topic's reverse-mapped name); records
+/// with neither are skipped.
+pub(crate) fn decode(
+    batch: &Bytes,
+    from: u64,
+    fallback_topic: Option<&str>,
+) -> Result<Vec<Stored>, RecordError> {
+    let mut buf = batch.clone();
+    let set =
+        RecordBatchDecoder::decode(&mut buf).map_err(|e| RecordError::Decode(e.to_string()))?;
+    let mut out = Vec::with_capacity(set.records.len());
+    for r in set.records {
+        if r.offset < 0 || (r.offset as u64) < from || r.control {
+            continue;
+        }
+        let mut topic = fallback_topic.map(str::to_string);
+        let mut qos = QoS::AtLeastOnce;
+        let mut retain = false;
+        let mut props = PublishProperties::default();
+        let mut any_prop = false;
+        for (k, v) in &r.headers {
+            let name = k.as_str();
+            let text = || {
+                v.as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default()
+            };
+            match name {
+                h::MQTT_TOPIC => topic = Some(text()),
+                h::MQTT_QOS => {
+                    qos = text()
+                        .parse()
+                        .ok()
+                        .and_then(qos_from)
+                        .unwrap_or(QoS::AtLeastOnce)
+                }
+                h::MQTT_RETAIN => retain = text() == "true",
+                h::MQTT_CONTENT_TYPE => {
+                    props.content_type = Some(text());
+                    any_prop = true;
+                }
+                h::MQTT_PAYLOAD_FORMAT => {
+                    props.payload_format_indicator = text().parse().ok();
+                    any_prop = true;
+                }
+                MQTT_MESSAGE_EXPIRY => {
+                    props.message_expiry_interval = text().parse().ok();
+                    any_prop = true;
+                }
+                h::MQTT_RESPONSE_TOPIC => {
+                    props.response_topic = Some(text());
+                    any_prop = true;
+                }
+                h::MQTT_CORRELATION_DATA => {
+                    props.correlation_data = v.clone();
+                    any_prop = true;
+                }
+                _ => {
+                    let user = name.strip_prefix(h::MQTT_USER_PREFIX).unwrap_or(name);
+                    props.user_properties.push((user.to_string(), text()));
+                    any_prop = true;
+                }
+            }
+        }
+        let Some(topic) = topic.filter(|t| !t.is_empty()) else {
+            continue;
+        };
+        let message = Message {
+            topic,
+            payload: r.value.unwrap_or_default(),
+            qos,
+            retain,
+            props: any_prop.then_some(props),
+            timestamp_ms: r.timestamp,
+        };
+        out.push(Stored {
+            offset: r.offset as u64,
+            key: r.key,
+            message,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_round_trips_through_a_batch() {
+        let props = PublishProperties {
+            content_type: Some("application/json".into()),
+            user_properties: vec![("site".into(), "a".into()), ("line".into(), "7".into())],
+            correlation_data: Some(Bytes::from_static(b"\x00\x01")),
+            response_topic: Some("r/1".into()),
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(60),
+            ..Default::default()
+        };
+        let m = Message {
+            topic: "factory/line1/cam7".into(),
+            payload: Bytes::from_static(b"{}"),
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            props: Some(props),
+            timestamp_ms: 1234,
+        };
+        let recs = vec![
+            to_record(&m, Some(Bytes::from_static(b"c1"))),
+            to_record(&m, None),
+        ];
+        let b = encode(&recs).expect("encode");
+        let back = decode(&b, 1, None).expect("decode");
+        assert_eq!(back.len(), 1, "offsets below `from` are skipped");
+        assert_eq!(back[0].offset, 1);
+        assert_eq!(back[0].message, m);
+        let all = decode(&b, 0, None).expect("decode");
+        assert_eq!(all[0].key.as_deref(), Some(&b"c1"[..]));
+    }
+
+    #[test]
+    fn foreign_records_use_the_fallback_name_and_headers_become_user_properties() {
+        let rec = BatchRecord {
+            key: None,
+            value: Some(Bytes::from_static(b"v")),
+            headers: vec![("trace".into(), Some(Bytes::from_static(b"x")))],
+            timestamp_ms: 5,
+        };
+        let b = encode(&[rec]).expect("encode");
+        let got = decode(&b, 0, Some("a/b")).expect("decode");
+        assert_eq!(got[0].message.topic, "a/b");
+        assert_eq!(got[0].message.qos, QoS::AtLeastOnce);
+        let props = got[0].message.props.clone().expect("props");
+        assert_eq!(
+            props.user_properties,
+            vec![("trace".to_string(), "x".to_string())]
+        );
+        assert!(
+            decode(&b, 0, None).expect("decode").is_empty(),
+            "no name, no message"
+        );
+    }
+
+    #[test]
+    fn expiry() {
+        let mut m = Message {
+            topic: "t".into(),
+            payload: Bytes::new(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            props: Some(PublishProperties {
+                message_expiry_interval: Some(10),
+                ..Default::default()
+            }),
+            timestamp_ms: 1_000,
+        };
+        assert!(!m.expired(5_000));
+        assert_eq!(m.remaining_expiry(5_000), Some(6));
+        assert!(m.expired(11_000));
+        m.props = None;
+        assert!(!m.expired(i64::MAX));
+    }
+}

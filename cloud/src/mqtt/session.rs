@@ -1,0 +1,553 @@
+//! One client's session as a state machine without I/O (rumqttc `state.rs` style): each
+//! method takes a packet or an event and returns the [`Action`]s the connection driver
+//! performs (send a packet, append a message to the log, commit a log position, close).
+//! QoS and acknowledgement rules live here only, so they are unit-tested exhaustively
+//! (`session/tests.rs`).
+//!
+//! Delivery positions: every message delivered from the log carries a [`Ticket`] (its
+//! cursor and offset). QoS 0 tickets are done when sent; QoS 1 when PUBACKed; QoS 2 when
+//! PUBRECed (the client then holds the message; only PUBREL/PUBCOMP remain). The driver
+//! commits a cursor up to its oldest ticket still in flight, so an offline or restarted
+//! session resumes from a position in the log, never from a copy of the data.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::{
+    DisconnectReasonCode, Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
+    PubRecReason, PubRel, PubRelReason, Publish, PublishProperties, RetainForwardRule, SubAck,
+    SubscribeReasonCode, UnsubAck, UnsubAckReason,
+};
+use rumqttc::v5::mqttbytes::QoS;
+
+use super::codec::{self, Version};
+use super::records::{qos_num, Message};
+use super::topic;
+
+/// Options of one subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SubOptions {
+    pub(crate) qos: QoS,
+    pub(crate) no_local: bool,
+    pub(crate) retain_as_published: bool,
+    /// 0: send retained on subscribe, 1: only if the subscription is new, 2: never.
+    pub(crate) retain_handling: u8,
+    pub(crate) id: Option<usize>,
+}
+
+/// Where a delivered message came from in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Ticket {
+    pub(crate) cursor: u32,
+    pub(crate) offset: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What an outgoing QoS 1/2 delivery waits for.
+enum OutState {
+    Ack,
+    Received,
+    Complete,
+}
+
+#[derive(Debug, Clone)]
+struct Outgoing {
+    publish: Publish,
+    state: OutState,
+    ticket: Option<Ticket>,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Action {
+    Send(Packet),
+    /// Append `message` to the log, then report with [`Session::appended`].
+    Append {
+        message: Message,
+        qos: QoS,
+        pkid: u16,
+    },
+    /// New or replaced subscriptions: index them, open cursors, send retained messages
+    /// (`send_retained`) after the SUBACK that precedes this action.
+    Subscribed(Vec<(String, SubOptions, bool)>),
+    Unsubscribed(Vec<String>),
+    /// A delivered message is done: its log position may be committed.
+    Done(Ticket),
+    /// Close the connection (after sending a DISCONNECT with `reason` on MQTT 5).
+    Close {
+        reason: Option<DisconnectReasonCode>,
+        will: bool,
+    },
+}
+
+/// Server-side limits applied to the client.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) receive_maximum: u16,
+    pub(crate) topic_alias_max: u16,
+}
+
+/// Client-side limits learned from CONNECT.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientLimits {
+    pub(crate) receive_maximum: u16,
+    pub(crate) max_packet_size: Option<u32>,
+    /// Topic aliases the client accepts from the server (MQTT 5 Topic Alias Maximum).
+    pub(crate) topic_alias_max: u16,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            receive_maximum: u16::MAX,
+            max_packet_size: None,
+            topic_alias_max: 0,
+        }
+    }
+}
+
+/// The session state that outlives a connection.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) client_id: String,
+    pub(crate) version: Version,
+    pub(crate) subscriptions: BTreeMap<String, SubOptions>,
+    /// Session expiry interval in seconds (`u32::MAX`: never; 0: ends with the connection).
+    pub(crate) expiry: u32,
+    pub(crate) limits: Limits,
+    pub(crate) client: ClientLimits,
+    outgoing: BTreeMap<u16, Outgoing>,
+    next_pkid: u16,
+    incoming_qos2: HashSet<u16>,
+    /// QoS 1/2 publishes received and not yet acknowledged (flow control).
+    incoming_pending: HashSet<u16>,
+    aliases_in: HashMap<u16, Bytes>,
+    aliases_out: HashMap<Bytes, u16>,
+}
+
+fn close(reason: DisconnectReasonCode) -> Action {
+    Action::Close {
+        reason: Some(reason),
+        will: true,
+    }
+}
+
+impl Session {
+    pub(crate) fn new(client_id: String, version: Version, expiry: u32, limits: Limits) -> Session {
+        Session {
+            client_id,
+            version,
+            subscriptions: BTreeMap::new(),
+            expiry,
+            limits,
+            client: ClientLimits::default(),
+            outgoing: BTreeMap::new(),
+            next_pkid: 0,
+            incoming_qos2: HashSet::new(),
+            incoming_pending: HashSet::new(),
+            aliases_in: HashMap::new(),
+            aliases_out: HashMap::new(),
+        }
+    }
+
+    /// A new connection takes over the session: per-connection state resets, and
+    /// unfinished outgoing deliveries are sent again (PUBLISH with DUP, or PUBREL).
+    pub(crate) fn resume(
+        &mut self,
+        version: Version,
+        client: ClientLimits,
+        limits: Limits,
+    ) -> Vec<Packet> {
+        self.version = version;
+        self.client = client;
+        self.limits = limits;
+        self.aliases_in.clear();
+        self.aliases_out.clear();
+        self.incoming_pending.clear();
+        self.outgoing
+            .values()
+            .map(|o| match o.state {
+                OutState::Ack | OutState::Received => {
+                    let mut p = o.publish.clone();
+                    p.dup = true;
+                    Packet::Publish(p)
+                }
+                OutState::Complete => Packet::PubRel(PubRel {
+                    pkid: o.publish.pkid,
+                    reason: PubRelReason::Success,
+                    properties: None,
+                }),
+            })
+            .collect()
+    }
+
+    /// Log positions still in flight (to compute what may be committed).
+    pub(crate) fn tickets_in_flight(&self) -> impl Iterator<Item = Ticket> + '_ {
+        self.outgoing
+            .values()
+            .filter(|o| o.state != OutState::Complete)
+            .filter_map(|o| o.ticket)
+    }
+
+    /// Whether a QoS 1/2 delivery fits the client's receive maximum.
+    pub(crate) fn can_send(&self) -> bool {
+        self.outgoing.len() < usize::from(self.client.receive_maximum.max(1))
+    }
+
+    /// Handles one packet from the client.
+    pub(crate) fn incoming(&mut self, p: Packet) -> Vec<Action> {
+        match p {
+            Packet::Publish(p) => self.publish_in(p),
+            Packet::PubAck(a) => match self.outgoing.get(&a.pkid) {
+                Some(o) if o.state == OutState::Ack => {
+                    let o = self.outgoing.remove(&a.pkid);
+                    o.and_then(|o| o.ticket)
+                        .map(Action::Done)
+                        .into_iter()
+                        .collect()
+                }
+                _ => vec![],
+            },
+            Packet::PubRec(r) => match self.outgoing.get_mut(&r.pkid) {
+                Some(o) if o.state == OutState::Received => {
+                    let ticket = o.ticket.take();
+                    let mut out = Vec::new();
+                    if matches!(
+                        r.reason,
+                        PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+                    ) {
+                        o.state = OutState::Complete;
+                        out.push(Action::Send(Packet::PubRel(PubRel {
+                            pkid: r.pkid,
+                            reason: PubRelReason::Success,
+                            properties: None,
+                        })));
+                    } else {
+                        self.outgoing.remove(&r.pkid);
+                    }
+                    out.extend(ticket.map(Action::Done));
+                    out
+                }
+                _ => vec![Action::Send(Packet::PubRel(PubRel {
+                    pkid: r.pkid,
+                    reason: PubRelReason::PacketIdentifierNotFound,
+                    properties: None,
+                }))],
+            },
+            Packet::PubComp(c) => {
+                if matches!(self.outgoing.get(&c.pkid), Some(o) if o.state == OutState::Complete) {
+                    self.outgoing.remove(&c.pkid);
+                }
+                vec![]
+            }
+            Packet::PubRel(r) => {
+                let known = self.incoming_qos2.remove(&r.pkid);
+                let reason = if known {
+                    PubCompReason::Success
+                } else {
+                    PubCompReason::PacketIdentifierNotFound
+                };
+                vec![Action::Send(Packet::PubComp(PubComp {
+                    pkid: r.pkid,
+                    reason,
+                    properties: None,
+                }))]
+            }
+            Packet::Subscribe(s) => self.subscribe(s),
+            Packet::Unsubscribe(u) => {
+                let mut reasons = Vec::new();
+                let mut removed = Vec::new();
+                for f in u.filters {
+                    if self.subscriptions.remove(&f).is_some() {
+                        reasons.push(UnsubAckReason::Success);
+                        removed.push(f);
+                    } else {
+                        reasons.push(UnsubAckReason::NoSubscriptionExisted);
+                    }
+                }
+                vec![
+                    Action::Send(Packet::UnsubAck(UnsubAck {
+                        pkid: u.pkid,
+                        reasons,
+                        properties: None,
+                    })),
+                    Action::Unsubscribed(removed),
+                ]
+            }
+            Packet::PingReq(_) => vec![Action::Send(Packet::PingResp(PingResp))],
+            Packet::Disconnect(d) => {
+                if let Some(e) = d.properties.and_then(|p| p.session_expiry_interval) {
+                    if self.expiry == 0 && e != 0 {
+                        return vec![close(DisconnectReasonCode::ProtocolError)];
+                    }
+                    self.expiry = e;
+                }
+                let will = d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
+                vec![Action::Close { reason: None, will }]
+            }
+            Packet::Connect(..) => vec![close(DisconnectReasonCode::ProtocolError)],
+            // No authentication method was agreed in CONNECT, so AUTH is out of order.
+            Packet::Auth(_) => vec![close(DisconnectReasonCode::ProtocolError)],
+            _ => vec![close(DisconnectReasonCode::ProtocolError)],
+        }
+    }
+
+    fn publish_in(&mut self, mut p: Publish) -> Vec<Action> {
+        let mut props = p.properties.take();
+        if let Some(alias) = props.as_mut().and_then(|x| x.topic_alias.take()) {
+            if alias == 0 || alias > self.limits.topic_alias_max {
+                return vec![close(DisconnectReasonCode::TopicAliasInvalid)];
+            }
+            if p.topic.is_empty() {
+                match self.aliases_in.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => return vec![close(DisconnectReasonCode::ProtocolError)],
+                }
+            } else {
+                self.aliases_in.insert(alias, p.topic.clone());
+            }
+        }
+        let Ok(name) = std::str::from_utf8(&p.topic) else {
+            return vec![close(DisconnectReasonCode::TopicNameInvalid)];
+        };
+        if topic::validate_name(name).is_err() {
+            return vec![close(DisconnectReasonCode::TopicNameInvalid)];
+        }
+        if p.qos != QoS::AtMostOnce {
+            if p.qos == QoS::ExactlyOnce && self.incoming_qos2.contains(&p.pkid) {
+                // A resent QoS 2 publish already in the log: acknowledge it again only.
+                return vec![Action::Send(pubrec(p.pkid, PubRecReason::Success))];
+            }
+            if !self.incoming_pending.insert(p.pkid) {
+                return vec![];
+            }
+            if self.incoming_pending.len() + self.incoming_qos2.len()
+                > usize::from(self.limits.receive_maximum)
+            {
+                return vec![close(DisconnectReasonCode::ReceiveMaximumExceeded)];
+            }
+        }
+        if let Some(x) = props.as_mut() {
+            x.subscription_identifiers.clear();
+        }
+        let props = props.filter(|x| *x != PublishProperties::default());
+        let message = Message {
+            topic: name.to_string(),
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            props,
+            timestamp_ms: super::records::now_ms(),
+        };
+        vec![Action::Append {
+            message,
+            qos: p.qos,
+            pkid: p.pkid,
+        }]
+    }
+
+    /// Reports the outcome of an [`Action::Append`].
+    pub(crate) fn appended(&mut self, qos: QoS, pkid: u16, ok: bool) -> Vec<Action> {
+        self.incoming_pending.remove(&pkid);
+        match qos {
+            QoS::AtMostOnce => vec![],
+            _ if !ok && self.version == Version::V4 => vec![Action::Close {
+                reason: None,
+                will: true,
+            }],
+            QoS::AtLeastOnce => {
+                let reason = if ok {
+                    PubAckReason::Success
+                } else {
+                    PubAckReason::ImplementationSpecificError
+                };
+                vec![Action::Send(Packet::PubAck(PubAck {
+                    pkid,
+                    reason,
+                    properties: None,
+                }))]
+            }
+            QoS::ExactlyOnce => {
+                if ok {
+                    self.incoming_qos2.insert(pkid);
+                    vec![Action::Send(pubrec(pkid, PubRecReason::Success))]
+                } else {
+                    vec![Action::Send(pubrec(
+                        pkid,
+                        PubRecReason::ImplementationSpecificError,
+                    ))]
+                }
+            }
+        }
+    }
+
+    fn subscribe(&mut self, s: rumqttc::v5::mqttbytes::v5::Subscribe) -> Vec<Action> {
+        let id = s.properties.as_ref().and_then(|p| p.id);
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut added = Vec::new();
+        for f in s.filters {
+            if topic::shared(&f.path).is_some() {
+                codes.push(SubscribeReasonCode::SharedSubscriptionsNotSupported);
+                continue;
+            }
+            if topic::validate_filter(&f.path).is_err() {
+                codes.push(SubscribeReasonCode::TopicFilterInvalid);
+                continue;
+            }
+            let opts = SubOptions {
+                qos: f.qos,
+                no_local: f.nolocal,
+                retain_as_published: f.preserve_retain,
+                retain_handling: match f.retain_forward_rule {
+                    RetainForwardRule::OnEverySubscribe => 0,
+                    RetainForwardRule::OnNewSubscribe => 1,
+                    RetainForwardRule::Never => 2,
+                },
+                id,
+            };
+            let is_new = self
+                .subscriptions
+                .insert(f.path.clone(), opts.clone())
+                .is_none();
+            codes.push(SubscribeReasonCode::Success(f.qos));
+            added.push((f.path, opts, is_new));
+        }
+        let ack = Packet::SubAck(SubAck {
+            pkid: s.pkid,
+            return_codes: codes,
+            properties: None,
+        });
+        vec![Action::Send(ack), Action::Subscribed(added)]
+    }
+
+    /// Builds the PUBLISH delivering `m` to this client, or `None` if no subscription
+    /// wants it (no match, no-local, expired, too large for the client). `ticket` is its
+    /// log position (none for retained messages); `from_self` says the publisher was
+    /// this client; `retained` marks a retained message sent on subscribe.
+    /// For QoS 1/2 the caller checks [`Session::can_send`] first.
+    pub(crate) fn deliver(
+        &mut self,
+        m: &Message,
+        ticket: Option<Ticket>,
+        from_self: bool,
+        retained: bool,
+        now_ms: i64,
+    ) -> (Option<Packet>, Option<Action>) {
+        let done = ticket.map(Action::Done);
+        if m.expired(now_ms) {
+            return (None, done);
+        }
+        let mut qos: Option<QoS> = None;
+        let mut ids = Vec::new();
+        let mut rap = false;
+        for (f, o) in &self.subscriptions {
+            if !topic::matches(f, &m.topic) || (o.no_local && from_self) {
+                continue;
+            }
+            let q = min_qos(o.qos, m.qos);
+            qos = Some(match qos {
+                Some(cur) if qos_num(cur) >= qos_num(q) => cur,
+                _ => q,
+            });
+            ids.extend(o.id);
+            rap |= o.retain_as_published;
+        }
+        let Some(qos) = qos else { return (None, done) };
+        let mut props = m.props.clone().unwrap_or_default();
+        props.subscription_identifiers = ids;
+        props.message_expiry_interval = m.remaining_expiry(now_ms);
+        let props =
+            (self.version == Version::V5 && props != PublishProperties::default()).then_some(props);
+        let mut publish = Publish {
+            dup: false,
+            qos,
+            retain: retained || (rap && m.retain),
+            topic: Bytes::copy_from_slice(m.topic.as_bytes()),
+            pkid: 0,
+            payload: m.payload.clone(),
+            properties: props,
+        };
+        if qos != QoS::AtMostOnce {
+            publish.pkid = self.next_pkid();
+        }
+        // Topic aliases apply to this connection's copy only; a resend after a reconnect
+        // carries the full name.
+        let mut wire = publish.clone();
+        let mut new_alias = None;
+        if self.version == Version::V5 && self.client.topic_alias_max > 0 {
+            let alias = match self.aliases_out.get(&wire.topic) {
+                Some(&a) => {
+                    wire.topic = Bytes::new();
+                    Some(a)
+                }
+                None if self.aliases_out.len() < usize::from(self.client.topic_alias_max) => {
+                    let a = self.aliases_out.len() as u16 + 1;
+                    new_alias = Some((wire.topic.clone(), a));
+                    Some(a)
+                }
+                None => None,
+            };
+            if let Some(a) = alias {
+                wire.properties
+                    .get_or_insert_with(Default::default)
+                    .topic_alias = Some(a);
+            }
+        }
+        let packet = Packet::Publish(wire);
+        if let Some(max) = self.client.max_packet_size {
+            if codec::encoded_len(&packet) > max as usize {
+                return (None, done);
+            }
+        }
+        if let Some((topic, a)) = new_alias {
+            self.aliases_out.insert(topic, a);
+        }
+        if qos == QoS::AtMostOnce {
+            return (Some(packet), done);
+        }
+        let state = if qos == QoS::AtLeastOnce {
+            OutState::Ack
+        } else {
+            OutState::Received
+        };
+        self.outgoing.insert(
+            publish.pkid,
+            Outgoing {
+                publish,
+                state,
+                ticket,
+            },
+        );
+        (Some(packet), None)
+    }
+
+    fn next_pkid(&mut self) -> u16 {
+        loop {
+            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+            if !self.outgoing.contains_key(&self.next_pkid) {
+                return self.next_pkid;
+            }
+        }
+    }
+
+    /// Whether any subscription filter matches `topic`.
+    pub(crate) fn wants(&self, name: &str) -> bool {
+        self.subscriptions.keys().any(|f| topic::matches(f, name))
+    }
+}
+
+fn pubrec(pkid: u16, reason: PubRecReason) -> Packet {
+    Packet::PubRec(PubRec {
+        pkid,
+        reason,
+        properties: None,
+    })
+}
+
+fn min_qos(a: QoS, b: QoS) -> QoS {
+    if qos_num(a) <= qos_num(b) {
+        a
+    } else {
+        b
+    }
+}

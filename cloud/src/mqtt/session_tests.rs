@@ -1,0 +1,601 @@
+//! The session state machine, packet by packet.
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::{
+    Connect, Disconnect, DisconnectProperties, DisconnectReasonCode, Filter, Packet, PingReq,
+    PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelReason,
+    Publish, PublishProperties, RetainForwardRule, SubAck, Subscribe, SubscribeProperties,
+    SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+};
+use rumqttc::v5::mqttbytes::QoS;
+
+use super::codec::Version;
+use super::records::Message;
+use super::session::*;
+
+const LIMITS: Limits = Limits {
+    receive_maximum: 2,
+    topic_alias_max: 4,
+};
+
+fn session(v: Version) -> Session {
+    Session::new("me".into(), v, 0, LIMITS)
+}
+
+fn publish(topic: &str, qos: QoS, pkid: u16) -> Publish {
+    Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: Bytes::copy_from_slice(topic.as_bytes()),
+        pkid,
+        payload: Bytes::from_static(b"p"),
+        properties: None,
+    }
+}
+
+fn msg(topic: &str, qos: QoS) -> Message {
+    Message {
+        topic: topic.into(),
+        payload: Bytes::from_static(b"m"),
+        qos,
+        retain: false,
+        props: None,
+        timestamp_ms: 0,
+    }
+}
+
+fn filter(path: &str, qos: QoS) -> Filter {
+    Filter {
+        path: path.into(),
+        qos,
+        nolocal: false,
+        preserve_retain: false,
+        retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+    }
+}
+
+fn subscribe(s: &mut Session, filters: Vec<Filter>, id: Option<usize>) -> Vec<Action> {
+    let properties = id.map(|id| SubscribeProperties {
+        id: Some(id),
+        user_properties: vec![],
+    });
+    s.incoming(Packet::Subscribe(Subscribe {
+        pkid: 1,
+        filters,
+        properties,
+    }))
+}
+
+fn appended(actions: Vec<Action>) -> (Message, QoS, u16) {
+    match actions.as_slice() {
+        [Action::Append { message, qos, pkid }] => (message.clone(), *qos, *pkid),
+        other => panic!("expected one append, got {other:?}"),
+    }
+}
+
+fn is_close(actions: &[Action], reason: DisconnectReasonCode) -> bool {
+    matches!(actions, [Action::Close { reason: Some(r), will: true }] if *r == reason)
+}
+
+#[test]
+fn qos0_publish_is_appended_without_ack() {
+    let mut s = session(Version::V4);
+    let (m, qos, _) = appended(s.incoming(Packet::Publish(publish("a/b", QoS::AtMostOnce, 0))));
+    assert_eq!((m.topic.as_str(), qos), ("a/b", QoS::AtMostOnce));
+    assert!(s.appended(QoS::AtMostOnce, 0, true).is_empty());
+}
+
+#[test]
+fn qos1_publish_is_acked_after_the_append() {
+    let mut s = session(Version::V5);
+    let (_, qos, pkid) = appended(s.incoming(Packet::Publish(publish("a", QoS::AtLeastOnce, 9))));
+    let ack = s.appended(qos, pkid, true);
+    assert_eq!(
+        ack,
+        vec![Action::Send(Packet::PubAck(PubAck {
+            pkid: 9,
+            reason: PubAckReason::Success,
+            properties: None
+        }))]
+    );
+    let (_, qos, pkid) = appended(s.incoming(Packet::Publish(publish("a", QoS::AtLeastOnce, 10))));
+    let nack = s.appended(qos, pkid, false);
+    assert!(
+        matches!(&nack[..], [Action::Send(Packet::PubAck(a))] if a.reason == PubAckReason::ImplementationSpecificError)
+    );
+    // 3.1.1 has no negative ack: the connection closes.
+    let mut s = session(Version::V4);
+    let (_, qos, pkid) = appended(s.incoming(Packet::Publish(publish("a", QoS::AtLeastOnce, 1))));
+    assert!(matches!(
+        &s.appended(qos, pkid, false)[..],
+        [Action::Close {
+            reason: None,
+            will: true
+        }]
+    ));
+}
+
+#[test]
+fn qos2_publish_is_appended_once() {
+    let mut s = session(Version::V4);
+    let (_, qos, pkid) = appended(s.incoming(Packet::Publish(publish("a", QoS::ExactlyOnce, 5))));
+    let rec = Action::Send(Packet::PubRec(PubRec {
+        pkid: 5,
+        reason: PubRecReason::Success,
+        properties: None,
+    }));
+    assert_eq!(s.appended(qos, pkid, true), vec![rec.clone()]);
+    // The client resends (lost PUBREC): acknowledged again, not appended again.
+    let mut again = publish("a", QoS::ExactlyOnce, 5);
+    again.dup = true;
+    assert_eq!(s.incoming(Packet::Publish(again)), vec![rec]);
+    let comp = s.incoming(Packet::PubRel(PubRel {
+        pkid: 5,
+        reason: PubRelReason::Success,
+        properties: None,
+    }));
+    assert_eq!(
+        comp,
+        vec![Action::Send(Packet::PubComp(PubComp {
+            pkid: 5,
+            reason: PubCompReason::Success,
+            properties: None
+        }))]
+    );
+    // After PUBCOMP the id is free: a new publish with it is a new message.
+    assert!(matches!(
+        &s.incoming(Packet::Publish(publish("a", QoS::ExactlyOnce, 5)))[..],
+        [Action::Append { .. }]
+    ));
+    let unknown = s.incoming(Packet::PubRel(PubRel {
+        pkid: 77,
+        reason: PubRelReason::Success,
+        properties: None,
+    }));
+    assert!(
+        matches!(&unknown[..], [Action::Send(Packet::PubComp(c))] if c.reason == PubCompReason::PacketIdentifierNotFound)
+    );
+}
+
+#[test]
+fn receive_maximum_is_enforced() {
+    let mut s = session(Version::V5);
+    for pkid in 1..=2 {
+        appended(s.incoming(Packet::Publish(publish("a", QoS::AtLeastOnce, pkid))));
+    }
+    let over = s.incoming(Packet::Publish(publish("a", QoS::AtLeastOnce, 3)));
+    assert!(
+        is_close(&over, DisconnectReasonCode::ReceiveMaximumExceeded),
+        "{over:?}"
+    );
+}
+
+#[test]
+fn topic_aliases_in() {
+    let mut s = session(Version::V5);
+    let mut p = publish("long/topic", QoS::AtMostOnce, 0);
+    p.properties = Some(PublishProperties {
+        topic_alias: Some(3),
+        ..Default::default()
+    });
+    let (m, _, _) = appended(s.incoming(Packet::Publish(p)));
+    assert_eq!(m.topic, "long/topic");
+    assert_eq!(m.props, None, "the alias does not travel with the message");
+    let mut p = publish("", QoS::AtMostOnce, 0);
+    p.properties = Some(PublishProperties {
+        topic_alias: Some(3),
+        ..Default::default()
+    });
+    assert_eq!(
+        appended(s.incoming(Packet::Publish(p))).0.topic,
+        "long/topic"
+    );
+    let mut p = publish("", QoS::AtMostOnce, 0);
+    p.properties = Some(PublishProperties {
+        topic_alias: Some(2),
+        ..Default::default()
+    });
+    assert!(is_close(
+        &s.incoming(Packet::Publish(p)),
+        DisconnectReasonCode::ProtocolError
+    ));
+    let mut p = publish("x", QoS::AtMostOnce, 0);
+    p.properties = Some(PublishProperties {
+        topic_alias: Some(5),
+        ..Default::default()
+    });
+    assert!(is_close(
+        &s.incoming(Packet::Publish(p)),
+        DisconnectReasonCode::TopicAliasInvalid
+    ));
+}
+
+#[test]
+fn invalid_topics_and_out_of_order_packets_close() {
+    let mut s = session(Version::V5);
+    for t in ["a/+", "#", ""] {
+        assert!(is_close(
+            &s.incoming(Packet::Publish(publish(t, QoS::AtMostOnce, 0))),
+            DisconnectReasonCode::TopicNameInvalid
+        ));
+    }
+    let mut p = publish("x", QoS::AtMostOnce, 0);
+    p.topic = Bytes::from_static(&[0xff, 0xfe]);
+    assert!(is_close(
+        &s.incoming(Packet::Publish(p)),
+        DisconnectReasonCode::TopicNameInvalid
+    ));
+    let c = Connect {
+        keep_alive: 0,
+        client_id: "x".into(),
+        clean_start: true,
+        properties: None,
+    };
+    assert!(is_close(
+        &s.incoming(Packet::Connect(c, None, None)),
+        DisconnectReasonCode::ProtocolError
+    ));
+    let suback = SubAck {
+        pkid: 1,
+        return_codes: vec![],
+        properties: None,
+    };
+    assert!(is_close(
+        &s.incoming(Packet::SubAck(suback)),
+        DisconnectReasonCode::ProtocolError
+    ));
+}
+
+#[test]
+fn subscribe_and_unsubscribe() {
+    let mut s = session(Version::V5);
+    let a = subscribe(
+        &mut s,
+        vec![
+            filter("a/+", QoS::AtLeastOnce),
+            filter("a/#/b", QoS::AtMostOnce),
+            filter("$share/g/x", QoS::AtMostOnce),
+        ],
+        Some(7),
+    );
+    let Action::Send(Packet::SubAck(ack)) = &a[0] else {
+        panic!("{a:?}")
+    };
+    assert_eq!(
+        ack.return_codes,
+        vec![
+            SubscribeReasonCode::Success(QoS::AtLeastOnce),
+            SubscribeReasonCode::TopicFilterInvalid,
+            SubscribeReasonCode::SharedSubscriptionsNotSupported
+        ]
+    );
+    let Action::Subscribed(list) = &a[1] else {
+        panic!("{a:?}")
+    };
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        (list[0].0.as_str(), list[0].1.id, list[0].2),
+        ("a/+", Some(7), true)
+    );
+    // Subscribing again replaces the options and is not new.
+    let a = subscribe(&mut s, vec![filter("a/+", QoS::ExactlyOnce)], None);
+    let Action::Subscribed(list) = &a[1] else {
+        panic!("{a:?}")
+    };
+    assert!(!list[0].2);
+    assert_eq!(s.subscriptions["a/+"].qos, QoS::ExactlyOnce);
+    let a = s.incoming(Packet::Unsubscribe(Unsubscribe {
+        pkid: 2,
+        filters: vec!["a/+".into(), "zz".into()],
+        properties: None,
+    }));
+    assert_eq!(
+        a,
+        vec![
+            Action::Send(Packet::UnsubAck(UnsubAck {
+                pkid: 2,
+                reasons: vec![
+                    UnsubAckReason::Success,
+                    UnsubAckReason::NoSubscriptionExisted
+                ],
+                properties: None
+            })),
+            Action::Unsubscribed(vec!["a/+".into()]),
+        ]
+    );
+    assert!(s.subscriptions.is_empty());
+}
+
+#[test]
+fn delivery_qos_is_the_minimum_and_overlaps_deliver_once() {
+    let mut s = session(Version::V5);
+    subscribe(&mut s, vec![filter("a/+", QoS::AtLeastOnce)], Some(1));
+    subscribe(&mut s, vec![filter("a/#", QoS::AtMostOnce)], Some(2));
+    let t = Ticket {
+        cursor: 0,
+        offset: 10,
+    };
+    let (p, done) = s.deliver(&msg("a/b", QoS::ExactlyOnce), Some(t), false, false, 0);
+    let Some(Packet::Publish(p)) = p else {
+        panic!()
+    };
+    assert_eq!(p.qos, QoS::AtLeastOnce);
+    let mut ids = p.properties.expect("props").subscription_identifiers;
+    ids.sort_unstable();
+    assert_eq!(ids, vec![1, 2]);
+    assert_eq!(done, None, "qos 1 is done on PUBACK");
+    assert_eq!(s.tickets_in_flight().collect::<Vec<_>>(), vec![t]);
+    let done = s.incoming(Packet::PubAck(PubAck {
+        pkid: p.pkid,
+        reason: PubAckReason::Success,
+        properties: None,
+    }));
+    assert_eq!(done, vec![Action::Done(t)]);
+    assert_eq!(s.tickets_in_flight().count(), 0);
+    // QoS 0 deliveries are done at once; non-matching messages are skipped but done.
+    let t2 = Ticket {
+        cursor: 0,
+        offset: 11,
+    };
+    let (p, done) = s.deliver(&msg("a/b", QoS::AtMostOnce), Some(t2), false, false, 0);
+    assert!(matches!(p, Some(Packet::Publish(ref x)) if x.qos == QoS::AtMostOnce && x.pkid == 0));
+    assert_eq!(done, Some(Action::Done(t2)));
+    let (p, done) = s.deliver(&msg("b", QoS::AtLeastOnce), Some(t2), false, false, 0);
+    assert_eq!((p, done), (None, Some(Action::Done(t2))));
+}
+
+#[test]
+fn qos2_delivery_flow() {
+    let mut s = session(Version::V4);
+    subscribe(&mut s, vec![filter("#", QoS::ExactlyOnce)], None);
+    let t = Ticket {
+        cursor: 3,
+        offset: 1,
+    };
+    let (Some(Packet::Publish(p)), None) =
+        s.deliver(&msg("x", QoS::ExactlyOnce), Some(t), false, false, 0)
+    else {
+        panic!()
+    };
+    assert_eq!(p.qos, QoS::ExactlyOnce);
+    assert!(p.properties.is_none(), "no properties over 3.1.1");
+    let a = s.incoming(Packet::PubRec(PubRec {
+        pkid: p.pkid,
+        reason: PubRecReason::Success,
+        properties: None,
+    }));
+    assert_eq!(
+        a,
+        vec![
+            Action::Send(Packet::PubRel(PubRel {
+                pkid: p.pkid,
+                reason: PubRelReason::Success,
+                properties: None
+            })),
+            Action::Done(t)
+        ]
+    );
+    assert!(!s.can_send() || s.tickets_in_flight().count() == 0);
+    assert!(s
+        .incoming(Packet::PubComp(PubComp {
+            pkid: p.pkid,
+            reason: PubCompReason::Success,
+            properties: None
+        }))
+        .is_empty());
+    // The id is free again.
+    assert!(s.can_send());
+}
+
+#[test]
+fn flow_control_and_resume() {
+    let mut s = session(Version::V5);
+    s.client.receive_maximum = 2;
+    subscribe(&mut s, vec![filter("t", QoS::AtLeastOnce)], None);
+    let mut ids = Vec::new();
+    for o in 0..2 {
+        assert!(s.can_send());
+        let (Some(Packet::Publish(p)), _) = s.deliver(
+            &msg("t", QoS::AtLeastOnce),
+            Some(Ticket {
+                cursor: 0,
+                offset: o,
+            }),
+            false,
+            false,
+            0,
+        ) else {
+            panic!()
+        };
+        ids.push(p.pkid);
+    }
+    assert!(!s.can_send(), "receive maximum of the client reached");
+    assert_ne!(ids[0], ids[1]);
+    let again = s.resume(Version::V5, ClientLimits::default(), LIMITS);
+    assert_eq!(again.len(), 2);
+    assert!(again
+        .iter()
+        .all(|p| matches!(p, Packet::Publish(x) if x.dup)));
+    s.incoming(Packet::PubAck(PubAck {
+        pkid: ids[0],
+        reason: PubAckReason::Success,
+        properties: None,
+    }));
+    assert!(s.can_send());
+}
+
+#[test]
+fn no_local_retain_as_published_and_limits() {
+    let mut s = session(Version::V5);
+    let mut f = filter("t", QoS::AtMostOnce);
+    f.nolocal = true;
+    f.preserve_retain = true;
+    subscribe(&mut s, vec![f], None);
+    let mut m = msg("t", QoS::AtMostOnce);
+    m.retain = true;
+    assert_eq!(
+        s.deliver(&m, None, true, false, 0).0,
+        None,
+        "no-local skips own messages"
+    );
+    let (Some(Packet::Publish(p)), _) = s.deliver(&m, None, false, false, 0) else {
+        panic!()
+    };
+    assert!(p.retain, "retain as published");
+    s.client.max_packet_size = Some(6);
+    assert_eq!(
+        s.deliver(&m, None, false, false, 0).0,
+        None,
+        "too large for the client"
+    );
+    s.client.max_packet_size = None;
+    m.props = Some(PublishProperties {
+        message_expiry_interval: Some(1),
+        ..Default::default()
+    });
+    assert_eq!(s.deliver(&m, None, false, false, 1_000).0, None, "expired");
+    let (Some(Packet::Publish(p)), _) = s.deliver(&m, None, false, false, 500) else {
+        panic!()
+    };
+    assert_eq!(
+        p.properties.and_then(|x| x.message_expiry_interval),
+        Some(1)
+    );
+}
+
+#[test]
+fn retained_on_subscribe_has_the_retain_flag() {
+    let mut s = session(Version::V4);
+    subscribe(&mut s, vec![filter("t", QoS::AtLeastOnce)], None);
+    let (Some(Packet::Publish(p)), _) =
+        s.deliver(&msg("t", QoS::AtLeastOnce), None, false, true, 0)
+    else {
+        panic!()
+    };
+    assert!(p.retain);
+    let (Some(Packet::Publish(p)), _) =
+        s.deliver(&msg("t", QoS::AtLeastOnce), None, false, false, 0)
+    else {
+        panic!()
+    };
+    assert!(!p.retain);
+}
+
+#[test]
+fn ping_and_disconnect() {
+    let mut s = session(Version::V5);
+    assert!(matches!(
+        &s.incoming(Packet::PingReq(PingReq))[..],
+        [Action::Send(Packet::PingResp(_))]
+    ));
+    let normal = Disconnect {
+        reason_code: DisconnectReasonCode::NormalDisconnection,
+        properties: None,
+    };
+    assert_eq!(
+        s.incoming(Packet::Disconnect(normal)),
+        vec![Action::Close {
+            reason: None,
+            will: false
+        }]
+    );
+    let with_will = Disconnect {
+        reason_code: DisconnectReasonCode::DisconnectWithWillMessage,
+        properties: None,
+    };
+    assert_eq!(
+        s.incoming(Packet::Disconnect(with_will)),
+        vec![Action::Close {
+            reason: None,
+            will: true
+        }]
+    );
+    // Expiry 0 at CONNECT cannot be raised at DISCONNECT.
+    let props = DisconnectProperties {
+        session_expiry_interval: Some(60),
+        reason_string: None,
+        user_properties: vec![],
+        server_reference: None,
+    };
+    let raise = Disconnect {
+        reason_code: DisconnectReasonCode::NormalDisconnection,
+        properties: Some(props.clone()),
+    };
+    assert!(is_close(
+        &s.incoming(Packet::Disconnect(raise)),
+        DisconnectReasonCode::ProtocolError
+    ));
+    let mut s = Session::new("me".into(), Version::V5, 10, LIMITS);
+    let change = Disconnect {
+        reason_code: DisconnectReasonCode::NormalDisconnection,
+        properties: Some(props),
+    };
+    s.incoming(Packet::Disconnect(change));
+    assert_eq!(s.expiry, 60);
+}
+
+#[test]
+fn topic_aliases_out() {
+    let mut s = session(Version::V5);
+    s.client.topic_alias_max = 1;
+    subscribe(&mut s, vec![filter("#", QoS::AtMostOnce)], None);
+    let publish_of = |p: Option<Packet>| match p {
+        Some(Packet::Publish(p)) => p,
+        other => panic!("{other:?}"),
+    };
+    let first = publish_of(
+        s.deliver(&msg("a/b", QoS::AtMostOnce), None, false, false, 0)
+            .0,
+    );
+    assert_eq!(
+        (
+            &first.topic[..],
+            first.properties.and_then(|p| p.topic_alias)
+        ),
+        (&b"a/b"[..], Some(1))
+    );
+    let second = publish_of(
+        s.deliver(&msg("a/b", QoS::AtMostOnce), None, false, false, 0)
+            .0,
+    );
+    assert_eq!(
+        (
+            &second.topic[..],
+            second.properties.and_then(|p| p.topic_alias)
+        ),
+        (&b""[..], Some(1))
+    );
+    // The maximum is reached: other topics go by name.
+    let other = publish_of(
+        s.deliver(&msg("c", QoS::AtMostOnce), None, false, false, 0)
+            .0,
+    );
+    assert_eq!(
+        (
+            &other.topic[..],
+            other.properties.and_then(|p| p.topic_alias)
+        ),
+        (&b"c"[..], None)
+    );
+    // A new connection starts without aliases.
+    s.resume(
+        Version::V5,
+        ClientLimits {
+            topic_alias_max: 1,
+            ..ClientLimits::default()
+        },
+        LIMITS,
+    );
+    let again = publish_of(
+        s.deliver(&msg("a/b", QoS::AtMostOnce), None, false, false, 0)
+            .0,
+    );
+    assert_eq!(
+        (
+            &again.topic[..],
+            again.properties.and_then(|p| p.topic_alias)
+        ),
+        (&b"a/b"[..], Some(1))
+    );
+}
