@@ -1,0 +1,91 @@
+//! Batch files: the records of one committed batch, one file each, named by the batch key.
+//! sled 0.34 keeps large values resident (measured: 2,000 x 64 KB values -> 140 MB RSS,
+//! 6,000 -> 307 MB, whatever `cache_capacity`), so payload bytes live in these files and
+//! sled holds only the index and metadata; deleting a drained batch unlinks its file, so
+//! space is reclaimed at once (no sled space amplification).
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// Path of the file holding batch `key`.
+pub(super) fn path(dir: &Path, key: u64) -> PathBuf {
+    dir.join(format!("{key:020}.batch"))
+}
+
+/// Writes and fsyncs a batch file.
+pub(super) fn write(dir: &Path, key: u64, bytes: &[u8]) -> io::Result<()> {
+    let mut f = File::create(path(dir, key))?;
+    f.write_all(bytes)?;
+    f.sync_data()
+}
+
+/// Makes new directory entries durable.
+pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Reads a batch file.
+pub(super) fn read(dir: &Path, key: u64) -> io::Result<Vec<u8>> {
+    fs::read(path(dir, key))
+}
+
+/// Removes a batch file (already gone is fine).
+pub(super) fn remove(dir: &Path, key: u64) -> io::Result<()> {
+    match fs::remove_file(path(dir, key)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Keys of every batch file in `dir`.
+pub(super) fn list(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".batch")) else {
+            continue;
+        };
+        if let Ok(k) = stem.parse() {
+            out.push(k);
+        }
+    }
+    Ok(out)
+}
+
+/// The sled index entry of one batch file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Index {
+    pub(super) bytes: u64,
+    pub(super) count: u32,
+    pub(super) priority: u8,
+    pub(super) first_recv_ms: i64,
+    pub(super) last_seq: u64,
+}
+
+impl Index {
+    pub(super) const LEN: usize = 29;
+
+    pub(super) fn encode(&self) -> [u8; Self::LEN] {
+        let mut v = [0; Self::LEN];
+        v[..8].copy_from_slice(&self.bytes.to_be_bytes());
+        v[8..12].copy_from_slice(&self.count.to_be_bytes());
+        v[12] = self.priority;
+        v[13..21].copy_from_slice(&self.first_recv_ms.to_be_bytes());
+        v[21..29].copy_from_slice(&self.last_seq.to_be_bytes());
+        v
+    }
+
+    pub(super) fn decode(v: &[u8]) -> Option<Index> {
+        if v.len() != Self::LEN {
+            return None;
+        }
+        Some(Index {
+            bytes: u64::from_be_bytes(v[..8].try_into().ok()?),
+            count: u32::from_be_bytes(v[8..12].try_into().ok()?),
+            priority: v[12],
+            first_recv_ms: i64::from_be_bytes(v[13..21].try_into().ok()?),
+            last_seq: u64::from_be_bytes(v[21..29].try_into().ok()?),
+        })
+    }
+}

@@ -1,0 +1,364 @@
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::*;
+
+/// No background commits (an hour's interval, no size trigger): the tests decide when.
+fn cfg(dir: &std::path::Path, quota: u64, policy: FullPolicy) -> BufferConfig {
+    BufferConfig {
+        dir: dir.to_path_buf(),
+        quota_bytes: quota,
+        full_policy: policy,
+        sync: SyncPolicy::Interval(Duration::from_secs(3600)),
+        batch_max_bytes: usize::MAX,
+        cache_bytes: 1 << 20,
+    }
+}
+
+/// Reopens after a drop; sled releases its file lock from a background thread, so the
+/// lock can still be held for a moment (retry until it is free).
+fn reopen(c: BufferConfig) -> Buffer {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Buffer::open(c.clone()) {
+            Ok(b) => return b,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::yield_now();
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    }
+}
+
+fn rec(id: u64, prio: u8, size: usize) -> Record {
+    let mut payload = id.to_be_bytes().to_vec();
+    payload.resize(size.max(8), 0xAB);
+    Record {
+        topic: format!("t/{prio}"),
+        priority: prio,
+        payload: Bytes::from(payload),
+        recv_ms: id as i64,
+        ..Record::default()
+    }
+}
+
+fn id_of(r: &Record) -> u64 {
+    u64::from_be_bytes(r.payload[..8].try_into().unwrap())
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append(usize),
+    Commit,
+    Drain(usize),
+    Reboot,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (1usize..600).prop_map(Op::Append),
+        2 => Just(Op::Commit),
+        2 => (1usize..4).prop_map(Op::Drain),
+        1 => Just(Op::Reboot),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// Model test: the buffer against a VecDeque, with reboots. Uncommitted records are
+    /// lost on reboot, committed ones survive in order, drained ones never come back.
+    #[test]
+    fn model(ops in proptest::collection::vec(op(), 1..60)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut buf = Buffer::open(cfg(dir.path(), u64::MAX, FullPolicy::Block)).unwrap();
+        let mut committed: VecDeque<u64> = VecDeque::new();
+        let mut open: Vec<u64> = Vec::new();
+        let mut cursor = None;
+        let mut next_id = 0;
+        let mut last_seq = None;
+        for op in ops {
+            match op {
+                Op::Append(size) => {
+                    prop_assert!(matches!(buf.append(rec(next_id, 0, size)).unwrap(), Appended::Stored(_)));
+                    open.push(next_id);
+                    next_id += 1;
+                }
+                Op::Commit => {
+                    buf.commit().unwrap();
+                    committed.extend(open.drain(..));
+                }
+                Op::Drain(n) => {
+                    for _ in 0..n {
+                        let got = buf.read(cursor, 1).unwrap();
+                        prop_assert!(got.len() <= 1);
+                        let Some(batch) = got.into_iter().next() else { break };
+                        cursor = Some(batch.key);
+                        let mut seqs = Vec::new();
+                        for r in &batch.records {
+                            prop_assert_eq!(Some(id_of(r)), committed.pop_front());
+                            prop_assert!(last_seq < Some(r.seq), "sequence must grow");
+                            last_seq = Some(r.seq);
+                            seqs.push(r.seq);
+                        }
+                        buf.release(&seqs).unwrap();
+                    }
+                }
+                Op::Reboot => {
+                    drop(buf);
+                    buf = reopen(cfg(dir.path(), u64::MAX, FullPolicy::Block));
+                    open.clear();
+                    cursor = None;
+                }
+            }
+            prop_assert_eq!(buf.snapshot().records, (committed.len() + open.len()) as u64);
+        }
+        // Everything committed is still readable, in order.
+        buf.commit().unwrap();
+        committed.extend(open.drain(..));
+        let all: Vec<u64> = buf.read(cursor, usize::MAX).unwrap().iter()
+            .flat_map(|b| b.records.iter().map(id_of)).collect();
+        prop_assert_eq!(all, committed.into_iter().collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn drop_oldest_evicts_lowest_priority_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let buf = Buffer::open(cfg(dir.path(), 20_000, FullPolicy::DropOldest)).unwrap();
+    for i in 0..10 {
+        buf.append(rec(i, 0, 900)).unwrap();
+        buf.append(rec(100 + i, 1, 900)).unwrap();
+        buf.commit().unwrap();
+    }
+    // Full: further high-priority appends evict low-priority batches, oldest first.
+    for i in 0..10 {
+        assert!(matches!(
+            buf.append(rec(200 + i, 1, 900)).unwrap(),
+            Appended::Stored(_)
+        ));
+        buf.commit().unwrap();
+    }
+    let ids: Vec<u64> = buf
+        .read(None, usize::MAX)
+        .unwrap()
+        .iter()
+        .flat_map(|b| b.records.iter().map(id_of))
+        .collect();
+    assert!(
+        ids.iter().all(|id| *id >= 100),
+        "all priority-0 records evicted first: {ids:?}"
+    );
+    assert!(ids.contains(&100) && ids.contains(&209));
+    assert_eq!(buf.stats().dropped[0].load(Ordering::Relaxed), 10);
+    assert!(buf.snapshot().bytes <= 20_000);
+}
+
+#[test]
+fn drop_newest_refuses_when_nothing_lower() {
+    let dir = tempfile::tempdir().unwrap();
+    let buf = Buffer::open(cfg(dir.path(), 5_000, FullPolicy::DropNewest)).unwrap();
+    let mut stored = 0;
+    for i in 0..20 {
+        if matches!(buf.append(rec(i, 0, 900)).unwrap(), Appended::Stored(_)) {
+            stored += 1;
+        }
+        buf.commit().unwrap();
+    }
+    assert!(stored < 20);
+    assert_eq!(buf.stats().dropped[1].load(Ordering::Relaxed), 20 - stored);
+    // A higher class evicts the newest lower-class batch.
+    assert!(matches!(
+        buf.append(rec(99, 2, 900)).unwrap(),
+        Appended::Stored(_)
+    ));
+    buf.commit().unwrap();
+    let ids: Vec<u64> = buf
+        .read(None, usize::MAX)
+        .unwrap()
+        .iter()
+        .flat_map(|b| b.records.iter().map(id_of))
+        .collect();
+    assert!(ids.contains(&99));
+    assert!(
+        !ids.contains(&(stored - 1)),
+        "newest low-priority record evicted"
+    );
+    assert!(ids.contains(&0), "oldest kept");
+}
+
+#[test]
+fn block_waits_for_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let buf = Arc::new(Buffer::open(cfg(dir.path(), 3_000, FullPolicy::Block)).unwrap());
+    buf.append(rec(0, 0, 900)).unwrap();
+    buf.append(rec(1, 0, 900)).unwrap();
+    buf.commit().unwrap();
+    let b2 = buf.clone();
+    let t = std::thread::spawn(move || b2.append(rec(2, 0, 1500)).unwrap());
+    let batch = buf.read(None, usize::MAX).unwrap();
+    let seqs: Vec<u64> = batch[0].records.iter().map(|r| r.seq).collect();
+    buf.release(&seqs).unwrap();
+    assert!(matches!(t.join().unwrap(), Appended::Stored(_)));
+}
+
+#[test]
+fn corrupt_records_are_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let files_dir = dir.path().join("batches");
+    {
+        let buf = Buffer::open(cfg(dir.path(), u64::MAX, FullPolicy::Block)).unwrap();
+        for i in 0..3 {
+            buf.append(rec(i, 0, 50)).unwrap();
+        }
+        buf.close().unwrap();
+        // Damage the middle record of the batch file.
+        let (k, _) = buf.inner.records.first().unwrap().unwrap();
+        let key = u64::from_be_bytes(k.as_ref().try_into().unwrap());
+        let mut v = files::read(&files_dir, key).unwrap();
+        let mid = 5 + (v.len() - 5) / 3 + 20;
+        v[mid] ^= 0x55;
+        files::write(&files_dir, key, &v).unwrap();
+        // A batch whose file is garbage, one whose file is missing, and an orphan file.
+        let garbage = Index {
+            bytes: 7,
+            count: 1,
+            priority: 0,
+            first_recv_ms: 0,
+            last_seq: 1000,
+        };
+        files::write(&files_dir, 1000, b"garbage").unwrap();
+        buf.inner
+            .records
+            .insert(1000u64.to_be_bytes(), &garbage.encode())
+            .unwrap();
+        buf.inner
+            .records
+            .insert(2000u64.to_be_bytes(), &garbage.encode())
+            .unwrap();
+        files::write(&files_dir, 3000, b"orphan").unwrap();
+        buf.inner.db.flush().unwrap();
+    }
+    let buf = reopen(cfg(dir.path(), u64::MAX, FullPolicy::Block));
+    assert_eq!(
+        buf.stats().corrupt.load(Ordering::Relaxed),
+        1,
+        "missing file at open"
+    );
+    assert!(
+        !files::path(&files_dir, 3000).exists(),
+        "orphan file removed"
+    );
+    let got = buf.read(None, usize::MAX).unwrap();
+    let ids: Vec<u64> = got
+        .iter()
+        .flat_map(|b| b.records.iter().map(id_of))
+        .collect();
+    assert_eq!(ids, [0, 2]);
+    assert_eq!(
+        buf.stats().corrupt.load(Ordering::Relaxed),
+        3,
+        "damaged record + garbage batch"
+    );
+    let seqs: Vec<u64> = got[0].records.iter().map(|r| r.seq).collect();
+    buf.release(&seqs).unwrap();
+    assert_eq!(
+        buf.snapshot().records,
+        0,
+        "corrupt record released with the batch"
+    );
+    assert_eq!(
+        files::list(&files_dir).unwrap(),
+        Vec::<u64>::new(),
+        "space reclaimed"
+    );
+}
+
+#[test]
+fn uplink_state_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let buf = Buffer::open(cfg(dir.path(), u64::MAX, FullPolicy::Block)).unwrap();
+        let p = common::kafka::ProducerState {
+            producer_id: 9,
+            producer_epoch: 1,
+        };
+        buf.set_producer(p).unwrap();
+        assert_eq!(buf.assign("a", 0, &[1, 2, 3]).unwrap(), 0);
+        assert_eq!(buf.assign("a", 0, &[5]).unwrap(), 3);
+        buf.sync_uplink().unwrap();
+        buf.acknowledged("a", 0, 0, 3).unwrap();
+        buf.close().unwrap();
+    }
+    let buf = reopen(cfg(dir.path(), u64::MAX, FullPolicy::Block));
+    assert_eq!(buf.producer().unwrap().unwrap().producer_id, 9);
+    let st = buf.partition_state("a", 0).unwrap();
+    assert_eq!((st.next_seq, st.acked_through), (4, Some(3)));
+    let inflight = buf.inflight().unwrap();
+    assert_eq!(inflight.len(), 1);
+    assert_eq!(
+        (inflight[0].base_seq, inflight[0].seqs.clone()),
+        (3, vec![5])
+    );
+}
+
+#[test]
+fn sync_always_acks_after_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path(), u64::MAX, FullPolicy::Block);
+    c.sync = SyncPolicy::Always;
+    let buf = Buffer::open(c).unwrap();
+    let Appended::Stored(gen) = buf.append(rec(1, 0, 10)).unwrap() else {
+        panic!()
+    };
+    buf.wait_durable(gen).unwrap();
+    assert!(buf.stats().commits.load(Ordering::Relaxed) >= 1);
+    assert_eq!(buf.read(None, usize::MAX).unwrap().len(), 1);
+}
+
+fn rss_mb() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    let l = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    l.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() / 1024.0
+}
+
+#[test]
+#[ignore]
+fn rss_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = std::env::var("RAW").is_ok();
+    if raw {
+        let db = sled::Config::new()
+            .path(dir.path())
+            .cache_capacity(8 << 20)
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
+        let t = db.open_tree("records").unwrap();
+        let v = vec![7u8; 65600];
+        let n: u64 = std::env::var("N")
+            .map(|v| v.parse().unwrap())
+            .unwrap_or(2000);
+        for i in 0u64..n {
+            t.insert(i.to_be_bytes(), v.clone()).unwrap();
+            if i % 4 == 0 {
+                db.flush().unwrap();
+            }
+        }
+        println!("raw sled rss {:.1} MB", rss_mb());
+        return;
+    }
+    let mut c = cfg(dir.path(), u64::MAX, FullPolicy::Block);
+    c.batch_max_bytes = 256 << 10;
+    let buf = Buffer::open(c).unwrap();
+    for i in 0..2000 {
+        buf.append(rec(i, 0, 65536)).unwrap();
+        if i % 4 == 0 {
+            buf.commit().unwrap();
+        }
+    }
+    println!("buffer rss {:.1} MB", rss_mb());
+}

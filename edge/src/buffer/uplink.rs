@@ -1,0 +1,185 @@
+//! Uplink state persisted in the buffer's `meta` tree (durability steps 4 and 5 in the
+//! module docs): the idempotent producer identity, per-partition producer sequences and
+//! acknowledged watermarks, and the in-flight descriptors of sent-but-unacknowledged
+//! Produce batches.
+
+use common::kafka::ProducerState;
+
+use super::{Buffer, Error};
+
+/// A Produce batch that was sent but not acknowledged before the last shutdown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inflight {
+    /// Kafka topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Producer sequence of the first record.
+    pub base_seq: i32,
+    /// Buffer sequences of the records, in order.
+    pub seqs: Vec<u64>,
+}
+
+/// Per-partition uplink state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionState {
+    /// Next producer sequence to assign.
+    pub next_seq: i32,
+    /// Highest buffer sequence the cloud acknowledged on this partition.
+    pub acked_through: Option<u64>,
+}
+
+const PRODUCER: &[u8] = b"p";
+
+fn pkey(kind: u8, topic: &str, partition: i32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(topic.len() + 7);
+    k.push(kind);
+    k.push(0);
+    k.extend_from_slice(topic.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+fn ikey(topic: &str, partition: i32, base: i32) -> Vec<u8> {
+    let mut k = pkey(b'i', topic, partition);
+    k.extend_from_slice(&(base as u32).to_be_bytes());
+    k
+}
+
+impl Buffer {
+    /// The persisted producer identity, if any.
+    pub fn producer(&self) -> Result<Option<ProducerState>, Error> {
+        let Some(v) = self.inner.meta.get(PRODUCER)? else {
+            return Ok(None);
+        };
+        if v.len() != 10 {
+            return Err(Error::Corrupt("producer"));
+        }
+        let mut id = [0; 8];
+        id.copy_from_slice(&v[..8]);
+        Ok(Some(ProducerState {
+            producer_id: i64::from_be_bytes(id),
+            producer_epoch: i16::from_be_bytes([v[8], v[9]]),
+        }))
+    }
+
+    /// Persists a new producer identity (flushed). Resets nothing else: callers get a new
+    /// identity only when no descriptor is outstanding.
+    pub fn set_producer(&self, p: ProducerState) -> Result<(), Error> {
+        let mut v = p.producer_id.to_be_bytes().to_vec();
+        v.extend_from_slice(&p.producer_epoch.to_be_bytes());
+        self.inner.meta.insert(PRODUCER, v)?;
+        self.inner.meta.flush()?;
+        Ok(())
+    }
+
+    /// The uplink state of one partition.
+    pub fn partition_state(&self, topic: &str, partition: i32) -> Result<PartitionState, Error> {
+        let meta = &self.inner.meta;
+        let next_seq = match meta.get(pkey(b's', topic, partition))? {
+            Some(v) => i32::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("sequence"))?,
+            ),
+            None => 0,
+        };
+        let acked_through = match meta.get(pkey(b'a', topic, partition))? {
+            Some(v) => Some(u64::from_be_bytes(
+                v.as_ref().try_into().map_err(|_| Error::Corrupt("acked"))?,
+            )),
+            None => None,
+        };
+        Ok(PartitionState {
+            next_seq,
+            acked_through,
+        })
+    }
+
+    /// Persists a descriptor for a batch about to be sent and advances the partition's
+    /// producer sequence, atomically. Call [`Buffer::sync_uplink`] before sending it.
+    /// Returns the batch's base sequence.
+    pub fn assign(&self, topic: &str, partition: i32, seqs: &[u64]) -> Result<i32, Error> {
+        let state = self.partition_state(topic, partition)?;
+        let base = state.next_seq;
+        let mut v = Vec::with_capacity(seqs.len() * 8);
+        for s in seqs {
+            v.extend_from_slice(&s.to_be_bytes());
+        }
+        let next = base.wrapping_add(seqs.len() as i32) & i32::MAX;
+        let mut b = sled::Batch::default();
+        b.insert(ikey(topic, partition, base), v);
+        b.insert(pkey(b's', topic, partition), &next.to_be_bytes());
+        self.inner.meta.apply_batch(b)?;
+        Ok(base)
+    }
+
+    /// Makes every descriptor assigned so far durable (one fsync for many batches).
+    pub fn sync_uplink(&self) -> Result<(), Error> {
+        self.inner.meta.flush()?;
+        Ok(())
+    }
+
+    /// Records that the batch `base` of a partition was acknowledged: removes its
+    /// descriptor and raises the acknowledged watermark (one atomic write, not flushed:
+    /// a lost write only replays a batch the broker deduplicates).
+    pub fn acknowledged(
+        &self,
+        topic: &str,
+        partition: i32,
+        base: i32,
+        last: u64,
+    ) -> Result<(), Error> {
+        let mut b = sled::Batch::default();
+        b.remove(ikey(topic, partition, base));
+        b.insert(pkey(b'a', topic, partition), &last.to_be_bytes());
+        self.inner.meta.apply_batch(b)?;
+        Ok(())
+    }
+
+    /// Forgets a partition's descriptors and restarts its producer sequence at 0 (after
+    /// a new producer identity). Flushed by the next [`Buffer::assign`].
+    pub fn reset_partition(&self, topic: &str, partition: i32) -> Result<(), Error> {
+        let mut b = sled::Batch::default();
+        for item in self.inner.meta.scan_prefix(pkey(b'i', topic, partition)) {
+            let (k, _) = item?;
+            b.remove(k);
+        }
+        b.insert(pkey(b's', topic, partition), &0i32.to_be_bytes());
+        self.inner.meta.apply_batch(b)?;
+        Ok(())
+    }
+
+    /// All outstanding descriptors, ordered by topic, partition and base sequence.
+    pub fn inflight(&self) -> Result<Vec<Inflight>, Error> {
+        let mut out = Vec::new();
+        for item in self.inner.meta.scan_prefix([b'i', 0]) {
+            let (k, v) = item?;
+            let body = &k[2..];
+            let nul = body
+                .iter()
+                .position(|b| *b == 0)
+                .ok_or(Error::Corrupt("descriptor key"))?;
+            let topic = String::from_utf8(body[..nul].to_vec())
+                .map_err(|_| Error::Corrupt("descriptor topic"))?;
+            let rest = &body[nul + 1..];
+            if rest.len() != 8 || v.len() % 8 != 0 {
+                return Err(Error::Corrupt("descriptor"));
+            }
+            let partition = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+            let base_seq = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]) as i32;
+            let seqs = v
+                .chunks_exact(8)
+                .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect();
+            out.push(Inflight {
+                topic,
+                partition,
+                base_seq,
+                seqs,
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,399 @@
+//! `configs/edge.yaml`: typed, defaults for every key, unknown keys rejected, validated
+//! after loading. Errors name the file, the key and the reason.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::buffer::{BufferConfig, FullPolicy, SyncPolicy};
+
+/// A configuration error: file, key, reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {reason}")]
+pub struct ConfigError {
+    /// The config file.
+    pub file: String,
+    /// The offending key (dotted path).
+    pub key: String,
+    /// Why it is wrong.
+    pub reason: String,
+}
+
+/// The whole edge configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Identifies this edge in the `edge.id` header.
+    pub edge_id: String,
+    /// Directory for the sled buffer.
+    pub data_dir: PathBuf,
+    /// MQTT listeners.
+    pub mqtt: MqttConfig,
+    /// Which topics go up, with what priority.
+    pub uplink: UplinkConfig,
+    /// The durable buffer.
+    pub buffer: BufferSection,
+    /// The Kafka-protocol uplink.
+    pub cloud: CloudConfig,
+    /// Prometheus endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// MQTT listener settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// MQTT 3.1.1 listener (null disables).
+    pub v4_listen: Option<SocketAddr>,
+    /// MQTT 5 listener (null disables).
+    pub v5_listen: Option<SocketAddr>,
+    /// TLS for both listeners.
+    pub tls: Option<TlsFiles>,
+    /// username -> password; empty allows anonymous clients.
+    pub credentials: BTreeMap<String, String>,
+    /// Largest accepted publish payload.
+    pub max_payload_bytes: usize,
+    /// Largest number of QoS 1/2 publishes in flight per client.
+    pub max_inflight: usize,
+    /// Time a client has to send CONNECT.
+    pub connect_timeout_ms: u16,
+    /// Maximum concurrent connections.
+    pub max_connections: usize,
+    /// Router log segment size (per subscription filter, in memory).
+    pub router_segment_bytes: usize,
+    /// Router log segments kept in memory per filter.
+    pub router_segment_count: usize,
+}
+
+/// PEM files for a TLS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+    /// CA for client certificates (mutual TLS), optional.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+}
+
+/// One uplink filter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkFilter {
+    /// MQTT topic filter (`+`, `#` allowed).
+    pub filter: String,
+    /// Priority class: higher survives quota pressure longer.
+    #[serde(default)]
+    pub priority: u8,
+}
+
+/// What goes up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UplinkConfig {
+    /// Filters in order; the first match decides the priority.
+    pub filters: Vec<UplinkFilter>,
+    /// Record key: `client_id` or `none`.
+    pub key: KeyMode,
+}
+
+/// Record key choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyMode {
+    /// The publisher's MQTT client id.
+    ClientId,
+    /// No key.
+    None,
+}
+
+/// Sync policy names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncName {
+    /// Group commit per batch; QoS 1/2 acks wait for it.
+    Always,
+    /// Every `sync_interval_ms`.
+    Interval,
+}
+
+/// Full-buffer policy names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyName {
+    /// Backpressure.
+    Block,
+    /// Evict oldest.
+    DropOldest,
+    /// Refuse newest.
+    DropNewest,
+}
+
+/// Buffer settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BufferSection {
+    /// Byte quota.
+    pub quota_bytes: u64,
+    /// Policy when the quota is reached.
+    pub full_policy: PolicyName,
+    /// `always` or `interval`.
+    pub sync: SyncName,
+    /// Interval for `sync: interval`.
+    pub sync_interval_ms: u64,
+    /// Largest batch written as one sled value.
+    pub batch_max_bytes: usize,
+    /// sled page cache.
+    pub cache_bytes: u64,
+}
+
+/// Uplink (Kafka) settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudConfig {
+    /// `host:port` of a bootstrap broker.
+    pub bootstrap: String,
+    /// Kafka client id.
+    pub client_id: String,
+    /// `zstd` or `none`.
+    pub compression: CompressionName,
+    /// Largest Produce batch per partition.
+    pub batch_max_bytes: usize,
+    /// Produce requests in flight per partition (at most 5 for idempotence).
+    pub max_in_flight: usize,
+    /// Produce timeout.
+    pub request_timeout_ms: u64,
+    /// First reconnect delay.
+    pub backoff_initial_ms: u64,
+    /// Largest reconnect delay.
+    pub backoff_max_ms: u64,
+    /// Uplink bandwidth cap in bytes/s on the wire (after compression); 0 = unlimited.
+    pub max_bytes_per_sec: u64,
+}
+
+/// Compression names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompressionName {
+    /// zstd.
+    Zstd,
+    /// None.
+    None,
+}
+
+/// Metrics endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Listen address (null disables).
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            edge_id: "edge".into(),
+            data_dir: PathBuf::from("data/edge"),
+            mqtt: MqttConfig::default(),
+            uplink: UplinkConfig::default(),
+            buffer: BufferSection::default(),
+            cloud: CloudConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            v4_listen: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
+            v5_listen: Some(SocketAddr::from(([127, 0, 0, 1], 1884))),
+            tls: None,
+            credentials: BTreeMap::new(),
+            max_payload_bytes: 1 << 20,
+            max_inflight: 100,
+            connect_timeout_ms: 5000,
+            max_connections: 1000,
+            router_segment_bytes: 1 << 20,
+            router_segment_count: 4,
+        }
+    }
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        UplinkConfig {
+            filters: vec![UplinkFilter {
+                filter: "#".into(),
+                priority: 0,
+            }],
+            key: KeyMode::ClientId,
+        }
+    }
+}
+
+impl Default for BufferSection {
+    fn default() -> Self {
+        BufferSection {
+            quota_bytes: 1 << 30,
+            full_policy: PolicyName::DropOldest,
+            sync: SyncName::Always,
+            sync_interval_ms: 100,
+            batch_max_bytes: 256 << 10,
+            cache_bytes: 8 << 20,
+        }
+    }
+}
+
+impl Default for CloudConfig {
+    fn default() -> Self {
+        CloudConfig {
+            bootstrap: "127.0.0.1:9092".into(),
+            client_id: "edge".into(),
+            compression: CompressionName::Zstd,
+            batch_max_bytes: 1 << 20,
+            max_in_flight: 5,
+            request_timeout_ms: 30_000,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 10_000,
+            max_bytes_per_sec: 0,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9100))),
+        }
+    }
+}
+
+impl Config {
+    /// Loads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "(file)".into(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text, &file)
+    }
+
+    /// Parses and validates YAML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let err = |key: &str, reason: String| ConfigError {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            reason,
+        };
+        let cfg: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| {
+                // serde_yaml prefixes nested errors with the dotted path: split it off.
+                let msg = e.to_string();
+                match msg.split_once(": ") {
+                    Some((path, rest)) if !path.contains(' ') => err(path, rest.to_owned()),
+                    _ => err("(document)", msg),
+                }
+            })?
+        };
+        cfg.validate().map_err(|(k, r)| err(k, r))?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.edge_id.is_empty() {
+            return Err(("edge_id", "must not be empty".into()));
+        }
+        if self.mqtt.v4_listen.is_none() && self.mqtt.v5_listen.is_none() {
+            return Err((
+                "mqtt",
+                "at least one of v4_listen, v5_listen is required".into(),
+            ));
+        }
+        for f in &self.uplink.filters {
+            if !crate::filter::is_valid_filter(&f.filter) {
+                return Err((
+                    "uplink.filters",
+                    format!("invalid MQTT filter {:?}", f.filter),
+                ));
+            }
+        }
+        if self.buffer.quota_bytes < 64 << 10 {
+            return Err(("buffer.quota_bytes", "must be at least 65536".into()));
+        }
+        if self.buffer.sync_interval_ms == 0 {
+            return Err(("buffer.sync_interval_ms", "must be positive".into()));
+        }
+        if self.buffer.batch_max_bytes == 0 {
+            return Err(("buffer.batch_max_bytes", "must be positive".into()));
+        }
+        if !(1..=5).contains(&self.cloud.max_in_flight) {
+            return Err((
+                "cloud.max_in_flight",
+                "must be 1..=5 (idempotent producer)".into(),
+            ));
+        }
+        if self.cloud.bootstrap.is_empty() {
+            return Err(("cloud.bootstrap", "must not be empty".into()));
+        }
+        if self.mqtt.max_inflight == 0 || self.mqtt.max_payload_bytes == 0 {
+            return Err(("mqtt.max_inflight", "limits must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// The buffer settings.
+    pub fn buffer_config(&self) -> BufferConfig {
+        BufferConfig {
+            dir: self.data_dir.join("buffer"),
+            quota_bytes: self.buffer.quota_bytes,
+            full_policy: match self.buffer.full_policy {
+                PolicyName::Block => FullPolicy::Block,
+                PolicyName::DropOldest => FullPolicy::DropOldest,
+                PolicyName::DropNewest => FullPolicy::DropNewest,
+            },
+            sync: match self.buffer.sync {
+                SyncName::Always => SyncPolicy::Always,
+                SyncName::Interval => {
+                    SyncPolicy::Interval(Duration::from_millis(self.buffer.sync_interval_ms))
+                }
+            },
+            batch_max_bytes: self.buffer.batch_max_bytes,
+            cache_bytes: self.buffer.cache_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_shipped_file_parse() {
+        let c = Config::parse("", "x.yaml").unwrap();
+        assert_eq!(c.buffer.quota_bytes, 1 << 30);
+        let shipped = include_str!("../../configs/edge.yaml");
+        Config::parse(shipped, "configs/edge.yaml").unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::parse("buffer:\n  full_policy: explode\n", "e.yaml").unwrap_err();
+        assert_eq!(e.key, "buffer.full_policy", "{e}");
+        let e = Config::parse("mqtt:\n  bogus: 1\n", "e.yaml").unwrap_err();
+        assert_eq!(e.key, "mqtt", "{e}");
+        assert!(e.reason.contains("bogus"), "{e}");
+        let e = Config::parse("cloud:\n  max_in_flight: 9\n", "e.yaml").unwrap_err();
+        assert_eq!(e.key, "cloud.max_in_flight");
+        assert!(e.to_string().starts_with("e.yaml: cloud.max_in_flight: "));
+    }
+}

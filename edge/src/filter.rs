@@ -1,0 +1,80 @@
+//! MQTT topic-filter matching (no I/O).
+
+/// Whether `filter` is a valid MQTT topic filter.
+pub fn is_valid_filter(filter: &str) -> bool {
+    if filter.is_empty() {
+        return false;
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    levels.iter().enumerate().all(|(i, l)| match *l {
+        "#" => i == levels.len() - 1,
+        "+" => true,
+        l => !l.contains('#') && !l.contains('+'),
+    })
+}
+
+/// Whether `topic` matches `filter` (MQTT 3.1.1 section 4.7; `$` topics do not match
+/// filters starting with a wildcard).
+pub fn matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('#') || filter.starts_with('+')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Uplink filters with priorities; the first matching filter wins.
+#[derive(Debug, Clone, Default)]
+pub struct Uplink {
+    filters: Vec<(String, u8)>,
+}
+
+impl Uplink {
+    /// Builds from `(filter, priority)` pairs.
+    pub fn new(filters: impl IntoIterator<Item = (String, u8)>) -> Self {
+        Uplink {
+            filters: filters.into_iter().collect(),
+        }
+    }
+
+    /// The priority of `topic`, or `None` if it does not go up.
+    pub fn priority(&self, topic: &str) -> Option<u8> {
+        self.filters
+            .iter()
+            .find(|(f, _)| matches(f, topic))
+            .map(|(_, p)| *p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matching() {
+        assert!(matches("#", "a/b"));
+        assert!(matches("a/#", "a"));
+        assert!(matches("a/#", "a/b/c"));
+        assert!(matches("a/+/c", "a/b/c"));
+        assert!(!matches("a/+/c", "a/b/d"));
+        assert!(!matches("a/+", "a/b/c"));
+        assert!(matches("+/+", "/x"));
+        assert!(!matches("#", "$SYS/x"));
+        assert!(matches("$SYS/#", "$SYS/x"));
+        assert!(is_valid_filter("a/+/#"));
+        assert!(!is_valid_filter("a/#/b"));
+        assert!(!is_valid_filter("a/b#"));
+        let u = Uplink::new([("alarms/#".to_string(), 9), ("#".to_string(), 1)]);
+        assert_eq!(u.priority("alarms/x"), Some(9));
+        assert_eq!(u.priority("cam/1"), Some(1));
+    }
+}

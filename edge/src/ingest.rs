@@ -1,0 +1,205 @@
+//! MQTT ingest: every publish a device sends enters the buffer *before* rumqttd's router
+//! sees it, so the PUBACK can wait for the buffer's fsync.
+//!
+//! rumqttd acknowledges a QoS 1 publish as soon as its router appends it to an in-memory
+//! log, and a local link subscribed to the uplink filters would only see it later (and
+//! can silently lose it when it falls behind). Instead, [`Ingest`] wraps rumqttd's v4/v5
+//! codec (`Protocol`), which the connection calls to decode frames before handing packets
+//! to the router:
+//!
+//! 1. on the first decode call after bytes arrive, it decodes *every* complete frame in
+//!    the read buffer, appends each uplink publish to the buffer (one sequence each) and
+//!    queues the packets;
+//! 2. with `sync: always`, if any of them was QoS 1/2, it waits (outside the async
+//!    executor, `block_in_place`) until the group commit covering them is flushed;
+//! 3. only then does it return the packets to rumqttd, whose router appends them and
+//!    sends the PUBACKs.
+//!
+//! So a PUBACK implies the record is fsynced in the buffer: no window is left with
+//! `sync: always`. With `sync: interval` the window is at most one interval. The wrapper
+//! also sees what a local link cannot: the publisher's QoS (from the fixed header), its
+//! client id (from CONNECT, the record key) and v5 topic aliases.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use rumqttd::protocol::{Error as ProtoError, Packet, Protocol, Publish, PublishProperties};
+
+use crate::buffer::{Appended, Buffer, FullPolicy, Props, Record, SyncPolicy};
+use crate::config::KeyMode;
+use crate::filter::Uplink;
+use crate::metrics::Metrics;
+
+/// Shared ingest context.
+pub struct IngestCtx {
+    /// The buffer.
+    pub buffer: Arc<Buffer>,
+    /// Which topics go up.
+    pub uplink: Uplink,
+    /// Record key choice.
+    pub key_mode: KeyMode,
+    /// Whether full-buffer appends may block.
+    pub full_policy: FullPolicy,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Whether the wall clock is believed synchronised.
+    pub clock_synced: AtomicBool,
+}
+
+/// A rumqttd codec wrapper that feeds the buffer (one per connection).
+pub struct Ingest<P> {
+    inner: P,
+    ctx: Arc<IngestCtx>,
+    client_id: Option<Bytes>,
+    aliases: HashMap<u16, Bytes>,
+    ahead: VecDeque<Packet>,
+}
+
+impl<P: Clone> Clone for Ingest<P> {
+    fn clone(&self) -> Self {
+        Ingest {
+            inner: self.inner.clone(),
+            ctx: self.ctx.clone(),
+            client_id: None,
+            aliases: HashMap::new(),
+            ahead: VecDeque::new(),
+        }
+    }
+}
+
+impl<P> Ingest<P> {
+    /// Wraps a rumqttd codec (`V4` or `V5`).
+    pub fn new(inner: P, ctx: Arc<IngestCtx>) -> Self {
+        Ingest {
+            inner,
+            ctx,
+            client_id: None,
+            aliases: HashMap::new(),
+            ahead: VecDeque::new(),
+        }
+    }
+
+    /// Buffers one publish if it goes up; returns the commit generation to wait for.
+    fn ingest(
+        &mut self,
+        publish: &mut Publish,
+        props: &Option<PublishProperties>,
+        qos: u8,
+    ) -> Result<Option<u64>, ProtoError> {
+        if let Some(alias) = props.as_ref().and_then(|p| p.topic_alias) {
+            if publish.topic.is_empty() {
+                if let Some(t) = self.aliases.get(&alias) {
+                    publish.topic = t.clone();
+                }
+            } else {
+                self.aliases.insert(alias, publish.topic.clone());
+            }
+        }
+        let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+            return Ok(None);
+        };
+        if topic.is_empty() || topic.contains(['+', '#']) {
+            return Ok(None);
+        }
+        let Some(priority) = self.ctx.uplink.priority(topic) else {
+            return Ok(None);
+        };
+        let recv_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let p = props.clone().unwrap_or_default();
+        let rec = Record {
+            seq: 0,
+            recv_ms,
+            clock_synced: self.ctx.clock_synced.load(Ordering::Relaxed),
+            qos,
+            retain: publish.retain,
+            priority,
+            topic: topic.to_owned(),
+            key: match self.ctx.key_mode {
+                KeyMode::ClientId => self.client_id.clone(),
+                KeyMode::None => None,
+            },
+            props: Props {
+                content_type: p.content_type,
+                payload_format: p.payload_format_indicator,
+                response_topic: p.response_topic,
+                correlation_data: p.correlation_data,
+                user: p.user_properties,
+            },
+            payload: publish.payload.clone(),
+        };
+        let bytes = rec.payload.len() as u64;
+        let buffer = &self.ctx.buffer;
+        let result = if self.ctx.full_policy == FullPolicy::Block || buffer.congested() {
+            tokio::task::block_in_place(|| buffer.append(rec))
+        } else {
+            buffer.append(rec)
+        };
+        match result {
+            Ok(Appended::Stored(gen)) => {
+                self.ctx.metrics.ingested(bytes);
+                Ok(Some(gen))
+            }
+            Ok(Appended::Dropped) => Ok(None),
+            Err(e) => {
+                tracing::error!(cause = %e, "buffer append failed, closing connection");
+                Err(ProtoError::InvalidProtocol)
+            }
+        }
+    }
+}
+
+impl<P: Protocol> Protocol for Ingest<P> {
+    fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, ProtoError> {
+        if let Some(p) = self.ahead.pop_front() {
+            return Ok(p);
+        }
+        let mut wait_gen = None;
+        let stop = loop {
+            // The publisher's QoS is in the fixed header (rumqttd keeps it crate-private).
+            let qos = stream
+                .first()
+                .filter(|b| *b >> 4 == 3)
+                .map_or(0, |b| (b >> 1) & 3);
+            match self.inner.read_mut(stream, max_size) {
+                Ok(Packet::Publish(mut publish, props)) => {
+                    let gen = self.ingest(&mut publish, &props, qos)?;
+                    if qos > 0 {
+                        wait_gen = wait_gen.max(gen);
+                    }
+                    self.ahead.push_back(Packet::Publish(publish, props));
+                }
+                Ok(packet) => {
+                    if let Packet::Connect(c, ..) = &packet {
+                        self.client_id = Some(Bytes::from(c.client_id.clone()));
+                    }
+                    self.ahead.push_back(packet);
+                }
+                Err(e) => break e,
+            }
+        };
+        if let Some(gen) = wait_gen {
+            if self.ctx.buffer.sync_policy() == SyncPolicy::Always {
+                let buffer = &self.ctx.buffer;
+                if let Err(e) = tokio::task::block_in_place(|| buffer.wait_durable(gen)) {
+                    tracing::error!(cause = %e, "buffer commit failed, closing connection");
+                    self.ahead.clear();
+                    return Err(ProtoError::InvalidProtocol);
+                }
+            }
+        }
+        match (self.ahead.pop_front(), stop) {
+            (Some(p), _) => Ok(p),
+            (None, e) => Err(e),
+        }
+    }
+
+    fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, ProtoError> {
+        self.inner.write(packet, write)
+    }
+}

@@ -1,0 +1,13 @@
+//! The edge appliance: MQTT in (embedded rumqttd), a durable sled buffer, and an
+//! exactly-once store-and-forward replicator to the cloud over the Kafka protocol.
+//!
+//! Data path: device --MQTT--> [`ingest`] (codec wrapper) --> [`buffer`] (sled, group
+//! commit) --> [`replicator`] --Kafka Produce--> cloud. See `edge/NOTES-for-readme.md`.
+
+pub mod buffer;
+pub mod config;
+pub mod filter;
+pub mod ingest;
+pub mod metrics;
+pub mod mqtt;
+pub mod replicator;

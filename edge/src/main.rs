@@ -1,0 +1,159 @@
+//! `edge --config configs/edge.yaml`
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use edge::buffer::Buffer;
+use edge::config::Config;
+use edge::filter::Uplink;
+use edge::ingest::IngestCtx;
+use edge::metrics::Metrics;
+use edge::replicator::Replicator;
+
+fn parse_args() -> anyhow::Result<Option<PathBuf>> {
+    let mut args = std::env::args().skip(1);
+    let mut config = None;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--config" | "-c" => {
+                config = Some(PathBuf::from(args.next().context("--config needs a file")?))
+            }
+            "--help" | "-h" => {
+                println!("usage: edge [--config FILE]");
+                std::process::exit(0);
+            }
+            other => anyhow::bail!("unknown argument {other:?} (usage: edge [--config FILE])"),
+        }
+    }
+    Ok(config)
+}
+
+/// Best guess whether the wall clock is synchronised: systemd-timesyncd's flag file, or a
+/// time after 2024 (gateways without a real-time clock boot in 1970).
+fn clock_synced() -> bool {
+    std::path::Path::new("/run/systemd/timesync/synchronized").exists()
+        || SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .is_ok_and(|d| d.as_secs() > 1_704_067_200)
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rumqttd=warn".into()),
+        )
+        .init();
+    let cfg = match parse_args().and_then(|p| match p {
+        Some(p) => Config::load(&p).map_err(anyhow::Error::from),
+        None => Config::parse("", "(defaults)").map_err(anyhow::Error::from),
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("edge: configuration error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("edge: cannot start runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edge: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let bcfg = cfg.buffer_config();
+    std::fs::create_dir_all(&bcfg.dir)
+        .with_context(|| format!("creating {}", bcfg.dir.display()))?;
+    let buffer = Arc::new(Buffer::open(bcfg.clone()).context("opening the buffer")?);
+    let metrics = Arc::new(Metrics::new());
+    let ctx = Arc::new(IngestCtx {
+        buffer: buffer.clone(),
+        uplink: Uplink::new(
+            cfg.uplink
+                .filters
+                .iter()
+                .map(|f| (f.filter.clone(), f.priority)),
+        ),
+        key_mode: cfg.uplink.key,
+        full_policy: bcfg.full_policy,
+        metrics: metrics.clone(),
+        clock_synced: AtomicBool::new(clock_synced()),
+    });
+    let clock_ctx = ctx.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            clock_ctx
+                .clock_synced
+                .store(clock_synced(), Ordering::Relaxed);
+        }
+    });
+    let bound = edge::mqtt::start(&cfg.mqtt, ctx).await?;
+    let mut out = std::io::stdout().lock();
+    if let Some(a) = bound.v4 {
+        writeln!(out, "listening mqtt-v4 {a}")?;
+    }
+    if let Some(a) = bound.v5 {
+        writeln!(out, "listening mqtt-v5 {a}")?;
+    }
+    if let Some(addr) = cfg.metrics.listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("metrics listener {addr}"))?;
+        writeln!(out, "listening metrics {}", l.local_addr()?)?;
+        tokio::spawn(edge::metrics::serve(l, metrics.clone(), buffer.clone()));
+    }
+    out.flush()?;
+    drop(out);
+    let replicator = Replicator::new(
+        buffer.clone(),
+        cfg.cloud.clone(),
+        cfg.edge_id.clone(),
+        metrics,
+    )?;
+    tokio::spawn(replicator.run());
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    buffer.close().context("closing the buffer")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,216 @@
+//! Prometheus metrics (prometheus-client; rumqttd's `metrics` 0.22 would clash with a
+//! `metrics` 0.24 recorder) served as text on `GET /metrics` by a minimal HTTP responder.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::buffer::{Buffer, DROP_REASONS};
+
+/// All edge metrics.
+pub struct Metrics {
+    registry: Registry,
+    ingest_records: Counter,
+    ingest_bytes: Counter,
+    /// Records acknowledged by the cloud.
+    pub uplink_records: Counter,
+    /// Bytes (record values) acknowledged by the cloud.
+    pub uplink_bytes: Counter,
+    /// 1 when the uplink is connected.
+    pub uplink_up: Gauge,
+    /// Uplink reconnect attempts.
+    pub reconnects: Counter,
+    /// Produce errors by Kafka error code.
+    pub produce_errors: Family<Vec<(String, String)>, Counter>,
+    backlog_records: Gauge,
+    backlog_bytes: Gauge,
+    oldest_age_ms: Gauge,
+    disk_bytes: Gauge,
+    dropped: Family<Vec<(String, String)>, Gauge>,
+    corrupt: Gauge,
+    commits: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("edge");
+        let m = Metrics {
+            registry: Registry::default(),
+            ingest_records: Counter::default(),
+            ingest_bytes: Counter::default(),
+            uplink_records: Counter::default(),
+            uplink_bytes: Counter::default(),
+            uplink_up: Gauge::default(),
+            reconnects: Counter::default(),
+            produce_errors: Family::default(),
+            backlog_records: Gauge::default(),
+            backlog_bytes: Gauge::default(),
+            oldest_age_ms: Gauge::default(),
+            disk_bytes: Gauge::default(),
+            dropped: Family::default(),
+            corrupt: Gauge::default(),
+            commits: Gauge::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "ingest_records",
+            "MQTT publishes buffered for the uplink",
+            m.ingest_records.clone(),
+        );
+        r.register(
+            "ingest_payload_bytes",
+            "Payload bytes buffered for the uplink",
+            m.ingest_bytes.clone(),
+        );
+        r.register(
+            "uplink_records",
+            "Records acknowledged by the cloud",
+            m.uplink_records.clone(),
+        );
+        r.register(
+            "uplink_payload_bytes",
+            "Payload bytes acknowledged by the cloud",
+            m.uplink_bytes.clone(),
+        );
+        r.register(
+            "uplink_up",
+            "1 when connected to the cloud",
+            m.uplink_up.clone(),
+        );
+        r.register(
+            "uplink_reconnects",
+            "Uplink reconnect attempts",
+            m.reconnects.clone(),
+        );
+        r.register(
+            "uplink_produce_errors",
+            "Produce partition errors by Kafka code",
+            m.produce_errors.clone(),
+        );
+        r.register(
+            "backlog_records",
+            "Records buffered, not yet acknowledged",
+            m.backlog_records.clone(),
+        );
+        r.register(
+            "backlog_bytes",
+            "Bytes counted against the buffer quota",
+            m.backlog_bytes.clone(),
+        );
+        r.register(
+            "backlog_oldest_age_ms",
+            "Age of the oldest buffered record",
+            m.oldest_age_ms.clone(),
+        );
+        r.register(
+            "buffer_disk_bytes",
+            "Bytes sled uses on disk",
+            m.disk_bytes.clone(),
+        );
+        r.register(
+            "buffer_dropped_records",
+            "Records dropped by the quota policy, by reason",
+            m.dropped.clone(),
+        );
+        r.register(
+            "buffer_corrupt_skipped",
+            "Corrupt records or batches skipped",
+            m.corrupt.clone(),
+        );
+        r.register(
+            "buffer_group_commits",
+            "Group commits (fsyncs)",
+            m.commits.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counts one buffered publish.
+    pub fn ingested(&self, payload_bytes: u64) {
+        self.ingest_records.inc();
+        self.ingest_bytes.inc_by(payload_bytes);
+    }
+
+    /// Refreshes buffer gauges and renders the text exposition.
+    pub fn render(&self, buffer: &Buffer) -> String {
+        let snap = buffer.snapshot();
+        let stats = buffer.stats();
+        self.backlog_records.set(snap.records as i64);
+        self.backlog_bytes.set(snap.bytes as i64);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        self.oldest_age_ms
+            .set(snap.oldest_recv_ms.map_or(0, |t| (now - t).max(0)));
+        self.disk_bytes.set(buffer.disk_bytes() as i64);
+        for (i, reason) in DROP_REASONS.iter().enumerate() {
+            self.dropped
+                .get_or_create(&vec![("reason".to_owned(), (*reason).to_owned())])
+                .set(stats.dropped[i].load(Ordering::Relaxed) as i64);
+        }
+        self.corrupt
+            .set(stats.corrupt.load(Ordering::Relaxed) as i64);
+        self.commits
+            .set(stats.commits.load(Ordering::Relaxed) as i64);
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Serves `GET /metrics` on an already bound listener.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, buffer: Arc<Buffer>) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        let buffer = buffer.clone();
+        tokio::spawn(async move {
+            let mut req = [0u8; 2048];
+            let mut n = 0;
+            // Read until the end of the request head (or the buffer fills).
+            while n < req.len() {
+                match sock.read(&mut req[n..]).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(k) => n += k,
+                }
+                if req[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            let head = String::from_utf8_lossy(&req[..n]);
+            let (status, body) = if head.starts_with("GET /metrics") {
+                let body = tokio::task::spawn_blocking(move || metrics.render(&buffer))
+                    .await
+                    .unwrap_or_default();
+                ("200 OK", body)
+            } else {
+                ("404 Not Found", "not found\n".to_owned())
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}

@@ -1,0 +1,497 @@
+//! The replicator: buffer -> cloud over Kafka Produce (idempotent, zstd, pipelined).
+//!
+//! Exactly once, in per-topic order, across uplink cuts and kills of either side:
+//! - the producer id/epoch is obtained once and persisted in the buffer, so a restarted
+//!   edge keeps its identity and sequences;
+//! - every Produce batch gets its producer sequence and a descriptor persisted (flushed)
+//!   *before* it is sent, and is resent byte-identical until acknowledged, so the broker's
+//!   idempotence turns a replay into `DUPLICATE_SEQUENCE_NUMBER` or a no-op success;
+//! - records are released from the buffer only after the acknowledgement, and the
+//!   acknowledged watermark skips records whose release did not reach disk;
+//! - each topic is produced to partition 0 (routed to its leader from Metadata), at most
+//!   `max_in_flight` batches on the wire; any error ends the session, and the next session
+//!   resends every unacknowledged batch in order after an exponential backoff with jitter.
+
+pub mod state;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::kafka::{
+    self, codes, encode_batch, Connection, ProducePartition, ProducerState, ResponseFuture,
+};
+use kafka_protocol::messages::ProduceResponse;
+use kafka_protocol::records::Compression;
+
+use crate::buffer::Buffer;
+use crate::config::{CloudConfig, CompressionName};
+use crate::metrics::Metrics;
+use state::{OutBatch, Placed, State};
+
+/// Errors ending an uplink session.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Kafka client failure.
+    #[error(transparent)]
+    Kafka(#[from] kafka::Error),
+    /// Buffer failure.
+    #[error(transparent)]
+    Buffer(#[from] crate::buffer::Error),
+    /// The broker rejected a batch.
+    #[error("topic {topic}: produce error code {code}")]
+    Rejected {
+        /// Kafka topic.
+        topic: String,
+        /// Kafka error code.
+        code: i16,
+    },
+    /// No leader known for a topic.
+    #[error("topic {0}: no leader")]
+    NoLeader(String),
+    /// A produce did not complete in time.
+    #[error("produce timed out")]
+    Timeout,
+}
+
+/// Most bytes of records held in memory waiting for a batch.
+const READ_AHEAD_BYTES: usize = 2 << 20;
+
+/// Token bucket for the optional bandwidth cap (burst of one second).
+struct Pacer {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Pacer {
+    async fn take(&mut self, bytes: usize) {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
+        self.last = now;
+        self.tokens -= bytes as f64;
+        if self.tokens < 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(-self.tokens / self.rate)).await;
+        }
+    }
+}
+
+/// The replicator task.
+pub struct Replicator {
+    buffer: Arc<Buffer>,
+    cfg: CloudConfig,
+    edge_id: String,
+    metrics: Arc<Metrics>,
+    state: State,
+    cursor: Option<u64>,
+    producer: Option<ProducerState>,
+    rng: u64,
+    /// Consecutive sequence/producer rejections of the same batch.
+    fenced: u32,
+    pacer: Option<Pacer>,
+}
+
+/// Rejections after which the producer identity is renewed: the broker lost or expired
+/// our producer state (e.g. Kafka's `producer.id.expiration.ms` after a long outage, or a
+/// wiped cloud). Renewing re-sends the unacknowledged batches under a new producer id, so
+/// records the broker did store may be duplicated; it is logged as an error.
+const FENCED_LIMIT: u32 = 3;
+
+struct Session {
+    conns: HashMap<String, Arc<Connection>>,
+    bootstrap: Arc<Connection>,
+    wire: VecDeque<(String, i32, ResponseFuture<ProduceResponse>)>,
+}
+
+impl Replicator {
+    /// Prepares the replicator from the buffer's persisted uplink state.
+    pub fn new(
+        buffer: Arc<Buffer>,
+        cfg: CloudConfig,
+        edge_id: String,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, Error> {
+        let mut state = State::default();
+        let descs = buffer.inflight()?;
+        if let Some(max) = descs.iter().flat_map(|d| d.seqs.iter()).max() {
+            buffer.protect_through(*max);
+        }
+        state.restore(descs);
+        let cfg_rate = cfg.max_bytes_per_sec;
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Ok(Replicator {
+            producer: buffer.producer()?,
+            buffer,
+            cfg,
+            edge_id,
+            metrics,
+            state,
+            cursor: None,
+            rng: seed | 1,
+            fenced: 0,
+            pacer: (cfg_rate > 0).then(|| Pacer {
+                rate: cfg_rate as f64,
+                tokens: 0.0,
+                last: Instant::now(),
+            }),
+        })
+    }
+
+    fn jitter(&mut self, max_ms: u64) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng % max_ms.max(1)
+    }
+
+    /// Runs forever: sessions with backoff between them.
+    pub async fn run(mut self) {
+        let mut attempt: u32 = 0;
+        loop {
+            let acked_before = self.metrics.uplink_records.get();
+            let err = self.session().await;
+            self.metrics.uplink_up.set(0);
+            match &err {
+                Error::Rejected { code, .. }
+                    if matches!(
+                        *code,
+                        codes::OUT_OF_ORDER_SEQUENCE_NUMBER
+                            | codes::UNKNOWN_PRODUCER_ID
+                            | codes::INVALID_PRODUCER_EPOCH
+                    ) =>
+                {
+                    self.fenced += 1
+                }
+                _ => self.fenced = 0,
+            }
+            for t in self.state.topics.values_mut() {
+                t.leader = None;
+                for b in &mut t.batches {
+                    b.sent = false;
+                }
+            }
+            if self.metrics.uplink_records.get() > acked_before {
+                attempt = 0;
+            }
+            let cap = self
+                .cfg
+                .backoff_initial_ms
+                .saturating_mul(1 << attempt.min(20))
+                .min(self.cfg.backoff_max_ms);
+            let delay = self.jitter(cap) + cap / 2;
+            attempt += 1;
+            tracing::warn!(cause = %err, retry_ms = delay, "uplink session ended");
+            self.metrics.reconnects.inc();
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+    }
+
+    async fn session(&mut self) -> Error {
+        match self.session_inner().await {
+            Ok(never) => match never {},
+            Err(e) => e,
+        }
+    }
+
+    async fn session_inner(&mut self) -> Result<std::convert::Infallible, Error> {
+        let bootstrap =
+            Arc::new(Connection::connect(&self.cfg.bootstrap, &self.cfg.client_id).await?);
+        let producer = match self.producer {
+            Some(_) if self.fenced >= FENCED_LIMIT => {
+                let p = bootstrap.init_producer_id().await?;
+                self.renew_producer(p)?;
+                p
+            }
+            Some(p) => p,
+            None => {
+                let p = bootstrap.init_producer_id().await?;
+                self.buffer.set_producer(p)?;
+                self.producer = Some(p);
+                p
+            }
+        };
+        self.metrics.uplink_up.set(1);
+        tracing::info!(bootstrap = %self.cfg.bootstrap, producer_id = producer.producer_id, "uplink connected");
+        let mut s = Session {
+            conns: HashMap::new(),
+            bootstrap,
+            wire: VecDeque::new(),
+        };
+        let notify = self.buffer.on_commit();
+        loop {
+            self.fill()?;
+            self.cut_batches(producer)?;
+            self.send(&mut s).await?;
+            match s.wire.pop_front() {
+                Some((topic, base, fut)) => {
+                    let timeout = Duration::from_millis(self.cfg.request_timeout_ms + 5_000);
+                    let resp = tokio::time::timeout(timeout, fut.wait())
+                        .await
+                        .map_err(|_| Error::Timeout)??;
+                    self.complete(&topic, base, &resp)?;
+                    // Take every response that has already arrived, so the next cut
+                    // covers all freed slots with one descriptor fsync.
+                    while let Some((topic, base, mut fut)) = s.wire.pop_front() {
+                        match fut.try_take() {
+                            Some(resp) => self.complete(&topic, base, &resp?)?,
+                            None => {
+                                s.wire.push_front((topic, base, fut));
+                                break;
+                            }
+                        }
+                    }
+                }
+                None => {
+                    // Idle: wait for the next group commit (or re-check periodically).
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(500), notify.notified()).await;
+                }
+            }
+        }
+    }
+
+    /// Re-sequences every unacknowledged batch under a new producer identity.
+    fn renew_producer(&mut self, p: ProducerState) -> Result<(), Error> {
+        tracing::error!(
+            producer_id = p.producer_id,
+            "broker keeps rejecting our producer sequences; renewing the producer id \
+             (unacknowledged batches are re-sent and may duplicate)"
+        );
+        self.buffer.set_producer(p)?;
+        self.producer = Some(p);
+        self.fenced = 0;
+        for (topic, t) in self.state.topics.iter_mut() {
+            self.buffer.reset_partition(topic, 0)?;
+            for b in t.batches.iter_mut() {
+                b.base = self.buffer.assign(topic, 0, &b.seqs)?;
+                b.encoded = kafka::restamp(&b.encoded, p, b.base)?;
+            }
+            for r in t.restored.iter_mut() {
+                r.desc.base_seq = self.buffer.assign(topic, 0, &r.desc.seqs)?;
+            }
+        }
+        self.buffer.sync_uplink()?;
+        Ok(())
+    }
+
+    /// Reads committed batches into per-topic queues while memory allows.
+    fn fill(&mut self) -> Result<(), Error> {
+        while self.state.unsent_bytes < READ_AHEAD_BYTES {
+            let batches = self.buffer.read(self.cursor, 512 << 10)?;
+            if batches.is_empty() {
+                self.state.finish_restored(self.cursor, true);
+                return Ok(());
+            }
+            let mut release = Vec::new();
+            for b in batches {
+                self.cursor = Some(b.key);
+                for rec in b.records {
+                    let kafka_topic = match common::topic::mqtt_to_kafka(&rec.topic) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tracing::error!(cause = %e, "unmappable topic, record skipped");
+                            release.push(rec.seq);
+                            continue;
+                        }
+                    };
+                    let seq = rec.seq;
+                    if self
+                        .state
+                        .topics
+                        .get(&kafka_topic)
+                        .is_none_or(|t| t.acked_through.is_none() && t.mqtt.is_empty())
+                    {
+                        let ps = self.buffer.partition_state(&kafka_topic, 0)?;
+                        self.state
+                            .topics
+                            .entry(kafka_topic.clone())
+                            .or_default()
+                            .acked_through = ps.acked_through;
+                    }
+                    if self.state.place(kafka_topic, rec) == Placed::AlreadyAcked {
+                        release.push(seq);
+                    }
+                }
+            }
+            self.state.finish_restored(self.cursor, false);
+            self.buffer.release(&release)?;
+        }
+        Ok(())
+    }
+
+    fn compression(&self) -> Compression {
+        match self.cfg.compression {
+            CompressionName::Zstd => Compression::Zstd,
+            CompressionName::None => Compression::None,
+        }
+    }
+
+    /// Turns complete restored descriptors and queued records into batches.
+    fn cut_batches(&mut self, producer: ProducerState) -> Result<(), Error> {
+        let compression = self.compression();
+        let mut assigned = false;
+        let max_batches = self.cfg.max_in_flight;
+        for (topic, t) in self.state.topics.iter_mut() {
+            while let Some(r) = t.restored.front() {
+                if r.slots.iter().any(Option::is_none) {
+                    break;
+                }
+                let Some(r) = t.restored.pop_front() else {
+                    break;
+                };
+                let recs: Vec<_> = r.slots.into_iter().flatten().collect();
+                let kr: Vec<_> = recs
+                    .iter()
+                    .map(|x| state::to_batch_record(x, &self.edge_id))
+                    .collect();
+                t.batches.push_back(OutBatch {
+                    base: r.desc.base_seq,
+                    seqs: r.desc.seqs,
+                    payload_bytes: recs.iter().map(|x| x.payload.len() as u64).sum(),
+                    encoded: encode_batch(&kr, producer, r.desc.base_seq, compression)?,
+                    sent: false,
+                });
+            }
+            if !t.restored.is_empty() {
+                continue;
+            }
+            while !t.unsent.is_empty() && t.batches.len() < max_batches {
+                let mut recs = Vec::new();
+                let mut bytes = 0;
+                while let Some(r) = t.unsent.front() {
+                    let sz = r.encoded_len();
+                    if !recs.is_empty() && bytes + sz > self.cfg.batch_max_bytes {
+                        break;
+                    }
+                    bytes += sz;
+                    if let Some(r) = t.unsent.pop_front() {
+                        recs.push(r);
+                    }
+                }
+                t.unsent_bytes -= bytes.min(t.unsent_bytes);
+                self.state.unsent_bytes -= bytes.min(self.state.unsent_bytes);
+                let seqs: Vec<u64> = recs.iter().map(|r| r.seq).collect();
+                let base = self.buffer.assign(topic, 0, &seqs)?;
+                assigned = true;
+                let kr: Vec<_> = recs
+                    .iter()
+                    .map(|x| state::to_batch_record(x, &self.edge_id))
+                    .collect();
+                t.batches.push_back(OutBatch {
+                    base,
+                    seqs,
+                    payload_bytes: recs.iter().map(|x| x.payload.len() as u64).sum(),
+                    encoded: encode_batch(&kr, producer, base, compression)?,
+                    sent: false,
+                });
+            }
+        }
+        if assigned {
+            // Descriptors must be durable before their batches go on the wire.
+            self.buffer.sync_uplink()?;
+        }
+        Ok(())
+    }
+
+    /// Sends every batch not yet on the wire, in order, to its topic's leader.
+    async fn send(&mut self, s: &mut Session) -> Result<(), Error> {
+        let timeout_ms = i32::try_from(self.cfg.request_timeout_ms).unwrap_or(i32::MAX);
+        let topics: Vec<String> = self
+            .state
+            .topics
+            .iter()
+            .filter(|(_, t)| t.batches.iter().any(|b| !b.sent))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for topic in topics {
+            let conn = self.leader(s, &topic).await?;
+            let Some(t) = self.state.topics.get_mut(&topic) else {
+                continue;
+            };
+            for b in t.batches.iter_mut().filter(|b| !b.sent) {
+                if let Some(p) = self.pacer.as_mut() {
+                    p.take(b.encoded.len()).await;
+                }
+                let part = ProducePartition {
+                    topic: topic.clone(),
+                    partition: 0,
+                    records: b.encoded.clone(),
+                };
+                let fut = conn
+                    .produce(std::slice::from_ref(&part), -1, timeout_ms)
+                    .await?;
+                b.sent = true;
+                s.wire.push_back((topic.clone(), b.base, fut));
+            }
+        }
+        Ok(())
+    }
+
+    async fn leader(&mut self, s: &mut Session, topic: &str) -> Result<Arc<Connection>, Error> {
+        let known = self.state.topics.get(topic).and_then(|t| t.leader.clone());
+        let addr = match known {
+            Some(a) => a,
+            None => {
+                let md = s.bootstrap.metadata(&[topic.to_owned()], true).await?;
+                if let Some((code, _)) = md.topics.get(topic) {
+                    if *code != codes::NONE {
+                        return Err(Error::Rejected {
+                            topic: topic.to_owned(),
+                            code: *code,
+                        });
+                    }
+                }
+                let addr = md
+                    .leader_addr(topic, 0)
+                    .ok_or_else(|| Error::NoLeader(topic.to_owned()))?
+                    .to_owned();
+                if let Some(t) = self.state.topics.get_mut(topic) {
+                    t.leader = Some(addr.clone());
+                }
+                addr
+            }
+        };
+        if let Some(c) = s.conns.get(&addr) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(Connection::connect(&addr, &self.cfg.client_id).await?);
+        s.conns.insert(addr, c.clone());
+        Ok(c)
+    }
+
+    /// Handles the response to the oldest batch of `topic`.
+    fn complete(&mut self, topic: &str, base: i32, resp: &ProduceResponse) -> Result<(), Error> {
+        let code = kafka::client::produce_errors(resp)
+            .into_iter()
+            .find(|(t, p, _)| t == topic && *p == 0)
+            .map_or(codes::UNKNOWN_TOPIC_OR_PARTITION, |(_, _, c)| c);
+        if code != codes::NONE && code != codes::DUPLICATE_SEQUENCE_NUMBER {
+            self.metrics
+                .produce_errors
+                .get_or_create(&vec![("code".to_owned(), code.to_string())])
+                .inc();
+            return Err(Error::Rejected {
+                topic: topic.to_owned(),
+                code,
+            });
+        }
+        let Some(t) = self.state.topics.get_mut(topic) else {
+            return Ok(());
+        };
+        let Some(b) = t.batches.pop_front() else {
+            return Ok(());
+        };
+        debug_assert_eq!(b.base, base);
+        let last = b.seqs.iter().max().copied().unwrap_or(0);
+        self.buffer.acknowledged(topic, 0, b.base, last)?;
+        t.acked_through = Some(t.acked_through.map_or(last, |a| a.max(last)));
+        self.buffer.release(&b.seqs)?;
+        self.metrics.uplink_records.inc_by(b.seqs.len() as u64);
+        self.metrics.uplink_bytes.inc_by(b.payload_bytes);
+        Ok(())
+    }
+}

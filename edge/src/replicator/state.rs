@@ -1,0 +1,246 @@
+//! Replicator state without I/O: which records go in which Produce batch, in what order.
+//!
+//! Per Kafka topic (partition 0, so per-topic order is total) the state keeps:
+//! - `batches`: Produce batches with a persisted descriptor, oldest first; each is
+//!   (re)sent with the same bytes until acknowledged;
+//! - `restored`: descriptors loaded at start whose records are still being read back;
+//! - `unsent`: records read from the buffer that have no batch yet.
+//!
+//! Invariants: a topic's records are batched in buffer-sequence order; no new batch is cut
+//! while a restored descriptor of that topic is incomplete; at most `max_in_flight`
+//! batches per topic are on the wire.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+use common::headers;
+use common::kafka::BatchRecord;
+
+use crate::buffer::uplink::Inflight;
+use crate::buffer::Record;
+
+/// A Produce batch with a persisted descriptor.
+#[derive(Debug, Clone)]
+pub struct OutBatch {
+    /// Producer sequence of its first record.
+    pub base: i32,
+    /// Buffer sequences, in order.
+    pub seqs: Vec<u64>,
+    /// Payload bytes (for metrics).
+    pub payload_bytes: u64,
+    /// The encoded RecordBatch, resent unchanged.
+    pub encoded: Bytes,
+    /// Whether it is on the wire in the current session.
+    pub sent: bool,
+}
+
+/// A descriptor from before a restart, being refilled.
+#[derive(Debug)]
+pub struct Restored {
+    /// The descriptor.
+    pub desc: Inflight,
+    /// Records found so far, by position.
+    pub slots: Vec<Option<Record>>,
+}
+
+/// One topic's state.
+#[derive(Debug, Default)]
+pub struct TopicState {
+    /// The MQTT name (for logs).
+    pub mqtt: String,
+    /// Highest acknowledged buffer sequence.
+    pub acked_through: Option<u64>,
+    /// Batches with descriptors, oldest first.
+    pub batches: VecDeque<OutBatch>,
+    /// Restored descriptors, oldest first.
+    pub restored: VecDeque<Restored>,
+    /// Records without a batch.
+    pub unsent: VecDeque<Record>,
+    /// Bytes in `unsent`.
+    pub unsent_bytes: usize,
+    /// Leader address, once looked up in this session.
+    pub leader: Option<String>,
+}
+
+/// All topics plus the index of restored descriptors.
+#[derive(Debug, Default)]
+pub struct State {
+    /// Kafka topic -> state.
+    pub topics: HashMap<String, TopicState>,
+    /// Buffer sequence -> (Kafka topic, descriptor index, slot).
+    pub expected: HashMap<u64, (String, usize)>,
+    /// Total bytes held in `unsent` queues.
+    pub unsent_bytes: usize,
+}
+
+/// What to do with a record read from the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Placed {
+    /// Already acknowledged before a restart: release it.
+    AlreadyAcked,
+    /// Queued for sending.
+    Queued,
+}
+
+impl State {
+    /// Registers descriptors found at start.
+    pub fn restore(&mut self, descs: Vec<Inflight>) {
+        for d in descs {
+            let t = self.topics.entry(d.topic.clone()).or_default();
+            for (slot, seq) in d.seqs.iter().enumerate() {
+                self.expected.insert(*seq, (d.topic.clone(), slot));
+            }
+            t.restored.push_back(Restored {
+                slots: vec![None; d.seqs.len()],
+                desc: d,
+            });
+        }
+    }
+
+    /// Places a record read from the buffer.
+    pub fn place(&mut self, kafka_topic: String, rec: Record) -> Placed {
+        let t = self.topics.entry(kafka_topic.clone()).or_default();
+        if t.mqtt.is_empty() {
+            t.mqtt = rec.topic.clone();
+        }
+        if t.acked_through.is_some_and(|a| rec.seq <= a) {
+            return Placed::AlreadyAcked;
+        }
+        if let Some((_, slot)) = self.expected.remove(&rec.seq) {
+            if let Some(r) = t
+                .restored
+                .iter_mut()
+                .find(|r| r.desc.seqs.get(slot) == Some(&rec.seq))
+            {
+                r.slots[slot] = Some(rec);
+                return Placed::Queued;
+            }
+        }
+        let size = rec.encoded_len();
+        t.unsent_bytes += size;
+        self.unsent_bytes += size;
+        t.unsent.push_back(rec);
+        Placed::Queued
+    }
+
+    /// Marks every restored descriptor whose records the reader has passed as complete
+    /// (records lost to corruption are left out, with a log line).
+    pub fn finish_restored(&mut self, read_through: Option<u64>, all_read: bool) {
+        for t in self.topics.values_mut() {
+            for r in &mut t.restored {
+                let max = r.desc.seqs.iter().max().copied();
+                let passed = all_read || read_through.is_some_and(|c| max.is_some_and(|m| m <= c));
+                if passed && r.slots.iter().any(Option::is_none) {
+                    tracing::error!(topic = %r.desc.topic, base = r.desc.base_seq, "in-flight batch lost records; resending the rest");
+                    for (slot, seq) in r.desc.seqs.iter().enumerate() {
+                        if r.slots[slot].is_none() {
+                            self.expected.remove(seq);
+                        }
+                    }
+                    r.desc.seqs = r
+                        .desc
+                        .seqs
+                        .iter()
+                        .zip(&r.slots)
+                        .filter(|(_, s)| s.is_some())
+                        .map(|(q, _)| *q)
+                        .collect();
+                    r.slots.retain(Option::is_some);
+                }
+            }
+        }
+    }
+}
+
+/// Converts a buffered record to a Kafka record per the header contract.
+pub fn to_batch_record(rec: &Record, edge_id: &str) -> BatchRecord {
+    let mut h: Vec<(String, Option<Bytes>)> = Vec::with_capacity(8 + rec.props.user.len());
+    let b = |s: &str| Some(Bytes::copy_from_slice(s.as_bytes()));
+    h.push((headers::MQTT_TOPIC.into(), b(&rec.topic)));
+    h.push((headers::MQTT_QOS.into(), b(&rec.qos.to_string())));
+    h.push((
+        headers::MQTT_RETAIN.into(),
+        Some(Bytes::from_static(headers::bool_value(rec.retain))),
+    ));
+    if let Some(ct) = &rec.props.content_type {
+        h.push((headers::MQTT_CONTENT_TYPE.into(), b(ct)));
+    }
+    if let Some(pf) = rec.props.payload_format {
+        h.push((headers::MQTT_PAYLOAD_FORMAT.into(), b(&pf.to_string())));
+    }
+    if let Some(rt) = &rec.props.response_topic {
+        h.push((headers::MQTT_RESPONSE_TOPIC.into(), b(rt)));
+    }
+    if let Some(cd) = &rec.props.correlation_data {
+        h.push((headers::MQTT_CORRELATION_DATA.into(), Some(cd.clone())));
+    }
+    for (k, v) in &rec.props.user {
+        h.push((headers::user_property(k), b(v)));
+    }
+    h.push((headers::EDGE_ID.into(), b(edge_id)));
+    h.push((headers::EDGE_SEQ.into(), b(&rec.seq.to_string())));
+    h.push((
+        headers::EDGE_CLOCK_SYNCED.into(),
+        Some(Bytes::from_static(headers::bool_value(rec.clock_synced))),
+    ));
+    BatchRecord {
+        key: rec.key.clone(),
+        value: Some(rec.payload.clone()),
+        headers: h,
+        timestamp_ms: rec.recv_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(seq: u64) -> Record {
+        Record {
+            seq,
+            topic: "a/b".into(),
+            ..Record::default()
+        }
+    }
+
+    #[test]
+    fn restored_descriptors_collect_their_records() {
+        let mut s = State::default();
+        s.restore(vec![Inflight {
+            topic: "a.b".into(),
+            partition: 0,
+            base_seq: 7,
+            seqs: vec![3, 5],
+        }]);
+        s.topics.get_mut("a.b").unwrap().acked_through = Some(2);
+        assert_eq!(s.place("a.b".into(), rec(1)), Placed::AlreadyAcked);
+        assert_eq!(s.place("a.b".into(), rec(3)), Placed::Queued);
+        assert_eq!(s.place("a.b".into(), rec(4)), Placed::Queued);
+        assert_eq!(s.place("a.b".into(), rec(5)), Placed::Queued);
+        let t = &s.topics["a.b"];
+        assert!(t.restored[0].slots.iter().all(Option::is_some));
+        assert_eq!(t.unsent.len(), 1);
+        assert_eq!(t.unsent[0].seq, 4);
+    }
+
+    #[test]
+    fn header_contract() {
+        let mut r = rec(9);
+        r.qos = 1;
+        r.props.user.push(("k".into(), "v".into()));
+        let br = to_batch_record(&r, "e1");
+        let names: Vec<&str> = br.headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "mqtt.topic",
+                "mqtt.qos",
+                "mqtt.retain",
+                "mqtt.user.k",
+                "edge.id",
+                "edge.seq",
+                "edge.clock_synced"
+            ]
+        );
+    }
+}
