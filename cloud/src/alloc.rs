@@ -117,7 +117,10 @@ mod tests {
             assert!(!p.is_null());
             assert_eq!(*p.add(99), 0);
             let q = a.realloc(p, layout, HUGE + 1);
-            assert!(!q.is_null(), "growing across the threshold moves to a mapping");
+            assert!(
+                !q.is_null(),
+                "growing across the threshold moves to a mapping"
+            );
             a.dealloc(q, Layout::from_size_align(HUGE + 1, 16).expect("layout"));
         }
     }

@@ -13,9 +13,16 @@ use crate::storage::SyncPolicy;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{file}: cannot read: {source}")]
-    Read { file: String, source: std::io::Error },
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
     #[error("{file}: {key}: {reason}")]
-    Invalid { file: String, key: String, reason: String },
+    Invalid {
+        file: String,
+        key: String,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -93,13 +100,21 @@ impl Default for KafkaConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { sync: "group".into(), sync_interval_ms: 100, retention_check_interval_ms: 300_000 }
+        StorageConfig {
+            sync: "group".into(),
+            sync_interval_ms: 100,
+            retention_check_interval_ms: 300_000,
+        }
     }
 }
 
 impl Default for GroupsConfig {
     fn default() -> Self {
-        GroupsConfig { initial_rebalance_delay_ms: 3_000, min_session_timeout_ms: 1_000, max_session_timeout_ms: 300_000 }
+        GroupsConfig {
+            initial_rebalance_delay_ms: 3_000,
+            min_session_timeout_ms: 1_000,
+            max_session_timeout_ms: 300_000,
+        }
     }
 }
 
@@ -107,18 +122,29 @@ impl Config {
     /// Loads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
         Self::parse(&text, &file)
     }
 
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let invalid = |key: String, reason: String| ConfigError::Invalid { file: file.to_string(), key, reason };
+        let invalid = |key: String, reason: String| ConfigError::Invalid {
+            file: file.to_string(),
+            key,
+            reason,
+        };
         let de = serde_yaml::Deserializer::from_str(text);
         let cfg: Config = match serde_path_to_error::deserialize(de) {
             Ok(c) => c,
             Err(e) => {
                 let key = e.path().to_string();
-                let key = if key == "." { "(top level)".to_string() } else { key };
+                let key = if key == "." {
+                    "(top level)".to_string()
+                } else {
+                    key
+                };
                 let mut reason = e.into_inner().to_string();
                 // serde_yaml appends " at line N column M"; keep it: it helps.
                 if reason.is_empty() {
@@ -133,7 +159,10 @@ impl Config {
 
     fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.kafka.max_frame_bytes < 1024 || self.kafka.max_frame_bytes > i32::MAX as u64 {
-            return Err(("kafka.max_frame_bytes", "must be between 1024 and 2147483647".into()));
+            return Err((
+                "kafka.max_frame_bytes",
+                "must be between 1024 and 2147483647".into(),
+            ));
         }
         if self.kafka.default_partitions == 0 {
             return Err(("kafka.default_partitions", "must be at least 1".into()));
@@ -146,10 +175,16 @@ impl Config {
         }
         self.sync_policy()?;
         if self.storage.retention_check_interval_ms == 0 {
-            return Err(("storage.retention_check_interval_ms", "must be at least 1".into()));
+            return Err((
+                "storage.retention_check_interval_ms",
+                "must be at least 1".into(),
+            ));
         }
         if self.groups.min_session_timeout_ms > self.groups.max_session_timeout_ms {
-            return Err(("groups.min_session_timeout_ms", "must not exceed groups.max_session_timeout_ms".into()));
+            return Err((
+                "groups.min_session_timeout_ms",
+                "must not exceed groups.max_session_timeout_ms".into(),
+            ));
         }
         self.mqtt.validate()?;
         if self.data_dir.as_os_str().is_empty() {
@@ -162,11 +197,17 @@ impl Config {
         match self.storage.sync.as_str() {
             "group" => Ok(SyncPolicy::Group),
             "none" => Ok(SyncPolicy::None),
-            "interval" if self.storage.sync_interval_ms == 0 => {
-                Err(("storage.sync_interval_ms", "must be at least 1 with sync: interval".into()))
-            }
-            "interval" => Ok(SyncPolicy::Interval(Duration::from_millis(self.storage.sync_interval_ms))),
-            other => Err(("storage.sync", format!("unknown policy {other:?}; expected group, interval or none"))),
+            "interval" if self.storage.sync_interval_ms == 0 => Err((
+                "storage.sync_interval_ms",
+                "must be at least 1 with sync: interval".into(),
+            )),
+            "interval" => Ok(SyncPolicy::Interval(Duration::from_millis(
+                self.storage.sync_interval_ms,
+            ))),
+            other => Err((
+                "storage.sync",
+                format!("unknown policy {other:?}; expected group, interval or none"),
+            )),
         }
     }
 }
@@ -176,7 +217,9 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        Config::parse(text, "cloud.yaml").expect_err("must fail").to_string()
+        Config::parse(text, "cloud.yaml")
+            .expect_err("must fail")
+            .to_string()
     }
 
     #[test]
@@ -193,7 +236,10 @@ mod tests {
         let e = err("kafka:\n  lisen: 127.0.0.1:1\n");
         assert!(e.contains("unknown field") && e.contains("lisen"), "{e}");
         let e = err("storage:\n  sync: sometimes\n");
-        assert!(e.starts_with("cloud.yaml: storage.sync: unknown policy"), "{e}");
+        assert!(
+            e.starts_with("cloud.yaml: storage.sync: unknown policy"),
+            "{e}"
+        );
         let e = err("kafka:\n  max_frame_bytes: 10\n");
         assert!(e.contains("kafka.max_frame_bytes"), "{e}");
         let e = err("groups:\n  min_session_timeout_ms: 10\n  max_session_timeout_ms: 5\n");

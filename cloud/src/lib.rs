@@ -28,13 +28,26 @@ pub use config::Config;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot create data directory {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot open the store in {path}: {source}")]
-    Store { path: String, source: storage::Error },
+    Store {
+        path: String,
+        source: storage::Error,
+    },
     #[error("cannot listen on {addr} (kafka.listen): {source}")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr} ({key}): {source}")]
-    MqttListen { addr: String, key: &'static str, source: std::io::Error },
+    MqttListen {
+        addr: String,
+        key: &'static str,
+        source: std::io::Error,
+    },
     #[error("mqtt.tls: {0}")]
     MqttTls(#[from] mqtt::TlsError),
     #[error("cannot load the mqtt view of the store: {0}")]
@@ -60,37 +73,69 @@ impl Running {
 /// Opens the store and binds the listener; call [`Running::serve`] to serve.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let dir = config.data_dir.clone();
-    std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir { path: dir.display().to_string(), source })?;
+    std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    })?;
     let policy = config.sync_policy().unwrap_or(storage::SyncPolicy::Group);
     let store_dir = dir.join("store");
-    let store = Arc::new(
-        storage::Store::open(&store_dir, policy)
-            .map_err(|source| StartError::Store { path: store_dir.display().to_string(), source })?,
-    );
+    let store =
+        Arc::new(
+            storage::Store::open(&store_dir, policy).map_err(|source| StartError::Store {
+                path: store_dir.display().to_string(),
+                source,
+            })?,
+        );
     let log = Arc::new(
-        log::Log::open(store.clone()).map_err(|source| StartError::Store { path: store_dir.display().to_string(), source })?,
+        log::Log::open(store.clone()).map_err(|source| StartError::Store {
+            path: store_dir.display().to_string(),
+            source,
+        })?,
     );
     let g = &config.groups;
     let groups = Arc::new(groups::Coordinator::new(
         store.clone(),
         Duration::from_millis(g.initial_rebalance_delay_ms),
-        (Duration::from_millis(g.min_session_timeout_ms), Duration::from_millis(g.max_session_timeout_ms)),
+        (
+            Duration::from_millis(g.min_session_timeout_ms),
+            Duration::from_millis(g.max_session_timeout_ms),
+        ),
     ));
     let listener = TcpListener::bind(config.kafka.listen)
         .await
-        .map_err(|source| StartError::Listen { addr: config.kafka.listen.to_string(), source })?;
-    let kafka_addr = listener
-        .local_addr()
-        .map_err(|source| StartError::Listen { addr: config.kafka.listen.to_string(), source })?;
-    let host = config.kafka.advertised_host.clone().unwrap_or_else(|| kafka_addr.ip().to_string());
-    let node = broker::Node { host, port: kafka_addr.port() as i32 };
+        .map_err(|source| StartError::Listen {
+            addr: config.kafka.listen.to_string(),
+            source,
+        })?;
+    let kafka_addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.kafka.listen.to_string(),
+        source,
+    })?;
+    let host = config
+        .kafka
+        .advertised_host
+        .clone()
+        .unwrap_or_else(|| kafka_addr.ip().to_string());
+    let node = broker::Node {
+        host,
+        port: kafka_addr.port() as i32,
+    };
     let retention_every = Duration::from_millis(config.storage.retention_check_interval_ms);
-    let mqtt_hub = mqtt::Hub::open(log.clone(), config.mqtt.clone()).map_err(|e| StartError::Mqtt(e.to_string()))?;
+    let mqtt_hub = mqtt::Hub::open(log.clone(), config.mqtt.clone())
+        .map_err(|e| StartError::Mqtt(e.to_string()))?;
     let bind_mqtt = |addr: std::net::SocketAddr, key: &'static str| async move {
         let l = TcpListener::bind(addr)
             .await
-            .map_err(|source| StartError::MqttListen { addr: addr.to_string(), key, source })?;
-        let a = l.local_addr().map_err(|source| StartError::MqttListen { addr: addr.to_string(), key, source })?;
+            .map_err(|source| StartError::MqttListen {
+                addr: addr.to_string(),
+                key,
+                source,
+            })?;
+        let a = l.local_addr().map_err(|source| StartError::MqttListen {
+            addr: addr.to_string(),
+            key,
+            source,
+        })?;
         Ok::<_, StartError>((l, a))
     };
     let mqtt_listener = match config.mqtt.listen {
@@ -109,7 +154,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let broker = Arc::new(
         broker::Broker::new(store.clone(), log.clone(), groups.clone(), config, node)
             .await
-            .map_err(|source| StartError::Store { path: store_dir.display().to_string(), source })?,
+            .map_err(|source| StartError::Store {
+                path: store_dir.display().to_string(),
+                source,
+            })?,
     );
     tracing::info!(topics = log.topic_count(), "store opened");
     let serve = async move {
@@ -131,5 +179,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         });
         server::serve(listener, broker).await;
     };
-    Ok(Running { kafka_addr, mqtt_addr, mqtts_addr, serve: Box::pin(serve) })
+    Ok(Running {
+        kafka_addr,
+        mqtt_addr,
+        mqtts_addr,
+        serve: Box::pin(serve),
+    })
 }

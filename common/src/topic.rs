@@ -334,3 +334,44 @@ mod tests {
         }
     }
 }
+
+/// Whether an MQTT topic name matches a topic filter (MQTT 3.1.1 section 4.7, MQTT 5
+/// section 4.7): `+` matches one level, `#` the rest (including the parent level), and
+/// topics starting with `$` are not matched by a filter starting with a wildcard. Shared
+/// by the edge (uplink filters) and the cloud (subscriptions) so both agree exactly.
+pub fn matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('#') || filter.starts_with('+')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod matches_tests {
+    use super::matches;
+
+    #[test]
+    fn filter_rules() {
+        assert!(matches("#", "a/b"));
+        assert!(matches("a/#", "a"));
+        assert!(matches("a/#", "a/b/c"));
+        assert!(matches("a/+/c", "a/b/c"));
+        assert!(!matches("a/+/c", "a/b/d"));
+        assert!(!matches("a/+", "a/b/c"));
+        assert!(matches("+/+", "/x"));
+        assert!(!matches("#", "$SYS/x"));
+        assert!(!matches("+/x", "$SYS/x"));
+        assert!(matches("$SYS/#", "$SYS/x"));
+        assert!(!matches("a/b", "a"));
+    }
+}

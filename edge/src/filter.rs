@@ -13,24 +13,7 @@ pub fn is_valid_filter(filter: &str) -> bool {
     })
 }
 
-/// Whether `topic` matches `filter` (MQTT 3.1.1 section 4.7; `$` topics do not match
-/// filters starting with a wildcard).
-pub fn matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('#') || filter.starts_with('+')) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
+pub use common::topic::matches;
 
 /// Uplink filters with priorities; the first matching filter wins.
 #[derive(Debug, Clone, Default)]

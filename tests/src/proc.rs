@@ -23,17 +23,27 @@ pub fn cloud_bin() -> Result<PathBuf> {
 
 pub struct Cloud {
     pub child: Child,
+    /// The Kafka listener.
     pub addr: String,
+    /// The MQTT listener.
+    pub mqtt_addr: String,
 }
 
 impl Cloud {
-    /// Starts the cloud on 127.0.0.1:0 with `extra_yaml` appended to a config in `dir`.
+    /// Starts the cloud with every listener on 127.0.0.1:0 and `extra_yaml` appended to
+    /// its config in `dir` (an `mqtt:` section there replaces the default one, and must
+    /// keep a plain listener). Waits until both listeners are announced.
     pub fn start(dir: &Path, extra_yaml: &str) -> Result<Cloud> {
         let cfg = dir.join("cloud.yaml");
+        let mqtt = if extra_yaml.contains("mqtt:") {
+            ""
+        } else {
+            "mqtt:\n  listen: 127.0.0.1:0\n"
+        };
         std::fs::write(
             &cfg,
             format!(
-                "data_dir: {}\nkafka:\n  listen: 127.0.0.1:0\nmqtt:\n  listen: 127.0.0.1:0\n{extra_yaml}",
+                "data_dir: {}\nkafka:\n  listen: 127.0.0.1:0\n{mqtt}{extra_yaml}",
                 dir.join("data").display()
             ),
         )?;
@@ -45,18 +55,25 @@ impl Cloud {
             .spawn()?;
         let stdout = child.stdout.take().context("stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
+        let (mut addr, mut mqtt_addr) = (None, None);
+        while addr.is_none() || mqtt_addr.is_none() {
             let Some(line) = lines.next() else {
                 bail!("cloud exited before listening")
             };
             let line = line?;
             if let Some(a) = line.strip_prefix("listening kafka ") {
-                break a.trim().to_string();
+                addr = Some(a.trim().to_string());
+            } else if let Some(a) = line.strip_prefix("listening mqtt ") {
+                mqtt_addr = Some(a.trim().to_string());
             }
-        };
+        }
         // Keep draining stdout so the broker never writes into a closed pipe.
         std::thread::spawn(move || for _ in lines {});
-        Ok(Cloud { child, addr })
+        Ok(Cloud {
+            child,
+            addr: addr.unwrap_or_default(),
+            mqtt_addr: mqtt_addr.unwrap_or_default(),
+        })
     }
 
     pub fn pid(&self) -> u32 {

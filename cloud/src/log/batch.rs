@@ -94,7 +94,12 @@ pub(crate) fn verify_crc(b: &[u8]) -> Result<(), BatchError> {
     if b.len() < HEADER_LEN {
         return Err(BatchError::Truncated("batch shorter than its header"));
     }
-    let stored = u32::from_be_bytes([b[CRC_OFFSET], b[CRC_OFFSET + 1], b[CRC_OFFSET + 2], b[CRC_OFFSET + 3]]);
+    let stored = u32::from_be_bytes([
+        b[CRC_OFFSET],
+        b[CRC_OFFSET + 1],
+        b[CRC_OFFSET + 2],
+        b[CRC_OFFSET + 3],
+    ]);
     if crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]) != stored {
         return Err(BatchError::Crc);
     }
@@ -139,7 +144,8 @@ pub(crate) fn with_base_offset(batch: &[u8], base: u64) -> Bytes {
 mod tests {
     use super::*;
     use kafka_protocol::records::{
-        Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+        TimestampType,
     };
     use proptest::prelude::*;
 
@@ -162,8 +168,15 @@ mod tests {
             })
             .collect();
         let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression })
-            .expect("encode");
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression,
+            },
+        )
+        .expect("encode");
         buf.freeze()
     }
 
@@ -179,7 +192,10 @@ mod tests {
     #[test]
     fn truncated_set_is_rejected() {
         let b = encode(3, Compression::None, -1, -1);
-        assert!(matches!(split(&b.slice(..b.len() - 1)), Err(BatchError::Truncated(_))));
+        assert!(matches!(
+            split(&b.slice(..b.len() - 1)),
+            Err(BatchError::Truncated(_))
+        ));
     }
 
     proptest! {
@@ -225,16 +241,31 @@ mod edge_interop {
             .map(|i| BatchRecord {
                 key: Some(Bytes::from(format!("cam{i}"))),
                 value: Some(Bytes::from(vec![b'x'; 100 + i])),
-                headers: vec![("mqtt.topic".into(), Some(Bytes::from_static(b"a/b"))), ("mqtt.qos".into(), Some(Bytes::from_static(b"1")))],
+                headers: vec![
+                    ("mqtt.topic".into(), Some(Bytes::from_static(b"a/b"))),
+                    ("mqtt.qos".into(), Some(Bytes::from_static(b"1"))),
+                ],
                 timestamp_ms: 1_700_000_000_000 + i as i64,
             })
             .collect();
         for c in [Compression::None, Compression::Zstd, Compression::Lz4] {
-            let b = encode_batch(&records, ProducerState { producer_id: 7, producer_epoch: 0 }, 100, c).expect("encode");
+            let b = encode_batch(
+                &records,
+                ProducerState {
+                    producer_id: 7,
+                    producer_epoch: 0,
+                },
+                100,
+                c,
+            )
+            .expect("encode");
             let batches = split(&b).expect("split");
             assert_eq!(batches.len(), 1, "{c:?}");
             let h = BatchHeader::parse(&batches[0]).expect("header");
-            assert_eq!((h.producer_id, h.base_sequence, h.offset_count()), (7, 100, 50));
+            assert_eq!(
+                (h.producer_id, h.base_sequence, h.offset_count()),
+                (7, 100, 50)
+            );
         }
     }
 }

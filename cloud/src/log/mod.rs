@@ -54,20 +54,34 @@ pub(crate) struct Topic {
 
 impl Topic {
     pub(crate) fn partition_count(&self) -> u32 {
-        self.partitions.read().unwrap_or_else(|p| p.into_inner()).len() as u32
+        self.partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len() as u32
     }
 
     /// The topic's explicit configs (defaults not included).
     pub(crate) fn configs(&self) -> BTreeMap<String, String> {
-        self.configs.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.configs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A config value, falling back to the default.
     pub(crate) fn config(&self, key: &str) -> Option<String> {
-        if let Some(v) = self.configs.read().unwrap_or_else(|p| p.into_inner()).get(key) {
+        if let Some(v) = self
+            .configs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+        {
             return Some(v.clone());
         }
-        TOPIC_CONFIG_DEFAULTS.iter().find(|(k, _)| *k == key).map(|(_, v)| v.to_string())
+        TOPIC_CONFIG_DEFAULTS
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
     }
 
     /// A stable 16-byte topic id derived from the numeric id.
@@ -79,7 +93,12 @@ impl Topic {
     }
 
     fn record(&self) -> TopicRecord {
-        TopicRecord { id: self.id, name: self.name.to_string(), partitions: self.partition_count(), configs: self.configs() }
+        TopicRecord {
+            id: self.id,
+            name: self.name.to_string(),
+            partitions: self.partition_count(),
+            configs: self.configs(),
+        }
     }
 }
 
@@ -91,14 +110,20 @@ pub(crate) fn validate_name(name: &str) -> Result<(), TopicError> {
     if name == "." || name == ".." {
         return Err(TopicError::InvalidName("'.' and '..' are not allowed"));
     }
-    if !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-') {
+    if !name
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-')
+    {
         return Err(TopicError::InvalidName("only [a-zA-Z0-9._-] are allowed"));
     }
     Ok(())
 }
 
 fn validate_config(key: &str, value: &str) -> Result<(), TopicError> {
-    let bad = |reason: &str| TopicError::InvalidConfig { key: key.to_string(), reason: reason.to_string() };
+    let bad = |reason: &str| TopicError::InvalidConfig {
+        key: key.to_string(),
+        reason: reason.to_string(),
+    };
     match key {
         "retention.ms" | "retention.bytes" => {
             let v: i64 = value.parse().map_err(|_| bad("not an integer"))?;
@@ -160,7 +185,11 @@ impl Log {
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<Arc<Topic>> {
-        self.topics.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+        self.topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
     }
 
     /// Bumped on every create, delete or partition change; keys cached views.
@@ -174,13 +203,23 @@ impl Log {
 
     /// All topics, sorted by name.
     pub(crate) fn all(&self) -> Vec<Arc<Topic>> {
-        let mut v: Vec<Arc<Topic>> = self.topics.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let mut v: Vec<Arc<Topic>> = self
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
 
     /// The partition's log, loading it on first use.
-    pub(crate) fn partition(&self, topic: &Topic, index: i32) -> Result<Arc<PartitionLog>, TopicError> {
+    pub(crate) fn partition(
+        &self,
+        topic: &Topic,
+        index: i32,
+    ) -> Result<Arc<PartitionLog>, TopicError> {
         if index < 0 {
             return Err(TopicError::Unknown);
         }
@@ -205,7 +244,11 @@ impl Log {
 
     /// Validates and creates topics in one durable metadata write. Returns one result per
     /// input, in order. `validate_only` checks without creating.
-    pub(crate) async fn create(&self, topics: Vec<NewTopic>, validate_only: bool) -> Vec<Result<(), TopicError>> {
+    pub(crate) async fn create(
+        &self,
+        topics: Vec<NewTopic>,
+        validate_only: bool,
+    ) -> Vec<Result<(), TopicError>> {
         let _admin = self.admin.lock().await;
         let mut results = Vec::with_capacity(topics.len());
         let mut set = WriteSet::default();
@@ -215,7 +258,10 @@ impl Log {
             let r = (|| {
                 validate_name(&t.name)?;
                 if t.partitions == 0 || t.partitions > 100_000 {
-                    return Err(TopicError::InvalidPartitions(format!("{} is not in 1..=100000", t.partitions)));
+                    return Err(TopicError::InvalidPartitions(format!(
+                        "{} is not in 1..=100000",
+                        t.partitions
+                    )));
                 }
                 for (k, v) in &t.configs {
                     validate_config(k, v)?;
@@ -227,7 +273,12 @@ impl Log {
             })();
             if r.is_ok() && !validate_only {
                 let id = self.next_id.fetch_add(1, Ordering::AcqRel);
-                let rec = TopicRecord { id, name: t.name.clone(), partitions: t.partitions, configs: t.configs };
+                let rec = TopicRecord {
+                    id,
+                    name: t.name.clone(),
+                    partitions: t.partitions,
+                    configs: t.configs,
+                };
                 set.put_topic(&rec);
                 created.push(rec);
             }
@@ -237,7 +288,10 @@ impl Log {
             return results;
         }
         if let Err(e) = self.store.write(set, true).await {
-            return results.into_iter().map(|r| r.and(Err(TopicError::Storage(e.clone())))).collect();
+            return results
+                .into_iter()
+                .map(|r| r.and(Err(TopicError::Storage(e.clone()))))
+                .collect();
         }
         let mut map = self.topics.write().unwrap_or_else(|p| p.into_inner());
         for r in created {
@@ -261,13 +315,21 @@ impl Log {
         let mut set = WriteSet::default();
         set.delete_topic(&topic.record());
         self.store.write(set, true).await?;
-        self.topics.write().unwrap_or_else(|p| p.into_inner()).remove(name);
+        self.topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
     /// Raises a topic's partition count to `count`.
-    pub(crate) async fn add_partitions(&self, name: &str, count: u32, validate_only: bool) -> Result<(), TopicError> {
+    pub(crate) async fn add_partitions(
+        &self,
+        name: &str,
+        count: u32,
+        validate_only: bool,
+    ) -> Result<(), TopicError> {
         let _admin = self.admin.lock().await;
         let topic = self.get(name).ok_or(TopicError::Unknown)?;
         let current = topic.partition_count();
@@ -284,7 +346,11 @@ impl Log {
         let mut set = WriteSet::default();
         set.put_topic(&rec);
         self.store.write(set, true).await?;
-        topic.partitions.write().unwrap_or_else(|p| p.into_inner()).resize(count as usize, None);
+        topic
+            .partitions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .resize(count as usize, None);
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
@@ -297,6 +363,12 @@ impl Log {
 
     /// Loaded partitions of a topic (for retention).
     pub(crate) fn loaded_partition(&self, topic: &Topic, index: u32) -> Option<Arc<PartitionLog>> {
-        topic.partitions.read().unwrap_or_else(|p| p.into_inner()).get(index as usize).cloned().flatten()
+        topic
+            .partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(index as usize)
+            .cloned()
+            .flatten()
     }
 }

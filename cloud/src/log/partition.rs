@@ -70,12 +70,20 @@ fn end_of(base: u64, b: &[u8]) -> u64 {
 }
 
 impl PartitionLog {
-    pub(crate) fn load(store: &Store, topic_id: u32, index: u32) -> Result<PartitionLog, storage::Error> {
+    pub(crate) fn load(
+        store: &Store,
+        topic_id: u32,
+        index: u32,
+    ) -> Result<PartitionLog, storage::Error> {
         let (next, start, producers) = Self::recover(store, topic_id, index)?;
         Ok(PartitionLog {
             topic_id,
             index,
-            state: Mutex::new(State { next_offset: next, producers, reload: false }),
+            state: Mutex::new(State {
+                next_offset: next,
+                producers,
+                reload: false,
+            }),
             visible: AtomicU64::new(next),
             log_start: AtomicU64::new(start),
             waiters: Mutex::new(Vec::new()),
@@ -87,15 +95,26 @@ impl PartitionLog {
         topic_id: u32,
         index: u32,
     ) -> Result<(u64, u64, HashMap<i64, ProducerState>), storage::Error> {
-        let next = store.log_last(topic_id, index)?.map(|(base, b)| end_of(base, &b)).unwrap_or(0);
-        let start = store.log_first(topic_id, index)?.map(|(base, _)| base).unwrap_or(next);
+        let next = store
+            .log_last(topic_id, index)?
+            .map(|(base, b)| end_of(base, &b))
+            .unwrap_or(0);
+        let start = store
+            .log_first(topic_id, index)?
+            .map(|(base, _)| base)
+            .unwrap_or(next);
         let mut producers = HashMap::new();
         for (pid, v) in store.producer_states(topic_id, index)? {
             match ProducerState::decode(&v) {
                 Some(s) => {
                     producers.insert(pid, s);
                 }
-                None => error!(topic_id, partition = index, producer_id = pid, "corrupt producer state skipped"),
+                None => error!(
+                    topic_id,
+                    partition = index,
+                    producer_id = pid,
+                    "corrupt producer state skipped"
+                ),
             }
         }
         Ok((next, start, producers))
@@ -114,7 +133,12 @@ impl PartitionLog {
     }
 
     /// Appends the batches of one produce request. `durable` asks for the sync policy.
-    pub(crate) async fn append(&self, store: &Store, batches: Vec<Bytes>, durable: bool) -> Result<Appended, AppendError> {
+    pub(crate) async fn append(
+        &self,
+        store: &Store,
+        batches: Vec<Bytes>,
+        durable: bool,
+    ) -> Result<Appended, AppendError> {
         let mut headers = Vec::with_capacity(batches.len());
         for b in &batches {
             let h = BatchHeader::parse(b)?;
@@ -137,10 +161,18 @@ impl PartitionLog {
             let mut touched = Vec::new();
             for (b, h) in batches.iter().zip(&headers) {
                 if h.producer_id >= 0 {
-                    match ProducerState::check(st.producers.get(&h.producer_id), h.producer_epoch, h.base_sequence) {
+                    match ProducerState::check(
+                        st.producers.get(&h.producer_id),
+                        h.producer_epoch,
+                        h.base_sequence,
+                    ) {
                         SeqCheck::Accept => {}
                         SeqCheck::Duplicate(e) => {
-                            first.get_or_insert(Appended { base_offset: e.base_offset, end_offset: e.end_offset, duplicate: true });
+                            first.get_or_insert(Appended {
+                                base_offset: e.base_offset,
+                                end_offset: e.end_offset,
+                                duplicate: true,
+                            });
                             continue;
                         }
                         SeqCheck::OutOfOrder => return Err(AppendError::OutOfOrderSequence),
@@ -149,14 +181,31 @@ impl PartitionLog {
                 }
                 let base = end;
                 end = base + h.offset_count();
-                set.put_log(self.topic_id, self.index, base, batch::with_base_offset(b, base));
+                set.put_log(
+                    self.topic_id,
+                    self.index,
+                    base,
+                    batch::with_base_offset(b, base),
+                );
                 if h.producer_id >= 0 {
                     let last_seq = h.base_sequence.wrapping_add(h.last_offset_delta);
-                    let e = SeqEntry { first_seq: h.base_sequence, last_seq, base_offset: base, end_offset: end };
-                    st.producers.entry(h.producer_id).or_default().record(h.producer_epoch, e);
+                    let e = SeqEntry {
+                        first_seq: h.base_sequence,
+                        last_seq,
+                        base_offset: base,
+                        end_offset: end,
+                    };
+                    st.producers
+                        .entry(h.producer_id)
+                        .or_default()
+                        .record(h.producer_epoch, e);
                     touched.push(h.producer_id);
                 }
-                first.get_or_insert(Appended { base_offset: base, end_offset: end, duplicate: false });
+                first.get_or_insert(Appended {
+                    base_offset: base,
+                    end_offset: end,
+                    duplicate: false,
+                });
             }
             for pid in touched {
                 if let Some(s) = st.producers.get(&pid) {
@@ -164,18 +213,27 @@ impl PartitionLog {
                 }
             }
             let Some(appended) = first else {
-                return Err(AppendError::Corrupt(batch::BatchError::Truncated("empty record set")));
+                return Err(AppendError::Corrupt(batch::BatchError::Truncated(
+                    "empty record set",
+                )));
             };
             if set.is_empty() {
                 drop(st);
                 return Ok(appended);
             }
             st.next_offset = end;
-            (store.submit(set, durable), Appended { end_offset: end, ..appended })
+            (
+                store.submit(set, durable),
+                Appended {
+                    end_offset: end,
+                    ..appended
+                },
+            )
         };
         match rx.await {
             Ok(Ok(())) => {
-                self.visible.fetch_max(appended.end_offset, Ordering::AcqRel);
+                self.visible
+                    .fetch_max(appended.end_offset, Ordering::AcqRel);
                 self.wake();
                 Ok(appended)
             }
@@ -192,12 +250,18 @@ impl PartitionLog {
 
     /// Reads whole batches containing offsets from `offset` below the high watermark,
     /// up to `max_bytes` (at least one batch when any is available).
-    pub(crate) fn read(&self, store: &Store, offset: u64, max_bytes: usize) -> Result<ReadResult, storage::Error> {
+    pub(crate) fn read(
+        &self,
+        store: &Store,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<ReadResult, storage::Error> {
         let hwm = self.high_watermark();
         let log_start = self.log_start();
         let mut batches = Vec::new();
         if offset < hwm {
-            let entries = store.log_read(self.topic_id, self.index, offset, max_bytes.max(1), 10_000)?;
+            let entries =
+                store.log_read(self.topic_id, self.index, offset, max_bytes.max(1), 10_000)?;
             let mut total = 0usize;
             for (base, b) in entries {
                 if base >= hwm {
@@ -213,7 +277,11 @@ impl PartitionLog {
                 batches.push(b);
             }
         }
-        Ok(ReadResult { batches, high_watermark: hwm, log_start })
+        Ok(ReadResult {
+            batches,
+            high_watermark: hwm,
+            log_start,
+        })
     }
 
     /// Registers `n` to be notified on the next append to this partition.

@@ -44,13 +44,21 @@ fn next_seq(s: i32) -> i32 {
 impl ProducerState {
     pub(crate) fn check(state: Option<&ProducerState>, epoch: i16, first_seq: i32) -> SeqCheck {
         let Some(s) = state else {
-            return if first_seq == 0 { SeqCheck::Accept } else { SeqCheck::OutOfOrder };
+            return if first_seq == 0 {
+                SeqCheck::Accept
+            } else {
+                SeqCheck::OutOfOrder
+            };
         };
         if epoch < s.epoch {
             return SeqCheck::StaleEpoch;
         }
         if epoch > s.epoch {
-            return if first_seq == 0 { SeqCheck::Accept } else { SeqCheck::OutOfOrder };
+            return if first_seq == 0 {
+                SeqCheck::Accept
+            } else {
+                SeqCheck::OutOfOrder
+            };
         }
         if let Some(dup) = s.batches.iter().find(|b| b.first_seq == first_seq) {
             return SeqCheck::Duplicate(*dup);
@@ -110,7 +118,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn entry(first: i32, last: i32, base: u64) -> SeqEntry {
-        SeqEntry { first_seq: first, last_seq: last, base_offset: base, end_offset: base + (last - first) as u64 + 1 }
+        SeqEntry {
+            first_seq: first,
+            last_seq: last,
+            base_offset: base,
+            end_offset: base + (last - first) as u64 + 1,
+        }
     }
 
     #[test]
@@ -120,7 +133,10 @@ mod tests {
         let mut s = ProducerState::default();
         s.record(0, entry(0, 9, 100));
         assert_eq!(ProducerState::check(Some(&s), 0, 10), SeqCheck::Accept);
-        assert_eq!(ProducerState::check(Some(&s), 0, 0), SeqCheck::Duplicate(entry(0, 9, 100)));
+        assert_eq!(
+            ProducerState::check(Some(&s), 0, 0),
+            SeqCheck::Duplicate(entry(0, 9, 100))
+        );
         assert_eq!(ProducerState::check(Some(&s), 0, 11), SeqCheck::OutOfOrder);
         assert_eq!(ProducerState::check(Some(&s), 1, 0), SeqCheck::Accept);
         assert_eq!(ProducerState::check(Some(&s), 1, 10), SeqCheck::OutOfOrder);
@@ -137,7 +153,10 @@ mod tests {
         }
         assert_eq!(s.batches.len(), KEPT_BATCHES);
         assert_eq!(ProducerState::check(Some(&s), 0, 2), SeqCheck::OutOfOrder);
-        assert!(matches!(ProducerState::check(Some(&s), 0, 3), SeqCheck::Duplicate(_)));
+        assert!(matches!(
+            ProducerState::check(Some(&s), 0, 3),
+            SeqCheck::Duplicate(_)
+        ));
     }
 
     #[test]

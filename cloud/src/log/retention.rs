@@ -40,16 +40,34 @@ pub(crate) async fn run(log: Arc<Log>, every: Duration) {
 }
 
 /// One pass over every topic; returns the number of batches deleted.
-pub(crate) fn sweep(log: &Log, rt: &tokio::runtime::Handle, now_ms: i64) -> Result<u64, storage::Error> {
+pub(crate) fn sweep(
+    log: &Log,
+    rt: &tokio::runtime::Handle,
+    now_ms: i64,
+) -> Result<u64, storage::Error> {
     let mut deleted = 0;
     for topic in log.all() {
-        let ms: i64 = topic.config("retention.ms").and_then(|v| v.parse().ok()).unwrap_or(-1);
-        let bytes: i64 = topic.config("retention.bytes").and_then(|v| v.parse().ok()).unwrap_or(-1);
+        let ms: i64 = topic
+            .config("retention.ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1);
+        let bytes: i64 = topic
+            .config("retention.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1);
         if ms < 0 && bytes < 0 {
             continue;
         }
         for p in 0..topic.partition_count() {
-            deleted += sweep_partition(log, rt, &topic, p, now_ms.saturating_sub(ms.max(0)), ms >= 0, bytes)?;
+            deleted += sweep_partition(
+                log,
+                rt,
+                &topic,
+                p,
+                now_ms.saturating_sub(ms.max(0)),
+                ms >= 0,
+                bytes,
+            )?;
         }
     }
     Ok(deleted)
@@ -101,7 +119,10 @@ fn sweep_partition(
                 }
                 break;
             };
-            let expired = by_time && BatchHeader::parse(b).map(|h| h.max_timestamp < cutoff_ms).unwrap_or(false);
+            let expired = by_time
+                && BatchHeader::parse(b)
+                    .map(|h| h.max_timestamp < cutoff_ms)
+                    .unwrap_or(false);
             let too_big = excess > 0;
             if !expired && !too_big {
                 break 'scan;

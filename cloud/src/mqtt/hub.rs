@@ -54,8 +54,12 @@ pub(crate) struct Attached {
 
 #[derive(Default)]
 struct Inner {
+    /// MQTT name -> log name. A log name's MQTT name is its decoding (see [`name_of`]),
+    /// except for hashed log names: their recorded aliases are in `hashed`.
+    ///
+    /// [`name_of`]: Hub::name_of
     topics: TopicIndex<Arc<str>>,
-    names: HashMap<Arc<str>, Arc<str>>,
+    hashed: HashMap<Arc<str>, Arc<str>>,
     subs: FilterIndex<u64>,
     conns: HashMap<u64, mpsc::UnboundedSender<Event>>,
     sessions: HashMap<String, Slot>,
@@ -70,11 +74,34 @@ pub(crate) struct Hub {
     created: Mutex<Option<broadcast::Receiver<Arc<str>>>>,
 }
 
-/// The MQTT name of a log topic: its reverse mapping, or a recorded alias.
-fn mqtt_name(log_name: &str, aliases: &HashMap<String, String>) -> Option<String> {
+/// The MQTT name of a log topic: its reverse mapping, or (`true`) a recorded alias.
+fn mqtt_name(log_name: &str, aliases: &HashMap<String, String>) -> Option<(String, bool)> {
+    match decoded(log_name) {
+        Some(t) => Some((t, false)),
+        None => aliases.get(log_name).map(|t| (t.clone(), true)),
+    }
+}
+
+/// The MQTT name a readable log name decodes to.
+fn decoded(log_name: &str) -> Option<String> {
     match common::topic::kafka_to_mqtt(log_name) {
         Ok(common::topic::Decoded::Topic(t)) => Some(t),
-        _ => aliases.get(log_name).cloned(),
+        _ => None,
+    }
+}
+
+impl Inner {
+    /// Indexes a log topic under its MQTT name `m` (an `alias`, or its decoding) unless
+    /// it is already; returns whether it was new.
+    fn add_topic(&mut self, log_name: &Arc<str>, m: &Arc<str>, alias: bool) -> bool {
+        if self.topics.get(m) == Some(log_name) {
+            return false;
+        }
+        self.topics.insert(m, log_name.clone());
+        if alias {
+            self.hashed.insert(log_name.clone(), m.clone());
+        }
+        true
     }
 }
 
@@ -84,10 +111,8 @@ impl Hub {
         let mut inner = Inner::default();
         let aliases: HashMap<String, String> = log.store.topic_aliases()?.into_iter().collect();
         for t in log.all() {
-            if let Some(m) = mqtt_name(&t.name, &aliases) {
-                let m: Arc<str> = m.into();
-                inner.topics.insert(&m, t.name.clone());
-                inner.names.insert(t.name.clone(), m);
+            if let Some((m, alias)) = mqtt_name(&t.name, &aliases) {
+                inner.add_topic(&t.name, &m.into(), alias);
             }
         }
         for (topic, v) in log.store.retained()? {
@@ -186,17 +211,15 @@ impl Hub {
                 .into_iter()
                 .collect(),
         };
-        let Some(m) = mqtt_name(log_name, &aliases) else {
+        let Some((m, alias)) = mqtt_name(log_name, &aliases) else {
             debug!(topic = %log_name, "log topic has no mqtt name");
             return;
         };
+        let m: Arc<str> = m.into();
         let mut g = self.lock();
-        if g.names.contains_key(log_name) {
+        if !g.add_topic(log_name, &m, alias) {
             return;
         }
-        let m: Arc<str> = m.into();
-        g.topics.insert(&m, log_name.clone());
-        g.names.insert(log_name.clone(), m.clone());
         let mut conns = Vec::new();
         g.subs.matching(&m, &mut conns);
         conns.sort_unstable();
@@ -213,7 +236,11 @@ impl Hub {
 
     /// The MQTT name of a log topic, if it has one.
     pub(crate) fn name_of(&self, log_name: &str) -> Option<Arc<str>> {
-        self.lock().names.get(log_name).cloned()
+        let Some(m) = decoded(log_name) else {
+            return self.lock().hashed.get(log_name).cloned();
+        };
+        let known = self.lock().topics.get(&m).is_some_and(|l| **l == *log_name);
+        known.then(|| m.into())
     }
 
     /// Registers a connection for `client_id`, taking over (and waiting for) a connection

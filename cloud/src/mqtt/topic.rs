@@ -58,23 +58,8 @@ pub(crate) fn shared(f: &str) -> Option<(&str, &str)> {
     Some((group, filter))
 }
 
-/// Whether `topic` matches `filter`.
-pub(crate) fn matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
+/// Whether `topic` matches `filter` (shared with the edge's uplink filters).
+pub(crate) use common::topic::matches;
 
 struct FilterNode<K> {
     children: HashMap<Box<str>, FilterNode<K>>,
@@ -195,15 +180,166 @@ impl<K: Clone + Eq + Hash> FilterIndex<K> {
     }
 }
 
+/// A topic level's name, stored inline when it fits (most levels do): no allocation.
+enum Label {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Box<str>),
+}
+
+/// Longest level name stored inline (the enum stays 24 bytes).
+const INLINE: usize = 22;
+
+impl Label {
+    fn new(s: &str) -> Label {
+        match u8::try_from(s.len()) {
+            Ok(len) if s.len() <= INLINE => {
+                let mut bytes = [0; INLINE];
+                bytes[..s.len()].copy_from_slice(s.as_bytes());
+                Label::Inline { len, bytes }
+            }
+            _ => Label::Heap(s.into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Always valid: the bytes were copied from a `str`.
+            Label::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Label::Heap(s) => s,
+        }
+    }
+}
+
+impl PartialEq for Label {
+    fn eq(&self, other: &Label) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Label {}
+
+impl Hash for Label {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<str> for Label {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// A node keeps up to this many children in a sorted slice, more in a hash map.
+const SMALL_MAX: usize = 16;
+/// A hash map that shrinks to this many children goes back to a sorted slice.
+const SMALL_AGAIN: usize = 8;
+
+/// The children of a [`TopicNode`]. Most nodes have one child or none (a million
+/// `agent/<id>/events` topics have a million one-child nodes), so the common case is a
+/// boxed slice sized exactly, searched by binary search, rather than a hash map.
+enum Children<V> {
+    Small(Box<[(Label, TopicNode<V>)]>),
+    // Boxed so a node's children take 16 bytes, not the 48 of an inline map.
+    #[allow(clippy::box_collection)]
+    Large(Box<HashMap<Label, TopicNode<V>>>),
+}
+
+impl<V> Default for Children<V> {
+    fn default() -> Self {
+        Children::Small(Box::default())
+    }
+}
+
+fn search<V>(s: &[(Label, TopicNode<V>)], name: &str) -> Result<usize, usize> {
+    s.binary_search_by(|(l, _)| l.as_str().cmp(name))
+}
+
+impl<V> Children<V> {
+    fn is_empty(&self) -> bool {
+        match self {
+            Children::Small(s) => s.is_empty(),
+            Children::Large(m) => m.is_empty(),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&TopicNode<V>> {
+        match self {
+            Children::Small(s) => search(s, name).ok().map(|i| &s[i].1),
+            Children::Large(m) => m.get(name),
+        }
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut TopicNode<V>> {
+        match self {
+            Children::Small(s) => search(s, name).ok().map(|i| &mut s[i].1),
+            Children::Large(m) => m.get_mut(name),
+        }
+    }
+
+    fn get_or_insert(&mut self, name: &str) -> &mut TopicNode<V> {
+        if let Children::Small(s) = self {
+            if s.len() >= SMALL_MAX && search(s, name).is_err() {
+                let map = std::mem::take(s).into_vec().into_iter().collect();
+                *self = Children::Large(Box::new(map));
+            }
+        }
+        match self {
+            Children::Small(s) => {
+                let i = search(s, name).unwrap_or_else(|i| {
+                    let mut v = std::mem::take(s).into_vec();
+                    v.insert(i, (Label::new(name), TopicNode::default()));
+                    *s = v.into_boxed_slice();
+                    i
+                });
+                &mut s[i].1
+            }
+            Children::Large(m) => m.entry(Label::new(name)).or_default(),
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        match self {
+            Children::Small(s) => {
+                if let Ok(i) = search(s, name) {
+                    let mut v = std::mem::take(s).into_vec();
+                    v.remove(i);
+                    *s = v.into_boxed_slice();
+                }
+            }
+            Children::Large(m) => {
+                m.remove(name);
+                if m.len() <= SMALL_AGAIN {
+                    let mut v: Vec<_> = std::mem::take(&mut **m).into_iter().collect();
+                    v.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+                    *self = Children::Small(v.into_boxed_slice());
+                }
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &TopicNode<V>)> {
+        let (small, large) = match self {
+            Children::Small(s) => (Some(s.iter()), None),
+            Children::Large(m) => (None, Some(m.iter())),
+        };
+        let small = small.into_iter().flatten().map(|e| (&e.0, &e.1));
+        let large = large.into_iter().flatten();
+        small.chain(large).map(|(l, n)| (l.as_str(), n))
+    }
+}
+
 struct TopicNode<V> {
-    children: HashMap<Box<str>, TopicNode<V>>,
+    children: Children<V>,
     value: Option<V>,
 }
 
 impl<V> Default for TopicNode<V> {
     fn default() -> Self {
         TopicNode {
-            children: HashMap::new(),
+            children: Children::default(),
             value: None,
         }
     }
@@ -233,7 +369,7 @@ impl<V: Clone> TopicIndex<V> {
     pub(crate) fn insert(&mut self, topic: &str, v: V) -> Option<V> {
         let mut node = &mut self.root;
         for l in topic.split('/') {
-            node = node.children.entry(l.into()).or_default();
+            node = node.children.get_or_insert(l);
         }
         let old = node.value.replace(v);
         if old.is_none() {
@@ -242,7 +378,16 @@ impl<V: Clone> TopicIndex<V> {
         old
     }
 
+    /// How many nodes keep their children in a hash map.
     #[cfg(test)]
+    pub(crate) fn large_nodes(&self) -> usize {
+        fn rec<V>(n: &TopicNode<V>) -> usize {
+            let here = usize::from(matches!(n.children, Children::Large(_)));
+            here + n.children.iter().map(|(_, c)| rec(c)).sum::<usize>()
+        }
+        rec(&self.root)
+    }
+
     pub(crate) fn get(&self, topic: &str) -> Option<&V> {
         let mut node = &self.root;
         for l in topic.split('/') {
@@ -256,12 +401,12 @@ impl<V: Clone> TopicIndex<V> {
             let old = match levels.split_first() {
                 None => n.value.take(),
                 Some((l, rest)) => {
-                    let Some(c) = n.children.get_mut(*l) else {
+                    let Some(c) = n.children.get_mut(l) else {
                         return (None, false);
                     };
                     let (old, empty) = rec(c, rest);
                     if empty {
-                        n.children.remove(*l);
+                        n.children.remove(l);
                     }
                     old
                 }
@@ -283,7 +428,7 @@ impl<V: Clone> TopicIndex<V> {
             if let Some(v) = &n.value {
                 out.push((path.clone(), v.clone()));
             }
-            for (l, c) in &n.children {
+            for (l, c) in n.children.iter() {
                 let len = path.len();
                 path.push('/');
                 path.push_str(l);
@@ -329,14 +474,14 @@ impl<V: Clone> TopicIndex<V> {
                             out.push((path.clone(), v.clone()));
                         }
                     }
-                    for (name, c) in &n.children {
+                    for (name, c) in n.children.iter() {
                         if !(first && name.starts_with('$')) {
                             step(name, c, path, out, true);
                         }
                     }
                 }
                 "+" => {
-                    for (name, c) in &n.children {
+                    for (name, c) in n.children.iter() {
                         if !(first && name.starts_with('$')) {
                             step(name, c, path, out, false);
                         }

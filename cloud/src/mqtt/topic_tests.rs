@@ -122,6 +122,98 @@ proptest! {
         want.sort();
         prop_assert_eq!(got, want);
     }
+
+    /// Wide levels, so nodes cross the slice/map threshold both ways.
+    #[test]
+    fn wide_topic_index_equals_brute_force(
+        topics in proptest::collection::btree_set("(\\$s|[a-v]?)(/[a-v]{0,1}){0,2}", 0..120),
+        removed in proptest::collection::vec(any::<prop::sample::Index>(), 0..100),
+        filter in filter_strategy(),
+    ) {
+        let mut idx = TopicIndex::default();
+        for t in &topics {
+            idx.insert(t, t.len());
+        }
+        let mut live = topics.clone();
+        for r in removed {
+            let all: Vec<String> = live.iter().cloned().collect();
+            if all.is_empty() { break; }
+            let t = &all[r.index(all.len())];
+            prop_assert_eq!(idx.remove(t), Some(t.len()));
+            live.remove(t);
+        }
+        check_topics(&idx, &live, &filter);
+        for f in ["+", "+/+", "#", "a/+", "+/b/#", "/+"] {
+            check_topics(&idx, &live, f);
+        }
+    }
+}
+
+/// Checks `idx` against brute force for `filter` over the `live` topics.
+fn check_topics(idx: &TopicIndex<usize>, live: &std::collections::BTreeSet<String>, filter: &str) {
+    let mut got = Vec::new();
+    idx.matching(filter, &mut got);
+    let mut got: Vec<String> = got
+        .into_iter()
+        .map(|(t, v)| {
+            assert_eq!(v, t.len());
+            t
+        })
+        .collect();
+    got.sort();
+    let want: Vec<String> = live
+        .iter()
+        .filter(|t| matches(filter, t))
+        .cloned()
+        .collect();
+    assert_eq!(got, want, "filter {filter}");
+    assert_eq!(idx.len(), live.len());
+}
+
+#[test]
+fn children_switch_between_sorted_slice_and_hash_map() {
+    let mut idx = TopicIndex::default();
+    let mut live = std::collections::BTreeSet::new();
+    let filters = [
+        "a/+", "a/#", "+/+", "#", "a/c07", "a/c16", "+/c16", "$s/+", "a",
+    ];
+    fn add(idx: &mut TopicIndex<usize>, live: &mut std::collections::BTreeSet<String>, t: String) {
+        assert_eq!(idx.insert(&t, t.len()), None);
+        live.insert(t);
+    }
+    add(&mut idx, &mut live, "a".into());
+    add(&mut idx, &mut live, "$s/x".into());
+    // Inserted out of order: the sorted slice must stay sorted.
+    for i in (0..16).rev() {
+        add(&mut idx, &mut live, format!("a/c{i:02}"));
+    }
+    assert_eq!(idx.large_nodes(), 0, "16 children stay in a slice");
+    for f in filters {
+        check_topics(&idx, &live, f);
+    }
+    add(&mut idx, &mut live, "a/c16".into());
+    assert_eq!(idx.large_nodes(), 1, "the 17th child switches to a map");
+    for i in 17..40 {
+        add(&mut idx, &mut live, format!("a/c{i:02}"));
+    }
+    assert_eq!(idx.insert("a/c20", 5), Some(5), "replacing keeps one entry");
+    assert_eq!(idx.insert("a/c20", 5), Some(5));
+    for f in filters {
+        check_topics(&idx, &live, f);
+    }
+    for i in (8..40).rev() {
+        let t = format!("a/c{i:02}");
+        assert_eq!(idx.remove(&t), Some(t.len()));
+        live.remove(&t);
+        assert_eq!(idx.get(&t), None);
+        assert_eq!(idx.large_nodes(), usize::from(i > 8), "at {i}");
+        check_topics(&idx, &live, "a/+");
+    }
+    for f in filters {
+        check_topics(&idx, &live, f);
+    }
+    assert_eq!(idx.get("a/c03"), Some(&5));
+    assert_eq!(idx.remove("a/zz"), None);
 }
 
 #[test]
@@ -149,5 +241,39 @@ fn a_million_topics_match_without_a_scan() {
         t.elapsed() < std::time::Duration::from_secs(2),
         "{:?}",
         t.elapsed()
+    );
+}
+
+/// The process's resident set, in bytes (Linux).
+fn rss() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Memory of the hub's topic index for a million `agent/NNNNNNN/events` topics (the
+/// values share their strings, as the hub's log names do). A measurement, not a check:
+/// `cargo test -p cloud topic_index_memory -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check: cargo test -p cloud topic_index_memory -- --ignored --nocapture"]
+fn topic_index_memory() {
+    const N: u32 = 1_000_000;
+    let values: Vec<std::sync::Arc<str>> = (0..N)
+        .map(|i| format!("agent.{i:07}.events").into())
+        .collect();
+    let before = rss();
+    let mut idx = TopicIndex::default();
+    for (i, v) in values.iter().enumerate() {
+        idx.insert(&format!("agent/{i:07}/events"), v.clone());
+    }
+    let after = rss();
+    assert_eq!(idx.len(), N as usize);
+    println!(
+        "topic index: {} bytes/topic ({} MB for {N} topics)",
+        (after - before) / N as usize,
+        (after - before) >> 20
     );
 }

@@ -97,7 +97,12 @@ impl TopicRecord {
             let val = take(&mut at)?;
             configs.insert(k, val);
         }
-        Some(TopicRecord { id, name: name.to_string(), partitions, configs })
+        Some(TopicRecord {
+            id,
+            name: name.to_string(),
+            partitions,
+            configs,
+        })
     }
 }
 
@@ -123,7 +128,10 @@ impl WriteSet {
 
     pub fn put_log(&mut self, topic_id: u32, partition: u32, offset: u64, value: Bytes) {
         self.bytes += value.len() + keys::LOG_KEY_LEN;
-        self.ops.push(Op::PutLog(keys::log_key(topic_id, partition, offset), value));
+        self.ops.push(Op::PutLog(
+            keys::log_key(topic_id, partition, offset),
+            value,
+        ));
     }
 
     /// Deletes every log entry of the partition whose base offset is below `offset`.
@@ -136,7 +144,10 @@ impl WriteSet {
 
     pub fn put_producer(&mut self, topic_id: u32, partition: u32, producer_id: i64, v: Vec<u8>) {
         self.bytes += v.len() + 24;
-        self.ops.push(Op::PutMeta(keys::producer_key(topic_id, partition, producer_id), v));
+        self.ops.push(Op::PutMeta(
+            keys::producer_key(topic_id, partition, producer_id),
+            v,
+        ));
     }
 
     pub fn put_topic(&mut self, t: &TopicRecord) {
@@ -153,14 +164,16 @@ impl WriteSet {
         if next <= u32::MAX as u64 {
             end = keys::log_key(next as u32, 0, 0);
         }
-        self.ops.push(Op::DeleteLogRange(keys::log_key(t.id, 0, 0), end));
+        self.ops
+            .push(Op::DeleteLogRange(keys::log_key(t.id, 0, 0), end));
         let (a, b) = keys::producer_topic_range(t.id);
         self.ops.push(Op::DeleteMetaRange(a, b));
     }
 
     pub fn put_offset(&mut self, group: &str, topic: &str, partition: u32, v: Vec<u8>) {
         self.bytes += v.len() + group.len() + topic.len();
-        self.ops.push(Op::PutMeta(keys::offset_key(group, topic, partition), v));
+        self.ops
+            .push(Op::PutMeta(keys::offset_key(group, topic, partition), v));
     }
 
     pub fn delete_group_offsets(&mut self, group: &str) {
@@ -170,33 +183,43 @@ impl WriteSet {
     }
 
     pub fn put_counter(&mut self, name: &str, value: u64) {
-        self.ops.push(Op::PutMeta(keys::counter_key(name), value.to_be_bytes().to_vec()));
+        self.ops.push(Op::PutMeta(
+            keys::counter_key(name),
+            value.to_be_bytes().to_vec(),
+        ));
     }
 
     /// Sets the retained message of a topic (opaque bytes chosen by the caller).
     pub fn put_retained(&mut self, topic: &str, v: Vec<u8>) {
         self.bytes += v.len() + topic.len();
-        self.ops.push(Op::PutMeta(keys::named_key(keys::RETAINED, topic), v));
+        self.ops
+            .push(Op::PutMeta(keys::named_key(keys::RETAINED, topic), v));
     }
 
     pub fn delete_retained(&mut self, topic: &str) {
-        self.ops.push(Op::DeleteMeta(keys::named_key(keys::RETAINED, topic)));
+        self.ops
+            .push(Op::DeleteMeta(keys::named_key(keys::RETAINED, topic)));
     }
 
     /// Stores a persistent session (opaque bytes chosen by the caller).
     pub fn put_session(&mut self, client_id: &str, v: Vec<u8>) {
         self.bytes += v.len() + client_id.len();
-        self.ops.push(Op::PutMeta(keys::named_key(keys::SESSION, client_id), v));
+        self.ops
+            .push(Op::PutMeta(keys::named_key(keys::SESSION, client_id), v));
     }
 
     pub fn delete_session(&mut self, client_id: &str) {
-        self.ops.push(Op::DeleteMeta(keys::named_key(keys::SESSION, client_id)));
+        self.ops
+            .push(Op::DeleteMeta(keys::named_key(keys::SESSION, client_id)));
     }
 
     /// Records the original name behind a log topic name that cannot carry it (hashed).
     pub fn put_topic_alias(&mut self, log_topic: &str, original: &str) {
         self.bytes += log_topic.len() + original.len();
-        self.ops.push(Op::PutMeta(keys::named_key(keys::TOPIC_ALIAS, log_topic), original.as_bytes().to_vec()));
+        self.ops.push(Op::PutMeta(
+            keys::named_key(keys::TOPIC_ALIAS, log_topic),
+            original.as_bytes().to_vec(),
+        ));
     }
 }
 
@@ -235,18 +258,25 @@ impl Store {
         ];
         let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
         let (tx, writer) = writer::spawn(db.clone(), policy)?;
-        Ok(Store { db, tx: Some(tx), writer: Some(writer) })
+        Ok(Store {
+            db,
+            tx: Some(tx),
+            writer: Some(writer),
+        })
     }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, Error> {
-        self.db.cf_handle(name).ok_or_else(|| Error::Backend(format!("missing cf {name}")))
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| Error::Backend(format!("missing cf {name}")))
     }
 
     /// Applies `set` atomically; `durable` asks for the sync policy's fsync before returning.
     pub async fn write(&self, set: WriteSet, durable: bool) -> Result<(), Error> {
         let (done, rx) = oneshot::channel();
         let tx = self.tx.as_ref().ok_or(Error::Closed)?;
-        tx.send(writer::WriteReq { set, durable, done }).map_err(|_| Error::Closed)?;
+        tx.send(writer::WriteReq { set, durable, done })
+            .map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
     }
 
@@ -264,7 +294,10 @@ impl Store {
     pub fn load_topics(&self) -> Result<Vec<TopicRecord>, Error> {
         let cf = self.cf(CF_META)?;
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf, IteratorMode::From(b"T", Direction::Forward)) {
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(b"T", Direction::Forward))
+        {
             let (k, v) = item?;
             if k.first() != Some(&b'T') {
                 break;
@@ -283,7 +316,10 @@ impl Store {
         let cf = self.cf(CF_META)?;
         match self.db.get_cf(cf, keys::counter_key(name))? {
             Some(v) if v.len() == 8 => Ok(u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]))),
-            Some(_) => Err(Error::Corrupt { key: format!("counter {name}"), reason: "length".into() }),
+            Some(_) => Err(Error::Corrupt {
+                key: format!("counter {name}"),
+                reason: "length".into(),
+            }),
             None => Ok(0),
         }
     }
@@ -310,7 +346,10 @@ impl Store {
     fn named(&self, prefix: u8) -> Result<Vec<(String, Vec<u8>)>, Error> {
         let cf = self.cf(CF_META)?;
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf, IteratorMode::From(&[prefix], Direction::Forward)) {
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&[prefix], Direction::Forward))
+        {
             let (k, v) = item?;
             if k.first() != Some(&prefix) {
                 break;
@@ -330,7 +369,10 @@ impl Store {
 
     /// The entry with the lowest base offset in the partition.
     pub fn log_first(&self, topic_id: u32, partition: u32) -> Result<Option<(u64, Bytes)>, Error> {
-        Ok(self.log_read(topic_id, partition, 0, 1, 1)?.into_iter().next())
+        Ok(self
+            .log_read(topic_id, partition, 0, 1, 1)?
+            .into_iter()
+            .next())
     }
 
     fn entry_at(
@@ -385,11 +427,18 @@ impl Store {
         Ok(out)
     }
 
-    pub fn producer_states(&self, topic_id: u32, partition: u32) -> Result<Vec<(i64, Vec<u8>)>, Error> {
+    pub fn producer_states(
+        &self,
+        topic_id: u32,
+        partition: u32,
+    ) -> Result<Vec<(i64, Vec<u8>)>, Error> {
         let cf = self.cf(CF_META)?;
         let prefix = keys::producer_prefix(topic_id, partition);
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward))
+        {
             let (k, v) = item?;
             if !k.starts_with(&prefix) || k.len() != prefix.len() + 8 {
                 break;
@@ -405,7 +454,10 @@ impl Store {
         let cf = self.cf(CF_META)?;
         let prefix = keys::offsets_group_prefix(group);
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward))
+        {
             let (k, v) = item?;
             if !k.starts_with(&prefix) {
                 break;
@@ -427,7 +479,9 @@ impl Store {
         it.seek(b"O");
         while it.valid() {
             let Some(k) = it.key() else { break };
-            let Some((g, _, _)) = keys::parse_offset_key(k) else { break };
+            let Some((g, _, _)) = keys::parse_offset_key(k) else {
+                break;
+            };
             let next = keys::prefix_end(&keys::offsets_group_prefix(&g));
             out.push(g);
             it.seek(next);

@@ -7,7 +7,10 @@ fn store() -> (tempfile::TempDir, Store) {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 #[test]
@@ -22,19 +25,37 @@ fn log_read_starts_at_containing_entry() {
         w.put_log(8, 0, 0, Bytes::from_static(b"other-topic"));
         s.write(w, true).await.expect("write");
     });
-    let got: Vec<u64> = s.log_read(7, 0, 15, 1 << 20, 100).expect("read").into_iter().map(|e| e.0).collect();
+    let got: Vec<u64> = s
+        .log_read(7, 0, 15, 1 << 20, 100)
+        .expect("read")
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
     assert_eq!(got, vec![10, 20]);
-    let got: Vec<u64> = s.log_read(7, 0, 0, 1, 100).expect("read").into_iter().map(|e| e.0).collect();
+    let got: Vec<u64> = s
+        .log_read(7, 0, 0, 1, 100)
+        .expect("read")
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
     assert_eq!(got, vec![0], "max_bytes still returns one entry");
     assert_eq!(s.log_last(7, 0).expect("last").map(|e| e.0), Some(20));
-    assert_eq!(s.log_first(7, 1).expect("first").map(|e| e.1), Some(Bytes::from_static(b"other-partition")));
+    assert_eq!(
+        s.log_first(7, 1).expect("first").map(|e| e.1),
+        Some(Bytes::from_static(b"other-partition"))
+    );
     assert_eq!(s.log_last(9, 0).expect("last"), None);
 }
 
 #[test]
 fn topics_round_trip_and_delete_is_a_range_delete() {
     let (_d, s) = store();
-    let mut t = TopicRecord { id: 3, name: "a.b".into(), partitions: 2, configs: BTreeMap::new() };
+    let mut t = TopicRecord {
+        id: 3,
+        name: "a.b".into(),
+        partitions: 2,
+        configs: BTreeMap::new(),
+    };
     t.configs.insert("retention.ms".into(), "1000".into());
     rt().block_on(async {
         let mut w = WriteSet::default();
@@ -46,7 +67,10 @@ fn topics_round_trip_and_delete_is_a_range_delete() {
         s.write(w, true).await.expect("write");
     });
     assert_eq!(s.load_topics().expect("load"), vec![t.clone()]);
-    assert_eq!(s.producer_states(3, 0).expect("ps"), vec![(42, vec![1, 2, 3])]);
+    assert_eq!(
+        s.producer_states(3, 0).expect("ps"),
+        vec![(42, vec![1, 2, 3])]
+    );
     rt().block_on(async {
         let mut w = WriteSet::default();
         w.delete_topic(&t);
@@ -76,13 +100,19 @@ fn offsets_and_counters_survive_reopen() {
     let s = Store::open(dir.path(), SyncPolicy::Group).expect("reopen");
     assert_eq!(s.counter("pid").expect("counter"), 1000);
     assert_eq!(s.group_offsets("g1").expect("offsets").len(), 2);
-    assert_eq!(s.groups_with_offsets().expect("groups"), vec!["g1".to_string(), "g2".to_string()]);
+    assert_eq!(
+        s.groups_with_offsets().expect("groups"),
+        vec!["g1".to_string(), "g2".to_string()]
+    );
     rt().block_on(async {
         let mut w = WriteSet::default();
         w.delete_group_offsets("g1");
         s.write(w, true).await.expect("write");
     });
-    assert_eq!(s.groups_with_offsets().expect("groups"), vec!["g2".to_string()]);
+    assert_eq!(
+        s.groups_with_offsets().expect("groups"),
+        vec!["g2".to_string()]
+    );
 }
 
 #[test]

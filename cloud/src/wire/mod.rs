@@ -19,7 +19,11 @@ pub enum Error {
     #[error("unsupported version {version} of {api:?}")]
     UnsupportedVersion { api: ApiKey, version: i16 },
     #[error("malformed {api:?} v{version} request: {reason}")]
-    Malformed { api: ApiKey, version: i16, reason: String },
+    Malformed {
+        api: ApiKey,
+        version: i16,
+        reason: String,
+    },
 }
 
 /// Returns the length of the complete frame at the start of `buf` (prefix included), or
@@ -33,10 +37,17 @@ pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, Error> {
         return Err(Error::NegativeLength(len));
     }
     if len as usize > max {
-        return Err(Error::TooLarge { len: len as i64, max });
+        return Err(Error::TooLarge {
+            len: len as i64,
+            max,
+        });
     }
     let total = 4 + len as usize;
-    Ok(if buf.len() >= total { Some(total) } else { None })
+    Ok(if buf.len() >= total {
+        Some(total)
+    } else {
+        None
+    })
 }
 
 /// The fixed start of every request header (v0 layout), readable before the rest.
@@ -68,21 +79,38 @@ pub struct Request {
 }
 
 /// Decodes a frame body (length prefix removed) whose version is within `supported`.
-pub fn decode_request(mut body: Bytes, supported: impl Fn(ApiKey, i16) -> bool) -> Result<Request, Error> {
+pub fn decode_request(
+    mut body: Bytes,
+    supported: impl Fn(ApiKey, i16) -> bool,
+) -> Result<Request, Error> {
     let p = preamble(&body)?;
     let api = ApiKey::try_from(p.api_key).map_err(|_| Error::UnknownApiKey(p.api_key))?;
     if !supported(api, p.api_version) {
-        return Err(Error::UnsupportedVersion { api, version: p.api_version });
+        return Err(Error::UnsupportedVersion {
+            api,
+            version: p.api_version,
+        });
     }
-    let malformed = |reason: String| Error::Malformed { api, version: p.api_version, reason };
+    let malformed = |reason: String| Error::Malformed {
+        api,
+        version: p.api_version,
+        reason,
+    };
     let header_version = api.request_header_version(p.api_version);
-    let header = RequestHeader::decode(&mut body, header_version).map_err(|e| malformed(e.to_string()))?;
-    let req = RequestKind::decode(api, &mut body, p.api_version).map_err(|e| malformed(e.to_string()))?;
+    let header =
+        RequestHeader::decode(&mut body, header_version).map_err(|e| malformed(e.to_string()))?;
+    let req =
+        RequestKind::decode(api, &mut body, p.api_version).map_err(|e| malformed(e.to_string()))?;
     if body.has_remaining() && header_version < 2 {
         // Non-flexible versions have no tagged fields: trailing bytes mean a framing error.
         return Err(malformed(format!("{} trailing bytes", body.remaining())));
     }
-    Ok(Request { api, version: p.api_version, header, body: req })
+    Ok(Request {
+        api,
+        version: p.api_version,
+        header,
+        body: req,
+    })
 }
 
 #[cfg(test)]
@@ -100,7 +128,8 @@ mod tests {
         h.correlation_id = 7;
         h.client_id = Some(StrBytes::from_static_str("t"));
         let mut b = BytesMut::new();
-        h.encode(&mut b, api.request_header_version(version)).expect("header");
+        h.encode(&mut b, api.request_header_version(version))
+            .expect("header");
         req.encode(&mut b, version).expect("body");
         b.freeze()
     }
@@ -109,9 +138,18 @@ mod tests {
     fn frame_len_needs_more_or_rejects() {
         assert_eq!(frame_len(&[0, 0], 100).expect("short"), None);
         assert_eq!(frame_len(&[0, 0, 0, 2, 1], 100).expect("partial"), None);
-        assert_eq!(frame_len(&[0, 0, 0, 2, 1, 2, 3], 100).expect("full"), Some(6));
-        assert!(matches!(frame_len(&[0x7f, 0xff, 0xff, 0xff], 100), Err(Error::TooLarge { .. })));
-        assert!(matches!(frame_len(&[0xff, 0xff, 0xff, 0xff], 100), Err(Error::NegativeLength(-1))));
+        assert_eq!(
+            frame_len(&[0, 0, 0, 2, 1, 2, 3], 100).expect("full"),
+            Some(6)
+        );
+        assert!(matches!(
+            frame_len(&[0x7f, 0xff, 0xff, 0xff], 100),
+            Err(Error::TooLarge { .. })
+        ));
+        assert!(matches!(
+            frame_len(&[0xff, 0xff, 0xff, 0xff], 100),
+            Err(Error::NegativeLength(-1))
+        ));
     }
 
     #[test]
@@ -127,10 +165,16 @@ mod tests {
     #[test]
     fn unknown_key_and_truncation_are_errors() {
         let b = Bytes::from_static(&[0x7f, 0x00, 0, 0, 0, 0, 0, 1]);
-        assert!(matches!(decode_request(b, |_, _| true), Err(Error::UnknownApiKey(0x7f00))));
+        assert!(matches!(
+            decode_request(b, |_, _| true),
+            Err(Error::UnknownApiKey(0x7f00))
+        ));
         let full = encode_req(ApiKey::Metadata, 9, &MetadataRequest::default());
         for cut in 0..full.len() {
-            assert!(decode_request(full.slice(..cut), |_, _| true).is_err(), "cut at {cut}");
+            assert!(
+                decode_request(full.slice(..cut), |_, _| true).is_err(),
+                "cut at {cut}"
+            );
         }
     }
 

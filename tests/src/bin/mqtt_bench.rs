@@ -13,7 +13,6 @@
 //! i.e. durable) and with `storage.sync: none` + `mqtt.durable_publish: false` (what
 //! Mosquitto does by default: no persistence before the ack).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use bytes::{BufMut, BytesMut};
 use rumqttc::mqttbytes::v4::{Connect, Packet, PubAck, Publish, Subscribe};
 use rumqttc::mqttbytes::QoS;
-use tests::proc::{cloud_bin, percentile, rss_bytes};
+use tests::proc::{percentile, rss_bytes, Cloud};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -68,47 +67,45 @@ fn opts() -> Result<Opts> {
     Ok(o)
 }
 
-/// A broker under test: a child process and its MQTT port.
+/// A broker under test and its MQTT address; dropping it stops the broker.
 struct Broker {
     name: &'static str,
-    child: Child,
+    process: Process,
     addr: String,
+}
+
+enum Process {
+    Cloud(Cloud),
+    Other(Child),
+}
+
+impl Broker {
+    fn pid(&self) -> u32 {
+        match &self.process {
+            Process::Cloud(c) => c.pid(),
+            Process::Other(c) => c.id(),
+        }
+    }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Process::Other(child) = &mut self.process {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
 fn start_cloud(dir: &Path, name: &'static str, extra: &str) -> Result<Broker> {
     std::fs::create_dir_all(dir)?;
-    let cfg = dir.join("cloud.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "data_dir: {}\nkafka:\n  listen: 127.0.0.1:0\n{extra}",
-            dir.join("data").display()
-        ),
-    )?;
-    let mut child = Command::new(cloud_bin()?)
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(dir.join("cloud.log"))?))
-        .spawn()?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let Some(line) = lines.next() else {
-            bail!("cloud exited before listening")
-        };
-        if let Some(a) = line?.strip_prefix("listening mqtt ") {
-            break a.trim().to_string();
-        }
-    };
-    Ok(Broker { name, child, addr })
+    let cloud = Cloud::start(dir, extra)?;
+    let addr = cloud.mqtt_addr.clone();
+    Ok(Broker {
+        name,
+        process: Process::Cloud(cloud),
+        addr,
+    })
 }
 
 fn start_mosquitto(dir: &Path) -> Result<Broker> {
@@ -140,8 +137,8 @@ fn start_mosquitto(dir: &Path) -> Result<Broker> {
         std::thread::sleep(Duration::from_millis(20)); // process start-up: no event to wait on
     }
     Ok(Broker {
+        process: Process::Other(child),
         name: "mosquitto",
-        child,
         addr,
     })
 }
@@ -326,7 +323,7 @@ async fn fan(b: &Broker, pubs: usize, subs: usize, o: &Opts, tag: &str) -> Resul
         msgs_s: lat.len() as f64 / end.as_secs_f64(),
         p50: percentile(&lat, 50.0),
         p99: percentile(&lat, 99.0),
-        rss_mb: rss_bytes(b.child.id())? as f64 / 1e6,
+        rss_mb: rss_bytes(b.pid())? as f64 / 1e6,
     })
 }
 
@@ -365,7 +362,7 @@ async fn round_trip(b: &Broker, o: &Opts) -> Result<Row> {
         msgs_s: o.round_trips as f64 / total.as_secs_f64(),
         p50: percentile(&lat, 50.0),
         p99: percentile(&lat, 99.0),
-        rss_mb: rss_bytes(b.child.id())? as f64 / 1e6,
+        rss_mb: rss_bytes(b.pid())? as f64 / 1e6,
     })
 }
 
