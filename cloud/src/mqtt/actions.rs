@@ -10,7 +10,6 @@ use tracing::warn;
 
 use super::conn::Conn;
 use super::cursor::{Cursors, Start};
-use super::persist::SavedSession;
 use super::records::Message;
 use super::session::{Action, Session};
 use super::Error;
@@ -93,19 +92,7 @@ pub(super) async fn perform<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     if changed && session.expiry > 0 {
-        let saved = SavedSession {
-            expiry: session.expiry,
-            subscriptions: session
-                .subscriptions
-                .iter()
-                .map(|(f, o)| (f.clone(), o.clone()))
-                .collect(),
-            cursors: cursors
-                .committed(session)
-                .into_iter()
-                .map(|(t, p, o)| (t.to_string(), p, o))
-                .collect(),
-        };
+        let saved = cursors.saved(session);
         c.hub
             .persist_session(&session.client_id, Some(saved))
             .await?;

@@ -21,7 +21,6 @@ use super::actions::{flush_appends, perform, session_actions};
 use super::codec::{self, CodecError, Version};
 use super::cursor::{Cursors, Start};
 use super::hub::{Detached, Event, Hub};
-use super::persist::SavedSession;
 use super::records::{self, Message};
 use super::session::{Action, ClientLimits, Session};
 use super::{topic, Error};
@@ -326,19 +325,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
         }
     }
     if session.expiry > 0 {
-        let saved = SavedSession {
-            expiry: session.expiry,
-            subscriptions: session
-                .subscriptions
-                .iter()
-                .map(|(f, o)| (f.clone(), o.clone()))
-                .collect(),
-            cursors: cursors
-                .committed(&session)
-                .into_iter()
-                .map(|(t, p, o)| (t.to_string(), p, o))
-                .collect(),
-        };
+        let saved = cursors.saved(&session);
         if let Err(e) = hub.persist_session(&client_id, Some(saved)).await {
             warn!(cause = %e, "cannot persist session");
         }

@@ -95,6 +95,23 @@ impl Cursors {
 
     /// The position each cursor may be committed at: its next offset, or the oldest
     /// delivery still in flight from it.
+    /// What a persistent session stores: its subscriptions and committed positions.
+    pub(crate) fn saved(&self, session: &Session) -> super::persist::SavedSession {
+        super::persist::SavedSession {
+            expiry: session.expiry,
+            subscriptions: session
+                .subscriptions
+                .iter()
+                .map(|(f, o)| (f.clone(), o.clone()))
+                .collect(),
+            cursors: self
+                .committed(session)
+                .into_iter()
+                .map(|(t, p, o)| (t.to_string(), p, o))
+                .collect(),
+        }
+    }
+
     pub(crate) fn committed(&self, session: &Session) -> Vec<(Arc<str>, u32, u64)> {
         let mut pos: Vec<u64> = self.list.iter().map(|c| c.next).collect();
         for t in session.tickets_in_flight() {

@@ -86,15 +86,7 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
         return Err(e);
     }
     for (key, index, open_bytes) in infos {
-        s.batches.insert(
-            key,
-            BatchInfo {
-                live: index.count,
-                bytes: index.bytes,
-                priority: index.priority,
-                first_recv_ms: index.first_recv_ms,
-            },
-        );
+        s.batches.insert(key, BatchInfo::of(&index));
         s.by_priority.entry(index.priority).or_default().insert(key);
         s.stored_bytes += index.bytes;
         s.live_records += u64::from(index.count);

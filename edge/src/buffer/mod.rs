@@ -182,6 +182,18 @@ struct BatchInfo {
     first_recv_ms: i64,
 }
 
+impl BatchInfo {
+    /// A fully live batch as its sled index entry describes it.
+    fn of(index: &files::Index) -> BatchInfo {
+        BatchInfo {
+            live: index.count,
+            bytes: index.bytes,
+            priority: index.priority,
+            first_recv_ms: index.first_recv_ms,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Open {
     records: Vec<Record>,
@@ -297,15 +309,7 @@ impl Buffer {
             by_priority.entry(index.priority).or_default().insert(key);
             stored_bytes += index.bytes;
             live_records += u64::from(index.count);
-            batches.insert(
-                key,
-                BatchInfo {
-                    live: index.count,
-                    bytes: index.bytes,
-                    priority: index.priority,
-                    first_recv_ms: index.first_recv_ms,
-                },
-            );
+            batches.insert(key, BatchInfo::of(&index));
         }
         // Files without an index entry were written by a commit that never completed.
         for key in files::list(&files_dir)? {
