@@ -14,6 +14,7 @@
 use bytes::Bytes;
 use common::headers as h;
 use common::kafka::batch::{encode_batch, BatchRecord, ProducerState};
+use common::kafka::record_batch;
 use kafka_protocol::records::{Compression, RecordBatchDecoder};
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
@@ -140,7 +141,46 @@ pub(crate) struct Stored {
 /// Decodes one stored batch into messages at offsets `>= from`. `fallback_topic` names
 /// records without an `mqtt.topic` header (the topic's reverse-mapped name); records
 /// with neither are skipped.
+///
+/// Uncompressed and zstd batches (every MQTT publish, every edge batch) are read by
+/// common's lean reader without copying payloads; gzip, snappy and lz4 batches from
+/// other Kafka producers by `kafka-protocol`.
 pub(crate) fn decode(
+    batch: &Bytes,
+    from: u64,
+    fallback_topic: Option<&str>,
+) -> Result<Vec<Stored>, RecordError> {
+    let decode_err = |e: &dyn std::fmt::Display| RecordError::Decode(e.to_string());
+    let records = match record_batch::read(batch) {
+        Ok(r) => r,
+        Err(record_batch::Error::Unsupported(_)) => {
+            return decode_foreign(batch, from, fallback_topic)
+        }
+        Err(e) => return Err(decode_err(&e)),
+    };
+    if records.control {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for r in records {
+        let r = r.map_err(|e| decode_err(&e))?;
+        if r.offset < 0 || (r.offset as u64) < from {
+            continue;
+        }
+        let headers = r.headers.iter().map(|(k, v)| (&k[..], v.as_ref()));
+        if let Some(message) = to_message(headers, r.value, r.timestamp, fallback_topic) {
+            out.push(Stored {
+                offset: r.offset as u64,
+                key: r.key,
+                message,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// [`decode`] for codecs the lean reader leaves to `kafka-protocol`.
+fn decode_foreign(
     batch: &Bytes,
     from: u64,
     fallback_topic: Option<&str>,
@@ -153,73 +193,84 @@ pub(crate) fn decode(
         if r.offset < 0 || (r.offset as u64) < from || r.control {
             continue;
         }
-        let mut topic = fallback_topic.map(str::to_string);
-        let mut qos = QoS::AtLeastOnce;
-        let mut retain = false;
-        let mut props = PublishProperties::default();
-        let mut any_prop = false;
-        for (k, v) in &r.headers {
-            let name = k.as_str();
-            let text = || {
-                v.as_ref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default()
-            };
-            match name {
-                h::MQTT_TOPIC => topic = Some(text()),
-                h::MQTT_QOS => {
-                    qos = text()
-                        .parse()
-                        .ok()
-                        .and_then(qos_from)
-                        .unwrap_or(QoS::AtLeastOnce)
-                }
-                h::MQTT_RETAIN => retain = text() == "true",
-                h::MQTT_CONTENT_TYPE => {
-                    props.content_type = Some(text());
-                    any_prop = true;
-                }
-                h::MQTT_PAYLOAD_FORMAT => {
-                    props.payload_format_indicator = text().parse().ok();
-                    any_prop = true;
-                }
-                MQTT_MESSAGE_EXPIRY => {
-                    props.message_expiry_interval = text().parse().ok();
-                    any_prop = true;
-                }
-                h::MQTT_RESPONSE_TOPIC => {
-                    props.response_topic = Some(text());
-                    any_prop = true;
-                }
-                h::MQTT_CORRELATION_DATA => {
-                    props.correlation_data = v.clone();
-                    any_prop = true;
-                }
-                _ => {
-                    let user = name.strip_prefix(h::MQTT_USER_PREFIX).unwrap_or(name);
-                    props.user_properties.push((user.to_string(), text()));
-                    any_prop = true;
-                }
-            }
+        let headers = r.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_ref()));
+        if let Some(message) = to_message(headers, r.value, r.timestamp, fallback_topic) {
+            out.push(Stored {
+                offset: r.offset as u64,
+                key: r.key,
+                message,
+            });
         }
-        let Some(topic) = topic.filter(|t| !t.is_empty()) else {
-            continue;
-        };
-        let message = Message {
-            topic,
-            payload: r.value.unwrap_or_default(),
-            qos,
-            retain,
-            props: any_prop.then_some(props),
-            timestamp_ms: r.timestamp,
-        };
-        out.push(Stored {
-            offset: r.offset as u64,
-            key: r.key,
-            message,
-        });
     }
     Ok(out)
+}
+
+/// The message for one record's headers and value; `None` without a topic name.
+fn to_message<'a>(
+    headers: impl Iterator<Item = (&'a [u8], Option<&'a Bytes>)>,
+    value: Option<Bytes>,
+    timestamp_ms: i64,
+    fallback_topic: Option<&str>,
+) -> Option<Message> {
+    let mut topic: Option<String> = None;
+    let mut qos = QoS::AtLeastOnce;
+    let mut retain = false;
+    let mut props = PublishProperties::default();
+    let mut any_prop = false;
+    for (k, v) in headers {
+        let name = String::from_utf8_lossy(k);
+        let text = || {
+            v.map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default()
+        };
+        match name.as_ref() {
+            h::MQTT_TOPIC => topic = Some(text()),
+            h::MQTT_QOS => {
+                qos = match v.map(|b| &b[..]) {
+                    Some(b"0") => QoS::AtMostOnce,
+                    Some(b"2") => QoS::ExactlyOnce,
+                    _ => QoS::AtLeastOnce,
+                }
+            }
+            h::MQTT_RETAIN => retain = v.map(|b| &b[..]) == Some(b"true"),
+            h::MQTT_CONTENT_TYPE => {
+                props.content_type = Some(text());
+                any_prop = true;
+            }
+            h::MQTT_PAYLOAD_FORMAT => {
+                props.payload_format_indicator = text().parse().ok();
+                any_prop = true;
+            }
+            MQTT_MESSAGE_EXPIRY => {
+                props.message_expiry_interval = text().parse().ok();
+                any_prop = true;
+            }
+            h::MQTT_RESPONSE_TOPIC => {
+                props.response_topic = Some(text());
+                any_prop = true;
+            }
+            h::MQTT_CORRELATION_DATA => {
+                props.correlation_data = v.cloned();
+                any_prop = true;
+            }
+            other => {
+                let user = other.strip_prefix(h::MQTT_USER_PREFIX).unwrap_or(other);
+                props.user_properties.push((user.to_string(), text()));
+                any_prop = true;
+            }
+        }
+    }
+    let topic = topic
+        .or_else(|| fallback_topic.map(str::to_string))
+        .filter(|t| !t.is_empty())?;
+    Some(Message {
+        topic,
+        payload: value.unwrap_or_default(),
+        qos,
+        retain,
+        props: any_prop.then_some(props),
+        timestamp_ms,
+    })
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
+use super::record_batch::{self, Codec};
 use super::Error;
 
 /// Idempotent producer identity, persisted by the caller.
@@ -41,6 +42,9 @@ pub struct BatchRecord {
 
 /// Encodes `records` as one v2 RecordBatch whose first sequence is `base_sequence`.
 ///
+/// Uncompressed and zstd batches are written by [`record_batch::write`]; other codecs by
+/// `kafka-protocol`.
+///
 /// Each record gets `offset = i` and `sequence = base_sequence + i` (a sequence of -1 on
 /// every record would make the encoder cut one batch per record).
 pub fn encode_batch(
@@ -49,6 +53,14 @@ pub fn encode_batch(
     base_sequence: i32,
     compression: Compression,
 ) -> Result<Bytes, Error> {
+    let lean = match compression {
+        Compression::None => Some(Codec::None),
+        Compression::Zstd => Some(Codec::Zstd),
+        _ => None,
+    };
+    if let Some(codec) = lean {
+        return record_batch::write(records, producer, base_sequence, codec).map_err(Error::encode);
+    }
     let idempotent = producer.producer_id >= 0;
     let encoded: Vec<Record> = records
         .iter()

@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod client;
 pub mod conn;
+pub mod record_batch;
 
 pub use batch::{encode_batch, restamp, BatchRecord, ProducerState};
 pub use client::{Metadata, PartitionMeta, ProducePartition};
