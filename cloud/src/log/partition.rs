@@ -1,15 +1,16 @@
 //! One partition's log: offset assignment, idempotence, reads and append wake-ups.
 //!
 //! Invariants:
-//! - Offsets are assigned, and the write submitted to the store's single writer, under
-//!   `state`'s lock, so storage order equals offset order.
+//! - Offsets are assigned, and the write submitted to the store's single writer (or, when
+//!   it needs no fsync and nothing of this partition is queued there, applied directly),
+//!   under `state`'s lock, so storage order equals offset order.
 //! - `visible` (the high watermark) only moves forward, and only after the store
 //!   confirmed the write under the sync policy. Fetch never returns bytes above it.
 //! - The last stored batch is never deleted by retention, so the end offset is always
 //!   recoverable from the last key after a restart.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
@@ -55,6 +56,11 @@ pub(crate) struct PartitionLog {
     state: Mutex<State>,
     visible: AtomicU64,
     log_start: AtomicU64,
+    /// Appends queued on the store's writer and not yet applied (the writer decrements).
+    /// Writes that need no fsync go straight to the store (`Store::write_now`), but only
+    /// while this is zero: otherwise a later offset could be stored, and become readable,
+    /// before an earlier one.
+    queued: Arc<AtomicU32>,
     waiters: Mutex<Vec<Weak<Notify>>>,
 }
 
@@ -84,6 +90,7 @@ impl PartitionLog {
                 producers,
                 reload: false,
             }),
+            queued: Arc::new(AtomicU32::new(0)),
             visible: AtomicU64::new(next),
             log_start: AtomicU64::new(start),
             waiters: Mutex::new(Vec::new()),
@@ -221,9 +228,29 @@ impl PartitionLog {
                 drop(st);
                 return Ok(appended);
             }
+            if self.queued.load(Ordering::Acquire) == 0 && !store.needs_sync(durable) {
+                // Written on this thread under the lock: storage order is offset order.
+                return match store.write_now(set) {
+                    Ok(()) => {
+                        st.next_offset = end;
+                        drop(st);
+                        self.visible.fetch_max(end, Ordering::AcqRel);
+                        self.wake();
+                        Ok(Appended {
+                            end_offset: end,
+                            ..appended
+                        })
+                    }
+                    Err(e) => {
+                        st.reload = true;
+                        Err(AppendError::Storage(e))
+                    }
+                };
+            }
             st.next_offset = end;
+            self.queued.fetch_add(1, Ordering::AcqRel);
             (
-                store.submit(set, durable),
+                store.submit(set, durable, self.queued.clone()),
                 Appended {
                     end_offset: end,
                     ..appended
@@ -312,5 +339,62 @@ impl PartitionLog {
             }
             n.notified().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use kafka_protocol::records::Compression;
+
+    use super::*;
+    use crate::log::batch::tests::encode;
+    use crate::storage::SyncPolicy;
+
+    /// Durable appends go through the writer thread, the others straight to the store; a
+    /// reader following the high watermark must still see every offset, in order, with no
+    /// gap (a direct write overtaking a queued one would expose a gap).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mixed_durable_and_direct_appends_never_expose_a_gap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path(), SyncPolicy::Group).expect("open"));
+        let part = Arc::new(PartitionLog::load(&store, 1, 0).expect("load"));
+        const N: u64 = 400;
+        let reader = {
+            let (store, part) = (store.clone(), part.clone());
+            tokio::spawn(async move {
+                let mut next = 0u64;
+                while next < N {
+                    let r = part.read(&store, next, 1 << 20).expect("read");
+                    for b in &r.batches {
+                        let h = BatchHeader::parse(b).expect("header");
+                        assert_eq!(h.base_offset as u64, next, "gap or reorder in the log");
+                        next += h.offset_count();
+                    }
+                    if r.batches.is_empty() {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                next
+            })
+        };
+        let mut writers = Vec::new();
+        for w in 0..4u64 {
+            let (store, part) = (store.clone(), part.clone());
+            writers.push(tokio::spawn(async move {
+                for i in 0..N / 4 {
+                    let durable = (i + w) % 3 == 0;
+                    let b = encode(1, Compression::None, -1, 0);
+                    part.append(&store, vec![b], durable).await.expect("append");
+                }
+            }));
+        }
+        for w in writers {
+            w.await.expect("writer");
+        }
+        assert_eq!(reader.await.expect("reader"), N);
+        assert_eq!(part.high_watermark(), N);
+        assert_eq!(part.queued.load(Ordering::Acquire), 0);
     }
 }

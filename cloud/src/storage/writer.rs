@@ -9,7 +9,11 @@
 //! 4. Only then is every caller of the group answered, in submission order. A caller that
 //!    assigned offsets before submitting therefore never sees a later write become
 //!    visible before an earlier one.
+//! 5. Writes that need no fsync (`sync: none` or `interval`, or a non-durable write under
+//!    `group`) skip this thread: `Store::write_now` applies them on the caller's thread,
+//!    and a partition only does so while none of its writes is queued here.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -27,6 +31,8 @@ pub(super) struct WriteReq {
     pub(super) set: WriteSet,
     pub(super) durable: bool,
     pub(super) done: oneshot::Sender<Result<(), Error>>,
+    /// Decremented once the write is applied (or failed), even if nobody awaits `done`.
+    pub(super) pending: Option<Arc<AtomicU32>>,
 }
 
 pub(super) type Spawned = (mpsc::Sender<WriteReq>, thread::JoinHandle<()>);
@@ -76,18 +82,34 @@ fn run(db: Arc<DB>, policy: SyncPolicy, rx: mpsc::Receiver<WriteReq>) {
         let durable = group.iter().any(|r| r.durable);
         let result = apply(&db, &mut group, durable && policy == SyncPolicy::Group);
         for req in group {
+            if let Some(p) = &req.pending {
+                p.fetch_sub(1, Ordering::AcqRel);
+            }
             let _ = req.done.send(result.clone());
         }
     }
 }
 
 fn apply(db: &DB, group: &mut [WriteReq], sync: bool) -> Result<(), Error> {
+    write_sets(db, group.iter_mut().map(|r| &mut r.set), sync)
+}
+
+/// Applies one set on the caller's thread without an fsync (see `Store::write_now`).
+pub(super) fn apply_now(db: &DB, set: &mut WriteSet) -> Result<(), Error> {
+    write_sets(db, std::iter::once(set), false)
+}
+
+fn write_sets<'a>(
+    db: &DB,
+    sets: impl Iterator<Item = &'a mut WriteSet>,
+    sync: bool,
+) -> Result<(), Error> {
     let (Some(log), Some(meta)) = (db.cf_handle(CF_LOG), db.cf_handle(CF_META)) else {
         return Err(Error::Backend("column family missing".into()));
     };
     let mut batch = WriteBatch::default();
-    for req in group.iter_mut() {
-        for op in req.set.ops.drain(..) {
+    for set in sets {
+        for op in set.ops.drain(..) {
             match op {
                 Op::PutLog(k, v) => batch.put_cf(log, k, v),
                 Op::DeleteLogRange(a, b) => batch.delete_range_cf(log, a, b),
