@@ -15,6 +15,7 @@ pub(super) const FAILED: &str = "Authentication failed: Invalid username or pass
 pub(super) fn handle(cfg: &SaslConfig, state: &mut Sasl, req: SaslAuthenticateRequest) -> Reply {
     let mut r = SaslAuthenticateResponse::default();
     r.auth_bytes = Bytes::new();
+    r.error_message = None;
     if *state != Sasl::AwaitAuthenticate {
         r.error_code = errors::ILLEGAL_SASL_STATE;
         r.error_message = Some(StrBytes::from_static_str(
