@@ -1,12 +1,11 @@
 //! SaslHandshake (v0-1): picks the mechanism. Served only when `kafka.sasl` is set.
 
-use kafka_protocol::messages::{SaslHandshakeRequest, SaslHandshakeResponse};
+use kafka_protocol::messages::{ResponseKind, SaslHandshakeRequest, SaslHandshakeResponse};
 use kafka_protocol::protocol::StrBytes;
 
 use super::sasl::Sasl;
 use super::{errors, Reply};
 use crate::config::SaslConfig;
-use kafka_protocol::messages::ResponseKind;
 
 /// Moves `state` on; an unsupported mechanism or a handshake out of turn is answered
 /// and the connection closed, as Kafka does.
