@@ -21,11 +21,10 @@ USERS = {"alice": "alice-secret", "edge": "edge-secret"}
 MODES = ["ssl", "mtls", "sasl_plaintext", "sasl_ssl"]
 
 
-@pytest.fixture
-def pki(tmp_path):
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
     """Our CA (server leaf, clients `client` and `edge`) and a foreign CA (client `rogue`)."""
-    d = tmp_path / "pki"
-    d.mkdir()
+    d = tmp_path_factory.mktemp("pki")
     ca, cert, key = make_certs(d, clients=("client", "edge"))
     make_certs(d, name="other", clients=("rogue",))
     return {"ca": ca, "cert": cert, "key": key, "client": (d / "client.pem", d / "client.key"),
