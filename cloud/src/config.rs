@@ -2,6 +2,7 @@
 //! (`configs/cloud.yaml`), unknown keys rejected, values validated after parsing.
 //! Errors name the file, the key and the reason.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -52,6 +53,51 @@ pub struct KafkaConfig {
     pub idle_timeout_ms: u64,
     /// Cap on topics answered by one Metadata request for all topics.
     pub metadata_max_topics: usize,
+    /// TLS on the Kafka listener (SSL / SASL_SSL); `None`: plain TCP.
+    pub tls: Option<KafkaTls>,
+    /// SASL on the Kafka listener (SASL_PLAINTEXT / SASL_SSL); `None`: no authentication.
+    pub sasl: Option<SaslConfig>,
+}
+
+/// `kafka.tls`: the listener's certificate, and a CA that makes client certificates
+/// mandatory (mutual TLS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaTls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA bundle; when set, clients must present a certificate it signed.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `kafka.sasl`: SASL/PLAIN users.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaslConfig {
+    /// Enabled mechanisms (Kafka's `sasl.enabled.mechanisms`); only `PLAIN` exists.
+    #[serde(default = "default_mechanisms")]
+    pub mechanisms: Vec<String>,
+    /// username -> password.
+    pub users: BTreeMap<String, String>,
+}
+
+fn default_mechanisms() -> Vec<String> {
+    vec!["PLAIN".into()]
+}
+
+impl KafkaConfig {
+    /// Kafka's name for this listener's security: PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL.
+    pub fn security_protocol(&self) -> &'static str {
+        match (self.tls.is_some(), self.sasl.is_some()) {
+            (false, false) => "PLAINTEXT",
+            (true, false) => "SSL",
+            (false, true) => "SASL_PLAINTEXT",
+            (true, true) => "SASL_SSL",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -94,6 +140,8 @@ impl Default for KafkaConfig {
             frame_timeout_ms: 30_000,
             idle_timeout_ms: 600_000,
             metadata_max_topics: 2_000_000,
+            tls: None,
+            sasl: None,
         }
     }
 }
@@ -173,6 +221,20 @@ impl Config {
         if self.kafka.idle_timeout_ms == 0 {
             return Err(("kafka.idle_timeout_ms", "must be at least 1".into()));
         }
+        if let Some(sasl) = &self.kafka.sasl {
+            if sasl.users.is_empty() {
+                return Err(("kafka.sasl.users", "must name at least one user".into()));
+            }
+            if sasl.mechanisms.is_empty() {
+                return Err(("kafka.sasl.mechanisms", "must not be empty".into()));
+            }
+            if let Some(m) = sasl.mechanisms.iter().find(|m| m.as_str() != "PLAIN") {
+                return Err((
+                    "kafka.sasl.mechanisms",
+                    format!("unsupported mechanism {m:?}; only PLAIN is available"),
+                ));
+            }
+        }
         self.sync_policy()?;
         if self.storage.retention_check_interval_ms == 0 {
             return Err((
@@ -227,6 +289,17 @@ mod tests {
         let c = Config::parse("{}", "f").expect("defaults");
         assert_eq!(c.kafka.listen.port(), 9092);
         assert_eq!(c.sync_policy(), Ok(SyncPolicy::Group));
+        assert_eq!(c.kafka.security_protocol(), "PLAINTEXT");
+        let c = Config::parse(
+            "kafka:\n  tls: {cert: c, key: k}\n  sasl: {users: {a: b}}\n",
+            "f",
+        )
+        .expect("sasl_ssl");
+        assert_eq!(c.kafka.security_protocol(), "SASL_SSL");
+        assert_eq!(
+            c.kafka.sasl.map(|s| s.mechanisms),
+            Some(vec!["PLAIN".into()])
+        );
     }
 
     #[test]
@@ -250,6 +323,15 @@ mod tests {
         assert!(e.contains("unknown field") && e.contains("lisen"), "{e}");
         let e = err("mqtt:\n  tls:\n    listen: 127.0.0.1:0\n");
         assert!(e.contains("mqtt.tls"), "{e}");
+        let e = err("kafka:\n  tls:\n    cert: c.pem\n");
+        assert!(
+            e.starts_with("cloud.yaml: kafka.tls:") && e.contains("key"),
+            "{e}"
+        );
+        let e = err("kafka:\n  sasl:\n    users: {}\n");
+        assert!(e.starts_with("cloud.yaml: kafka.sasl.users:"), "{e}");
+        let e = err("kafka:\n  sasl:\n    mechanisms: [SCRAM-SHA-256]\n    users: {a: b}\n");
+        assert!(e.starts_with("cloud.yaml: kafka.sasl.mechanisms:"), "{e}");
     }
 
     #[test]

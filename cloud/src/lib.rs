@@ -50,6 +50,11 @@ pub enum StartError {
     },
     #[error("mqtt.tls: {0}")]
     MqttTls(#[from] mqtt::TlsError),
+    #[error("kafka.tls.{field}: {source}")]
+    KafkaTls {
+        field: &'static str,
+        source: common::tls::TlsError,
+    },
     #[error("cannot load the mqtt view of the store: {0}")]
     Mqtt(String),
 }
@@ -101,6 +106,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             Duration::from_millis(g.max_session_timeout_ms),
         ),
     ));
+    let kafka_tls = match &config.kafka.tls {
+        Some(t) => Some(
+            common::tls::acceptor(&t.cert, &t.key, t.client_ca.as_deref())
+                .map_err(|(field, source)| StartError::KafkaTls { field, source })?,
+        ),
+        None => None,
+    };
     let listener = TcpListener::bind(config.kafka.listen)
         .await
         .map_err(|source| StartError::Listen {
@@ -160,6 +172,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             })?,
     );
     tracing::info!(topics = log.topic_count(), "store opened");
+    tracing::info!(
+        security_protocol = broker.config.kafka.security_protocol(),
+        mutual_tls = broker
+            .config
+            .kafka
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca.is_some()),
+        "kafka listener security"
+    );
     let serve = async move {
         tokio::spawn(log::retention::run(log.clone(), retention_every));
         tokio::spawn(mqtt_hub.clone().watch_topics());
@@ -177,7 +199,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 ticker.tick();
             }
         });
-        server::serve(listener, broker).await;
+        server::serve(listener, broker, kafka_tls).await;
     };
     Ok(Running {
         kafka_addr,

@@ -1,24 +1,43 @@
 //! The Kafka listener: accepts connections and runs one task per connection, with a
 //! tracing span carrying the peer. Requests on a connection are answered in order.
+//!
+//! With `kafka.tls` the TLS handshake (bounded by `kafka.frame_timeout_ms`) comes first;
+//! a failed handshake closes that connection only. With `kafka.sasl` the connection
+//! starts unauthenticated (see `api::sasl`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::api::{self, Peer};
+use crate::api::{self, sasl::Sasl, Peer};
 use crate::broker::Broker;
 use crate::connection::{self, Connection};
 
-pub(crate) async fn serve(listener: TcpListener, broker: Arc<Broker>) {
+pub(crate) async fn serve(listener: TcpListener, broker: Arc<Broker>, tls: Option<TlsAcceptor>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
                 let broker = broker.clone();
                 let span = tracing::info_span!("kafka", %peer);
-                tokio::spawn(async move { run(stream, peer, broker).await }.instrument(span));
+                let Some(acceptor) = tls.clone() else {
+                    tokio::spawn(run(stream, peer, broker).instrument(span));
+                    continue;
+                };
+                let limit = Duration::from_millis(broker.config.kafka.frame_timeout_ms);
+                let task = async move {
+                    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => run(tls, peer, broker).await,
+                        Ok(Err(e)) => info!(cause = %e, "tls handshake failed, closing"),
+                        Err(_) => info!(?limit, "tls handshake timed out, closing"),
+                    }
+                };
+                tokio::spawn(task.instrument(span));
             }
             Err(e) => {
                 warn!(cause = %e, "accept failed");
@@ -28,8 +47,7 @@ pub(crate) async fn serve(listener: TcpListener, broker: Arc<Broker>) {
     }
 }
 
-async fn run(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
-    let _ = stream.set_nodelay(true);
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, peer: SocketAddr, broker: Arc<Broker>) {
     let k = &broker.config.kafka;
     let mut conn = Connection::new(
         stream,
@@ -37,8 +55,9 @@ async fn run(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
         Duration::from_millis(k.frame_timeout_ms),
         Duration::from_millis(k.idle_timeout_ms),
     );
-    let who = Peer {
+    let mut who = Peer {
         host: peer.ip().to_string(),
+        sasl: Sasl::new(k.sasl.is_some()),
     };
     debug!("connection opened");
     loop {
@@ -57,10 +76,14 @@ async fn run(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
                 return;
             }
         };
-        match api::handle(&broker, &who, body).await {
+        match api::handle(&broker, &mut who, body).await {
             Ok(Some(resp)) => {
                 if let Err(e) = conn.write_frame(&resp.head, resp.tail.as_deref()).await {
                     debug!(cause = %e, "write failed");
+                    return;
+                }
+                if resp.close {
+                    info!("closing connection after a failed sasl exchange");
                     return;
                 }
             }

@@ -1,6 +1,7 @@
 //! Code shared by the edge and the cloud: the MQTT <-> Kafka topic mapping, the record
-//! header contract and a small async Kafka client.
+//! header contract, a small async Kafka client and TLS configuration (rustls).
 
 pub mod headers;
 pub mod kafka;
+pub mod tls;
 pub mod topic;

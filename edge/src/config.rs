@@ -174,6 +174,104 @@ pub struct CloudConfig {
     pub backoff_max_ms: u64,
     /// Uplink bandwidth cap in bytes/s on the wire (after compression); 0 = unlimited.
     pub max_bytes_per_sec: u64,
+    /// TLS to the brokers (SSL / SASL_SSL); `None`: plain TCP.
+    pub tls: Option<CloudTls>,
+    /// SASL to the brokers (SASL_PLAINTEXT / SASL_SSL); `None`: no authentication.
+    pub sasl: Option<CloudSasl>,
+}
+
+/// `cloud.tls`: how the uplink verifies the brokers and, optionally, identifies itself.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudTls {
+    /// PEM CA bundle for the brokers' certificates; `None`: the system bundle.
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate chain (mutual TLS); needs `key`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// Name the broker certificates must carry, instead of the dialled host.
+    pub server_name: Option<String>,
+}
+
+/// `cloud.sasl`: SASL credentials.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudSasl {
+    /// Only `PLAIN`.
+    #[serde(default = "plain")]
+    pub mechanism: String,
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for CloudSasl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloudSasl")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+fn plain() -> String {
+    "PLAIN".into()
+}
+
+impl CloudConfig {
+    /// Builds the uplink's connector: reads the TLS files (so rotated certificates are
+    /// picked up at the next reconnect). The error names the key.
+    pub fn connector(&self) -> Result<common::kafka::Connector, (&'static str, String)> {
+        let mut c = common::kafka::Connector::plaintext(&self.client_id);
+        if let Some(t) = &self.tls {
+            let cert_key = match (&t.cert, &t.key) {
+                (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(("cloud.tls.key", "required with cloud.tls.cert".into()))
+                }
+                (None, Some(_)) => {
+                    return Err(("cloud.tls.cert", "required with cloud.tls.key".into()))
+                }
+            };
+            let client = common::tls::ClientTls {
+                ca: t.ca.clone(),
+                cert_key,
+                server_name: t.server_name.clone(),
+            };
+            let tls = client.connector().map_err(|(field, e)| {
+                let key = match field {
+                    "ca" => "cloud.tls.ca",
+                    "cert" => "cloud.tls.cert",
+                    "key" => "cloud.tls.key",
+                    _ => "cloud.tls.server_name",
+                };
+                (key, e.to_string())
+            })?;
+            c.tls = Some(tls);
+        }
+        if let Some(s) = &self.sasl {
+            if s.mechanism != "PLAIN" {
+                return Err((
+                    "cloud.sasl.mechanism",
+                    format!(
+                        "unsupported mechanism {:?}; only PLAIN is available",
+                        s.mechanism
+                    ),
+                ));
+            }
+            if s.username.is_empty() {
+                return Err(("cloud.sasl.username", "must not be empty".into()));
+            }
+            c.sasl = Some(common::kafka::Plain {
+                username: s.username.clone(),
+                password: s.password.clone(),
+            });
+        }
+        Ok(c)
+    }
 }
 
 /// Compression names.
@@ -262,6 +360,8 @@ impl Default for CloudConfig {
             backoff_initial_ms: 100,
             backoff_max_ms: 10_000,
             max_bytes_per_sec: 0,
+            tls: None,
+            sasl: None,
         }
     }
 }
@@ -345,6 +445,7 @@ impl Config {
         if self.cloud.bootstrap.is_empty() {
             return Err(("cloud.bootstrap", "must not be empty".into()));
         }
+        self.cloud.connector()?;
         if self.mqtt.max_inflight == 0 || self.mqtt.max_payload_bytes == 0 {
             return Err(("mqtt.max_inflight", "limits must be positive".into()));
         }
@@ -395,5 +496,29 @@ mod tests {
         let e = Config::parse("cloud:\n  max_in_flight: 9\n", "e.yaml").unwrap_err();
         assert_eq!(e.key, "cloud.max_in_flight");
         assert!(e.to_string().starts_with("e.yaml: cloud.max_in_flight: "));
+    }
+
+    #[test]
+    fn uplink_security_errors_name_the_key() {
+        let e = Config::parse("cloud:\n  tls:\n    cert: /nonexistent/c.pem\n", "e.yaml");
+        assert_eq!(e.unwrap_err().key, "cloud.tls.key");
+        let e = Config::parse("cloud:\n  tls:\n    ca: /nonexistent/ca.pem\n", "e.yaml");
+        let e = e.unwrap_err();
+        assert_eq!(e.key, "cloud.tls.ca");
+        assert!(e.reason.contains("/nonexistent/ca.pem"), "{e}");
+        let e = Config::parse(
+            "cloud:\n  sasl:\n    mechanism: GSSAPI\n    username: u\n    password: p\n",
+            "e.yaml",
+        );
+        assert_eq!(e.unwrap_err().key, "cloud.sasl.mechanism");
+        let e = Config::parse("cloud:\n  sasl:\n    username: u\n", "e.yaml").unwrap_err();
+        assert_eq!(e.key, "cloud.sasl", "{e}");
+        assert!(e.reason.contains("password"), "{e}");
+        let c = Config::parse(
+            "cloud:\n  sasl:\n    username: u\n    password: hunter2\n",
+            "e.yaml",
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

@@ -62,6 +62,39 @@ class Rec:
     timestamp: int | None = None
 
 
+# ---- certificates (openssl CLI) ------------------------------------------------------------
+
+
+def make_certs(d, name: str = "", clients: tuple[str, ...] = ()):
+    """A CA (`<name>ca.pem`) and a server leaf for 127.0.0.1/localhost, with distinct
+    subjects (OpenSSL-based clients reject equal ones); plus one client certificate per
+    name in `clients` (`<client>.pem`, `<client>.key`, CN = the name) signed by the CA.
+    Returns (ca, leaf, key)."""
+    from pathlib import Path
+    d = Path(d)
+
+    def run(*a):
+        subprocess.run(a, check=True, capture_output=True, cwd=d)
+
+    def sign(stem: str, cn: str, ext: str):
+        run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", f"{stem}.key",
+            "-out", f"{stem}.csr", "-subj", f"/CN={cn}")
+        (d / f"{stem}.ext").write_text(ext)
+        run("openssl", "x509", "-req", "-in", f"{stem}.csr", "-CA", f"{name}ca.pem",
+            "-CAkey", f"{name}ca.key", "-CAcreateserial", "-out", f"{stem}.pem", "-days", "2",
+            "-extfile", f"{stem}.ext")
+
+    # ECDSA P-256: key generation is instant (RSA 2048 took seconds per key here).
+    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-nodes", "-keyout", f"{name}ca.key",
+        "-out", f"{name}ca.pem", "-days", "2", "-subj", f"/CN=edge-cloud test CA {name}".rstrip())
+    sign(f"{name}leaf", "127.0.0.1", "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for c in clients:
+        sign(c, c, "extendedKeyUsage=clientAuth\n")
+    return d / f"{name}ca.pem", d / f"{name}leaf.pem", d / f"{name}leaf.key"
+
+
 # ---- kcat ------------------------------------------------------------------------------
 
 
@@ -133,9 +166,9 @@ def kcat_consume(bootstrap: str, topic: str, offset: str = "beginning", count: i
 # ---- confluent-kafka ---------------------------------------------------------------------
 
 
-def ck_admin(bootstrap: str):
+def ck_admin(bootstrap: str, **conf):
     from confluent_kafka.admin import AdminClient
-    return AdminClient({"bootstrap.servers": bootstrap, "logger": RDKAFKA_LOG})
+    return AdminClient({"bootstrap.servers": bootstrap, "logger": RDKAFKA_LOG, **conf})
 
 
 def ck_create_topic(bootstrap: str, name: str, partitions: int = 1, config: dict | None = None,
@@ -150,8 +183,8 @@ def ck_create_topic(bootstrap: str, name: str, partitions: int = 1, config: dict
              timeout, what=f"topic {name} with {partitions} partitions in metadata")
 
 
-def ck_partitions(bootstrap: str, topic: str) -> list[int]:
-    a = ck_admin(bootstrap)
+def ck_partitions(bootstrap: str, topic: str, **conf) -> list[int]:
+    a = ck_admin(bootstrap, **conf)
     md = a.list_topics(timeout=10)
     assert topic in md.topics, f"topic {topic} missing from metadata: {sorted(md.topics)[:20]}"
     t = md.topics[topic]
@@ -208,13 +241,15 @@ def ck_consumer(bootstrap: str, group: str = "pytest-reader", **conf):
 
 
 def ck_read_all(bootstrap: str, topic: str, partitions: list[int] | None = None,
-                timeout: float = 30.0, start=None) -> list[Rec]:
+                timeout: float = 30.0, start=None, conf: dict | None = None) -> list[Rec]:
     """Reads every partition of `topic` from `start` (default beginning) to its end
-    (partition EOF) with assign(); no group membership."""
+    (partition EOF) with assign(); no group membership. `conf`: extra client settings
+    (e.g. security.protocol)."""
     from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+    conf = conf or {}
     if partitions is None:
-        partitions = ck_partitions(bootstrap, topic)
-    c = ck_consumer(bootstrap)
+        partitions = ck_partitions(bootstrap, topic, **conf)
+    c = ck_consumer(bootstrap, **conf)
     try:
         c.assign([TopicPartition(topic, p, OFFSET_BEGINNING if start is None else start)
                   for p in partitions])
@@ -253,10 +288,10 @@ def ck_watermarks(bootstrap: str, topic: str, partition: int = 0) -> tuple[int, 
 # ---- kafka-python ----------------------------------------------------------------------
 
 
-def kp_read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Rec]:
+def kp_read_all(bootstrap: str, topic: str, timeout: float = 30.0, **conf) -> list[Rec]:
     from kafka import KafkaConsumer, TopicPartition
     c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                      auto_offset_reset="earliest", request_timeout_ms=20000)
+                      auto_offset_reset="earliest", request_timeout_ms=20000, **conf)
     try:
         parts = wait_for(lambda: c.partitions_for_topic(topic), 15,
                          what=f"kafka-python metadata for {topic}")

@@ -17,6 +17,8 @@ API_FETCH = 1
 API_METADATA = 3
 API_API_VERSIONS = 18
 API_INIT_PRODUCER_ID = 22
+API_SASL_HANDSHAKE = 17
+API_SASL_AUTHENTICATE = 36
 
 # ---- CRC32C (Castagnoli), table driven ---------------------------------------------------
 
@@ -133,9 +135,12 @@ class R:
 
 
 class KConn:
-    def __init__(self, host: str, port: int, timeout: float = 10.0):
+    def __init__(self, host: str, port: int, timeout: float = 10.0, ssl_context=None):
+        """`ssl_context` (an ssl.SSLContext): speak TLS (handshake done here)."""
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ssl_context is not None:
+            self.sock = ssl_context.wrap_socket(self.sock, server_hostname=host)
         self.corr = 0
         self.local_port = self.sock.getsockname()[1]
 
@@ -204,6 +209,10 @@ class KConn:
                 return False, bytes(got)
             except (ConnectionResetError, BrokenPipeError):
                 return True, bytes(got)
+            except OSError as e:  # a TLS alert or an unclean TLS close
+                if "EOF" in str(e) or "alert" in str(e).lower():
+                    return True, bytes(got)
+                raise
             if not chunk:
                 return True, bytes(got)
             got += chunk
@@ -261,6 +270,35 @@ def api_versions(conn: KConn, version: int = 3) -> ApiVersionsResp:
     resp = parse_api_versions_v3(frame) if version >= 3 else parse_api_versions_v0(frame)
     assert resp.correlation_id == corr, f"correlation id {resp.correlation_id} != {corr}"
     return resp
+
+
+# ---- SASL ----------------------------------------------------------------------------------
+
+
+def sasl_handshake(conn: KConn, mechanism: str = "PLAIN", version: int = 1) -> tuple[int, list[str]]:
+    """SaslHandshake v0/v1 -> (error_code, mechanisms)."""
+    corr, frame = conn.request(API_SASL_HANDSHAKE, version, W().string(mechanism).bytes(), 1)
+    r = R(frame)
+    assert r.i32() == corr
+    err = r.i16()
+    mechs = [r.string() for _ in range(r.i32())]
+    return err, mechs
+
+
+def sasl_authenticate(conn: KConn, token: bytes) -> tuple[int, str | None]:
+    """SaslAuthenticate v1 -> (error_code, error_message)."""
+    corr, frame = conn.request(API_SASL_AUTHENTICATE, 1, W().nbytes(token).bytes(), 1)
+    r = R(frame)
+    assert r.i32() == corr
+    err = r.i16()
+    msg = r.string()
+    r.nbytes()
+    r.i64()
+    return err, msg
+
+
+def plain_token(user: str, password: str) -> bytes:
+    return b"\0" + user.encode() + b"\0" + password.encode()
 
 
 # ---- RecordBatch -------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from mqtt_fixtures import Mqtt, mqtt_cloud, raw, read_until_closed, start_mqtt_cloud  # noqa: F401
+from helpers import make_certs
 
 
 def connect_packet(level: int = 4, client_id: bytes = b"raw", keep_alive: int = 60, name: bytes = b"MQTT") -> bytes:
@@ -100,20 +101,6 @@ def test_oversized_packet_is_refused_before_it_is_buffered(mqtt_cloud):
 def test_silent_connection_is_closed_after_connect_timeout(mqtt_cloud):
     s = raw(mqtt_cloud.mqtt_port)
     assert read_until_closed(s, timeout=10) == b""
-
-
-def make_certs(d):
-    """A CA and a leaf for 127.0.0.1 with distinct subjects (OpenSSL rejects equal ones)."""
-    def run(*a):
-        subprocess.run(a, check=True, capture_output=True, cwd=d)
-    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-        "-days", "2", "-subj", "/CN=edge-cloud test CA")
-    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "leaf.key", "-out", "leaf.csr",
-        "-subj", "/CN=127.0.0.1")
-    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    run("openssl", "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "leaf.pem", "-days", "2", "-extfile", "ext.cnf")
-    return d / "ca.pem", d / "leaf.pem", d / "leaf.key"
 
 
 def test_tls_listener(cloud_factory, tmp_path):

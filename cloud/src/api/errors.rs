@@ -20,6 +20,9 @@ pub(crate) const INVALID_CONFIG: i16 = 40;
 pub(crate) const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 pub(crate) const INVALID_PRODUCER_EPOCH: i16 = 47;
 pub(crate) const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+pub(crate) const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
+pub(crate) const ILLEGAL_SASL_STATE: i16 = 34;
+pub(crate) const SASL_AUTHENTICATION_FAILED: i16 = 58;
 pub(crate) const KAFKA_STORAGE_ERROR: i16 = 56;
 pub(crate) const UNKNOWN_TOPIC_ID: i16 = 100;
 

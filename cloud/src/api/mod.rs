@@ -22,6 +22,9 @@ mod metadata;
 mod offset_commit;
 mod offset_fetch;
 mod produce;
+pub(crate) mod sasl;
+mod sasl_authenticate;
+mod sasl_handshake;
 mod sync_group;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -59,14 +62,35 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeCluster, 0, 1),
 ];
 
+/// Advertised (and served) only when the listener has SASL (`kafka.sasl`).
+pub(crate) const SASL_APIS: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
+];
+
+/// Everything this listener advertises.
+pub(crate) fn advertised(sasl: bool) -> impl Iterator<Item = &'static (ApiKey, i16, i16)> {
+    let extra: &'static [_] = if sasl { SASL_APIS } else { &[] };
+    SUPPORTED.iter().chain(extra)
+}
+
 /// Whether a request can be decoded: advertised, and within the codec's own range.
-pub(crate) fn decodable(api: ApiKey, version: i16) -> bool {
+pub(crate) fn decodable(api: ApiKey, version: i16, sasl: bool) -> bool {
     let codec = api.valid_versions();
-    SUPPORTED
-        .iter()
-        .any(|(a, lo, hi)| *a == api && version >= *lo && version <= *hi)
+    advertised(sasl).any(|(a, lo, hi)| *a == api && version >= *lo && version <= *hi)
         && version >= codec.min
         && version <= codec.max
+}
+
+/// Why a connection must be closed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    #[error(transparent)]
+    Wire(#[from] wire::Error),
+    #[error("api key {0} before sasl authentication")]
+    Unauthenticated(i16),
+    #[error("sasl (v0 token): {0}")]
+    RawToken(sasl::PlainError),
 }
 
 /// The outcome of one request.
@@ -75,6 +99,9 @@ pub(crate) enum Reply {
     Message(Box<ResponseKind>),
     /// A response body already encoded (cached Metadata).
     Encoded(Bytes),
+    /// The last response on this connection: sent, then the connection is closed
+    /// (a failed SASL exchange).
+    Last(Box<ResponseKind>),
     /// No response (Produce with acks=0).
     Nothing,
 }
@@ -83,11 +110,16 @@ impl Reply {
     pub(crate) fn message(m: ResponseKind) -> Reply {
         Reply::Message(Box::new(m))
     }
+    pub(crate) fn last(m: ResponseKind) -> Reply {
+        Reply::Last(Box::new(m))
+    }
 }
 
-/// Connection facts a handler may need.
+/// Connection facts and state a handler may need.
 pub(crate) struct Peer {
     pub(crate) host: String,
+    /// Authentication state (`Sasl::Off` without `kafka.sasl`).
+    pub(crate) sasl: sasl::Sasl,
 }
 
 /// An encoded response: the frame's head (length prefix, header, and usually the whole
@@ -95,57 +127,93 @@ pub(crate) struct Peer {
 pub(crate) struct Response {
     pub(crate) head: BytesMut,
     pub(crate) tail: Option<Bytes>,
+    /// Close the connection once this is written.
+    pub(crate) close: bool,
 }
 
 /// Decodes, handles and encodes one request frame. `Ok(None)` means no response.
 /// An error means the connection must be closed.
 pub(crate) async fn handle(
     broker: &Broker,
-    peer: &Peer,
+    peer: &mut Peer,
     body: Bytes,
-) -> Result<Option<Response>, wire::Error> {
+) -> Result<Option<Response>, Error> {
+    let sasl_cfg = broker.config.kafka.sasl.as_ref();
+    if let (sasl::Sasl::AwaitRawToken, Some(cfg)) = (&peer.sasl, sasl_cfg) {
+        // After SaslHandshake v0 the token comes bare; success is an empty frame.
+        let user = sasl::verify_plain(&cfg.users, &body).map_err(Error::RawToken)?;
+        tracing::debug!(%user, "sasl authenticated (v0)");
+        peer.sasl = sasl::Sasl::Done(user);
+        let mut head = BytesMut::with_capacity(4);
+        head.put_i32(0);
+        return Ok(Some(Response {
+            head,
+            tail: None,
+            close: false,
+        }));
+    }
+    let with_sasl = sasl_cfg.is_some();
     let pre = wire::preamble(&body)?;
-    if pre.api_key == ApiKey::ApiVersions as i16 && !decodable(ApiKey::ApiVersions, pre.api_version)
+    if !peer.sasl.admits(pre.api_key) {
+        return Err(Error::Unauthenticated(pre.api_key));
+    }
+    if pre.api_key == ApiKey::ApiVersions as i16
+        && !decodable(ApiKey::ApiVersions, pre.api_version, with_sasl)
     {
         // KIP-511: answer in the v0 shape with UNSUPPORTED_VERSION, keep the connection.
-        let head = frame(pre.correlation_id, 0, &api_versions::unsupported(), 0)?;
-        return Ok(Some(Response { head, tail: None }));
+        let table = api_versions::unsupported(with_sasl);
+        let head = frame(pre.correlation_id, 0, &table, 0)?;
+        return Ok(Some(Response {
+            head,
+            tail: None,
+            close: false,
+        }));
     }
-    let req = wire::decode_request(body, decodable)?;
+    let req = wire::decode_request(body, |a, v| decodable(a, v, with_sasl))?;
     let version = req.version;
     let correlation_id = req.header.correlation_id;
     let api = req.api;
     let reply = dispatch(broker, peer, req).await;
     let header_version = api.response_header_version(version);
-    match reply {
-        Reply::Nothing => Ok(None),
-        Reply::Message(msg) => {
-            let msg = *msg;
-            let mut out = start_frame(correlation_id, header_version)?;
-            msg.encode(&mut out, version)
-                .map_err(|e| encode_err(api, version, e))?;
-            Ok(Some(Response {
-                head: finish_frame(out, 0),
-                tail: None,
-            }))
-        }
+    let (msg, close) = match reply {
+        Reply::Nothing => return Ok(None),
         Reply::Encoded(bytes) => {
             let out = start_frame(correlation_id, header_version)?;
-            Ok(Some(Response {
+            return Ok(Some(Response {
                 head: finish_frame(out, bytes.len()),
                 tail: Some(bytes),
-            }))
+                close: false,
+            }));
         }
-    }
+        Reply::Message(msg) => (*msg, false),
+        Reply::Last(msg) => (*msg, true),
+    };
+    let mut out = start_frame(correlation_id, header_version)?;
+    msg.encode(&mut out, version)
+        .map_err(|e| encode_err(api, version, e))?;
+    Ok(Some(Response {
+        head: finish_frame(out, 0),
+        tail: None,
+        close,
+    }))
 }
 
-async fn dispatch(broker: &Broker, peer: &Peer, req: Request) -> Reply {
+async fn dispatch(broker: &Broker, peer: &mut Peer, req: Request) -> Reply {
     let v = req.version;
     let h = &req.header;
+    let sasl_cfg = broker.config.kafka.sasl.as_ref();
     match req.body {
-        RequestKind::ApiVersions(r) => {
-            Reply::message(ResponseKind::ApiVersions(api_versions::handle(r, v)))
-        }
+        RequestKind::ApiVersions(r) => Reply::message(ResponseKind::ApiVersions(
+            api_versions::handle(r, v, sasl_cfg.is_some()),
+        )),
+        RequestKind::SaslHandshake(r) => match sasl_cfg {
+            Some(cfg) => sasl_handshake::handle(cfg, &mut peer.sasl, r, v),
+            None => Reply::Nothing,
+        },
+        RequestKind::SaslAuthenticate(r) => match sasl_cfg {
+            Some(cfg) => sasl_authenticate::handle(cfg, &mut peer.sasl, r),
+            None => Reply::Nothing,
+        },
         RequestKind::Metadata(r) => metadata::handle(broker, r, v).await,
         RequestKind::Produce(r) => produce::handle(broker, r, v).await,
         RequestKind::Fetch(r) => {

@@ -61,19 +61,8 @@ pub(crate) enum Error {
     Io(#[from] std::io::Error),
 }
 
-/// Why the TLS listener could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: no {what} found")]
-    Missing { path: String, what: &'static str },
-    #[error("invalid certificate or key: {0}")]
-    Rustls(String),
-}
+/// Why the TLS listener could not be set up (shared with the Kafka listener).
+pub use common::tls::TlsError;
 
 /// `mqtt:` in the cloud config (documented with defaults in `configs/cloud.yaml`).
 #[derive(Debug, Clone, Deserialize)]
@@ -159,40 +148,7 @@ impl MqttConfig {
 
 /// Loads the TLS certificate chain and key.
 pub(crate) fn tls_acceptor(t: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
-    let read = |p: &PathBuf| {
-        std::fs::read(p).map_err(|source| TlsError::Read {
-            path: p.display().to_string(),
-            source,
-        })
-    };
-    let cert_pem = read(&t.cert)?;
-    let key_pem = read(&t.key)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(|source| TlsError::Read {
-            path: t.cert.display().to_string(),
-            source,
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::Missing {
-            path: t.cert.display().to_string(),
-            what: "certificate",
-        });
-    }
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|source| TlsError::Read {
-            path: t.key.display().to_string(),
-            source,
-        })?
-        .ok_or_else(|| TlsError::Missing {
-            path: t.key.display().to_string(),
-            what: "private key",
-        })?;
-    let config = tokio_rustls::rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Rustls(e.to_string()))?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    common::tls::acceptor(&t.cert, &t.key, None).map_err(|(_, e)| e)
 }
 
 /// Accepts plain MQTT connections forever.

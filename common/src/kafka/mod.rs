@@ -1,17 +1,22 @@
-//! A small async Kafka client on the `kafka-protocol` crate: connect + ApiVersions
-//! negotiation, Metadata, InitProducerId and pipelined Produce (several requests in flight
-//! per connection, matched by correlation id). Used by the edge's replicator and the
-//! benchmarks. Layers: [`batch`] (bytes only, no I/O) -> [`conn`] (socket, framing) ->
-//! [`client`] (typed request helpers).
+//! A small async Kafka client on the `kafka-protocol` crate: connect (TCP, TLS and
+//! SASL/PLAIN as configured: [`connector`]) + ApiVersions negotiation, Metadata,
+//! InitProducerId and pipelined Produce (several requests in flight per connection,
+//! matched by correlation id). Used by the edge's replicator and the benchmarks.
+//! Layers: [`batch`] (bytes only, no I/O) -> [`conn`] (socket, framing) -> [`client`]
+//! and [`sasl`] (typed request helpers) -> [`connector`] (opens authenticated connections).
 
 pub mod batch;
 pub mod client;
 pub mod conn;
 pub mod record_batch;
+pub mod connector;
+pub mod sasl;
 
 pub use batch::{encode_batch, restamp, BatchRecord, ProducerState};
 pub use client::{Metadata, PartitionMeta, ProducePartition};
 pub use conn::{Connection, ResponseFuture};
+pub use connector::Connector;
+pub use sasl::Plain;
 
 use kafka_protocol::messages::ApiKey;
 
@@ -33,6 +38,12 @@ pub enum Error {
     /// The broker does not support an API version we can speak.
     #[error("broker does not support {0:?}")]
     Unsupported(ApiKey),
+    /// The TLS handshake failed or the server closed the connection during it.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// SASL authentication failed.
+    #[error("sasl authentication failed {0}")]
+    Auth(String),
     /// The broker answered with an error code.
     #[error("{api} failed with kafka error code {code}")]
     Broker {

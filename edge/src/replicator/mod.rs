@@ -99,6 +99,7 @@ pub struct Replicator {
 const FENCED_LIMIT: u32 = 3;
 
 struct Session {
+    connector: kafka::Connector,
     conns: HashMap<String, Arc<Connection>>,
     bootstrap: Arc<Connection>,
     wire: VecDeque<(String, i32, ResponseFuture<ProduceResponse>)>,
@@ -198,8 +199,10 @@ impl Replicator {
     }
 
     async fn session_inner(&mut self) -> Result<std::convert::Infallible, Error> {
-        let bootstrap =
-            Arc::new(Connection::connect(&self.cfg.bootstrap, &self.cfg.client_id).await?);
+        // TLS files are re-read per session, so rotated certificates are picked up.
+        let connector = (self.cfg.connector())
+            .map_err(|(key, why)| kafka::Error::Tls(format!("{key}: {why}")))?;
+        let bootstrap = Arc::new(connector.connect(&self.cfg.bootstrap).await?);
         let producer = match self.producer {
             Some(_) if self.fenced >= FENCED_LIMIT => {
                 let p = bootstrap.init_producer_id().await?;
@@ -217,6 +220,7 @@ impl Replicator {
         self.metrics.uplink_up.set(1);
         tracing::info!(bootstrap = %self.cfg.bootstrap, producer_id = producer.producer_id, "uplink connected");
         let mut s = Session {
+            connector,
             conns: HashMap::new(),
             bootstrap,
             wire: VecDeque::new(),
@@ -458,7 +462,7 @@ impl Replicator {
         if let Some(c) = s.conns.get(&addr) {
             return Ok(c.clone());
         }
-        let c = Arc::new(Connection::connect(&addr, &self.cfg.client_id).await?);
+        let c = Arc::new(s.connector.connect(&addr).await?);
         s.conns.insert(addr, c.clone());
         Ok(c)
     }
