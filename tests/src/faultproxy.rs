@@ -213,14 +213,21 @@ mod tests {
         assert_eq!(roundtrip(&mut a, b"one").unwrap(), b"one");
 
         proxy.set(Mode::Cut);
-        assert!(roundtrip(&mut a, b"two").is_err(), "open connection survives a cut");
+        assert!(
+            roundtrip(&mut a, b"two").is_err(),
+            "open connection survives a cut"
+        );
         let mut b = TcpStream::connect(proxy.addr()).unwrap();
         b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        assert!(roundtrip(&mut b, b"x").is_err(), "new connection passes during a cut");
+        assert!(
+            roundtrip(&mut b, b"x").is_err(),
+            "new connection passes during a cut"
+        );
 
         proxy.restore();
         let mut c = TcpStream::connect(proxy.addr()).unwrap();
-        c.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
         assert_eq!(roundtrip(&mut c, b"three").unwrap(), b"three");
 
         proxy.set(Mode::Stall);

@@ -57,7 +57,11 @@ fn spawn_listening(
     while !names.iter().all(|n| addrs.contains_key(*n)) {
         let Some(line) = lines.next() else {
             let _ = child.wait();
-            bail!("{} exited before listening (log: {})", bin.display(), log.display())
+            bail!(
+                "{} exited before listening (log: {})",
+                bin.display(),
+                log.display()
+            )
         };
         if let Some((name, addr)) = line?
             .strip_prefix("listening ")

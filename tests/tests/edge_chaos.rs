@@ -179,7 +179,17 @@ struct Rec {
 /// Reads a whole topic with kcat (librdkafka), from the beginning to its end.
 fn kcat_read(bootstrap: &str, topic: &str) -> Result<Vec<Rec>> {
     let out = Command::new("kcat")
-        .args(["-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q"])
+        .args([
+            "-C",
+            "-b",
+            bootstrap,
+            "-t",
+            topic,
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+        ])
         .args(["-f", "%T\t%k\t%h\t%s\n"])
         .output()
         .context("running kcat")?;
@@ -253,8 +263,12 @@ fn uplink_cuts_stalls_and_kills_keep_exactly_once_in_order() -> Result<()> {
     let up = |e: &Edge| -> Result<bool> { Ok(e.metric("edge_uplink_up")? == 1.0) };
     let replicated = |e: &Edge| e.metric("edge_uplink_records_total");
     let t = Duration::from_secs(20);
-    wait_until("records to reach the cloud", t, || Ok(replicated(&edge)? > 50.0))?;
-    wait_until("the local subscriber", t, || Ok(!sim.local.lock().unwrap().is_empty()))?;
+    wait_until("records to reach the cloud", t, || {
+        Ok(replicated(&edge)? > 50.0)
+    })?;
+    wait_until("the local subscriber", t, || {
+        Ok(!sim.local.lock().unwrap().is_empty())
+    })?;
 
     // 1. Cut: the edge sees the uplink go down; publishing and local delivery go on.
     proxy.set(Mode::Cut);
@@ -277,7 +291,9 @@ fn uplink_cuts_stalls_and_kills_keep_exactly_once_in_order() -> Result<()> {
     // 3. SIGKILL the edge mid-stream and restart it on its buffer.
     restart_edge(&mut edge, &edge_dir, &yaml, &edge_addr)?;
     let acked = sim.acked();
-    wait_until("acks from the restarted edge", t, || Ok(sim.acked() > acked + 50))?;
+    wait_until("acks from the restarted edge", t, || {
+        Ok(sim.acked() > acked + 50)
+    })?;
 
     // 4. SIGKILL the cloud while the edge replicates; restart it on its data dir.
     cloud.kill()?;
@@ -315,16 +331,28 @@ fn uplink_cuts_stalls_and_kills_keep_exactly_once_in_order() -> Result<()> {
         for r in &recs {
             let (rt_, seq) = parse_payload(&r.payload).context("payload")?;
             ensure!(rt_ == t, "cam.{t}: record of topic {rt_}");
-            ensure!(last < Some(seq), "cam.{t}: seq {seq} after {last:?} (duplicate or reorder)");
+            ensure!(
+                last < Some(seq),
+                "cam.{t}: seq {seq} after {last:?} (duplicate or reorder)"
+            );
             last = Some(seq);
             present.insert(seq);
             let s = by_key.get(&(t, seq)).context("a record nobody published")?;
             ensure!(r.key == CAMERA_ID, "key {:?}", r.key);
-            ensure!(r.headers.get("mqtt.topic") == Some(&topic(t)), "{:?}", r.headers);
+            ensure!(
+                r.headers.get("mqtt.topic") == Some(&topic(t)),
+                "{:?}",
+                r.headers
+            );
             ensure!(r.headers.get("mqtt.qos").map(String::as_str) == Some("1"));
             ensure!(r.headers.get("edge.id").map(String::as_str) == Some(EDGE_ID));
             // CreateTime is the edge's receive time: after the send, before the ack.
-            ensure!(r.ts >= s.sent_ms, "cam.{t}/{seq}: ts {} before send {}", r.ts, s.sent_ms);
+            ensure!(
+                r.ts >= s.sent_ms,
+                "cam.{t}/{seq}: ts {} before send {}",
+                r.ts,
+                s.sent_ms
+            );
             if let Some(a) = s.acked_ms {
                 ensure!(r.ts <= a, "cam.{t}/{seq}: ts {} after the ack {a}", r.ts);
             }
@@ -334,7 +362,10 @@ fn uplink_cuts_stalls_and_kills_keep_exactly_once_in_order() -> Result<()> {
             .filter(|s| s.topic == t && s.acked_ms.is_some() && !present.contains(&s.seq))
             .map(|s| s.seq)
             .collect();
-        ensure!(missing.is_empty(), "cam.{t}: acknowledged but missing: {missing:?}");
+        ensure!(
+            missing.is_empty(),
+            "cam.{t}: acknowledged but missing: {missing:?}"
+        );
     }
 
     // The local subscriber received every acknowledged publish made during the cut.
@@ -343,14 +374,24 @@ fn uplink_cuts_stalls_and_kills_keep_exactly_once_in_order() -> Result<()> {
         .iter()
         .filter(|s| s.acked_ms.is_some() && (cut_from..cut_to).contains(&s.sent_ms))
         .collect();
-    ensure!(during_cut.len() > 50, "only {} publishes during the cut", during_cut.len());
+    ensure!(
+        during_cut.len() > 50,
+        "only {} publishes during the cut",
+        during_cut.len()
+    );
     let unseen = during_cut
         .iter()
         .filter(|s| !local.contains(&(s.topic, s.seq)))
         .count();
-    ensure!(unseen == 0, "{unseen} publishes made during the cut never reached the local subscriber");
+    ensure!(
+        unseen == 0,
+        "{unseen} publishes made during the cut never reached the local subscriber"
+    );
 
-    ensure!(cloud.child.try_wait()?.is_none(), "the restarted cloud died");
+    ensure!(
+        cloud.child.try_wait()?.is_none(),
+        "the restarted cloud died"
+    );
     let acked = sent.iter().filter(|s| s.acked_ms.is_some()).count();
     println!(
         "published {}, acknowledged {acked}, in the cloud {total_cloud}, during the cut {}, \
