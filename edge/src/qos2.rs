@@ -115,10 +115,8 @@ mod tests {
         // Released: the identifier now names a new message.
         assert_eq!(b.publish(&s, &c, 1), Verdict::New);
         // Another client's identifiers are independent.
-        assert_eq!(
-            a.publish(&s, &Bytes::from_static(b"other"), 2),
-            Verdict::New
-        );
+        let other = Bytes::from_static(b"other");
+        assert_eq!(Inbox::default().publish(&s, &other, 2), Verdict::New);
         // A clean session forgets.
         s.clear(&c);
         assert_eq!(Inbox::default().publish(&s, &c, 2), Verdict::New);
