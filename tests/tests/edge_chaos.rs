@@ -236,9 +236,27 @@ fn restart_edge(edge: &mut Edge, dir: &Path, yaml: &str, addr: &Mutex<SocketAddr
 
 #[test]
 fn uplink_cuts_stalls_and_kills_keep_exactly_once_in_order() -> Result<()> {
-    let started = Instant::now();
     let tmp = tempfile::tempdir()?;
-    let (cloud_dir, edge_dir) = (tmp.path().join("cloud"), tmp.path().join("edge"));
+    let result = chaos(tmp.path());
+    if result.is_err() {
+        // Keep the evidence: both data directories and logs.
+        let dir = tmp.keep();
+        for log in ["edge/edge.log", "cloud/cloud.log"] {
+            let text = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(20).collect();
+            eprintln!(
+                "--- {log} (last 20 lines, newest first)\n{}",
+                tail.join("\n")
+            );
+        }
+        eprintln!("kept {}", dir.display());
+    }
+    result
+}
+
+fn chaos(tmp: &Path) -> Result<()> {
+    let started = Instant::now();
+    let (cloud_dir, edge_dir) = (tmp.join("cloud"), tmp.join("edge"));
     std::fs::create_dir_all(&cloud_dir)?;
     std::fs::create_dir_all(&edge_dir)?;
 
@@ -318,6 +336,15 @@ fn uplink_cuts_stalls_and_kills_keep_exactly_once_in_order() -> Result<()> {
     rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), cam).await })??;
     wait_until("the edge backlog to drain", Duration::from_secs(30), || {
         Ok(edge.metric("edge_backlog_records")? == 0.0 && up(&edge)?)
+    })
+    .map_err(|e| {
+        let m = edge.metrics().unwrap_or_default();
+        let mut m: Vec<_> = m
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("edge_"))
+            .collect();
+        m.sort_by(|a, b| a.0.cmp(&b.0));
+        e.context(format!("edge metrics: {m:?}"))
     })?;
 
     let sent = sim.sent.lock().unwrap().clone();
