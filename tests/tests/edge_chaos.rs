@@ -221,7 +221,7 @@ fn kcat_read(bootstrap: &str, topic: &str) -> Result<Vec<Rec>> {
 fn edge_yaml(proxy: SocketAddr) -> String {
     format!(
         "edge_id: {EDGE_ID}\n\
-         cloud:\n  bootstrap: {proxy}\n  request_timeout_ms: 1500\n  \
+         cloud:\n  bootstrap: {proxy}\n  request_timeout_ms: 1000\n  \
          backoff_initial_ms: 50\n  backoff_max_ms: 300\n\
          uplink:\n  filters:\n    - filter: \"cam/#\"\n      priority: 1\n"
     )
@@ -297,10 +297,11 @@ fn chaos(tmp: &Path) -> Result<()> {
     proxy.restore();
     wait_until("the uplink after the cut", t, || up(&edge))?;
 
-    // 2. Stall: connections stay open, nothing moves; the edge's request timeout fires.
+    // 2. Stall: connections stay open and nothing moves for longer than the edge's
+    //    Produce timeout (request_timeout_ms + 5 s); held bytes are delivered late.
     let before = replicated(&edge)?;
     proxy.set(Mode::Stall);
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(7));
     proxy.restore();
     wait_until("replication after the stall", t, || {
         Ok(replicated(&edge)? > before)
@@ -429,4 +430,36 @@ fn chaos(tmp: &Path) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// A half-open uplink (the proxy accepts and then moves no byte) while the edge connects:
+/// the edge must give up and reconnect rather than wait forever.
+///
+/// Ignored: it fails today. The Produce wait has a timeout, but the connection handshake
+/// (ApiVersions), InitProducerId and Metadata do not (edge/src/replicator/mod.rs,
+/// common/src/kafka/conn.rs), so a link that goes half-open while the edge connects
+/// wedges the uplink until bytes flow again. Run with `-- --ignored` once fixed.
+#[test]
+#[ignore = "the edge has no timeout on connect/Metadata/InitProducerId yet"]
+fn half_open_uplink_while_connecting_is_abandoned() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (cloud_dir, edge_dir) = (tmp.path().join("cloud"), tmp.path().join("edge"));
+    std::fs::create_dir_all(&cloud_dir)?;
+    std::fs::create_dir_all(&edge_dir)?;
+    let proxy = FaultProxy::start("127.0.0.1:9".parse()?)?;
+    let advertise = format!("  advertised_port: {}\n", proxy.addr().port());
+    let cloud = Cloud::start_on(&cloud_dir, "127.0.0.1:0", &advertise, "")?;
+    proxy.set_upstream(cloud.addr.parse()?);
+    proxy.set(Mode::Stall);
+    let edge = Edge::start(&edge_dir, &edge_yaml(proxy.addr()))?;
+    // request_timeout_ms is 1000: a reconnect within 15 s means the stall was noticed.
+    wait_until(
+        "a second connection attempt",
+        Duration::from_secs(15),
+        || Ok(proxy.accepted() >= 2),
+    )?;
+    proxy.restore();
+    wait_until("the uplink", Duration::from_secs(15), || {
+        Ok(edge.metric("edge_uplink_up")? == 1.0)
+    })
 }
