@@ -44,6 +44,9 @@ pub struct KafkaConfig {
     pub listen: SocketAddr,
     /// Host advertised in Metadata; defaults to the listen address's IP.
     pub advertised_host: Option<String>,
+    /// Port advertised in Metadata; defaults to the bound listen port (set it when clients
+    /// reach the broker through a proxy or NAT on another port).
+    pub advertised_port: Option<u16>,
     pub max_frame_bytes: u64,
     pub auto_create_topics: bool,
     pub default_partitions: u32,
@@ -134,6 +137,7 @@ impl Default for KafkaConfig {
         KafkaConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
             advertised_host: None,
+            advertised_port: None,
             max_frame_bytes: 100 << 20,
             auto_create_topics: true,
             default_partitions: 1,

@@ -130,7 +130,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .unwrap_or_else(|| kafka_addr.ip().to_string());
     let node = broker::Node {
         host,
-        port: kafka_addr.port() as i32,
+        port: i32::from(config.kafka.advertised_port.unwrap_or(kafka_addr.port())),
     };
     let retention_every = Duration::from_millis(config.storage.retention_check_interval_ms);
     let mqtt_hub = mqtt::Hub::open(log.clone(), config.mqtt.clone())

@@ -19,9 +19,18 @@
 //! `sync: always`. With `sync: interval` the window is at most one interval. The wrapper
 //! also sees what a local link cannot: the publisher's QoS (from the fixed header), its
 //! client id (from CONNECT, the record key) and v5 topic aliases.
+//!
+//! Two more duties sit here because only the codec sees the raw packets:
+//!
+//! - **Client ids.** A CONNECT with an empty client id and a clean session (allowed by
+//!   MQTT 3.1.1 and 5) gets an id assigned here, `edge-<hex>`, before rumqttd sees it, so
+//!   the record key is never empty and rumqttd and the buffer use the same id; an MQTT 5
+//!   client learns it from the CONNACK's Assigned Client Identifier.
+//! - **QoS 2 exactly once.** A retransmitted QoS 2 PUBLISH (same packet id before PUBREL)
+//!   is buffered once; see [`crate::qos2`].
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -32,6 +41,7 @@ use crate::buffer::{Appended, Buffer, FullPolicy, Props, Record, SyncPolicy};
 use crate::config::KeyMode;
 use crate::filter::Uplink;
 use crate::metrics::Metrics;
+use crate::qos2::{Inbox, Qos2Sessions, Verdict};
 
 /// Shared ingest context.
 pub struct IngestCtx {
@@ -47,6 +57,8 @@ pub struct IngestCtx {
     pub metrics: Arc<Metrics>,
     /// Whether the wall clock is believed synchronised.
     pub clock_synced: AtomicBool,
+    /// QoS 2 packet ids between PUBLISH and PUBREL, per client.
+    pub qos2: Qos2Sessions,
 }
 
 /// A rumqttd codec wrapper that feeds the buffer (one per connection).
@@ -54,20 +66,63 @@ pub struct Ingest<P> {
     inner: P,
     ctx: Arc<IngestCtx>,
     client_id: Option<Bytes>,
+    /// The id assigned to a client that sent an empty one (for the v5 CONNACK).
+    assigned: Option<String>,
+    clean_session: bool,
     aliases: HashMap<u16, Bytes>,
     ahead: VecDeque<Packet>,
+    inbox: Inbox,
 }
 
 impl<P: Clone> Clone for Ingest<P> {
     fn clone(&self) -> Self {
-        Ingest {
-            inner: self.inner.clone(),
-            ctx: self.ctx.clone(),
-            client_id: None,
-            aliases: HashMap::new(),
-            ahead: VecDeque::new(),
+        Ingest::new(self.inner.clone(), self.ctx.clone())
+    }
+}
+
+impl<P> Drop for Ingest<P> {
+    fn drop(&mut self) {
+        // The connection ended: a clean session's QoS 2 state ends with it.
+        if let (Some(c), true) = (&self.client_id, self.clean_session) {
+            self.ctx.qos2.clear(c);
         }
     }
+}
+
+/// A client id for a client that sent none: unique per process run.
+fn assign_client_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let start = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("edge-{:x}-{:x}-{n:x}", std::process::id(), start)
+}
+
+/// QoS and packet id of a PUBLISH at the start of `stream` (rumqttd keeps both
+/// crate-private). Same layout in v4 and v5: fixed header, topic, packet id if QoS > 0.
+fn publish_header(stream: &[u8]) -> Option<(u8, Option<u16>)> {
+    let b0 = *stream.first()?;
+    if b0 >> 4 != 3 {
+        return None;
+    }
+    let qos = (b0 >> 1) & 3;
+    let mut i = 1;
+    while *stream.get(i)? & 0x80 != 0 {
+        i += 1;
+        if i > 4 {
+            return None;
+        }
+    }
+    i += 1;
+    let topic_len = u16::from_be_bytes([*stream.get(i)?, *stream.get(i + 1)?]) as usize;
+    let at = i + 2 + topic_len;
+    let pkid = if qos > 0 {
+        Some(u16::from_be_bytes([*stream.get(at)?, *stream.get(at + 1)?]))
+    } else {
+        None
+    };
+    Some((qos, pkid))
 }
 
 impl<P> Ingest<P> {
@@ -77,9 +132,28 @@ impl<P> Ingest<P> {
             inner,
             ctx,
             client_id: None,
+            assigned: None,
+            clean_session: true,
             aliases: HashMap::new(),
             ahead: VecDeque::new(),
+            inbox: Inbox::default(),
         }
+    }
+
+    /// Notes the client id (assigning one if empty) and session kind from CONNECT.
+    fn connect(&mut self, c: &mut rumqttd::protocol::Connect) {
+        self.clean_session = c.clean_session;
+        // An empty id with a persistent session is refused by rumqttd, as MQTT requires.
+        if c.client_id.is_empty() && c.clean_session {
+            let id = assign_client_id();
+            c.client_id = id.clone();
+            self.assigned = Some(id);
+        }
+        let id = Bytes::from(c.client_id.clone());
+        if c.clean_session {
+            self.ctx.qos2.clear(&id);
+        }
+        self.client_id = Some(id);
     }
 
     /// Buffers one publish if it goes up; returns the commit generation to wait for.
@@ -161,22 +235,36 @@ impl<P: Protocol> Protocol for Ingest<P> {
         }
         let mut wait_gen = None;
         let stop = loop {
-            // The publisher's QoS is in the fixed header (rumqttd keeps it crate-private).
-            let qos = stream
-                .first()
-                .filter(|b| *b >> 4 == 3)
-                .map_or(0, |b| (b >> 1) & 3);
+            let (qos, pkid) = publish_header(stream).unwrap_or((0, None));
             match self.inner.read_mut(stream, max_size) {
                 Ok(Packet::Publish(mut publish, props)) => {
-                    let gen = self.ingest(&mut publish, &props, qos)?;
-                    if qos > 0 {
-                        wait_gen = wait_gen.max(gen);
+                    let verdict = match (qos, pkid) {
+                        (2, Some(pkid)) => {
+                            let client = self.client_id.clone().unwrap_or_default();
+                            self.inbox.publish(&self.ctx.qos2, &client, pkid)
+                        }
+                        _ => Verdict::New,
+                    };
+                    if verdict == Verdict::Drop {
+                        tracing::debug!(pkid, "qos 2 retransmission dropped");
+                        continue;
+                    }
+                    if verdict == Verdict::New {
+                        let gen = self.ingest(&mut publish, &props, qos)?;
+                        if qos > 0 {
+                            wait_gen = wait_gen.max(gen);
+                        }
                     }
                     self.ahead.push_back(Packet::Publish(publish, props));
                 }
-                Ok(packet) => {
-                    if let Packet::Connect(c, ..) = &packet {
-                        self.client_id = Some(Bytes::from(c.client_id.clone()));
+                Ok(mut packet) => {
+                    match &mut packet {
+                        Packet::Connect(c, ..) => self.connect(c),
+                        Packet::PubRel(rel, _) => {
+                            let client = self.client_id.clone().unwrap_or_default();
+                            self.inbox.release(&self.ctx.qos2, &client, rel.pkid);
+                        }
+                        _ => {}
                     }
                     self.ahead.push_back(packet);
                 }
@@ -199,7 +287,13 @@ impl<P: Protocol> Protocol for Ingest<P> {
         }
     }
 
-    fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, ProtoError> {
+    fn write(&self, mut packet: Packet, write: &mut BytesMut) -> Result<usize, ProtoError> {
+        if let (Packet::ConnAck(_, props), Some(id)) = (&mut packet, &self.assigned) {
+            // MQTT 5 tells the client its assigned id (the v4 codec ignores properties).
+            props
+                .get_or_insert_with(Default::default)
+                .assigned_client_identifier = Some(id.clone());
+        }
         self.inner.write(packet, write)
     }
 }

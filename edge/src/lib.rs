@@ -8,6 +8,8 @@ pub mod buffer;
 pub mod config;
 pub mod filter;
 pub mod ingest;
+pub mod logfilter;
 pub mod metrics;
 pub mod mqtt;
+pub mod qos2;
 pub mod replicator;

@@ -42,14 +42,22 @@ fn clock_synced() -> bool {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rumqttd=warn".into()),
-        )
-        .init();
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        use tracing_subscriber::Layer;
+        let env = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "info,rumqttd=warn".into());
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_filter(env)
+                    .with_filter(edge::logfilter::QuietDisconnects),
+            )
+            .init();
+    }
     let cfg = match parse_args().and_then(|p| match p {
         Some(p) => Config::load(&p).map_err(anyhow::Error::from),
         None => Config::parse("", "(defaults)").map_err(anyhow::Error::from),
@@ -98,6 +106,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         full_policy: bcfg.full_policy,
         metrics: metrics.clone(),
         clock_synced: AtomicBool::new(clock_synced()),
+        qos2: Default::default(),
     });
     let clock_ctx = ctx.clone();
     tokio::spawn(async move {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rumqttd::protocol::{v4::V4, v5::V5, Protocol};
 use rumqttd::{ConnectionSettings, LinkType, RouterConfig, Server, ServerSettings, TlsConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::MqttConfig;
 use crate::ingest::{Ingest, IngestCtx};
@@ -76,13 +77,33 @@ async fn serve<P: Protocol + Clone + Send + 'static>(mut server: Server<P>, name
     }
 }
 
-/// Waits until `addr` accepts connections.
-async fn ready(addr: SocketAddr) -> Result<(), Error> {
+/// Waits until the listener at `addr` answers. A plain listener is probed with an MQTT
+/// CONNECT (version 4 or 5) answered by a CONNACK, then closed, which rumqttd logs at info
+/// level only (a bare TCP connect closed before CONNECT makes it log an ERROR per probe).
+/// A TLS listener is probed by a TCP connect.
+async fn ready(addr: SocketAddr, level: Option<u8>) -> Result<(), Error> {
     let mut last = None;
     for _ in 0..200 {
-        match tokio::net::TcpStream::connect(addr).await {
-            Ok(_) => return Ok(()),
-            Err(e) => last = Some(e),
+        let probe = async {
+            let mut s = tokio::net::TcpStream::connect(addr).await?;
+            if let Some(level) = level {
+                s.write_all(&probe_connect(level)).await?;
+                // Read the whole CONNACK (remaining length < 128), so the close is a FIN
+                // and not a reset for unread bytes.
+                let mut head = [0u8; 2];
+                s.read_exact(&mut head).await?;
+                if head[0] != 0x20 || head[1] & 0x80 != 0 {
+                    return Err(std::io::Error::other("no CONNACK"));
+                }
+                s.read_exact(&mut vec![0u8; head[1] as usize]).await?;
+                s.shutdown().await?;
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(Duration::from_secs(2), probe).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => last = Some(std::io::Error::other("probe timed out")),
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -90,6 +111,21 @@ async fn ready(addr: SocketAddr) -> Result<(), Error> {
         addr,
         source: last.unwrap_or_else(|| std::io::Error::other("not ready")),
     })
+}
+
+/// CONNECT, clean session, keepalive 10 s, client id `edge-ready-probe`, for protocol
+/// level 4 (3.1.1) or 5 (with an empty property list).
+fn probe_connect(level: u8) -> Vec<u8> {
+    let id = b"edge-ready-probe";
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, 0x02, 0, 10];
+    if level == 5 {
+        body.push(0);
+    }
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id);
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend(body);
+    packet
 }
 
 /// Starts the router and the listeners; returns once they accept connections.
@@ -116,7 +152,7 @@ pub async fn start(cfg: &MqttConfig, ctx: Arc<IngestCtx>) -> Result<Bound, Error
             Ingest::new(V4, ctx.clone()),
         );
         tokio::spawn(serve(server, "v4"));
-        ready(addr).await?;
+        ready(addr, cfg.tls.is_none().then_some(4)).await?;
         bound.v4 = Some(addr);
     }
     if let Some(addr) = cfg.v5_listen {
@@ -127,7 +163,7 @@ pub async fn start(cfg: &MqttConfig, ctx: Arc<IngestCtx>) -> Result<Bound, Error
             Ingest::new(V5, ctx.clone()),
         );
         tokio::spawn(serve(server, "v5"));
-        ready(addr).await?;
+        ready(addr, cfg.tls.is_none().then_some(5)).await?;
         bound.v5 = Some(addr);
     }
     Ok(bound)

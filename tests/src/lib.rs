@@ -1,5 +1,7 @@
 //! Support for the system tests and benchmark programs: a minimal Kafka client on the
-//! kafka-protocol crate, and helpers to run the cloud binary and read its resource use.
+//! kafka-protocol crate, helpers to run the cloud and edge binaries and read their resource
+//! use, and a TCP fault proxy for chaos tests.
 
+pub mod faultproxy;
 pub mod kafka;
 pub mod proc;

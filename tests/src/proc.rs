@@ -1,6 +1,9 @@
-//! Running the cloud binary for benchmarks, and reading a process's resource use.
+//! Running the cloud and edge binaries for tests and benchmarks, and reading a process's
+//! resource use.
 
-use std::io::{BufRead, BufReader};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -8,17 +11,68 @@ use anyhow::{bail, Context, Result};
 
 /// The cloud binary: `$CLOUD_BIN`, else beside the running executable.
 pub fn cloud_bin() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("CLOUD_BIN") {
+    workspace_bin("cloud", "CLOUD_BIN")
+}
+
+/// The edge binary: `$EDGE_BIN`, else beside the running executable.
+pub fn edge_bin() -> Result<PathBuf> {
+    workspace_bin("edge", "EDGE_BIN")
+}
+
+fn workspace_bin(name: &str, env: &str) -> Result<PathBuf> {
+    if let Ok(p) = std::env::var(env) {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("exe dir")?;
-    for cand in [dir.join("cloud"), dir.join("../cloud")] {
+    for cand in [dir.join(name), dir.join("..").join(name)] {
         if cand.exists() {
             return Ok(cand);
         }
     }
-    bail!("cloud binary not found; build it (cargo build -p cloud) or set CLOUD_BIN")
+    bail!("{name} binary not found; build it (cargo build --workspace) or set {env}")
+}
+
+/// Spawns `bin --config cfg` (stderr appended to `log`) and reads stdout until every
+/// `listening <name> <addr>` line in `names` was printed; keeps draining stdout after.
+fn spawn_listening(
+    bin: &Path,
+    cfg: &Path,
+    log: &Path,
+    names: &[&str],
+) -> Result<(Child, HashMap<String, String>)> {
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let mut child = Command::new(bin)
+        .arg("--config")
+        .arg(cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr))
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut addrs = HashMap::new();
+    while !names.iter().all(|n| addrs.contains_key(*n)) {
+        let Some(line) = lines.next() else {
+            let _ = child.wait();
+            bail!(
+                "{} exited before listening (log: {})",
+                bin.display(),
+                log.display()
+            )
+        };
+        if let Some((name, addr)) = line?
+            .strip_prefix("listening ")
+            .and_then(|l| l.split_once(' '))
+        {
+            addrs.insert(name.to_string(), addr.trim().to_string());
+        }
+    }
+    // Keep draining stdout so the process never writes into a closed pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Ok((child, addrs))
 }
 
 pub struct Cloud {
@@ -34,6 +88,13 @@ impl Cloud {
     /// its config in `dir` (an `mqtt:` section there replaces the default one, and must
     /// keep a plain listener). Waits until both listeners are announced.
     pub fn start(dir: &Path, extra_yaml: &str) -> Result<Cloud> {
+        Cloud::start_on(dir, "127.0.0.1:0", "", extra_yaml)
+    }
+
+    /// Like [`Cloud::start`] with the Kafka listener on `listen` and `kafka_yaml` (more
+    /// keys of the `kafka:` section, each line indented by two spaces). Restarting on
+    /// the same `dir` reuses the data directory; stderr is appended to `dir/cloud.log`.
+    pub fn start_on(dir: &Path, listen: &str, kafka_yaml: &str, extra_yaml: &str) -> Result<Cloud> {
         let cfg = dir.join("cloud.yaml");
         let mqtt = if extra_yaml.contains("mqtt:") {
             ""
@@ -43,37 +104,28 @@ impl Cloud {
         std::fs::write(
             &cfg,
             format!(
-                "data_dir: {}\nkafka:\n  listen: 127.0.0.1:0\n{mqtt}{extra_yaml}",
+                "data_dir: {}\nkafka:\n  listen: {listen}\n{kafka_yaml}{mqtt}{extra_yaml}",
                 dir.join("data").display()
             ),
         )?;
-        let mut child = Command::new(cloud_bin()?)
-            .arg("--config")
-            .arg(&cfg)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(std::fs::File::create(dir.join("cloud.log"))?))
-            .spawn()?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let (mut addr, mut mqtt_addr) = (None, None);
-        while addr.is_none() || mqtt_addr.is_none() {
-            let Some(line) = lines.next() else {
-                bail!("cloud exited before listening")
-            };
-            let line = line?;
-            if let Some(a) = line.strip_prefix("listening kafka ") {
-                addr = Some(a.trim().to_string());
-            } else if let Some(a) = line.strip_prefix("listening mqtt ") {
-                mqtt_addr = Some(a.trim().to_string());
-            }
-        }
-        // Keep draining stdout so the broker never writes into a closed pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let (child, mut addrs) = spawn_listening(
+            &cloud_bin()?,
+            &cfg,
+            &dir.join("cloud.log"),
+            &["kafka", "mqtt"],
+        )?;
         Ok(Cloud {
             child,
-            addr: addr.unwrap_or_default(),
-            mqtt_addr: mqtt_addr.unwrap_or_default(),
+            addr: addrs.remove("kafka").unwrap_or_default(),
+            mqtt_addr: addrs.remove("mqtt").unwrap_or_default(),
         })
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
     }
 
     pub fn pid(&self) -> u32 {
@@ -82,6 +134,84 @@ impl Cloud {
 }
 
 impl Drop for Cloud {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An edge process started from a YAML config (listeners on 127.0.0.1:0).
+pub struct Edge {
+    pub child: Child,
+    /// The MQTT 3.1.1 listener.
+    pub v4: SocketAddr,
+    /// The MQTT 5 listener.
+    pub v5: SocketAddr,
+    /// The metrics endpoint.
+    pub metrics: SocketAddr,
+}
+
+impl Edge {
+    /// Writes `dir/edge.yaml` with `data_dir: dir/data`, every listener on 127.0.0.1:0 and
+    /// `extra_yaml` appended (which must not repeat `data_dir`, `mqtt` or `metrics`), starts
+    /// the edge and waits until it prints its listeners. Stderr goes to `dir/edge.log`
+    /// (appended, so restarts on the same `dir` keep one log).
+    pub fn start(dir: &Path, extra_yaml: &str) -> Result<Edge> {
+        let cfg = dir.join("edge.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "data_dir: {}\nmqtt:\n  v4_listen: 127.0.0.1:0\n  v5_listen: 127.0.0.1:0\n\
+                 metrics:\n  listen: 127.0.0.1:0\n{extra_yaml}",
+                dir.join("data").display()
+            ),
+        )?;
+        let (child, addrs) = spawn_listening(
+            &edge_bin()?,
+            &cfg,
+            &dir.join("edge.log"),
+            &["mqtt-v4", "mqtt-v5", "metrics"],
+        )?;
+        let addr = |n: &str| -> Result<SocketAddr> { Ok(addrs[n].parse()?) };
+        Ok(Edge {
+            v4: addr("mqtt-v4")?,
+            v5: addr("mqtt-v5")?,
+            metrics: addr("metrics")?,
+            child,
+        })
+    }
+
+    /// One sample of `GET /metrics`: metric name (with labels) to value.
+    pub fn metrics(&self) -> Result<HashMap<String, f64>> {
+        let mut s = std::net::TcpStream::connect(self.metrics)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, v) = l.rsplit_once(' ')?;
+                Some((name.to_string(), v.parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// One metric, 0 when absent.
+    pub fn metric(&self, name: &str) -> Result<f64> {
+        Ok(self.metrics()?.get(name).copied().unwrap_or(0.0))
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Edge {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -1,0 +1,99 @@
+//! Drops two ERROR events rumqttd 0.20 logs for a normal client disconnect.
+//!
+//! A client that sends DISCONNECT and then closes (mosquitto_pub, paho, most devices) is
+//! seen twice by rumqttd's router: once for the packet, once when the link ends. The
+//! second one logs `no-connection id N is already gone`, and the link logs `router-drop
+//! error=Recv(Disconnected)`, both at ERROR, on every such disconnect. They are not faults
+//! (the session ended as the client asked), so this filter drops exactly those two events;
+//! every other rumqttd event passes.
+
+use std::fmt::Debug;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Metadata};
+use tracing_subscriber::layer::{Context, Filter};
+
+/// The per-layer filter (see the module docs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QuietDisconnects;
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    error: String,
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.record_debug(field, &value);
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
+        match field.name() {
+            "message" => self.message = format!("{value:?}"),
+            "error" => self.error = format!("{value:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Whether an event of `target` with these fields is one of the two benign ones.
+fn benign(target: &str, message: &str, error: &str) -> bool {
+    let message = message.trim_matches('"');
+    (target == "rumqttd::server::broker"
+        && message == "router-drop"
+        && error.contains("Disconnected"))
+        || (target == "rumqttd::router::routing"
+            && message.starts_with("no-connection id ")
+            && message.ends_with(" is already gone"))
+}
+
+impl<S> Filter<S> for QuietDisconnects {
+    fn enabled(&self, _: &Metadata<'_>, _: &Context<'_, S>) -> bool {
+        true
+    }
+
+    fn event_enabled(&self, event: &Event<'_>, _: &Context<'_, S>) -> bool {
+        let target = event.metadata().target();
+        if !target.starts_with("rumqttd") {
+            return true;
+        }
+        let mut f = Fields::default();
+        event.record(&mut f);
+        !benign(target, &f.message, &f.error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::benign;
+
+    #[test]
+    fn only_the_two_disconnect_events() {
+        assert!(benign(
+            "rumqttd::server::broker",
+            "router-drop",
+            "Recv(Disconnected)"
+        ));
+        assert!(benign(
+            "rumqttd::router::routing",
+            "no-connection id 3 is already gone",
+            ""
+        ));
+        assert!(!benign(
+            "rumqttd::server::broker",
+            "router-drop",
+            "Send(Full)"
+        ));
+        assert!(!benign(
+            "rumqttd::server::broker",
+            "disconnected",
+            "Recv(Disconnected)"
+        ));
+        assert!(!benign(
+            "rumqttd::router::routing",
+            "Failed to append to commitlog",
+            ""
+        ));
+    }
+}

@@ -1,0 +1,185 @@
+"""Edge ingest details with real clients: a clean start logs no ERROR, a client with an
+empty client id still gets a record key (the id the edge assigned, which an MQTT 5 client
+reads from its CONNACK), and a retransmitted QoS 2 PUBLISH is buffered and delivered once
+(raw MQTT 3.1.1 packets, so the retransmission is exactly what the test says)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import paho.mqtt.client as paho
+import pytest
+
+from edge_fixtures import dead_bootstrap, edge_factory, free_port  # noqa: F401
+from helpers import ck_read_all, wait_for
+
+
+def mosquitto_pub(addr, version: str, topic: str, msg: str, qos: int = 1):
+    """mosquitto_pub with its default client id: it sends an empty one (clean session)."""
+    subprocess.run(["mosquitto_pub", "-h", addr[0], "-p", str(addr[1]), "-V", version,
+                    "-t", topic, "-m", msg, "-q", str(qos)],
+                   check=True, timeout=20, capture_output=True)
+
+
+def test_clean_start_logs_no_error(edge_factory):
+    edge = edge_factory({"cloud": {"bootstrap": dead_bootstrap()}})
+    # Clients connect, publish and disconnect cleanly on both listeners.
+    mosquitto_pub(edge.v4, "mqttv311", "cam/x", "hi")
+    mosquitto_pub(edge.v5, "mqttv5", "cam/x", "hi")
+    wait_for(lambda: edge.metrics().get("edge_ingest_records_total") == 2, 10, what="ingest")
+    edge.stop()
+    log = edge.stderr_path.read_text(errors="replace")
+    errors = [line for line in log.splitlines() if " ERROR " in line]
+    assert not errors, "a clean start logged errors:\n" + "\n".join(errors)
+
+
+def paho_empty_id(addr, version: int):
+    """Connects with an empty client id (clean session), returns (client, connack props)."""
+    proto = paho.MQTTv5 if version == 5 else paho.MQTTv311
+    kw = {} if version == 5 else {"clean_session": True}
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="", protocol=proto, **kw)
+    got = {}
+    done = threading.Event()
+
+    def on_connect(client, userdata, flags, reason_code, properties=None):
+        got["rc"] = reason_code
+        got["props"] = properties
+        done.set()
+
+    c.on_connect = on_connect
+    c.connect(addr[0], addr[1], keepalive=30)
+    c.loop_start()
+    assert done.wait(10), "connect"
+    assert not got["rc"].is_failure, got["rc"]
+    return c, got["props"]
+
+
+@pytest.mark.timeout(120)
+def test_empty_client_id_gets_an_assigned_key(cloud_factory, edge_factory):
+    port = free_port()
+    cloud = cloud_factory({"kafka": {"listen": f"127.0.0.1:{port}"}})
+    edge = edge_factory({"cloud": {"bootstrap": f"127.0.0.1:{port}"}})
+    mosquitto_pub(edge.v4, "mqttv311", "cam/anon", "mosq-v4")
+    mosquitto_pub(edge.v5, "mqttv5", "cam/anon", "mosq-v5")
+    c5, props = paho_empty_id(edge.v5, 5)
+    assigned = getattr(props, "AssignedClientIdentifier", None)
+    assert assigned and assigned.startswith("edge-"), f"CONNACK properties: {props}"
+    c5.publish("cam/anon", b"paho-v5", qos=1).wait_for_publish(10)
+    c5.disconnect()
+    c5.loop_stop()
+    wait_for(lambda: edge.metrics().get("edge_backlog_records") == 0
+             and edge.metrics().get("edge_uplink_records_total") == 3, 60,
+             what=lambda: f"replication: {edge.metrics()}")
+    recs = {r.value: r for r in ck_read_all(cloud.bootstrap, "cam.anon", timeout=30)}
+    assert set(recs) == {b"mosq-v4", b"mosq-v5", b"paho-v5"}
+    assert recs[b"paho-v5"].key == assigned.encode(), "the key is the id the client was given"
+    keys = [r.key for r in recs.values()]
+    assert all(k and k.startswith(b"edge-") for k in keys), keys
+    assert len(set(keys)) == 3, "each connection has its own id"
+
+
+# Raw MQTT 3.1.1 packets for the QoS 2 test.
+
+def connect_pkt(client_id: str, clean: bool) -> bytes:
+    cid = client_id.encode()
+    body = (b"\x00\x04MQTT\x04" + bytes([0x02 if clean else 0x00]) + b"\x00\x1e"
+            + struct.pack(">H", len(cid)) + cid)
+    return bytes([0x10, len(body)]) + body
+
+
+def publish_qos2(topic: str, pkid: int, payload: bytes, dup: bool) -> bytes:
+    t = topic.encode()
+    body = struct.pack(">H", len(t)) + t + struct.pack(">H", pkid) + payload
+    return bytes([0x30 | 0x04 | (0x08 if dup else 0), len(body)]) + body
+
+
+def pubrel(pkid: int) -> bytes:
+    return bytes([0x62, 2]) + struct.pack(">H", pkid)
+
+
+class Raw:
+    def __init__(self, addr, client_id: str, clean: bool = True):
+        self.s = socket.create_connection(addr, timeout=10)
+        self.s.sendall(connect_pkt(client_id, clean))
+        kind, body = self.read()
+        assert kind == 0x20 and body[1] == 0, f"CONNACK {kind:#x} {body!r}"
+
+    def read(self) -> tuple[int, bytes]:
+        head = self._exact(2)
+        assert head[1] < 128
+        return head[0], self._exact(head[1])
+
+    def _exact(self, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = self.s.recv(n - len(buf))
+            assert chunk, "connection closed"
+            buf += chunk
+        return buf
+
+    def expect(self, kind: int, pkid: int):
+        got_kind, body = self.read()
+        assert (got_kind, struct.unpack(">H", body[:2])[0]) == (kind, pkid), (got_kind, body)
+
+    def close(self):
+        self.s.close()
+
+
+@pytest.mark.timeout(90)
+def test_qos2_retransmission_buffered_once(edge_factory):
+    edge = edge_factory({"cloud": {"bootstrap": dead_bootstrap()},
+                         "uplink": {"filters": [{"filter": "cam/#", "priority": 0}]}})
+    got: list[str] = []
+    sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(edge.v4[1]), "-q", "2",
+                            "-t", "cam/#", "-t", "probe", "-v"], stdout=subprocess.PIPE, text=True)
+    threading.Thread(target=lambda: [got.append(x.strip()) for x in sub.stdout], daemon=True).start()
+    try:
+        # The subscriber is live once a probe reaches it.
+        def probe():
+            subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(edge.v4[1]),
+                            "-t", "probe", "-m", "p", "-q", "0"], check=True, timeout=10)
+            return "probe p" in got
+        wait_for(probe, 20, interval=0.1, what="subscriber live")
+        base = edge.metrics().get("edge_ingest_records_total", 0)
+        assert base == 0
+
+        # Same connection: PUBLISH, then the same packet id again with DUP=1 before PUBREL.
+        r = Raw(edge.v4, "q2-cam")
+        r.s.sendall(publish_qos2("cam/q2", 7, b"once", dup=False)
+                    + publish_qos2("cam/q2", 7, b"once", dup=True))
+        r.expect(0x50, 7)  # PUBREC
+        r.s.sendall(pubrel(7))
+        r.expect(0x70, 7)  # PUBCOMP
+        # Released: the same packet id now carries a new message.
+        r.s.sendall(publish_qos2("cam/q2", 7, b"next", dup=False))
+        r.expect(0x50, 7)
+        r.s.sendall(pubrel(7))
+        r.expect(0x70, 7)
+        r.close()
+
+        # Persistent session: the connection drops before PUBREC is read; the client
+        # reconnects and retransmits with DUP=1.
+        r = Raw(edge.v4, "q2-persistent", clean=False)
+        r.s.sendall(publish_qos2("cam/q2p", 9, b"persist", dup=False))
+        r.expect(0x50, 9)
+        r.close()
+        r = Raw(edge.v4, "q2-persistent", clean=False)
+        r.s.sendall(publish_qos2("cam/q2p", 9, b"persist", dup=True))
+        r.expect(0x50, 9)
+        r.close()
+
+        wait_for(lambda: edge.metrics()["edge_ingest_records_total"] >= base + 3, 10,
+                 what="ingest")
+        # Nothing more arrives: the last connection's packets were all answered above.
+        m = edge.metrics()
+        assert m["edge_ingest_records_total"] == base + 3, "QoS 2 retransmission buffered twice"
+        wait_for(lambda: "cam/q2 next" in got, 10, what=lambda: f"local delivery {got}")
+        local = [x for x in got if x.startswith("cam/q2 ")]
+        assert local == ["cam/q2 once", "cam/q2 next"], local
+    finally:
+        sub.terminate()
+        sub.wait(5)
