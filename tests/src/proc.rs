@@ -34,6 +34,12 @@ impl Cloud {
     /// its config in `dir` (an `mqtt:` section there replaces the default one, and must
     /// keep a plain listener). Waits until both listeners are announced.
     pub fn start(dir: &Path, extra_yaml: &str) -> Result<Cloud> {
+        Cloud::start_at(dir, "127.0.0.1:0", extra_yaml)
+    }
+
+    /// [`Cloud::start`] with the Kafka listener on `kafka_listen` (a peer that was told
+    /// the address before the cloud ran, e.g. an edge whose uplink is "restored").
+    pub fn start_at(dir: &Path, kafka_listen: &str, extra_yaml: &str) -> Result<Cloud> {
         let cfg = dir.join("cloud.yaml");
         let mqtt = if extra_yaml.contains("mqtt:") {
             ""
@@ -43,7 +49,7 @@ impl Cloud {
         std::fs::write(
             &cfg,
             format!(
-                "data_dir: {}\nkafka:\n  listen: 127.0.0.1:0\n{mqtt}{extra_yaml}",
+                "data_dir: {}\nkafka:\n  listen: {kafka_listen}\n{mqtt}{extra_yaml}",
                 dir.join("data").display()
             ),
         )?;
@@ -98,6 +104,43 @@ pub fn rss_bytes(pid: u32) -> Result<u64> {
         }
     }
     bail!("no VmRSS")
+}
+
+/// Peak resident set size of a process in bytes (`VmHWM`: the high-water mark over its
+/// whole life).
+pub fn peak_rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    for line in status.lines() {
+        if let Some(v) = line.strip_prefix("VmHWM:") {
+            let kb: u64 = v.trim().trim_end_matches("kB").trim().parse()?;
+            return Ok(kb * 1024);
+        }
+    }
+    bail!("no VmHWM")
+}
+
+/// User plus system CPU seconds a process has used so far.
+pub fn cpu_secs(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("stat")?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 =
+        f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?;
+    Ok(ticks as f64 / 100.0) // USER_HZ is 100 on Linux (x86, ARM)
+}
+
+/// Bytes of every file under `dir` (0 if it does not exist).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// Open file descriptors of a process.

@@ -39,11 +39,30 @@ pub struct BatchRecord {
     pub timestamp_ms: i64,
 }
 
+/// zstd level for Produce batches. Level 1 compresses about twice as fast as kafka-protocol's
+/// fixed level 3 for a few percent larger output, which keeps a drain from being bound by
+/// the edge's CPU.
+const ZSTD_LEVEL: i32 = 1;
+
 /// Encodes `records` as one v2 RecordBatch whose first sequence is `base_sequence`.
 ///
 /// Each record gets `offset = i` and `sequence = base_sequence + i` (a sequence of -1 on
-/// every record would make the encoder cut one batch per record).
+/// every record would make the encoder cut one batch per record). zstd is applied here
+/// (see [`ZSTD_LEVEL`]); other codecs go through kafka-protocol.
 pub fn encode_batch(
+    records: &[BatchRecord],
+    producer: ProducerState,
+    base_sequence: i32,
+    compression: Compression,
+) -> Result<Bytes, Error> {
+    if compression == Compression::Zstd {
+        let plain = encode_with(records, producer, base_sequence, Compression::None)?;
+        return zstd_batch(&plain);
+    }
+    encode_with(records, producer, base_sequence, compression)
+}
+
+fn encode_with(
     records: &[BatchRecord],
     producer: ProducerState,
     base_sequence: i32,
@@ -122,7 +141,30 @@ mod tests {
     }
 }
 
+/// Compresses the records section of an uncompressed v2 RecordBatch with zstd: the header
+/// is kept, the batch length, the codec bits of the attributes and the CRC are rewritten.
+fn zstd_batch(plain: &[u8]) -> Result<Bytes, Error> {
+    if plain.len() < HEADER_LEN || plain[16] != 2 {
+        return Err(Error::Encode("not a v2 record batch".into()));
+    }
+    let body = zstd::bulk::compress(&plain[HEADER_LEN..], ZSTD_LEVEL)
+        .map_err(|e| Error::Encode(format!("zstd: {e}")))?;
+    let mut b = BytesMut::with_capacity(HEADER_LEN + body.len());
+    b.extend_from_slice(&plain[..HEADER_LEN]);
+    b.extend_from_slice(&body);
+    let batch_len =
+        i32::try_from(b.len() - LENGTH_END).map_err(|_| Error::Encode("batch too large".into()))?;
+    b[LENGTH_AT..LENGTH_END].copy_from_slice(&batch_len.to_be_bytes());
+    let attrs = (i16::from_be_bytes([b[ATTRIBUTES_AT], b[ATTRIBUTES_AT + 1]]) & !0x07) | 4;
+    b[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attrs.to_be_bytes());
+    let crc = crc32c::crc32c(&b[ATTRIBUTES_AT..]);
+    b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    Ok(b.freeze())
+}
+
 /// Byte offsets in a v2 RecordBatch header.
+const LENGTH_AT: usize = 8;
+const LENGTH_END: usize = 12;
 const CRC_AT: usize = 17;
 const ATTRIBUTES_AT: usize = 21;
 const PRODUCER_ID_AT: usize = 43;
@@ -149,6 +191,34 @@ pub fn restamp(batch: &[u8], producer: ProducerState, base_sequence: i32) -> Res
 mod restamp_tests {
     use super::*;
     use kafka_protocol::records::RecordBatchDecoder;
+
+    #[test]
+    fn zstd_batches_decode_and_shrink() {
+        let recs: Vec<BatchRecord> = (0..200)
+            .map(|i| BatchRecord {
+                value: Some(Bytes::from(format!("sensor reading {i:08} ").repeat(20))),
+                headers: vec![("edge.seq".into(), Some(Bytes::from(i.to_string())))],
+                timestamp_ms: i,
+                ..BatchRecord::default()
+            })
+            .collect();
+        let p = ProducerState {
+            producer_id: 3,
+            producer_epoch: 1,
+        };
+        let plain = encode_batch(&recs, p, 5, Compression::None).unwrap();
+        let mut z = encode_batch(&recs, p, 5, Compression::Zstd).unwrap();
+        assert!(z.len() * 4 < plain.len(), "{} vs {}", z.len(), plain.len());
+        assert_eq!(z[22] & 7, 4, "codec bits say zstd");
+        let set = RecordBatchDecoder::decode(&mut z).unwrap();
+        assert_eq!(set.records.len(), 200);
+        assert_eq!(set.records[199].sequence, 204);
+        assert_eq!(set.records[7].value, recs[7].value);
+        assert_eq!(
+            set.records[7].headers[&b"edge.seq"[..]],
+            Some(Bytes::from("7"))
+        );
+    }
 
     #[test]
     fn restamped_batch_decodes_with_new_identity() {

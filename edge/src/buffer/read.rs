@@ -111,7 +111,7 @@ fn release_in(s: &mut super::State, inner: &super::Inner, key: u64, n: u32) -> R
     s.live_records -= u64::from(n).min(s.live_records);
     if info.live == 0 {
         remove_batch(s, key);
-        inner.delete_batch(key)?;
+        inner.reap(key)?;
     }
     Ok(())
 }

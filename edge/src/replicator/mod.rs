@@ -54,8 +54,19 @@ pub enum Error {
     Timeout,
 }
 
-/// Most bytes of records held in memory waiting for a batch.
-const READ_AHEAD_BYTES: usize = 2 << 20;
+/// Most record bytes (uncompressed) the replicator holds in memory: read but not yet in
+/// a batch, plus cut into batches but not yet acknowledged. Bounds the edge's RSS during
+/// a drain whatever the backlog.
+const PIPELINE_BYTES: usize = 6 << 20;
+
+/// A new Produce request is sent while others are in flight only once this many record
+/// bytes are ready for it: a broker answers a connection's requests one at a time (Kafka
+/// and our cloud alike, each after its own fsync), so the drain rate is request size /
+/// request latency, and a few large requests beat many small ones.
+const REQUEST_TARGET_BYTES: usize = 2 << 20;
+
+/// Largest Produce request (batches as encoded), well under brokers' request limits.
+const REQUEST_MAX_BYTES: usize = 16 << 20;
 
 /// Token bucket for the optional bandwidth cap (burst of one second).
 struct Pacer {
@@ -98,10 +109,13 @@ pub struct Replicator {
 /// records the broker did store may be duplicated; it is logged as an error.
 const FENCED_LIMIT: u32 = 3;
 
+/// A Produce request on the wire: (topic, base sequence) of each batch in it.
+type OnWire = (Vec<(String, i32)>, ResponseFuture<ProduceResponse>);
+
 struct Session {
     conns: HashMap<String, Arc<Connection>>,
     bootstrap: Arc<Connection>,
-    wire: VecDeque<(String, i32, ResponseFuture<ProduceResponse>)>,
+    wire: VecDeque<OnWire>,
 }
 
 impl Replicator {
@@ -223,27 +237,34 @@ impl Replicator {
         };
         let notify = self.buffer.on_commit();
         loop {
-            self.fill()?;
-            self.cut_batches(producer)?;
-            self.send(&mut s).await?;
+            let caught_up = self.fill()?;
+            let cut = self.cut_batches(producer)?;
+            self.send(&mut s, caught_up).await?;
+            // Take every response that has already arrived.
+            let mut completed = false;
+            while let Some((batches, mut fut)) = s.wire.pop_front() {
+                match fut.try_take() {
+                    Some(resp) => {
+                        self.complete(&batches, &resp?)?;
+                        completed = true;
+                    }
+                    None => {
+                        s.wire.push_front((batches, fut));
+                        break;
+                    }
+                }
+            }
+            if completed || cut > 0 {
+                // Prepare the next request while the broker works on the ones in flight.
+                continue;
+            }
             match s.wire.pop_front() {
-                Some((topic, base, fut)) => {
+                Some((batches, fut)) => {
                     let timeout = Duration::from_millis(self.cfg.request_timeout_ms + 5_000);
                     let resp = tokio::time::timeout(timeout, fut.wait())
                         .await
                         .map_err(|_| Error::Timeout)??;
-                    self.complete(&topic, base, &resp)?;
-                    // Take every response that has already arrived, so the next cut
-                    // covers all freed slots with one descriptor fsync.
-                    while let Some((topic, base, mut fut)) = s.wire.pop_front() {
-                        match fut.try_take() {
-                            Some(resp) => self.complete(&topic, base, &resp?)?,
-                            None => {
-                                s.wire.push_front((topic, base, fut));
-                                break;
-                            }
-                        }
-                    }
+                    self.complete(&batches, &resp)?;
                 }
                 None => {
                     // Idle: wait for the next group commit (or re-check periodically).
@@ -278,14 +299,24 @@ impl Replicator {
         Ok(())
     }
 
-    /// Reads committed batches into per-topic queues while memory allows.
-    fn fill(&mut self) -> Result<(), Error> {
-        while self.state.unsent_bytes < READ_AHEAD_BYTES {
+    /// Reads committed batches into per-topic queues while memory allows. Returns true
+    /// when it read everything committed so far (nothing more to wait for).
+    fn fill(&mut self) -> Result<bool, Error> {
+        // About one request's worth per call, so cutting and sending overlap the broker.
+        let mut step = 0;
+        while self.state.unsent_bytes + self.state.batched_bytes < PIPELINE_BYTES
+            && step < REQUEST_TARGET_BYTES
+        {
             let batches = self.buffer.read(self.cursor, 512 << 10)?;
             if batches.is_empty() {
                 self.state.finish_restored(self.cursor, true);
-                return Ok(());
+                return Ok(true);
             }
+            step += batches
+                .iter()
+                .flat_map(|b| &b.records)
+                .map(|r| r.encoded_len())
+                .sum::<usize>();
             let mut release = Vec::new();
             for b in batches {
                 self.cursor = Some(b.key);
@@ -320,7 +351,7 @@ impl Replicator {
             self.state.finish_restored(self.cursor, false);
             self.buffer.release(&release)?;
         }
-        Ok(())
+        Ok(false)
     }
 
     fn compression(&self) -> Compression {
@@ -330,12 +361,16 @@ impl Replicator {
         }
     }
 
-    /// Turns complete restored descriptors and queued records into batches.
-    fn cut_batches(&mut self, producer: ProducerState) -> Result<(), Error> {
+    /// Turns complete restored descriptors and queued records into batches: first decides
+    /// every batch and its producer sequences (in order per topic), then encodes and
+    /// compresses them on several threads, then makes the descriptors durable.
+    fn cut_batches(&mut self, producer: ProducerState) -> Result<usize, Error> {
         let compression = self.compression();
         let mut assigned = false;
         let max_batches = self.cfg.max_in_flight;
+        let mut jobs: Vec<Job> = Vec::new();
         for (topic, t) in self.state.topics.iter_mut() {
+            let mut queued = t.batches.len();
             while let Some(r) = t.restored.front() {
                 if r.slots.iter().any(Option::is_none) {
                     break;
@@ -344,22 +379,24 @@ impl Replicator {
                     break;
                 };
                 let recs: Vec<_> = r.slots.into_iter().flatten().collect();
-                let kr: Vec<_> = recs
-                    .iter()
-                    .map(|x| state::to_batch_record(x, &self.edge_id))
-                    .collect();
-                t.batches.push_back(OutBatch {
-                    base: r.desc.base_seq,
-                    seqs: r.desc.seqs,
-                    payload_bytes: recs.iter().map(|x| x.payload.len() as u64).sum(),
-                    encoded: encode_batch(&kr, producer, r.desc.base_seq, compression)?,
-                    sent: false,
+                jobs.push(Job {
+                    topic: topic.clone(),
+                    batch: OutBatch {
+                        raw_bytes: recs.iter().map(|x| x.encoded_len()).sum(),
+                        base: r.desc.base_seq,
+                        seqs: r.desc.seqs,
+                        payload_bytes: recs.iter().map(|x| x.payload.len() as u64).sum(),
+                        encoded: bytes::Bytes::new(),
+                        sent: false,
+                    },
+                    records: recs,
                 });
+                queued += 1;
             }
             if !t.restored.is_empty() {
                 continue;
             }
-            while !t.unsent.is_empty() && t.batches.len() < max_batches {
+            while !t.unsent.is_empty() && queued < max_batches {
                 let mut recs = Vec::new();
                 let mut bytes = 0;
                 while let Some(r) = t.unsent.front() {
@@ -377,58 +414,125 @@ impl Replicator {
                 let seqs: Vec<u64> = recs.iter().map(|r| r.seq).collect();
                 let base = self.buffer.assign(topic, 0, &seqs)?;
                 assigned = true;
-                let kr: Vec<_> = recs
-                    .iter()
-                    .map(|x| state::to_batch_record(x, &self.edge_id))
-                    .collect();
-                t.batches.push_back(OutBatch {
-                    base,
-                    seqs,
-                    payload_bytes: recs.iter().map(|x| x.payload.len() as u64).sum(),
-                    encoded: encode_batch(&kr, producer, base, compression)?,
-                    sent: false,
+                jobs.push(Job {
+                    topic: topic.clone(),
+                    batch: OutBatch {
+                        raw_bytes: bytes,
+                        base,
+                        seqs,
+                        payload_bytes: recs.iter().map(|x| x.payload.len() as u64).sum(),
+                        encoded: bytes::Bytes::new(),
+                        sent: false,
+                    },
+                    records: recs,
                 });
+                queued += 1;
+            }
+        }
+        let t0 = Instant::now();
+        let encoded = encode_all(&jobs, &self.edge_id, producer, compression)?;
+        let t1 = Instant::now();
+        let jobs_len = jobs.len();
+        for (job, bytes) in jobs.into_iter().zip(encoded) {
+            let mut b = job.batch;
+            b.encoded = bytes;
+            self.state.batched_bytes += b.raw_bytes;
+            if let Some(t) = self.state.topics.get_mut(&job.topic) {
+                t.batches.push_back(b);
             }
         }
         if assigned {
             // Descriptors must be durable before their batches go on the wire.
             self.buffer.sync_uplink()?;
         }
-        Ok(())
+        if jobs_len > 0 {
+            tracing::debug!(
+                batches = jobs_len,
+                encode_us = (t1 - t0).as_micros() as u64,
+                sync_us = t1.elapsed().as_micros() as u64,
+                "replicator cut"
+            );
+        }
+        Ok(jobs_len)
     }
 
-    /// Sends every batch not yet on the wire, in order, to its topic's leader.
-    async fn send(&mut self, s: &mut Session) -> Result<(), Error> {
+    /// Sends the batches not yet on the wire, in order per topic: one Produce request per
+    /// leader carries the oldest unsent batch of every topic it leads (Kafka takes one
+    /// batch per partition per request), so one broker round trip (and one fsync there)
+    /// covers every topic. At most `max_in_flight` requests are outstanding, which also
+    /// bounds each partition's batches in flight (the idempotent producer's limit of 5).
+    /// While requests are in flight, a new one waits until [`REQUEST_TARGET_BYTES`] are
+    /// ready or the reader has caught up with the buffer (live traffic is not delayed).
+    async fn send(&mut self, s: &mut Session, caught_up: bool) -> Result<(), Error> {
         let timeout_ms = i32::try_from(self.cfg.request_timeout_ms).unwrap_or(i32::MAX);
-        let topics: Vec<String> = self
-            .state
-            .topics
-            .iter()
-            .filter(|(_, t)| t.batches.iter().any(|b| !b.sent))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for topic in topics {
-            let conn = self.leader(s, &topic).await?;
-            let Some(t) = self.state.topics.get_mut(&topic) else {
-                continue;
-            };
-            for b in t.batches.iter_mut().filter(|b| !b.sent) {
-                if let Some(p) = self.pacer.as_mut() {
-                    p.take(b.encoded.len()).await;
+        loop {
+            if s.wire.len() >= self.cfg.max_in_flight {
+                return Ok(());
+            }
+            let mut ready = 0;
+            let mut topics = Vec::new();
+            for (name, t) in &self.state.topics {
+                let unsent: usize = t
+                    .batches
+                    .iter()
+                    .filter(|b| !b.sent)
+                    .map(|b| b.raw_bytes)
+                    .sum();
+                if unsent > 0 {
+                    ready += unsent;
+                    topics.push(name.clone());
                 }
-                let part = ProducePartition {
-                    topic: topic.clone(),
-                    partition: 0,
-                    records: b.encoded.clone(),
-                };
-                let fut = conn
-                    .produce(std::slice::from_ref(&part), -1, timeout_ms)
-                    .await?;
-                b.sent = true;
-                s.wire.push_back((topic.clone(), b.base, fut));
+            }
+            if topics.is_empty()
+                || !(s.wire.is_empty() || caught_up || ready >= REQUEST_TARGET_BYTES)
+            {
+                return Ok(());
+            }
+            // Group by leader; the first leader's request goes out this round.
+            let mut by_leader: Vec<(Arc<Connection>, Vec<String>)> = Vec::new();
+            for topic in topics {
+                let conn = self.leader(s, &topic).await?;
+                match by_leader.iter_mut().find(|(c, _)| Arc::ptr_eq(c, &conn)) {
+                    Some((_, list)) => list.push(topic),
+                    None => by_leader.push((conn, vec![topic])),
+                }
+            }
+            for (conn, topics) in by_leader {
+                if s.wire.len() >= self.cfg.max_in_flight {
+                    return Ok(());
+                }
+                let mut parts = Vec::new();
+                let mut batches = Vec::new();
+                let mut bytes = 0;
+                for topic in topics {
+                    let Some(t) = self.state.topics.get_mut(&topic) else {
+                        continue;
+                    };
+                    let Some(b) = t.batches.iter_mut().find(|b| !b.sent) else {
+                        continue;
+                    };
+                    if !parts.is_empty() && bytes + b.encoded.len() > REQUEST_MAX_BYTES {
+                        break;
+                    }
+                    bytes += b.encoded.len();
+                    b.sent = true;
+                    parts.push(ProducePartition {
+                        topic: topic.clone(),
+                        partition: 0,
+                        records: b.encoded.clone(),
+                    });
+                    batches.push((topic, b.base));
+                }
+                if parts.is_empty() {
+                    continue;
+                }
+                if let Some(p) = self.pacer.as_mut() {
+                    p.take(bytes).await;
+                }
+                let fut = conn.produce(&parts, -1, timeout_ms).await?;
+                s.wire.push_back((batches, fut));
             }
         }
-        Ok(())
     }
 
     async fn leader(&mut self, s: &mut Session, topic: &str) -> Result<Arc<Connection>, Error> {
@@ -463,12 +567,22 @@ impl Replicator {
         Ok(c)
     }
 
-    /// Handles the response to the oldest batch of `topic`.
-    fn complete(&mut self, topic: &str, base: i32, resp: &ProduceResponse) -> Result<(), Error> {
-        let code = kafka::client::produce_errors(resp)
-            .into_iter()
-            .find(|(t, p, _)| t == topic && *p == 0)
-            .map_or(codes::UNKNOWN_TOPIC_OR_PARTITION, |(_, _, c)| c);
+    /// Handles the response to one Produce request: each batch in it is the oldest
+    /// unacknowledged batch of its topic.
+    fn complete(&mut self, batches: &[(String, i32)], resp: &ProduceResponse) -> Result<(), Error> {
+        let errs = kafka::client::produce_errors(resp);
+        for (topic, base) in batches {
+            let code = errs
+                .iter()
+                .find(|(t, p, _)| t == topic && *p == 0)
+                .map_or(codes::UNKNOWN_TOPIC_OR_PARTITION, |(_, _, c)| *c);
+            self.complete_batch(topic, *base, code)?;
+        }
+        Ok(())
+    }
+
+    /// Handles the broker's answer `code` for the oldest batch of `topic`.
+    fn complete_batch(&mut self, topic: &str, base: i32, code: i16) -> Result<(), Error> {
         if code != codes::NONE && code != codes::DUPLICATE_SEQUENCE_NUMBER {
             self.metrics
                 .produce_errors
@@ -486,12 +600,66 @@ impl Replicator {
             return Ok(());
         };
         debug_assert_eq!(b.base, base);
+        self.state.batched_bytes -= b.raw_bytes.min(self.state.batched_bytes);
         let last = b.seqs.iter().max().copied().unwrap_or(0);
         self.buffer.acknowledged(topic, 0, b.base, last)?;
         t.acked_through = Some(t.acked_through.map_or(last, |a| a.max(last)));
         self.buffer.release(&b.seqs)?;
         self.metrics.uplink_records.inc_by(b.seqs.len() as u64);
         self.metrics.uplink_bytes.inc_by(b.payload_bytes);
+        self.metrics
+            .uplink_wire_bytes
+            .inc_by(b.encoded.len() as u64);
         Ok(())
     }
+}
+
+/// A batch decided by `cut_batches`, waiting to be encoded.
+struct Job {
+    topic: String,
+    batch: OutBatch,
+    records: Vec<crate::buffer::Record>,
+}
+
+/// Encodes and compresses the batches of `jobs`, in order, spread over the available
+/// cores (zstd dominates the drain's CPU time).
+fn encode_all(
+    jobs: &[Job],
+    edge_id: &str,
+    producer: ProducerState,
+    compression: Compression,
+) -> Result<Vec<bytes::Bytes>, Error> {
+    let encode = |job: &Job| -> Result<bytes::Bytes, kafka::Error> {
+        let kr: Vec<_> = job
+            .records
+            .iter()
+            .map(|x| state::to_batch_record(x, edge_id))
+            .collect();
+        encode_batch(&kr, producer, job.batch.base, compression)
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 2)
+        .min(jobs.len());
+    if threads <= 1 {
+        return Ok(jobs.iter().map(encode).collect::<Result<_, _>>()?);
+    }
+    let encode = &encode;
+    let chunk = jobs.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .chunks(chunk)
+            .map(|c| scope.spawn(move || c.iter().map(encode).collect::<Vec<_>>()))
+            .collect();
+        let mut out = Vec::with_capacity(jobs.len());
+        for h in handles {
+            let part = h
+                .join()
+                .map_err(|_| kafka::Error::Encode("batch encoder thread panicked".into()))?;
+            for r in part {
+                out.push(r?);
+            }
+        }
+        Ok(out)
+    })
 }

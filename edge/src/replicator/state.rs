@@ -22,6 +22,8 @@ use crate::buffer::Record;
 /// A Produce batch with a persisted descriptor.
 #[derive(Debug, Clone)]
 pub struct OutBatch {
+    /// Record bytes before encoding (for the memory bound).
+    pub raw_bytes: usize,
     /// Producer sequence of its first record.
     pub base: i32,
     /// Buffer sequences, in order.
@@ -71,6 +73,8 @@ pub struct State {
     pub expected: HashMap<u64, (String, usize)>,
     /// Total bytes held in `unsent` queues.
     pub unsent_bytes: usize,
+    /// Record bytes cut into batches that are not acknowledged yet.
+    pub batched_bytes: usize,
 }
 
 /// What to do with a record read from the buffer.
