@@ -174,6 +174,19 @@ pub struct CloudConfig {
     pub backoff_max_ms: u64,
     /// Uplink bandwidth cap in bytes/s on the wire (after compression); 0 = unlimited.
     pub max_bytes_per_sec: u64,
+    /// Which records go first when there is a backlog.
+    pub drain: DrainPolicy,
+}
+
+/// Drain order when the uplink returns to a backlog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrainPolicy {
+    /// Oldest first: the cloud receives every topic in arrival order.
+    BacklogFirst,
+    /// Records that arrive after the uplink came back go ahead of the backlog; each of the
+    /// two streams stays in order, the `edge.seq` header gives the total order.
+    LiveFirst,
 }
 
 /// Compression names.
@@ -262,6 +275,7 @@ impl Default for CloudConfig {
             backoff_initial_ms: 100,
             backoff_max_ms: 10_000,
             max_bytes_per_sec: 0,
+            drain: DrainPolicy::BacklogFirst,
         }
     }
 }

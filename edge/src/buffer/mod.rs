@@ -214,6 +214,9 @@ struct State {
     committing: u64,
     /// Batches with keys at or below this were handed to the replicator.
     claimed: Option<u64>,
+    /// Live-first drain in progress: records from this sequence on are "live" and no
+    /// batch file holds records from both sides of it (see [`Buffer::start_live`]).
+    live_from: Option<u64>,
     shutdown: bool,
     failed: Option<String>,
 }
@@ -308,6 +311,14 @@ impl Buffer {
             ),
             None => 0,
         };
+        let live_from = match meta.get(uplink::LIVE_FROM)? {
+            Some(v) => Some(u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("live_from"))?,
+            )),
+            None => None,
+        };
         let files_dir = cfg.dir.join("batches");
         std::fs::create_dir_all(&files_dir)?;
         let mut batches = BTreeMap::new();
@@ -355,6 +366,7 @@ impl Buffer {
             live_records,
             committing: 0,
             claimed: None,
+            live_from,
             shutdown: false,
             failed: None,
         };

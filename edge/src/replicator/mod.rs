@@ -25,7 +25,8 @@ use kafka_protocol::messages::ProduceResponse;
 use kafka_protocol::records::Compression;
 
 use crate::buffer::Buffer;
-use crate::config::{CloudConfig, CompressionName};
+use crate::buffer::ReadBatch;
+use crate::config::{CloudConfig, CompressionName, DrainPolicy};
 use crate::metrics::Metrics;
 use state::{OutBatch, Placed, State};
 
@@ -95,7 +96,12 @@ pub struct Replicator {
     edge_id: String,
     metrics: Arc<Metrics>,
     state: State,
+    /// Last batch key read (the backlog cursor during a live-first drain).
     cursor: Option<u64>,
+    /// Last batch key read by the live cursor of a live-first drain.
+    live_cursor: Option<u64>,
+    /// Boundary of the live-first drain in progress.
+    live_from: Option<u64>,
     producer: Option<ProducerState>,
     rng: u64,
     /// Consecutive sequence/producer rejections of the same batch.
@@ -137,6 +143,7 @@ impl Replicator {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1);
+        let live_from = buffer.live_from();
         Ok(Replicator {
             producer: buffer.producer()?,
             buffer,
@@ -145,6 +152,8 @@ impl Replicator {
             metrics,
             state,
             cursor: None,
+            live_cursor: None,
+            live_from,
             rng: seed | 1,
             fenced: 0,
             pacer: (cfg_rate > 0).then(|| Pacer {
@@ -235,6 +244,7 @@ impl Replicator {
             bootstrap,
             wire: VecDeque::new(),
         };
+        self.start_live_if_backlog()?;
         let notify = self.buffer.on_commit();
         loop {
             let caught_up = self.fill()?;
@@ -299,59 +309,140 @@ impl Replicator {
         Ok(())
     }
 
-    /// Reads committed batches into per-topic queues while memory allows. Returns true
-    /// when it read everything committed so far (nothing more to wait for).
+    /// Reads committed batches into per-topic queues while memory allows (live records
+    /// first during a live-first drain). Returns true when it read everything committed
+    /// so far (nothing more to wait for).
     fn fill(&mut self) -> Result<bool, Error> {
         // About one request's worth per call, so cutting and sending overlap the broker.
         let mut step = 0;
-        while self.state.unsent_bytes + self.state.batched_bytes < PIPELINE_BYTES
-            && step < REQUEST_TARGET_BYTES
-        {
-            let batches = self.buffer.read(self.cursor, 512 << 10)?;
-            if batches.is_empty() {
-                self.state.finish_restored(self.cursor, true);
-                return Ok(true);
+        let room = |st: &State, step: usize| {
+            st.unsent_bytes + st.batched_bytes < PIPELINE_BYTES && step < REQUEST_TARGET_BYTES
+        };
+        let mut live_done = true;
+        if let Some(l) = self.live_from {
+            live_done = false;
+            while room(&self.state, step) {
+                let after = self.live_cursor.or(l.checked_sub(1));
+                let batches = self.buffer.read_range(after, u64::MAX, 512 << 10)?;
+                if batches.is_empty() {
+                    live_done = true;
+                    break;
+                }
+                step += self.take(batches, true)?;
             }
-            step += batches
-                .iter()
-                .flat_map(|b| &b.records)
-                .map(|r| r.encoded_len())
-                .sum::<usize>();
-            let mut release = Vec::new();
-            for b in batches {
+        }
+        let before = self.live_from.unwrap_or(u64::MAX);
+        while room(&self.state, step) {
+            let batches = self.buffer.read_range(self.cursor, before, 512 << 10)?;
+            if batches.is_empty() {
+                self.finish_restored(true, live_done);
+                self.end_live_if_done()?;
+                return Ok(live_done);
+            }
+            step += self.take(batches, false)?;
+        }
+        self.finish_restored(false, live_done);
+        Ok(false)
+    }
+
+    /// Places the records of batches read by the live (or the backlog) cursor; returns
+    /// their bytes.
+    fn take(&mut self, batches: Vec<ReadBatch>, live: bool) -> Result<usize, Error> {
+        let mut bytes = 0;
+        let mut release = Vec::new();
+        for b in batches {
+            if live {
+                self.live_cursor = Some(b.key);
+            } else {
                 self.cursor = Some(b.key);
-                for rec in b.records {
-                    let kafka_topic = match common::topic::mqtt_to_kafka(&rec.topic) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            tracing::error!(cause = %e, "unmappable topic, record skipped");
-                            release.push(rec.seq);
-                            continue;
-                        }
-                    };
-                    let seq = rec.seq;
-                    if self
-                        .state
-                        .topics
-                        .get(&kafka_topic)
-                        .is_none_or(|t| t.acked_through.is_none() && t.mqtt.is_empty())
-                    {
-                        let ps = self.buffer.partition_state(&kafka_topic, 0)?;
-                        self.state
-                            .topics
-                            .entry(kafka_topic.clone())
-                            .or_default()
-                            .acked_through = ps.acked_through;
+            }
+            for rec in b.records {
+                bytes += rec.encoded_len();
+                let kafka_topic = match common::topic::mqtt_to_kafka(&rec.topic) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::error!(cause = %e, "unmappable topic, record skipped");
+                        release.push(rec.seq);
+                        continue;
                     }
-                    if self.state.place(kafka_topic, rec) == Placed::AlreadyAcked {
-                        release.push(seq);
-                    }
+                };
+                let seq = rec.seq;
+                if self
+                    .state
+                    .topics
+                    .get(&kafka_topic)
+                    .is_none_or(|t| t.acked_through.is_none() && t.mqtt.is_empty())
+                {
+                    let ps = self.buffer.partition_state(&kafka_topic, 0)?;
+                    let t = self.state.topics.entry(kafka_topic.clone()).or_default();
+                    t.acked_through = ps.acked_through;
+                    t.acked_backlog = ps.backlog_acked;
+                }
+                if self.state.place(kafka_topic, rec, self.live_from) == Placed::AlreadyAcked {
+                    release.push(seq);
                 }
             }
-            self.state.finish_restored(self.cursor, false);
-            self.buffer.release(&release)?;
         }
-        Ok(false)
+        self.finish_restored(false, false);
+        self.buffer.release(&release)?;
+        Ok(bytes)
+    }
+
+    /// Completes restored descriptors whose records the cursor of their stream passed.
+    fn finish_restored(&mut self, backlog_all: bool, live_all: bool) {
+        let (cursor, live_cursor, live_from) = (self.cursor, self.live_cursor, self.live_from);
+        self.state.finish_restored(|max| match live_from {
+            Some(l) if max >= l => live_all || live_cursor.is_some_and(|c| max <= c),
+            _ => backlog_all || cursor.is_some_and(|c| max <= c),
+        });
+    }
+
+    /// Starts a live-first drain when the uplink comes back to a backlog.
+    fn start_live_if_backlog(&mut self) -> Result<(), Error> {
+        if self.cfg.drain != DrainPolicy::LiveFirst
+            || self.live_from.is_some()
+            || self.buffer.snapshot().records == 0
+        {
+            return Ok(());
+        }
+        let l = self.buffer.start_live()?;
+        tracing::info!(
+            live_from = l,
+            "uplink back to a backlog: live records go first"
+        );
+        // Everything already read is backlog.
+        for t in self.state.topics.values_mut() {
+            t.acked_backlog = t.acked_through;
+            let mut live = std::mem::take(&mut t.unsent);
+            live.append(&mut t.unsent_backlog);
+            t.unsent_backlog = live;
+            for b in &mut t.batches {
+                b.backlog = true;
+            }
+        }
+        self.live_from = Some(l);
+        self.live_cursor = None;
+        Ok(())
+    }
+
+    /// Ends a live-first drain once the backlog cursor reached the boundary and every
+    /// backlog record is acknowledged.
+    fn end_live_if_done(&mut self) -> Result<(), Error> {
+        let Some(l) = self.live_from else {
+            return Ok(());
+        };
+        if self.state.backlog_pending(l) {
+            return Ok(());
+        }
+        self.buffer.end_live()?;
+        tracing::info!("backlog drained; back to arrival order");
+        self.cursor = self.cursor.max(self.live_cursor.or(l.checked_sub(1)));
+        self.live_from = None;
+        self.live_cursor = None;
+        for t in self.state.topics.values_mut() {
+            t.acked_backlog = None;
+        }
+        Ok(())
     }
 
     fn compression(&self) -> Compression {
@@ -379,6 +470,9 @@ impl Replicator {
                     break;
                 };
                 let recs: Vec<_> = r.slots.into_iter().flatten().collect();
+                let backlog = self
+                    .live_from
+                    .is_some_and(|l| r.desc.seqs.first().is_some_and(|s| *s < l));
                 jobs.push(Job {
                     topic: topic.clone(),
                     batch: OutBatch {
@@ -388,6 +482,7 @@ impl Replicator {
                         payload_bytes: recs.iter().map(|x| x.payload.len() as u64).sum(),
                         encoded: bytes::Bytes::new(),
                         sent: false,
+                        backlog,
                     },
                     records: recs,
                 });
@@ -396,16 +491,26 @@ impl Replicator {
             if !t.restored.is_empty() {
                 continue;
             }
-            while !t.unsent.is_empty() && queued < max_batches {
+            // Live (or, outside a live-first drain, all) records first, then backlog.
+            loop {
+                let backlog = t.unsent.is_empty();
+                let queue = if backlog {
+                    &mut t.unsent_backlog
+                } else {
+                    &mut t.unsent
+                };
+                if queue.is_empty() || queued >= max_batches {
+                    break;
+                }
                 let mut recs = Vec::new();
                 let mut bytes = 0;
-                while let Some(r) = t.unsent.front() {
+                while let Some(r) = queue.front() {
                     let sz = r.encoded_len();
                     if !recs.is_empty() && bytes + sz > self.cfg.batch_max_bytes {
                         break;
                     }
                     bytes += sz;
-                    if let Some(r) = t.unsent.pop_front() {
+                    if let Some(r) = queue.pop_front() {
                         recs.push(r);
                     }
                 }
@@ -423,6 +528,7 @@ impl Replicator {
                         payload_bytes: recs.iter().map(|x| x.payload.len() as u64).sum(),
                         encoded: bytes::Bytes::new(),
                         sent: false,
+                        backlog,
                     },
                     records: recs,
                 });
@@ -433,6 +539,7 @@ impl Replicator {
         let encoded = encode_all(&jobs, &self.edge_id, producer, compression)?;
         let t1 = Instant::now();
         let jobs_len = jobs.len();
+        let live_jobs = jobs.iter().filter(|j| !j.batch.backlog).count();
         for (job, bytes) in jobs.into_iter().zip(encoded) {
             let mut b = job.batch;
             b.encoded = bytes;
@@ -448,6 +555,7 @@ impl Replicator {
         if jobs_len > 0 {
             tracing::debug!(
                 batches = jobs_len,
+                live = live_jobs,
                 encode_us = (t1 - t0).as_micros() as u64,
                 sync_us = t1.elapsed().as_micros() as u64,
                 "replicator cut"
@@ -602,8 +710,13 @@ impl Replicator {
         debug_assert_eq!(b.base, base);
         self.state.batched_bytes -= b.raw_bytes.min(self.state.batched_bytes);
         let last = b.seqs.iter().max().copied().unwrap_or(0);
-        self.buffer.acknowledged(topic, 0, b.base, last)?;
-        t.acked_through = Some(t.acked_through.map_or(last, |a| a.max(last)));
+        if b.backlog {
+            self.buffer.acknowledged_backlog(topic, 0, b.base, last)?;
+            t.acked_backlog = Some(t.acked_backlog.map_or(last, |a| a.max(last)));
+        } else {
+            self.buffer.acknowledged(topic, 0, b.base, last)?;
+            t.acked_through = Some(t.acked_through.map_or(last, |a| a.max(last)));
+        }
         self.buffer.release(&b.seqs)?;
         self.metrics.uplink_records.inc_by(b.seqs.len() as u64);
         self.metrics.uplink_bytes.inc_by(b.payload_bytes);
