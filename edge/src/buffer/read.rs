@@ -43,7 +43,7 @@ impl Buffer {
                 .map_err(|e| e.to_string())
                 .and_then(|v| {
                     let len = v.len();
-                    record::decode_batch(&v)
+                    record::decode_batch_bytes(v.into())
                         .map(|b| (b, len))
                         .map_err(|e| e.to_string())
                 });
