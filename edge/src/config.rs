@@ -164,7 +164,8 @@ pub struct CloudConfig {
     pub compression: CompressionName,
     /// Largest Produce batch per partition.
     pub batch_max_bytes: usize,
-    /// Produce requests in flight per partition (at most 5 for idempotence).
+    /// Produce requests in flight per connection (at most 5: each carries one batch per
+    /// partition, so this is the idempotent producer's per-partition limit too).
     pub max_in_flight: usize,
     /// Produce timeout.
     pub request_timeout_ms: u64,

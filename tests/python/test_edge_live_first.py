@@ -15,7 +15,10 @@ from helpers import ck_read_all, wait_for
 N = 3000
 
 
-def run_drain(cloud_factory, edge_factory, drain: str):
+def backlog_then_uplink(cloud_factory, edge_factory, drain: str, topic: str):
+    """An edge with a backlog of N records on `topic` built with the uplink down; then the
+    cloud starts on the edge's bootstrap address. Returns (edge, cloud, publisher) once the
+    drain has started."""
     port = free_port()
     edge = edge_factory({
         "cloud": {"bootstrap": f"127.0.0.1:{port}", "drain": drain,
@@ -23,14 +26,19 @@ def run_drain(cloud_factory, edge_factory, drain: str):
                   "batch_max_bytes": 65536, "max_bytes_per_sec": 200_000},
         "buffer": {"batch_max_bytes": 65536},
     })
-    p = Publisher(edge.v4, "lf")
+    p = Publisher(edge.v4, f"lf-{topic}")
     for i in range(N):
         # Random bytes: zstd cannot shrink the backlog below the cap's reach.
-        p.publish("lf/t", b"old|%06d|" % i + os.urandom(1000), qos=1)
+        p.publish(topic, b"old|%06d|" % i + os.urandom(1000), qos=1)
     wait_for(lambda: len(p.acked) == N, 120, what="backlog acks (uplink down)")
     cloud = cloud_factory({"kafka": {"listen": f"127.0.0.1:{port}"}})
     wait_for(lambda: edge.metrics().get("edge_uplink_records_total", 0) > 0, 60,
              what="the drain to start")
+    return edge, cloud, p
+
+
+def run_drain(cloud_factory, edge_factory, drain: str):
+    edge, cloud, p = backlog_then_uplink(cloud_factory, edge_factory, drain, "lf/t")
     p.publish("lf/t", b"new|000000|fresh", qos=1)
     wait_for(lambda: len(p.acked) == N + 1, 30, what="the fresh publish's ack")
     p.close()
@@ -65,19 +73,7 @@ def test_backlog_first_keeps_arrival_order(cloud_factory, edge_factory):
 
 @pytest.mark.timeout(300)
 def test_live_first_exactly_once_across_an_edge_kill(cloud_factory, edge_factory):
-    port = free_port()
-    edge = edge_factory({
-        "cloud": {"bootstrap": f"127.0.0.1:{port}", "drain": "live_first",
-                  "batch_max_bytes": 65536, "max_bytes_per_sec": 200_000},
-        "buffer": {"batch_max_bytes": 65536},
-    })
-    p = Publisher(edge.v4, "lf-kill")
-    for i in range(N):
-        p.publish("lf/k", b"old|%06d|" % i + os.urandom(1000), qos=1)
-    wait_for(lambda: len(p.acked) == N, 120, what="backlog acks (uplink down)")
-    cloud = cloud_factory({"kafka": {"listen": f"127.0.0.1:{port}"}})
-    wait_for(lambda: edge.metrics().get("edge_uplink_records_total", 0) > 0, 60,
-             what="the drain to start")
+    edge, cloud, p = backlog_then_uplink(cloud_factory, edge_factory, "live_first", "lf/k")
     p.publish("lf/k", b"new|000000|first", qos=1)
     wait_for(lambda: len(p.acked) == N + 1, 30, what="the first fresh publish's ack")
     p.close()

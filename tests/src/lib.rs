@@ -3,4 +3,5 @@
 
 pub mod edge;
 pub mod kafka;
+pub mod mqtt;
 pub mod proc;

@@ -91,18 +91,16 @@ impl Buffer {
             ),
             None => 0,
         };
-        let acked_through = match meta.get(pkey(b'a', topic, partition))? {
-            Some(v) => Some(u64::from_be_bytes(
-                v.as_ref().try_into().map_err(|_| Error::Corrupt("acked"))?,
-            )),
-            None => None,
+        let watermark = |kind: u8| -> Result<Option<u64>, Error> {
+            match meta.get(pkey(kind, topic, partition))? {
+                Some(v) => Ok(Some(u64::from_be_bytes(
+                    v.as_ref().try_into().map_err(|_| Error::Corrupt("acked"))?,
+                ))),
+                None => Ok(None),
+            }
         };
-        let backlog_acked = match meta.get(pkey(b'b', topic, partition))? {
-            Some(v) => Some(u64::from_be_bytes(
-                v.as_ref().try_into().map_err(|_| Error::Corrupt("acked"))?,
-            )),
-            None => None,
-        };
+        let acked_through = watermark(b'a')?;
+        let backlog_acked = watermark(b'b')?;
         Ok(PartitionState {
             next_seq,
             acked_through,

@@ -5,7 +5,8 @@
 //! unacknowledged each; they are not the bottleneck) publish QoS 1 messages of 100 B and
 //! 64 KB to each broker in turn, a fresh broker process per row:
 //! - the edge with its defaults (`buffer.sync: always`: PUBACK only after the fsync) and
-//!   its uplink down, so every message is buffered on disk;
+//!   its uplink down, so every message is buffered on disk; and `edge-intvl`, the same
+//!   with `sync: interval` (PUBACK before the fsync, like Mosquitto);
 //! - Mosquitto (Debian) with `persistence true` (it writes its database on the autosave
 //!   interval and at exit, never before a PUBACK);
 //! - rumqttd standalone (`rumqttd-standalone`: the same crate and version the edge embeds,
@@ -32,13 +33,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bytes::{Bytes, BytesMut};
-use rumqttc::mqttbytes::v4::{Connect, Packet, Publish};
+use bytes::Bytes;
+use rumqttc::mqttbytes::v4::{Packet, Publish};
 use rumqttc::mqttbytes::QoS;
 use tests::edge::Edge;
+use tests::mqtt::Conn;
 use tests::proc::{cpu_secs, dir_bytes, peak_rss_bytes, percentile, rss_bytes, Cloud};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 struct Opts {
     publishers: usize,
@@ -141,10 +141,14 @@ impl Drop for Broker {
     }
 }
 
-fn start_edge(dir: &Path) -> Result<Broker> {
+fn start_edge(dir: &Path, sync: &str) -> Result<Broker> {
     // Uplink down (nothing listens on the bootstrap port): every publish is buffered.
     let cloud = format!("  bootstrap: 127.0.0.1:{}", free_port()?);
-    let edge = Edge::start(dir, &cloud, "  sync: always\n  quota_bytes: 4294967296")?;
+    let edge = Edge::start(
+        dir,
+        &cloud,
+        &format!("  sync: {sync}\n  quota_bytes: 4294967296"),
+    )?;
     Ok(Broker {
         addr: edge.mqtt_addr.clone(),
         edge: Some(edge),
@@ -203,48 +207,6 @@ fn start_rumqttd(dir: &Path) -> Result<Broker> {
     Ok(b)
 }
 
-/// A raw MQTT 3.1.1 publisher.
-struct Conn {
-    s: TcpStream,
-    rbuf: BytesMut,
-    wbuf: BytesMut,
-}
-
-impl Conn {
-    async fn connect(addr: &str, id: &str) -> Result<Conn> {
-        let s = TcpStream::connect(addr).await?;
-        s.set_nodelay(true)?;
-        let mut c = Conn {
-            s,
-            rbuf: BytesMut::with_capacity(64 << 10),
-            wbuf: BytesMut::new(),
-        };
-        let mut connect = Connect::new(id);
-        connect.keep_alive = 60;
-        connect.clean_session = true;
-        Packet::Connect(connect).write(&mut c.wbuf, usize::MAX)?;
-        c.s.write_all(&c.wbuf).await?;
-        c.wbuf.clear();
-        match c.next().await? {
-            Packet::ConnAck(_) => Ok(c),
-            p => bail!("expected CONNACK, got {p:?}"),
-        }
-    }
-
-    async fn next(&mut self) -> Result<Packet> {
-        loop {
-            match Packet::read(&mut self.rbuf, usize::MAX) {
-                Ok(p) => return Ok(p),
-                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-                Err(e) => bail!("decode: {e}"),
-            }
-            if self.s.read_buf(&mut self.rbuf).await? == 0 {
-                bail!("connection closed");
-            }
-        }
-    }
-}
-
 /// Publishes `n` QoS 1 messages with up to `window` unacknowledged; returns the
 /// publish-to-PUBACK latency of each, in ms.
 async fn publisher(
@@ -272,8 +234,7 @@ async fn publisher(
                 sent_at[usize::from(pkid)] = Instant::now();
                 sent += 1;
             }
-            c.s.write_all(&c.wbuf).await?;
-            c.wbuf.clear();
+            c.flush().await?;
         }
         match c.next().await? {
             Packet::PubAck(a) => {
@@ -359,10 +320,11 @@ async fn ingest(o: &Opts, work: &Path) -> Result<()> {
     );
     for (size, total) in [(100usize, o.small), (64 << 10, o.large)] {
         let mut rows: Vec<(&str, Row)> = Vec::new();
-        for name in ["edge", "mosquitto", "rumqttd"] {
+        for name in ["edge", "edge-intvl", "mosquitto", "rumqttd"] {
             let dir = work.join(format!("{name}-{size}"));
             let broker = match name {
-                "edge" => start_edge(&dir)?,
+                "edge" => start_edge(&dir, "always")?,
+                "edge-intvl" => start_edge(&dir, "interval")?,
                 "mosquitto" => start_mosquitto(&dir)?,
                 _ => start_rumqttd(&dir)?,
             };
@@ -390,9 +352,11 @@ async fn ingest(o: &Opts, work: &Path) -> Result<()> {
                 .map_or(f64::NAN, |(_, r)| r.msgs_s)
         };
         println!(
-            "edge/mosquitto msgs/s at {} B: {:.2} (goal >= 1.5); edge/rumqttd: {:.2}",
+            "edge/mosquitto msgs/s at {} B: {:.2} (goal >= 1.5), with sync: interval {:.2}; \
+             edge/rumqttd: {:.2}",
             size,
             get("edge") / get("mosquitto"),
+            get("edge-intvl") / get("mosquitto"),
             get("edge") / get("rumqttd"),
         );
     }
