@@ -19,7 +19,9 @@
 //!   and the uplink state owned by the replicator ([`uplink`]): the idempotent producer
 //!   id/epoch, per partition the next producer sequence and the highest acknowledged
 //!   record sequence, and an *in-flight descriptor* for every Produce batch sent but not
-//!   yet acknowledged.
+//!   yet acknowledged; during a live-first drain also `live_from` (the boundary sequence;
+//!   no batch file holds records from both sides of it) and per partition the
+//!   acknowledged sequence of the backlog records below it.
 //!
 //! # Write path and durability, in order
 //!
