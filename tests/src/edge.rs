@@ -9,17 +9,7 @@ use anyhow::{bail, Context, Result};
 
 /// The edge binary: `$EDGE_BIN`, else beside the running executable.
 pub fn edge_bin() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("EDGE_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("exe dir")?;
-    for cand in [dir.join("edge"), dir.join("../edge")] {
-        if cand.exists() {
-            return Ok(cand);
-        }
-    }
-    bail!("edge binary not found; build it (cargo build --workspace) or set EDGE_BIN")
+    crate::proc::workspace_bin("edge", "EDGE_BIN")
 }
 
 /// One edge process; dropping it kills the process.

@@ -8,17 +8,22 @@ use anyhow::{bail, Context, Result};
 
 /// The cloud binary: `$CLOUD_BIN`, else beside the running executable.
 pub fn cloud_bin() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("CLOUD_BIN") {
+    workspace_bin("cloud", "CLOUD_BIN")
+}
+
+/// A workspace binary: `$<env>`, else `name` beside the running executable.
+pub fn workspace_bin(name: &str, env: &str) -> Result<PathBuf> {
+    if let Ok(p) = std::env::var(env) {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("exe dir")?;
-    for cand in [dir.join("cloud"), dir.join("../cloud")] {
+    for cand in [dir.join(name), dir.join("..").join(name)] {
         if cand.exists() {
             return Ok(cand);
         }
     }
-    bail!("cloud binary not found; build it (cargo build -p cloud) or set CLOUD_BIN")
+    bail!("{name} binary not found; build it (cargo build --workspace --all-targets) or set {env}")
 }
 
 pub struct Cloud {

@@ -163,11 +163,7 @@ impl Buffer {
         base: i32,
         last: u64,
     ) -> Result<(), Error> {
-        let mut b = sled::Batch::default();
-        b.remove(ikey(topic, partition, base));
-        b.insert(pkey(b'b', topic, partition), &last.to_be_bytes());
-        self.inner.meta.apply_batch(b)?;
-        Ok(())
+        self.ack_into(b'b', topic, partition, base, last)
     }
 
     /// Persists a descriptor for a batch about to be sent and advances the partition's
@@ -204,9 +200,21 @@ impl Buffer {
         base: i32,
         last: u64,
     ) -> Result<(), Error> {
+        self.ack_into(b'a', topic, partition, base, last)
+    }
+
+    /// Removes descriptor `base` and sets watermark `kind` to `last`, atomically.
+    fn ack_into(
+        &self,
+        kind: u8,
+        topic: &str,
+        partition: i32,
+        base: i32,
+        last: u64,
+    ) -> Result<(), Error> {
         let mut b = sled::Batch::default();
         b.remove(ikey(topic, partition, base));
-        b.insert(pkey(b'a', topic, partition), &last.to_be_bytes());
+        b.insert(pkey(kind, topic, partition), &last.to_be_bytes());
         self.inner.meta.apply_batch(b)?;
         Ok(())
     }

@@ -491,19 +491,7 @@ impl Replicator {
                 let backlog = self
                     .live_from
                     .is_some_and(|l| r.desc.seqs.first().is_some_and(|s| *s < l));
-                jobs.push(Job {
-                    topic: topic.clone(),
-                    batch: OutBatch {
-                        raw_bytes: recs.iter().map(|x| x.encoded_len()).sum(),
-                        base: r.desc.base_seq,
-                        seqs: r.desc.seqs,
-                        payload_bytes: recs.iter().map(|x| x.payload.len() as u64).sum(),
-                        encoded: bytes::Bytes::new(),
-                        sent: false,
-                        backlog,
-                    },
-                    records: recs,
-                });
+                jobs.push(Job::new(topic, r.desc.base_seq, r.desc.seqs, recs, backlog));
                 queued += 1;
             }
             if !t.restored.is_empty() {
@@ -537,19 +525,7 @@ impl Replicator {
                 let seqs: Vec<u64> = recs.iter().map(|r| r.seq).collect();
                 let base = self.buffer.assign(topic, 0, &seqs)?;
                 assigned = true;
-                jobs.push(Job {
-                    topic: topic.clone(),
-                    batch: OutBatch {
-                        raw_bytes: bytes,
-                        base,
-                        seqs,
-                        payload_bytes: recs.iter().map(|x| x.payload.len() as u64).sum(),
-                        encoded: bytes::Bytes::new(),
-                        sent: false,
-                        backlog,
-                    },
-                    records: recs,
-                });
+                jobs.push(Job::new(topic, base, seqs, recs, backlog));
                 queued += 1;
             }
         }
@@ -750,6 +726,30 @@ struct Job {
     topic: String,
     batch: OutBatch,
     records: Vec<crate::buffer::Record>,
+}
+
+impl Job {
+    fn new(
+        topic: &str,
+        base: i32,
+        seqs: Vec<u64>,
+        records: Vec<crate::buffer::Record>,
+        backlog: bool,
+    ) -> Job {
+        Job {
+            topic: topic.to_owned(),
+            batch: OutBatch {
+                raw_bytes: records.iter().map(|x| x.encoded_len()).sum(),
+                base,
+                seqs,
+                payload_bytes: records.iter().map(|x| x.payload.len() as u64).sum(),
+                encoded: bytes::Bytes::new(),
+                sent: false,
+                backlog,
+            },
+            records,
+        }
+    }
 }
 
 /// Encodes and compresses the batches of `jobs`, in order. One thread: on a two-core

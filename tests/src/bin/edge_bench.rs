@@ -123,6 +123,17 @@ struct Broker {
 }
 
 impl Broker {
+    /// A broker process, once it accepts connections on `addr`.
+    fn process(child: Child, addr: String) -> Result<Broker> {
+        let b = Broker {
+            child: Some(child),
+            edge: None,
+            addr,
+        };
+        wait_listening(&b.addr)?;
+        Ok(b)
+    }
+
     fn pid(&self) -> u32 {
         match (&self.edge, &self.child) {
             (Some(e), _) => e.pid(),
@@ -177,14 +188,7 @@ fn start_mosquitto(dir: &Path) -> Result<Broker> {
         )?))
         .spawn()
         .context("mosquitto not installed (apt-get install mosquitto)")?;
-    let addr = format!("127.0.0.1:{port}");
-    let b = Broker {
-        child: Some(child),
-        edge: None,
-        addr,
-    };
-    wait_listening(&b.addr)?;
-    Ok(b)
+    Broker::process(child, format!("127.0.0.1:{port}"))
 }
 
 fn start_rumqttd(dir: &Path) -> Result<Broker> {
@@ -198,13 +202,7 @@ fn start_rumqttd(dir: &Path) -> Result<Broker> {
         .stderr(Stdio::from(std::fs::File::create(dir.join("rumqttd.log"))?))
         .spawn()
         .with_context(|| format!("{} (cargo build --workspace --all-targets)", bin.display()))?;
-    let b = Broker {
-        child: Some(child),
-        edge: None,
-        addr,
-    };
-    wait_listening(&b.addr)?;
-    Ok(b)
+    Broker::process(child, addr)
 }
 
 /// Publishes `n` QoS 1 messages with up to `window` unacknowledged; returns the
