@@ -164,7 +164,8 @@ pub struct CloudConfig {
     pub compression: CompressionName,
     /// Largest Produce batch per partition.
     pub batch_max_bytes: usize,
-    /// Produce requests in flight per partition (at most 5 for idempotence).
+    /// Produce requests in flight per connection (at most 5: each carries one batch per
+    /// partition, so this is the idempotent producer's per-partition limit too).
     pub max_in_flight: usize,
     /// Produce timeout.
     pub request_timeout_ms: u64,
@@ -178,6 +179,8 @@ pub struct CloudConfig {
     pub tls: Option<CloudTls>,
     /// SASL to the brokers (SASL_PLAINTEXT / SASL_SSL); `None`: no authentication.
     pub sasl: Option<CloudSasl>,
+    /// Which records go first when there is a backlog.
+    pub drain: DrainPolicy,
 }
 
 /// `cloud.tls`: how the uplink verifies the brokers and, optionally, identifies itself.
@@ -274,6 +277,17 @@ impl CloudConfig {
     }
 }
 
+/// Drain order when the uplink returns to a backlog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrainPolicy {
+    /// Oldest first: the cloud receives every topic in arrival order.
+    BacklogFirst,
+    /// Records that arrive after the uplink came back go ahead of the backlog; each of the
+    /// two streams stays in order, the `edge.seq` header gives the total order.
+    LiveFirst,
+}
+
 /// Compression names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -362,6 +376,7 @@ impl Default for CloudConfig {
             max_bytes_per_sec: 0,
             tls: None,
             sasl: None,
+            drain: DrainPolicy::BacklogFirst,
         }
     }
 }

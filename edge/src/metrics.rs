@@ -24,6 +24,8 @@ pub struct Metrics {
     pub uplink_records: Counter,
     /// Bytes (record values) acknowledged by the cloud.
     pub uplink_bytes: Counter,
+    /// Produce batch bytes (as sent: after compression) acknowledged by the cloud.
+    pub uplink_wire_bytes: Counter,
     /// 1 when the uplink is connected.
     pub uplink_up: Gauge,
     /// Uplink reconnect attempts.
@@ -55,6 +57,7 @@ impl Metrics {
             ingest_bytes: Counter::default(),
             uplink_records: Counter::default(),
             uplink_bytes: Counter::default(),
+            uplink_wire_bytes: Counter::default(),
             uplink_up: Gauge::default(),
             reconnects: Counter::default(),
             produce_errors: Family::default(),
@@ -86,6 +89,11 @@ impl Metrics {
             "uplink_payload_bytes",
             "Payload bytes acknowledged by the cloud",
             m.uplink_bytes.clone(),
+        );
+        r.register(
+            "uplink_wire_bytes",
+            "Produce batch bytes (compressed, as sent) acknowledged by the cloud",
+            m.uplink_wire_bytes.clone(),
         );
         r.register(
             "uplink_up",

@@ -19,7 +19,8 @@ pub fn edge_bin() -> Result<PathBuf> {
     workspace_bin("edge", "EDGE_BIN")
 }
 
-fn workspace_bin(name: &str, env: &str) -> Result<PathBuf> {
+/// A workspace binary: `$<env>`, else `name` beside the running executable.
+pub fn workspace_bin(name: &str, env: &str) -> Result<PathBuf> {
     if let Ok(p) = std::env::var(env) {
         return Ok(PathBuf::from(p));
     }
@@ -30,7 +31,7 @@ fn workspace_bin(name: &str, env: &str) -> Result<PathBuf> {
             return Ok(cand);
         }
     }
-    bail!("{name} binary not found; build it (cargo build --workspace) or set {env}")
+    bail!("{name} binary not found; build it (cargo build --workspace --all-targets) or set {env}")
 }
 
 /// Spawns `bin --config cfg` (stderr appended to `log`) and reads stdout until every
@@ -89,6 +90,12 @@ impl Cloud {
     /// keep a plain listener). Waits until both listeners are announced.
     pub fn start(dir: &Path, extra_yaml: &str) -> Result<Cloud> {
         Cloud::start_on(dir, "127.0.0.1:0", "", extra_yaml)
+    }
+
+    /// [`Cloud::start`] with the Kafka listener on `kafka_listen` (a peer that was told
+    /// the address before the cloud ran, e.g. an edge whose uplink is "restored").
+    pub fn start_at(dir: &Path, kafka_listen: &str, extra_yaml: &str) -> Result<Cloud> {
+        Cloud::start_on(dir, kafka_listen, "", extra_yaml)
     }
 
     /// Like [`Cloud::start`] with the Kafka listener on `listen` and `kafka_yaml` (more
@@ -228,6 +235,43 @@ pub fn rss_bytes(pid: u32) -> Result<u64> {
         }
     }
     bail!("no VmRSS")
+}
+
+/// Peak resident set size of a process in bytes (`VmHWM`: the high-water mark over its
+/// whole life).
+pub fn peak_rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    for line in status.lines() {
+        if let Some(v) = line.strip_prefix("VmHWM:") {
+            let kb: u64 = v.trim().trim_end_matches("kB").trim().parse()?;
+            return Ok(kb * 1024);
+        }
+    }
+    bail!("no VmHWM")
+}
+
+/// User plus system CPU seconds a process has used so far.
+pub fn cpu_secs(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("stat")?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 =
+        f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?;
+    Ok(ticks as f64 / 100.0) // USER_HZ is 100 on Linux (x86, ARM)
+}
+
+/// Bytes of every file under `dir` (0 if it does not exist).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// Open file descriptors of a process.

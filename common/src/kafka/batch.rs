@@ -163,6 +163,34 @@ mod restamp_tests {
     use kafka_protocol::records::RecordBatchDecoder;
 
     #[test]
+    fn zstd_batches_decode_and_shrink() {
+        let recs: Vec<BatchRecord> = (0..200)
+            .map(|i| BatchRecord {
+                value: Some(Bytes::from(format!("sensor reading {i:08} ").repeat(20))),
+                headers: vec![("edge.seq".into(), Some(Bytes::from(i.to_string())))],
+                timestamp_ms: i,
+                ..BatchRecord::default()
+            })
+            .collect();
+        let p = ProducerState {
+            producer_id: 3,
+            producer_epoch: 1,
+        };
+        let plain = encode_batch(&recs, p, 5, Compression::None).unwrap();
+        let mut z = encode_batch(&recs, p, 5, Compression::Zstd).unwrap();
+        assert!(z.len() * 4 < plain.len(), "{} vs {}", z.len(), plain.len());
+        assert_eq!(z[22] & 7, 4, "codec bits say zstd");
+        let set = RecordBatchDecoder::decode(&mut z).unwrap();
+        assert_eq!(set.records.len(), 200);
+        assert_eq!(set.records[199].sequence, 204);
+        assert_eq!(set.records[7].value, recs[7].value);
+        assert_eq!(
+            set.records[7].headers[&b"edge.seq"[..]],
+            Some(Bytes::from("7"))
+        );
+    }
+
+    #[test]
     fn restamped_batch_decodes_with_new_identity() {
         let recs = vec![
             BatchRecord {

@@ -8,8 +8,8 @@
 pub mod batch;
 pub mod client;
 pub mod conn;
-pub mod record_batch;
 pub mod connector;
+pub mod record_batch;
 pub mod sasl;
 
 pub use batch::{encode_batch, restamp, BatchRecord, ProducerState};

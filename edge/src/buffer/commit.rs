@@ -9,7 +9,7 @@ use super::{files, record, BatchInfo, Error, Index, Inner, SyncPolicy, NEXT_SEQ}
 /// Writes the open batches as files, indexes them in sled and flushes. Returns whether anything was written.
 pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
     let _serial = inner.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-    let (batches, gen) = {
+    let (batches, gen, boundary) = {
         let mut s = inner.lock();
         if s.open.is_empty() {
             s.committed_gen = s.committed_gen.max(s.gen);
@@ -23,7 +23,7 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
         }
         let open = std::mem::take(&mut s.open);
         s.committing = open.values().map(|o| o.records.len() as u64).sum();
-        (open, s.gen)
+        (open, s.gen, s.live_from)
     };
     let mut sled_batch = sled::Batch::default();
     let mut infos = Vec::with_capacity(batches.len());
@@ -38,7 +38,10 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
             let mut chunk_bytes = 0;
             while end < open.records.len() {
                 let sz = open.records[end].encoded_len() as u64 + 8;
-                if end > start && chunk_bytes + sz > max {
+                // A live-first boundary never falls inside a file.
+                let crosses = boundary
+                    .is_some_and(|l| open.records[start].seq < l && open.records[end].seq >= l);
+                if end > start && (chunk_bytes + sz > max || crosses) {
                     break;
                 }
                 chunk_bytes += sz;

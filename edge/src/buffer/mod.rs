@@ -19,7 +19,9 @@
 //!   and the uplink state owned by the replicator ([`uplink`]): the idempotent producer
 //!   id/epoch, per partition the next producer sequence and the highest acknowledged
 //!   record sequence, and an *in-flight descriptor* for every Produce batch sent but not
-//!   yet acknowledged.
+//!   yet acknowledged; during a live-first drain also `live_from` (the boundary sequence;
+//!   no batch file holds records from both sides of it) and per partition the
+//!   acknowledged sequence of the backlog records below it.
 //!
 //! # Write path and durability, in order
 //!
@@ -42,8 +44,8 @@
 //!    re-sends exactly the same batches and the broker's idempotence drops duplicates.
 //! 5. When the broker acknowledges, the replicator records the partition's acknowledged
 //!    sequence and deletes the descriptor (one atomic sled batch), then releases the
-//!    records; a batch is deleted (index entry, then file) only when every record in it is
-//!    released. A crash before the delete reaches disk replays records that the
+//!    records; a batch is deleted (index entry, then file, by the `buffer-reap` thread so
+//!    the replicator never waits for an unlink) only when every record in it is released. A crash before the delete reaches disk replays records that the
 //!    acknowledged-sequence watermark then skips.
 //!
 //! What survives a crash: every batch flushed at step 2, the producer state and every
@@ -214,6 +216,9 @@ struct State {
     committing: u64,
     /// Batches with keys at or below this were handed to the replicator.
     claimed: Option<u64>,
+    /// Live-first drain in progress: records from this sequence on are "live" and no
+    /// batch file holds records from both sides of it (see [`Buffer::start_live`]).
+    live_from: Option<u64>,
     shutdown: bool,
     failed: Option<String>,
 }
@@ -232,12 +237,24 @@ struct Inner {
     commit_lock: Mutex<()>,
     /// Wakes the replicator after each commit.
     on_commit: Arc<tokio::sync::Notify>,
+    /// Drained batches for the reaper thread to delete (index entry, then file), so the
+    /// replicator never waits for an unlink.
+    reap: Mutex<Option<std::sync::mpsc::Sender<Reap>>>,
+}
+
+/// Work for the reaper thread.
+enum Reap {
+    /// Delete this drained batch.
+    Batch(u64),
+    /// Answer once everything queued before is deleted.
+    Barrier(std::sync::mpsc::SyncSender<()>),
 }
 
 /// The buffer. Cheap to share through `Arc`.
 pub struct Buffer {
     inner: Arc<Inner>,
     committer: Mutex<Option<JoinHandle<()>>>,
+    reaper: Mutex<Option<JoinHandle<()>>>,
 }
 
 const NEXT_SEQ: &[u8] = b"next_seq";
@@ -256,6 +273,20 @@ impl Inner {
         self.records.remove(key.to_be_bytes())?;
         files::remove(&self.files, key)?;
         Ok(())
+    }
+
+    /// Hands a drained batch (already out of the state) to the reaper; deletes it here if
+    /// the reaper is gone.
+    fn reap(&self, key: u64) -> Result<(), Error> {
+        let sent = match &*self.reap.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(tx) => tx.send(Reap::Batch(key)).is_ok(),
+            None => false,
+        };
+        if sent {
+            Ok(())
+        } else {
+            self.delete_batch(key)
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -281,6 +312,14 @@ impl Buffer {
                     .map_err(|_| Error::Corrupt("next_seq"))?,
             ),
             None => 0,
+        };
+        let live_from = match meta.get(uplink::LIVE_FROM)? {
+            Some(v) => Some(u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("live_from"))?,
+            )),
+            None => None,
         };
         let files_dir = cfg.dir.join("batches");
         std::fs::create_dir_all(&files_dir)?;
@@ -329,10 +368,18 @@ impl Buffer {
             live_records,
             committing: 0,
             claimed: None,
+            live_from,
             shutdown: false,
             failed: None,
         };
+        let (reap_tx, reap_rx) = std::sync::mpsc::channel();
+        let (reap_tree, reap_dir) = (records.clone(), files_dir.clone());
+        let reaper = std::thread::Builder::new()
+            .name("buffer-reap".into())
+            .spawn(move || reap_loop(&reap_tree, &reap_dir, &reap_rx))
+            .map_err(|e| Error::Backend(sled::Error::Io(e)))?;
         let inner = Arc::new(Inner {
+            reap: Mutex::new(Some(reap_tx)),
             files: files_dir,
             db,
             records,
@@ -352,6 +399,7 @@ impl Buffer {
         Ok(Buffer {
             inner,
             committer: Mutex::new(Some(committer)),
+            reaper: Mutex::new(Some(reaper)),
         })
     }
 
@@ -490,9 +538,23 @@ impl Buffer {
         Ok(())
     }
 
-    /// Graceful shutdown: commits open batches, flushes, stops the committer.
+    /// Waits until every drained batch released so far is deleted (index entry and file).
+    pub fn reaped(&self) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let sent = match &*self.inner.reap.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(reap) => reap.send(Reap::Barrier(tx)).is_ok(),
+            None => false,
+        };
+        if sent {
+            let _ = rx.recv();
+        }
+    }
+
+    /// Graceful shutdown: commits open batches, deletes drained ones, flushes, stops the
+    /// committer.
     pub fn close(&self) -> Result<(), Error> {
         self.commit()?;
+        self.reaped();
         self.stop();
         self.inner.db.flush()?;
         Ok(())
@@ -509,6 +571,19 @@ impl Buffer {
         if let Some(h) = handle {
             let _ = h.join();
         }
+        // Closing the channel ends the reaper after the deletions queued so far; join it
+        // so its handle on sled is gone before anyone reopens the directory.
+        drop(
+            self.inner
+                .reap
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        let reaper = self.reaper.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = reaper {
+            let _ = h.join();
+        }
     }
 
     /// Bytes on disk: sled (index, metadata) plus the batch files.
@@ -521,6 +596,40 @@ impl Buffer {
             })
             .unwrap_or(0);
         self.inner.db.size_on_disk().unwrap_or(0) + files
+    }
+}
+
+/// Deletes drained batches: index entries first (one sled batch for everything queued),
+/// then the files. Not flushed: a batch whose deletion is lost in a crash is read again
+/// at the next start and its records are skipped by the acknowledged watermark. Ends
+/// when the buffer is dropped.
+fn reap_loop(records: &sled::Tree, dir: &std::path::Path, rx: &std::sync::mpsc::Receiver<Reap>) {
+    while let Ok(first) = rx.recv() {
+        let mut keys = Vec::new();
+        let mut barriers = Vec::new();
+        for r in std::iter::once(first).chain(rx.try_iter()) {
+            match r {
+                Reap::Batch(k) => keys.push(k),
+                Reap::Barrier(done) => barriers.push(done),
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for k in &keys {
+            batch.remove(&k.to_be_bytes());
+        }
+        match records.apply_batch(batch) {
+            Ok(()) => {
+                for k in keys {
+                    if let Err(e) = files::remove(dir, k) {
+                        tracing::error!(batch = k, cause = %e, "removing a drained batch file failed");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(cause = %e, "deleting drained buffer batches failed"),
+        }
+        for done in barriers {
+            let _ = done.send(());
+        }
     }
 }
 

@@ -18,22 +18,32 @@ impl Buffer {
     /// Reads committed batches with keys above `after`, up to about `max_bytes`.
     /// Batches returned are never evicted by the quota policy afterwards.
     pub fn read(&self, after: Option<u64>, max_bytes: usize) -> Result<Vec<ReadBatch>, Error> {
+        self.read_range(after, u64::MAX, max_bytes)
+    }
+
+    /// [`Buffer::read`] limited to batches with keys below `before`.
+    pub fn read_range(
+        &self,
+        after: Option<u64>,
+        before: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<ReadBatch>, Error> {
         let inner = &self.inner;
         let start = after.map_or(0, |a| a.saturating_add(1));
-        if after == Some(u64::MAX) {
+        if after == Some(u64::MAX) || start >= before {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
         let mut bytes = 0;
         // Hold the state lock so an eviction cannot race the claim.
         let mut s = inner.lock();
-        let keys: Vec<u64> = s.batches.range(start..).map(|(k, _)| *k).collect();
+        let keys: Vec<u64> = s.batches.range(start..before).map(|(k, _)| *k).collect();
         for key in keys {
             let decoded = files::read(&inner.files, key)
                 .map_err(|e| e.to_string())
                 .and_then(|v| {
                     let len = v.len();
-                    record::decode_batch(&v)
+                    record::decode_batch_bytes(v.into())
                         .map(|b| (b, len))
                         .map_err(|e| e.to_string())
                 });
@@ -111,7 +121,7 @@ fn release_in(s: &mut super::State, inner: &super::Inner, key: u64, n: u32) -> R
     s.live_records -= u64::from(n).min(s.live_records);
     if info.live == 0 {
         remove_batch(s, key);
-        inner.delete_batch(key)?;
+        inner.reap(key)?;
     }
     Ok(())
 }

@@ -245,7 +245,11 @@ pub struct DecodedBatch {
 
 /// Decodes a batch value; corrupt records are skipped and counted.
 pub fn decode_batch(value: &[u8]) -> Result<DecodedBatch, CodecError> {
-    let mut b = Bytes::copy_from_slice(value);
+    decode_batch_bytes(Bytes::copy_from_slice(value))
+}
+
+/// [`decode_batch`] without copying: record payloads are slices of `b`.
+pub fn decode_batch_bytes(mut b: Bytes) -> Result<DecodedBatch, CodecError> {
     if b.remaining() < 5 || b.get_u8() != MAGIC {
         return Err(CodecError::BadBatch);
     }

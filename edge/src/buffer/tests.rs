@@ -270,6 +270,7 @@ fn corrupt_records_are_skipped_and_counted() {
         0,
         "corrupt record released with the batch"
     );
+    buf.reaped();
     assert_eq!(
         files::list(&files_dir).unwrap(),
         Vec::<u64>::new(),

@@ -25,11 +25,17 @@ pub struct Inflight {
 pub struct PartitionState {
     /// Next producer sequence to assign.
     pub next_seq: i32,
-    /// Highest buffer sequence the cloud acknowledged on this partition.
+    /// Highest buffer sequence the cloud acknowledged on this partition (during a
+    /// live-first drain: of the live records, those at or after the boundary).
     pub acked_through: Option<u64>,
+    /// During a live-first drain: highest acknowledged sequence of the backlog records
+    /// (below the boundary).
+    pub backlog_acked: Option<u64>,
 }
 
 const PRODUCER: &[u8] = b"p";
+/// Meta key of the live-first boundary (a sequence, big-endian).
+pub(super) const LIVE_FROM: &[u8] = b"live_from";
 
 fn pkey(kind: u8, topic: &str, partition: i32) -> Vec<u8> {
     let mut k = Vec::with_capacity(topic.len() + 7);
@@ -85,16 +91,79 @@ impl Buffer {
             ),
             None => 0,
         };
-        let acked_through = match meta.get(pkey(b'a', topic, partition))? {
-            Some(v) => Some(u64::from_be_bytes(
-                v.as_ref().try_into().map_err(|_| Error::Corrupt("acked"))?,
-            )),
-            None => None,
+        let watermark = |kind: u8| -> Result<Option<u64>, Error> {
+            match meta.get(pkey(kind, topic, partition))? {
+                Some(v) => Ok(Some(u64::from_be_bytes(
+                    v.as_ref().try_into().map_err(|_| Error::Corrupt("acked"))?,
+                ))),
+                None => Ok(None),
+            }
         };
+        let acked_through = watermark(b'a')?;
+        let backlog_acked = watermark(b'b')?;
         Ok(PartitionState {
             next_seq,
             acked_through,
+            backlog_acked,
         })
+    }
+
+    /// Starts a live-first drain (or returns the one in progress): records with sequences
+    /// from the returned boundary on are live, the rest backlog. Open batches are cut at
+    /// the boundary, and every partition's acknowledged watermark is copied to its backlog
+    /// watermark, atomically and flushed: from now on a backlog batch's acknowledgement
+    /// raises only the backlog watermark, a live batch's only the other, so a restart
+    /// skips exactly the acknowledged records of each stream.
+    pub fn start_live(&self) -> Result<u64, Error> {
+        let mut s = self.inner.lock();
+        if let Some(l) = s.live_from {
+            return Ok(l);
+        }
+        let l = s.next_seq;
+        let mut b = sled::Batch::default();
+        for item in self.inner.meta.scan_prefix([b'a', 0]) {
+            let (k, v) = item?;
+            let mut bk = k.to_vec();
+            bk[0] = b'b';
+            b.insert(bk, v);
+        }
+        b.insert(LIVE_FROM, &l.to_be_bytes());
+        self.inner.meta.apply_batch(b)?;
+        s.live_from = Some(l);
+        drop(s);
+        self.inner.meta.flush()?;
+        Ok(l)
+    }
+
+    /// The boundary of the live-first drain in progress, if any.
+    pub fn live_from(&self) -> Option<u64> {
+        self.inner.lock().live_from
+    }
+
+    /// Ends the live-first drain once every backlog record is acknowledged: the live
+    /// watermarks cover everything from here on. Not flushed: if lost, the next start
+    /// finds no backlog below the boundary and ends it again.
+    pub fn end_live(&self) -> Result<(), Error> {
+        let mut b = sled::Batch::default();
+        for item in self.inner.meta.scan_prefix([b'b', 0]) {
+            let (k, _) = item?;
+            b.remove(k);
+        }
+        b.remove(LIVE_FROM);
+        self.inner.meta.apply_batch(b)?;
+        self.inner.lock().live_from = None;
+        Ok(())
+    }
+
+    /// [`Buffer::acknowledged`] for a backlog batch during a live-first drain.
+    pub fn acknowledged_backlog(
+        &self,
+        topic: &str,
+        partition: i32,
+        base: i32,
+        last: u64,
+    ) -> Result<(), Error> {
+        self.ack_into(b'b', topic, partition, base, last)
     }
 
     /// Persists a descriptor for a batch about to be sent and advances the partition's
@@ -131,9 +200,21 @@ impl Buffer {
         base: i32,
         last: u64,
     ) -> Result<(), Error> {
+        self.ack_into(b'a', topic, partition, base, last)
+    }
+
+    /// Removes descriptor `base` and sets watermark `kind` to `last`, atomically.
+    fn ack_into(
+        &self,
+        kind: u8,
+        topic: &str,
+        partition: i32,
+        base: i32,
+        last: u64,
+    ) -> Result<(), Error> {
         let mut b = sled::Batch::default();
         b.remove(ikey(topic, partition, base));
-        b.insert(pkey(b'a', topic, partition), &last.to_be_bytes());
+        b.insert(pkey(kind, topic, partition), &last.to_be_bytes());
         self.inner.meta.apply_batch(b)?;
         Ok(())
     }

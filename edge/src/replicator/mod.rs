@@ -8,9 +8,24 @@
 //!   idempotence turns a replay into `DUPLICATE_SEQUENCE_NUMBER` or a no-op success;
 //! - records are released from the buffer only after the acknowledgement, and the
 //!   acknowledged watermark skips records whose release did not reach disk;
-//! - each topic is produced to partition 0 (routed to its leader from Metadata), at most
-//!   `max_in_flight` batches on the wire; any error ends the session, and the next session
+//! - each topic is produced to partition 0 (routed to its leader from Metadata); one
+//!   Produce request per leader carries the oldest unsent batch of every topic, at most
+//!   `max_in_flight` requests on the wire; any error ends the session, and the next session
 //!   resends every unacknowledged batch in order after an exponential backoff with jitter.
+//!
+//! Drain rate: a broker answers one connection's requests one at a time, each after its
+//! own fsync (our cloud and Kafka alike), so the rate is request size / request latency.
+//! The replicator therefore fills requests across topics, prepares the next request while
+//! the broker works on the previous ones, and never waits for an unlink (the buffer's
+//! reaper deletes drained batches). Memory is bounded by [`PIPELINE_BYTES`].
+//!
+//! Drain policy (`cloud.drain`): `backlog_first` reads the buffer with one cursor in
+//! arrival order. `live_first`: when a session starts with a backlog, the buffer marks a
+//! boundary sequence (persisted; batch files never straddle it). A live cursor reads
+//! from the boundary, a backlog cursor below it; live records are read and batched first.
+//! Each stream has its own acknowledged watermark per partition, so a restart skips
+//! exactly the acknowledged records of each. When the backlog cursor reaches the boundary
+//! and every backlog batch is acknowledged, the boundary is dropped.
 
 pub mod state;
 
@@ -25,7 +40,8 @@ use kafka_protocol::messages::ProduceResponse;
 use kafka_protocol::records::Compression;
 
 use crate::buffer::Buffer;
-use crate::config::{CloudConfig, CompressionName};
+use crate::buffer::ReadBatch;
+use crate::config::{CloudConfig, CompressionName, DrainPolicy};
 use crate::metrics::Metrics;
 use state::{OutBatch, Placed, State};
 
@@ -54,10 +70,24 @@ pub enum Error {
     Timeout,
 }
 
-/// Most bytes of records held in memory waiting for a batch.
-const READ_AHEAD_BYTES: usize = 2 << 20;
+/// Most record bytes (uncompressed) the replicator holds in memory: read but not yet in
+/// a batch, plus cut into batches but not yet acknowledged. Bounds the edge's RSS during
+/// a drain whatever the backlog. Measured (200 MB drain, 8 topics): 2 MiB gave 47 MB/s and
+/// a 34 MB peak RSS, 4 MiB 38-48 MB/s and 39-43 MB.
+const PIPELINE_BYTES: usize = 2 << 20;
 
-/// Token bucket for the optional bandwidth cap (burst of one second).
+/// A new Produce request is sent while others are in flight only once this many record
+/// bytes are ready for it: a broker answers a connection's requests one at a time (Kafka
+/// and our cloud alike, each after its own fsync), so the drain rate is request size /
+/// request latency, and a few large requests beat many small ones.
+const REQUEST_TARGET_BYTES: usize = 1 << 20;
+
+/// Largest Produce request (batches as encoded), well under brokers' request limits.
+const REQUEST_MAX_BYTES: usize = 16 << 20;
+
+/// Token bucket for the optional bandwidth cap. The burst is a tenth of a second, so even
+/// a short drain after an idle period stays close to the cap (a one-second burst measured
+/// 1.15 x the cap over a five-second drain).
 struct Pacer {
     rate: f64,
     tokens: f64,
@@ -67,8 +97,8 @@ struct Pacer {
 impl Pacer {
     async fn take(&mut self, bytes: usize) {
         let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate)
+            .min(self.rate / 10.0);
         self.last = now;
         self.tokens -= bytes as f64;
         if self.tokens < 0.0 {
@@ -84,7 +114,12 @@ pub struct Replicator {
     edge_id: String,
     metrics: Arc<Metrics>,
     state: State,
+    /// Last batch key read (the backlog cursor during a live-first drain).
     cursor: Option<u64>,
+    /// Last batch key read by the live cursor of a live-first drain.
+    live_cursor: Option<u64>,
+    /// Boundary of the live-first drain in progress.
+    live_from: Option<u64>,
     producer: Option<ProducerState>,
     rng: u64,
     /// Consecutive sequence/producer rejections of the same batch.
@@ -98,11 +133,14 @@ pub struct Replicator {
 /// records the broker did store may be duplicated; it is logged as an error.
 const FENCED_LIMIT: u32 = 3;
 
+/// A Produce request on the wire: (topic, base sequence) of each batch in it.
+type OnWire = (Vec<(String, i32)>, ResponseFuture<ProduceResponse>);
+
 struct Session {
     connector: kafka::Connector,
     conns: HashMap<String, Arc<Connection>>,
     bootstrap: Arc<Connection>,
-    wire: VecDeque<(String, i32, ResponseFuture<ProduceResponse>)>,
+    wire: VecDeque<OnWire>,
 }
 
 impl Replicator {
@@ -124,6 +162,7 @@ impl Replicator {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1);
+        let live_from = buffer.live_from();
         Ok(Replicator {
             producer: buffer.producer()?,
             buffer,
@@ -132,6 +171,8 @@ impl Replicator {
             metrics,
             state,
             cursor: None,
+            live_cursor: None,
+            live_from,
             rng: seed | 1,
             fenced: 0,
             pacer: (cfg_rate > 0).then(|| Pacer {
@@ -225,29 +266,37 @@ impl Replicator {
             bootstrap,
             wire: VecDeque::new(),
         };
+        self.start_live_if_backlog()?;
         let notify = self.buffer.on_commit();
         loop {
-            self.fill()?;
-            self.cut_batches(producer)?;
-            self.send(&mut s).await?;
+            let caught_up = self.fill()?;
+            let cut = self.cut_batches(producer)?;
+            self.send(&mut s, caught_up).await?;
+            // Take every response that has already arrived.
+            let mut completed = false;
+            while let Some((batches, mut fut)) = s.wire.pop_front() {
+                match fut.try_take() {
+                    Some(resp) => {
+                        self.complete(&batches, &resp?)?;
+                        completed = true;
+                    }
+                    None => {
+                        s.wire.push_front((batches, fut));
+                        break;
+                    }
+                }
+            }
+            if completed || cut > 0 {
+                // Prepare the next request while the broker works on the ones in flight.
+                continue;
+            }
             match s.wire.pop_front() {
-                Some((topic, base, fut)) => {
+                Some((batches, fut)) => {
                     let timeout = Duration::from_millis(self.cfg.request_timeout_ms + 5_000);
                     let resp = tokio::time::timeout(timeout, fut.wait())
                         .await
                         .map_err(|_| Error::Timeout)??;
-                    self.complete(&topic, base, &resp)?;
-                    // Take every response that has already arrived, so the next cut
-                    // covers all freed slots with one descriptor fsync.
-                    while let Some((topic, base, mut fut)) = s.wire.pop_front() {
-                        match fut.try_take() {
-                            Some(resp) => self.complete(&topic, base, &resp?)?,
-                            None => {
-                                s.wire.push_front((topic, base, fut));
-                                break;
-                            }
-                        }
-                    }
+                    self.complete(&batches, &resp)?;
                 }
                 None => {
                     // Idle: wait for the next group commit (or re-check periodically).
@@ -282,47 +331,138 @@ impl Replicator {
         Ok(())
     }
 
-    /// Reads committed batches into per-topic queues while memory allows.
-    fn fill(&mut self) -> Result<(), Error> {
-        while self.state.unsent_bytes < READ_AHEAD_BYTES {
-            let batches = self.buffer.read(self.cursor, 512 << 10)?;
-            if batches.is_empty() {
-                self.state.finish_restored(self.cursor, true);
-                return Ok(());
+    /// Reads committed batches into per-topic queues while memory allows (live records
+    /// first during a live-first drain). Returns true when it read everything committed
+    /// so far (nothing more to wait for).
+    fn fill(&mut self) -> Result<bool, Error> {
+        // About one request's worth per call, so cutting and sending overlap the broker.
+        let mut step = 0;
+        let room = |st: &State, step: usize| {
+            st.unsent_bytes + st.batched_bytes < PIPELINE_BYTES && step < REQUEST_TARGET_BYTES
+        };
+        let mut live_done = true;
+        if let Some(l) = self.live_from {
+            live_done = false;
+            while room(&self.state, step) {
+                let after = self.live_cursor.or(l.checked_sub(1));
+                let batches = self.buffer.read_range(after, u64::MAX, 512 << 10)?;
+                if batches.is_empty() {
+                    live_done = true;
+                    break;
+                }
+                step += self.take(batches, true)?;
             }
-            let mut release = Vec::new();
-            for b in batches {
+        }
+        let before = self.live_from.unwrap_or(u64::MAX);
+        while room(&self.state, step) {
+            let batches = self.buffer.read_range(self.cursor, before, 512 << 10)?;
+            if batches.is_empty() {
+                self.finish_restored(true, live_done);
+                self.end_live_if_done()?;
+                return Ok(live_done);
+            }
+            step += self.take(batches, false)?;
+        }
+        self.finish_restored(false, live_done);
+        Ok(false)
+    }
+
+    /// Places the records of batches read by the live (or the backlog) cursor; returns
+    /// their bytes.
+    fn take(&mut self, batches: Vec<ReadBatch>, live: bool) -> Result<usize, Error> {
+        let mut bytes = 0;
+        let mut release = Vec::new();
+        for b in batches {
+            if live {
+                self.live_cursor = Some(b.key);
+            } else {
                 self.cursor = Some(b.key);
-                for rec in b.records {
-                    let kafka_topic = match common::topic::mqtt_to_kafka(&rec.topic) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            tracing::error!(cause = %e, "unmappable topic, record skipped");
-                            release.push(rec.seq);
-                            continue;
-                        }
-                    };
-                    let seq = rec.seq;
-                    if self
-                        .state
-                        .topics
-                        .get(&kafka_topic)
-                        .is_none_or(|t| t.acked_through.is_none() && t.mqtt.is_empty())
-                    {
-                        let ps = self.buffer.partition_state(&kafka_topic, 0)?;
-                        self.state
-                            .topics
-                            .entry(kafka_topic.clone())
-                            .or_default()
-                            .acked_through = ps.acked_through;
+            }
+            for rec in b.records {
+                bytes += rec.encoded_len();
+                let kafka_topic = match common::topic::mqtt_to_kafka(&rec.topic) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::error!(cause = %e, "unmappable topic, record skipped");
+                        release.push(rec.seq);
+                        continue;
                     }
-                    if self.state.place(kafka_topic, rec) == Placed::AlreadyAcked {
-                        release.push(seq);
-                    }
+                };
+                let seq = rec.seq;
+                if self
+                    .state
+                    .topics
+                    .get(&kafka_topic)
+                    .is_none_or(|t| t.acked_through.is_none() && t.mqtt.is_empty())
+                {
+                    let ps = self.buffer.partition_state(&kafka_topic, 0)?;
+                    let t = self.state.topics.entry(kafka_topic.clone()).or_default();
+                    t.acked_through = ps.acked_through;
+                    t.acked_backlog = ps.backlog_acked;
+                }
+                if self.state.place(kafka_topic, rec, self.live_from) == Placed::AlreadyAcked {
+                    release.push(seq);
                 }
             }
-            self.state.finish_restored(self.cursor, false);
-            self.buffer.release(&release)?;
+        }
+        self.finish_restored(false, false);
+        self.buffer.release(&release)?;
+        Ok(bytes)
+    }
+
+    /// Completes restored descriptors whose records the cursor of their stream passed.
+    fn finish_restored(&mut self, backlog_all: bool, live_all: bool) {
+        let (cursor, live_cursor, live_from) = (self.cursor, self.live_cursor, self.live_from);
+        self.state.finish_restored(|max| match live_from {
+            Some(l) if max >= l => live_all || live_cursor.is_some_and(|c| max <= c),
+            _ => backlog_all || cursor.is_some_and(|c| max <= c),
+        });
+    }
+
+    /// Starts a live-first drain when the uplink comes back to a backlog.
+    fn start_live_if_backlog(&mut self) -> Result<(), Error> {
+        if self.cfg.drain != DrainPolicy::LiveFirst
+            || self.live_from.is_some()
+            || self.buffer.snapshot().records == 0
+        {
+            return Ok(());
+        }
+        let l = self.buffer.start_live()?;
+        tracing::info!(
+            live_from = l,
+            "uplink back to a backlog: live records go first"
+        );
+        // Everything already read is backlog.
+        for t in self.state.topics.values_mut() {
+            t.acked_backlog = t.acked_through;
+            let mut live = std::mem::take(&mut t.unsent);
+            live.append(&mut t.unsent_backlog);
+            t.unsent_backlog = live;
+            for b in &mut t.batches {
+                b.backlog = true;
+            }
+        }
+        self.live_from = Some(l);
+        self.live_cursor = None;
+        Ok(())
+    }
+
+    /// Ends a live-first drain once the backlog cursor reached the boundary and every
+    /// backlog record is acknowledged.
+    fn end_live_if_done(&mut self) -> Result<(), Error> {
+        let Some(l) = self.live_from else {
+            return Ok(());
+        };
+        if self.state.backlog_pending(l) {
+            return Ok(());
+        }
+        self.buffer.end_live()?;
+        tracing::info!("backlog drained; back to arrival order");
+        self.cursor = self.cursor.max(self.live_cursor.or(l.checked_sub(1)));
+        self.live_from = None;
+        self.live_cursor = None;
+        for t in self.state.topics.values_mut() {
+            t.acked_backlog = None;
         }
         Ok(())
     }
@@ -334,12 +474,16 @@ impl Replicator {
         }
     }
 
-    /// Turns complete restored descriptors and queued records into batches.
-    fn cut_batches(&mut self, producer: ProducerState) -> Result<(), Error> {
+    /// Turns complete restored descriptors and queued records into batches: first decides
+    /// every batch and its producer sequences (in order per topic), then encodes and
+    /// compresses them, then makes the descriptors durable.
+    fn cut_batches(&mut self, producer: ProducerState) -> Result<usize, Error> {
         let compression = self.compression();
         let mut assigned = false;
         let max_batches = self.cfg.max_in_flight;
+        let mut jobs: Vec<Job> = Vec::new();
         for (topic, t) in self.state.topics.iter_mut() {
+            let mut queued = t.batches.len();
             while let Some(r) = t.restored.front() {
                 if r.slots.iter().any(Option::is_none) {
                     break;
@@ -348,31 +492,35 @@ impl Replicator {
                     break;
                 };
                 let recs: Vec<_> = r.slots.into_iter().flatten().collect();
-                let kr: Vec<_> = recs
-                    .iter()
-                    .map(|x| state::to_batch_record(x, &self.edge_id))
-                    .collect();
-                t.batches.push_back(OutBatch {
-                    base: r.desc.base_seq,
-                    seqs: r.desc.seqs,
-                    payload_bytes: recs.iter().map(|x| x.payload.len() as u64).sum(),
-                    encoded: encode_batch(&kr, producer, r.desc.base_seq, compression)?,
-                    sent: false,
-                });
+                let backlog = self
+                    .live_from
+                    .is_some_and(|l| r.desc.seqs.first().is_some_and(|s| *s < l));
+                jobs.push(Job::new(topic, r.desc.base_seq, r.desc.seqs, recs, backlog));
+                queued += 1;
             }
             if !t.restored.is_empty() {
                 continue;
             }
-            while !t.unsent.is_empty() && t.batches.len() < max_batches {
+            // Live (or, outside a live-first drain, all) records first, then backlog.
+            loop {
+                let backlog = t.unsent.is_empty();
+                let queue = if backlog {
+                    &mut t.unsent_backlog
+                } else {
+                    &mut t.unsent
+                };
+                if queue.is_empty() || queued >= max_batches {
+                    break;
+                }
                 let mut recs = Vec::new();
                 let mut bytes = 0;
-                while let Some(r) = t.unsent.front() {
+                while let Some(r) = queue.front() {
                     let sz = r.encoded_len();
                     if !recs.is_empty() && bytes + sz > self.cfg.batch_max_bytes {
                         break;
                     }
                     bytes += sz;
-                    if let Some(r) = t.unsent.pop_front() {
+                    if let Some(r) = queue.pop_front() {
                         recs.push(r);
                     }
                 }
@@ -381,58 +529,116 @@ impl Replicator {
                 let seqs: Vec<u64> = recs.iter().map(|r| r.seq).collect();
                 let base = self.buffer.assign(topic, 0, &seqs)?;
                 assigned = true;
-                let kr: Vec<_> = recs
-                    .iter()
-                    .map(|x| state::to_batch_record(x, &self.edge_id))
-                    .collect();
-                t.batches.push_back(OutBatch {
-                    base,
-                    seqs,
-                    payload_bytes: recs.iter().map(|x| x.payload.len() as u64).sum(),
-                    encoded: encode_batch(&kr, producer, base, compression)?,
-                    sent: false,
-                });
+                jobs.push(Job::new(topic, base, seqs, recs, backlog));
+                queued += 1;
+            }
+        }
+        let t0 = Instant::now();
+        let encoded = encode_all(&jobs, &self.edge_id, producer, compression)?;
+        let t1 = Instant::now();
+        let jobs_len = jobs.len();
+        let live_jobs = jobs.iter().filter(|j| !j.batch.backlog).count();
+        for (job, bytes) in jobs.into_iter().zip(encoded) {
+            let mut b = job.batch;
+            b.encoded = bytes;
+            self.state.batched_bytes += b.raw_bytes;
+            if let Some(t) = self.state.topics.get_mut(&job.topic) {
+                t.batches.push_back(b);
             }
         }
         if assigned {
             // Descriptors must be durable before their batches go on the wire.
             self.buffer.sync_uplink()?;
         }
-        Ok(())
+        if jobs_len > 0 {
+            tracing::debug!(
+                batches = jobs_len,
+                live = live_jobs,
+                encode_us = (t1 - t0).as_micros() as u64,
+                sync_us = t1.elapsed().as_micros() as u64,
+                "replicator cut"
+            );
+        }
+        Ok(jobs_len)
     }
 
-    /// Sends every batch not yet on the wire, in order, to its topic's leader.
-    async fn send(&mut self, s: &mut Session) -> Result<(), Error> {
+    /// Sends the batches not yet on the wire, in order per topic: one Produce request per
+    /// leader carries the oldest unsent batch of every topic it leads (Kafka takes one
+    /// batch per partition per request), so one broker round trip (and one fsync there)
+    /// covers every topic. At most `max_in_flight` requests are outstanding, which also
+    /// bounds each partition's batches in flight (the idempotent producer's limit of 5).
+    /// While requests are in flight, a new one waits until [`REQUEST_TARGET_BYTES`] are
+    /// ready or the reader has caught up with the buffer (live traffic is not delayed).
+    async fn send(&mut self, s: &mut Session, caught_up: bool) -> Result<(), Error> {
         let timeout_ms = i32::try_from(self.cfg.request_timeout_ms).unwrap_or(i32::MAX);
-        let topics: Vec<String> = self
-            .state
-            .topics
-            .iter()
-            .filter(|(_, t)| t.batches.iter().any(|b| !b.sent))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for topic in topics {
-            let conn = self.leader(s, &topic).await?;
-            let Some(t) = self.state.topics.get_mut(&topic) else {
-                continue;
-            };
-            for b in t.batches.iter_mut().filter(|b| !b.sent) {
-                if let Some(p) = self.pacer.as_mut() {
-                    p.take(b.encoded.len()).await;
+        loop {
+            if s.wire.len() >= self.cfg.max_in_flight {
+                return Ok(());
+            }
+            let mut ready = 0;
+            let mut topics = Vec::new();
+            for (name, t) in &self.state.topics {
+                let unsent: usize = t
+                    .batches
+                    .iter()
+                    .filter(|b| !b.sent)
+                    .map(|b| b.raw_bytes)
+                    .sum();
+                if unsent > 0 {
+                    ready += unsent;
+                    topics.push(name.clone());
                 }
-                let part = ProducePartition {
-                    topic: topic.clone(),
-                    partition: 0,
-                    records: b.encoded.clone(),
-                };
-                let fut = conn
-                    .produce(std::slice::from_ref(&part), -1, timeout_ms)
-                    .await?;
-                b.sent = true;
-                s.wire.push_back((topic.clone(), b.base, fut));
+            }
+            if topics.is_empty()
+                || !(s.wire.is_empty() || caught_up || ready >= REQUEST_TARGET_BYTES)
+            {
+                return Ok(());
+            }
+            // Group by leader; the first leader's request goes out this round.
+            let mut by_leader: Vec<(Arc<Connection>, Vec<String>)> = Vec::new();
+            for topic in topics {
+                let conn = self.leader(s, &topic).await?;
+                match by_leader.iter_mut().find(|(c, _)| Arc::ptr_eq(c, &conn)) {
+                    Some((_, list)) => list.push(topic),
+                    None => by_leader.push((conn, vec![topic])),
+                }
+            }
+            for (conn, topics) in by_leader {
+                if s.wire.len() >= self.cfg.max_in_flight {
+                    return Ok(());
+                }
+                let mut parts = Vec::new();
+                let mut batches = Vec::new();
+                let mut bytes = 0;
+                for topic in topics {
+                    let Some(t) = self.state.topics.get_mut(&topic) else {
+                        continue;
+                    };
+                    let Some(b) = t.batches.iter_mut().find(|b| !b.sent) else {
+                        continue;
+                    };
+                    if !parts.is_empty() && bytes + b.encoded.len() > REQUEST_MAX_BYTES {
+                        break;
+                    }
+                    bytes += b.encoded.len();
+                    b.sent = true;
+                    parts.push(ProducePartition {
+                        topic: topic.clone(),
+                        partition: 0,
+                        records: b.encoded.clone(),
+                    });
+                    batches.push((topic, b.base));
+                }
+                if parts.is_empty() {
+                    continue;
+                }
+                if let Some(p) = self.pacer.as_mut() {
+                    p.take(bytes).await;
+                }
+                let fut = conn.produce(&parts, -1, timeout_ms).await?;
+                s.wire.push_back((batches, fut));
             }
         }
-        Ok(())
     }
 
     async fn leader(&mut self, s: &mut Session, topic: &str) -> Result<Arc<Connection>, Error> {
@@ -467,12 +673,22 @@ impl Replicator {
         Ok(c)
     }
 
-    /// Handles the response to the oldest batch of `topic`.
-    fn complete(&mut self, topic: &str, base: i32, resp: &ProduceResponse) -> Result<(), Error> {
-        let code = kafka::client::produce_errors(resp)
-            .into_iter()
-            .find(|(t, p, _)| t == topic && *p == 0)
-            .map_or(codes::UNKNOWN_TOPIC_OR_PARTITION, |(_, _, c)| c);
+    /// Handles the response to one Produce request: each batch in it is the oldest
+    /// unacknowledged batch of its topic.
+    fn complete(&mut self, batches: &[(String, i32)], resp: &ProduceResponse) -> Result<(), Error> {
+        let errs = kafka::client::produce_errors(resp);
+        for (topic, base) in batches {
+            let code = errs
+                .iter()
+                .find(|(t, p, _)| t == topic && *p == 0)
+                .map_or(codes::UNKNOWN_TOPIC_OR_PARTITION, |(_, _, c)| *c);
+            self.complete_batch(topic, *base, code)?;
+        }
+        Ok(())
+    }
+
+    /// Handles the broker's answer `code` for the oldest batch of `topic`.
+    fn complete_batch(&mut self, topic: &str, base: i32, code: i16) -> Result<(), Error> {
         if code != codes::NONE && code != codes::DUPLICATE_SEQUENCE_NUMBER {
             self.metrics
                 .produce_errors
@@ -490,12 +706,73 @@ impl Replicator {
             return Ok(());
         };
         debug_assert_eq!(b.base, base);
+        self.state.batched_bytes -= b.raw_bytes.min(self.state.batched_bytes);
         let last = b.seqs.iter().max().copied().unwrap_or(0);
-        self.buffer.acknowledged(topic, 0, b.base, last)?;
-        t.acked_through = Some(t.acked_through.map_or(last, |a| a.max(last)));
+        if b.backlog {
+            self.buffer.acknowledged_backlog(topic, 0, b.base, last)?;
+            t.acked_backlog = Some(t.acked_backlog.map_or(last, |a| a.max(last)));
+        } else {
+            self.buffer.acknowledged(topic, 0, b.base, last)?;
+            t.acked_through = Some(t.acked_through.map_or(last, |a| a.max(last)));
+        }
         self.buffer.release(&b.seqs)?;
         self.metrics.uplink_records.inc_by(b.seqs.len() as u64);
         self.metrics.uplink_bytes.inc_by(b.payload_bytes);
+        self.metrics
+            .uplink_wire_bytes
+            .inc_by(b.encoded.len() as u64);
         Ok(())
     }
+}
+
+/// A batch decided by `cut_batches`, waiting to be encoded.
+struct Job {
+    topic: String,
+    batch: OutBatch,
+    records: Vec<crate::buffer::Record>,
+}
+
+impl Job {
+    fn new(
+        topic: &str,
+        base: i32,
+        seqs: Vec<u64>,
+        records: Vec<crate::buffer::Record>,
+        backlog: bool,
+    ) -> Job {
+        Job {
+            topic: topic.to_owned(),
+            batch: OutBatch {
+                raw_bytes: records.iter().map(|x| x.encoded_len()).sum(),
+                base,
+                seqs,
+                payload_bytes: records.iter().map(|x| x.payload.len() as u64).sum(),
+                encoded: bytes::Bytes::new(),
+                sent: false,
+                backlog,
+            },
+            records,
+        }
+    }
+}
+
+/// Encodes and compresses the batches of `jobs`, in order. One thread: on a two-core
+/// gateway, threads per cut measured slower (47.7 vs 30-37 MB/s drain) and raised the
+/// drain's peak RSS (58-68 vs 44 MB, one malloc arena per encoder thread).
+fn encode_all(
+    jobs: &[Job],
+    edge_id: &str,
+    producer: ProducerState,
+    compression: Compression,
+) -> Result<Vec<bytes::Bytes>, Error> {
+    let mut out = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let kr: Vec<_> = job
+            .records
+            .iter()
+            .map(|x| state::to_batch_record(x, edge_id))
+            .collect();
+        out.push(encode_batch(&kr, producer, job.batch.base, compression)?);
+    }
+    Ok(out)
 }

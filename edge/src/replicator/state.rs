@@ -22,6 +22,8 @@ use crate::buffer::Record;
 /// A Produce batch with a persisted descriptor.
 #[derive(Debug, Clone)]
 pub struct OutBatch {
+    /// Record bytes before encoding (for the memory bound).
+    pub raw_bytes: usize,
     /// Producer sequence of its first record.
     pub base: i32,
     /// Buffer sequences, in order.
@@ -32,6 +34,9 @@ pub struct OutBatch {
     pub encoded: Bytes,
     /// Whether it is on the wire in the current session.
     pub sent: bool,
+    /// A backlog batch of a live-first drain (its acknowledgement raises the backlog
+    /// watermark).
+    pub backlog: bool,
 }
 
 /// A descriptor from before a restart, being refilled.
@@ -48,14 +53,18 @@ pub struct Restored {
 pub struct TopicState {
     /// The MQTT name (for logs).
     pub mqtt: String,
-    /// Highest acknowledged buffer sequence.
+    /// Highest acknowledged buffer sequence (live records during a live-first drain).
     pub acked_through: Option<u64>,
+    /// During a live-first drain: highest acknowledged backlog sequence.
+    pub acked_backlog: Option<u64>,
     /// Batches with descriptors, oldest first.
     pub batches: VecDeque<OutBatch>,
     /// Restored descriptors, oldest first.
     pub restored: VecDeque<Restored>,
-    /// Records without a batch.
+    /// Records without a batch (live records during a live-first drain).
     pub unsent: VecDeque<Record>,
+    /// During a live-first drain: backlog records without a batch.
+    pub unsent_backlog: VecDeque<Record>,
     /// Bytes in `unsent`.
     pub unsent_bytes: usize,
     /// Leader address, once looked up in this session.
@@ -71,6 +80,8 @@ pub struct State {
     pub expected: HashMap<u64, (String, usize)>,
     /// Total bytes held in `unsent` queues.
     pub unsent_bytes: usize,
+    /// Record bytes cut into batches that are not acknowledged yet.
+    pub batched_bytes: usize,
 }
 
 /// What to do with a record read from the buffer.
@@ -97,13 +108,21 @@ impl State {
         }
     }
 
-    /// Places a record read from the buffer.
-    pub fn place(&mut self, kafka_topic: String, rec: Record) -> Placed {
+    /// Places a record read from the buffer. `live_from` is the boundary of a live-first
+    /// drain in progress: records below it are backlog, checked against and queued
+    /// apart from the live ones.
+    pub fn place(&mut self, kafka_topic: String, rec: Record, live_from: Option<u64>) -> Placed {
         let t = self.topics.entry(kafka_topic.clone()).or_default();
         if t.mqtt.is_empty() {
             t.mqtt = rec.topic.clone();
         }
-        if t.acked_through.is_some_and(|a| rec.seq <= a) {
+        let backlog = live_from.is_some_and(|l| rec.seq < l);
+        let watermark = if backlog {
+            t.acked_backlog
+        } else {
+            t.acked_through
+        };
+        if watermark.is_some_and(|a| rec.seq <= a) {
             return Placed::AlreadyAcked;
         }
         if let Some((_, slot)) = self.expected.remove(&rec.seq) {
@@ -119,17 +138,35 @@ impl State {
         let size = rec.encoded_len();
         t.unsent_bytes += size;
         self.unsent_bytes += size;
-        t.unsent.push_back(rec);
+        if backlog {
+            t.unsent_backlog.push_back(rec);
+        } else {
+            t.unsent.push_back(rec);
+        }
         Placed::Queued
+    }
+
+    /// Whether any backlog record of a live-first drain is still queued, batched or
+    /// being restored (`live_from` is the boundary).
+    pub fn backlog_pending(&self, live_from: u64) -> bool {
+        self.topics.values().any(|t| {
+            !t.unsent_backlog.is_empty()
+                || t.batches.iter().any(|b| b.backlog)
+                || t.restored
+                    .iter()
+                    .any(|r| r.desc.seqs.first().is_some_and(|s| *s < live_from))
+        })
     }
 
     /// Marks every restored descriptor whose records the reader has passed as complete
     /// (records lost to corruption are left out, with a log line).
-    pub fn finish_restored(&mut self, read_through: Option<u64>, all_read: bool) {
+    /// `passed(max)` tells whether the reader has read past sequence `max` in the stream
+    /// holding it (or read everything).
+    pub fn finish_restored(&mut self, passed: impl Fn(u64) -> bool) {
         for t in self.topics.values_mut() {
             for r in &mut t.restored {
                 let max = r.desc.seqs.iter().max().copied();
-                let passed = all_read || read_through.is_some_and(|c| max.is_some_and(|m| m <= c));
+                let passed = max.is_none_or(&passed);
                 if passed && r.slots.iter().any(Option::is_none) {
                     tracing::error!(topic = %r.desc.topic, base = r.desc.base_seq, "in-flight batch lost records; resending the rest");
                     for (slot, seq) in r.desc.seqs.iter().enumerate() {
@@ -213,14 +250,42 @@ mod tests {
             seqs: vec![3, 5],
         }]);
         s.topics.get_mut("a.b").unwrap().acked_through = Some(2);
-        assert_eq!(s.place("a.b".into(), rec(1)), Placed::AlreadyAcked);
-        assert_eq!(s.place("a.b".into(), rec(3)), Placed::Queued);
-        assert_eq!(s.place("a.b".into(), rec(4)), Placed::Queued);
-        assert_eq!(s.place("a.b".into(), rec(5)), Placed::Queued);
+        assert_eq!(s.place("a.b".into(), rec(1), None), Placed::AlreadyAcked);
+        assert_eq!(s.place("a.b".into(), rec(3), None), Placed::Queued);
+        assert_eq!(s.place("a.b".into(), rec(4), None), Placed::Queued);
+        assert_eq!(s.place("a.b".into(), rec(5), None), Placed::Queued);
         let t = &s.topics["a.b"];
         assert!(t.restored[0].slots.iter().all(Option::is_some));
         assert_eq!(t.unsent.len(), 1);
         assert_eq!(t.unsent[0].seq, 4);
+    }
+
+    #[test]
+    fn live_first_streams_have_their_own_watermarks() {
+        let mut s = State::default();
+        let t = s.topics.entry("a.b".into()).or_default();
+        t.acked_backlog = Some(3);
+        t.acked_through = Some(12);
+        // Boundary 10: 2 and 3 are acknowledged backlog, 4 is not; 11 and 12 are
+        // acknowledged live records, 13 is not.
+        for (seq, want) in [
+            (2, true),
+            (3, true),
+            (4, false),
+            (11, true),
+            (12, true),
+            (13, false),
+        ] {
+            let placed = s.place("a.b".into(), rec(seq), Some(10));
+            assert_eq!(placed == Placed::AlreadyAcked, want, "seq {seq}");
+        }
+        let t = &s.topics["a.b"];
+        assert_eq!(
+            t.unsent_backlog.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [4]
+        );
+        assert_eq!(t.unsent.iter().map(|r| r.seq).collect::<Vec<_>>(), [13]);
+        assert!(s.backlog_pending(10));
     }
 
     #[test]

@@ -18,12 +18,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bytes::{BufMut, BytesMut};
-use rumqttc::mqttbytes::v4::{Connect, Packet, PubAck, Publish, Subscribe};
+use bytes::BufMut;
+use rumqttc::mqttbytes::v4::{Packet, PubAck};
 use rumqttc::mqttbytes::QoS;
+use tests::mqtt::Conn;
 use tests::proc::{percentile, rss_bytes, Cloud};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 struct Opts {
     publishers: usize,
@@ -141,72 +140,6 @@ fn start_mosquitto(dir: &Path) -> Result<Broker> {
         name: "mosquitto",
         addr,
     })
-}
-
-/// A raw MQTT 3.1.1 connection.
-struct Conn {
-    s: TcpStream,
-    rbuf: BytesMut,
-    wbuf: BytesMut,
-}
-
-impl Conn {
-    async fn connect(addr: &str, id: &str) -> Result<Conn> {
-        let s = TcpStream::connect(addr).await?;
-        s.set_nodelay(true)?;
-        let mut c = Conn {
-            s,
-            rbuf: BytesMut::with_capacity(64 << 10),
-            wbuf: BytesMut::new(),
-        };
-        let mut connect = Connect::new(id);
-        connect.keep_alive = 0;
-        connect.clean_session = true;
-        Packet::Connect(connect).write(&mut c.wbuf, usize::MAX)?;
-        c.flush().await?;
-        match c.next().await? {
-            Packet::ConnAck(_) => Ok(c),
-            p => bail!("expected CONNACK, got {p:?}"),
-        }
-    }
-
-    async fn flush(&mut self) -> Result<()> {
-        self.s.write_all(&self.wbuf).await?;
-        self.wbuf.clear();
-        Ok(())
-    }
-
-    async fn next(&mut self) -> Result<Packet> {
-        loop {
-            match Packet::read(&mut self.rbuf, usize::MAX) {
-                Ok(p) => return Ok(p),
-                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-                Err(e) => bail!("decode: {e}"),
-            }
-            if self.s.read_buf(&mut self.rbuf).await? == 0 {
-                bail!("connection closed");
-            }
-        }
-    }
-
-    async fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<()> {
-        let mut s = Subscribe::new(filter, qos);
-        s.pkid = 1;
-        Packet::Subscribe(s).write(&mut self.wbuf, usize::MAX)?;
-        self.flush().await?;
-        loop {
-            if let Packet::SubAck(_) = self.next().await? {
-                return Ok(());
-            }
-        }
-    }
-
-    fn publish(&mut self, topic: &str, qos: QoS, pkid: u16, payload: &[u8]) -> Result<()> {
-        let mut p = Publish::new(topic, qos, payload.to_vec());
-        p.pkid = if qos == QoS::AtMostOnce { 0 } else { pkid };
-        Packet::Publish(p).write(&mut self.wbuf, usize::MAX)?;
-        Ok(())
-    }
 }
 
 fn payload(size: usize, t0: Instant) -> Vec<u8> {

@@ -1,0 +1,505 @@
+//! edge-bench: the edge's MQTT ingest side by side with Mosquitto and standalone rumqttd,
+//! then the edge's drain of a backlog into the cloud.
+//!
+//! Ingest: N raw MQTT 3.1.1 publishers (rumqttc's codec, pipelined, up to `--window`
+//! unacknowledged each; they are not the bottleneck) publish QoS 1 messages of 100 B and
+//! 64 KB to each broker in turn, a fresh broker process per row:
+//! - the edge with its defaults (`buffer.sync: always`: PUBACK only after the fsync) and
+//!   its uplink down, so every message is buffered on disk; and `edge-intvl`, the same
+//!   with `sync: interval` (PUBACK before the fsync, like Mosquitto);
+//! - Mosquitto (Debian) with `persistence true` (it writes its database on the autosave
+//!   interval and at exit, never before a PUBACK);
+//! - rumqttd standalone (`rumqttd-standalone`: the same crate and version the edge embeds,
+//!   memory only).
+//!
+//! Rows print msgs/s, MB/s, publish-to-PUBACK latency p50/p99 and the broker's peak RSS
+//! (`VmHWM`), then the edge/Mosquitto ratio (goal >= 1.5).
+//!
+//! Drain: with the uplink down, N publishers build a backlog of `--backlog-mb` of
+//! `--record`-byte records; then the cloud starts on the edge's bootstrap address and
+//! the edge drains into it (acks=all, zstd, the cloud's default group fsync). Prints the
+//! drain rate, the zstd ratio (record bytes / Produce batch bytes), the edge's peak RSS
+//! while draining, disk use before/after and CPU seconds of both processes. Then the same
+//! with `cloud.max_bytes_per_sec` = `--cap-mb` MB/s and a smaller backlog: achieved / cap.
+//!
+//!   edge-bench [--publishers 8] [--window 100] [--small 200000] [--large 4000]
+//!              [--backlog-mb 1024] [--record 1024] [--cap-mb 20] [--cap-backlog-mb 200]
+//!              [--skip-ingest] [--skip-drain]
+//!
+//! `EDGE_BENCH_KEEP=1` keeps the work directory (broker logs) instead of deleting it.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use rumqttc::mqttbytes::v4::{Packet, Publish};
+use rumqttc::mqttbytes::QoS;
+use tests::edge::Edge;
+use tests::mqtt::Conn;
+use tests::proc::{cpu_secs, dir_bytes, peak_rss_bytes, percentile, rss_bytes, Cloud};
+
+struct Opts {
+    publishers: usize,
+    window: usize,
+    small: usize,
+    large: usize,
+    backlog_mb: usize,
+    record: usize,
+    cap_mb: usize,
+    cap_backlog_mb: usize,
+    ingest: bool,
+    drain: bool,
+}
+
+fn opts() -> Result<Opts> {
+    let mut o = Opts {
+        publishers: 8,
+        window: 100,
+        small: 200_000,
+        large: 4_000,
+        backlog_mb: 1024,
+        record: 1024,
+        cap_mb: 20,
+        cap_backlog_mb: 200,
+        ingest: true,
+        drain: true,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--skip-ingest" => o.ingest = false,
+            "--skip-drain" => o.drain = false,
+            flag => {
+                let v: usize = args
+                    .get(i + 1)
+                    .with_context(|| format!("{flag} needs a value"))?
+                    .parse()?;
+                match flag {
+                    "--publishers" => o.publishers = v.max(1),
+                    "--window" => o.window = v.clamp(1, 60_000),
+                    "--small" => o.small = v,
+                    "--large" => o.large = v,
+                    "--backlog-mb" => o.backlog_mb = v,
+                    "--record" => o.record = v.max(16),
+                    "--cap-mb" => o.cap_mb = v,
+                    "--cap-backlog-mb" => o.cap_backlog_mb = v,
+                    other => bail!("unknown flag {other}"),
+                }
+                i += 1;
+            }
+        }
+        i += 1;
+    }
+    Ok(o)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until something accepts connections on `addr` (process start-up: no event to
+/// wait on, so this polls).
+fn wait_listening(addr: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listens on {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// A broker process under test; dropping it kills the process.
+struct Broker {
+    child: Option<Child>,
+    edge: Option<Edge>,
+    addr: String,
+}
+
+impl Broker {
+    /// A broker process, once it accepts connections on `addr`.
+    fn process(child: Child, addr: String) -> Result<Broker> {
+        let b = Broker {
+            child: Some(child),
+            edge: None,
+            addr,
+        };
+        wait_listening(&b.addr)?;
+        Ok(b)
+    }
+
+    fn pid(&self) -> u32 {
+        match (&self.edge, &self.child) {
+            (Some(e), _) => e.pid(),
+            (None, Some(c)) => c.id(),
+            (None, None) => 0,
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start_edge(dir: &Path, sync: &str) -> Result<Broker> {
+    // Uplink down (nothing listens on the bootstrap port): every publish is buffered.
+    let cloud = format!("  bootstrap: 127.0.0.1:{}", free_port()?);
+    let edge = Edge::start(
+        dir,
+        &cloud,
+        &format!("  sync: {sync}\n  quota_bytes: 4294967296"),
+    )?;
+    Ok(Broker {
+        addr: edge.mqtt_addr.clone(),
+        edge: Some(edge),
+        child: None,
+    })
+}
+
+fn start_mosquitto(dir: &Path) -> Result<Broker> {
+    std::fs::create_dir_all(dir)?;
+    let port = free_port()?;
+    let cfg = dir.join("mosquitto.conf");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+             persistence_location {}/\n",
+            dir.display()
+        ),
+    )?;
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(
+            dir.join("mosquitto.log"),
+        )?))
+        .spawn()
+        .context("mosquitto not installed (apt-get install mosquitto)")?;
+    Broker::process(child, format!("127.0.0.1:{port}"))
+}
+
+fn start_rumqttd(dir: &Path) -> Result<Broker> {
+    std::fs::create_dir_all(dir)?;
+    let exe = std::env::current_exe()?;
+    let bin = exe.parent().context("exe dir")?.join("rumqttd-standalone");
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let child = Command::new(&bin)
+        .arg(&addr)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(dir.join("rumqttd.log"))?))
+        .spawn()
+        .with_context(|| format!("{} (cargo build --workspace --all-targets)", bin.display()))?;
+    Broker::process(child, addr)
+}
+
+/// Publishes `n` QoS 1 messages with up to `window` unacknowledged; returns the
+/// publish-to-PUBACK latency of each, in ms.
+async fn publisher(
+    addr: String,
+    id: String,
+    topic: String,
+    (pool, size, seed): (Bytes, usize, usize),
+    n: usize,
+    window: usize,
+) -> Result<Vec<f64>> {
+    let mut c = Conn::connect(&addr, &id).await?;
+    let mut sent_at = vec![Instant::now(); 65_536];
+    let mut lat = Vec::with_capacity(n);
+    let mut sent = 0usize;
+    while lat.len() < n {
+        let inflight = sent - lat.len();
+        if sent < n && inflight < window {
+            // Top the window up in one write.
+            while sent < n && sent - lat.len() < window {
+                let pkid = (sent % 65_535 + 1) as u16;
+                let body = payload(&pool, size, seed.wrapping_mul(1_000_003) + sent);
+                let mut p = Publish::from_bytes(topic.as_str(), QoS::AtLeastOnce, body);
+                p.pkid = pkid;
+                Packet::Publish(p).write(&mut c.wbuf, usize::MAX)?;
+                sent_at[usize::from(pkid)] = Instant::now();
+                sent += 1;
+            }
+            c.flush().await?;
+        }
+        match c.next().await? {
+            Packet::PubAck(a) => {
+                lat.push(sent_at[usize::from(a.pkid)].elapsed().as_secs_f64() * 1e3)
+            }
+            Packet::PingResp => {}
+            p => bail!("unexpected {p:?}"),
+        }
+    }
+    Ok(lat)
+}
+
+/// 16 MiB of hex digits of pseudo-random bytes: payloads are slices of it at varying
+/// offsets, so records differ and compress like sensor text (about 2:1 under zstd), not
+/// like one repeated payload.
+fn pool() -> Bytes {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut v = Vec::with_capacity(16 << 20);
+    while v.len() < 16 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        for i in 0..16 {
+            v.push(HEX[((x >> (i * 4)) & 15) as usize]);
+        }
+    }
+    Bytes::from(v)
+}
+
+/// The `i`-th payload of a publisher: `size` bytes of `pool` at a pseudo-random offset.
+fn payload(pool: &Bytes, size: usize, i: usize) -> Bytes {
+    let span = pool.len().saturating_sub(size).max(1);
+    let at = (i.wrapping_mul(2_654_435_761) ^ (i >> 3)) % span;
+    pool.slice(at..(at + size).min(pool.len()))
+}
+
+/// Runs `publishers` publishers of `total` messages in all against `addr`; returns the
+/// elapsed time and every latency (sorted).
+async fn publish_all(
+    addr: &str,
+    tag: &str,
+    publishers: usize,
+    total: usize,
+    size: usize,
+    window: usize,
+) -> Result<(Duration, Vec<f64>)> {
+    let per = total / publishers;
+    let pool = pool();
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..publishers {
+        tasks.push(tokio::spawn(publisher(
+            addr.to_owned(),
+            format!("{tag}-{i}"),
+            format!("bench/{i}"),
+            (pool.clone(), size, i),
+            per,
+            window,
+        )));
+    }
+    let mut lat = Vec::with_capacity(total);
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let dt = t0.elapsed();
+    lat.sort_by(f64::total_cmp);
+    Ok((dt, lat))
+}
+
+struct Row {
+    msgs_s: f64,
+}
+
+async fn ingest(o: &Opts, work: &Path) -> Result<()> {
+    println!(
+        "## ingest: QoS 1, {} publishers, window {} each; peak RSS = VmHWM of a fresh broker per row",
+        o.publishers, o.window
+    );
+    println!(
+        "{:<10} {:>8} {:>10} {:>10} {:>9} {:>9} {:>10}",
+        "broker", "payload", "msgs/s", "MB/s", "p50 ms", "p99 ms", "peak RSS"
+    );
+    for (size, total) in [(100usize, o.small), (64 << 10, o.large)] {
+        let mut rows: Vec<(&str, Row)> = Vec::new();
+        for name in ["edge", "edge-intvl", "mosquitto", "rumqttd"] {
+            let dir = work.join(format!("{name}-{size}"));
+            let broker = match name {
+                "edge" => start_edge(&dir, "always")?,
+                "edge-intvl" => start_edge(&dir, "interval")?,
+                "mosquitto" => start_mosquitto(&dir)?,
+                _ => start_rumqttd(&dir)?,
+            };
+            let (dt, lat) =
+                publish_all(&broker.addr, name, o.publishers, total, size, o.window).await?;
+            let n = lat.len() as f64;
+            let row = Row {
+                msgs_s: n / dt.as_secs_f64(),
+            };
+            println!(
+                "{:<10} {:>8} {:>10.0} {:>10.1} {:>9.2} {:>9.2} {:>7.1} MB",
+                name,
+                if size == 100 { "100 B" } else { "64 KB" },
+                row.msgs_s,
+                row.msgs_s * size as f64 / 1e6,
+                percentile(&lat, 50.0),
+                percentile(&lat, 99.0),
+                peak_rss_bytes(broker.pid())? as f64 / 1e6,
+            );
+            rows.push((name, row));
+        }
+        let get = |n: &str| {
+            rows.iter()
+                .find(|(k, _)| *k == n)
+                .map_or(f64::NAN, |(_, r)| r.msgs_s)
+        };
+        println!(
+            "edge/mosquitto msgs/s at {} B: {:.2} (goal >= 1.5), with sync: interval {:.2}; \
+             edge/rumqttd: {:.2}",
+            size,
+            get("edge") / get("mosquitto"),
+            get("edge-intvl") / get("mosquitto"),
+            get("edge") / get("rumqttd"),
+        );
+    }
+    Ok(())
+}
+
+/// Builds a backlog with the uplink down, then starts the cloud and waits for the drain.
+async fn drain(o: &Opts, work: &Path, backlog_mb: usize, cap: Option<usize>) -> Result<()> {
+    let dir = work.join(format!("drain-{}", cap.unwrap_or(0)));
+    let kafka = format!("127.0.0.1:{}", free_port()?);
+    let mut cloud_yaml = format!("  bootstrap: {kafka}\n  backoff_max_ms: 200");
+    if let Some(c) = cap {
+        cloud_yaml.push_str(&format!("\n  max_bytes_per_sec: {}", c << 20));
+    }
+    let edge = Edge::start(
+        &dir.join("edge"),
+        &cloud_yaml,
+        "  sync: interval\n  quota_bytes: 4294967296",
+    )?;
+    let n = (backlog_mb << 20) / o.record;
+    let (dt, _) = publish_all(
+        &edge.mqtt_addr,
+        "backlog",
+        o.publishers,
+        n,
+        o.record,
+        o.window,
+    )
+    .await?;
+    let n = n / o.publishers * o.publishers;
+    // sync: interval acks before the commit; wait until every record is committed.
+    while edge.metric("edge_backlog_records")? < n as f64 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let data = dir.join("edge").join("data");
+    let disk_before = dir_bytes(&data);
+    let payload = (n * o.record) as f64;
+    println!(
+        "backlog: {n} x {} B records ({:.0} MB) in {:.1} s; edge disk {:.0} MB, RSS {:.1} MB (peak so far {:.1} MB)",
+        o.record,
+        payload / 1e6,
+        dt.as_secs_f64(),
+        disk_before as f64 / 1e6,
+        rss_bytes(edge.pid())? as f64 / 1e6,
+        peak_rss_bytes(edge.pid())? as f64 / 1e6,
+    );
+    let cloud_dir = dir.join("cloud");
+    std::fs::create_dir_all(&cloud_dir)?;
+    let cloud = Cloud::start_at(&cloud_dir, &kafka, "")?;
+    let t0 = Instant::now();
+    let (e_cpu, c_cpu) = (cpu_secs(edge.pid())?, cpu_secs(cloud.pid())?);
+    let mut peak = 0;
+    let mut first = None;
+    loop {
+        let m = edge.metrics()?;
+        peak = peak.max(rss_bytes(edge.pid())?);
+        let done = m.get("edge_uplink_records_total").copied().unwrap_or(0.0);
+        if first.is_none() && done > 0.0 {
+            first = Some(t0.elapsed());
+        }
+        if done >= n as f64 {
+            let secs = t0.elapsed().as_secs_f64();
+            let wire = m
+                .get("edge_uplink_wire_bytes_total")
+                .copied()
+                .unwrap_or(0.0);
+            let e = cpu_secs(edge.pid())? - e_cpu;
+            let c = cpu_secs(cloud.pid())? - c_cpu;
+            match cap {
+                None => {
+                    println!(
+                        "drain: {:.1} MB/s of records ({:.0} records/s) over loopback in {:.1} s \
+                         (first ack after {:.2} s); goal >= 200 MB/s",
+                        payload / secs / 1e6,
+                        n as f64 / secs,
+                        secs,
+                        first.unwrap_or_default().as_secs_f64(),
+                    );
+                    println!(
+                        "zstd: {:.0} MB of payload in {:.0} MB of Produce batches (ratio {:.2}, headers included)",
+                        payload / 1e6,
+                        wire / 1e6,
+                        payload / wire.max(1.0)
+                    );
+                    println!(
+                        "edge RSS while draining: peak {:.1} MB (sampled every 50 ms; goal <= 32 MB); \
+                         CPU: edge {e:.1} s, cloud {c:.1} s",
+                        peak as f64 / 1e6
+                    );
+                }
+                Some(c) => {
+                    let cap_b = (c << 20) as f64;
+                    println!(
+                        "capped drain: {:.2} MB/s on the wire with max_bytes_per_sec = {:.2} MB/s: achieved/cap = {:.3}",
+                        wire / secs / 1e6,
+                        cap_b / 1e6,
+                        wire / secs / cap_b
+                    );
+                }
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if cap.is_none() {
+        // Batches are deleted as they are acknowledged; let the last releases land.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while edge.metric("edge_backlog_records")? > 0.0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!(
+            "edge disk: {:.0} MB before the drain, {:.1} MB after; cloud data dir {:.0} MB",
+            disk_before as f64 / 1e6,
+            dir_bytes(&data) as f64 / 1e6,
+            dir_bytes(&cloud_dir.join("data")) as f64 / 1e6
+        );
+    }
+    drop(cloud);
+    edge.kill();
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let o = opts()?;
+    let tmp = tempfile::tempdir()?;
+    let work = tmp.path();
+    if std::env::var_os("EDGE_BENCH_KEEP").is_some() {
+        println!("(keeping {} for its logs)", work.display());
+    }
+    if o.ingest {
+        ingest(&o, work).await?;
+    }
+    if o.drain {
+        println!(
+            "## drain: {} MB of {} B records, {} topics, uplink down then restored",
+            o.backlog_mb, o.record, o.publishers
+        );
+        drain(&o, work, o.backlog_mb, None).await?;
+        if o.cap_mb > 0 {
+            drain(&o, work, o.cap_backlog_mb, Some(o.cap_mb)).await?;
+        }
+    }
+    if std::env::var_os("EDGE_BENCH_KEEP").is_some() {
+        std::mem::forget(tmp);
+    }
+    Ok(())
+}
