@@ -228,6 +228,7 @@ impl CloudConfig {
     /// picked up at the next reconnect). The error names the key.
     pub fn connector(&self) -> Result<common::kafka::Connector, (&'static str, String)> {
         let mut c = common::kafka::Connector::plaintext(&self.client_id);
+        c.connect_timeout = std::time::Duration::from_millis(self.request_timeout_ms);
         if let Some(t) = &self.tls {
             let cert_key = match (&t.cert, &t.key) {
                 (Some(c), Some(k)) => Some((c.clone(), k.clone())),

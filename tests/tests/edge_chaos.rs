@@ -434,13 +434,9 @@ fn chaos(tmp: &Path) -> Result<()> {
 
 /// A half-open uplink (the proxy accepts and then moves no byte) while the edge connects:
 /// the edge must give up and reconnect rather than wait forever.
-///
-/// Ignored: it fails today. The Produce wait has a timeout, but the connection handshake
-/// (ApiVersions), InitProducerId and Metadata do not (edge/src/replicator/mod.rs,
-/// common/src/kafka/conn.rs), so a link that goes half-open while the edge connects
-/// wedges the uplink until bytes flow again. Run with `-- --ignored` once fixed.
+/// The connection (TCP, TLS, ApiVersions, SASL), InitProducerId and Metadata are each
+/// bounded by `request_timeout_ms`.
 #[test]
-#[ignore = "the edge has no timeout on connect/Metadata/InitProducerId yet"]
 fn half_open_uplink_while_connecting_is_abandoned() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (cloud_dir, edge_dir) = (tmp.path().join("cloud"), tmp.path().join("edge"));

@@ -16,7 +16,7 @@ pub struct Connector {
     pub tls: Option<tls::Connector>,
     /// SASL/PLAIN credentials, if the listener requires them.
     pub sasl: Option<Plain>,
-    /// Limit for TCP connect plus the TLS handshake.
+    /// Limit for TCP connect, the TLS handshake, ApiVersions and SASL together.
     pub connect_timeout: Duration,
 }
 
@@ -31,19 +31,25 @@ impl Connector {
         }
     }
 
-    /// Connects to `addr` (`host:port`), negotiates versions and authenticates.
+    /// Connects to `addr` (`host:port`), negotiates versions and authenticates, all within
+    /// `connect_timeout` (a link that goes half-open during the handshake fails the
+    /// attempt instead of hanging it).
     pub async fn connect(&self, addr: &str) -> Result<Connection, Error> {
-        let stream = tokio::time::timeout(self.connect_timeout, self.open(addr))
+        tokio::time::timeout(self.connect_timeout, self.establish(addr))
             .await
             .map_err(|_| {
                 Error::Io(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!(
-                        "connecting to {addr} took longer than {:?}",
+                        "connecting to {addr} (TCP, TLS, ApiVersions, SASL) took longer than {:?}",
                         self.connect_timeout
                     ),
                 ))
-            })??;
+            })?
+    }
+
+    async fn establish(&self, addr: &str) -> Result<Connection, Error> {
+        let stream = self.open(addr).await?;
         let conn = Connection::handshake(stream, &self.client_id)
             .await
             .map_err(|e| match (&self.tls, e) {

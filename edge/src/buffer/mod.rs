@@ -44,9 +44,11 @@
 //!    re-sends exactly the same batches and the broker's idempotence drops duplicates.
 //! 5. When the broker acknowledges, the replicator records the partition's acknowledged
 //!    sequence and deletes the descriptor (one atomic sled batch), then releases the
-//!    records; a batch is deleted (index entry, then file, by the `buffer-reap` thread so
-//!    the replicator never waits for an unlink) only when every record in it is released. A crash before the delete reaches disk replays records that the
-//!    acknowledged-sequence watermark then skips.
+//!    records; a batch is deleted only when every record in it is released, by the
+//!    `buffer-reap` thread (the replicator never waits for it): index entries removed,
+//!    sled flushed (which also makes the acknowledged watermarks durable), then the file
+//!    unlinked. A crash before that flush replays records that the acknowledged-sequence
+//!    watermark (or the broker's idempotence) then skips.
 //!
 //! What survives a crash: every batch flushed at step 2, the producer state and every
 //! descriptor. What is lost: open batches (step 1). At open, a file without an index entry
@@ -600,9 +602,13 @@ impl Buffer {
 }
 
 /// Deletes drained batches: index entries first (one sled batch for everything queued),
-/// then the files. Not flushed: a batch whose deletion is lost in a crash is read again
-/// at the next start and its records are skipped by the acknowledged watermark. Ends
-/// when the buffer is dropped.
+/// then one sled flush, then the files. The flush makes the index removals durable, and
+/// with them the acknowledged watermarks the replicator wrote before releasing the
+/// records (sled flushes all trees at once). Unlinking before that flush lost records on
+/// a kill: sled came back with the old watermark and an in-flight descriptor whose
+/// records' file was gone (found by the chaos test, 1 run in 10). A crash before the
+/// flush replays the batch; the acknowledged watermark or the broker's idempotence drops
+/// the duplicates. Ends when the buffer is dropped.
 fn reap_loop(records: &sled::Tree, dir: &std::path::Path, rx: &std::sync::mpsc::Receiver<Reap>) {
     while let Ok(first) = rx.recv() {
         let mut keys = Vec::new();
@@ -617,7 +623,10 @@ fn reap_loop(records: &sled::Tree, dir: &std::path::Path, rx: &std::sync::mpsc::
         for k in &keys {
             batch.remove(&k.to_be_bytes());
         }
-        match records.apply_batch(batch) {
+        match records
+            .apply_batch(batch)
+            .and_then(|()| records.flush().map(drop))
+        {
             Ok(()) => {
                 for k in keys {
                     if let Err(e) = files::remove(dir, k) {

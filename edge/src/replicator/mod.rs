@@ -246,13 +246,13 @@ impl Replicator {
         let bootstrap = Arc::new(connector.connect(&self.cfg.bootstrap).await?);
         let producer = match self.producer {
             Some(_) if self.fenced >= FENCED_LIMIT => {
-                let p = bootstrap.init_producer_id().await?;
+                let p = self.bounded(bootstrap.init_producer_id()).await?;
                 self.renew_producer(p)?;
                 p
             }
             Some(p) => p,
             None => {
-                let p = bootstrap.init_producer_id().await?;
+                let p = self.bounded(bootstrap.init_producer_id()).await?;
                 self.buffer.set_producer(p)?;
                 self.producer = Some(p);
                 p
@@ -641,12 +641,26 @@ impl Replicator {
         }
     }
 
+    /// Waits for a request other than Produce at most `request_timeout_ms`: a link that
+    /// goes half-open after the connection handshake must end the session, not wedge it.
+    async fn bounded<T>(
+        &self,
+        request: impl std::future::Future<Output = Result<T, kafka::Error>>,
+    ) -> Result<T, Error> {
+        let limit = Duration::from_millis(self.cfg.request_timeout_ms);
+        Ok(tokio::time::timeout(limit, request)
+            .await
+            .map_err(|_| Error::Timeout)??)
+    }
+
     async fn leader(&mut self, s: &mut Session, topic: &str) -> Result<Arc<Connection>, Error> {
         let known = self.state.topics.get(topic).and_then(|t| t.leader.clone());
         let addr = match known {
             Some(a) => a,
             None => {
-                let md = s.bootstrap.metadata(&[topic.to_owned()], true).await?;
+                let md = self
+                    .bounded(s.bootstrap.metadata(&[topic.to_owned()], true))
+                    .await?;
                 if let Some((code, _)) = md.topics.get(topic) {
                     if *code != codes::NONE {
                         return Err(Error::Rejected {
