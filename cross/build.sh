@@ -6,7 +6,8 @@
 #   cross/build.sh                 both targets (aarch64, armv7)
 #   cross/build.sh aarch64-unknown-linux-gnu
 #   cross/build.sh --test          also run the edge's unit tests under qemu (aarch64)
-#   cross/build.sh --zig           also build for glibc 2.17 with cargo-zigbuild
+#   cross/build.sh --zig           also build for glibc 2.17 with cargo-zigbuild (not yet
+#                                  exercised on the reference machine)
 #
 # Linkers and qemu runners come from .cargo/config.toml. Artifacts:
 #   $CARGO_TARGET_DIR/<triple>/release/edge       as built
@@ -102,7 +103,8 @@ done
 
 if [ "$run_tests" = 1 ]; then
   echo "==> unit tests of the edge under qemu (aarch64)"
-  cargo test -p edge --locked --target aarch64-unknown-linux-gnu
+  # --release reuses the dependencies just built (dev would compile them all again).
+  cargo test -p edge --release --locked --target aarch64-unknown-linux-gnu
 fi
 
 if [ "$zig" = 1 ]; then
