@@ -80,14 +80,19 @@ async fn serve<P: Protocol + Clone + Send + 'static>(mut server: Server<P>, name
 /// Waits until the listener at `addr` answers. A plain listener is probed with an MQTT
 /// CONNECT (version 4 or 5) answered by a CONNACK, then closed, which rumqttd logs at info
 /// level only (a bare TCP connect closed before CONNECT makes it log an ERROR per probe).
-/// A TLS listener is probed by a TCP connect.
-async fn ready(addr: SocketAddr, level: Option<u8>) -> Result<(), Error> {
+/// A TLS listener is probed by a TCP connect. With `mqtt.credentials` set the probe logs
+/// in with the first pair (rumqttd drops a CONNECT without them, with an ERROR line).
+async fn ready(
+    addr: SocketAddr,
+    level: Option<u8>,
+    login: Option<(&str, &str)>,
+) -> Result<(), Error> {
     let mut last = None;
     for _ in 0..200 {
         let probe = async {
             let mut s = tokio::net::TcpStream::connect(addr).await?;
             if let Some(level) = level {
-                s.write_all(&probe_connect(level)).await?;
+                s.write_all(&probe_connect(level, login)).await?;
                 // Read the whole CONNACK (remaining length < 128), so the close is a FIN
                 // and not a reset for unread bytes.
                 let mut head = [0u8; 2];
@@ -114,16 +119,33 @@ async fn ready(addr: SocketAddr, level: Option<u8>) -> Result<(), Error> {
 }
 
 /// CONNECT, clean session, keepalive 10 s, client id `edge-ready-probe`, for protocol
-/// level 4 (3.1.1) or 5 (with an empty property list).
-fn probe_connect(level: u8) -> Vec<u8> {
-    let id = b"edge-ready-probe";
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, 0x02, 0, 10];
+/// level 4 (3.1.1) or 5 (with an empty property list), with user name and password when
+/// `login` is given.
+fn probe_connect(level: u8, login: Option<(&str, &str)>) -> Vec<u8> {
+    let field = |out: &mut Vec<u8>, b: &[u8]| {
+        out.extend_from_slice(&(b.len() as u16).to_be_bytes());
+        out.extend_from_slice(b);
+    };
+    let flags = if login.is_some() { 0xC2 } else { 0x02 };
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, flags, 0, 10];
     if level == 5 {
         body.push(0);
     }
-    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
-    body.extend_from_slice(id);
-    let mut packet = vec![0x10, body.len() as u8];
+    field(&mut body, b"edge-ready-probe");
+    if let Some((user, password)) = login {
+        field(&mut body, user.as_bytes());
+        field(&mut body, password.as_bytes());
+    }
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        packet.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
     packet.extend(body);
     packet
 }
@@ -143,6 +165,11 @@ pub async fn start(cfg: &MqttConfig, ctx: Arc<IngestCtx>) -> Result<Bound, Error
         },
     );
     let router_tx = router.spawn();
+    let login = cfg
+        .credentials
+        .iter()
+        .next()
+        .map(|(u, p)| (u.as_str(), p.as_str()));
     let mut bound = Bound::default();
     if let Some(addr) = cfg.v4_listen {
         let addr = concrete(addr)?;
@@ -152,7 +179,7 @@ pub async fn start(cfg: &MqttConfig, ctx: Arc<IngestCtx>) -> Result<Bound, Error
             Ingest::new(V4, ctx.clone()),
         );
         tokio::spawn(serve(server, "v4"));
-        ready(addr, cfg.tls.is_none().then_some(4)).await?;
+        ready(addr, cfg.tls.is_none().then_some(4), login).await?;
         bound.v4 = Some(addr);
     }
     if let Some(addr) = cfg.v5_listen {
@@ -163,7 +190,7 @@ pub async fn start(cfg: &MqttConfig, ctx: Arc<IngestCtx>) -> Result<Bound, Error
             Ingest::new(V5, ctx.clone()),
         );
         tokio::spawn(serve(server, "v5"));
-        ready(addr, cfg.tls.is_none().then_some(5)).await?;
+        ready(addr, cfg.tls.is_none().then_some(5), login).await?;
         bound.v5 = Some(addr);
     }
     Ok(bound)

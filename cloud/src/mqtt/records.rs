@@ -14,7 +14,7 @@
 use bytes::Bytes;
 use common::headers as h;
 use common::kafka::batch::{encode_batch, BatchRecord, ProducerState};
-use common::kafka::record_batch;
+use common::kafka::record_batch::{self, RecordView};
 use kafka_protocol::records::{Compression, RecordBatchDecoder};
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
@@ -151,19 +151,14 @@ pub(crate) fn decode(
     fallback_topic: Option<&str>,
 ) -> Result<Vec<Stored>, RecordError> {
     let decode_err = |e: &dyn std::fmt::Display| RecordError::Decode(e.to_string());
-    let records = match record_batch::read(batch) {
-        Ok(r) => r,
-        Err(record_batch::Error::Unsupported(_)) => {
-            return decode_foreign(batch, from, fallback_topic)
-        }
+    let views: Vec<RecordView> = match record_batch::read(batch) {
+        Ok(r) if r.control => Vec::new(),
+        Ok(r) => r.collect::<Result<_, _>>().map_err(|e| decode_err(&e))?,
+        Err(record_batch::Error::Unsupported(_)) => decode_foreign(batch)?,
         Err(e) => return Err(decode_err(&e)),
     };
-    if records.control {
-        return Ok(Vec::new());
-    }
-    let mut out = Vec::new();
-    for r in records {
-        let r = r.map_err(|e| decode_err(&e))?;
+    let mut out = Vec::with_capacity(views.len());
+    for r in views {
         if r.offset < 0 || (r.offset as u64) < from {
             continue;
         }
@@ -179,30 +174,28 @@ pub(crate) fn decode(
     Ok(out)
 }
 
-/// [`decode`] for codecs the lean reader leaves to `kafka-protocol`.
-fn decode_foreign(
-    batch: &Bytes,
-    from: u64,
-    fallback_topic: Option<&str>,
-) -> Result<Vec<Stored>, RecordError> {
+/// The records of a batch whose codec the lean reader leaves to `kafka-protocol` (gzip,
+/// snappy, lz4), as views; control records are left out.
+fn decode_foreign(batch: &Bytes) -> Result<Vec<RecordView>, RecordError> {
     let mut buf = batch.clone();
     let set =
         RecordBatchDecoder::decode(&mut buf).map_err(|e| RecordError::Decode(e.to_string()))?;
-    let mut out = Vec::with_capacity(set.records.len());
-    for r in set.records {
-        if r.offset < 0 || (r.offset as u64) < from || r.control {
-            continue;
-        }
-        let headers = r.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_ref()));
-        if let Some(message) = to_message(headers, r.value, r.timestamp, fallback_topic) {
-            out.push(Stored {
-                offset: r.offset as u64,
-                key: r.key,
-                message,
-            });
-        }
-    }
-    Ok(out)
+    Ok(set
+        .records
+        .into_iter()
+        .filter(|r| !r.control)
+        .map(|r| RecordView {
+            offset: r.offset,
+            timestamp: r.timestamp,
+            key: r.key,
+            value: r.value,
+            headers: r
+                .headers
+                .into_iter()
+                .map(|(k, v)| (Bytes::copy_from_slice(k.as_bytes()), v))
+                .collect(),
+        })
+        .collect())
 }
 
 /// The message for one record's headers and value; `None` without a topic name.
@@ -330,6 +323,47 @@ mod tests {
             decode(&b, 0, None).expect("decode").is_empty(),
             "no name, no message"
         );
+    }
+
+    #[test]
+    fn gzip_batches_from_kafka_producers_decode_too() {
+        use kafka_protocol::records::{
+            Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
+        let mut headers = kafka_protocol::indexmap::IndexMap::new();
+        headers.insert(
+            kafka_protocol::protocol::StrBytes::from_static_str(h::MQTT_TOPIC),
+            Some(Bytes::from_static(b"plant/7")),
+        );
+        let records: Vec<Record> = (0..3)
+            .map(|i| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i,
+                sequence: i as i32,
+                timestamp: 10 + i,
+                key: None,
+                value: Some(Bytes::from(format!("v{i}"))),
+                headers: headers.clone(),
+            })
+            .collect();
+        let mut buf = bytes::BytesMut::new();
+        let opts = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::Gzip,
+        };
+        RecordBatchEncoder::encode(&mut buf, &records, &opts).expect("encode");
+        let got = decode(&buf.freeze(), 1, None).expect("decode");
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].offset, 1);
+        assert_eq!(got[1].message.topic, "plant/7");
+        assert_eq!(got[1].message.payload, Bytes::from_static(b"v2"));
+        assert_eq!(got[1].message.timestamp_ms, 12);
     }
 
     #[test]
