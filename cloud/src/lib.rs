@@ -122,6 +122,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let retention_every = Duration::from_millis(config.storage.retention_check_interval_ms);
     let mqtt_hub = mqtt::Hub::open(log.clone(), config.mqtt.clone())
+        .await
         .map_err(|e| StartError::Mqtt(e.to_string()))?;
     let bind_mqtt = |addr: std::net::SocketAddr, key: &'static str| async move {
         let l = TcpListener::bind(addr)
@@ -159,6 +160,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 source,
             })?,
     );
+    let _ = broker.mqtt.set(mqtt_hub.clone());
     tracing::info!(topics = log.topic_count(), "store opened");
     let serve = async move {
         tokio::spawn(log::retention::run(log.clone(), retention_every));

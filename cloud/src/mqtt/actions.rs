@@ -94,7 +94,7 @@ pub(super) async fn perform<S: AsyncRead + AsyncWrite + Unpin>(
     if changed && session.expiry > 0 {
         let saved = cursors.saved(session);
         c.hub
-            .persist_session(&session.client_id, Some(saved))
+            .persist_session(&session.client_id, Some(saved), 0)
             .await?;
         *persisted = true;
     }

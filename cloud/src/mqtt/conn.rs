@@ -129,7 +129,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
         };
     };
     c.version = version;
-    let Packet::Connect(connect, will, _login) = packet else {
+    let Packet::Connect(connect, will, login) = packet else {
         return Err(CodecError::NotConnect.into());
     };
     let props = connect.properties.clone().unwrap_or_default();
@@ -140,6 +140,12 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
             properties: props,
         })
     };
+    let login = login.as_ref().map(|l| (l.username.as_str(), l.password.as_str()));
+    if !cfg.authenticate(login) {
+        debug!(username = login.map(|l| l.0), "bad user name or password");
+        c.send(&connack(ConnectReturnCode::BadUserNamePassword, None))?;
+        return c.flush().await;
+    }
     let mut client_id = connect.client_id.clone();
     let mut assigned = None;
     if client_id.is_empty() {
@@ -251,7 +257,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
     };
     if discarded {
         // A clean start discards the stored session of this client id.
-        if let Err(e) = hub.persist_session(&client_id, None).await {
+        if let Err(e) = hub.persist_session(&client_id, None, 0).await {
             warn!(cause = %e, "cannot delete the previous session");
         }
     }
@@ -326,11 +332,13 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
     }
     if session.expiry > 0 {
         let saved = cursors.saved(&session);
-        if let Err(e) = hub.persist_session(&client_id, Some(saved)).await {
+        if let Err(e) = hub
+            .persist_session(&client_id, Some(saved), records::now_ms().max(1) as u64)
+            .await {
             warn!(cause = %e, "cannot persist session");
         }
     } else if persisted {
-        if let Err(e) = hub.persist_session(&client_id, None).await {
+        if let Err(e) = hub.persist_session(&client_id, None, 0).await {
             warn!(cause = %e, "cannot delete session");
         }
     }
