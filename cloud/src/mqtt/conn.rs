@@ -23,6 +23,7 @@ use super::cursor::{Cursors, Start};
 use super::hub::{Detached, Event, Hub};
 use super::records::{self, Message};
 use super::session::{Action, ClientLimits, Session};
+use super::share::Memberships;
 use super::{topic, Error};
 
 /// Serves one accepted stream (plain TCP or TLS) until it closes.
@@ -48,6 +49,8 @@ pub(super) struct Conn<S> {
     pub(super) rbuf: BytesMut,
     pub(super) wbuf: BytesMut,
     pub(super) write_timeout: Duration,
+    /// Share groups this connection is a member of.
+    pub(super) shares: Memberships,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -104,6 +107,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
         rbuf: BytesMut::with_capacity(4096),
         wbuf: BytesMut::new(),
         write_timeout: Duration::from_millis(cfg.write_timeout_ms),
+        shares: Memberships::default(),
     };
     // 1. CONNECT, within the connect timeout.
     let deadline = Instant::now() + Duration::from_millis(cfg.connect_timeout_ms);
@@ -140,7 +144,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
             properties: props,
         })
     };
-    let login = login.as_ref().map(|l| (l.username.as_str(), l.password.as_str()));
+    let login = login
+        .as_ref()
+        .map(|l| (l.username.as_str(), l.password.as_str()));
     if !cfg.authenticate(login) {
         debug!(username = login.map(|l| l.0), "bad user name or password");
         c.send(&connack(ConnectReturnCode::BadUserNamePassword, None))?;
@@ -255,6 +261,12 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
             s
         }
     };
+    for key in session.subscriptions.keys() {
+        if let Some((_, filter)) = topic::shared(key) {
+            let window = usize::from(session.client.receive_maximum);
+            c.shares.add(hub.share_join(conn_id, key, filter, window));
+        }
+    }
     if discarded {
         // A clean start discards the stored session of this client id.
         if let Err(e) = hub.persist_session(&client_id, None, 0).await {
@@ -273,7 +285,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
         user_properties: vec![],
         wildcard_subscription_available: Some(1),
         subscription_identifiers_available: Some(1),
-        shared_subscription_available: Some(0),
+        shared_subscription_available: Some(1),
         server_keep_alive,
         response_information: None,
         server_reference: None,
@@ -330,11 +342,17 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
             });
         }
     }
+    // Unfinished shared deliveries go back to their groups (other members get them).
+    session.drop_shared();
+    for g in std::mem::take(&mut c.shares.groups) {
+        hub.share_leave(conn_id, &g.key);
+    }
     if session.expiry > 0 {
         let saved = cursors.saved(&session);
         if let Err(e) = hub
             .persist_session(&client_id, Some(saved), records::now_ms().max(1) as u64)
-            .await {
+            .await
+        {
             warn!(cause = %e, "cannot persist session");
         }
     } else if persisted {
@@ -414,9 +432,10 @@ async fn serve_loop<S: AsyncRead + AsyncWrite + Unpin>(
             c.flush().await?;
             return Ok(will);
         }
+        c.shares.pump(session, conn_id, c.version, &mut c.wbuf)?;
         let more = cursors.pump(&c.hub.log.store, session, c.version, &mut c.wbuf)?;
         c.flush().await?;
-        let ready = more || cursors.ready(session);
+        let ready = more || cursors.ready(session) || c.shares.ready(session);
         let notify = Arc::new(Notify::new());
         if !ready {
             cursors.register(&notify);
@@ -439,6 +458,7 @@ async fn serve_loop<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                     }
                 }
+                Some(Event::Shared(g, d)) => c.shares.push(g, d),
                 Some(Event::TakenOver) | None => {
                     c.refuse(DisconnectReasonCode::SessionTakenOver).await?;
                     return Ok(true);

@@ -15,9 +15,11 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, Notify};
 use tracing::{debug, info, warn};
 
+use super::cursor::Start;
 use super::persist::{self, SavedSession};
 use super::records::{self, Message};
 use super::session::{Limits, Session};
+use super::share::{Delivery, ShareGroup};
 use super::topic::{self, FilterIndex, TopicIndex};
 use super::{codec::Version, Error, MqttConfig};
 use crate::log::batch::BatchHeader;
@@ -28,8 +30,13 @@ use crate::storage::WriteSet;
 /// Sent by the hub to one connection.
 #[derive(Debug)]
 pub(crate) enum Event {
-    NewTopic { mqtt: Arc<str>, log: Arc<str> },
+    NewTopic {
+        mqtt: Arc<str>,
+        log: Arc<str>,
+    },
     TakenOver,
+    /// A message of a shared subscription for this member.
+    Shared(Arc<ShareGroup>, Delivery),
 }
 
 /// A session without a connection: its state machine and its log positions.
@@ -65,6 +72,8 @@ struct Inner {
     conns: HashMap<u64, mpsc::UnboundedSender<Event>>,
     sessions: HashMap<String, Slot>,
     retained: TopicIndex<Arc<Message>>,
+    /// Share groups by `$share/<group>/<filter>`.
+    shares: HashMap<String, Arc<ShareGroup>>,
     next_id: u64,
 }
 
@@ -233,6 +242,13 @@ impl Hub {
         if !g.add_topic(log_name, &m, alias) {
             return;
         }
+        for group in g.shares.values() {
+            if topic::matches(&group.filter, &m) {
+                for (p, part) in self.partitions(log_name) {
+                    group.open(log_name.clone(), Some(m.clone()), p, part, Start::Beginning);
+                }
+            }
+        }
         let mut conns = Vec::new();
         g.subs.matching(&m, &mut conns);
         conns.sort_unstable();
@@ -352,7 +368,8 @@ impl Hub {
             drop(g);
             if expiry != u32::MAX {
                 let left = Duration::from_secs(u64::from(expiry));
-                self.clone().expire_later(client_id.to_string(), left, epoch);
+                self.clone()
+                    .expire_later(client_id.to_string(), left, epoch);
             }
         }
         gone.notify_waiters();
@@ -396,6 +413,50 @@ impl Hub {
         out.into_iter()
             .map(|(m, l)| (Arc::from(m.as_str()), l))
             .collect()
+    }
+
+    /// Makes `conn` a member of the share group `key` (`$share/<group>/<filter>`),
+    /// creating the group (at the end of the log of every matching topic) if needed.
+    pub(crate) fn share_join(
+        &self,
+        conn: u64,
+        key: &str,
+        filter: &str,
+        window: usize,
+    ) -> Arc<ShareGroup> {
+        let mut g = self.lock();
+        let Some(tx) = g.conns.get(&conn).cloned() else {
+            return ShareGroup::new(key, filter);
+        };
+        let group = match g.shares.get(key) {
+            Some(group) => group.clone(),
+            None => {
+                let group = ShareGroup::new(key, filter);
+                let mut out = Vec::new();
+                g.topics.matching(filter, &mut out);
+                for (m, l) in out {
+                    for (p, part) in self.partitions(&l) {
+                        group.open(l.clone(), Some(Arc::from(m.as_str())), p, part, Start::End);
+                    }
+                }
+                g.shares.insert(key.to_string(), group.clone());
+                tokio::spawn(group.clone().run(self.log.store.clone()));
+                group
+            }
+        };
+        group.join(conn, tx, window);
+        group
+    }
+
+    /// Removes `conn` from the share group `key`; the group ends with its last member.
+    pub(crate) fn share_leave(&self, conn: u64, key: &str) {
+        let mut g = self.lock();
+        let Some(group) = g.shares.get(key).cloned() else {
+            return;
+        };
+        if group.leave(conn) {
+            g.shares.remove(key);
+        }
     }
 
     pub(crate) fn unsubscribe(&self, conn: u64, filter: &str) {

@@ -23,6 +23,7 @@ mod hub;
 mod persist;
 pub(crate) mod records;
 pub(crate) mod session;
+mod share;
 pub(crate) mod topic;
 
 #[cfg(test)]
