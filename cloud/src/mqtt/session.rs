@@ -494,8 +494,7 @@ impl Session {
     /// to other members), so that a resumed session does not send them again.
     pub(crate) fn drop_shared(&mut self) {
         self.outgoing.retain(|_, o| {
-            o.state == OutState::Complete
-                || !o.ticket.is_some_and(|t| t.cursor & SHARED_TICKET != 0)
+            o.state == OutState::Complete || o.ticket.is_none_or(|t| t.cursor & SHARED_TICKET == 0)
         });
     }
 
