@@ -26,6 +26,9 @@ use super::session::{Action, ClientLimits, Session};
 use super::share::Memberships;
 use super::{topic, Error};
 
+/// How long a refused MQTT 5 connection drains input after its DISCONNECT.
+const LINGER: Duration = Duration::from_millis(500);
+
 /// Serves one accepted stream (plain TCP or TLS) until it closes.
 pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
@@ -76,15 +79,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(())
     }
 
-    /// Sends a DISCONNECT (MQTT 5 only) and flushes.
+    /// Sends a DISCONNECT (MQTT 5 only) and flushes. Except on a takeover (the new
+    /// connection waits for this one), the write side is then shut and unread input
+    /// drained for a moment: closing with unread bytes makes the kernel send a reset,
+    /// which can destroy the DISCONNECT before the client reads it.
     pub(super) async fn refuse(&mut self, reason: DisconnectReasonCode) -> Result<(), Error> {
-        if self.version == Version::V5 {
-            self.send(&Packet::Disconnect(Disconnect {
-                reason_code: reason,
-                properties: None,
-            }))?;
+        if self.version != Version::V5 {
+            return self.flush().await;
         }
-        self.flush().await
+        self.send(&Packet::Disconnect(Disconnect {
+            reason_code: reason,
+            properties: None,
+        }))?;
+        self.flush().await?;
+        if reason != DisconnectReasonCode::SessionTakenOver {
+            let _ = self.stream.shutdown().await;
+            let drain = async {
+                let mut sink = [0u8; 4096];
+                while matches!(self.stream.read(&mut sink).await, Ok(n) if n > 0) {}
+            };
+            let _ = tokio::time::timeout(LINGER, drain).await;
+        }
+        Ok(())
     }
 }
 
