@@ -29,6 +29,8 @@ pub(crate) struct Broker {
     /// Encoded all-topics Metadata bodies: (log generation, version, body).
     pub(crate) metadata_cache: Mutex<Option<(u64, i16, Bytes)>>,
     pub(crate) metadata_build: tokio::sync::Mutex<()>,
+    /// The MQTT view, told of produced records (retained messages set over Kafka).
+    pub(crate) mqtt: std::sync::OnceLock<Arc<crate::mqtt::Hub>>,
 }
 
 impl Broker {
@@ -60,6 +62,7 @@ impl Broker {
             pids: tokio::sync::Mutex::new((next_pid, next_pid)),
             metadata_cache: Mutex::new(None),
             metadata_build: tokio::sync::Mutex::new(()),
+            mqtt: std::sync::OnceLock::new(),
         })
     }
 

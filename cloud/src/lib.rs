@@ -134,6 +134,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let retention_every = Duration::from_millis(config.storage.retention_check_interval_ms);
     let mqtt_hub = mqtt::Hub::open(log.clone(), config.mqtt.clone())
+        .await
         .map_err(|e| StartError::Mqtt(e.to_string()))?;
     let bind_mqtt = |addr: std::net::SocketAddr, key: &'static str| async move {
         let l = TcpListener::bind(addr)
@@ -171,6 +172,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 source,
             })?,
     );
+    let _ = broker.mqtt.set(mqtt_hub.clone());
     tracing::info!(topics = log.topic_count(), "store opened");
     tracing::info!(
         security_protocol = broker.config.kafka.security_protocol(),

@@ -13,6 +13,7 @@
 //! | `mqtt.payload_format`    | MQTT 5 payload format indicator (`0`/`1`)        | if set            |
 //! | `mqtt.response_topic`    | MQTT 5 response topic                            | if set            |
 //! | `mqtt.correlation_data`  | MQTT 5 correlation data (raw bytes)              | if set            |
+//! | `mqtt.message_expiry`    | MQTT 5 message expiry interval (seconds)         | if set            |
 //! | `mqtt.user.<name>`       | one header per MQTT 5 user property, in order    | if set            |
 //! | `edge.id`                | the id of the edge that received the publish     | via an edge       |
 //! | `edge.seq`               | the edge buffer's arrival sequence (decimal)     | via an edge       |
@@ -34,6 +35,8 @@ pub const MQTT_PAYLOAD_FORMAT: &str = "mqtt.payload_format";
 pub const MQTT_RESPONSE_TOPIC: &str = "mqtt.response_topic";
 /// MQTT 5 correlation data.
 pub const MQTT_CORRELATION_DATA: &str = "mqtt.correlation_data";
+/// MQTT 5 message expiry interval in seconds (decimal), counted from the record timestamp.
+pub const MQTT_MESSAGE_EXPIRY: &str = "mqtt.message_expiry";
 /// Prefix of one header per MQTT 5 user property: `mqtt.user.<property name>`.
 pub const MQTT_USER_PREFIX: &str = "mqtt.user.";
 /// Id of the edge that received the publish.

@@ -18,7 +18,7 @@ def test_connack_advertises_limits_and_assigns_client_ids(mqtt_cloud):
     assert p.MaximumPacketSize == 1 << 20
     assert p.TopicAliasMaximum == 64
     assert p.ServerKeepAlive == 3600, "keep alive 0 is capped by mqtt.max_keep_alive_secs"
-    assert p.SharedSubscriptionAvailable == 0
+    assert p.SharedSubscriptionAvailable == 1
     assert p.SubscriptionIdentifierAvailable == 1
 
 
@@ -98,12 +98,12 @@ def test_topic_alias_from_the_client(mqtt_cloud):
     assert [(m.topic, m.payload) for m in got] == [("alias/long/name", b"1"), ("alias/long/name", b"2")]
 
 
-def test_reason_code_for_shared_subscriptions(mqtt_cloud):
-    """Shared subscriptions are not implemented: refused with 0x9E (and advertised as
-    unavailable in CONNACK). Bad filters are covered with raw packets in test_mqtt_bad_input."""
+def test_reason_codes_for_shared_subscriptions(mqtt_cloud):
+    """Shared subscriptions are granted (delivery: test_mqtt_features); bad share names,
+    which paho refuses to send, are covered by session_tests::subscribe_and_unsubscribe."""
     c = Mqtt(mqtt_cloud.mqtt_port, 5)
-    codes = c.subscribe([("ok/+", 1), ("$share/g/t", 1)])
-    assert [x.value for x in codes] == [1, 0x9E]
+    codes = c.subscribe([("ok/+", 1), ("$share/g/t", 2)])
+    assert [x.value for x in codes] == [1, 2]
 
 
 def test_client_maximum_packet_size_is_respected(mqtt_cloud):

@@ -74,8 +74,12 @@ async fn append_one(
             ),
         );
     }
+    let retain_check = broker.mqtt.get().map(|hub| (hub, batches.clone()));
     match part.append(&broker.log.store, batches, acks == -1).await {
         Ok(a) => {
+            if let (Some((hub, b)), false) = (retain_check, a.duplicate) {
+                hub.kafka_produced(topic, &b).await;
+            }
             if a.duplicate
                 && tokio::time::timeout(timeout, part.wait_visible(a.end_offset))
                     .await

@@ -12,7 +12,7 @@ use super::conn::Conn;
 use super::cursor::{Cursors, Start};
 use super::records::Message;
 use super::session::{Action, Session};
-use super::Error;
+use super::{topic, Error};
 
 /// Appends the publishes collected from one read, then performs their acknowledgements.
 pub(super) async fn flush_appends<S: AsyncRead + AsyncWrite + Unpin>(
@@ -65,6 +65,13 @@ pub(super) async fn perform<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Action::Subscribed(list) => {
                 for (filter, opts, is_new) in list {
+                    if let Some((_, inner)) = topic::shared(&filter) {
+                        // No retained messages for shared subscriptions (MQTT 5 4.8.2).
+                        let window = usize::from(session.client.receive_maximum);
+                        c.shares
+                            .add(c.hub.share_join(conn_id, &filter, inner, window));
+                        continue;
+                    }
                     for (mqtt, log_name) in c.hub.subscribe(conn_id, &filter) {
                         for (p, part) in c.hub.partitions(&log_name) {
                             cursors.open(log_name.clone(), Some(mqtt.clone()), p, part, Start::End);
@@ -78,11 +85,17 @@ pub(super) async fn perform<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Action::Unsubscribed(list) => {
                 for f in list {
-                    c.hub.unsubscribe(conn_id, &f);
+                    if c.shares.remove(&f) {
+                        c.hub.share_leave(conn_id, &f);
+                    } else {
+                        c.hub.unsubscribe(conn_id, &f);
+                    }
                 }
                 changed = true;
             }
-            Action::Done(_) => {}
+            Action::Done(t) => {
+                c.shares.done(t, conn_id);
+            }
             Action::Close { reason, will } => {
                 if let Some(r) = reason {
                     c.refuse(r).await?;
@@ -94,7 +107,7 @@ pub(super) async fn perform<S: AsyncRead + AsyncWrite + Unpin>(
     if changed && session.expiry > 0 {
         let saved = cursors.saved(session);
         c.hub
-            .persist_session(&session.client_id, Some(saved))
+            .persist_session(&session.client_id, Some(saved), 0)
             .await?;
         *persisted = true;
     }

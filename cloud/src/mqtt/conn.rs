@@ -23,7 +23,11 @@ use super::cursor::{Cursors, Start};
 use super::hub::{Detached, Event, Hub};
 use super::records::{self, Message};
 use super::session::{Action, ClientLimits, Session};
+use super::share::Memberships;
 use super::{topic, Error};
+
+/// How long a refused MQTT 5 connection drains input after its DISCONNECT.
+const LINGER: Duration = Duration::from_millis(500);
 
 /// Serves one accepted stream (plain TCP or TLS) until it closes.
 pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
@@ -48,6 +52,8 @@ pub(super) struct Conn<S> {
     pub(super) rbuf: BytesMut,
     pub(super) wbuf: BytesMut,
     pub(super) write_timeout: Duration,
+    /// Share groups this connection is a member of.
+    pub(super) shares: Memberships,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -73,15 +79,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(())
     }
 
-    /// Sends a DISCONNECT (MQTT 5 only) and flushes.
+    /// Sends a DISCONNECT (MQTT 5 only) and flushes. Except on a takeover (the new
+    /// connection waits for this one), the write side is then shut and unread input
+    /// drained for a moment: closing with unread bytes makes the kernel send a reset,
+    /// which can destroy the DISCONNECT before the client reads it.
     pub(super) async fn refuse(&mut self, reason: DisconnectReasonCode) -> Result<(), Error> {
-        if self.version == Version::V5 {
-            self.send(&Packet::Disconnect(Disconnect {
-                reason_code: reason,
-                properties: None,
-            }))?;
+        if self.version != Version::V5 {
+            return self.flush().await;
         }
-        self.flush().await
+        self.send(&Packet::Disconnect(Disconnect {
+            reason_code: reason,
+            properties: None,
+        }))?;
+        self.flush().await?;
+        if reason != DisconnectReasonCode::SessionTakenOver {
+            let _ = self.stream.shutdown().await;
+            let drain = async {
+                let mut sink = [0u8; 4096];
+                while matches!(self.stream.read(&mut sink).await, Ok(n) if n > 0) {}
+            };
+            let _ = tokio::time::timeout(LINGER, drain).await;
+        }
+        Ok(())
     }
 }
 
@@ -104,6 +123,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
         rbuf: BytesMut::with_capacity(4096),
         wbuf: BytesMut::new(),
         write_timeout: Duration::from_millis(cfg.write_timeout_ms),
+        shares: Memberships::default(),
     };
     // 1. CONNECT, within the connect timeout.
     let deadline = Instant::now() + Duration::from_millis(cfg.connect_timeout_ms);
@@ -129,7 +149,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
         };
     };
     c.version = version;
-    let Packet::Connect(connect, will, _login) = packet else {
+    let Packet::Connect(connect, will, login) = packet else {
         return Err(CodecError::NotConnect.into());
     };
     let props = connect.properties.clone().unwrap_or_default();
@@ -140,6 +160,14 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
             properties: props,
         })
     };
+    let login = login
+        .as_ref()
+        .map(|l| (l.username.as_str(), l.password.as_str()));
+    if !cfg.authenticate(login) {
+        debug!(username = login.map(|l| l.0), "bad user name or password");
+        c.send(&connack(ConnectReturnCode::BadUserNamePassword, None))?;
+        return c.flush().await;
+    }
     let mut client_id = connect.client_id.clone();
     let mut assigned = None;
     if client_id.is_empty() {
@@ -249,9 +277,15 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
             s
         }
     };
+    for key in session.subscriptions.keys() {
+        if let Some((_, filter)) = topic::shared(key) {
+            let window = usize::from(session.client.receive_maximum);
+            c.shares.add(hub.share_join(conn_id, key, filter, window));
+        }
+    }
     if discarded {
         // A clean start discards the stored session of this client id.
-        if let Err(e) = hub.persist_session(&client_id, None).await {
+        if let Err(e) = hub.persist_session(&client_id, None, 0).await {
             warn!(cause = %e, "cannot delete the previous session");
         }
     }
@@ -267,7 +301,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
         user_properties: vec![],
         wildcard_subscription_available: Some(1),
         subscription_identifiers_available: Some(1),
-        shared_subscription_available: Some(0),
+        shared_subscription_available: Some(1),
         server_keep_alive,
         response_information: None,
         server_reference: None,
@@ -324,13 +358,21 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
             });
         }
     }
+    // Unfinished shared deliveries go back to their groups (other members get them).
+    session.drop_shared();
+    for g in std::mem::take(&mut c.shares.groups) {
+        hub.share_leave(conn_id, &g.key);
+    }
     if session.expiry > 0 {
         let saved = cursors.saved(&session);
-        if let Err(e) = hub.persist_session(&client_id, Some(saved)).await {
+        if let Err(e) = hub
+            .persist_session(&client_id, Some(saved), records::now_ms().max(1) as u64)
+            .await
+        {
             warn!(cause = %e, "cannot persist session");
         }
     } else if persisted {
-        if let Err(e) = hub.persist_session(&client_id, None).await {
+        if let Err(e) = hub.persist_session(&client_id, None, 0).await {
             warn!(cause = %e, "cannot delete session");
         }
     }
@@ -406,9 +448,10 @@ async fn serve_loop<S: AsyncRead + AsyncWrite + Unpin>(
             c.flush().await?;
             return Ok(will);
         }
+        c.shares.pump(session, conn_id, c.version, &mut c.wbuf)?;
         let more = cursors.pump(&c.hub.log.store, session, c.version, &mut c.wbuf)?;
         c.flush().await?;
-        let ready = more || cursors.ready(session);
+        let ready = more || cursors.ready(session) || c.shares.ready(session);
         let notify = Arc::new(Notify::new());
         if !ready {
             cursors.register(&notify);
@@ -431,6 +474,7 @@ async fn serve_loop<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                     }
                 }
+                Some(Event::Shared(g, d)) => c.shares.push(g, d),
                 Some(Event::TakenOver) | None => {
                     c.refuse(DisconnectReasonCode::SessionTakenOver).await?;
                     return Ok(true);

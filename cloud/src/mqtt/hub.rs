@@ -15,11 +15,14 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, Notify};
 use tracing::{debug, info, warn};
 
+use super::cursor::Start;
 use super::persist::{self, SavedSession};
 use super::records::{self, Message};
 use super::session::{Limits, Session};
-use super::topic::{FilterIndex, TopicIndex};
+use super::share::{Delivery, ShareGroup};
+use super::topic::{self, FilterIndex, TopicIndex};
 use super::{codec::Version, Error, MqttConfig};
+use crate::log::batch::BatchHeader;
 use crate::log::partition::PartitionLog;
 use crate::log::{Log, NewTopic, TopicError};
 use crate::storage::WriteSet;
@@ -27,8 +30,13 @@ use crate::storage::WriteSet;
 /// Sent by the hub to one connection.
 #[derive(Debug)]
 pub(crate) enum Event {
-    NewTopic { mqtt: Arc<str>, log: Arc<str> },
+    NewTopic {
+        mqtt: Arc<str>,
+        log: Arc<str>,
+    },
     TakenOver,
+    /// A message of a shared subscription for this member.
+    Shared(Arc<ShareGroup>, Delivery),
 }
 
 /// A session without a connection: its state machine and its log positions.
@@ -64,6 +72,8 @@ struct Inner {
     conns: HashMap<u64, mpsc::UnboundedSender<Event>>,
     sessions: HashMap<String, Slot>,
     retained: TopicIndex<Arc<Message>>,
+    /// Share groups by `$share/<group>/<filter>`.
+    shares: HashMap<String, Arc<ShareGroup>>,
     next_id: u64,
 }
 
@@ -106,7 +116,7 @@ impl Inner {
 }
 
 impl Hub {
-    pub(crate) fn open(log: Arc<Log>, config: MqttConfig) -> Result<Arc<Hub>, Error> {
+    pub(crate) async fn open(log: Arc<Log>, config: MqttConfig) -> Result<Arc<Hub>, Error> {
         let created = log.watch_created();
         let mut inner = Inner::default();
         let aliases: HashMap<String, String> = log.store.topic_aliases()?.into_iter().collect();
@@ -124,11 +134,21 @@ impl Hub {
             }
         }
         let limits = limits(&config);
+        let mut expired = Vec::new();
+        let mut offline = Vec::new();
         for (client, v) in log.store.sessions()? {
-            let Some(saved) = SavedSession::decode(&v) else {
+            let Some((saved, gone_ms)) = SavedSession::decode(&v) else {
                 warn!(client, "corrupt persistent session skipped");
                 continue;
             };
+            // Expiry counts from the disconnect (from now if the cloud stopped while
+            // the client was connected).
+            let left = expiry_left(saved.expiry, gone_ms, records::now_ms());
+            if left == Some(Duration::ZERO) {
+                debug!(client, "session expired while the cloud was down");
+                expired.push(client);
+                continue;
+            }
             let mut session = Session::new(client.clone(), Version::V5, saved.expiry, limits);
             session.subscriptions = saved.subscriptions.into_iter().collect();
             let cursors = saved
@@ -138,6 +158,7 @@ impl Hub {
                 .collect();
             inner.next_id += 1;
             let epoch = inner.next_id;
+            offline.push((client.clone(), left, epoch));
             inner.sessions.insert(
                 client,
                 Slot::Offline {
@@ -146,28 +167,29 @@ impl Hub {
                 },
             );
         }
+        if !expired.is_empty() {
+            let mut set = WriteSet::default();
+            for c in &expired {
+                set.delete_session(c);
+            }
+            log.store.write(set, true).await?;
+        }
         info!(
             topics = inner.topics.len(),
             retained = inner.retained.len(),
             sessions = inner.sessions.len(),
             "mqtt view loaded"
         );
-        let offline: Vec<(String, u32, u64)> = inner
-            .sessions
-            .iter()
-            .filter_map(|(c, s)| match s {
-                Slot::Offline { state, epoch } => Some((c.clone(), state.session.expiry, *epoch)),
-                Slot::Online { .. } => None,
-            })
-            .collect();
         let hub = Arc::new(Hub {
             log,
             config,
             inner: Mutex::new(inner),
             created: Mutex::new(Some(created)),
         });
-        for (client, expiry, epoch) in offline {
-            hub.clone().expire_later(client, expiry, epoch);
+        for (client, left, epoch) in offline {
+            if let Some(left) = left {
+                hub.clone().expire_later(client, left, epoch);
+            }
         }
         Ok(hub)
     }
@@ -219,6 +241,13 @@ impl Hub {
         let mut g = self.lock();
         if !g.add_topic(log_name, &m, alias) {
             return;
+        }
+        for group in g.shares.values() {
+            if topic::matches(&group.filter, &m) {
+                for (p, part) in self.partitions(log_name) {
+                    group.open(log_name.clone(), Some(m.clone()), p, part, Start::Beginning);
+                }
+            }
         }
         let mut conns = Vec::new();
         g.subs.matching(&m, &mut conns);
@@ -337,18 +366,18 @@ impl Hub {
                 },
             );
             drop(g);
-            self.clone()
-                .expire_later(client_id.to_string(), expiry, epoch);
+            if expiry != u32::MAX {
+                let left = Duration::from_secs(u64::from(expiry));
+                self.clone()
+                    .expire_later(client_id.to_string(), left, epoch);
+            }
         }
         gone.notify_waiters();
     }
 
-    fn expire_later(self: Arc<Self>, client: String, expiry: u32, epoch: u64) {
-        if expiry == u32::MAX {
-            return;
-        }
+    fn expire_later(self: Arc<Self>, client: String, left: Duration, epoch: u64) {
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
+            tokio::time::sleep(left).await;
             let expired = {
                 let mut g = self.lock();
                 match g.sessions.get(&client) {
@@ -384,6 +413,50 @@ impl Hub {
         out.into_iter()
             .map(|(m, l)| (Arc::from(m.as_str()), l))
             .collect()
+    }
+
+    /// Makes `conn` a member of the share group `key` (`$share/<group>/<filter>`),
+    /// creating the group (at the end of the log of every matching topic) if needed.
+    pub(crate) fn share_join(
+        &self,
+        conn: u64,
+        key: &str,
+        filter: &str,
+        window: usize,
+    ) -> Arc<ShareGroup> {
+        let mut g = self.lock();
+        let Some(tx) = g.conns.get(&conn).cloned() else {
+            return ShareGroup::new(key, filter);
+        };
+        let group = match g.shares.get(key) {
+            Some(group) => group.clone(),
+            None => {
+                let group = ShareGroup::new(key, filter);
+                let mut out = Vec::new();
+                g.topics.matching(filter, &mut out);
+                for (m, l) in out {
+                    for (p, part) in self.partitions(&l) {
+                        group.open(l.clone(), Some(Arc::from(m.as_str())), p, part, Start::End);
+                    }
+                }
+                g.shares.insert(key.to_string(), group.clone());
+                tokio::spawn(group.clone().run(self.log.store.clone()));
+                group
+            }
+        };
+        group.join(conn, tx, window);
+        group
+    }
+
+    /// Removes `conn` from the share group `key`; the group ends with its last member.
+    pub(crate) fn share_leave(&self, conn: u64, key: &str) {
+        let mut g = self.lock();
+        let Some(group) = g.shares.get(key).cloned() else {
+            return;
+        };
+        if group.leave(conn) {
+            g.shares.remove(key);
+        }
     }
 
     pub(crate) fn unsubscribe(&self, conn: u64, filter: &str) {
@@ -510,6 +583,37 @@ impl Hub {
             .ok_or_else(|| TopicError::Unknown.into())
     }
 
+    /// Records produced over Kafka to `log_name` (already appended): those with the
+    /// `mqtt.retain` header set update the retained message of their MQTT topic, as a
+    /// retained MQTT publish does (an empty value clears it). Uncompressed batches that
+    /// do not contain the header name are not decoded.
+    pub(crate) async fn kafka_produced(&self, log_name: &str, batches: &[bytes::Bytes]) {
+        let needle = common::headers::MQTT_RETAIN.as_bytes();
+        let mut fallback: Option<Option<Arc<str>>> = None;
+        for b in batches {
+            let compressed = BatchHeader::parse(b).is_ok_and(|h| h.attributes & 7 != 0);
+            if !compressed && !b.windows(needle.len()).any(|w| w == needle) {
+                continue;
+            }
+            let name = fallback.get_or_insert_with(|| self.name_of(log_name));
+            let stored = match records::decode(b, 0, name.as_deref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    debug!(topic = log_name, cause = %e, "produced batch not decoded");
+                    continue;
+                }
+            };
+            for s in stored.into_iter().filter(|s| s.message.retain) {
+                if topic::validate_name(&s.message.topic).is_err() {
+                    continue;
+                }
+                if let Err(e) = self.set_retained(&s.message).await {
+                    warn!(topic = s.message.topic, cause = %e, "retained message not stored");
+                }
+            }
+        }
+    }
+
     async fn set_retained(&self, m: &Message) -> Result<(), Error> {
         let mut set = WriteSet::default();
         if m.payload.is_empty() {
@@ -528,14 +632,16 @@ impl Hub {
     }
 
     /// Stores (or, for `None`, deletes) the persistent session of `client`.
+    /// `disconnected_ms`: when the client disconnected (0 while it is connected).
     pub(crate) async fn persist_session(
         &self,
         client: &str,
         saved: Option<SavedSession>,
+        disconnected_ms: u64,
     ) -> Result<(), Error> {
         let mut set = WriteSet::default();
         match saved {
-            Some(s) => set.put_session(client, s.encode()),
+            Some(s) => set.put_session(client, s.encode(disconnected_ms)),
             None => set.delete_session(client),
         }
         self.log.store.write(set, true).await?;
@@ -545,6 +651,20 @@ impl Hub {
     pub(crate) fn limits(&self) -> Limits {
         limits(&self.config)
     }
+}
+
+/// How long a stored session has left: `None` never expires; zero is already expired.
+/// `gone_ms` 0 (disconnect time unknown) counts from `now_ms`.
+fn expiry_left(expiry: u32, gone_ms: u64, now_ms: i64) -> Option<Duration> {
+    if expiry == u32::MAX {
+        return None;
+    }
+    let total = u64::from(expiry) * 1000;
+    let elapsed = match gone_ms {
+        0 => 0,
+        g => (now_ms.max(0) as u64).saturating_sub(g),
+    };
+    Some(Duration::from_millis(total.saturating_sub(elapsed)))
 }
 
 fn limits(c: &MqttConfig) -> Limits {

@@ -23,6 +23,7 @@ mod hub;
 mod persist;
 pub(crate) mod records;
 pub(crate) mod session;
+mod share;
 pub(crate) mod topic;
 
 #[cfg(test)]
@@ -32,6 +33,7 @@ mod session_tests;
 #[cfg(test)]
 mod topic_tests;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -90,6 +92,10 @@ pub struct MqttConfig {
     pub write_timeout_ms: u64,
     /// QoS 1/2 acknowledgements wait for the storage sync policy (like Kafka acks=all).
     pub durable_publish: bool,
+    /// username -> password; empty allows every client (no authentication).
+    pub credentials: BTreeMap<String, String>,
+    /// With `credentials` set, also accept clients that send no username.
+    pub allow_anonymous: bool,
 }
 
 /// The TLS listener.
@@ -117,6 +123,8 @@ impl Default for MqttConfig {
             connect_timeout_ms: 10_000,
             write_timeout_ms: 30_000,
             durable_publish: true,
+            credentials: BTreeMap::new(),
+            allow_anonymous: false,
         }
     }
 }
@@ -144,6 +152,26 @@ impl MqttConfig {
         }
         Ok(())
     }
+
+    /// Whether a CONNECT with this login may connect.
+    /// `login` is `(username, password)`; an absent or empty username is anonymous.
+    pub(crate) fn authenticate(&self, login: Option<(&str, &str)>) -> bool {
+        if self.credentials.is_empty() {
+            return true;
+        }
+        match login.filter(|(u, _)| !u.is_empty()) {
+            None => self.allow_anonymous,
+            Some((u, given)) => self
+                .credentials
+                .get(u)
+                .is_some_and(|p| constant_time_eq(p.as_bytes(), given.as_bytes())),
+        }
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal a matching prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Loads the TLS certificate chain and key.

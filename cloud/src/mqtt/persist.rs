@@ -8,7 +8,8 @@ use rumqttc::v5::mqttbytes::QoS;
 use super::records::{self, qos_from, qos_num, Message};
 use super::session::SubOptions;
 
-const SESSION_FORMAT: u8 = 1;
+/// Format 2 appends the disconnect time (format 1 had none).
+const SESSION_FORMAT: u8 = 2;
 
 /// A session as stored: what survives a restart.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -38,7 +39,9 @@ fn get_str(b: &mut &[u8]) -> Option<String> {
 }
 
 impl SavedSession {
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    /// Encodes the session; `disconnected_ms` is when its client disconnected (ms since
+    /// the epoch; 0 while connected), from which its expiry is counted after a restart.
+    pub(crate) fn encode(&self, disconnected_ms: u64) -> Vec<u8> {
         let mut b = Vec::with_capacity(64);
         b.put_u8(SESSION_FORMAT);
         b.put_u32(self.expiry);
@@ -56,12 +59,18 @@ impl SavedSession {
             b.put_u32(*p);
             b.put_u64(*o);
         }
+        b.put_u64(disconnected_ms);
         b
     }
 
-    pub(crate) fn decode(mut b: &[u8]) -> Option<SavedSession> {
+    /// Decodes a stored session and its disconnect time (0: unknown or connected).
+    pub(crate) fn decode(mut b: &[u8]) -> Option<(SavedSession, u64)> {
         let b = &mut b;
-        if b.remaining() < 9 || b.get_u8() != SESSION_FORMAT {
+        if b.remaining() < 9 {
+            return None;
+        }
+        let format = b.get_u8();
+        if format != 1 && format != SESSION_FORMAT {
             return None;
         }
         let expiry = b.get_u32();
@@ -97,11 +106,17 @@ impl SavedSession {
             }
             cursors.push((t, b.get_u32(), b.get_u64()));
         }
-        Some(SavedSession {
+        let disconnected_ms = match format {
+            1 => 0,
+            _ if b.remaining() >= 8 => b.get_u64(),
+            _ => return None,
+        };
+        let saved = SavedSession {
             expiry,
             subscriptions,
             cursors,
-        })
+        };
+        Some((saved, disconnected_ms))
     }
 }
 
@@ -128,7 +143,8 @@ mod tests {
         #[test]
         fn session_round_trip(expiry in any::<u32>(),
                               subs in proptest::collection::vec(("[a-z/#+]{1,20}", 0u8..3, any::<bool>(), any::<bool>(), 0u8..3, 0u32..1000), 0..8),
-                              cursors in proptest::collection::vec(("[a-z._]{1,20}", any::<u32>(), any::<u64>()), 0..8)) {
+                              cursors in proptest::collection::vec(("[a-z._]{1,20}", any::<u32>(), any::<u64>()), 0..8),
+                           gone in any::<u64>()) {
             let s = SavedSession {
                 expiry,
                 subscriptions: subs.into_iter().map(|(f, q, nl, rap, rh, id)| (f, SubOptions {
@@ -137,7 +153,7 @@ mod tests {
                 })).collect(),
                 cursors,
             };
-            prop_assert_eq!(SavedSession::decode(&s.encode()), Some(s));
+            prop_assert_eq!(SavedSession::decode(&s.encode(gone)), Some((s, gone)));
         }
 
         #[test]

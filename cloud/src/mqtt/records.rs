@@ -19,10 +19,6 @@ use kafka_protocol::records::{Compression, RecordBatchDecoder};
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
 
-/// Header carrying the MQTT 5 message expiry interval (seconds, decimal). Not (yet) in
-/// `common::headers`: a local adapter until it is added there.
-pub(crate) const MQTT_MESSAGE_EXPIRY: &str = "mqtt.message_expiry";
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum RecordError {
     #[error("cannot encode record batch: {0}")]
@@ -104,7 +100,7 @@ pub(crate) fn to_record(m: &Message, key: Option<Bytes>) -> BatchRecord {
             headers.push((h::MQTT_PAYLOAD_FORMAT.to_string(), s(&f.to_string())));
         }
         if let Some(e) = p.message_expiry_interval {
-            headers.push((MQTT_MESSAGE_EXPIRY.to_string(), s(&e.to_string())));
+            headers.push((h::MQTT_MESSAGE_EXPIRY.to_string(), s(&e.to_string())));
         }
         if let Some(r) = &p.response_topic {
             headers.push((h::MQTT_RESPONSE_TOPIC.to_string(), s(r)));
@@ -225,7 +221,7 @@ fn to_message<'a>(
                     _ => QoS::AtLeastOnce,
                 }
             }
-            h::MQTT_RETAIN => retain = v.map(|b| &b[..]) == Some(b"true"),
+            h::MQTT_RETAIN => retain = matches!(v.map(|b| &b[..]), Some(b"true" | b"1")),
             h::MQTT_CONTENT_TYPE => {
                 props.content_type = Some(text());
                 any_prop = true;
@@ -234,7 +230,7 @@ fn to_message<'a>(
                 props.payload_format_indicator = text().parse().ok();
                 any_prop = true;
             }
-            MQTT_MESSAGE_EXPIRY => {
+            h::MQTT_MESSAGE_EXPIRY => {
                 props.message_expiry_interval = text().parse().ok();
                 any_prop = true;
             }

@@ -35,6 +35,10 @@ pub(crate) struct SubOptions {
     pub(crate) id: Option<usize>,
 }
 
+/// Tickets with this bit in `cursor` come from a share group (the rest is a handle the
+/// connection maps to the group's cursor), not from one of the session's own cursors.
+pub(crate) const SHARED_TICKET: u32 = 1 << 31;
+
 /// Where a delivered message came from in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Ticket {
@@ -386,11 +390,19 @@ impl Session {
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut added = Vec::new();
         for f in s.filters {
-            if topic::shared(&f.path).is_some() {
-                codes.push(SubscribeReasonCode::SharedSubscriptionsNotSupported);
+            let filter = match topic::shared(&f.path) {
+                Some((group, _)) if group.is_empty() || group.contains(['+', '#']) => {
+                    codes.push(SubscribeReasonCode::TopicFilterInvalid);
+                    continue;
+                }
+                Some((_, filter)) => filter,
+                None => &f.path,
+            };
+            if f.path.starts_with("$share/") && topic::shared(&f.path).is_none() {
+                codes.push(SubscribeReasonCode::TopicFilterInvalid);
                 continue;
             }
-            if topic::validate_filter(&f.path).is_err() {
+            if topic::validate_filter(filter).is_err() {
                 codes.push(SubscribeReasonCode::TopicFilterInvalid);
                 continue;
             }
@@ -453,6 +465,49 @@ impl Session {
             rap |= o.retain_as_published;
         }
         let Some(qos) = qos else { return (None, done) };
+        self.build(m, ticket, qos, ids, retained || (rap && m.retain), now_ms)
+    }
+
+    /// Builds the PUBLISH delivering `m` through the shared subscription `key` only
+    /// (`$share/<group>/<filter>`); like [`Session::deliver`] otherwise (no-local does
+    /// not apply to shared subscriptions).
+    pub(crate) fn deliver_shared(
+        &mut self,
+        key: &str,
+        m: &Message,
+        ticket: Ticket,
+        now_ms: i64,
+    ) -> (Option<Packet>, Option<Action>) {
+        let done = Some(Action::Done(ticket));
+        let Some(o) = self.subscriptions.get(key) else {
+            return (None, done);
+        };
+        if m.expired(now_ms) {
+            return (None, done);
+        }
+        let (qos, ids) = (min_qos(o.qos, m.qos), o.id.into_iter().collect());
+        let retain = o.retain_as_published && m.retain;
+        self.build(m, Some(ticket), qos, ids, retain, now_ms)
+    }
+
+    /// Removes unfinished deliveries of shared subscriptions (their groups give them
+    /// to other members), so that a resumed session does not send them again.
+    pub(crate) fn drop_shared(&mut self) {
+        self.outgoing.retain(|_, o| {
+            o.state == OutState::Complete || o.ticket.is_none_or(|t| t.cursor & SHARED_TICKET == 0)
+        });
+    }
+
+    fn build(
+        &mut self,
+        m: &Message,
+        ticket: Option<Ticket>,
+        qos: QoS,
+        ids: Vec<usize>,
+        retain: bool,
+        now_ms: i64,
+    ) -> (Option<Packet>, Option<Action>) {
+        let done = ticket.map(Action::Done);
         let mut props = m.props.clone().unwrap_or_default();
         props.subscription_identifiers = ids;
         props.message_expiry_interval = m.remaining_expiry(now_ms);
@@ -461,7 +516,7 @@ impl Session {
         let mut publish = Publish {
             dup: false,
             qos,
-            retain: retained || (rap && m.retain),
+            retain,
             topic: Bytes::copy_from_slice(m.topic.as_bytes()),
             pkid: 0,
             payload: m.payload.clone(),

@@ -256,6 +256,8 @@ fn subscribe_and_unsubscribe() {
             filter("a/+", QoS::AtLeastOnce),
             filter("a/#/b", QoS::AtMostOnce),
             filter("$share/g/x", QoS::AtMostOnce),
+            filter("$share/g+/x", QoS::AtMostOnce),
+            filter("$share/g", QoS::AtMostOnce),
         ],
         Some(7),
     );
@@ -267,13 +269,16 @@ fn subscribe_and_unsubscribe() {
         vec![
             SubscribeReasonCode::Success(QoS::AtLeastOnce),
             SubscribeReasonCode::TopicFilterInvalid,
-            SubscribeReasonCode::SharedSubscriptionsNotSupported
+            SubscribeReasonCode::Success(QoS::AtMostOnce),
+            SubscribeReasonCode::TopicFilterInvalid,
+            SubscribeReasonCode::TopicFilterInvalid,
         ]
     );
     let Action::Subscribed(list) = &a[1] else {
         panic!("{a:?}")
     };
-    assert_eq!(list.len(), 1);
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[1].0, "$share/g/x");
     assert_eq!(
         (list[0].0.as_str(), list[0].1.id, list[0].2),
         ("a/+", Some(7), true)
@@ -304,7 +309,10 @@ fn subscribe_and_unsubscribe() {
             Action::Unsubscribed(vec!["a/+".into()]),
         ]
     );
-    assert!(s.subscriptions.is_empty());
+    assert_eq!(
+        s.subscriptions.keys().collect::<Vec<_>>(),
+        vec!["$share/g/x"]
+    );
 }
 
 #[test]
@@ -598,4 +606,31 @@ fn topic_aliases_out() {
         ),
         (&b"a/b"[..], Some(1))
     );
+}
+
+#[test]
+fn shared_deliveries_use_their_subscription_only_and_are_dropped_on_leave() {
+    let mut s = session(Version::V5);
+    subscribe(&mut s, vec![filter("$share/g/a/#", QoS::AtLeastOnce)], None);
+    // A normal delivery does not match the shared filter (the group delivers it).
+    let (p, _) = s.deliver(&msg("a/b", QoS::AtLeastOnce), None, false, false, 0);
+    assert!(p.is_none());
+    let t = Ticket {
+        cursor: SHARED_TICKET | 1,
+        offset: 5,
+    };
+    let (p, done) = s.deliver_shared("$share/g/a/#", &msg("a/b", QoS::ExactlyOnce), t, 0);
+    let Some(Packet::Publish(p)) = p else {
+        panic!("{p:?}")
+    };
+    assert_eq!((p.qos, done), (QoS::AtLeastOnce, None));
+    assert_eq!(s.tickets_in_flight().collect::<Vec<_>>(), vec![t]);
+    // Unknown subscription: nothing sent, the ticket is done at once.
+    let (p, done) = s.deliver_shared("$share/h/a/#", &msg("a/b", QoS::AtLeastOnce), t, 0);
+    assert_eq!((p, done), (None, Some(Action::Done(t))));
+    s.drop_shared();
+    assert_eq!(s.tickets_in_flight().count(), 0);
+    assert!(s
+        .resume(Version::V5, ClientLimits::default(), LIMITS)
+        .is_empty());
 }

@@ -1,0 +1,342 @@
+//! Shared subscriptions (`$share/<group>/<filter>`, MQTT 5 4.8.2; also accepted from 3.1.1
+//! clients): each matching message goes to one member of the group.
+//!
+//! A share group is a position in the log, like a session: one cursor per partition its
+//! filter matches, owned by the group, not by a member. A dispatcher task per group reads
+//! from those cursors when an append wakes it and hands each message to the next member
+//! (round robin) whose window (its receive maximum) has room; every delivery stays in
+//! that member's window until the member reports it done (QoS 0: sent; QoS 1: PUBACK;
+//! QoS 2: PUBREC). A member that leaves gives its unfinished deliveries back to the group,
+//! which delivers them to another member first. A group lives while it has members; its
+//! positions are in memory (a group created again starts at the end of the log).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::BytesMut;
+use tokio::sync::{mpsc, Notify};
+use tracing::warn;
+
+use super::codec::{self, CodecError, Version};
+use super::cursor::Start;
+use super::hub::Event;
+use super::records::{self, Message};
+use super::session::{Session, Ticket, SHARED_TICKET};
+use super::topic;
+use crate::log::batch::BatchHeader;
+use crate::log::partition::PartitionLog;
+use crate::storage::Store;
+
+/// Bytes read from one partition at a time.
+const READ_BYTES: usize = 256 << 10;
+
+/// One message handed to one member.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    pub(crate) cursor: usize,
+    pub(crate) offset: u64,
+    pub(crate) message: Arc<Message>,
+}
+
+struct Member {
+    conn: u64,
+    tx: mpsc::UnboundedSender<Event>,
+    window: usize,
+    inflight: HashMap<(usize, u64), Delivery>,
+}
+
+struct GroupCursor {
+    mqtt: Option<Arc<str>>,
+    log: Arc<PartitionLog>,
+    next: u64,
+}
+
+#[derive(Default)]
+struct State {
+    members: Vec<Member>,
+    cursors: Vec<GroupCursor>,
+    keys: HashSet<(Arc<str>, u32)>,
+    /// Deliveries given back by members that left, delivered before new messages.
+    redeliver: VecDeque<Delivery>,
+    turn: usize,
+    closed: bool,
+}
+
+impl State {
+    /// The next member (round robin) with room in its window.
+    fn pick(&mut self) -> Option<usize> {
+        let n = self.members.len();
+        for k in 0..n {
+            let i = (self.turn + k) % n;
+            if self.members[i].inflight.len() < self.members[i].window {
+                self.turn = i + 1;
+                return Some(i);
+            }
+        }
+        None
+    }
+}
+
+/// One share group: `$share/<name>/<filter>`.
+pub(crate) struct ShareGroup {
+    /// The subscription as the client wrote it (`$share/<name>/<filter>`).
+    pub(crate) key: String,
+    pub(crate) filter: String,
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+impl std::fmt::Debug for ShareGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShareGroup")
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl ShareGroup {
+    pub(crate) fn new(key: &str, filter: &str) -> Arc<ShareGroup> {
+        Arc::new(ShareGroup {
+            key: key.to_string(),
+            filter: filter.to_string(),
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a cursor on a partition the filter matches (unless the group has one).
+    pub(crate) fn open(
+        &self,
+        log_name: Arc<str>,
+        mqtt: Option<Arc<str>>,
+        partition: u32,
+        log: Arc<PartitionLog>,
+        start: Start,
+    ) {
+        let mut st = self.lock();
+        if !st.keys.insert((log_name, partition)) {
+            return;
+        }
+        let next = match start {
+            Start::End => log.high_watermark(),
+            Start::Beginning => log.log_start(),
+            Start::At(o) => o,
+        };
+        st.cursors.push(GroupCursor { mqtt, log, next });
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Adds (or refreshes) a member with `window` deliveries in flight at most.
+    pub(crate) fn join(&self, conn: u64, tx: mpsc::UnboundedSender<Event>, window: usize) {
+        let mut st = self.lock();
+        match st.members.iter_mut().find(|m| m.conn == conn) {
+            Some(m) => m.window = window.max(1),
+            None => st.members.push(Member {
+                conn,
+                tx,
+                window: window.max(1),
+                inflight: HashMap::new(),
+            }),
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Removes a member; its unfinished deliveries go to the others. Returns whether the
+    /// group has no member left (it is then closed).
+    pub(crate) fn leave(&self, conn: u64) -> bool {
+        let mut st = self.lock();
+        if let Some(i) = st.members.iter().position(|m| m.conn == conn) {
+            let m = st.members.remove(i);
+            let mut back: Vec<Delivery> = m.inflight.into_values().collect();
+            back.sort_by_key(|d| (d.cursor, d.offset));
+            st.redeliver.extend(back);
+        }
+        let empty = st.members.is_empty();
+        st.closed = empty;
+        drop(st);
+        self.wake.notify_one();
+        empty
+    }
+
+    /// A member finished a delivery (or, `give_back`, could not take it).
+    pub(crate) fn done(&self, conn: u64, cursor: usize, offset: u64, give_back: bool) {
+        let mut st = self.lock();
+        let d = st
+            .members
+            .iter_mut()
+            .find(|m| m.conn == conn)
+            .and_then(|m| m.inflight.remove(&(cursor, offset)));
+        if let (true, Some(d)) = (give_back, d) {
+            st.redeliver.push_front(d);
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Hands out what the members have room for.
+    fn dispatch(self: &Arc<Self>, store: &Store) {
+        let mut st = self.lock();
+        while !st.redeliver.is_empty() {
+            let Some(i) = st.pick() else { return };
+            if let Some(d) = st.redeliver.pop_front() {
+                self.send(&mut st, i, d);
+            }
+        }
+        for ci in 0..st.cursors.len() {
+            loop {
+                let (log, mqtt) = (st.cursors[ci].log.clone(), st.cursors[ci].mqtt.clone());
+                let next = st.cursors[ci].next.max(log.log_start());
+                st.cursors[ci].next = next;
+                if next >= log.high_watermark() {
+                    break;
+                }
+                let read = match log.read(store, next, READ_BYTES) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        warn!(group = self.key, cause = %e, "shared subscription read failed");
+                        break;
+                    }
+                };
+                if read.batches.is_empty() {
+                    break;
+                }
+                for b in &read.batches {
+                    let from = st.cursors[ci].next;
+                    let stored = records::decode(b, from, mqtt.as_deref()).unwrap_or_else(|e| {
+                        warn!(group = self.key, cause = %e, "undecodable batch skipped");
+                        Vec::new()
+                    });
+                    for s in stored {
+                        if topic::matches(&self.filter, &s.message.topic) {
+                            let Some(i) = st.pick() else { return };
+                            let d = Delivery {
+                                cursor: ci,
+                                offset: s.offset,
+                                message: Arc::new(s.message),
+                            };
+                            self.send(&mut st, i, d);
+                        }
+                        st.cursors[ci].next = s.offset + 1;
+                    }
+                    if let Ok(h) = BatchHeader::parse(b) {
+                        let end = h.base_offset.max(0) as u64 + h.offset_count();
+                        st.cursors[ci].next = st.cursors[ci].next.max(end);
+                    }
+                }
+            }
+        }
+    }
+
+    fn send(self: &Arc<Self>, st: &mut State, i: usize, d: Delivery) {
+        let m = &mut st.members[i];
+        m.inflight.insert((d.cursor, d.offset), d.clone());
+        let _ = m.tx.send(Event::Shared(self.clone(), d));
+    }
+
+    /// The group's dispatcher: runs until the last member leaves.
+    pub(crate) async fn run(self: Arc<Self>, store: Arc<Store>) {
+        loop {
+            let appended = Arc::new(Notify::new());
+            {
+                let st = self.lock();
+                if st.closed {
+                    return;
+                }
+                for c in &st.cursors {
+                    c.log.register(&appended);
+                }
+            }
+            self.dispatch(&store);
+            tokio::select! {
+                _ = appended.notified() => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+}
+
+/// A connection's side of its share groups: the groups it joined, deliveries waiting for
+/// room in its window, and the handles of its tickets.
+#[derive(Default)]
+pub(crate) struct Memberships {
+    pub(crate) groups: Vec<Arc<ShareGroup>>,
+    pending: VecDeque<(Arc<ShareGroup>, Delivery)>,
+    handles: HashMap<u32, (Arc<ShareGroup>, usize)>,
+    next: u32,
+}
+
+impl Memberships {
+    pub(crate) fn add(&mut self, g: Arc<ShareGroup>) {
+        if !self.groups.iter().any(|x| Arc::ptr_eq(x, &g)) {
+            self.groups.push(g);
+        }
+    }
+
+    /// Forgets the group `key`; returns whether it was joined.
+    pub(crate) fn remove(&mut self, key: &str) -> bool {
+        let before = self.groups.len();
+        self.groups.retain(|g| g.key != key);
+        self.groups.len() != before
+    }
+
+    pub(crate) fn push(&mut self, g: Arc<ShareGroup>, d: Delivery) {
+        self.pending.push_back((g, d));
+    }
+
+    /// Whether a waiting delivery could be sent now.
+    pub(crate) fn ready(&self, session: &Session) -> bool {
+        !self.pending.is_empty() && session.can_send()
+    }
+
+    /// Encodes waiting deliveries while the session's window has room.
+    pub(crate) fn pump(
+        &mut self,
+        session: &mut Session,
+        conn: u64,
+        version: Version,
+        out: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        let now = records::now_ms();
+        while session.can_send() {
+            let Some((g, d)) = self.pending.pop_front() else {
+                break;
+            };
+            if !self.groups.iter().any(|x| Arc::ptr_eq(x, &g)) {
+                g.done(conn, d.cursor, d.offset, true);
+                continue;
+            }
+            self.next = (self.next + 1) & !SHARED_TICKET;
+            let ticket = Ticket {
+                cursor: SHARED_TICKET | self.next,
+                offset: d.offset,
+            };
+            let (p, done) = session.deliver_shared(&g.key, &d.message, ticket, now);
+            if let Some(p) = p {
+                codec::encode(&p, version, out)?;
+            }
+            if done.is_some() {
+                g.done(conn, d.cursor, d.offset, false);
+            } else {
+                self.handles.insert(self.next, (g, d.cursor));
+            }
+        }
+        Ok(())
+    }
+
+    /// A delivery finished; tells its group. Returns false for a session's own ticket.
+    pub(crate) fn done(&mut self, t: Ticket, conn: u64) -> bool {
+        if t.cursor & SHARED_TICKET == 0 {
+            return false;
+        }
+        if let Some((g, cursor)) = self.handles.remove(&(t.cursor & !SHARED_TICKET)) {
+            g.done(conn, cursor, t.offset, false);
+        }
+        true
+    }
+}
