@@ -2,7 +2,6 @@
 //! kafka-protocol crate, helpers to run the cloud and edge binaries and read their resource
 //! use, and a TCP fault proxy for chaos tests.
 
-pub mod edge;
 pub mod faultproxy;
 pub mod kafka;
 pub mod mqtt;

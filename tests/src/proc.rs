@@ -188,6 +188,20 @@ impl Edge {
         })
     }
 
+    /// [`Edge::start`] for a benchmark: creates `dir`, sets `edge_id: bench` and the
+    /// `cloud:` and `buffer:` section bodies (lines indented by two spaces).
+    pub fn start_sections(dir: &Path, cloud_yaml: &str, buffer_yaml: &str) -> Result<Edge> {
+        std::fs::create_dir_all(dir)?;
+        Edge::start(
+            dir,
+            &format!("edge_id: bench\ncloud:\n{cloud_yaml}\nbuffer:\n{buffer_yaml}\n"),
+        )
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// One sample of `GET /metrics`: metric name (with labels) to value.
     pub fn metrics(&self) -> Result<HashMap<String, f64>> {
         let mut s = std::net::TcpStream::connect(self.metrics)?;

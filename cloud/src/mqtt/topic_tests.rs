@@ -256,9 +256,9 @@ fn rss() -> usize {
 
 /// Memory of the hub's topic index for a million `agent/NNNNNNN/events` topics (the
 /// values share their strings, as the hub's log names do). A measurement, not a check:
-/// `cargo test -p cloud topic_index_memory -- --ignored --nocapture`.
+/// `cargo test --workspace topic_index_memory -- --ignored --nocapture`.
 #[test]
-#[ignore = "a measurement, not a check: cargo test -p cloud topic_index_memory -- --ignored --nocapture"]
+#[ignore = "a measurement, not a check: cargo test --workspace topic_index_memory -- --ignored --nocapture"]
 fn topic_index_memory() {
     const N: u32 = 1_000_000;
     let values: Vec<std::sync::Arc<str>> = (0..N)

@@ -327,7 +327,7 @@ fn rss_mb() -> f64 {
 }
 
 #[test]
-#[ignore = "a measurement, not a check: cargo test -p edge rss_probe -- --ignored --nocapture"]
+#[ignore = "a measurement, not a check: cargo test --workspace rss_probe -- --ignored --nocapture"]
 fn rss_probe() {
     let dir = tempfile::tempdir().unwrap();
     let raw = std::env::var("RAW").is_ok();

@@ -36,9 +36,8 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use rumqttc::mqttbytes::v4::{Packet, Publish};
 use rumqttc::mqttbytes::QoS;
-use tests::edge::Edge;
 use tests::mqtt::Conn;
-use tests::proc::{cpu_secs, dir_bytes, peak_rss_bytes, percentile, rss_bytes, Cloud};
+use tests::proc::{cpu_secs, dir_bytes, peak_rss_bytes, percentile, rss_bytes, Cloud, Edge};
 
 struct Opts {
     publishers: usize,
@@ -155,13 +154,13 @@ impl Drop for Broker {
 fn start_edge(dir: &Path, sync: &str) -> Result<Broker> {
     // Uplink down (nothing listens on the bootstrap port): every publish is buffered.
     let cloud = format!("  bootstrap: 127.0.0.1:{}", free_port()?);
-    let edge = Edge::start(
+    let edge = Edge::start_sections(
         dir,
         &cloud,
         &format!("  sync: {sync}\n  quota_bytes: 4294967296"),
     )?;
     Ok(Broker {
-        addr: edge.mqtt_addr.clone(),
+        addr: edge.v4.to_string(),
         edge: Some(edge),
         child: None,
     })
@@ -369,14 +368,14 @@ async fn drain(o: &Opts, work: &Path, backlog_mb: usize, cap: Option<usize>) -> 
     if let Some(c) = cap {
         cloud_yaml.push_str(&format!("\n  max_bytes_per_sec: {}", c << 20));
     }
-    let edge = Edge::start(
+    let mut edge = Edge::start_sections(
         &dir.join("edge"),
         &cloud_yaml,
         "  sync: interval\n  quota_bytes: 4294967296",
     )?;
     let n = (backlog_mb << 20) / o.record;
     let (dt, _) = publish_all(
-        &edge.mqtt_addr,
+        &edge.v4.to_string(),
         "backlog",
         o.publishers,
         n,
@@ -473,7 +472,7 @@ async fn drain(o: &Opts, work: &Path, backlog_mb: usize, cap: Option<usize>) -> 
         );
     }
     drop(cloud);
-    edge.kill();
+    edge.kill()?;
     Ok(())
 }
 
