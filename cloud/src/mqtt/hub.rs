@@ -22,7 +22,6 @@ use super::session::{Limits, Session};
 use super::share::{Delivery, ShareGroup};
 use super::topic::{self, FilterIndex, TopicIndex};
 use super::{codec::Version, Error, MqttConfig};
-use crate::log::batch::BatchHeader;
 use crate::log::partition::PartitionLog;
 use crate::log::{Log, NewTopic, TopicError};
 use crate::storage::WriteSet;
@@ -588,11 +587,9 @@ impl Hub {
     /// retained MQTT publish does (an empty value clears it). Uncompressed batches that
     /// do not contain the header name are not decoded.
     pub(crate) async fn kafka_produced(&self, log_name: &str, batches: &[bytes::Bytes]) {
-        let needle = common::headers::MQTT_RETAIN.as_bytes();
         let mut fallback: Option<Option<Arc<str>>> = None;
         for b in batches {
-            let compressed = BatchHeader::parse(b).is_ok_and(|h| h.attributes & 7 != 0);
-            if !compressed && !b.windows(needle.len()).any(|w| w == needle) {
+            if !records::sets_retained(b) {
                 continue;
             }
             let name = fallback.get_or_insert_with(|| self.name_of(log_name));

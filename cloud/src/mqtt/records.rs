@@ -170,6 +170,23 @@ pub(crate) fn decode(
     Ok(out)
 }
 
+/// Whether some record of a produced batch has `mqtt.retain` = `true` or `1`, read without
+/// building messages (every MQTT and edge record carries the header, mostly `false`, so
+/// the Produce path must not decode them all). Batches in codecs the lean reader leaves
+/// to kafka-protocol answer `true`: [`decode`] decides.
+pub(crate) fn sets_retained(batch: &Bytes) -> bool {
+    let retained = |r: &RecordView| {
+        r.headers.iter().any(|(k, v)| {
+            &k[..] == h::MQTT_RETAIN.as_bytes() && matches!(v.as_deref(), Some(b"true" | b"1"))
+        })
+    };
+    match record_batch::read(batch) {
+        Ok(rs) => !rs.control && rs.flatten().any(|r| retained(&r)),
+        Err(record_batch::Error::Unsupported(_)) => true,
+        Err(_) => false,
+    }
+}
+
 /// The records of a batch whose codec the lean reader leaves to `kafka-protocol` (gzip,
 /// snappy, lz4), as views; control records are left out.
 fn decode_foreign(batch: &Bytes) -> Result<Vec<RecordView>, RecordError> {
@@ -360,6 +377,23 @@ mod tests {
         assert_eq!(got[1].message.topic, "plant/7");
         assert_eq!(got[1].message.payload, Bytes::from_static(b"v2"));
         assert_eq!(got[1].message.timestamp_ms, 12);
+    }
+
+    #[test]
+    fn only_batches_with_a_retained_record_need_decoding() {
+        let mut m = Message {
+            topic: "a/b".into(),
+            payload: Bytes::from_static(b"x"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            props: None,
+            timestamp_ms: 1,
+        };
+        let plain = encode(&[to_record(&m, None), to_record(&m, None)]).expect("encode");
+        assert!(!sets_retained(&plain));
+        m.retain = true;
+        let mixed = encode(&[to_record(&m, None)]).expect("encode");
+        assert!(sets_retained(&mixed));
     }
 
     #[test]
