@@ -9,9 +9,10 @@
 //! - The last stored batch is never deleted by retention, so the end offset is always
 //!   recoverable from the last key after a restart.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -62,6 +63,9 @@ pub(crate) struct PartitionLog {
     /// before an earlier one.
     queued: Arc<AtomicU32>,
     waiters: Mutex<Vec<Weak<Notify>>>,
+    /// A slot for a view's in-memory cache of this partition (the MQTT view keeps its
+    /// recently appended messages there: `mqtt::recent`). The log never looks inside.
+    pub(crate) view_cache: OnceLock<Arc<dyn Any + Send + Sync>>,
 }
 
 /// Batches read from a partition, plus its offsets at the time of the read.
@@ -94,6 +98,7 @@ impl PartitionLog {
             visible: AtomicU64::new(next),
             log_start: AtomicU64::new(start),
             waiters: Mutex::new(Vec::new()),
+            view_cache: OnceLock::new(),
         })
     }
 

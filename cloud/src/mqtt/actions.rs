@@ -2,6 +2,7 @@
 //! subscriptions (index, cursors, retained messages), and session persistence.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
@@ -21,13 +22,13 @@ pub(super) async fn flush_appends<S: AsyncRead + AsyncWrite + Unpin>(
     cursors: &mut Cursors,
     conn_id: u64,
     persisted: &mut bool,
-    pending: &mut Vec<(Message, QoS, u16)>,
+    pending: &mut Vec<(Arc<Message>, QoS, u16)>,
 ) -> Result<Option<bool>, Error> {
     if pending.is_empty() {
         return Ok(None);
     }
     let batch = std::mem::take(pending);
-    let msgs: Vec<Message> = batch.iter().map(|(m, _, _)| m.clone()).collect();
+    let msgs: Vec<Arc<Message>> = batch.iter().map(|(m, _, _)| m.clone()).collect();
     let ok = c.hub.append_many(&msgs, &session.client_id).await;
     let mut actions = VecDeque::new();
     for ((_, qos, pkid), ok) in batch.into_iter().zip(ok) {
@@ -54,7 +55,8 @@ pub(super) async fn perform<S: AsyncRead + AsyncWrite + Unpin>(
         match a {
             Action::Send(p) => c.send(&p)?,
             Action::Append { message, qos, pkid } => {
-                let ok = match c.hub.append(&message, &session.client_id).await {
+                let message = Arc::new(message);
+                let ok = match c.hub.append(message.clone(), &session.client_id).await {
                     Ok(()) => true,
                     Err(e) => {
                         warn!(topic = message.topic, cause = %e, "publish not appended");

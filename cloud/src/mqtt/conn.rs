@@ -201,7 +201,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
                     correlation_data: p.correlation_data,
                     user_properties: p.user_properties,
                     ..Default::default()
-                });
+                })
+                .filter(|p| *p != Default::default());
             let m = Message {
                 topic: name,
                 payload: w.message,
@@ -352,7 +353,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
                         return;
                     }
                 }
-                if let Err(e) = hub2.append(&m, &client).await {
+                if let Err(e) = hub2.append(Arc::new(m), &client).await {
                     warn!(client, cause = %e, "will message not published");
                 }
             });
@@ -404,11 +405,15 @@ async fn serve_loop<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<bool, Error> {
     let max = c.hub.config.max_packet_bytes as usize;
     let mut last_packet = Instant::now();
+    // One timer for the connection's life, pushed back lazily when it fires: re-arming
+    // it on every packet costs a timer-wheel insert and removal per loop.
+    let keep_alive_timer = tokio::time::sleep_until(last_packet + keep_alive.unwrap_or_default());
+    tokio::pin!(keep_alive_timer);
     loop {
         // Every complete packet buffered (also those sent right behind CONNECT). Publishes
         // decoded together are appended together (one batch per topic), and acknowledged
         // in the order received; any other packet first waits for those appends.
-        let mut pending: Vec<(Message, QoS, u16)> = Vec::new();
+        let mut pending: Vec<(Arc<Message>, QoS, u16)> = Vec::new();
         loop {
             let p = match codec::decode(&mut c.rbuf, c.version, max) {
                 Ok(Some(p)) => p,
@@ -427,7 +432,7 @@ async fn serve_loop<S: AsyncRead + AsyncWrite + Unpin>(
             let mut actions = session_actions(session, p);
             if let (1, Some(Action::Append { .. })) = (actions.len(), actions.front()) {
                 if let Some(Action::Append { message, qos, pkid }) = actions.pop_front() {
-                    pending.push((message, qos, pkid));
+                    pending.push((Arc::new(message), qos, pkid));
                 }
                 continue;
             }
@@ -452,12 +457,13 @@ async fn serve_loop<S: AsyncRead + AsyncWrite + Unpin>(
         let more = cursors.pump(&c.hub.log.store, session, c.version, &mut c.wbuf)?;
         c.flush().await?;
         let ready = more || cursors.ready(session) || c.shares.ready(session);
-        let notify = Arc::new(Notify::new());
-        if !ready {
-            cursors.register(&notify);
-        }
+        // Registered on the partitions only when the loop is about to wait.
+        let notify = (!ready).then(|| {
+            let n = Arc::new(Notify::new());
+            cursors.register(&n);
+            n
+        });
         let ready = ready || cursors.ready(session);
-        let deadline = keep_alive.map(|k| last_packet + k);
         tokio::select! {
             biased;
             r = c.stream.read_buf(&mut c.rbuf) => {
@@ -480,9 +486,14 @@ async fn serve_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     return Ok(true);
                 }
             },
-            _ = notify.notified(), if !ready => {}
+            _ = appended(notify.as_deref()), if !ready => {}
             _ = std::future::ready(()), if ready => {}
-            _ = sleep_until(deadline), if deadline.is_some() => {
+            _ = &mut keep_alive_timer, if keep_alive.is_some() => {
+                let due = last_packet + keep_alive.unwrap_or_default();
+                if due > Instant::now() {
+                    keep_alive_timer.as_mut().reset(due);
+                    continue;
+                }
                 debug!("keep alive expired");
                 c.refuse(DisconnectReasonCode::KeepAliveTimeout).await?;
                 return Ok(true);
@@ -491,9 +502,10 @@ async fn serve_loop<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn sleep_until(d: Option<Instant>) {
-    match d {
-        Some(d) => tokio::time::sleep_until(d).await,
+/// Waits for an append to a registered partition (forever without a handle).
+async fn appended(n: Option<&Notify>) {
+    match n {
+        Some(n) => n.notified().await,
         None => std::future::pending().await,
     }
 }

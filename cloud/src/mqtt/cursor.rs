@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use tracing::warn;
 
 use super::codec::{self, Version};
+use super::recent::{Entry, Recent, Watch};
 use super::records::{self, Message};
 use super::session::{Session, Ticket};
 use super::Error;
@@ -22,6 +23,8 @@ use crate::storage::Store;
 pub(crate) const WRITE_BUDGET: usize = 1 << 20;
 /// Bytes read from one partition at a time.
 const READ_BYTES: usize = 256 << 10;
+/// Messages taken from a partition's in-memory recent appends at a time.
+const KEPT_BATCH: usize = 64;
 
 pub(crate) struct Cursor {
     pub(crate) log_name: Arc<str>,
@@ -31,6 +34,8 @@ pub(crate) struct Cursor {
     pub(crate) log: Arc<PartitionLog>,
     /// Next offset to read.
     pub(crate) next: u64,
+    /// Keeps the partition's recent MQTT appends in memory while this cursor exists.
+    watch: Watch,
 }
 
 /// Every cursor of one connection, plus retained messages waiting to be sent.
@@ -70,12 +75,14 @@ impl Cursors {
             Start::Beginning => log.log_start(),
             Start::At(o) => o,
         };
+        let watch = Recent::of(&log).watch();
         self.list.push(Cursor {
             log_name,
             mqtt,
             partition,
             log,
             next,
+            watch,
         });
     }
 
@@ -145,7 +152,7 @@ impl Cursors {
                 codec::encode(&p, version, out)?;
             }
         }
-        let client = session.client_id.clone();
+        let mut kept: Vec<Entry> = Vec::new();
         for (i, c) in self.list.iter_mut().enumerate() {
             loop {
                 if out.len() >= WRITE_BUDGET {
@@ -155,8 +162,23 @@ impl Cursors {
                     return Ok(false);
                 }
                 c.next = c.next.max(c.log.log_start());
-                if c.next >= c.log.high_watermark() {
+                let hwm = c.log.high_watermark();
+                if c.next >= hwm {
                     break;
+                }
+                // Recent MQTT appends are kept decoded: no store read, no decode.
+                kept.clear();
+                c.watch.recent().from(c.next, KEPT_BATCH, &mut kept);
+                if !kept.is_empty() {
+                    for e in kept.iter().take_while(|e| e.offset < hwm) {
+                        if !session.can_send() {
+                            return Ok(false);
+                        }
+                        let at = (i as u32, e.offset);
+                        deliver(session, at, &e.message, e.key.as_deref(), now, version, out)?;
+                        c.next = e.offset + 1;
+                    }
+                    continue;
                 }
                 let read = c.log.read(store, c.next, READ_BYTES)?;
                 if read.batches.is_empty() {
@@ -178,17 +200,9 @@ impl Cursors {
                             blocked = true;
                             break;
                         }
-                        let from_self = s.key.as_deref() == Some(client.as_bytes());
-                        let ticket = Ticket {
-                            cursor: i as u32,
-                            offset: s.offset,
-                        };
-                        let (p, _) =
-                            session.deliver(&s.message, Some(ticket), from_self, false, now);
+                        let at = (i as u32, s.offset);
+                        deliver(session, at, &s.message, s.key.as_deref(), now, version, out)?;
                         c.next = s.offset + 1;
-                        if let Some(p) = p {
-                            codec::encode(&p, version, out)?;
-                        }
                     }
                     if blocked {
                         break;
@@ -204,4 +218,23 @@ impl Cursors {
         }
         Ok(false)
     }
+}
+
+/// Hands the message at `(cursor, offset)` to the session and encodes what it sends.
+fn deliver(
+    session: &mut Session,
+    (cursor, offset): (u32, u64),
+    m: &Message,
+    key: Option<&[u8]>,
+    now: i64,
+    version: Version,
+    out: &mut BytesMut,
+) -> Result<(), Error> {
+    // No-local: the record key is the publisher's client id.
+    let from_self = key == Some(session.client_id.as_bytes());
+    let ticket = Ticket { cursor, offset };
+    if let (Some(p), _) = session.deliver(m, Some(ticket), from_self, false, now) {
+        codec::encode(&p, version, out)?;
+    }
+    Ok(())
 }

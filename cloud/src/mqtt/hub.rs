@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::cursor::Start;
 use super::persist::{self, SavedSession};
+use super::recent::Recent;
 use super::records::{self, Message};
 use super::session::{Limits, Session};
 use super::share::{Delivery, ShareGroup};
@@ -82,6 +83,9 @@ pub(crate) struct Hub {
     inner: Mutex<Inner>,
     created: Mutex<Option<broadcast::Receiver<Arc<str>>>>,
 }
+
+/// Messages of one topic among those appended together, with their indexes.
+type TopicGroup<'a> = (&'a str, Vec<Arc<Message>>, Vec<usize>);
 
 /// The MQTT name of a log topic: its reverse mapping, or (`true`) a recorded alias.
 fn mqtt_name(log_name: &str, aliases: &HashMap<String, String>) -> Option<(String, bool)> {
@@ -489,15 +493,16 @@ impl Hub {
 
     /// Appends one message to its topic's log (creating the topic), then updates the
     /// retained message if it has the retain flag.
-    pub(crate) async fn append(&self, m: &Message, client_id: &str) -> Result<(), Error> {
-        self.append_topic(std::slice::from_ref(m), client_id).await
+    pub(crate) async fn append(&self, m: Arc<Message>, client_id: &str) -> Result<(), Error> {
+        self.append_topic(std::slice::from_ref(&m), client_id).await
     }
 
     /// Appends messages received together from one client: one RecordBatch (one log
     /// write, one wake-up of the subscribers) per topic, topics concurrently. Returns one
     /// result per message, in order.
-    pub(crate) async fn append_many(&self, msgs: &[Message], client_id: &str) -> Vec<bool> {
-        let mut groups: Vec<(&str, Vec<Message>, Vec<usize>)> = Vec::new();
+    pub(crate) async fn append_many(&self, msgs: &[Arc<Message>], client_id: &str) -> Vec<bool> {
+        // (topic, its messages, their indexes in `msgs`)
+        let mut groups: Vec<TopicGroup<'_>> = Vec::new();
         for (i, m) in msgs.iter().enumerate() {
             match groups.iter_mut().find(|g| g.0 == m.topic) {
                 Some(g) => {
@@ -523,8 +528,9 @@ impl Hub {
         ok
     }
 
-    /// Appends messages of one topic as one batch.
-    async fn append_topic(&self, msgs: &[Message], client_id: &str) -> Result<(), Error> {
+    /// Appends messages of one topic as one batch, and keeps them for the partition's
+    /// MQTT cursors ([`Recent`]).
+    async fn append_topic(&self, msgs: &[Arc<Message>], client_id: &str) -> Result<(), Error> {
         let Some(first) = msgs.first() else {
             return Ok(());
         };
@@ -546,8 +552,10 @@ impl Hub {
             .map(|m| records::to_record(m, Some(key.clone())))
             .collect();
         let batch = records::encode(&recs)?;
-        part.append(&self.log.store, vec![batch], self.config.durable_publish)
+        let appended = part
+            .append(&self.log.store, vec![batch], self.config.durable_publish)
             .await?;
+        Recent::of(&part).push(appended.base_offset, &key, msgs);
         for m in msgs.iter().filter(|m| m.retain) {
             self.set_retained(m).await?;
         }

@@ -21,6 +21,7 @@ mod conn;
 mod cursor;
 mod hub;
 mod persist;
+mod recent;
 pub(crate) mod records;
 pub(crate) mod session;
 mod share;

@@ -415,4 +415,48 @@ mod tests {
         m.props = None;
         assert!(!m.expired(i64::MAX));
     }
+
+    proptest::proptest! {
+        /// What `mqtt::recent` keeps in memory (the message as published) is what the
+        /// stored record decodes to, so delivery from memory and from the store agree.
+        #[test]
+        fn to_record_then_decode_gives_the_message_back(
+            topic in "[a-z/+#$]{1,12}",
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+            qos in 0u8..3,
+            retain in proptest::bool::ANY,
+            content_type in proptest::option::of("[ -~]{0,8}"),
+            format in proptest::option::of(0u8..2),
+            expiry in proptest::option::of(proptest::num::u32::ANY),
+            response in proptest::option::of("[a-z/]{0,8}"),
+            correlation in proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..8)),
+            user in proptest::collection::vec(("[ -~]{0,8}", "\\PC{0,8}"), 0..4),
+            timestamp_ms in 0i64..i64::MAX / 2,
+        ) {
+            let props = PublishProperties {
+                content_type,
+                payload_format_indicator: format,
+                message_expiry_interval: expiry,
+                response_topic: response,
+                correlation_data: correlation.map(Bytes::from),
+                user_properties: user,
+                ..Default::default()
+            };
+            let m = Message {
+                topic,
+                payload: Bytes::from(payload),
+                qos: match qos { 0 => QoS::AtMostOnce, 1 => QoS::AtLeastOnce, _ => QoS::ExactlyOnce },
+                retain,
+                // As the session builds it: no properties is `None`.
+                props: Some(props).filter(|p| *p != PublishProperties::default()),
+                timestamp_ms,
+            };
+            let key = Bytes::from_static(b"client");
+            let b = encode(&[to_record(&m, Some(key.clone()))]).expect("encode");
+            let back = decode(&b, 0, None).expect("decode");
+            proptest::prop_assert_eq!(back.len(), 1);
+            proptest::prop_assert_eq!(&back[0].message, &m);
+            proptest::prop_assert_eq!(back[0].key.as_ref(), Some(&key));
+        }
+    }
 }

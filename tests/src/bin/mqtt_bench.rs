@@ -8,6 +8,7 @@
 //!
 //!   cargo run -p tests --bin mqtt-bench -- [--publishers 8] [--subscribers 20]
 //!        [--messages 10000] [--size 100] [--qos 1] [--round-trips 2000]
+//!        [--rows fan-in,fan-out,round-trip]
 //!
 //! The cloud runs twice: with its defaults (QoS 1/2 acknowledged after a group fsync,
 //! i.e. durable) and with `storage.sync: none` + `mqtt.durable_publish: false` (what
@@ -24,6 +25,8 @@ use rumqttc::mqttbytes::QoS;
 use tests::mqtt::Conn;
 use tests::proc::{percentile, rss_bytes, Cloud};
 
+const ROWS: [&str; 3] = ["fan-in", "fan-out", "round-trip"];
+
 struct Opts {
     publishers: usize,
     subscribers: usize,
@@ -31,6 +34,8 @@ struct Opts {
     size: usize,
     qos: QoS,
     round_trips: usize,
+    /// Which rows to run (`--rows fan-in,fan-out,round-trip`).
+    rows: Vec<String>,
 }
 
 fn opts() -> Result<Opts> {
@@ -41,10 +46,20 @@ fn opts() -> Result<Opts> {
         size: 100,
         qos: QoS::AtLeastOnce,
         round_trips: 2000,
+        rows: ROWS.iter().map(|r| r.to_string()).collect(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
+        if args[i] == "--rows" {
+            let v = args.get(i + 1).context("missing value")?;
+            o.rows = v.split(',').map(str::to_string).collect();
+            if let Some(r) = o.rows.iter().find(|r| !ROWS.contains(&r.as_str())) {
+                bail!("unknown row {r} (rows: {})", ROWS.join(","));
+            }
+            i += 2;
+            continue;
+        }
         let v: usize = args.get(i + 1).context("missing value")?.parse()?;
         match args[i].as_str() {
             "--publishers" => o.publishers = v,
@@ -325,7 +340,10 @@ async fn main() -> Result<()> {
         "{:<10} {:<18} {:>12} {:>9} {:>9} {:>8}",
         "row", "broker", "msgs/s", "p50 ms", "p99 ms", "RSS MB"
     );
-    for (name, row) in [("fan-in", 0), ("fan-out", 1), ("round-trip", 2)] {
+    for (row, name) in ROWS.iter().enumerate() {
+        if !o.rows.iter().any(|r| r == name) {
+            continue;
+        }
         for b in &brokers {
             let r = match row {
                 0 => fan(b, o.publishers, 1, &o, "fi").await?,
