@@ -494,13 +494,20 @@ impl Hub {
     /// Appends one message to its topic's log (creating the topic), then updates the
     /// retained message if it has the retain flag.
     pub(crate) async fn append(&self, m: Arc<Message>, client_id: &str) -> Result<(), Error> {
-        self.append_topic(std::slice::from_ref(&m), client_id).await
+        self.append_topic(std::slice::from_ref(&m), client_id)
+            .await
+            .map(drop)
     }
 
     /// Appends messages received together from one client: one RecordBatch (one log
     /// write, one wake-up of the subscribers) per topic, topics concurrently. Returns one
-    /// result per message, in order.
-    pub(crate) async fn append_many(&self, msgs: &[Arc<Message>], client_id: &str) -> Vec<bool> {
+    /// result per message, in order, and whether an MQTT cursor follows any of the
+    /// partitions written.
+    pub(crate) async fn append_many(
+        &self,
+        msgs: &[Arc<Message>],
+        client_id: &str,
+    ) -> (Vec<bool>, bool) {
         // (topic, its messages, their indexes in `msgs`)
         let mut groups: Vec<TopicGroup<'_>> = Vec::new();
         for (i, m) in msgs.iter().enumerate() {
@@ -517,22 +524,24 @@ impl Hub {
         )
         .await;
         let mut ok = vec![false; msgs.len()];
+        let mut followed = false;
         for (g, r) in groups.iter().zip(results) {
             if let Err(e) = &r {
                 warn!(topic = g.0, cause = %e, "publish not appended");
             }
+            followed |= matches!(r, Ok(true));
             for &i in &g.2 {
                 ok[i] = r.is_ok();
             }
         }
-        ok
+        (ok, followed)
     }
 
     /// Appends messages of one topic as one batch, and keeps them for the partition's
-    /// MQTT cursors ([`Recent`]).
-    async fn append_topic(&self, msgs: &[Arc<Message>], client_id: &str) -> Result<(), Error> {
+    /// MQTT cursors ([`Recent`]); returns whether a cursor follows the partition.
+    async fn append_topic(&self, msgs: &[Arc<Message>], client_id: &str) -> Result<bool, Error> {
         let Some(first) = msgs.first() else {
-            return Ok(());
+            return Ok(false);
         };
         let log_name = common::topic::mqtt_to_kafka(&first.topic)?;
         let topic = match self.log.get(&log_name) {
@@ -555,11 +564,11 @@ impl Hub {
         let appended = part
             .append(&self.log.store, vec![batch], self.config.durable_publish)
             .await?;
-        Recent::of(&part).push(appended.base_offset, &key, msgs);
+        let followed = Recent::of(&part).push(appended.base_offset, &key, msgs);
         for m in msgs.iter().filter(|m| m.retain) {
             self.set_retained(m).await?;
         }
-        Ok(())
+        Ok(followed)
     }
 
     async fn create_topic(

@@ -92,16 +92,17 @@ impl Recent {
         self.ring.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records `msgs`, appended at offsets `base..` with record key `key`.
-    pub(crate) fn push(&self, base: u64, key: &Bytes, msgs: &[Arc<Message>]) {
+    /// Records `msgs`, appended at offsets `base..` with record key `key`. Returns
+    /// whether a cursor follows the partition.
+    pub(crate) fn push(&self, base: u64, key: &Bytes, msgs: &[Arc<Message>]) -> bool {
         if self.watchers.load(Ordering::Acquire) == 0 {
-            return;
+            return false;
         }
         let mut r = self.lock();
         match r.entries.back() {
             // Appends of one partition can finish out of offset order (two publishers'
             // tasks); a late one is not kept: the cursor reads it from the store.
-            Some(e) if e.offset >= base => return,
+            Some(e) if e.offset >= base => return true,
             // Entries stay consecutive: after a gap, start again from `base`.
             Some(e) if e.offset + 1 != base => {
                 r.entries.clear();
@@ -122,6 +123,7 @@ impl Recent {
                 r.bytes -= e.message.payload.len();
             }
         }
+        true
     }
 
     /// The kept entries from exactly `offset` on (consecutive offsets), at most `max`;
