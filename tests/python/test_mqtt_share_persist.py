@@ -280,7 +280,11 @@ def test_refusing_disconnect_drains_input_so_the_client_reads_it(mqtt_cloud):
     send fails, or its read ends in a reset (paho's flow_control2 test failed so)."""
     s = _connect(mqtt_cloud.mqtt_port, b"drain-test")
     burst = b"".join(_publish_qos2(b"drain/t", i + 1, b"x" * 16) for i in range(3))
-    tail = b"\xc0\x00" * (512 << 10)  # PINGREQs the cloud will never answer
+    # 4 MiB of PINGREQs the cloud will never answer: far more than the socket buffers
+    # hold (the send buffer is fixed small), so the client is still writing when the
+    # cloud decides to close.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
+    tail = b"\xc0\x00" * (2 << 20)
     s.sendall(burst + tail)  # raises ConnectionResetError/BrokenPipeError on a reset
     s.shutdown(socket.SHUT_WR)
     packets, end = _read_packets(s)
