@@ -566,7 +566,8 @@ impl Hub {
         self.save_share(key, true).await;
         if expiry > 0 && expiry != u32::MAX {
             let left = Duration::from_secs(u64::from(expiry));
-            self.clone().expire_share_later(key.to_string(), left, epoch);
+            self.clone()
+                .expire_share_later(key.to_string(), left, epoch);
         }
     }
 

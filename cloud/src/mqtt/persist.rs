@@ -240,7 +240,11 @@ mod tests {
         want.extend_from_slice(b"a.b");
         want.extend_from_slice(&2u32.to_be_bytes());
         want.extend_from_slice(&7u64.to_be_bytes());
-        assert_eq!(g.encode(9), want, "format 1 is stable: stored groups must stay readable");
+        assert_eq!(
+            g.encode(9),
+            want,
+            "format 1 is stable: stored groups must stay readable"
+        );
     }
 
     #[test]
@@ -253,7 +257,11 @@ mod tests {
         other[0] = 2;
         assert_eq!(SavedShareGroup::decode(&other), None, "unknown format");
         for cut in 0..v.len() {
-            assert_eq!(SavedShareGroup::decode(&v[..cut]), None, "truncated at {cut}");
+            assert_eq!(
+                SavedShareGroup::decode(&v[..cut]),
+                None,
+                "truncated at {cut}"
+            );
         }
         let mut long = v.clone();
         long.push(0);

@@ -288,7 +288,11 @@ impl ShareGroup {
     /// The group's dispatcher: runs until the last member leaves. After activity (an
     /// append, an ack, a member change) it asks `saver` to store the group's positions
     /// [`SAVE_EVERY`] later if they changed meanwhile.
-    pub(crate) async fn run(self: Arc<Self>, store: Arc<Store>, saver: mpsc::UnboundedSender<String>) {
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        store: Arc<Store>,
+        saver: mpsc::UnboundedSender<String>,
+    ) {
         let mut saved = self.committed();
         let mut due: Option<Instant> = None;
         loop {
