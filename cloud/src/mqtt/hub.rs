@@ -510,10 +510,13 @@ impl Hub {
                         for (p, part) in self.partitions(&l) {
                             let start = match &parked {
                                 None => Start::End,
+                                // Beyond the end: the topic was deleted and created
+                                // again meanwhile; all of the new one is unseen.
                                 Some(k) => k
                                     .cursors
                                     .iter()
                                     .find(|(t, q, _)| *t == l && *q == p)
+                                    .filter(|c| c.2 <= part.high_watermark())
                                     .map_or(Start::Beginning, |c| Start::At(c.2)),
                             };
                             group.open(l.clone(), Some(Arc::from(m.as_str())), p, part, start);
