@@ -22,6 +22,7 @@ import subprocess
 import pytest
 
 from mqtt_fixtures import Mqtt, mqtt_cloud, raw, restart  # noqa: F401
+from test_mqtt_features import _raw_v311_subscriber
 
 GROUP = "$share/workers/jobs/t"
 TOPIC = "jobs/t"
@@ -80,6 +81,40 @@ def test_group_resumes_after_its_last_member_left(mqtt_cloud):
     c.subscribe("$share/others/jobs/t", qos=1)
     b.close()
     c.expect_none(probe, TOPIC)
+
+
+def test_unacknowledged_deliveries_of_the_last_member_go_to_the_next(mqtt_cloud):
+    """The last member leaves with QoS 1 messages it never acknowledged: they are part of
+    the group's stored position, so the next member gets them (and what came after)."""
+    port = mqtt_cloud.mqtt_port
+    silent = _raw_v311_subscriber(port, GROUP, "silent-last-member")
+    sent = [f"u{i}".encode() for i in range(5)]
+    publish_all(port, sent)
+    silent.settimeout(10)
+    data = b""
+    while sent[-1] not in data:
+        chunk = silent.recv(65536)
+        assert chunk, "silent member closed"
+        data += chunk
+    silent.close()
+    left(port, "silent-last-member")
+    publish_all(port, [b"u5"])
+    b = member(port)
+    b.subscribe(GROUP, qos=1)
+    assert payloads(b, 6) == sent + [b"u5"]
+
+
+def test_topic_created_while_the_group_was_empty_is_read_from_its_start(mqtt_cloud):
+    port = mqtt_cloud.mqtt_port
+    a = member(port)
+    a.subscribe("$share/w/fresh/#", qos=1)
+    a.close()
+    left(port, a.client_id)
+    pub = Mqtt(port, 5)
+    pub.publish("fresh/x", b"first", qos=1)
+    b = member(port)
+    b.subscribe("$share/w/fresh/#", qos=1)
+    assert payloads(b, 1) == [b"first"]
 
 
 @pytest.mark.parametrize("how", ["stop", "kill"])
