@@ -592,8 +592,9 @@ impl Hub {
             Some(v) if self.config.share_group_expiry_secs > 0 => set.put_share_group(key, v),
             _ => set.delete_share_group(key),
         }
-        if let Err(e) = self.log.store.write(set, durable).await {
-            warn!(group = key, cause = %e, "cannot store share group positions");
+        match self.log.store.write(set, durable).await {
+            Ok(()) => debug!(group = key, durable, "share group positions stored"),
+            Err(e) => warn!(group = key, cause = %e, "cannot store share group positions"),
         }
     }
 
