@@ -67,11 +67,26 @@ pub struct Running {
     /// The MQTT over TLS listener's address (`mqtt.tls.listen`), if configured.
     pub mqtts_addr: Option<std::net::SocketAddr>,
     serve: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    mqtt: Arc<mqtt::Hub>,
 }
 
 impl Running {
     pub async fn serve(self) {
         self.serve.await
+    }
+
+    /// What to do on a clean shutdown (taken before [`Running::serve`]).
+    pub fn shutdown(&self) -> Shutdown {
+        Shutdown(self.mqtt.clone())
+    }
+}
+
+/// Saves state kept in memory between writes (share group positions) on a clean stop.
+pub struct Shutdown(Arc<mqtt::Hub>);
+
+impl Shutdown {
+    pub async fn run(self) {
+        self.0.save_share_groups().await;
     }
 }
 
@@ -184,6 +199,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .is_some_and(|t| t.client_ca.is_some()),
         "kafka listener security"
     );
+    let hub = mqtt_hub.clone();
     let serve = async move {
         tokio::spawn(log::retention::run(log.clone(), retention_every));
         tokio::spawn(mqtt_hub.clone().watch_topics());
@@ -208,5 +224,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         mqtt_addr,
         mqtts_addr,
         serve: Box::pin(serve),
+        mqtt: hub,
     })
 }

@@ -95,16 +95,18 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+        let shutdown = running.shutdown();
         tokio::select! {
-            _ = running.serve() => ExitCode::SUCCESS,
-            _ = tokio::signal::ctrl_c() => {
-                tracing::info!("shutting down on SIGINT");
-                ExitCode::SUCCESS
-            }
-            _ = term.recv() => {
-                tracing::info!("shutting down on SIGTERM");
-                ExitCode::SUCCESS
-            }
+            _ = running.serve() => return ExitCode::SUCCESS,
+            _ = tokio::signal::ctrl_c() => tracing::info!("shutting down on SIGINT"),
+            _ = term.recv() => tracing::info!("shutting down on SIGTERM"),
         }
+        if tokio::time::timeout(std::time::Duration::from_secs(5), shutdown.run())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown did not finish in 5 s");
+        }
+        ExitCode::SUCCESS
     })
 }

@@ -76,8 +76,8 @@ pub(super) async fn perform<S: AsyncRead + AsyncWrite + Unpin>(
                     if let Some((_, inner)) = topic::shared(&filter) {
                         // No retained messages for shared subscriptions (MQTT 5 4.8.2).
                         let window = usize::from(session.client.receive_maximum);
-                        c.shares
-                            .add(c.hub.share_join(conn_id, &filter, inner, window));
+                        let group = c.hub.share_join(conn_id, &filter, inner, window).await;
+                        c.shares.add(group);
                         continue;
                     }
                     for (mqtt, log_name) in c.hub.subscribe(conn_id, &filter) {
@@ -94,7 +94,7 @@ pub(super) async fn perform<S: AsyncRead + AsyncWrite + Unpin>(
             Action::Unsubscribed(list) => {
                 for f in list {
                     if c.shares.remove(&f) {
-                        c.hub.share_leave(conn_id, &f);
+                        c.hub.share_leave(conn_id, &f).await;
                     } else {
                         c.hub.unsubscribe(conn_id, &f);
                     }

@@ -281,7 +281,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
     for key in session.subscriptions.keys() {
         if let Some((_, filter)) = topic::shared(key) {
             let window = usize::from(session.client.receive_maximum);
-            c.shares.add(hub.share_join(conn_id, key, filter, window));
+            c.shares
+                .add(hub.share_join(conn_id, key, filter, window).await);
         }
     }
     if discarded {
@@ -362,7 +363,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
     // Unfinished shared deliveries go back to their groups (other members get them).
     session.drop_shared();
     for g in std::mem::take(&mut c.shares.groups) {
-        hub.share_leave(conn_id, &g.key);
+        hub.share_leave(conn_id, &g.key).await;
     }
     if session.expiry > 0 {
         let saved = cursors.saved(&session);

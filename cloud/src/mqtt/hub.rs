@@ -1,6 +1,7 @@
 //! State shared by every MQTT connection: the topic index (MQTT name -> log topic), the
 //! subscription index (filter -> connection), the session registry (online connections
-//! and offline persistent sessions), and retained messages.
+//! and offline persistent sessions), retained messages, and share groups (live ones, and
+//! the stored positions of those without members: see `share`).
 //!
 //! Topics come from the log itself: loaded at start, then learned from
 //! [`Log::watch_created`] whoever created them (an MQTT publish, a Kafka CreateTopics or
@@ -16,7 +17,7 @@ use tokio::sync::{broadcast, mpsc, Notify};
 use tracing::{debug, info, warn};
 
 use super::cursor::Start;
-use super::persist::{self, SavedSession};
+use super::persist::{self, SavedSession, SavedShareGroup};
 use super::recent::Recent;
 use super::records::{self, Message};
 use super::session::{Limits, Session};
@@ -51,6 +52,15 @@ enum Slot {
     Offline { state: Box<Detached>, epoch: u64 },
 }
 
+/// A share group without members: where it resumes.
+struct Parked {
+    /// `(log topic, partition, offset)`.
+    cursors: Vec<(Arc<str>, u32, u64)>,
+    /// When its last member left (ms since the epoch).
+    left_ms: u64,
+    epoch: u64,
+}
+
 /// What [`Hub::attach`] gives a new connection.
 pub(crate) struct Attached {
     pub(crate) conn: u64,
@@ -74,6 +84,8 @@ struct Inner {
     retained: TopicIndex<Arc<Message>>,
     /// Share groups by `$share/<group>/<filter>`.
     shares: HashMap<String, Arc<ShareGroup>>,
+    /// Share groups without members (until `mqtt.share_group_expiry_secs`).
+    parked: HashMap<String, Parked>,
     next_id: u64,
 }
 
@@ -82,6 +94,10 @@ pub(crate) struct Hub {
     pub(crate) config: MqttConfig,
     inner: Mutex<Inner>,
     created: Mutex<Option<broadcast::Receiver<Arc<str>>>>,
+    /// Share groups whose positions moved (sent by their dispatchers).
+    share_saver: mpsc::UnboundedSender<String>,
+    /// Orders share group writes: each writes the state current when it holds this.
+    share_writes: tokio::sync::Mutex<()>,
 }
 
 /// Messages of one topic among those appended together, with their indexes.
@@ -138,6 +154,7 @@ impl Hub {
         }
         let limits = limits(&config);
         let mut expired = Vec::new();
+        let mut expired_groups = Vec::new();
         let mut offline = Vec::new();
         for (client, v) in log.store.sessions()? {
             let Some((saved, gone_ms)) = SavedSession::decode(&v) else {
@@ -170,10 +187,46 @@ impl Hub {
                 },
             );
         }
-        if !expired.is_empty() {
+        let mut parked = Vec::new();
+        for (key, v) in log.store.share_groups()? {
+            let Some((saved, left_ms)) = SavedShareGroup::decode(&v) else {
+                warn!(group = key, "corrupt share group skipped");
+                continue;
+            };
+            // Expiry counts from the last member's leaving (from now if the cloud stopped
+            // while the group had members).
+            let now = records::now_ms().max(1) as u64;
+            let left = expiry_left(config.share_group_expiry_secs, left_ms, now as i64);
+            if left == Some(Duration::ZERO) {
+                debug!(group = key, "share group expired while the cloud was down");
+                expired_groups.push(key);
+                continue;
+            }
+            inner.next_id += 1;
+            let epoch = inner.next_id;
+            let cursors = saved
+                .cursors
+                .into_iter()
+                .map(|(t, p, o)| (Arc::from(t.as_str()), p, o))
+                .collect();
+            let left_ms = if left_ms == 0 { now } else { left_ms };
+            parked.push((key.clone(), left, epoch));
+            inner.parked.insert(
+                key,
+                Parked {
+                    cursors,
+                    left_ms,
+                    epoch,
+                },
+            );
+        }
+        if !expired.is_empty() || !expired_groups.is_empty() {
             let mut set = WriteSet::default();
             for c in &expired {
                 set.delete_session(c);
+            }
+            for g in &expired_groups {
+                set.delete_share_group(g);
             }
             log.store.write(set, true).await?;
         }
@@ -181,19 +234,35 @@ impl Hub {
             topics = inner.topics.len(),
             retained = inner.retained.len(),
             sessions = inner.sessions.len(),
+            share_groups = inner.parked.len(),
             "mqtt view loaded"
         );
+        let (share_saver, mut saves) = mpsc::unbounded_channel::<String>();
         let hub = Arc::new(Hub {
             log,
             config,
             inner: Mutex::new(inner),
             created: Mutex::new(Some(created)),
+            share_saver,
+            share_writes: tokio::sync::Mutex::new(()),
         });
         for (client, left, epoch) in offline {
             if let Some(left) = left {
                 hub.clone().expire_later(client, left, epoch);
             }
         }
+        for (key, left, epoch) in parked {
+            if let Some(left) = left {
+                hub.clone().expire_share_later(key, left, epoch);
+            }
+        }
+        let weak = Arc::downgrade(&hub);
+        tokio::spawn(async move {
+            while let Some(key) = saves.recv().await {
+                let Some(hub) = weak.upgrade() else { return };
+                hub.save_share(&key, false).await;
+            }
+        });
         Ok(hub)
     }
 
@@ -419,47 +488,143 @@ impl Hub {
     }
 
     /// Makes `conn` a member of the share group `key` (`$share/<group>/<filter>`),
-    /// creating the group (at the end of the log of every matching topic) if needed.
-    pub(crate) fn share_join(
+    /// creating the group if needed: where it stopped if it has stored positions (a
+    /// partition without one, created since, from its start), else at the end of the log
+    /// of every matching topic. A new group's positions are stored before this returns.
+    pub(crate) async fn share_join(
         &self,
         conn: u64,
         key: &str,
         filter: &str,
         window: usize,
     ) -> Arc<ShareGroup> {
-        let mut g = self.lock();
-        let Some(tx) = g.conns.get(&conn).cloned() else {
-            return ShareGroup::new(key, filter);
-        };
-        let group = match g.shares.get(key) {
-            Some(group) => group.clone(),
-            None => {
-                let group = ShareGroup::new(key, filter);
-                let mut out = Vec::new();
-                g.topics.matching(filter, &mut out);
-                for (m, l) in out {
-                    for (p, part) in self.partitions(&l) {
-                        group.open(l.clone(), Some(Arc::from(m.as_str())), p, part, Start::End);
+        let (group, created) = {
+            let mut g = self.lock();
+            let Some(tx) = g.conns.get(&conn).cloned() else {
+                return ShareGroup::new(key, filter);
+            };
+            let (group, created) = match g.shares.get(key) {
+                Some(group) => (group.clone(), false),
+                None => {
+                    let parked = g.parked.remove(key);
+                    let group = ShareGroup::new(key, filter);
+                    let mut out = Vec::new();
+                    g.topics.matching(filter, &mut out);
+                    for (m, l) in out {
+                        for (p, part) in self.partitions(&l) {
+                            let start = match &parked {
+                                None => Start::End,
+                                // Beyond the end: the topic was deleted and created
+                                // again meanwhile; all of the new one is unseen.
+                                Some(k) => k
+                                    .cursors
+                                    .iter()
+                                    .find(|(t, q, _)| *t == l && *q == p)
+                                    .filter(|c| c.2 <= part.high_watermark())
+                                    .map_or(Start::Beginning, |c| Start::At(c.2)),
+                            };
+                            group.open(l.clone(), Some(Arc::from(m.as_str())), p, part, start);
+                        }
                     }
+                    if parked.is_some() {
+                        debug!(group = key, "share group resumes from its stored positions");
+                    }
+                    g.shares.insert(key.to_string(), group.clone());
+                    let saver = self.share_saver.clone();
+                    tokio::spawn(group.clone().run(self.log.store.clone(), saver));
+                    (group, true)
                 }
-                g.shares.insert(key.to_string(), group.clone());
-                tokio::spawn(group.clone().run(self.log.store.clone()));
-                group
-            }
+            };
+            group.join(conn, tx, window);
+            (group, created)
         };
-        group.join(conn, tx, window);
+        if created {
+            self.save_share(key, true).await;
+        }
         group
     }
 
-    /// Removes `conn` from the share group `key`; the group ends with its last member.
-    pub(crate) fn share_leave(&self, conn: u64, key: &str) {
-        let mut g = self.lock();
-        let Some(group) = g.shares.get(key).cloned() else {
-            return;
-        };
-        if group.leave(conn) {
+    /// Removes `conn` from the share group `key`. The last member's leaving ends the
+    /// group's dispatcher; its positions are kept (and stored, durably, before this
+    /// returns) for `mqtt.share_group_expiry_secs`.
+    pub(crate) async fn share_leave(self: &Arc<Self>, conn: u64, key: &str) {
+        let expiry = self.config.share_group_expiry_secs;
+        let epoch = {
+            let mut g = self.lock();
+            let Some(group) = g.shares.get(key).cloned() else {
+                return;
+            };
+            if !group.leave(conn) {
+                return;
+            }
             g.shares.remove(key);
+            g.next_id += 1;
+            let epoch = g.next_id;
+            let parked = Parked {
+                cursors: group.committed(),
+                left_ms: records::now_ms().max(1) as u64,
+                epoch,
+            };
+            if expiry > 0 {
+                g.parked.insert(key.to_string(), parked);
+            }
+            epoch
+        };
+        self.save_share(key, true).await;
+        if expiry > 0 && expiry != u32::MAX {
+            let left = Duration::from_secs(u64::from(expiry));
+            self.clone()
+                .expire_share_later(key.to_string(), left, epoch);
         }
+    }
+
+    /// Writes the current positions of the share group `key` (live or parked), or
+    /// deletes them if the group is neither. Writes are ordered, and each writes the
+    /// state current when its turn comes, so a late write never stores older positions.
+    async fn save_share(&self, key: &str, durable: bool) {
+        let _turn = self.share_writes.lock().await;
+        let value = {
+            let g = self.lock();
+            match (g.shares.get(key), g.parked.get(key)) {
+                (Some(group), _) => Some(saved_group(&group.committed()).encode(0)),
+                (None, Some(p)) => Some(saved_group(&p.cursors).encode(p.left_ms)),
+                (None, None) => None,
+            }
+        };
+        let mut set = WriteSet::default();
+        match value {
+            Some(v) if self.config.share_group_expiry_secs > 0 => set.put_share_group(key, v),
+            _ => set.delete_share_group(key),
+        }
+        match self.log.store.write(set, durable).await {
+            Ok(()) => debug!(group = key, durable, "share group positions stored"),
+            Err(e) => warn!(group = key, cause = %e, "cannot store share group positions"),
+        }
+    }
+
+    /// Stores the positions of every share group with members (on a clean shutdown).
+    pub(crate) async fn save_share_groups(&self) {
+        let keys: Vec<String> = self.lock().shares.keys().cloned().collect();
+        for k in keys {
+            self.save_share(&k, true).await;
+        }
+    }
+
+    fn expire_share_later(self: Arc<Self>, key: String, left: Duration, epoch: u64) {
+        tokio::spawn(async move {
+            tokio::time::sleep(left).await;
+            let expired = {
+                let mut g = self.lock();
+                match g.parked.get(&key) {
+                    Some(p) if p.epoch == epoch => g.parked.remove(&key).is_some(),
+                    _ => false,
+                }
+            };
+            if expired {
+                info!(group = key, "share group expired");
+                self.save_share(&key, true).await;
+            }
+        });
     }
 
     pub(crate) fn unsubscribe(&self, conn: u64, filter: &str) {
@@ -679,6 +844,15 @@ fn expiry_left(expiry: u32, gone_ms: u64, now_ms: i64) -> Option<Duration> {
         g => (now_ms.max(0) as u64).saturating_sub(g),
     };
     Some(Duration::from_millis(total.saturating_sub(elapsed)))
+}
+
+fn saved_group(cursors: &[(Arc<str>, u32, u64)]) -> SavedShareGroup {
+    SavedShareGroup {
+        cursors: cursors
+            .iter()
+            .map(|(t, p, o)| (t.to_string(), *p, *o))
+            .collect(),
+    }
 }
 
 fn limits(c: &MqttConfig) -> Limits {

@@ -14,6 +14,8 @@
 //!   (`PartitionLog::register`), whoever appended (MQTT, Kafka Produce, an edge).
 //! - A persistent session is its subscriptions plus one position per cursor, stored in
 //!   the store's metadata; retained messages are stored there too and survive restarts.
+//! - A share group (`share`) is one position per matched partition, stored there too,
+//!   so a group resumes where it left off after being empty or after a restart.
 
 mod actions;
 pub(crate) mod codec;
@@ -87,6 +89,9 @@ pub struct MqttConfig {
     pub max_keep_alive_secs: u16,
     /// Cap on the session expiry interval a client may ask for.
     pub max_session_expiry_secs: u32,
+    /// How long a share group's stored positions outlive its last member (0: forgotten
+    /// when it leaves; 4294967295: kept forever).
+    pub share_group_expiry_secs: u32,
     /// A connection that sends no CONNECT within this is closed.
     pub connect_timeout_ms: u64,
     /// A connection whose socket accepts no bytes for this long is closed.
@@ -121,6 +126,7 @@ impl Default for MqttConfig {
             topic_alias_maximum: 64,
             max_keep_alive_secs: 3600,
             max_session_expiry_secs: u32::MAX,
+            share_group_expiry_secs: 86_400,
             connect_timeout_ms: 10_000,
             write_timeout_ms: 30_000,
             durable_publish: true,

@@ -1,5 +1,6 @@
 //! Encodings of what the MQTT view stores: persistent sessions (subscriptions plus one
-//! committed log position per cursor — never message copies) and retained messages
+//! committed log position per cursor — never message copies), share groups (one
+//! committed log position per partition their filter matches) and retained messages
 //! (one record in a RecordBatch, the same encoding as the log).
 
 use bytes::{Buf, BufMut, Bytes};
@@ -120,6 +121,59 @@ impl SavedSession {
     }
 }
 
+/// Format of a stored share group (the first byte; unknown formats are not decoded).
+const SHARE_FORMAT: u8 = 1;
+
+/// A share group as stored: where the group resumes when it gets a member again.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct SavedShareGroup {
+    /// `(log topic, partition, oldest offset no member has finished)`.
+    pub(crate) cursors: Vec<(String, u32, u64)>,
+}
+
+impl SavedShareGroup {
+    /// Encodes the group; `left_ms` is when its last member left (ms since the epoch; 0
+    /// while it has members), from which its expiry is counted after a restart.
+    ///
+    /// Format 1: `1u8 | left_ms u64 | count u32 | (len u32 | topic | partition u32 |
+    /// offset u64) * count`, big-endian.
+    pub(crate) fn encode(&self, left_ms: u64) -> Vec<u8> {
+        let mut b = Vec::with_capacity(13 + self.cursors.len() * 32);
+        b.put_u8(SHARE_FORMAT);
+        b.put_u64(left_ms);
+        b.put_u32(self.cursors.len() as u32);
+        for (t, p, o) in &self.cursors {
+            put_str(&mut b, t);
+            b.put_u32(*p);
+            b.put_u64(*o);
+        }
+        b
+    }
+
+    /// Decodes a stored group and the time its last member left (0: it had members).
+    /// `None` for an unknown format, truncated or trailing bytes.
+    pub(crate) fn decode(mut b: &[u8]) -> Option<(SavedShareGroup, u64)> {
+        let b = &mut b;
+        if b.remaining() < 13 || b.get_u8() != SHARE_FORMAT {
+            return None;
+        }
+        let left_ms = b.get_u64();
+        let n = b.get_u32() as usize;
+        let mut cursors = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            let t = get_str(b)?;
+            if b.remaining() < 12 {
+                return None;
+            }
+            cursors.push((t, b.get_u32(), b.get_u64()));
+        }
+        if b.has_remaining() {
+            return None;
+        }
+        Some((SavedShareGroup { cursors }, left_ms))
+    }
+}
+
 /// A retained message as stored.
 pub(crate) fn encode_retained(m: &Message) -> Result<Vec<u8>, records::RecordError> {
     Ok(records::encode(&[records::to_record(m, None)])?.to_vec())
@@ -157,9 +211,62 @@ mod tests {
         }
 
         #[test]
+        fn share_group_round_trip(cursors in proptest::collection::vec(("[a-zA-Z0-9._-]{1,40}", any::<u32>(), any::<u64>()), 0..8),
+                                  left in any::<u64>()) {
+            let g = SavedShareGroup { cursors };
+            prop_assert_eq!(SavedShareGroup::decode(&g.encode(left)), Some((g, left)));
+        }
+
+        #[test]
+        fn share_group_decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..96)) {
+            let _ = SavedShareGroup::decode(&b);
+        }
+
+        #[test]
         fn session_decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = SavedSession::decode(&b);
         }
+    }
+
+    #[test]
+    fn share_group_format_1_bytes() {
+        let g = SavedShareGroup {
+            cursors: vec![("a.b".into(), 2, 7)],
+        };
+        let mut want = vec![1u8];
+        want.extend_from_slice(&9u64.to_be_bytes());
+        want.extend_from_slice(&1u32.to_be_bytes());
+        want.extend_from_slice(&3u32.to_be_bytes());
+        want.extend_from_slice(b"a.b");
+        want.extend_from_slice(&2u32.to_be_bytes());
+        want.extend_from_slice(&7u64.to_be_bytes());
+        assert_eq!(
+            g.encode(9),
+            want,
+            "format 1 is stable: stored groups must stay readable"
+        );
+    }
+
+    #[test]
+    fn share_group_rejects_unknown_format_truncation_and_trailing_bytes() {
+        let g = SavedShareGroup {
+            cursors: vec![("t".into(), 0, 42), ("u".into(), 3, 1)],
+        };
+        let v = g.encode(5);
+        let mut other = v.clone();
+        other[0] = 2;
+        assert_eq!(SavedShareGroup::decode(&other), None, "unknown format");
+        for cut in 0..v.len() {
+            assert_eq!(
+                SavedShareGroup::decode(&v[..cut]),
+                None,
+                "truncated at {cut}"
+            );
+        }
+        let mut long = v.clone();
+        long.push(0);
+        assert_eq!(SavedShareGroup::decode(&long), None, "trailing byte");
+        assert_eq!(SavedShareGroup::decode(&v), Some((g, 5)));
     }
 
     #[test]

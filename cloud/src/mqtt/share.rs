@@ -7,14 +7,30 @@
 //! (round robin) whose window (its receive maximum) has room; every delivery stays in
 //! that member's window until the member reports it done (QoS 0: sent; QoS 1: PUBACK;
 //! QoS 2: PUBREC). A member that leaves gives its unfinished deliveries back to the group,
-//! which delivers them to another member first. A group lives while it has members; its
-//! positions are in memory (a group created again starts at the end of the log).
+//! which delivers them to another member first.
+//!
+//! Persistence (the hub stores it under the group's subscription, `persist::SavedShareGroup`):
+//! 1. A group's committed position per partition is the oldest offset no member has
+//!    finished: the cursor's next offset, lowered to any delivery still in a member's
+//!    window or waiting to be handed out again ([`ShareGroup::committed`]).
+//! 2. It is written when the group is created (before the SUBACK), at most once per
+//!    [`SAVE_EVERY`] while it moves (by the dispatcher, only if it changed: no write per
+//!    message), when the last member leaves (durably, before that connection is released),
+//!    and on a clean shutdown.
+//! 3. A group without members keeps its positions (in the hub and in the store) for
+//!    `mqtt.share_group_expiry_secs`; a member joining within that time, also after a
+//!    restart, resumes from them: what was published meanwhile is delivered.
+//! 4. So delivery is at least once: a kill redelivers what members finished after the
+//!    last write (at most [`SAVE_EVERY`] of progress), and every delivery still in a
+//!    window when the cloud stopped.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 use tracing::warn;
 
 use super::codec::{self, CodecError, Version};
@@ -29,6 +45,9 @@ use crate::storage::Store;
 
 /// Bytes read from one partition at a time.
 const READ_BYTES: usize = 256 << 10;
+
+/// A moving group's positions are written at most this often.
+pub(crate) const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// One message handed to one member.
 #[derive(Debug, Clone)]
@@ -46,6 +65,8 @@ struct Member {
 }
 
 struct GroupCursor {
+    name: Arc<str>,
+    partition: u32,
     mqtt: Option<Arc<str>>,
     log: Arc<PartitionLog>,
     next: u64,
@@ -118,7 +139,7 @@ impl ShareGroup {
         start: Start,
     ) {
         let mut st = self.lock();
-        if !st.keys.insert((log_name, partition)) {
+        if !st.keys.insert((log_name.clone(), partition)) {
             return;
         }
         let next = match start {
@@ -126,7 +147,13 @@ impl ShareGroup {
             Start::Beginning => log.log_start(),
             Start::At(o) => o,
         };
-        st.cursors.push(GroupCursor { mqtt, log, next });
+        st.cursors.push(GroupCursor {
+            name: log_name,
+            partition,
+            mqtt,
+            log,
+            next,
+        });
         drop(st);
         self.wake.notify_one();
     }
@@ -177,6 +204,25 @@ impl ShareGroup {
         }
         drop(st);
         self.wake.notify_one();
+    }
+
+    /// Where a group restarted now must deliver from: per cursor `(log topic, partition,
+    /// oldest offset no member finished)`.
+    pub(crate) fn committed(&self) -> Vec<(Arc<str>, u32, u64)> {
+        let st = self.lock();
+        let mut pos: Vec<u64> = st.cursors.iter().map(|c| c.next).collect();
+        let unfinished = st.members.iter().flat_map(|m| m.inflight.keys().copied());
+        let again = st.redeliver.iter().map(|d| (d.cursor, d.offset));
+        for (ci, offset) in unfinished.chain(again) {
+            if let Some(p) = pos.get_mut(ci) {
+                *p = (*p).min(offset);
+            }
+        }
+        st.cursors
+            .iter()
+            .zip(pos)
+            .map(|(c, p)| (c.name.clone(), c.partition, p))
+            .collect()
     }
 
     /// Hands out what the members have room for.
@@ -239,8 +285,16 @@ impl ShareGroup {
         let _ = m.tx.send(Event::Shared(self.clone(), d));
     }
 
-    /// The group's dispatcher: runs until the last member leaves.
-    pub(crate) async fn run(self: Arc<Self>, store: Arc<Store>) {
+    /// The group's dispatcher: runs until the last member leaves. After activity (an
+    /// append, an ack, a member change) it asks `saver` to store the group's positions
+    /// [`SAVE_EVERY`] later if they changed meanwhile.
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        store: Arc<Store>,
+        saver: mpsc::UnboundedSender<String>,
+    ) {
+        let mut saved = self.committed();
+        let mut due: Option<Instant> = None;
         loop {
             let appended = Arc::new(Notify::new());
             {
@@ -253,11 +307,30 @@ impl ShareGroup {
                 }
             }
             self.dispatch(&store);
-            tokio::select! {
-                _ = appended.notified() => {}
-                _ = self.wake.notified() => {}
+            let activity = tokio::select! {
+                _ = appended.notified() => true,
+                _ = self.wake.notified() => true,
+                _ = sleep_until(due) => false,
+            };
+            if activity {
+                due.get_or_insert_with(|| Instant::now() + SAVE_EVERY);
+            }
+            if due.is_some_and(|d| d <= Instant::now()) {
+                due = None;
+                let now = self.committed();
+                if now != saved {
+                    saved = now;
+                    let _ = saver.send(self.key.clone());
+                }
             }
         }
+    }
+}
+
+async fn sleep_until(d: Option<Instant>) {
+    match d {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -11,6 +11,7 @@
 //!   `b'R' | topic name`                               -> retained message (opaque bytes)
 //!   `b'S' | client id`                                -> persistent session (opaque bytes)
 //!   `b'A' | log topic name`                           -> original name of a hashed topic
+//!   `b'G' | share subscription (`$share/<group>/<filter>`) -> share group positions (opaque)
 
 pub(crate) const LOG_KEY_LEN: usize = 16;
 
@@ -109,10 +110,12 @@ pub(crate) fn counter_key(name: &str) -> Vec<u8> {
     k
 }
 
-/// Prefixes of the named-value families (retained messages, sessions, topic aliases).
+/// Prefixes of the named-value families (retained messages, sessions, topic aliases,
+/// share groups).
 pub(crate) const RETAINED: u8 = b'R';
 pub(crate) const SESSION: u8 = b'S';
 pub(crate) const TOPIC_ALIAS: u8 = b'A';
+pub(crate) const SHARE_GROUP: u8 = b'G';
 
 pub(crate) fn named_key(prefix: u8, name: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + name.len());

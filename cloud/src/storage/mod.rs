@@ -214,6 +214,19 @@ impl WriteSet {
             .push(Op::DeleteMeta(keys::named_key(keys::SESSION, client_id)));
     }
 
+    /// Stores the positions of a share group (opaque bytes chosen by the caller), keyed
+    /// by its subscription `$share/<group>/<filter>`.
+    pub fn put_share_group(&mut self, key: &str, v: Vec<u8>) {
+        self.bytes += v.len() + key.len();
+        self.ops
+            .push(Op::PutMeta(keys::named_key(keys::SHARE_GROUP, key), v));
+    }
+
+    pub fn delete_share_group(&mut self, key: &str) {
+        self.ops
+            .push(Op::DeleteMeta(keys::named_key(keys::SHARE_GROUP, key)));
+    }
+
     /// Records the original name behind a log topic name that cannot carry it (hashed).
     pub fn put_topic_alias(&mut self, log_topic: &str, original: &str) {
         self.bytes += log_topic.len() + original.len();
@@ -377,6 +390,11 @@ impl Store {
     /// Every persistent session: `(client id, value)`.
     pub fn sessions(&self) -> Result<Vec<(String, Vec<u8>)>, Error> {
         self.named(keys::SESSION)
+    }
+
+    /// Every stored share group: `(subscription, value)`.
+    pub fn share_groups(&self) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        self.named(keys::SHARE_GROUP)
     }
 
     /// Every topic alias: `(log topic name, original name)`.

@@ -130,3 +130,29 @@ fn delete_log_before_keeps_later_entries() {
     });
     assert_eq!(s.log_first(1, 0).expect("first").map(|e| e.0), Some(20));
 }
+
+#[test]
+fn share_groups_are_their_own_key_space_and_survive_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let s = Store::open(dir.path(), SyncPolicy::Group).expect("open");
+        rt().block_on(async {
+            let mut w = WriteSet::default();
+            w.put_share_group("$share/g/a/#", b"one".to_vec());
+            w.put_share_group("$share/h/b", b"two".to_vec());
+            w.put_session("c1", b"session".to_vec());
+            w.put_retained("a/b", b"retained".to_vec());
+            s.write(w, true).await.expect("write");
+            let mut w = WriteSet::default();
+            w.delete_share_group("$share/h/b");
+            s.write(w, true).await.expect("delete");
+        });
+    }
+    let s = Store::open(dir.path(), SyncPolicy::Group).expect("reopen");
+    assert_eq!(
+        s.share_groups().expect("groups"),
+        vec![("$share/g/a/#".to_string(), b"one".to_vec())]
+    );
+    assert_eq!(s.sessions().expect("sessions").len(), 1);
+    assert_eq!(s.retained().expect("retained").len(), 1);
+}
