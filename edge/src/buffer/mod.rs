@@ -156,6 +156,9 @@ pub struct Stats {
     pub corrupt: AtomicU64,
     /// Group commits (fsyncs).
     pub commits: AtomicU64,
+    /// Batches whose index entry the last open rebuilt from the file (committed after
+    /// sled's last flush).
+    pub recovered: AtomicU64,
 }
 
 /// A point-in-time view of the backlog.
@@ -223,6 +226,8 @@ struct State {
     live_from: Option<u64>,
     shutdown: bool,
     failed: Option<String>,
+    /// The committer waits for work (appends wake it only then).
+    committer_idle: bool,
 }
 
 struct Inner {
@@ -233,7 +238,13 @@ struct Inner {
     meta: sled::Tree,
     cfg: BufferConfig,
     state: Mutex<State>,
+    /// Space freed, open batches taken by the committer, shutdown: wakes appends waiting
+    /// for space (`block`) or for the committer (memory bound).
     changed: Condvar,
+    /// Wakes the committer: records to commit (`sync: always` or a full batch), shutdown.
+    work: Condvar,
+    /// A group commit finished (or failed), shutdown: wakes [`Buffer::wait_durable`].
+    durable: Condvar,
     stats: Stats,
     /// Serialises group commits so `committed_gen` only covers flushed records.
     commit_lock: Mutex<()>,
@@ -269,12 +280,24 @@ impl Inner {
             .max(1 << 20)
     }
 
-    /// Deletes a batch: index entry first, then its file (a crash in between leaves an
-    /// orphan file that the next open removes).
+    /// Deletes a batch: index entry removed and flushed, then its file unlinked (a crash
+    /// in between leaves an orphan file that the next open removes; unlinking first would
+    /// leave an index entry without its file, counted as corrupt at open).
     fn delete_batch(&self, key: u64) -> Result<(), Error> {
         self.records.remove(key.to_be_bytes())?;
+        files::note(&self.files, files::Step::Removed(key));
+        self.records.flush()?;
+        files::note(&self.files, files::Step::Flushed);
         files::remove(&self.files, key)?;
         Ok(())
+    }
+
+    /// Wakes the committer if it waits for work.
+    fn wake_committer(&self, s: &mut State) {
+        if s.committer_idle {
+            s.committer_idle = false;
+            self.work.notify_one();
+        }
     }
 
     /// Hands a drained batch (already out of the state) to the reaper; deletes it here if
@@ -315,6 +338,7 @@ impl Buffer {
             ),
             None => 0,
         };
+        let flushed_next_seq = next_seq;
         let live_from = match meta.get(uplink::LIVE_FROM)? {
             Some(v) => Some(u64::from_be_bytes(
                 v.as_ref()
@@ -352,12 +376,38 @@ impl Buffer {
             live_records += u64::from(index.count);
             batches.insert(key, BatchInfo::of(&index));
         }
-        // Files without an index entry were written by a commit that never completed.
+        // A file without an index entry is either a batch committed after sled's last
+        // flush (its key is at or above the flushed `next_seq`: the index entries of a
+        // commit are written before its `next_seq`, sled recovers a prefix of its writes)
+        // or one whose deletion was flushed before the unlink (key below it).
+        let mut recovered = sled::Batch::default();
         for key in files::list(&files_dir)? {
-            if !batches.contains_key(&key) {
-                files::remove(&files_dir, key)?;
+            if batches.contains_key(&key) {
+                continue;
             }
+            let index = (key >= flushed_next_seq)
+                .then(|| files::recover(&files_dir, key))
+                .flatten();
+            let Some(index) = index else {
+                files::remove(&files_dir, key)?;
+                continue;
+            };
+            tracing::info!(
+                batch = key,
+                records = index.count,
+                "buffer batch recovered from its file"
+            );
+            stats.recovered.fetch_add(1, Ordering::Relaxed);
+            recovered.insert(&key.to_be_bytes(), &index.encode());
+            next_seq = next_seq.max(index.last_seq + 1);
+            by_priority.entry(index.priority).or_default().insert(key);
+            stored_bytes += index.bytes;
+            live_records += u64::from(index.count);
+            batches.insert(key, BatchInfo::of(&index));
         }
+        records.apply_batch(recovered)?;
+        meta.insert(NEXT_SEQ, &next_seq.to_be_bytes())?;
+        db.flush()?;
         let state = State {
             next_seq,
             open: BTreeMap::new(),
@@ -373,6 +423,7 @@ impl Buffer {
             live_from,
             shutdown: false,
             failed: None,
+            committer_idle: false,
         };
         let (reap_tx, reap_rx) = std::sync::mpsc::channel();
         let (reap_tree, reap_dir) = (records.clone(), files_dir.clone());
@@ -389,6 +440,8 @@ impl Buffer {
             cfg,
             state: Mutex::new(state),
             changed: Condvar::new(),
+            work: Condvar::new(),
+            durable: Condvar::new(),
             stats,
             commit_lock: Mutex::new(()),
             on_commit: Arc::new(tokio::sync::Notify::new()),
@@ -451,22 +504,47 @@ impl Buffer {
     }
 
     /// Appends a record (its `seq` is assigned here). May block under `full_policy: block`.
-    pub fn append(&self, mut rec: Record) -> Result<Appended, Error> {
+    pub fn append(&self, rec: Record) -> Result<Appended, Error> {
+        self.append_locked(self.inner.lock(), rec).1
+    }
+
+    /// Appends records in order under one lock (one call per MQTT read), pushing one
+    /// [`Appended`] per record to `out`. May block under `full_policy: block`.
+    pub fn append_all(
+        &self,
+        recs: impl IntoIterator<Item = Record>,
+        out: &mut Vec<Appended>,
+    ) -> Result<(), Error> {
+        let mut s = self.inner.lock();
+        for rec in recs {
+            let (guard, result) = self.append_locked(s, rec);
+            s = guard;
+            out.push(result?);
+        }
+        Ok(())
+    }
+
+    /// One append under the state lock (given back, as waiting releases it).
+    fn append_locked<'a>(
+        &'a self,
+        mut s: MutexGuard<'a, State>,
+        mut rec: Record,
+    ) -> (MutexGuard<'a, State>, Result<Appended, Error>) {
         let inner = &self.inner;
         let size = rec.encoded_len() as u64 + 8;
         let quota = inner.cfg.quota_bytes;
-        let mut s = inner.lock();
         if size > quota {
             inner.stats.dropped[2].fetch_add(1, Ordering::Relaxed);
             tracing::warn!(topic = %rec.topic, size, "record larger than the buffer quota dropped");
-            return Ok(Appended::Dropped);
+            return (s, Ok(Appended::Dropped));
         }
         while s.stored_bytes + s.open_bytes + size > quota {
             if s.shutdown {
-                return Err(Error::Closed);
+                return (s, Err(Error::Closed));
             }
             let victim = match inner.cfg.full_policy {
                 FullPolicy::Block => {
+                    inner.wake_committer(&mut s);
                     s = inner.changed.wait(s).unwrap_or_else(|p| p.into_inner());
                     continue;
                 }
@@ -479,18 +557,21 @@ impl Buffer {
             match victim {
                 Some(key) => {
                     let info = remove_batch(&mut s, key);
-                    inner.delete_batch(key)?;
+                    // Index removal flushed before the unlink, off this lock (the reaper).
+                    if let Err(e) = inner.reap(key) {
+                        return (s, Err(e));
+                    }
                     inner.stats.dropped[reason].fetch_add(u64::from(info.live), Ordering::Relaxed);
                 }
                 None => {
                     inner.stats.dropped[reason].fetch_add(1, Ordering::Relaxed);
-                    return Ok(Appended::Dropped);
+                    return (s, Ok(Appended::Dropped));
                 }
             }
         }
         // Backpressure: at most a few batches wait in memory for the committer.
         while s.open_bytes >= inner.open_limit() && !s.shutdown {
-            inner.changed.notify_all();
+            inner.wake_committer(&mut s);
             s = inner.changed.wait(s).unwrap_or_else(|p| p.into_inner());
         }
         rec.seq = s.next_seq;
@@ -507,11 +588,10 @@ impl Buffer {
         s.open_bytes += size;
         s.gen += 1;
         let gen = s.gen;
-        drop(s);
         if full || inner.cfg.sync == SyncPolicy::Always {
-            inner.changed.notify_all();
+            inner.wake_committer(&mut s);
         }
-        Ok(Appended::Stored(gen))
+        (s, Ok(Appended::Stored(gen)))
     }
 
     /// Waits until the append with generation `gen` is committed and flushed.
@@ -527,7 +607,7 @@ impl Buffer {
             }
             s = self
                 .inner
-                .changed
+                .durable
                 .wait(s)
                 .unwrap_or_else(|p| p.into_inner());
         }
@@ -565,6 +645,8 @@ impl Buffer {
     fn stop(&self) {
         self.inner.lock().shutdown = true;
         self.inner.changed.notify_all();
+        self.inner.work.notify_all();
+        self.inner.durable.notify_all();
         let handle = self
             .committer
             .lock()
@@ -622,12 +704,14 @@ fn reap_loop(records: &sled::Tree, dir: &std::path::Path, rx: &std::sync::mpsc::
         let mut batch = sled::Batch::default();
         for k in &keys {
             batch.remove(&k.to_be_bytes());
+            files::note(dir, files::Step::Removed(*k));
         }
         match records
             .apply_batch(batch)
             .and_then(|()| records.flush().map(drop))
         {
             Ok(()) => {
+                files::note(dir, files::Step::Flushed);
                 for k in keys {
                     if let Err(e) = files::remove(dir, k) {
                         tracing::error!(batch = k, cause = %e, "removing a drained batch file failed");
