@@ -38,11 +38,11 @@ pub(super) fn path(dir: &Path, key: u64) -> PathBuf {
     dir.join(format!("{key:020}.batch"))
 }
 
-/// Writes and fsyncs a batch file.
-pub(super) fn write(dir: &Path, key: u64, bytes: &[u8]) -> io::Result<()> {
+/// Writes a batch file (the caller fsyncs it, see `commit`).
+pub(super) fn write(dir: &Path, key: u64, bytes: &[u8]) -> io::Result<File> {
     let mut f = File::create(path(dir, key))?;
     f.write_all(bytes)?;
-    f.sync_data()
+    Ok(f)
 }
 
 /// Makes new directory entries durable.

@@ -211,6 +211,8 @@ struct State {
     next_seq: u64,
     open: BTreeMap<u8, Open>,
     open_bytes: u64,
+    /// Bytes of batch files written but not yet fsynced and indexed (`sync: interval`).
+    staged_bytes: u64,
     gen: u64,
     committed_gen: u64,
     batches: BTreeMap<u64, BatchInfo>,
@@ -247,7 +249,7 @@ struct Inner {
     durable: Condvar,
     stats: Stats,
     /// Serialises group commits so `committed_gen` only covers flushed records.
-    commit_lock: Mutex<()>,
+    commit_lock: Mutex<Vec<commit::Staged>>,
     /// Wakes the replicator after each commit.
     on_commit: Arc<tokio::sync::Notify>,
     /// Drained batches for the reaper thread to delete (index entry, then file), so the
@@ -271,6 +273,13 @@ pub struct Buffer {
 }
 
 const NEXT_SEQ: &[u8] = b"next_seq";
+
+impl State {
+    /// Bytes counted against the quota: committed, staged and open batches.
+    fn used_bytes(&self) -> u64 {
+        self.stored_bytes + self.staged_bytes + self.open_bytes
+    }
+}
 
 impl Inner {
     /// Open (uncommitted) bytes above which appends wait for the committer.
@@ -412,6 +421,7 @@ impl Buffer {
             next_seq,
             open: BTreeMap::new(),
             open_bytes: 0,
+            staged_bytes: 0,
             gen: 0,
             committed_gen: 0,
             batches,
@@ -443,7 +453,7 @@ impl Buffer {
             work: Condvar::new(),
             durable: Condvar::new(),
             stats,
-            commit_lock: Mutex::new(()),
+            commit_lock: Mutex::new(Vec::new()),
             on_commit: Arc::new(tokio::sync::Notify::new()),
         });
         let worker = inner.clone();
@@ -469,7 +479,7 @@ impl Buffer {
         let s = self.inner.lock();
         s.open_bytes >= self.inner.open_limit()
             || (self.inner.cfg.full_policy == FullPolicy::Block
-                && s.stored_bytes + s.open_bytes >= self.inner.cfg.quota_bytes)
+                && s.used_bytes() >= self.inner.cfg.quota_bytes)
     }
 
     /// Notified after every group commit (and release), for the replicator.
@@ -495,7 +505,7 @@ impl Buffer {
         let oldest_stored = s.batches.values().map(|b| b.first_recv_ms).min();
         Snapshot {
             records: s.live_records + open_records + s.committing,
-            bytes: s.stored_bytes + s.open_bytes,
+            bytes: s.used_bytes(),
             oldest_recv_ms: match (oldest_open, oldest_stored) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -538,7 +548,7 @@ impl Buffer {
             tracing::warn!(topic = %rec.topic, size, "record larger than the buffer quota dropped");
             return (s, Ok(Appended::Dropped));
         }
-        while s.stored_bytes + s.open_bytes + size > quota {
+        while s.used_bytes() + size > quota {
             if s.shutdown {
                 return (s, Err(Error::Closed));
             }

@@ -451,6 +451,37 @@ fn kill_after_eviction_counts_nothing_corrupt() {
     assert_eq!(all_ids(&back), [2]);
 }
 
+/// `sync: interval`: a full batch is written at once (memory freed) but fsynced and made
+/// visible to the replicator only at the next sync, together with the others.
+#[test]
+fn interval_writes_full_batches_and_syncs_them_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path(), u64::MAX, FullPolicy::Block);
+    c.batch_max_bytes = 1_000;
+    let buf = Buffer::open(c).unwrap();
+    for i in 0..10 {
+        buf.append(rec(i, 0, 400)).unwrap();
+    }
+    let batches = dir.path().join("batches");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while files::list(&batches).unwrap().len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "full batches not written"
+        );
+        std::thread::yield_now();
+    }
+    assert!(
+        buf.read(None, usize::MAX).unwrap().is_empty(),
+        "not synced yet"
+    );
+    assert_eq!(buf.snapshot().records, 10);
+    assert_eq!(buf.stats().commits.load(Ordering::Relaxed), 0);
+    buf.commit().unwrap();
+    assert_eq!(all_ids(&buf), (0..10).collect::<Vec<_>>());
+    assert_eq!(buf.stats().commits.load(Ordering::Relaxed), 1);
+}
+
 fn rss_mb() -> f64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
     let l = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
