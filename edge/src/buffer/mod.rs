@@ -11,10 +11,12 @@
 //!   because sled 0.34 keeps large values resident whatever its `cache_capacity`
 //!   (measured here: 6,000 x 64 KB values -> 307 MB RSS; with files: 7 MB), and because
 //!   unlinking a drained file returns its space at once (sled's FIFO space amplification
-//!   is design.md section 6).
+//!   is design.md section 6). A batch file is self-describing (every record carries its
+//!   sequence, priority and receive time under its CRC), so its index entry can be
+//!   rebuilt from it.
 //! - sled tree `records`: key = the batch key (u64, big-endian), value = a 29-byte index
 //!   entry (file length, record count, priority, first receive time, last sequence), so
-//!   opening the buffer never reads the files.
+//!   opening the buffer reads only the files committed after sled's last flush.
 //! - sled tree `meta`: `next_seq` (the sequence counter; sequences are never wall-clock)
 //!   and the uplink state owned by the replicator ([`uplink`]): the idempotent producer
 //!   id/epoch, per partition the next producer sequence and the highest acknowledged
@@ -29,16 +31,23 @@
 //!    joins the open in-memory batch of its priority class. Nothing is on disk yet. At
 //!    most `4 x batch_max_bytes` (at least 1 MiB) wait in memory; further appends wait
 //!    for the committer (memory stays bounded whatever the ingest rate).
-//! 2. The committer thread cuts the open batches (at `batch_max_bytes`) on every append
-//!    (`sync: always`), every `sync_interval` or when a batch is full (`sync: interval`):
-//!    it writes each batch file and fsyncs it, fsyncs the directory, inserts the index
-//!    entries and `next_seq` into sled and calls `Db::flush` (sled's fsync). That is the
-//!    group commit: one round of fsyncs for all records that arrived meanwhile.
-//! 3. After the flush returns, the committed generation advances and waiters wake. With
-//!    `sync: always` the ingest withholds the MQTT PUBACK of a QoS 1/2 publish until this
-//!    point, so **an acknowledged QoS 1/2 publish survives a process kill and a power cut**.
-//!    With `sync: interval` the PUBACK goes out at step 1, and a kill or power cut loses
-//!    the acknowledged records of at most the last interval.
+//! 2. The committer thread cuts the open batches (at `batch_max_bytes`) into batch files.
+//!    With `sync: always` it does so as soon as records arrive and then, in the same
+//!    round, fsyncs every file (`fdatasync`) and the directory, then inserts the index
+//!    entries and `next_seq` into sled **without** flushing sled. That is the group
+//!    commit: one round of fsyncs (each new file, then the directory) for all records
+//!    that arrived meanwhile. With `sync: interval` a batch that fills up is written at
+//!    once (no fsync; not yet visible to the replicator) and every `sync_interval` (or
+//!    after 128 such files) all written files are fsynced, the directory fsynced and
+//!    the files indexed together. sled itself is flushed at most once a second by the
+//!    committer (and by every step below that flushes); an index entry lost with sled's
+//!    unflushed writes is rebuilt at open from its file (see below).
+//! 3. After the directory fsync returns, the committed generation advances and waiters
+//!    wake. With `sync: always` the ingest withholds the MQTT PUBACK of a QoS 1/2 publish
+//!    until this point, so **an acknowledged QoS 1/2 publish survives a process kill and
+//!    a power cut**. With `sync: interval` the PUBACK goes out at step 1, and a kill or
+//!    power cut loses the acknowledged records of at most the last interval (a kill
+//!    usually loses only the open batches: written files are recovered at open).
 //! 4. The replicator reads batches in key order, assigns per-partition producer sequences
 //!    and persists an in-flight descriptor, flushed *before* sending, so a restarted edge
 //!    re-sends exactly the same batches and the broker's idempotence drops duplicates.
@@ -50,11 +59,17 @@
 //!    unlinked. A crash before that flush replays records that the acknowledged-sequence
 //!    watermark (or the broker's idempotence) then skips.
 //!
-//! What survives a crash: every batch flushed at step 2, the producer state and every
+//! What survives a crash: every batch fsynced at step 2, the producer state and every
 //! descriptor. What is lost: open batches (step 1). At open, a file without an index entry
-//! (a commit cut short) is removed; an index entry whose file is missing or truncated is
-//! removed and counted as corrupt; a record whose CRC fails is skipped and counted when
-//! read; none of these stops the edge.
+//! is recovered if its key is at or above the flushed `next_seq` (a commit whose index
+//! entries sled had not flushed; a commit writes its index entries before `next_seq` and
+//! sled recovers a prefix of its writes, so such a key cannot belong to a deleted batch)
+//! and every record in it reads back intact, and removed otherwise (a commit cut short,
+//! or a deletion whose index removal was flushed before the kill hit the unlink). Every
+//! deletion (drained batch, quota eviction, unreadable batch) removes the index entry,
+//! flushes sled, then unlinks the file, so an index entry whose file is missing or
+//! truncated is real damage: removed and counted as corrupt; a record whose CRC fails is
+//! skipped and counted when read; none of these stops the edge.
 //!
 //! # Quota
 //!
@@ -63,7 +78,9 @@
 //! batch of the lowest class not above the new record's class, `drop_newest` evicts the
 //! newest batch of a class strictly below it, else refuses the new record; `block` makes
 //! the append wait for the replicator to free space. Batches the replicator already read
-//! are never evicted. Every dropped record is counted by reason.
+//! are never evicted. Every dropped record is counted by reason. An evicted batch leaves
+//! the quota at once; its file is deleted by the `buffer-reap` thread (index removal,
+//! flush, unlink), off the append path.
 
 mod commit;
 mod files;
@@ -624,7 +641,8 @@ impl Buffer {
         Ok(())
     }
 
-    /// Commits the open batches now and waits for the flush.
+    /// Commits the open (and written, `sync: interval`) batches now: returns once they are
+    /// fsynced and indexed.
     pub fn commit(&self) -> Result<(), Error> {
         commit_once(&self.inner, true)?;
         Ok(())
