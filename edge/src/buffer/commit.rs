@@ -77,18 +77,25 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
         return Ok(false);
     }
     let done = std::mem::take(&mut *staged);
-    let mut sled_batch = sled::Batch::default();
-    let mut max_seq = 0;
-    for f in &done {
-        sled_batch.insert(&f.key.to_be_bytes(), &f.index.encode());
-        max_seq = max_seq.max(f.max_seq);
-    }
+    let max_seq = done.iter().map(|f| f.max_seq).max().unwrap_or(0);
     let result = done
         .iter()
         .try_for_each(|f| f.file.sync_data())
         .and_then(|()| files::sync_dir(&inner.files))
         .map_err(Error::from)
-        .and_then(|()| inner.records.apply_batch(sled_batch).map_err(Error::from))
+        .and_then(|()| {
+            // Plain inserts, not a `sled::Batch`: sled writes out and syncs its log
+            // buffer around every batch (two `sync_file_range` per commit), and the
+            // index entries need no atomicity (each stands alone; recovery at open
+            // rebuilds any lost one).
+            done.iter().try_for_each(|f| {
+                inner
+                    .records
+                    .insert(f.key.to_be_bytes(), &f.index.encode())
+                    .map(drop)
+                    .map_err(Error::from)
+            })
+        })
         .and_then(|()| {
             inner
                 .meta
