@@ -8,8 +8,8 @@
 //! to the router:
 //!
 //! 1. on the first decode call after bytes arrive, it decodes *every* complete frame in
-//!    the read buffer, appends each uplink publish to the buffer (one sequence each) and
-//!    queues the packets;
+//!    the read buffer, queues the packets, and appends the uplink publishes to the buffer
+//!    in one call (one sequence each, one lock for the whole read);
 //! 2. with `sync: always`, if any of them was QoS 1/2, it waits (outside the async
 //!    executor, `block_in_place`) until the group commit covering them is flushed;
 //! 3. only then does it return the packets to rumqttd, whose router appends them and
@@ -72,6 +72,11 @@ pub struct Ingest<P> {
     aliases: HashMap<u16, Bytes>,
     ahead: VecDeque<Packet>,
     inbox: Inbox,
+    /// Records of the current read, appended together.
+    pending: Vec<Record>,
+    /// QoS and payload length of each pending record.
+    pending_meta: Vec<(u8, u64)>,
+    appended: Vec<Appended>,
 }
 
 impl<P: Clone> Clone for Ingest<P> {
@@ -137,6 +142,9 @@ impl<P> Ingest<P> {
             aliases: HashMap::new(),
             ahead: VecDeque::new(),
             inbox: Inbox::default(),
+            pending: Vec::new(),
+            pending_meta: Vec::new(),
+            appended: Vec::new(),
         }
     }
 
@@ -156,13 +164,14 @@ impl<P> Ingest<P> {
         self.client_id = Some(id);
     }
 
-    /// Buffers one publish if it goes up; returns the commit generation to wait for.
+    /// Queues one publish for the buffer if it goes up (see [`Ingest::append_pending`]).
     fn ingest(
         &mut self,
         publish: &mut Publish,
         props: &Option<PublishProperties>,
         qos: u8,
-    ) -> Result<Option<u64>, ProtoError> {
+        recv_ms: &mut Option<i64>,
+    ) {
         if let Some(alias) = props.as_ref().and_then(|p| p.topic_alias) {
             if publish.topic.is_empty() {
                 if let Some(t) = self.aliases.get(&alias) {
@@ -173,20 +182,33 @@ impl<P> Ingest<P> {
             }
         }
         let Ok(topic) = std::str::from_utf8(&publish.topic) else {
-            return Ok(None);
+            return;
         };
         if topic.is_empty() || topic.contains(['+', '#']) {
-            return Ok(None);
+            return;
         }
         let Some(priority) = self.ctx.uplink.priority(topic) else {
-            return Ok(None);
+            return;
         };
-        let recv_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        let p = props.clone().unwrap_or_default();
-        let rec = Record {
+        // One receive time per read: these frames arrived together.
+        let recv_ms = *recv_ms.get_or_insert_with(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0)
+        });
+        let props = match props {
+            Some(p) => Props {
+                content_type: p.content_type.clone(),
+                payload_format: p.payload_format_indicator,
+                response_topic: p.response_topic.clone(),
+                correlation_data: p.correlation_data.clone(),
+                user: p.user_properties.clone(),
+            },
+            None => Props::default(),
+        };
+        self.pending_meta.push((qos, publish.payload.len() as u64));
+        self.pending.push(Record {
             seq: 0,
             recv_ms,
             clock_synced: self.ctx.clock_synced.load(Ordering::Relaxed),
@@ -198,33 +220,40 @@ impl<P> Ingest<P> {
                 KeyMode::ClientId => self.client_id.clone(),
                 KeyMode::None => None,
             },
-            props: Props {
-                content_type: p.content_type,
-                payload_format: p.payload_format_indicator,
-                response_topic: p.response_topic,
-                correlation_data: p.correlation_data,
-                user: p.user_properties,
-            },
+            props,
             payload: publish.payload.clone(),
-        };
-        let bytes = rec.payload.len() as u64;
+        });
+    }
+
+    /// Appends the queued records of this read to the buffer in one call; returns the
+    /// commit generation a QoS 1/2 PUBACK must wait for.
+    fn append_pending(&mut self) -> Result<Option<u64>, ProtoError> {
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
         let buffer = &self.ctx.buffer;
+        let (recs, out) = (&mut self.pending, &mut self.appended);
+        out.clear();
         let result = if self.ctx.full_policy == FullPolicy::Block || buffer.congested() {
-            tokio::task::block_in_place(|| buffer.append(rec))
+            tokio::task::block_in_place(|| buffer.append_all(recs.drain(..), out))
         } else {
-            buffer.append(rec)
+            buffer.append_all(recs.drain(..), out)
         };
-        match result {
-            Ok(Appended::Stored(gen)) => {
+        if let Err(e) = result {
+            tracing::error!(cause = %e, "buffer append failed, closing connection");
+            self.pending_meta.clear();
+            return Err(ProtoError::InvalidProtocol);
+        }
+        let mut wait_gen = None;
+        for (a, (qos, bytes)) in out.iter().zip(self.pending_meta.drain(..)) {
+            if let Appended::Stored(gen) = a {
                 self.ctx.metrics.ingested(bytes);
-                Ok(Some(gen))
-            }
-            Ok(Appended::Dropped) => Ok(None),
-            Err(e) => {
-                tracing::error!(cause = %e, "buffer append failed, closing connection");
-                Err(ProtoError::InvalidProtocol)
+                if qos > 0 {
+                    wait_gen = wait_gen.max(Some(*gen));
+                }
             }
         }
+        Ok(wait_gen)
     }
 }
 
@@ -233,7 +262,7 @@ impl<P: Protocol> Protocol for Ingest<P> {
         if let Some(p) = self.ahead.pop_front() {
             return Ok(p);
         }
-        let mut wait_gen = None;
+        let mut recv_ms = None;
         let stop = loop {
             let (qos, pkid) = publish_header(stream).unwrap_or((0, None));
             match self.inner.read_mut(stream, max_size) {
@@ -250,10 +279,7 @@ impl<P: Protocol> Protocol for Ingest<P> {
                         continue;
                     }
                     if verdict == Verdict::New {
-                        let gen = self.ingest(&mut publish, &props, qos)?;
-                        if qos > 0 {
-                            wait_gen = wait_gen.max(gen);
-                        }
+                        self.ingest(&mut publish, &props, qos, &mut recv_ms);
                     }
                     self.ahead.push_back(Packet::Publish(publish, props));
                 }
@@ -269,6 +295,13 @@ impl<P: Protocol> Protocol for Ingest<P> {
                     self.ahead.push_back(packet);
                 }
                 Err(e) => break e,
+            }
+        };
+        let wait_gen = match self.append_pending() {
+            Ok(g) => g,
+            Err(e) => {
+                self.ahead.clear();
+                return Err(e);
             }
         };
         if let Some(gen) = wait_gen {

@@ -1,37 +1,162 @@
-//! The group committer: cuts open batches into batch files, indexes them in sled and
-//! flushes (durability step 2 in the module docs).
+//! The group committer: cuts open batches into batch files, fsyncs them and their
+//! directory, then indexes them in sled (durability step 2 in the module docs). sled is
+//! flushed at most every [`SLED_FLUSH_EVERY`], not per commit: a batch file is
+//! self-describing, so an index entry lost in a crash is rebuilt from its file at open.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::{files, record, BatchInfo, Error, Index, Inner, SyncPolicy, NEXT_SEQ};
 
-/// Writes the open batches as files, indexes them in sled and flushes. Returns whether anything was written.
+/// How often the committer flushes sled (index entries, `next_seq`) while committing.
+pub(super) const SLED_FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// Staged files that force a sync before the interval ends (bounds open file handles and
+/// unsynced bytes: 128 x `batch_max_bytes`).
+const MAX_STAGED: usize = 128;
+
+/// A batch file written but not yet fsynced nor indexed (`sync: interval`: a batch
+/// that filled up between two ticks). Its records count as `committing`, its bytes as
+/// `staged_bytes`; it is invisible to the replicator until the next sync.
+pub(super) struct Staged {
+    file: std::fs::File,
+    key: u64,
+    index: Index,
+    /// Its records' gen at the cut (all records of the cut have a gen at most this).
+    gen: u64,
+    max_seq: u64,
+}
+
+/// Cuts the open batches into batch files and writes them; then, when `force` or with
+/// `sync: always`, fsyncs every file written so far, fsyncs the directory and indexes
+/// them in sled, unflushed (durability step 2). With `sync: interval` a full batch is
+/// only written (memory freed, no fsync) until the next tick. Returns whether anything
+/// was made durable.
 pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
-    let _serial = inner.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+    let mut staged = inner.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+    let sync = force || inner.cfg.sync == SyncPolicy::Always || staged.len() >= MAX_STAGED;
     let (batches, gen, boundary) = {
         let mut s = inner.lock();
-        if s.open.is_empty() {
-            s.committed_gen = s.committed_gen.max(s.gen);
-            drop(s);
-            inner.changed.notify_all();
+        if s.open.is_empty() && (staged.is_empty() || !sync) {
+            if staged.is_empty() {
+                s.committed_gen = s.committed_gen.max(s.gen);
+                drop(s);
+                inner.durable.notify_all();
+            }
             return Ok(false);
         }
         let full = s.open_bytes >= inner.cfg.batch_max_bytes as u64;
-        if !force && !full && inner.cfg.sync != SyncPolicy::Always {
+        if !sync && !full {
             return Ok(false);
         }
         let open = std::mem::take(&mut s.open);
-        s.committing = open.values().map(|o| o.records.len() as u64).sum();
+        s.committing += open.values().map(|o| o.records.len() as u64).sum::<u64>();
         (open, s.gen, s.live_from)
     };
-    let mut sled_batch = sled::Batch::default();
-    let mut infos = Vec::with_capacity(batches.len());
-    let mut files = Vec::with_capacity(batches.len());
-    let mut max_seq = 0;
+    let cut = write_batches(inner, &batches, gen, boundary);
+    drop(batches);
+    {
+        // Written (or failed): the records' memory is free.
+        let mut s = inner.lock();
+        let (bytes, n): (u64, u64) = match &cut {
+            Ok((_, open_bytes)) => (*open_bytes, 0),
+            Err((open_bytes, n)) => (*open_bytes, *n),
+        };
+        s.open_bytes -= bytes.min(s.open_bytes);
+        s.committing -= n.min(s.committing);
+        if let Ok((files, _)) = &cut {
+            s.staged_bytes += files.iter().map(|f| f.index.bytes).sum::<u64>();
+        }
+    }
+    inner.changed.notify_all();
+    match cut {
+        Ok((files, _)) => staged.extend(files),
+        Err(_) => return fail(inner, "writing a buffer batch file failed".into()),
+    }
+    if !sync {
+        return Ok(false);
+    }
+    let done = std::mem::take(&mut *staged);
+    let max_seq = done.iter().map(|f| f.max_seq).max().unwrap_or(0);
+    let result = done
+        .iter()
+        .try_for_each(|f| f.file.sync_data())
+        .and_then(|()| files::sync_dir(&inner.files))
+        .map_err(Error::from)
+        .and_then(|()| {
+            // Plain inserts, not a `sled::Batch`: sled writes out and syncs its log
+            // buffer around every batch (two `sync_file_range` per commit), and the
+            // index entries need no atomicity (each stands alone; recovery at open
+            // rebuilds any lost one).
+            done.iter().try_for_each(|f| {
+                inner
+                    .records
+                    .insert(f.key.to_be_bytes(), &f.index.encode())
+                    .map(drop)
+                    .map_err(Error::from)
+            })
+        })
+        .and_then(|()| {
+            inner
+                .meta
+                .insert(NEXT_SEQ, &(max_seq + 1).to_be_bytes())
+                .map(|_| ())
+                .map_err(Error::from)
+        });
+    if let Err(e) = result {
+        let msg = e.to_string();
+        let _ = fail(inner, msg);
+        return Err(e);
+    }
+    let mut s = inner.lock();
+    let mut gen_done = 0;
+    for f in done {
+        let index = f.index;
+        s.batches.insert(f.key, BatchInfo::of(&index));
+        s.by_priority
+            .entry(index.priority)
+            .or_default()
+            .insert(f.key);
+        s.stored_bytes += index.bytes;
+        s.staged_bytes -= index.bytes.min(s.staged_bytes);
+        s.live_records += u64::from(index.count);
+        s.committing -= u64::from(index.count).min(s.committing);
+        gen_done = gen_done.max(f.gen);
+    }
+    s.committed_gen = s.committed_gen.max(gen_done).max(gen);
+    drop(s);
+    inner.stats.commits.fetch_add(1, Ordering::Relaxed);
+    inner.durable.notify_all();
+    inner.changed.notify_all();
+    inner.on_commit.notify_one();
+    Ok(true)
+}
+
+/// Marks the buffer failed (appends and waiters give up) and reports `why`.
+fn fail(inner: &Inner, why: String) -> Result<bool, Error> {
+    let mut s = inner.lock();
+    s.failed = Some(why.clone());
+    drop(s);
+    inner.changed.notify_all();
+    inner.durable.notify_all();
+    Err(Error::Io(std::io::Error::other(why)))
+}
+
+/// Cuts each class's records into files of at most `batch_max_bytes` and writes them
+/// (no fsync). Returns the files and the open bytes they held; on error the open bytes
+/// and the record count taken (lost, like a crash would lose them).
+#[allow(clippy::type_complexity)]
+fn write_batches(
+    inner: &Inner,
+    batches: &std::collections::BTreeMap<u8, super::Open>,
+    gen: u64,
+    boundary: Option<u64>,
+) -> Result<(Vec<Staged>, u64), (u64, u64)> {
     let max = inner.cfg.batch_max_bytes as u64;
-    for (priority, open) in &batches {
-        // Cut each class's records into files of at most `batch_max_bytes`.
+    let total_bytes: u64 = batches.values().map(|o| o.bytes).sum();
+    let total_n: u64 = batches.values().map(|o| o.records.len() as u64).sum();
+    let mut out = Vec::new();
+    for (priority, open) in batches {
         let mut start = 0;
         while start < open.records.len() {
             let mut end = start;
@@ -51,7 +176,6 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
             start = end;
             let first = &chunk[0];
             let last_seq = chunk.iter().map(|r| r.seq).max().unwrap_or(first.seq);
-            max_seq = max_seq.max(last_seq);
             let bytes = record::encode_batch(chunk);
             let index = Index {
                 bytes: bytes.len() as u64,
@@ -60,47 +184,22 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
                 first_recv_ms: first.recv_ms,
                 last_seq,
             };
-            infos.push((first.seq, index, chunk_bytes));
-            sled_batch.insert(&first.seq.to_be_bytes(), &index.encode());
-            files.push((first.seq, bytes));
+            match files::write(&inner.files, first.seq, &bytes) {
+                Ok(file) => out.push(Staged {
+                    file,
+                    key: first.seq,
+                    index,
+                    gen,
+                    max_seq: last_seq,
+                }),
+                Err(e) => {
+                    tracing::error!(cause = %e, "writing a buffer batch file failed");
+                    return Err((total_bytes, total_n));
+                }
+            }
         }
     }
-    let written: Result<(), Error> = files
-        .iter()
-        .try_for_each(|(key, bytes)| files::write(&inner.files, *key, bytes))
-        .and_then(|()| files::sync_dir(&inner.files))
-        .map_err(Error::from);
-    let result = written
-        .and_then(|()| inner.records.apply_batch(sled_batch).map_err(Error::from))
-        .and_then(|()| {
-            inner
-                .meta
-                .insert(NEXT_SEQ, &(max_seq + 1).to_be_bytes())
-                .map(|_| ())
-                .map_err(Error::from)
-        })
-        .and_then(|()| inner.db.flush().map(|_| ()).map_err(Error::from));
-    let mut s = inner.lock();
-    s.committing = 0;
-    if let Err(e) = result {
-        s.failed = Some(e.to_string());
-        drop(s);
-        inner.changed.notify_all();
-        return Err(e);
-    }
-    for (key, index, open_bytes) in infos {
-        s.batches.insert(key, BatchInfo::of(&index));
-        s.by_priority.entry(index.priority).or_default().insert(key);
-        s.stored_bytes += index.bytes;
-        s.live_records += u64::from(index.count);
-        s.open_bytes -= open_bytes.min(s.open_bytes);
-    }
-    s.committed_gen = s.committed_gen.max(gen);
-    drop(s);
-    inner.stats.commits.fetch_add(1, Ordering::Relaxed);
-    inner.changed.notify_all();
-    inner.on_commit.notify_one();
-    Ok(true)
+    Ok((out, total_bytes))
 }
 
 pub(super) fn commit_loop(inner: &Inner) {
@@ -109,6 +208,8 @@ pub(super) fn commit_loop(inner: &Inner) {
         SyncPolicy::Interval(d) => d,
     };
     let mut next_tick = Instant::now() + interval;
+    let mut last_flush = Instant::now();
+    let mut unflushed = false;
     loop {
         {
             let mut s = inner.lock();
@@ -124,20 +225,33 @@ pub(super) fn commit_loop(inner: &Inner) {
                     break;
                 }
                 let wait = next_tick.saturating_duration_since(Instant::now());
+                s.committer_idle = true;
                 s = inner
-                    .changed
+                    .work
                     .wait_timeout(s, wait)
                     .map(|(g, _)| g)
                     .unwrap_or_else(|p| p.into_inner().0);
+                s.committer_idle = false;
             }
         }
         let force = Instant::now() >= next_tick;
         if force {
             next_tick = Instant::now() + interval;
         }
-        if let Err(e) = commit_once(inner, force) {
-            tracing::error!(cause = %e, "buffer group commit failed");
-            std::thread::sleep(Duration::from_millis(100));
+        match commit_once(inner, force) {
+            Ok(wrote) => unflushed |= wrote,
+            Err(e) => {
+                tracing::error!(cause = %e, "buffer group commit failed");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        if unflushed && last_flush.elapsed() >= SLED_FLUSH_EVERY {
+            // Bounds what an open after a crash rebuilds from files.
+            if let Err(e) = inner.db.flush() {
+                tracing::error!(cause = %e, "buffer index flush failed");
+            }
+            last_flush = Instant::now();
+            unflushed = false;
         }
     }
 }

@@ -8,16 +8,41 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+/// Steps of a batch deletion, recorded per buffer directory in tests (their order is the
+/// crash-safety argument: index removal, flush, unlink).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    /// Index entry removed (in sled's memory).
+    Removed(u64),
+    /// sled flushed.
+    Flushed,
+    /// Batch file unlinked.
+    Unlinked(u64),
+}
+
+/// The steps recorded so far (tests only).
+#[cfg(test)]
+pub(super) static STEPS: std::sync::Mutex<Vec<(PathBuf, Step)>> = std::sync::Mutex::new(Vec::new());
+
+/// Records a deletion step (a no-op outside tests).
+pub(super) fn note(_dir: &Path, _step: Step) {
+    #[cfg(test)]
+    STEPS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((_dir.to_path_buf(), _step));
+}
+
 /// Path of the file holding batch `key`.
 pub(super) fn path(dir: &Path, key: u64) -> PathBuf {
     dir.join(format!("{key:020}.batch"))
 }
 
-/// Writes and fsyncs a batch file.
-pub(super) fn write(dir: &Path, key: u64, bytes: &[u8]) -> io::Result<()> {
+/// Writes a batch file (the caller fsyncs it, see `commit`).
+pub(super) fn write(dir: &Path, key: u64, bytes: &[u8]) -> io::Result<File> {
     let mut f = File::create(path(dir, key))?;
     f.write_all(bytes)?;
-    f.sync_data()
+    Ok(f)
 }
 
 /// Makes new directory entries durable.
@@ -32,6 +57,7 @@ pub(super) fn read(dir: &Path, key: u64) -> io::Result<Vec<u8>> {
 
 /// Removes a batch file (already gone is fine).
 pub(super) fn remove(dir: &Path, key: u64) -> io::Result<()> {
+    note(dir, Step::Unlinked(key));
     match fs::remove_file(path(dir, key)) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
@@ -88,4 +114,24 @@ impl Index {
             last_seq: u64::from_be_bytes(v[21..29].try_into().ok()?),
         })
     }
+}
+
+/// The index entry of a batch file that has none (committed after sled's last flush),
+/// rebuilt from the file itself: `None` unless every record in it reads back intact (a
+/// file cut short belongs to a commit that never completed).
+pub(super) fn recover(dir: &Path, key: u64) -> Option<Index> {
+    let bytes = read(dir, key).ok()?;
+    let len = bytes.len() as u64;
+    let batch = super::record::decode_batch_bytes(bytes.into()).ok()?;
+    let first = batch.records.first()?;
+    if batch.corrupt > 0 || first.seq != key {
+        return None;
+    }
+    Some(Index {
+        bytes: len,
+        count: u32::try_from(batch.records.len()).ok()?,
+        priority: first.priority,
+        first_recv_ms: first.recv_ms,
+        last_seq: batch.records.iter().map(|r| r.seq).max()?,
+    })
 }

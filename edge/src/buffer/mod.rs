@@ -11,10 +11,12 @@
 //!   because sled 0.34 keeps large values resident whatever its `cache_capacity`
 //!   (measured here: 6,000 x 64 KB values -> 307 MB RSS; with files: 7 MB), and because
 //!   unlinking a drained file returns its space at once (sled's FIFO space amplification
-//!   is design.md section 6).
+//!   is design.md section 6). A batch file is self-describing (every record carries its
+//!   sequence, priority and receive time under its CRC), so its index entry can be
+//!   rebuilt from it.
 //! - sled tree `records`: key = the batch key (u64, big-endian), value = a 29-byte index
 //!   entry (file length, record count, priority, first receive time, last sequence), so
-//!   opening the buffer never reads the files.
+//!   opening the buffer reads only the files committed after sled's last flush.
 //! - sled tree `meta`: `next_seq` (the sequence counter; sequences are never wall-clock)
 //!   and the uplink state owned by the replicator ([`uplink`]): the idempotent producer
 //!   id/epoch, per partition the next producer sequence and the highest acknowledged
@@ -29,16 +31,23 @@
 //!    joins the open in-memory batch of its priority class. Nothing is on disk yet. At
 //!    most `4 x batch_max_bytes` (at least 1 MiB) wait in memory; further appends wait
 //!    for the committer (memory stays bounded whatever the ingest rate).
-//! 2. The committer thread cuts the open batches (at `batch_max_bytes`) on every append
-//!    (`sync: always`), every `sync_interval` or when a batch is full (`sync: interval`):
-//!    it writes each batch file and fsyncs it, fsyncs the directory, inserts the index
-//!    entries and `next_seq` into sled and calls `Db::flush` (sled's fsync). That is the
-//!    group commit: one round of fsyncs for all records that arrived meanwhile.
-//! 3. After the flush returns, the committed generation advances and waiters wake. With
-//!    `sync: always` the ingest withholds the MQTT PUBACK of a QoS 1/2 publish until this
-//!    point, so **an acknowledged QoS 1/2 publish survives a process kill and a power cut**.
-//!    With `sync: interval` the PUBACK goes out at step 1, and a kill or power cut loses
-//!    the acknowledged records of at most the last interval.
+//! 2. The committer thread cuts the open batches (at `batch_max_bytes`) into batch files.
+//!    With `sync: always` it does so as soon as records arrive and then, in the same
+//!    round, fsyncs every file (`fdatasync`) and the directory, then inserts the index
+//!    entries and `next_seq` into sled **without** flushing sled. That is the group
+//!    commit: one round of fsyncs (each new file, then the directory) for all records
+//!    that arrived meanwhile. With `sync: interval` a batch that fills up is written at
+//!    once (no fsync; not yet visible to the replicator) and every `sync_interval` (or
+//!    after 128 such files) all written files are fsynced, the directory fsynced and
+//!    the files indexed together. sled itself is flushed at most once a second by the
+//!    committer (and by every step below that flushes); an index entry lost with sled's
+//!    unflushed writes is rebuilt at open from its file (see below).
+//! 3. After the directory fsync returns, the committed generation advances and waiters
+//!    wake. With `sync: always` the ingest withholds the MQTT PUBACK of a QoS 1/2 publish
+//!    until this point, so **an acknowledged QoS 1/2 publish survives a process kill and
+//!    a power cut**. With `sync: interval` the PUBACK goes out at step 1, and a kill or
+//!    power cut loses the acknowledged records of at most the last interval (a kill
+//!    usually loses only the open batches: written files are recovered at open).
 //! 4. The replicator reads batches in key order, assigns per-partition producer sequences
 //!    and persists an in-flight descriptor, flushed *before* sending, so a restarted edge
 //!    re-sends exactly the same batches and the broker's idempotence drops duplicates.
@@ -50,11 +59,17 @@
 //!    unlinked. A crash before that flush replays records that the acknowledged-sequence
 //!    watermark (or the broker's idempotence) then skips.
 //!
-//! What survives a crash: every batch flushed at step 2, the producer state and every
+//! What survives a crash: every batch fsynced at step 2, the producer state and every
 //! descriptor. What is lost: open batches (step 1). At open, a file without an index entry
-//! (a commit cut short) is removed; an index entry whose file is missing or truncated is
-//! removed and counted as corrupt; a record whose CRC fails is skipped and counted when
-//! read; none of these stops the edge.
+//! is recovered if its key is at or above the flushed `next_seq` (a commit whose index
+//! entries sled had not flushed; a commit writes its index entries before `next_seq` and
+//! sled recovers a prefix of its writes, so such a key cannot belong to a deleted batch)
+//! and every record in it reads back intact, and removed otherwise (a commit cut short,
+//! or a deletion whose index removal was flushed before the kill hit the unlink). Every
+//! deletion (drained batch, quota eviction, unreadable batch) removes the index entry,
+//! flushes sled, then unlinks the file, so an index entry whose file is missing or
+//! truncated is real damage: removed and counted as corrupt; a record whose CRC fails is
+//! skipped and counted when read; none of these stops the edge.
 //!
 //! # Quota
 //!
@@ -63,7 +78,9 @@
 //! batch of the lowest class not above the new record's class, `drop_newest` evicts the
 //! newest batch of a class strictly below it, else refuses the new record; `block` makes
 //! the append wait for the replicator to free space. Batches the replicator already read
-//! are never evicted. Every dropped record is counted by reason.
+//! are never evicted. Every dropped record is counted by reason. An evicted batch leaves
+//! the quota at once; its file is deleted by the `buffer-reap` thread (index removal,
+//! flush, unlink), off the append path.
 
 mod commit;
 mod files;
@@ -156,6 +173,9 @@ pub struct Stats {
     pub corrupt: AtomicU64,
     /// Group commits (fsyncs).
     pub commits: AtomicU64,
+    /// Batches whose index entry the last open rebuilt from the file (committed after
+    /// sled's last flush).
+    pub recovered: AtomicU64,
 }
 
 /// A point-in-time view of the backlog.
@@ -208,6 +228,8 @@ struct State {
     next_seq: u64,
     open: BTreeMap<u8, Open>,
     open_bytes: u64,
+    /// Bytes of batch files written but not yet fsynced and indexed (`sync: interval`).
+    staged_bytes: u64,
     gen: u64,
     committed_gen: u64,
     batches: BTreeMap<u64, BatchInfo>,
@@ -223,6 +245,8 @@ struct State {
     live_from: Option<u64>,
     shutdown: bool,
     failed: Option<String>,
+    /// The committer waits for work (appends wake it only then).
+    committer_idle: bool,
 }
 
 struct Inner {
@@ -233,10 +257,16 @@ struct Inner {
     meta: sled::Tree,
     cfg: BufferConfig,
     state: Mutex<State>,
+    /// Space freed, open batches taken by the committer, shutdown: wakes appends waiting
+    /// for space (`block`) or for the committer (memory bound).
     changed: Condvar,
+    /// Wakes the committer: records to commit (`sync: always` or a full batch), shutdown.
+    work: Condvar,
+    /// A group commit finished (or failed), shutdown: wakes [`Buffer::wait_durable`].
+    durable: Condvar,
     stats: Stats,
     /// Serialises group commits so `committed_gen` only covers flushed records.
-    commit_lock: Mutex<()>,
+    commit_lock: Mutex<Vec<commit::Staged>>,
     /// Wakes the replicator after each commit.
     on_commit: Arc<tokio::sync::Notify>,
     /// Drained batches for the reaper thread to delete (index entry, then file), so the
@@ -261,6 +291,13 @@ pub struct Buffer {
 
 const NEXT_SEQ: &[u8] = b"next_seq";
 
+impl State {
+    /// Bytes counted against the quota: committed, staged and open batches.
+    fn used_bytes(&self) -> u64 {
+        self.stored_bytes + self.staged_bytes + self.open_bytes
+    }
+}
+
 impl Inner {
     /// Open (uncommitted) bytes above which appends wait for the committer.
     fn open_limit(&self) -> u64 {
@@ -269,12 +306,24 @@ impl Inner {
             .max(1 << 20)
     }
 
-    /// Deletes a batch: index entry first, then its file (a crash in between leaves an
-    /// orphan file that the next open removes).
+    /// Deletes a batch: index entry removed and flushed, then its file unlinked (a crash
+    /// in between leaves an orphan file that the next open removes; unlinking first would
+    /// leave an index entry without its file, counted as corrupt at open).
     fn delete_batch(&self, key: u64) -> Result<(), Error> {
         self.records.remove(key.to_be_bytes())?;
+        files::note(&self.files, files::Step::Removed(key));
+        self.records.flush()?;
+        files::note(&self.files, files::Step::Flushed);
         files::remove(&self.files, key)?;
         Ok(())
+    }
+
+    /// Wakes the committer if it waits for work.
+    fn wake_committer(&self, s: &mut State) {
+        if s.committer_idle {
+            s.committer_idle = false;
+            self.work.notify_one();
+        }
     }
 
     /// Hands a drained batch (already out of the state) to the reaper; deletes it here if
@@ -315,6 +364,7 @@ impl Buffer {
             ),
             None => 0,
         };
+        let flushed_next_seq = next_seq;
         let live_from = match meta.get(uplink::LIVE_FROM)? {
             Some(v) => Some(u64::from_be_bytes(
                 v.as_ref()
@@ -352,16 +402,43 @@ impl Buffer {
             live_records += u64::from(index.count);
             batches.insert(key, BatchInfo::of(&index));
         }
-        // Files without an index entry were written by a commit that never completed.
+        // A file without an index entry is either a batch committed after sled's last
+        // flush (its key is at or above the flushed `next_seq`: the index entries of a
+        // commit are written before its `next_seq`, sled recovers a prefix of its writes)
+        // or one whose deletion was flushed before the unlink (key below it).
+        let mut recovered = sled::Batch::default();
         for key in files::list(&files_dir)? {
-            if !batches.contains_key(&key) {
-                files::remove(&files_dir, key)?;
+            if batches.contains_key(&key) {
+                continue;
             }
+            let index = (key >= flushed_next_seq)
+                .then(|| files::recover(&files_dir, key))
+                .flatten();
+            let Some(index) = index else {
+                files::remove(&files_dir, key)?;
+                continue;
+            };
+            tracing::info!(
+                batch = key,
+                records = index.count,
+                "buffer batch recovered from its file"
+            );
+            stats.recovered.fetch_add(1, Ordering::Relaxed);
+            recovered.insert(&key.to_be_bytes(), &index.encode());
+            next_seq = next_seq.max(index.last_seq + 1);
+            by_priority.entry(index.priority).or_default().insert(key);
+            stored_bytes += index.bytes;
+            live_records += u64::from(index.count);
+            batches.insert(key, BatchInfo::of(&index));
         }
+        records.apply_batch(recovered)?;
+        meta.insert(NEXT_SEQ, &next_seq.to_be_bytes())?;
+        db.flush()?;
         let state = State {
             next_seq,
             open: BTreeMap::new(),
             open_bytes: 0,
+            staged_bytes: 0,
             gen: 0,
             committed_gen: 0,
             batches,
@@ -373,6 +450,7 @@ impl Buffer {
             live_from,
             shutdown: false,
             failed: None,
+            committer_idle: false,
         };
         let (reap_tx, reap_rx) = std::sync::mpsc::channel();
         let (reap_tree, reap_dir) = (records.clone(), files_dir.clone());
@@ -389,8 +467,10 @@ impl Buffer {
             cfg,
             state: Mutex::new(state),
             changed: Condvar::new(),
+            work: Condvar::new(),
+            durable: Condvar::new(),
             stats,
-            commit_lock: Mutex::new(()),
+            commit_lock: Mutex::new(Vec::new()),
             on_commit: Arc::new(tokio::sync::Notify::new()),
         });
         let worker = inner.clone();
@@ -416,7 +496,7 @@ impl Buffer {
         let s = self.inner.lock();
         s.open_bytes >= self.inner.open_limit()
             || (self.inner.cfg.full_policy == FullPolicy::Block
-                && s.stored_bytes + s.open_bytes >= self.inner.cfg.quota_bytes)
+                && s.used_bytes() >= self.inner.cfg.quota_bytes)
     }
 
     /// Notified after every group commit (and release), for the replicator.
@@ -442,7 +522,7 @@ impl Buffer {
         let oldest_stored = s.batches.values().map(|b| b.first_recv_ms).min();
         Snapshot {
             records: s.live_records + open_records + s.committing,
-            bytes: s.stored_bytes + s.open_bytes,
+            bytes: s.used_bytes(),
             oldest_recv_ms: match (oldest_open, oldest_stored) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -451,22 +531,47 @@ impl Buffer {
     }
 
     /// Appends a record (its `seq` is assigned here). May block under `full_policy: block`.
-    pub fn append(&self, mut rec: Record) -> Result<Appended, Error> {
+    pub fn append(&self, rec: Record) -> Result<Appended, Error> {
+        self.append_locked(self.inner.lock(), rec).1
+    }
+
+    /// Appends records in order under one lock (one call per MQTT read), pushing one
+    /// [`Appended`] per record to `out`. May block under `full_policy: block`.
+    pub fn append_all(
+        &self,
+        recs: impl IntoIterator<Item = Record>,
+        out: &mut Vec<Appended>,
+    ) -> Result<(), Error> {
+        let mut s = self.inner.lock();
+        for rec in recs {
+            let (guard, result) = self.append_locked(s, rec);
+            s = guard;
+            out.push(result?);
+        }
+        Ok(())
+    }
+
+    /// One append under the state lock (given back, as waiting releases it).
+    fn append_locked<'a>(
+        &'a self,
+        mut s: MutexGuard<'a, State>,
+        mut rec: Record,
+    ) -> (MutexGuard<'a, State>, Result<Appended, Error>) {
         let inner = &self.inner;
         let size = rec.encoded_len() as u64 + 8;
         let quota = inner.cfg.quota_bytes;
-        let mut s = inner.lock();
         if size > quota {
             inner.stats.dropped[2].fetch_add(1, Ordering::Relaxed);
             tracing::warn!(topic = %rec.topic, size, "record larger than the buffer quota dropped");
-            return Ok(Appended::Dropped);
+            return (s, Ok(Appended::Dropped));
         }
-        while s.stored_bytes + s.open_bytes + size > quota {
+        while s.used_bytes() + size > quota {
             if s.shutdown {
-                return Err(Error::Closed);
+                return (s, Err(Error::Closed));
             }
             let victim = match inner.cfg.full_policy {
                 FullPolicy::Block => {
+                    inner.wake_committer(&mut s);
                     s = inner.changed.wait(s).unwrap_or_else(|p| p.into_inner());
                     continue;
                 }
@@ -479,18 +584,21 @@ impl Buffer {
             match victim {
                 Some(key) => {
                     let info = remove_batch(&mut s, key);
-                    inner.delete_batch(key)?;
+                    // Index removal flushed before the unlink, off this lock (the reaper).
+                    if let Err(e) = inner.reap(key) {
+                        return (s, Err(e));
+                    }
                     inner.stats.dropped[reason].fetch_add(u64::from(info.live), Ordering::Relaxed);
                 }
                 None => {
                     inner.stats.dropped[reason].fetch_add(1, Ordering::Relaxed);
-                    return Ok(Appended::Dropped);
+                    return (s, Ok(Appended::Dropped));
                 }
             }
         }
         // Backpressure: at most a few batches wait in memory for the committer.
         while s.open_bytes >= inner.open_limit() && !s.shutdown {
-            inner.changed.notify_all();
+            inner.wake_committer(&mut s);
             s = inner.changed.wait(s).unwrap_or_else(|p| p.into_inner());
         }
         rec.seq = s.next_seq;
@@ -507,11 +615,10 @@ impl Buffer {
         s.open_bytes += size;
         s.gen += 1;
         let gen = s.gen;
-        drop(s);
         if full || inner.cfg.sync == SyncPolicy::Always {
-            inner.changed.notify_all();
+            inner.wake_committer(&mut s);
         }
-        Ok(Appended::Stored(gen))
+        (s, Ok(Appended::Stored(gen)))
     }
 
     /// Waits until the append with generation `gen` is committed and flushed.
@@ -527,14 +634,15 @@ impl Buffer {
             }
             s = self
                 .inner
-                .changed
+                .durable
                 .wait(s)
                 .unwrap_or_else(|p| p.into_inner());
         }
         Ok(())
     }
 
-    /// Commits the open batches now and waits for the flush.
+    /// Commits the open (and written, `sync: interval`) batches now: returns once they are
+    /// fsynced and indexed.
     pub fn commit(&self) -> Result<(), Error> {
         commit_once(&self.inner, true)?;
         Ok(())
@@ -565,6 +673,8 @@ impl Buffer {
     fn stop(&self) {
         self.inner.lock().shutdown = true;
         self.inner.changed.notify_all();
+        self.inner.work.notify_all();
+        self.inner.durable.notify_all();
         let handle = self
             .committer
             .lock()
@@ -622,12 +732,14 @@ fn reap_loop(records: &sled::Tree, dir: &std::path::Path, rx: &std::sync::mpsc::
         let mut batch = sled::Batch::default();
         for k in &keys {
             batch.remove(&k.to_be_bytes());
+            files::note(dir, files::Step::Removed(*k));
         }
         match records
             .apply_batch(batch)
             .and_then(|()| records.flush().map(drop))
         {
             Ok(()) => {
+                files::note(dir, files::Step::Flushed);
                 for k in keys {
                     if let Err(e) = files::remove(dir, k) {
                         tracing::error!(batch = k, cause = %e, "removing a drained batch file failed");

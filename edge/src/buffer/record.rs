@@ -16,7 +16,7 @@
 //! Each record carries its own CRC, so one damaged record is skipped without losing its
 //! neighbours; a damaged batch header loses the batch (counted by the caller).
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes};
 
 /// MQTT 5 publish properties kept with a record.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,13 +68,13 @@ pub enum CodecError {
 
 const MAGIC: u8 = 1;
 
-fn put_str16(b: &mut BytesMut, s: &[u8]) {
+fn put_str16(b: &mut impl BufMut, s: &[u8]) {
     let len = s.len().min(0xFFFE);
     b.put_u16(len as u16);
     b.put_slice(&s[..len]);
 }
 
-fn put_opt16(b: &mut BytesMut, s: Option<&[u8]>) {
+fn put_opt16(b: &mut impl BufMut, s: Option<&[u8]>) {
     match s {
         Some(s) => put_str16(b, s),
         None => b.put_u16(0xFFFF),
@@ -110,7 +110,7 @@ impl Record {
             + self.payload.len()
     }
 
-    fn encode_body(&self, b: &mut BytesMut) {
+    fn encode_body(&self, b: &mut impl BufMut) {
         b.put_u64(self.seq);
         b.put_i64(self.recv_ms);
         let flags =
@@ -218,20 +218,23 @@ impl Record {
     }
 }
 
-/// Encodes records as one batch value.
+/// Encodes records as one batch value. Each payload is copied once, into the result.
 pub fn encode_batch(records: &[Record]) -> Vec<u8> {
-    let mut b = BytesMut::with_capacity(5 + records.iter().map(Record::encoded_len).sum::<usize>());
+    let cap = 5 + records.iter().map(|r| r.encoded_len() + 8).sum::<usize>();
+    let mut b = Vec::with_capacity(cap);
     b.put_u8(MAGIC);
     b.put_u32(records.len() as u32);
-    let mut body = BytesMut::new();
     for r in records {
-        body.clear();
-        r.encode_body(&mut body);
-        b.put_u32(body.len() as u32);
-        b.put_u32(crc32fast::hash(&body));
-        b.put_slice(&body);
+        // Length and CRC go before the body: reserve them, encode in place, patch.
+        let at = b.len();
+        b.put_u64(0);
+        r.encode_body(&mut b);
+        let len = (b.len() - at - 8) as u32;
+        let crc = crc32fast::hash(&b[at + 8..]);
+        b[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        b[at + 4..at + 8].copy_from_slice(&crc.to_be_bytes());
     }
-    b.to_vec()
+    b
 }
 
 /// A decoded batch: the readable records and how many were skipped as corrupt.

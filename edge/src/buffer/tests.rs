@@ -320,6 +320,168 @@ fn sync_always_acks_after_flush() {
     assert_eq!(buf.read(None, usize::MAX).unwrap().len(), 1);
 }
 
+/// What a SIGKILL at this moment leaves: a copy of the buffer directory as the files
+/// are now (sled's unflushed writes are only in its memory, so they are not in the copy).
+fn kill_snapshot(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            kill_snapshot(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+fn all_ids(buf: &Buffer) -> Vec<u64> {
+    buf.read(None, usize::MAX)
+        .unwrap()
+        .iter()
+        .flat_map(|b| b.records.iter().map(id_of))
+        .collect()
+}
+
+/// A group commit does not flush sled: its batches survive a kill through their files,
+/// whose index entries the next open rebuilds. Worst case modelled: sled as it was at
+/// open (nothing flushed since), the batch files as they are at the kill.
+#[test]
+fn kill_after_commit_recovers_batches_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let buf = Buffer::open(cfg(dir.path(), u64::MAX, FullPolicy::Block)).unwrap();
+    let killed = tempfile::tempdir().unwrap();
+    kill_snapshot(dir.path(), killed.path());
+    buf.append(rec(1, 0, 100)).unwrap();
+    buf.append(rec(2, 1, 100)).unwrap();
+    buf.commit().unwrap();
+    buf.append(rec(3, 0, 100)).unwrap();
+    buf.commit().unwrap();
+    buf.append(rec(4, 0, 100)).unwrap(); // open: lost by the kill
+    kill_snapshot(&dir.path().join("batches"), &killed.path().join("batches"));
+    let back = Buffer::open(cfg(killed.path(), u64::MAX, FullPolicy::Block)).unwrap();
+    assert_eq!(back.stats().recovered.load(Ordering::Relaxed), 3);
+    assert_eq!(back.stats().corrupt.load(Ordering::Relaxed), 0);
+    let mut ids = all_ids(&back);
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 2, 3]);
+    // New sequences continue after the recovered ones.
+    back.append(rec(5, 0, 100)).unwrap();
+    back.commit().unwrap();
+    let seqs: Vec<u64> = back
+        .read(None, usize::MAX)
+        .unwrap()
+        .iter()
+        .flat_map(|b| b.records.iter().map(|r| r.seq))
+        .collect();
+    assert_eq!(seqs.iter().max(), Some(&3), "{seqs:?}");
+    // The rebuilt index is in sled now: a second open reads no file.
+    drop(back);
+    let again = reopen(cfg(killed.path(), u64::MAX, FullPolicy::Block));
+    assert_eq!(again.stats().recovered.load(Ordering::Relaxed), 0);
+    assert_eq!(all_ids(&again).len(), 4);
+}
+
+/// A file whose deletion was flushed (drained, then a kill before the unlink) stays
+/// deleted: its key is below the flushed `next_seq`, so open removes it unread.
+#[test]
+fn kill_before_unlink_does_not_resurrect_a_drained_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let buf = Buffer::open(cfg(dir.path(), u64::MAX, FullPolicy::Block)).unwrap();
+    buf.append(rec(1, 0, 100)).unwrap();
+    buf.commit().unwrap();
+    let batch = buf.read(None, usize::MAX).unwrap().remove(0);
+    let file = files::path(&dir.path().join("batches"), batch.key);
+    let saved = std::fs::read(&file).unwrap();
+    let seqs: Vec<u64> = batch.records.iter().map(|r| r.seq).collect();
+    buf.release(&seqs).unwrap();
+    buf.reaped();
+    assert!(!file.exists());
+    let killed = tempfile::tempdir().unwrap();
+    kill_snapshot(dir.path(), killed.path());
+    std::fs::write(
+        files::path(&killed.path().join("batches"), batch.key),
+        saved,
+    )
+    .unwrap();
+    let back = Buffer::open(cfg(killed.path(), u64::MAX, FullPolicy::Block)).unwrap();
+    assert_eq!(back.snapshot().records, 0);
+    assert_eq!(back.stats().recovered.load(Ordering::Relaxed), 0);
+    assert!(!files::path(&killed.path().join("batches"), batch.key).exists());
+}
+
+/// A quota eviction flushes the index removal before it unlinks the file, so a kill
+/// right after it leaves no index entry without its file (once counted as corrupt).
+#[test]
+fn kill_after_eviction_counts_nothing_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let buf = Buffer::open(cfg(dir.path(), 2_500, FullPolicy::DropOldest)).unwrap();
+    buf.append(rec(1, 0, 900)).unwrap();
+    buf.commit().unwrap();
+    buf.append(rec(2, 0, 900)).unwrap();
+    buf.commit().unwrap();
+    buf.inner.db.flush().unwrap(); // the committer's periodic sled flush
+    buf.append(rec(3, 0, 900)).unwrap(); // evicts record 1's batch
+    assert_eq!(buf.stats().dropped[0].load(Ordering::Relaxed), 1);
+    buf.reaped();
+    let batches = dir.path().join("batches");
+    let steps: Vec<files::Step> = files::STEPS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(d, _)| *d == batches)
+        .map(|(_, s)| *s)
+        .collect();
+    let unlinked = steps
+        .iter()
+        .position(|s| matches!(s, files::Step::Unlinked(_)))
+        .expect("the evicted file is unlinked");
+    let files::Step::Unlinked(key) = steps[unlinked] else {
+        unreachable!()
+    };
+    let removed = steps.iter().position(|s| *s == files::Step::Removed(key));
+    assert!(
+        removed.is_some_and(|r| steps[r..unlinked].contains(&files::Step::Flushed)),
+        "index removal flushed before the unlink: {steps:?}"
+    );
+    let killed = tempfile::tempdir().unwrap();
+    kill_snapshot(dir.path(), killed.path());
+    let back = Buffer::open(cfg(killed.path(), 2_500, FullPolicy::DropOldest)).unwrap();
+    assert_eq!(back.stats().corrupt.load(Ordering::Relaxed), 0);
+    assert_eq!(all_ids(&back), [2]);
+}
+
+/// `sync: interval`: a full batch is written at once (memory freed) but fsynced and made
+/// visible to the replicator only at the next sync, together with the others.
+#[test]
+fn interval_writes_full_batches_and_syncs_them_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path(), u64::MAX, FullPolicy::Block);
+    c.batch_max_bytes = 1_000;
+    let buf = Buffer::open(c).unwrap();
+    for i in 0..10 {
+        buf.append(rec(i, 0, 400)).unwrap();
+    }
+    let batches = dir.path().join("batches");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while files::list(&batches).unwrap().len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "full batches not written"
+        );
+        std::thread::yield_now();
+    }
+    assert!(
+        buf.read(None, usize::MAX).unwrap().is_empty(),
+        "not synced yet"
+    );
+    assert_eq!(buf.snapshot().records, 10);
+    assert_eq!(buf.stats().commits.load(Ordering::Relaxed), 0);
+    buf.commit().unwrap();
+    assert_eq!(all_ids(&buf), (0..10).collect::<Vec<_>>());
+    assert_eq!(buf.stats().commits.load(Ordering::Relaxed), 1);
+}
+
 fn rss_mb() -> f64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
     let l = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();

@@ -24,7 +24,7 @@
 //!
 //!   edge-bench [--publishers 8] [--window 100] [--small 200000] [--large 4000]
 //!              [--backlog-mb 1024] [--record 1024] [--cap-mb 20] [--cap-backlog-mb 200]
-//!              [--skip-ingest] [--skip-drain]
+//!              [--skip-ingest] [--skip-drain] [--brokers edge,edge-intvl,mosquitto,rumqttd]
 //!
 //! `EDGE_BENCH_KEEP=1` keeps the work directory (broker logs) instead of deleting it.
 
@@ -39,6 +39,9 @@ use rumqttc::mqttbytes::QoS;
 use tests::mqtt::Conn;
 use tests::proc::{cpu_secs, dir_bytes, peak_rss_bytes, percentile, rss_bytes, Cloud, Edge};
 
+/// The ingest rows, in order.
+const BROKERS: [&str; 4] = ["edge", "edge-intvl", "mosquitto", "rumqttd"];
+
 struct Opts {
     publishers: usize,
     window: usize,
@@ -50,6 +53,8 @@ struct Opts {
     cap_backlog_mb: usize,
     ingest: bool,
     drain: bool,
+    /// Ingest rows to run (default: all four).
+    brokers: Vec<String>,
 }
 
 fn opts() -> Result<Opts> {
@@ -64,6 +69,7 @@ fn opts() -> Result<Opts> {
         cap_backlog_mb: 200,
         ingest: true,
         drain: true,
+        brokers: BROKERS.iter().map(|b| b.to_string()).collect(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -71,6 +77,14 @@ fn opts() -> Result<Opts> {
         match args[i].as_str() {
             "--skip-ingest" => o.ingest = false,
             "--skip-drain" => o.drain = false,
+            "--brokers" => {
+                let v = args.get(i + 1).context("--brokers needs a value")?;
+                o.brokers = v.split(',').map(str::to_owned).collect();
+                if let Some(b) = o.brokers.iter().find(|b| !BROKERS.contains(&b.as_str())) {
+                    bail!("unknown broker {b} (one of {BROKERS:?})");
+                }
+                i += 1;
+            }
             flag => {
                 let v: usize = args
                     .get(i + 1)
@@ -316,8 +330,14 @@ async fn ingest(o: &Opts, work: &Path) -> Result<()> {
         "broker", "payload", "msgs/s", "MB/s", "p50 ms", "p99 ms", "peak RSS"
     );
     for (size, total) in [(100usize, o.small), (64 << 10, o.large)] {
+        if total < o.publishers {
+            continue;
+        }
         let mut rows: Vec<(&str, Row)> = Vec::new();
-        for name in ["edge", "edge-intvl", "mosquitto", "rumqttd"] {
+        for name in BROKERS
+            .into_iter()
+            .filter(|b| o.brokers.iter().any(|x| x == b))
+        {
             let dir = work.join(format!("{name}-{size}"));
             let broker = match name {
                 "edge" => start_edge(&dir, "always")?,
