@@ -74,7 +74,9 @@ def arch_binary(arch: str, tmp_path: Path) -> str:
     if not shutil.which(qemu) or not Path(sysroot, "lib").is_dir():
         pytest.skip(f"{qemu} or {sysroot} missing (apt-get install qemu-user-static gcc-...)")
     launcher = tmp_path / f"edge-{arch}"
-    launcher.write_text(f'#!/bin/sh\nexec {qemu} -L {sysroot} {binary} "$@"\n')
+    # MALLOC_ARENA_MAX set: the edge's re-exec to cap malloc arenas cannot start a foreign
+    # binary under qemu-user (glibc's execvp would hand it to /bin/sh).
+    launcher.write_text(f'#!/bin/sh\nMALLOC_ARENA_MAX=2 exec {qemu} -L {sysroot} {binary} "$@"\n')
     launcher.chmod(0o755)
     return str(launcher)
 
