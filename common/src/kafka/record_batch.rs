@@ -93,9 +93,7 @@ pub fn write(
             r.timestamp_ms,
             r.key.as_deref(),
             r.value.as_deref(),
-            r.headers
-                .iter()
-                .map(|(k, v)| (k.as_bytes(), v.as_deref())),
+            r.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_deref())),
         );
     }
     w.finish(producer, base_sequence, codec, &mut Compressor::default())
@@ -119,7 +117,8 @@ impl Compressor {
         };
         let start = out.len();
         let mut out = std::io::Cursor::new(out);
-        out.get_mut().reserve(zstd::zstd_safe::compress_bound(src.len()));
+        out.get_mut()
+            .reserve(zstd::zstd_safe::compress_bound(src.len()));
         out.set_position(start as u64);
         zstd.compress_to_buffer(src, &mut out)
             .map_err(|e| Error::Zstd(e.to_string()))?;
@@ -260,7 +259,8 @@ impl Writer {
             }
             Codec::Zstd => zstd.compress_into(&self.body, out)?,
         };
-        let batch_len = i32::try_from(out.len() - 12).map_err(|_| Error::Malformed("batch too large"))?;
+        let batch_len =
+            i32::try_from(out.len() - 12).map_err(|_| Error::Malformed("batch too large"))?;
         out[8..12].copy_from_slice(&batch_len.to_be_bytes());
         let crc = crc32c::crc32c(&out[ATTRIBUTES_AT..]);
         out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());

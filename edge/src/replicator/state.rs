@@ -111,8 +111,14 @@ impl State {
     /// Places a record read from the buffer. `live_from` is the boundary of a live-first
     /// drain in progress: records below it are backlog, checked against and queued
     /// apart from the live ones.
-    pub fn place(&mut self, kafka_topic: String, rec: Record, live_from: Option<u64>) -> Placed {
-        let t = self.topics.entry(kafka_topic.clone()).or_default();
+    pub fn place(&mut self, kafka_topic: &str, rec: Record, live_from: Option<u64>) -> Placed {
+        if !self.topics.contains_key(kafka_topic) {
+            self.topics
+                .insert(kafka_topic.to_owned(), TopicState::default());
+        }
+        let Some(t) = self.topics.get_mut(kafka_topic) else {
+            return Placed::Queued;
+        };
         if t.mqtt.is_empty() {
             t.mqtt = rec.topic.clone();
         }
@@ -125,7 +131,12 @@ impl State {
         if watermark.is_some_and(|a| rec.seq <= a) {
             return Placed::AlreadyAcked;
         }
-        if let Some((_, slot)) = self.expected.remove(&rec.seq) {
+        let restored = if self.expected.is_empty() {
+            None
+        } else {
+            self.expected.remove(&rec.seq)
+        };
+        if let Some((_, slot)) = restored {
             if let Some(r) = t
                 .restored
                 .iter_mut()
@@ -292,10 +303,10 @@ mod tests {
             seqs: vec![3, 5],
         }]);
         s.topics.get_mut("a.b").unwrap().acked_through = Some(2);
-        assert_eq!(s.place("a.b".into(), rec(1), None), Placed::AlreadyAcked);
-        assert_eq!(s.place("a.b".into(), rec(3), None), Placed::Queued);
-        assert_eq!(s.place("a.b".into(), rec(4), None), Placed::Queued);
-        assert_eq!(s.place("a.b".into(), rec(5), None), Placed::Queued);
+        assert_eq!(s.place("a.b", rec(1), None), Placed::AlreadyAcked);
+        assert_eq!(s.place("a.b", rec(3), None), Placed::Queued);
+        assert_eq!(s.place("a.b", rec(4), None), Placed::Queued);
+        assert_eq!(s.place("a.b", rec(5), None), Placed::Queued);
         let t = &s.topics["a.b"];
         assert!(t.restored[0].slots.iter().all(Option::is_some));
         assert_eq!(t.unsent.len(), 1);
@@ -318,7 +329,7 @@ mod tests {
             (12, true),
             (13, false),
         ] {
-            let placed = s.place("a.b".into(), rec(seq), Some(10));
+            let placed = s.place("a.b", rec(seq), Some(10));
             assert_eq!(placed == Placed::AlreadyAcked, want, "seq {seq}");
         }
         let t = &s.topics["a.b"];
@@ -368,7 +379,9 @@ mod tests {
                 .collect()
         };
         let want = |v: &[(&str, &str)]| -> Vec<(String, String)> {
-            v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+            v.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
         };
         assert_eq!(
             text(&recs[0].headers),
