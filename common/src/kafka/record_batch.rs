@@ -164,6 +164,11 @@ impl Writer {
         }
     }
 
+    /// Bytes the record block can hold without growing.
+    pub fn capacity(&self) -> usize {
+        self.body.capacity()
+    }
+
     /// Records written so far.
     pub fn len(&self) -> usize {
         self.count as usize
@@ -257,7 +262,13 @@ impl Writer {
                 out.extend_from_slice(&self.body);
                 out
             }
-            Codec::Zstd => zstd.compress_into(&self.body, out)?,
+            Codec::Zstd => {
+                // Room was reserved for incompressible input; the batch is kept until
+                // acknowledged, so give the rest back (bounds the edge's drain RSS).
+                let mut out = zstd.compress_into(&self.body, out)?;
+                out.shrink_to_fit();
+                out
+            }
         };
         let batch_len =
             i32::try_from(out.len() - 12).map_err(|_| Error::Malformed("batch too large"))?;
