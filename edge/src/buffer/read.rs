@@ -1,6 +1,7 @@
 //! The replicator's side of the buffer: read committed batches in order, release records
 //! once the cloud acknowledged them.
 
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::atomic::Ordering;
 
 use super::{files, record, remove_batch, Buffer, Error, Record};
@@ -100,11 +101,31 @@ impl Buffer {
     pub fn release(&self, seqs: &[u64]) -> Result<(), Error> {
         let inner = &self.inner;
         let mut s = inner.lock();
-        for &seq in seqs {
+        // One lookup per batch file, not per record: runs of ascending sequences below
+        // the next batch's key belong to the same batch.
+        let mut i = 0;
+        while i < seqs.len() {
+            let seq = seqs[i];
             let Some(key) = s.batches.range(..=seq).next_back().map(|(k, _)| *k) else {
+                i += 1;
                 continue;
             };
-            release_in(&mut s, inner, key, 1)?;
+            let next = s
+                .batches
+                .range((Excluded(seq), Unbounded))
+                .next()
+                .map_or(u64::MAX, |(k, _)| *k);
+            let mut n = 1;
+            let mut last = seq;
+            while let Some(&q) = seqs.get(i + n as usize) {
+                if q <= last || q >= next {
+                    break;
+                }
+                last = q;
+                n += 1;
+            }
+            release_in(&mut s, inner, key, n)?;
+            i += n as usize;
         }
         drop(s);
         inner.changed.notify_all();
@@ -124,4 +145,64 @@ fn release_in(s: &mut super::State, inner: &super::Inner, key: u64, n: u32) -> R
         inner.reap(key)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::super::{BufferConfig, FullPolicy, SyncPolicy};
+    use super::*;
+
+    /// One release call whose sequences span several batch files, out of order and
+    /// interleaved (as a Kafka batch of one topic is): each batch loses exactly its own
+    /// records, and only fully released batches are deleted.
+    #[test]
+    fn release_spanning_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let buf = Buffer::open(BufferConfig {
+            dir: dir.path().to_path_buf(),
+            quota_bytes: u64::MAX,
+            full_policy: FullPolicy::Block,
+            sync: SyncPolicy::Interval(Duration::from_secs(3600)),
+            batch_max_bytes: usize::MAX,
+            cache_bytes: 1 << 20,
+        })
+        .unwrap();
+        for _ in 0..3 {
+            for _ in 0..4 {
+                buf.append(Record {
+                    topic: "t".into(),
+                    payload: Bytes::from_static(b"p"),
+                    ..Record::default()
+                })
+                .unwrap();
+            }
+            buf.commit().unwrap();
+        }
+        let batches = buf.read(None, usize::MAX).unwrap();
+        let seqs: Vec<Vec<u64>> = batches
+            .iter()
+            .map(|b| b.records.iter().map(|r| r.seq).collect())
+            .collect();
+        assert_eq!(seqs.len(), 3);
+        // All of batch 0, half of batch 1, one of batch 2, then the rest of batch 1
+        // after a step back.
+        let mut first = seqs[0].clone();
+        first.extend(&seqs[1][..2]);
+        first.push(seqs[2][0]);
+        first.push(seqs[1][2]);
+        buf.release(&first).unwrap();
+        assert_eq!(buf.snapshot().records, 12 - 8);
+        buf.reaped();
+        assert_eq!(files::list(&buf.inner.files).unwrap().len(), 2);
+        let mut rest = vec![seqs[1][3]];
+        rest.extend(&seqs[2][1..]);
+        buf.release(&rest).unwrap();
+        assert_eq!(buf.snapshot().records, 0);
+        buf.reaped();
+        assert!(files::list(&buf.inner.files).unwrap().is_empty());
+    }
 }

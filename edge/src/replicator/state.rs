@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 use common::headers;
-use common::kafka::BatchRecord;
+use common::kafka::record_batch::{Header, Writer};
 
 use crate::buffer::uplink::Inflight;
 use crate::buffer::Record;
@@ -111,8 +111,14 @@ impl State {
     /// Places a record read from the buffer. `live_from` is the boundary of a live-first
     /// drain in progress: records below it are backlog, checked against and queued
     /// apart from the live ones.
-    pub fn place(&mut self, kafka_topic: String, rec: Record, live_from: Option<u64>) -> Placed {
-        let t = self.topics.entry(kafka_topic.clone()).or_default();
+    pub fn place(&mut self, kafka_topic: &str, rec: Record, live_from: Option<u64>) -> Placed {
+        if !self.topics.contains_key(kafka_topic) {
+            self.topics
+                .insert(kafka_topic.to_owned(), TopicState::default());
+        }
+        let Some(t) = self.topics.get_mut(kafka_topic) else {
+            return Placed::Queued;
+        };
         if t.mqtt.is_empty() {
             t.mqtt = rec.topic.clone();
         }
@@ -125,7 +131,12 @@ impl State {
         if watermark.is_some_and(|a| rec.seq <= a) {
             return Placed::AlreadyAcked;
         }
-        if let Some((_, slot)) = self.expected.remove(&rec.seq) {
+        let restored = if self.expected.is_empty() {
+            None
+        } else {
+            self.expected.remove(&rec.seq)
+        };
+        if let Some((_, slot)) = restored {
             if let Some(r) = t
                 .restored
                 .iter_mut()
@@ -189,42 +200,84 @@ impl State {
     }
 }
 
-/// Converts a buffered record to a Kafka record per the header contract.
-pub fn to_batch_record(rec: &Record, edge_id: &str) -> BatchRecord {
-    let mut h: Vec<(String, Option<Bytes>)> = Vec::with_capacity(8 + rec.props.user.len());
-    let b = |s: &str| Some(Bytes::copy_from_slice(s.as_bytes()));
-    h.push((headers::MQTT_TOPIC.into(), b(&rec.topic)));
-    h.push((headers::MQTT_QOS.into(), b(&rec.qos.to_string())));
-    h.push((
-        headers::MQTT_RETAIN.into(),
-        Some(Bytes::from_static(headers::bool_value(rec.retain))),
-    ));
-    if let Some(ct) = &rec.props.content_type {
-        h.push((headers::MQTT_CONTENT_TYPE.into(), b(ct)));
-    }
-    if let Some(pf) = rec.props.payload_format {
-        h.push((headers::MQTT_PAYLOAD_FORMAT.into(), b(&pf.to_string())));
-    }
-    if let Some(rt) = &rec.props.response_topic {
-        h.push((headers::MQTT_RESPONSE_TOPIC.into(), b(rt)));
-    }
-    if let Some(cd) = &rec.props.correlation_data {
-        h.push((headers::MQTT_CORRELATION_DATA.into(), Some(cd.clone())));
-    }
-    for (k, v) in &rec.props.user {
-        h.push((headers::user_property(k), b(v)));
-    }
-    h.push((headers::EDGE_ID.into(), b(edge_id)));
-    h.push((headers::EDGE_SEQ.into(), b(&rec.seq.to_string())));
-    h.push((
-        headers::EDGE_CLOCK_SYNCED.into(),
-        Some(Bytes::from_static(headers::bool_value(rec.clock_synced))),
-    ));
-    BatchRecord {
-        key: rec.key.clone(),
-        value: Some(rec.payload.clone()),
-        headers: h,
-        timestamp_ms: rec.recv_ms,
+/// Appends a buffered record to a Kafka batch per the header contract, straight from the
+/// record's bytes: no per-record allocation unless it has MQTT 5 user properties.
+pub fn push_record(w: &mut Writer, rec: &Record, edge_id: &str) {
+    let mut seq_buf = [0u8; 20];
+    let mut pf_buf = [0u8; 20];
+    let user_names: Vec<String> = rec
+        .props
+        .user
+        .iter()
+        .map(|(k, _)| headers::user_property(k))
+        .collect();
+    let qos: &[u8] = match rec.qos {
+        0 => b"0",
+        1 => b"1",
+        _ => b"2",
+    };
+    let head: [Header<'_>; 3] = [
+        (headers::MQTT_TOPIC.as_bytes(), Some(rec.topic.as_bytes())),
+        (headers::MQTT_QOS.as_bytes(), Some(qos)),
+        (
+            headers::MQTT_RETAIN.as_bytes(),
+            Some(headers::bool_value(rec.retain)),
+        ),
+    ];
+    let p = &rec.props;
+    let optional: [Option<Header<'_>>; 4] = [
+        p.content_type
+            .as_ref()
+            .map(|ct| (headers::MQTT_CONTENT_TYPE.as_bytes(), Some(ct.as_bytes()))),
+        p.payload_format.map(|pf| {
+            (
+                headers::MQTT_PAYLOAD_FORMAT.as_bytes(),
+                Some(decimal(u64::from(pf), &mut pf_buf)),
+            )
+        }),
+        p.response_topic
+            .as_ref()
+            .map(|rt| (headers::MQTT_RESPONSE_TOPIC.as_bytes(), Some(rt.as_bytes()))),
+        p.correlation_data
+            .as_ref()
+            .map(|cd| (headers::MQTT_CORRELATION_DATA.as_bytes(), Some(&cd[..]))),
+    ];
+    let user = user_names
+        .iter()
+        .zip(&p.user)
+        .map(|(name, (_, v))| (name.as_bytes(), Some(v.as_bytes())));
+    let tail: [Header<'_>; 3] = [
+        (headers::EDGE_ID.as_bytes(), Some(edge_id.as_bytes())),
+        (
+            headers::EDGE_SEQ.as_bytes(),
+            Some(decimal(rec.seq, &mut seq_buf)),
+        ),
+        (
+            headers::EDGE_CLOCK_SYNCED.as_bytes(),
+            Some(headers::bool_value(rec.clock_synced)),
+        ),
+    ];
+    w.push(
+        rec.recv_ms,
+        rec.key.as_deref(),
+        Some(&rec.payload[..]),
+        head.into_iter()
+            .chain(optional.into_iter().flatten())
+            .chain(user)
+            .chain(tail),
+    );
+}
+
+/// `v` in decimal ASCII, written into `buf`.
+fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            return &buf[i..];
+        }
     }
 }
 
@@ -250,10 +303,10 @@ mod tests {
             seqs: vec![3, 5],
         }]);
         s.topics.get_mut("a.b").unwrap().acked_through = Some(2);
-        assert_eq!(s.place("a.b".into(), rec(1), None), Placed::AlreadyAcked);
-        assert_eq!(s.place("a.b".into(), rec(3), None), Placed::Queued);
-        assert_eq!(s.place("a.b".into(), rec(4), None), Placed::Queued);
-        assert_eq!(s.place("a.b".into(), rec(5), None), Placed::Queued);
+        assert_eq!(s.place("a.b", rec(1), None), Placed::AlreadyAcked);
+        assert_eq!(s.place("a.b", rec(3), None), Placed::Queued);
+        assert_eq!(s.place("a.b", rec(4), None), Placed::Queued);
+        assert_eq!(s.place("a.b", rec(5), None), Placed::Queued);
         let t = &s.topics["a.b"];
         assert!(t.restored[0].slots.iter().all(Option::is_some));
         assert_eq!(t.unsent.len(), 1);
@@ -276,7 +329,7 @@ mod tests {
             (12, true),
             (13, false),
         ] {
-            let placed = s.place("a.b".into(), rec(seq), Some(10));
+            let placed = s.place("a.b", rec(seq), Some(10));
             assert_eq!(placed == Placed::AlreadyAcked, want, "seq {seq}");
         }
         let t = &s.topics["a.b"];
@@ -292,20 +345,67 @@ mod tests {
     fn header_contract() {
         let mut r = rec(9);
         r.qos = 1;
+        r.recv_ms = 1_234;
+        r.key = Some(bytes::Bytes::from_static(b"client"));
+        r.payload = bytes::Bytes::from_static(b"hello");
         r.props.user.push(("k".into(), "v".into()));
-        let br = to_batch_record(&r, "e1");
-        let names: Vec<&str> = br.headers.iter().map(|(k, _)| k.as_str()).collect();
+        r.props.payload_format = Some(1);
+        let mut w = Writer::default();
+        push_record(&mut w, &r, "e1");
+        let mut r2 = rec(1_234_567_890);
+        r2.clock_synced = true;
+        push_record(&mut w, &r2, "e1");
+        let batch = w
+            .finish(
+                common::kafka::ProducerState::NONE,
+                0,
+                common::kafka::record_batch::Codec::None,
+                &mut Default::default(),
+            )
+            .unwrap();
+        let recs: Vec<_> = common::kafka::record_batch::read(&batch)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let text = |h: &[(bytes::Bytes, Option<bytes::Bytes>)]| -> Vec<(String, String)> {
+            h.iter()
+                .map(|(k, v)| {
+                    let v = v.as_deref().unwrap_or_default();
+                    (
+                        String::from_utf8_lossy(k).into_owned(),
+                        String::from_utf8_lossy(v).into_owned(),
+                    )
+                })
+                .collect()
+        };
+        let want = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
         assert_eq!(
-            names,
-            [
-                "mqtt.topic",
-                "mqtt.qos",
-                "mqtt.retain",
-                "mqtt.user.k",
-                "edge.id",
-                "edge.seq",
-                "edge.clock_synced"
-            ]
+            text(&recs[0].headers),
+            want(&[
+                ("mqtt.topic", "a/b"),
+                ("mqtt.qos", "1"),
+                ("mqtt.retain", "false"),
+                ("mqtt.payload_format", "1"),
+                ("mqtt.user.k", "v"),
+                ("edge.id", "e1"),
+                ("edge.seq", "9"),
+                ("edge.clock_synced", "false"),
+            ])
+        );
+        assert_eq!(recs[0].timestamp, 1_234);
+        assert_eq!(recs[0].key.as_deref(), Some(&b"client"[..]));
+        assert_eq!(recs[0].value.as_deref(), Some(&b"hello"[..]));
+        assert_eq!(
+            text(&recs[1].headers)[3..],
+            want(&[
+                ("edge.id", "e1"),
+                ("edge.seq", "1234567890"),
+                ("edge.clock_synced", "true"),
+            ])[..]
         );
     }
 }
