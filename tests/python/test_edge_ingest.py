@@ -38,23 +38,27 @@ def test_clean_start_logs_no_error(edge_factory):
 
 
 def test_edge_runs_with_two_malloc_arenas(edge_factory, monkeypatch):
-    """The edge re-executes itself with MALLOC_ARENA_MAX=2 (same pid) unless the variable
-    is set: with glibc's default arenas a 1 GB drain peaked at 41-43 MB RSS, with 2 at
-    29 MB (edge-bench). A value the operator set is kept."""
+    """The edge re-executes itself with MALLOC_ARENA_MAX=2 and a fixed mmap threshold
+    (same pid) unless MALLOC_ARENA_MAX is set: with glibc's defaults a 1 GB drain peaked
+    at 41-43 MB RSS, with both at 28 MB (edge-bench). A value the operator set is kept."""
     def environ(pid: int) -> dict[str, str]:
         raw = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
         return dict(kv.decode().split("=", 1) for kv in raw if b"=" in kv)
 
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     edge = edge_factory({"cloud": {"bootstrap": dead_bootstrap()}})
-    assert environ(edge.proc.pid).get("MALLOC_ARENA_MAX") == "2"
+    env = environ(edge.proc.pid)
+    assert env.get("MALLOC_ARENA_MAX") == "2"
+    assert env.get("MALLOC_MMAP_THRESHOLD_") == "131072"
     mosquitto_pub(edge.v4, "mqttv311", "cam/x", "hi")
     wait_for(lambda: edge.metrics().get("edge_ingest_records_total") == 1, 10, what="ingest")
     edge.stop()
 
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     edge = edge_factory({"cloud": {"bootstrap": dead_bootstrap()}})
-    assert environ(edge.proc.pid).get("MALLOC_ARENA_MAX") == "4"
+    env = environ(edge.proc.pid)
+    assert env.get("MALLOC_ARENA_MAX") == "4"
+    assert "MALLOC_MMAP_THRESHOLD_" not in env
 
 
 def paho_empty_id(addr, version: int):
