@@ -6,3 +6,4 @@ pub mod faultproxy;
 pub mod kafka;
 pub mod mqtt;
 pub mod proc;
+pub mod usage;

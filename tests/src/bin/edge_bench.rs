@@ -58,6 +58,7 @@ struct Opts {
 }
 
 fn opts() -> Result<Opts> {
+    tests::usage::exit_on_help(include_str!("edge_bench.rs"));
     let mut o = Opts {
         publishers: 8,
         window: 100,

@@ -39,6 +39,7 @@ struct Opts {
 }
 
 fn opts() -> Result<Opts> {
+    tests::usage::exit_on_help(include_str!("mqtt_bench.rs"));
     let mut o = Opts {
         publishers: 8,
         subscribers: 20,

@@ -24,6 +24,7 @@ struct Opts {
 }
 
 fn opts() -> Result<Opts> {
+    tests::usage::exit_on_help(include_str!("produce_fetch.rs"));
     let mut o = Opts {
         producers: 4,
         consumers: 2,

@@ -29,6 +29,7 @@ async fn metadata_latency(addr: &str, topic: &str, n: usize) -> Result<(f64, f64
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    tests::usage::exit_on_help(include_str!("topics.rs"));
     let args: Vec<String> = std::env::args().skip(1).collect();
     let get = |flag: &str, default: usize| -> Result<usize> {
         match args.iter().position(|a| a == flag) {
