@@ -149,9 +149,8 @@ def test_group_resumes_across_restart(cloud_factory, how):
     b.expect_none(Mqtt(port, 5), TOPIC)  # "seen" is not delivered again
 
 
-def test_group_with_a_member_at_clean_stop_resumes_exactly(cloud_factory):
-    """A clean stop stores the positions of groups that still have members: nothing the
-    member acknowledged is delivered again, nothing published after the restart is lost."""
+def cloud_with_a_busy_member(cloud_factory):
+    """A cloud whose group has one member that received (and acknowledged) 5 messages."""
     from mqtt_fixtures import start_mqtt_cloud
 
     cloud = start_mqtt_cloud(cloud_factory)
@@ -161,15 +160,29 @@ def test_group_with_a_member_at_clean_stop_resumes_exactly(cloud_factory):
     done = [f"d{i}".encode() for i in range(5)]
     publish_all(port, done)
     assert payloads(a, len(done)) == done
-    # Its PUBACKs precede this publish on the wire and are handled in order.
-    a.publish("jobs/other", b"barrier", qos=1)
-    restart(cloud, kill=False)
-    a.c.loop_stop()
+    return cloud, a, done
+
+
+def restart_publish_and_rejoin(cloud, old_member, kill: bool):
+    """Restarts the cloud, publishes 5 new messages, and subscribes a new member; returns
+    (port, the new messages, the new member)."""
+    restart(cloud, kill=kill)
+    old_member.c.loop_stop()
     port = cloud.mqtt_port
     after = [f"n{i}".encode() for i in range(5)]
     publish_all(port, after)
     b = member(port)
     b.subscribe(GROUP, qos=1)
+    return port, after, b
+
+
+def test_group_with_a_member_at_clean_stop_resumes_exactly(cloud_factory):
+    """A clean stop stores the positions of groups that still have members: nothing the
+    member acknowledged is delivered again, nothing published after the restart is lost."""
+    cloud, a, done = cloud_with_a_busy_member(cloud_factory)
+    # Its PUBACKs precede this publish on the wire and are handled in order.
+    a.publish("jobs/other", b"barrier", qos=1)
+    port, after, b = restart_publish_and_rejoin(cloud, a, kill=False)
     assert payloads(b, len(after)) == after
     b.expect_none(Mqtt(port, 5), TOPIC)
 
@@ -178,22 +191,8 @@ def test_group_with_a_member_at_kill_loses_nothing(cloud_factory):
     """SIGKILL while the group has a member: every message published after the restart
     is delivered; what the member had acknowledged since the last periodic save (at most
     about a second of progress) may come again (at least once), nothing else."""
-    from mqtt_fixtures import start_mqtt_cloud
-
-    cloud = start_mqtt_cloud(cloud_factory)
-    port = cloud.mqtt_port
-    a = member(port)
-    a.subscribe(GROUP, qos=1)
-    done = [f"d{i}".encode() for i in range(5)]
-    publish_all(port, done)
-    assert payloads(a, len(done)) == done
-    restart(cloud, kill=True)
-    a.c.loop_stop()
-    port = cloud.mqtt_port
-    after = [f"n{i}".encode() for i in range(5)]
-    publish_all(port, after)
-    b = member(port)
-    b.subscribe(GROUP, qos=1)
+    cloud, a, done = cloud_with_a_busy_member(cloud_factory)
+    port, after, b = restart_publish_and_rejoin(cloud, a, kill=True)
     probe = Mqtt(port, 5)
     probe.publish(TOPIC, b"__barrier__", qos=1)
     got = []

@@ -729,7 +729,8 @@ impl Hub {
         let appended = part
             .append(&self.log.store, vec![batch], self.config.durable_publish)
             .await?;
-        let followed = Recent::of(&part).push(appended.base_offset, &key, msgs);
+        let followed =
+            Recent::existing(&part).is_some_and(|r| r.push(appended.base_offset, &key, msgs));
         for m in msgs.iter().filter(|m| m.retain) {
             self.set_retained(m).await?;
         }

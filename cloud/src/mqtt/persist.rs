@@ -39,6 +39,32 @@ fn get_str(b: &mut &[u8]) -> Option<String> {
     Some(s)
 }
 
+/// Log positions as stored: `count u32 | (len u32 | topic | partition u32 | offset u64)*`.
+fn put_cursors(b: &mut Vec<u8>, cursors: &[(String, u32, u64)]) {
+    b.put_u32(cursors.len() as u32);
+    for (t, p, o) in cursors {
+        put_str(b, t);
+        b.put_u32(*p);
+        b.put_u64(*o);
+    }
+}
+
+fn get_cursors(b: &mut &[u8]) -> Option<Vec<(String, u32, u64)>> {
+    if b.remaining() < 4 {
+        return None;
+    }
+    let n = b.get_u32() as usize;
+    let mut cursors = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        let t = get_str(b)?;
+        if b.remaining() < 12 {
+            return None;
+        }
+        cursors.push((t, b.get_u32(), b.get_u64()));
+    }
+    Some(cursors)
+}
+
 impl SavedSession {
     /// Encodes the session; `disconnected_ms` is when its client disconnected (ms since
     /// the epoch; 0 while connected), from which its expiry is counted after a restart.
@@ -54,12 +80,7 @@ impl SavedSession {
             b.put_u8(o.retain_handling);
             b.put_u32(o.id.map(|i| i as u32).unwrap_or(0));
         }
-        b.put_u32(self.cursors.len() as u32);
-        for (t, p, o) in &self.cursors {
-            put_str(&mut b, t);
-            b.put_u32(*p);
-            b.put_u64(*o);
-        }
+        put_cursors(&mut b, &self.cursors);
         b.put_u64(disconnected_ms);
         b
     }
@@ -95,18 +116,7 @@ impl SavedSession {
             };
             subscriptions.push((f, opts));
         }
-        if b.remaining() < 4 {
-            return None;
-        }
-        let n = b.get_u32() as usize;
-        let mut cursors = Vec::with_capacity(n.min(1024));
-        for _ in 0..n {
-            let t = get_str(b)?;
-            if b.remaining() < 12 {
-                return None;
-            }
-            cursors.push((t, b.get_u32(), b.get_u64()));
-        }
+        let cursors = get_cursors(b)?;
         let disconnected_ms = match format {
             1 => 0,
             _ if b.remaining() >= 8 => b.get_u64(),
@@ -141,12 +151,7 @@ impl SavedShareGroup {
         let mut b = Vec::with_capacity(13 + self.cursors.len() * 32);
         b.put_u8(SHARE_FORMAT);
         b.put_u64(left_ms);
-        b.put_u32(self.cursors.len() as u32);
-        for (t, p, o) in &self.cursors {
-            put_str(&mut b, t);
-            b.put_u32(*p);
-            b.put_u64(*o);
-        }
+        put_cursors(&mut b, &self.cursors);
         b
     }
 
@@ -158,15 +163,7 @@ impl SavedShareGroup {
             return None;
         }
         let left_ms = b.get_u64();
-        let n = b.get_u32() as usize;
-        let mut cursors = Vec::with_capacity(n.min(1024));
-        for _ in 0..n {
-            let t = get_str(b)?;
-            if b.remaining() < 12 {
-                return None;
-            }
-            cursors.push((t, b.get_u32(), b.get_u64()));
-        }
+        let cursors = get_cursors(b)?;
         if b.has_remaining() {
             return None;
         }

@@ -72,14 +72,20 @@ impl Watch {
 }
 
 impl Recent {
-    /// The cache of `part` (created on first use, in the partition's view slot).
+    /// The cache of `part` (created on first use, in the partition's view slot), for a
+    /// cursor about to follow it.
     pub(crate) fn of(part: &PartitionLog) -> Arc<Recent> {
-        let any: Arc<dyn Any + Send + Sync> = part
+        let any = part
             .view_cache
-            .get_or_init(|| Arc::new(Recent::default()) as Arc<dyn Any + Send + Sync>)
-            .clone();
+            .get_or_init(|| Arc::new(Recent::default()) as Arc<dyn Any + Send + Sync>);
         // The slot only ever holds a `Recent` (this module is its one user).
-        any.downcast::<Recent>().unwrap_or_default()
+        any.clone().downcast::<Recent>().unwrap_or_default()
+    }
+
+    /// The cache of `part` if a cursor ever followed it: appends to partitions nobody
+    /// follows allocate nothing (a million topics may be published to over MQTT).
+    pub(crate) fn existing(part: &PartitionLog) -> Option<Arc<Recent>> {
+        part.view_cache.get()?.clone().downcast::<Recent>().ok()
     }
 
     /// Starts keeping this partition's appends until the returned guard drops.
