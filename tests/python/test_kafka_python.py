@@ -86,7 +86,9 @@ class KPMember(threading.Thread):
 # nothing ("No partition metadata for topic") and did not rejoin within 30-45 s, with our
 # cloud and with the session-1 build alike (3 of 8 runs failed with both cores busy). The
 # broker's default initial rebalance delay (3 s, as Kafka's) gives the first member's
-# metadata time to arrive; the suite's 0 ms default exposed the client race.
+# metadata time to arrive; the suite's 0 ms default exposed the client race. Like Kafka's,
+# the delay applies whenever a rebalance starts from an empty group: kp-C below joins the
+# group after A and B left (it failed 1 run in CI when only a new group waited).
 @pytest.mark.cloud_config({"groups": {"initial_rebalance_delay_ms": 3000}})
 @pytest.mark.timeout(180)
 def test_consumer_group_two_members_commit_and_resume(cloud, topic_name):

@@ -99,6 +99,9 @@ pub(crate) struct Group {
     pending: BTreeMap<String, Instant>,
     rebalance_deadline: Option<Instant>,
     initial_delay: Duration,
+    /// The rebalance in progress started from an empty group: it waits the initial delay
+    /// even when everyone known has joined (Kafka's `InitialDelayedJoin`).
+    delayed_join: bool,
     next_member: u64,
 }
 
@@ -115,6 +118,7 @@ impl Group {
             pending: BTreeMap::new(),
             rebalance_deadline: None,
             initial_delay,
+            delayed_join: false,
             next_member: 0,
         }
     }
@@ -241,16 +245,17 @@ impl Group {
             timeout
         };
         self.rebalance_deadline = Some(now + wait);
+        self.delayed_join = was_empty && !self.initial_delay.is_zero();
         self.maybe_complete_join(now);
     }
 
     fn maybe_complete_join(&mut self, now: Instant) {
         let all_joined = self.members.values().all(|m| m.join_waiter.is_some());
         let deadline_passed = self.rebalance_deadline.is_none_or(|d| now >= d);
-        let initial = self.generation == 0 || self.initial_delay.is_zero();
-        // The first rebalance of a group waits the initial delay so that members starting
-        // together land in one generation; later ones complete once everyone rejoined.
-        if deadline_passed || (all_joined && (!initial || self.initial_delay.is_zero())) {
+        // A rebalance of an empty group (a new one, or one whose members all left) waits
+        // the initial delay so that members starting together land in one generation;
+        // others complete once everyone rejoined.
+        if deadline_passed || (all_joined && !self.delayed_join) {
             self.complete_join();
         }
     }

@@ -75,6 +75,30 @@ fn two_members_rebalance_and_sync() {
 }
 
 #[test]
+fn a_group_that_became_empty_waits_the_initial_delay_again() {
+    let t0 = Instant::now();
+    let delay = Duration::from_millis(100);
+    let mut g = Group::new("g", delay);
+    let a = join_new(&mut g, t0);
+    let mut ra = join(&mut g, &a, t0);
+    g.tick(t0 + delay);
+    assert_eq!(ra.try_recv().expect("a joined").generation, 1);
+    assert_eq!(g.leave(&a, t0 + delay), NONE);
+    assert_eq!(g.state, State::Empty);
+    // A member of a later generation: the group is empty again, so as in Kafka it waits
+    // the initial delay (members starting together land in one generation).
+    let t1 = t0 + Duration::from_secs(1);
+    let c = join_new(&mut g, t1);
+    let mut rc = join(&mut g, &c, t1);
+    assert!(
+        rc.try_recv().is_err(),
+        "a rebalance from empty waits the initial delay"
+    );
+    g.tick(t1 + delay);
+    assert!(rc.try_recv().expect("c joined").generation > 1);
+}
+
+#[test]
 fn leave_triggers_rebalance_and_rejoin_completes_it() {
     let t0 = Instant::now();
     let mut g = Group::new("g", Duration::ZERO);
