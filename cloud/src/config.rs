@@ -323,6 +323,8 @@ mod tests {
         assert!(e.contains("groups.min_session_timeout_ms"), "{e}");
         let e = err("mqtt:\n  receive_maximum: 0\n");
         assert!(e.starts_with("cloud.yaml: mqtt.receive_maximum:"), "{e}");
+        let e = err("mqtt:\n  threads: 257\n");
+        assert!(e.starts_with("cloud.yaml: mqtt.threads:"), "{e}");
         let e = err("mqtt:\n  lisen: 127.0.0.1:1\n");
         assert!(e.contains("unknown field") && e.contains("lisen"), "{e}");
         let e = err("mqtt:\n  tls:\n    listen: 127.0.0.1:0\n");

@@ -177,6 +177,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
         None => None,
     };
+    let config_threads = config.mqtt.thread_count();
     let mqtt_addr = mqtt_listener.as_ref().map(|(_, a)| *a);
     let mqtts_addr = mqtts_listener.as_ref().map(|((_, a), _)| *a);
     let broker = Arc::new(
@@ -199,16 +200,21 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .is_some_and(|t| t.client_ca.is_some()),
         "kafka listener security"
     );
+    let mqtt_threads = mqtt::Threads::start(
+        config_threads,
+        mqtt::Listeners {
+            plain: mqtt_listener.map(|(l, _)| l),
+            tls: mqtts_listener.map(|((l, _), acceptor)| (l, acceptor)),
+        },
+        mqtt_hub.clone(),
+    )
+    .map_err(|e| StartError::Mqtt(format!("mqtt threads: {e}")))?;
     let hub = mqtt_hub.clone();
     let serve = async move {
+        // Dropping the serve future stops the MQTT threads and their connections.
+        let _mqtt_threads = mqtt_threads;
         tokio::spawn(log::retention::run(log.clone(), retention_every));
         tokio::spawn(mqtt_hub.clone().watch_topics());
-        if let Some((l, _)) = mqtt_listener {
-            tokio::spawn(mqtt::serve(l, mqtt_hub.clone()));
-        }
-        if let Some(((l, _), acceptor)) = mqtts_listener {
-            tokio::spawn(mqtt::serve_tls(l, acceptor, mqtt_hub.clone()));
-        }
         let ticker = groups.clone();
         tokio::spawn(async move {
             let mut t = tokio::time::interval(Duration::from_millis(100));

@@ -27,6 +27,7 @@ mod recent;
 pub(crate) mod records;
 pub(crate) mod session;
 mod share;
+mod threads;
 pub(crate) mod topic;
 
 #[cfg(test)]
@@ -39,13 +40,11 @@ mod topic_tests;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use serde::Deserialize;
-use tokio::net::TcpListener;
-use tracing::{debug, warn};
 
 pub(crate) use hub::Hub;
+pub(crate) use threads::{Listeners, Threads};
 
 /// Errors of the MQTT view.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +74,8 @@ pub use common::tls::TlsError;
 pub struct MqttConfig {
     /// Plain MQTT listener; `null` disables it.
     pub listen: Option<SocketAddr>,
+    /// Threads serving MQTT connections (each a single-threaded runtime); 0: half the cores.
+    pub threads: u16,
     /// MQTT over TLS (rustls); absent by default.
     pub tls: Option<TlsConfig>,
     /// Largest packet accepted (and advertised as MQTT 5 Maximum Packet Size).
@@ -119,6 +120,7 @@ impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
+            threads: 0,
             tls: None,
             max_packet_bytes: 1 << 20,
             receive_maximum: 1024,
@@ -137,8 +139,19 @@ impl Default for MqttConfig {
 }
 
 impl MqttConfig {
+    /// Threads serving MQTT connections (`threads`, with 0 resolved).
+    pub(crate) fn thread_count(&self) -> usize {
+        match self.threads {
+            0 => threads::auto_threads(),
+            n => usize::from(n),
+        }
+    }
+
     /// Checks values serde cannot; the error names the key.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.threads > 256 {
+            return Err(("mqtt.threads", "must be at most 256".into()));
+        }
         if self.max_packet_bytes < 64 || self.max_packet_bytes > 268_435_455 {
             return Err((
                 "mqtt.max_packet_bytes",
@@ -184,50 +197,4 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Loads the TLS certificate chain and key.
 pub(crate) fn tls_acceptor(t: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
     common::tls::acceptor(&t.cert, &t.key, None).map_err(|(_, e)| e)
-}
-
-/// Accepts plain MQTT connections forever.
-pub(crate) async fn serve(listener: TcpListener, hub: Arc<Hub>) {
-    loop {
-        match listener.accept().await {
-            Ok((sock, peer)) => {
-                let _ = sock.set_nodelay(true);
-                tokio::spawn(conn::serve(sock, peer, hub.clone()));
-            }
-            Err(e) => {
-                // EMFILE and friends: keep serving the connections we have.
-                warn!(cause = %e, "mqtt accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-/// Accepts MQTT over TLS connections forever; a failed handshake closes that connection only.
-pub(crate) async fn serve_tls(
-    listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    hub: Arc<Hub>,
-) {
-    loop {
-        match listener.accept().await {
-            Ok((sock, peer)) => {
-                let _ = sock.set_nodelay(true);
-                let acceptor = acceptor.clone();
-                let hub = hub.clone();
-                let timeout = std::time::Duration::from_millis(hub.config.connect_timeout_ms);
-                tokio::spawn(async move {
-                    match tokio::time::timeout(timeout, acceptor.accept(sock)).await {
-                        Ok(Ok(tls)) => conn::serve(tls, peer, hub).await,
-                        Ok(Err(e)) => debug!(%peer, cause = %e, "tls handshake failed"),
-                        Err(_) => debug!(%peer, "tls handshake timed out"),
-                    }
-                });
-            }
-            Err(e) => {
-                warn!(cause = %e, "mqtts accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
 }

@@ -1,0 +1,188 @@
+//! The MQTT listeners and connections run on their own threads, one single-threaded tokio
+//! runtime each (`mqtt.threads`), apart from the Kafka side's multi-threaded runtime.
+//!
+//! Why: a publish wakes its subscribers' connections. On a work-stealing runtime the woken
+//! task is often taken by another worker, so each message costs a cross-thread wake-up
+//! (two futex calls, a context switch) on its delivery path; measured, this was most of
+//! the gap to Mosquitto's single-threaded round trip. On one thread the publisher's append
+//! queues the subscriber on the same run queue, the publisher yields
+//! (`actions::flush_appends`) and the subscriber writes at once. With more than one
+//! thread, connections are spread over them round-robin; a publisher and a subscriber on
+//! different threads wake each other across threads, as before.
+//!
+//! 1. The listeners are bound by `crate::start` (so bind errors name the key) and handed
+//!    over as std sockets; thread 0 runs the accept loops.
+//! 2. Each accepted socket is moved to the next thread's runtime (`TcpStream::from_std`
+//!    registers it with that thread's I/O driver), where its connection task runs to the end.
+//! 3. The threads stop when the [`Threads`] handle is dropped: each runtime is dropped with
+//!    its tasks, which closes their sockets.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use super::{conn, Hub};
+
+/// How many MQTT threads `mqtt.threads: 0` means: half the cores, at least one, so the
+/// other half serves Kafka clients, the store's writer thread and RocksDB's own threads.
+pub(crate) fn auto_threads() -> usize {
+    thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+/// The running MQTT threads; dropping it stops them.
+pub(crate) struct Threads {
+    _stop: watch::Sender<()>,
+}
+
+/// The listeners to serve: plain, and TLS with its acceptor.
+pub(crate) struct Listeners {
+    pub(crate) plain: Option<TcpListener>,
+    pub(crate) tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+}
+
+impl Threads {
+    /// Starts `count` threads (at least one) serving `listeners`.
+    pub(crate) fn start(
+        count: usize,
+        listeners: Listeners,
+        hub: Arc<Hub>,
+    ) -> std::io::Result<Threads> {
+        let plain = listeners.plain.map(|l| l.into_std()).transpose()?;
+        let tls = match listeners.tls {
+            Some((l, acceptor)) => Some((l.into_std()?, acceptor)),
+            None => None,
+        };
+        let (stop, stopped) = watch::channel(());
+        let mut handles = Vec::new();
+        for i in 0..count.max(1) {
+            handles.push(spawn_runtime(i, stopped.clone())?);
+        }
+        let spread = Spread {
+            handles: handles.into(),
+        };
+        let first = spread.handles[0].clone();
+        if let Some(l) = plain {
+            let (spread, hub) = (spread.clone(), hub.clone());
+            first.spawn(async move {
+                match TcpListener::from_std(l) {
+                    Ok(l) => serve(l, spread, hub).await,
+                    Err(e) => warn!(cause = %e, "mqtt listener lost"),
+                }
+            });
+        }
+        if let Some((l, acceptor)) = tls {
+            first.spawn(async move {
+                match TcpListener::from_std(l) {
+                    Ok(l) => serve_tls(l, acceptor, spread, hub).await,
+                    Err(e) => warn!(cause = %e, "mqtts listener lost"),
+                }
+            });
+        }
+        Ok(Threads { _stop: stop })
+    }
+}
+
+/// One thread with a single-threaded runtime that runs until the stop sender is dropped.
+fn spawn_runtime(i: usize, mut stopped: watch::Receiver<()>) -> std::io::Result<Handle> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = rt.handle().clone();
+    thread::Builder::new()
+        .name(format!("mqtt-{i}"))
+        .spawn(move || {
+            rt.block_on(async move { while stopped.changed().await.is_ok() {} });
+        })?;
+    Ok(handle)
+}
+
+/// Hands connections to the threads in turn.
+#[derive(Clone)]
+struct Spread {
+    handles: Arc<[Handle]>,
+}
+
+impl Spread {
+    /// Runs `task` with the socket moved to the next thread's runtime.
+    fn run<F, Fut>(&self, next: &mut usize, sock: TcpStream, peer: SocketAddr, task: F)
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let _ = sock.set_nodelay(true);
+        let handle = &self.handles[*next % self.handles.len()];
+        *next = next.wrapping_add(1);
+        if self.handles.len() == 1 {
+            tokio::spawn(task(sock));
+            return;
+        }
+        let std = match sock.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(%peer, cause = %e, "connection not handed over");
+                return;
+            }
+        };
+        handle.spawn(async move {
+            match TcpStream::from_std(std) {
+                Ok(sock) => task(sock).await,
+                Err(e) => debug!(%peer, cause = %e, "connection not handed over"),
+            }
+        });
+    }
+}
+
+/// Accepts plain MQTT connections until the threads stop.
+async fn serve(listener: TcpListener, spread: Spread, hub: Arc<Hub>) {
+    let mut next = 0;
+    loop {
+        match listener.accept().await {
+            Ok((sock, peer)) => {
+                let hub = hub.clone();
+                spread.run(&mut next, sock, peer, move |s| conn::serve(s, peer, hub));
+            }
+            Err(e) => accept_failed(false, e).await,
+        }
+    }
+}
+
+/// Accepts MQTT over TLS connections; a failed handshake closes that connection only.
+async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    spread: Spread,
+    hub: Arc<Hub>,
+) {
+    let mut next = 0;
+    loop {
+        match listener.accept().await {
+            Ok((sock, peer)) => {
+                let (acceptor, hub) = (acceptor.clone(), hub.clone());
+                let timeout = std::time::Duration::from_millis(hub.config.connect_timeout_ms);
+                spread.run(&mut next, sock, peer, move |s| async move {
+                    match tokio::time::timeout(timeout, acceptor.accept(s)).await {
+                        Ok(Ok(tls)) => conn::serve(tls, peer, hub).await,
+                        Ok(Err(e)) => debug!(%peer, cause = %e, "tls handshake failed"),
+                        Err(_) => debug!(%peer, "tls handshake timed out"),
+                    }
+                });
+            }
+            Err(e) => accept_failed(true, e).await,
+        }
+    }
+}
+
+/// EMFILE and friends: keep serving the connections we have, try again shortly.
+async fn accept_failed(tls: bool, e: std::io::Error) {
+    if tls {
+        warn!(cause = %e, "mqtts accept failed");
+    } else {
+        warn!(cause = %e, "mqtt accept failed");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+}
