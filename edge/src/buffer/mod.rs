@@ -619,6 +619,16 @@ impl Buffer {
         (s, Ok(Appended::Stored(gen)))
     }
 
+    /// Whether the append with generation `gen` is committed and flushed (no waiting).
+    pub fn is_durable(&self, gen: u64) -> bool {
+        self.inner.lock().committed_gen >= gen
+    }
+
+    /// The generation of the latest append (waiting for it covers every earlier one).
+    pub fn latest_gen(&self) -> u64 {
+        self.inner.lock().gen
+    }
+
     /// Waits until the append with generation `gen` is committed and flushed.
     pub fn wait_durable(&self, gen: u64) -> Result<(), Error> {
         let mut s = self.inner.lock();
