@@ -19,10 +19,10 @@
 //!    appended, before its acknowledgement is encoded.
 //!
 //! So a PUBACK implies the record is fsynced in the buffer: no window is left with
-//! `sync: always`. (Local subscribers may receive a publish before it is durable; only
-//! the acknowledgement waits.) With `sync: interval` the window is at most one interval. The wrapper
-//! also sees what a local link cannot: the publisher's QoS (from the fixed header), its
-//! client id (from CONNECT, the record key) and v5 topic aliases.
+//! `sync: always` (local subscribers may receive a publish before it is durable; only
+//! the acknowledgement waits). With `sync: interval` the window is at most one interval.
+//! The wrapper also sees what a local link cannot: the publisher's QoS (from the fixed
+//! header), its client id (from CONNECT, the record key) and v5 topic aliases.
 //!
 //! Two more duties sit here because only the codec sees the raw packets:
 //!
