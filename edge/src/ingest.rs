@@ -10,15 +10,19 @@
 //! 1. on the first decode call after bytes arrive, it decodes *every* complete frame in
 //!    the read buffer, queues the packets, and appends the uplink publishes to the buffer
 //!    in one call (one sequence each, one lock for the whole read);
-//! 2. with `sync: always`, if any of them was QoS 1/2, it waits (outside the async
-//!    executor, `block_in_place`) until the group commit covering them is flushed;
-//! 3. only then does it return the packets to rumqttd, whose router appends them and
-//!    sends the PUBACKs.
+//! 2. it returns the packets to rumqttd at once (the router routes them while the group
+//!    commit runs) and notes the commit generation of the latest QoS 1/2 record;
+//! 3. with `sync: always`, when rumqttd has the codec encode a PUBACK or PUBREC, the
+//!    codec first waits until that generation is flushed: on the executor if it already
+//!    is (usually: the router's round trip takes about as long as a group commit),
+//!    otherwise outside it (`block_in_place`). Every acknowledged publish was read, so
+//!    appended, before its acknowledgement is encoded.
 //!
 //! So a PUBACK implies the record is fsynced in the buffer: no window is left with
-//! `sync: always`. With `sync: interval` the window is at most one interval. The wrapper
-//! also sees what a local link cannot: the publisher's QoS (from the fixed header), its
-//! client id (from CONNECT, the record key) and v5 topic aliases.
+//! `sync: always` (local subscribers may receive a publish before it is durable; only
+//! the acknowledgement waits). With `sync: interval` the window is at most one interval.
+//! The wrapper also sees what a local link cannot: the publisher's QoS (from the fixed
+//! header), its client id (from CONNECT, the record key) and v5 topic aliases.
 //!
 //! Two more duties sit here because only the codec sees the raw packets:
 //!
@@ -77,6 +81,10 @@ pub struct Ingest<P> {
     /// QoS and payload length of each pending record.
     pending_meta: Vec<(u8, u64)>,
     appended: Vec<Appended>,
+    /// Commit generation an acknowledgement written now must wait for (`sync: always`):
+    /// the latest QoS 1/2 append of this connection, or the buffer's latest append when a
+    /// QoS 2 retransmission buffered by an earlier connection is passed on.
+    ack_gen: AtomicU64,
 }
 
 impl<P: Clone> Clone for Ingest<P> {
@@ -145,6 +153,7 @@ impl<P> Ingest<P> {
             pending: Vec::new(),
             pending_meta: Vec::new(),
             appended: Vec::new(),
+            ack_gen: AtomicU64::new(0),
         }
     }
 
@@ -257,6 +266,22 @@ impl<P> Ingest<P> {
     }
 }
 
+impl<P> Ingest<P> {
+    /// With `sync: always`, waits until every QoS 1/2 record this connection may
+    /// acknowledge now is flushed (durability step 3 in the buffer's docs).
+    fn wait_acked_durable(&self) -> Result<(), ProtoError> {
+        let buffer = &self.ctx.buffer;
+        let gen = self.ack_gen.load(Ordering::Relaxed);
+        if gen == 0 || buffer.sync_policy() != SyncPolicy::Always || buffer.is_durable(gen) {
+            return Ok(());
+        }
+        tokio::task::block_in_place(|| buffer.wait_durable(gen)).map_err(|e| {
+            tracing::error!(cause = %e, "buffer commit failed, closing connection");
+            ProtoError::InvalidProtocol
+        })
+    }
+}
+
 impl<P: Protocol> Protocol for Ingest<P> {
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, ProtoError> {
         if let Some(p) = self.ahead.pop_front() {
@@ -280,6 +305,11 @@ impl<P: Protocol> Protocol for Ingest<P> {
                     }
                     if verdict == Verdict::New {
                         self.ingest(&mut publish, &props, qos, &mut recv_ms);
+                    } else {
+                        // Appended before this read (maybe by a connection that died
+                        // before its PUBREC): its generation is at most the latest.
+                        let latest = self.ctx.buffer.latest_gen();
+                        self.ack_gen.fetch_max(latest, Ordering::Relaxed);
                     }
                     self.ahead.push_back(Packet::Publish(publish, props));
                 }
@@ -305,14 +335,7 @@ impl<P: Protocol> Protocol for Ingest<P> {
             }
         };
         if let Some(gen) = wait_gen {
-            if self.ctx.buffer.sync_policy() == SyncPolicy::Always {
-                let buffer = &self.ctx.buffer;
-                if let Err(e) = tokio::task::block_in_place(|| buffer.wait_durable(gen)) {
-                    tracing::error!(cause = %e, "buffer commit failed, closing connection");
-                    self.ahead.clear();
-                    return Err(ProtoError::InvalidProtocol);
-                }
-            }
+            self.ack_gen.fetch_max(gen, Ordering::Relaxed);
         }
         match (self.ahead.pop_front(), stop) {
             (Some(p), _) => Ok(p),
@@ -321,6 +344,9 @@ impl<P: Protocol> Protocol for Ingest<P> {
     }
 
     fn write(&self, mut packet: Packet, write: &mut BytesMut) -> Result<usize, ProtoError> {
+        if matches!(packet, Packet::PubAck(..) | Packet::PubRec(..)) {
+            self.wait_acked_durable()?;
+        }
         if let (Packet::ConnAck(_, props), Some(id)) = (&mut packet, &self.assigned) {
             // MQTT 5 tells the client its assigned id (the v4 codec ignores properties).
             props
@@ -328,5 +354,87 @@ impl<P: Protocol> Protocol for Ingest<P> {
                 .assigned_client_identifier = Some(id.clone());
         }
         self.inner.write(packet, write)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rumqttd::protocol::v4::V4;
+    use rumqttd::protocol::{PubAck, PubAckReason};
+
+    use super::*;
+    use crate::buffer::BufferConfig;
+
+    fn ingest(dir: &std::path::Path) -> Ingest<V4> {
+        let buffer = Buffer::open(BufferConfig {
+            dir: dir.to_path_buf(),
+            quota_bytes: u64::MAX,
+            full_policy: FullPolicy::DropOldest,
+            sync: SyncPolicy::Always,
+            batch_max_bytes: 1 << 20,
+            cache_bytes: 1 << 20,
+        })
+        .unwrap();
+        let ctx = IngestCtx {
+            buffer: Arc::new(buffer),
+            uplink: Uplink::new([("#".to_string(), 0)]),
+            key_mode: KeyMode::None,
+            full_policy: FullPolicy::DropOldest,
+            metrics: Arc::new(Metrics::new()),
+            clock_synced: AtomicBool::new(false),
+            qos2: Default::default(),
+        };
+        Ingest::new(V4, Arc::new(ctx))
+    }
+
+    /// A QoS 1 PUBLISH of topic `t`, packet id 7.
+    fn publish_frame() -> BytesMut {
+        BytesMut::from(&[0x32, 8, 0, 1, b't', 0, 7, b'a', b'b', b'c'][..])
+    }
+
+    fn puback() -> Packet {
+        Packet::PubAck(
+            PubAck {
+                pkid: 7,
+                reason: PubAckReason::Success,
+            },
+            None,
+        )
+    }
+
+    /// `sync: always`: the PUBACK is encoded only once the record is flushed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn puback_waits_for_the_group_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut codec = ingest(dir.path());
+        let mut stream = publish_frame();
+        assert!(matches!(
+            codec.read_mut(&mut stream, 1 << 20),
+            Ok(Packet::Publish(..))
+        ));
+        let gen = codec.ack_gen.load(Ordering::Relaxed);
+        assert!(gen > 0, "a QoS 1 record was appended");
+        let mut out = BytesMut::new();
+        codec.write(puback(), &mut out).unwrap();
+        assert!(codec.ctx.buffer.is_durable(gen), "acked before the fsync");
+        assert_eq!(&out[..], &[0x40, 2, 0, 7]);
+    }
+
+    /// When the record cannot be made durable, no PUBACK is encoded: the connection
+    /// closes (the publisher retransmits on reconnect).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_puback_when_the_commit_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut codec = ingest(dir.path());
+        // Batch files cannot be created any more.
+        let batches = dir.path().join("batches");
+        std::fs::remove_dir_all(&batches).unwrap();
+        std::fs::write(&batches, b"not a directory").unwrap();
+        let mut stream = publish_frame();
+        assert!(codec.read_mut(&mut stream, 1 << 20).is_ok());
+        let mut out = BytesMut::new();
+        let result = codec.write(puback(), &mut out);
+        assert!(result.is_err(), "PUBACK encoded for a record never stored");
+        assert!(out.is_empty());
     }
 }

@@ -185,13 +185,18 @@ fn write_batches(
                 last_seq,
             };
             match files::write(&inner.files, first.seq, &bytes) {
-                Ok(file) => out.push(Staged {
-                    file,
-                    key: first.seq,
-                    index,
-                    gen,
-                    max_seq: last_seq,
-                }),
+                Ok(file) => {
+                    inner
+                        .file_bytes
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    out.push(Staged {
+                        file,
+                        key: first.seq,
+                        index,
+                        gen,
+                        max_seq: last_seq,
+                    });
+                }
                 Err(e) => {
                     tracing::error!(cause = %e, "writing a buffer batch file failed");
                     return Err((total_bytes, total_n));

@@ -55,12 +55,15 @@ pub(super) fn read(dir: &Path, key: u64) -> io::Result<Vec<u8>> {
     fs::read(path(dir, key))
 }
 
-/// Removes a batch file (already gone is fine).
-pub(super) fn remove(dir: &Path, key: u64) -> io::Result<()> {
+/// Removes a batch file (already gone is fine); returns the bytes it held.
+pub(super) fn remove(dir: &Path, key: u64) -> io::Result<u64> {
     note(dir, Step::Unlinked(key));
-    match fs::remove_file(path(dir, key)) {
+    let p = path(dir, key);
+    let bytes = p.metadata().map_or(0, |m| m.len());
+    match fs::remove_file(p) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+        Err(_) => Ok(0),
+        Ok(()) => Ok(bytes),
     }
 }
 

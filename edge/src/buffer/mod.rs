@@ -16,7 +16,8 @@
 //!   rebuilt from it.
 //! - sled tree `records`: key = the batch key (u64, big-endian), value = a 29-byte index
 //!   entry (file length, record count, priority, first receive time, last sequence), so
-//!   opening the buffer reads only the files committed after sled's last flush.
+//!   opening the buffer reads only the files committed after sled's last flush; or an
+//!   empty value, a *tombstone*: the batch is being deleted (`reap.rs`).
 //! - sled tree `meta`: `next_seq` (the sequence counter; sequences are never wall-clock)
 //!   and the uplink state owned by the replicator ([`uplink`]): the idempotent producer
 //!   id/epoch, per partition the next producer sequence and the highest acknowledged
@@ -54,22 +55,46 @@
 //! 5. When the broker acknowledges, the replicator records the partition's acknowledged
 //!    sequence and deletes the descriptor (one atomic sled batch), then releases the
 //!    records; a batch is deleted only when every record in it is released, by the
-//!    `buffer-reap` thread (the replicator never waits for it): index entries removed,
-//!    sled flushed (which also makes the acknowledged watermarks durable), then the file
-//!    unlinked. A crash before that flush replays records that the acknowledged-sequence
-//!    watermark (or the broker's idempotence) then skips.
+//!    `buffer-reap` thread (the replicator never waits for it): index entries replaced by
+//!    tombstones, sled flushed and its log file fsynced (which also makes the
+//!    acknowledged watermarks durable), the files unlinked and the directory fsynced,
+//!    then the tombstones removed (`reap.rs`). A crash before that flush replays records
+//!    that the acknowledged-sequence watermark (or the broker's idempotence) then skips.
 //!
 //! What survives a crash: every batch fsynced at step 2, the producer state and every
-//! descriptor. What is lost: open batches (step 1). At open, a file without an index entry
-//! is recovered if its key is at or above the flushed `next_seq` (a commit whose index
-//! entries sled had not flushed; a commit writes its index entries before `next_seq` and
-//! sled recovers a prefix of its writes, so such a key cannot belong to a deleted batch)
-//! and every record in it reads back intact, and removed otherwise (a commit cut short,
-//! or a deletion whose index removal was flushed before the kill hit the unlink). Every
-//! deletion (drained batch, quota eviction, unreadable batch) removes the index entry,
-//! flushes sled, then unlinks the file, so an index entry whose file is missing or
-//! truncated is real damage: removed and counted as corrupt; a record whose CRC fails is
-//! skipped and counted when read; none of these stops the edge.
+//! descriptor. What is lost: open batches (step 1). At open (`recover.rs`): a tombstone
+//! deletes its file (a deletion cut short after its flush); an index entry whose file is
+//! missing or has another length is real damage (every deletion tombstones and flushes
+//! before it unlinks): removed and counted as corrupt; a file with neither is a commit
+//! whose index entries sled lost, re-indexed if every record in it reads back intact
+//! whatever its key, and removed otherwise (a file cut short: a commit that never
+//! completed, so never acknowledged). A record whose CRC fails is skipped and counted
+//! when read; none of these stops the edge. The in-flight descriptors' batches are
+//! protected from quota eviction from the open on (their records must be re-sent as
+//! they were described).
+//!
+//! # sled's recovery (0.34.7, what the rules above rely on)
+//!
+//! Read in sled 0.34.7's source: all trees of a `Db` share one page cache and one log
+//! file (`<dir>/db`; `Db::open_tree` in `src/db.rs`, `Config::db_path` in
+//! `src/config.rs`), and every write is a log message at a growing LSN. At start,
+//! `scan_segment_headers_and_tail` and `check_contiguity_in_unstable_tail`
+//! (`src/pagecache/iterator.rs`) order the segments by LSN, check that the segments
+//! above the highest `max_stable_lsn` found in a segment header follow each other, and
+//! replay the tail only up to the first message that fails its CRC32 or carries a wrong
+//! segment number (`read_message` in `src/pagecache/logger.rs`); a `sled::Batch` is
+//! replayed whole or not at all (its `BatchManifest`). So after a *process kill* sled
+//! recovers a prefix of its writes. It does not guarantee one after a *power cut*: a
+//! flush (`make_stable` / `write_to_log` in `src/pagecache/iobuf.rs`) only calls
+//! `sync_file_range` (no fsync of the file's metadata, no disk cache flush; sled fsyncs
+//! only in its periodic flusher, `src/flusher.rs`, off here, and on drop), and the final
+//! replay (`LogIter::next` with `last_stage`) treats a damaged message *below* the
+//! header-stable LSN as the end of its segment and continues with the next segment,
+//! which can replay a later write without an earlier one. Known recovery bugs (#1509,
+//! #1533) add to it. Therefore the buffer assumes no prefix: it never deletes an intact
+//! unindexed file (tested by `unindexed_batch_below_next_seq_is_recovered`), marks
+//! deletions with tombstones instead of inferring them from `next_seq`, and fsyncs sled's
+//! log file after each flush a deletion depends on (`Inner::flush_durable`).
 //!
 //! # Quota
 //!
@@ -86,7 +111,9 @@ mod commit;
 mod files;
 mod quota;
 mod read;
+mod reap;
 pub mod record;
+mod recover;
 pub mod uplink;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -272,6 +299,12 @@ struct Inner {
     /// Drained batches for the reaper thread to delete (index entry, then file), so the
     /// replicator never waits for an unlink.
     reap: Mutex<Option<std::sync::mpsc::Sender<Reap>>>,
+    /// sled's log file (`<dir>/db`), fsynced after a flush that must survive a power cut
+    /// (sled's own flush only calls `sync_file_range`).
+    sled_file: std::fs::File,
+    /// Bytes of the batch files on disk: raised by the committer's writes, lowered by
+    /// every unlink (the metrics read it instead of listing the directory).
+    file_bytes: AtomicU64,
 }
 
 /// Work for the reaper thread.
@@ -306,15 +339,16 @@ impl Inner {
             .max(1 << 20)
     }
 
-    /// Deletes a batch: index entry removed and flushed, then its file unlinked (a crash
-    /// in between leaves an orphan file that the next open removes; unlinking first would
-    /// leave an index entry without its file, counted as corrupt at open).
+    /// Deletes a batch now, on this thread (see [`reap`] for the order of the steps).
     fn delete_batch(&self, key: u64) -> Result<(), Error> {
-        self.records.remove(key.to_be_bytes())?;
-        files::note(&self.files, files::Step::Removed(key));
-        self.records.flush()?;
-        files::note(&self.files, files::Step::Flushed);
-        files::remove(&self.files, key)?;
+        reap::delete(self, &[key])
+    }
+
+    /// Flushes sled and fsyncs its log file: every sled write so far survives a kill and
+    /// a power cut.
+    fn flush_durable(&self) -> Result<(), Error> {
+        self.db.flush()?;
+        self.sled_file.sync_data()?;
         Ok(())
     }
 
@@ -356,7 +390,7 @@ impl Buffer {
         let records = db.open_tree("records")?;
         let meta = db.open_tree("meta")?;
         let stats = Stats::default();
-        let mut next_seq = match meta.get(NEXT_SEQ)? {
+        let next_seq = match meta.get(NEXT_SEQ)? {
             Some(v) => u64::from_be_bytes(
                 v.as_ref()
                     .try_into()
@@ -364,7 +398,6 @@ impl Buffer {
             ),
             None => 0,
         };
-        let flushed_next_seq = next_seq;
         let live_from = match meta.get(uplink::LIVE_FROM)? {
             Some(v) => Some(u64::from_be_bytes(
                 v.as_ref()
@@ -375,65 +408,14 @@ impl Buffer {
         };
         let files_dir = cfg.dir.join("batches");
         std::fs::create_dir_all(&files_dir)?;
-        let mut batches = BTreeMap::new();
-        let mut by_priority: BTreeMap<u8, BTreeSet<u64>> = BTreeMap::new();
-        let (mut stored_bytes, mut live_records) = (0, 0);
-        for item in records.iter() {
-            let (k, v) = item?;
-            let key = <[u8; 8]>::try_from(k.as_ref()).map(u64::from_be_bytes).ok();
-            let index = key.and_then(|key| Index::decode(&v).map(|i| (key, i)));
-            let present = index.as_ref().is_some_and(|(key, i)| {
-                files::path(&files_dir, *key)
-                    .metadata()
-                    .is_ok_and(|m| m.len() == i.bytes)
-            });
-            let Some((key, index)) = index.filter(|_| present) else {
-                tracing::error!(batch = ?key, "buffer batch missing or damaged, skipped and removed");
-                stats.corrupt.fetch_add(1, Ordering::Relaxed);
-                records.remove(&k)?;
-                if let Some(key) = key {
-                    files::remove(&files_dir, key)?;
-                }
-                continue;
-            };
-            next_seq = next_seq.max(index.last_seq + 1);
-            by_priority.entry(index.priority).or_default().insert(key);
-            stored_bytes += index.bytes;
-            live_records += u64::from(index.count);
-            batches.insert(key, BatchInfo::of(&index));
-        }
-        // A file without an index entry is either a batch committed after sled's last
-        // flush (its key is at or above the flushed `next_seq`: the index entries of a
-        // commit are written before its `next_seq`, sled recovers a prefix of its writes)
-        // or one whose deletion was flushed before the unlink (key below it).
-        let mut recovered = sled::Batch::default();
-        for key in files::list(&files_dir)? {
-            if batches.contains_key(&key) {
-                continue;
-            }
-            let index = (key >= flushed_next_seq)
-                .then(|| files::recover(&files_dir, key))
-                .flatten();
-            let Some(index) = index else {
-                files::remove(&files_dir, key)?;
-                continue;
-            };
-            tracing::info!(
-                batch = key,
-                records = index.count,
-                "buffer batch recovered from its file"
-            );
-            stats.recovered.fetch_add(1, Ordering::Relaxed);
-            recovered.insert(&key.to_be_bytes(), &index.encode());
-            next_seq = next_seq.max(index.last_seq + 1);
-            by_priority.entry(index.priority).or_default().insert(key);
-            stored_bytes += index.bytes;
-            live_records += u64::from(index.count);
-            batches.insert(key, BatchInfo::of(&index));
-        }
-        records.apply_batch(recovered)?;
+        let scanned = recover::scan(&records, &files_dir, &stats, next_seq)?;
+        let next_seq = scanned.next_seq;
         meta.insert(NEXT_SEQ, &next_seq.to_be_bytes())?;
+        // The recovery's index writes and removals survive whatever comes next.
+        let sled_file = std::fs::File::open(cfg.dir.join("db"))?;
         db.flush()?;
+        sled_file.sync_data()?;
+        let file_bytes = scanned.stored_bytes;
         let state = State {
             next_seq,
             open: BTreeMap::new(),
@@ -441,10 +423,10 @@ impl Buffer {
             staged_bytes: 0,
             gen: 0,
             committed_gen: 0,
-            batches,
-            by_priority,
-            stored_bytes,
-            live_records,
+            batches: scanned.batches,
+            by_priority: scanned.by_priority,
+            stored_bytes: scanned.stored_bytes,
+            live_records: scanned.live_records,
             committing: 0,
             claimed: None,
             live_from,
@@ -453,11 +435,6 @@ impl Buffer {
             committer_idle: false,
         };
         let (reap_tx, reap_rx) = std::sync::mpsc::channel();
-        let (reap_tree, reap_dir) = (records.clone(), files_dir.clone());
-        let reaper = std::thread::Builder::new()
-            .name("buffer-reap".into())
-            .spawn(move || reap_loop(&reap_tree, &reap_dir, &reap_rx))
-            .map_err(|e| Error::Backend(sled::Error::Io(e)))?;
         let inner = Arc::new(Inner {
             reap: Mutex::new(Some(reap_tx)),
             files: files_dir,
@@ -472,17 +449,38 @@ impl Buffer {
             stats,
             commit_lock: Mutex::new(Vec::new()),
             on_commit: Arc::new(tokio::sync::Notify::new()),
+            sled_file,
+            // Every file left after the scan is indexed with its exact length.
+            file_bytes: AtomicU64::new(file_bytes),
         });
+        // The reaper ends when `stop` closes its channel, releasing its `Inner`.
+        let reaper_inner = inner.clone();
+        let reaper = std::thread::Builder::new()
+            .name("buffer-reap".into())
+            .spawn(move || reap::reap_loop(&reaper_inner, &reap_rx))
+            .map_err(|e| Error::Backend(sled::Error::Io(e)))?;
         let worker = inner.clone();
         let committer = std::thread::Builder::new()
             .name("buffer-commit".into())
             .spawn(move || commit_loop(&worker))
             .map_err(|e| Error::Backend(sled::Error::Io(e)))?;
-        Ok(Buffer {
+        let buffer = Buffer {
             inner,
             committer: Mutex::new(Some(committer)),
             reaper: Mutex::new(Some(reaper)),
-        })
+        };
+        // Batches that in-flight descriptors refer to must be re-sent, not evicted: a
+        // quota eviction between this open and the replicator's start would otherwise
+        // leave a descriptor with missing records.
+        match buffer.inflight() {
+            Ok(descs) => {
+                if let Some(max) = descs.iter().flat_map(|d| d.seqs.iter()).max() {
+                    buffer.protect_through(*max);
+                }
+            }
+            Err(e) => tracing::error!(cause = %e, "reading in-flight descriptors at open"),
+        }
+        Ok(buffer)
     }
 
     /// Counters for metrics.
@@ -621,6 +619,16 @@ impl Buffer {
         (s, Ok(Appended::Stored(gen)))
     }
 
+    /// Whether the append with generation `gen` is committed and flushed (no waiting).
+    pub fn is_durable(&self, gen: u64) -> bool {
+        self.inner.lock().committed_gen >= gen
+    }
+
+    /// The generation of the latest append (waiting for it covers every earlier one).
+    pub fn latest_gen(&self) -> u64 {
+        self.inner.lock().gen
+    }
+
     /// Waits until the append with generation `gen` is committed and flushed.
     pub fn wait_durable(&self, gen: u64) -> Result<(), Error> {
         let mut s = self.inner.lock();
@@ -698,59 +706,15 @@ impl Buffer {
         }
     }
 
-    /// Bytes on disk: sled (index, metadata) plus the batch files.
+    /// Bytes on disk: sled (index, metadata) plus the batch files (a running total, no
+    /// directory listing).
     pub fn disk_bytes(&self) -> u64 {
-        let files: u64 = std::fs::read_dir(&self.inner.files)
-            .map(|d| {
-                d.filter_map(|e| e.ok()?.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0);
-        self.inner.db.size_on_disk().unwrap_or(0) + files
+        self.inner.db.size_on_disk().unwrap_or(0) + self.batch_file_bytes()
     }
-}
 
-/// Deletes drained batches: index entries first (one sled batch for everything queued),
-/// then one sled flush, then the files. The flush makes the index removals durable, and
-/// with them the acknowledged watermarks the replicator wrote before releasing the
-/// records (sled flushes all trees at once). Unlinking before that flush lost records on
-/// a kill: sled came back with the old watermark and an in-flight descriptor whose
-/// records' file was gone (found by the chaos test, 1 run in 10). A crash before the
-/// flush replays the batch; the acknowledged watermark or the broker's idempotence drops
-/// the duplicates. Ends when the buffer is dropped.
-fn reap_loop(records: &sled::Tree, dir: &std::path::Path, rx: &std::sync::mpsc::Receiver<Reap>) {
-    while let Ok(first) = rx.recv() {
-        let mut keys = Vec::new();
-        let mut barriers = Vec::new();
-        for r in std::iter::once(first).chain(rx.try_iter()) {
-            match r {
-                Reap::Batch(k) => keys.push(k),
-                Reap::Barrier(done) => barriers.push(done),
-            }
-        }
-        let mut batch = sled::Batch::default();
-        for k in &keys {
-            batch.remove(&k.to_be_bytes());
-            files::note(dir, files::Step::Removed(*k));
-        }
-        match records
-            .apply_batch(batch)
-            .and_then(|()| records.flush().map(drop))
-        {
-            Ok(()) => {
-                files::note(dir, files::Step::Flushed);
-                for k in keys {
-                    if let Err(e) = files::remove(dir, k) {
-                        tracing::error!(batch = k, cause = %e, "removing a drained batch file failed");
-                    }
-                }
-            }
-            Err(e) => tracing::error!(cause = %e, "deleting drained buffer batches failed"),
-        }
-        for done in barriers {
-            let _ = done.send(());
-        }
+    /// Bytes of the batch files on disk.
+    pub fn batch_file_bytes(&self) -> u64 {
+        self.inner.file_bytes.load(Ordering::Relaxed)
     }
 }
 

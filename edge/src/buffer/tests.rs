@@ -383,31 +383,184 @@ fn kill_after_commit_recovers_batches_from_files() {
 }
 
 /// A file whose deletion was flushed (drained, then a kill before the unlink) stays
-/// deleted: its key is below the flushed `next_seq`, so open removes it unread.
+/// deleted: its index entry is a tombstone, so open removes it unread. Modelled: the
+/// directory as a kill after the reaper's flush leaves it (tombstone durable, file there).
 #[test]
 fn kill_before_unlink_does_not_resurrect_a_drained_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let buf = Buffer::open(cfg(dir.path(), u64::MAX, FullPolicy::Block)).unwrap();
-    buf.append(rec(1, 0, 100)).unwrap();
-    buf.commit().unwrap();
-    let batch = buf.read(None, usize::MAX).unwrap().remove(0);
-    let file = files::path(&dir.path().join("batches"), batch.key);
-    let saved = std::fs::read(&file).unwrap();
-    let seqs: Vec<u64> = batch.records.iter().map(|r| r.seq).collect();
-    buf.release(&seqs).unwrap();
-    buf.reaped();
-    assert!(!file.exists());
-    let killed = tempfile::tempdir().unwrap();
-    kill_snapshot(dir.path(), killed.path());
-    std::fs::write(
-        files::path(&killed.path().join("batches"), batch.key),
-        saved,
-    )
-    .unwrap();
-    let back = Buffer::open(cfg(killed.path(), u64::MAX, FullPolicy::Block)).unwrap();
+    let batches = dir.path().join("batches");
+    let key = {
+        let buf = Buffer::open(cfg(dir.path(), u64::MAX, FullPolicy::Block)).unwrap();
+        buf.append(rec(1, 0, 100)).unwrap();
+        buf.commit().unwrap();
+        let batch = buf.read(None, usize::MAX).unwrap().remove(0);
+        buf.inner
+            .records
+            .insert(batch.key.to_be_bytes(), reap::TOMBSTONE)
+            .unwrap();
+        buf.inner.flush_durable().unwrap();
+        batch.key
+    };
+    assert!(files::path(&batches, key).exists());
+    let back = reopen(cfg(dir.path(), u64::MAX, FullPolicy::Block));
     assert_eq!(back.snapshot().records, 0);
     assert_eq!(back.stats().recovered.load(Ordering::Relaxed), 0);
-    assert!(!files::path(&killed.path().join("batches"), batch.key).exists());
+    assert_eq!(back.stats().corrupt.load(Ordering::Relaxed), 0);
+    assert!(!files::path(&batches, key).exists());
+    assert!(back.inner.records.is_empty(), "tombstone removed");
+    assert_eq!(back.batch_file_bytes(), 0);
+}
+
+/// The case sled's recovery would have to rule out for the old rule ("an unindexed file
+/// below the flushed `next_seq` is a deleted batch"): sled comes back with `next_seq`
+/// past a committed batch but without that batch's index entry. The batch's records
+/// were acknowledged (its file was fsynced), so open must re-index the file, not delete
+/// it.
+#[test]
+fn unindexed_batch_below_next_seq_is_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = {
+        let buf = Buffer::open(cfg(dir.path(), u64::MAX, FullPolicy::Block)).unwrap();
+        buf.append(rec(1, 0, 100)).unwrap();
+        buf.commit().unwrap();
+        buf.append(rec(2, 0, 100)).unwrap();
+        buf.commit().unwrap();
+        let (k, _) = buf.inner.records.first().unwrap().unwrap();
+        // sled kept the later writes (the second batch, `next_seq`), not this one.
+        buf.inner.records.remove(&k).unwrap();
+        buf.inner.flush_durable().unwrap();
+        let next: [u8; 8] = buf
+            .inner
+            .meta
+            .get(NEXT_SEQ)
+            .unwrap()
+            .unwrap()
+            .as_ref()
+            .try_into()
+            .unwrap();
+        let first = u64::from_be_bytes(k.as_ref().try_into().unwrap());
+        assert!(first < u64::from_be_bytes(next));
+        first
+    };
+    let back = reopen(cfg(dir.path(), u64::MAX, FullPolicy::Block));
+    assert_eq!(all_ids(&back), [1, 2]);
+    assert_eq!(back.stats().recovered.load(Ordering::Relaxed), 1);
+    assert_eq!(back.stats().corrupt.load(Ordering::Relaxed), 0);
+    assert!(back
+        .inner
+        .records
+        .get(first.to_be_bytes())
+        .unwrap()
+        .is_some());
+}
+
+/// A file cut short (a commit that never completed) is removed at open, whatever its
+/// key, and never counted as a recovered batch.
+#[test]
+fn truncated_unindexed_file_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let batches = dir.path().join("batches");
+    let key = {
+        let buf = Buffer::open(cfg(dir.path(), u64::MAX, FullPolicy::Block)).unwrap();
+        for i in 0..3 {
+            buf.append(rec(i, 0, 100)).unwrap();
+        }
+        buf.commit().unwrap();
+        let (k, _) = buf.inner.records.first().unwrap().unwrap();
+        buf.inner.records.remove(&k).unwrap();
+        buf.inner.flush_durable().unwrap();
+        u64::from_be_bytes(k.as_ref().try_into().unwrap())
+    };
+    let bytes = std::fs::read(files::path(&batches, key)).unwrap();
+    std::fs::write(files::path(&batches, key), &bytes[..bytes.len() - 10]).unwrap();
+    let back = reopen(cfg(dir.path(), u64::MAX, FullPolicy::Block));
+    assert_eq!(back.snapshot().records, 0);
+    assert_eq!(back.stats().recovered.load(Ordering::Relaxed), 0);
+    assert!(!files::path(&batches, key).exists());
+}
+
+/// Durability step 4 after a restart: the records of an in-flight descriptor (sent,
+/// not acknowledged) are protected from quota eviction from the moment the buffer
+/// opens, before any replicator exists; without that, `drop_oldest` evicted them on the
+/// first append and the restarted replicator re-sent a descriptor with missing records.
+#[test]
+fn inflight_records_survive_eviction_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let quota = 2_500;
+    {
+        let buf = Buffer::open(cfg(dir.path(), quota, FullPolicy::DropOldest)).unwrap();
+        buf.append(rec(1, 0, 900)).unwrap();
+        buf.commit().unwrap();
+        buf.append(rec(2, 0, 900)).unwrap();
+        buf.commit().unwrap();
+        let batch = buf.read(None, 1).unwrap().remove(0);
+        let seqs: Vec<u64> = batch.records.iter().map(|r| r.seq).collect();
+        buf.assign("t.0", 0, &seqs).unwrap();
+        buf.sync_uplink().unwrap();
+        buf.close().unwrap();
+    }
+    let buf = reopen(cfg(dir.path(), quota, FullPolicy::DropOldest));
+    assert_eq!(buf.inflight().unwrap().len(), 1);
+    // The quota is full: the new record evicts the oldest batch that no descriptor needs.
+    assert!(matches!(
+        buf.append(rec(3, 0, 900)).unwrap(),
+        Appended::Stored(_)
+    ));
+    assert_eq!(buf.stats().dropped[0].load(Ordering::Relaxed), 1);
+    buf.commit().unwrap();
+    assert_eq!(all_ids(&buf), [1, 3], "record 1 is in flight, 2 evicted");
+    // Everything left is protected (in flight, or read above): the next record is
+    // refused, and counted.
+    assert_eq!(buf.append(rec(4, 0, 900)).unwrap(), Appended::Dropped);
+    assert_eq!(buf.stats().dropped[0].load(Ordering::Relaxed), 2);
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+/// The metrics' batch-file total is a running count, not a directory listing: it equals
+/// the real size of the batch files after appends, drains, evictions and a reopen.
+#[test]
+fn batch_file_bytes_track_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let batches = dir.path().join("batches");
+    let quota = 6_000;
+    let buf = Buffer::open(cfg(dir.path(), quota, FullPolicy::DropOldest)).unwrap();
+    for i in 0..4 {
+        buf.append(rec(i, 0, 900)).unwrap();
+        buf.append(rec(100 + i, 1, 900)).unwrap();
+        buf.commit().unwrap();
+    }
+    buf.reaped();
+    assert!(
+        buf.stats().dropped[0].load(Ordering::Relaxed) > 0,
+        "evictions"
+    );
+    assert_eq!(buf.batch_file_bytes(), dir_bytes(&batches));
+    let got = buf.read(None, 1).unwrap();
+    let seqs: Vec<u64> = got[0].records.iter().map(|r| r.seq).collect();
+    buf.release(&seqs).unwrap();
+    buf.reaped();
+    assert_eq!(buf.batch_file_bytes(), dir_bytes(&batches));
+    assert!(buf.batch_file_bytes() > 0);
+    assert!(buf.disk_bytes() > buf.batch_file_bytes(), "plus sled");
+    drop(buf);
+    let back = reopen(cfg(dir.path(), quota, FullPolicy::DropOldest));
+    assert_eq!(back.batch_file_bytes(), dir_bytes(&batches));
+    let seqs: Vec<u64> = back
+        .read(None, usize::MAX)
+        .unwrap()
+        .iter()
+        .flat_map(|b| b.records.iter().map(|r| r.seq))
+        .collect();
+    back.release(&seqs).unwrap();
+    back.reaped();
+    assert_eq!(back.batch_file_bytes(), 0);
+    assert_eq!(dir_bytes(&batches), 0);
 }
 
 /// A quota eviction flushes the index removal before it unlinks the file, so a kill
