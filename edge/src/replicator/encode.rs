@@ -58,7 +58,9 @@ impl Lane {
     }
 }
 
-/// The batch encoder of one replicator.
+/// The batch encoder of one replicator (`Default`: an empty placeholder while the real one
+/// works on the encoder thread).
+#[derive(Default)]
 pub(super) struct Encoder {
     edge_id: String,
     lane: Lane,
