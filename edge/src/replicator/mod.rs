@@ -17,7 +17,10 @@
 //! own fsync (our cloud and Kafka alike), so the rate is request size / request latency.
 //! The replicator therefore fills requests across topics, prepares the next request while
 //! the broker works on the previous ones, and never waits for an unlink (the buffer's
-//! reaper deletes drained batches). Memory is bounded by [`PIPELINE_BYTES`].
+//! reaper deletes drained batches). Preparing a request overlaps three things: its
+//! batches are encoded and compressed on an encoder thread while the replicator's thread
+//! fsyncs their descriptors and reads the next records. Memory is bounded by
+//! [`PIPELINE_BYTES`].
 //!
 //! Drain policy (`cloud.drain`): `backlog_first` reads the buffer with one cursor in
 //! arrival order. `live_first`: when a session starts with a backlog, the buffer marks a
