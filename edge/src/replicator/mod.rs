@@ -77,9 +77,9 @@ pub enum Error {
 /// a drain whatever the backlog. With 2 MiB only one request could be on the wire while
 /// the next was cut (a request is about 1 MiB of records). Measured (300 MB drain, 8
 /// topics, old and new edge alternating, session 4): 2 MiB 64-67 MB/s and 23 MB peak RSS,
-/// 4 MiB 69-91 MB/s and 26-27 MB, 6 MiB 83-96 MB/s and 28 MB (too close to 32 MB for a
-/// 1 GB drain).
-const PIPELINE_BYTES: usize = 4 << 20;
+/// 4 MiB 69-91 MB/s and 26-27 MB, 6 MiB 83-96 MB/s and 28 MB. A 1 GB drain peaks higher:
+/// 4 MiB reached 31.8-34.1 MB (over the 32 MB goal), 3 MiB 27.0-27.7 MB (2 MiB: 26-28).
+const PIPELINE_BYTES: usize = 3 << 20;
 
 /// A new Produce request is sent while others are in flight only once this many record
 /// bytes are ready for it: a broker answers a connection's requests one at a time (Kafka
