@@ -78,7 +78,8 @@ pub enum Error {
 /// the next was cut (a request is about 1 MiB of records). Measured (300 MB drain, 8
 /// topics, old and new edge alternating, session 4): 2 MiB 64-67 MB/s and 23 MB peak RSS,
 /// 4 MiB 69-91 MB/s and 26-27 MB, 6 MiB 83-96 MB/s and 28 MB. A 1 GB drain peaks higher:
-/// 4 MiB reached 31.8-34.1 MB (over the 32 MB goal), 3 MiB 27.0-27.7 MB (2 MiB: 26-28).
+/// 4 MiB reached 31.8-34.1 MB (over the 32 MB goal), 3 MiB 27.0-29.3 MB in five runs
+/// (2 MiB: 25.5-27.9).
 const PIPELINE_BYTES: usize = 3 << 20;
 
 /// A new Produce request is sent while others are in flight only once this many record
