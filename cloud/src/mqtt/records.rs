@@ -181,10 +181,29 @@ pub(crate) fn sets_retained(batch: &Bytes) -> bool {
         })
     };
     match record_batch::read(batch) {
-        Ok(rs) => !rs.control && rs.flatten().any(|r| retained(&r)),
+        Ok(rs) => !rs.control && may_set_retained(rs.rest()) && rs.flatten().any(|r| retained(&r)),
         Err(record_batch::Error::Unsupported(_)) => true,
         Err(_) => false,
     }
+}
+
+/// Whether a (decompressed) record block can hold a `mqtt.retain` header set to `true` or
+/// `1`: a record header is written as zigzag-varint key length, key, zigzag-varint value
+/// length, value, so such a header is one of two byte strings, found with a SIMD search
+/// instead of parsing every record (a drain of edge records is almost all `false`).
+fn may_set_retained(block: &[u8]) -> bool {
+    fn pattern(value: &[u8]) -> Vec<u8> {
+        let key = h::MQTT_RETAIN.as_bytes();
+        // Both lengths are under 64: one varint byte each.
+        let mut p = vec![(key.len() * 2) as u8];
+        p.extend_from_slice(key);
+        p.push((value.len() * 2) as u8);
+        p.extend_from_slice(value);
+        p
+    }
+    [&b"true"[..], b"1"]
+        .iter()
+        .any(|v| memchr::memmem::find(block, &pattern(v)).is_some())
 }
 
 /// The records of a batch whose codec the lean reader leaves to `kafka-protocol` (gzip,
@@ -394,6 +413,45 @@ mod tests {
         m.retain = true;
         let mixed = encode(&[to_record(&m, None)]).expect("encode");
         assert!(sets_retained(&mixed));
+    }
+
+    /// Edge-style zstd batches (every record has `mqtt.retain`): the byte-string search
+    /// finds `true` and `1` among many `false`, and a payload that merely contains the
+    /// header's bytes falls back to the record parse, which answers no.
+    #[test]
+    fn retained_search_in_compressed_batches() {
+        use common::kafka::record_batch::{Codec, Compressor, Writer};
+        let batch = |retains: &[&[u8]], payload: &[u8]| {
+            let mut w = Writer::default();
+            for r in retains {
+                w.push(
+                    1,
+                    None,
+                    Some(payload),
+                    [
+                        (h::MQTT_TOPIC.as_bytes(), Some(&b"a/b"[..])),
+                        (h::MQTT_RETAIN.as_bytes(), Some(*r)),
+                    ],
+                );
+            }
+            w.finish(
+                ProducerState::NONE,
+                0,
+                Codec::Zstd,
+                &mut Compressor::default(),
+            )
+            .expect("encode")
+        };
+        let falses = vec![&b"false"[..]; 500];
+        assert!(!sets_retained(&batch(&falses, b"x")));
+        for yes in [&b"true"[..], b"1"] {
+            let mut v = falses.clone();
+            v[317] = yes;
+            assert!(sets_retained(&batch(&v, b"x")), "{yes:?}");
+        }
+        let lookalike = b"\x16mqtt.retain\x08true";
+        assert!(may_set_retained(lookalike));
+        assert!(!sets_retained(&batch(&falses, lookalike)));
     }
 
     #[test]

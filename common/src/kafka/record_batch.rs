@@ -355,20 +355,7 @@ pub fn read(batch: &Bytes) -> Result<Records, Error> {
     let raw = batch.slice(HEADER_LEN..12 + len as usize);
     let body = match attributes & CODEC_MASK {
         CODEC_NONE => raw,
-        CODEC_ZSTD => {
-            let mut out = Vec::new();
-            let mut dec = zstd::stream::read::Decoder::new(&raw[..])
-                .map_err(|e| Error::Zstd(e.to_string()))?;
-            let n = std::io::copy(
-                &mut std::io::Read::take(&mut dec, MAX_DECOMPRESSED as u64 + 1),
-                &mut out,
-            )
-            .map_err(|e| Error::Zstd(e.to_string()))?;
-            if n as usize > MAX_DECOMPRESSED {
-                return Err(Error::Malformed("decompressed records too large"));
-            }
-            Bytes::from(out)
-        }
+        CODEC_ZSTD => Bytes::from(decompress_zstd(&raw)?),
         _ => return Err(Error::Unsupported("gzip, snappy or lz4")),
     };
     Ok(Records {
@@ -378,6 +365,33 @@ pub fn read(batch: &Bytes) -> Result<Records, Error> {
         left: count as u32,
         control: attributes & CONTROL != 0,
     })
+}
+
+/// The record block of a zstd batch. A frame that states its size (as ours and
+/// librdkafka's do) is decompressed in one call into a buffer of exactly that size;
+/// anything else (no size, several frames) streams into a growing buffer.
+fn decompress_zstd(raw: &[u8]) -> Result<Vec<u8>, Error> {
+    if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(raw) {
+        if size > MAX_DECOMPRESSED as u64 {
+            return Err(Error::Malformed("decompressed records too large"));
+        }
+        if let Ok(out) = zstd::bulk::decompress(raw, size as usize) {
+            if out.len() as u64 == size {
+                return Ok(out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut dec = zstd::stream::read::Decoder::new(raw).map_err(|e| Error::Zstd(e.to_string()))?;
+    let n = std::io::copy(
+        &mut std::io::Read::take(&mut dec, MAX_DECOMPRESSED as u64 + 1),
+        &mut out,
+    )
+    .map_err(|e| Error::Zstd(e.to_string()))?;
+    if n as usize > MAX_DECOMPRESSED {
+        return Err(Error::Malformed("decompressed records too large"));
+    }
+    Ok(out)
 }
 
 fn get_varint(b: &mut Bytes) -> Result<i64, Error> {
@@ -438,6 +452,13 @@ impl Records {
             value,
             headers,
         })
+    }
+}
+
+impl Records {
+    /// The record block not read yet (all of it before the first `next`), decompressed.
+    pub fn rest(&self) -> &[u8] {
+        &self.body
     }
 }
 

@@ -17,7 +17,10 @@
 //! own fsync (our cloud and Kafka alike), so the rate is request size / request latency.
 //! The replicator therefore fills requests across topics, prepares the next request while
 //! the broker works on the previous ones, and never waits for an unlink (the buffer's
-//! reaper deletes drained batches). Memory is bounded by [`PIPELINE_BYTES`].
+//! reaper deletes drained batches). Preparing a request overlaps three things: its
+//! batches are encoded and compressed on an encoder thread while the replicator's thread
+//! fsyncs their descriptors and reads the next records. Memory is bounded by
+//! [`PIPELINE_BYTES`].
 //!
 //! Drain policy (`cloud.drain`): `backlog_first` reads the buffer with one cursor in
 //! arrival order. `live_first`: when a session starts with a backlog, the buffer marks a
@@ -71,9 +74,13 @@ pub enum Error {
 
 /// Most record bytes (uncompressed) the replicator holds in memory: read but not yet in
 /// a batch, plus cut into batches but not yet acknowledged. Bounds the edge's RSS during
-/// a drain whatever the backlog. Measured (200 MB drain, 8 topics): 2 MiB gave 47 MB/s and
-/// a 34 MB peak RSS, 4 MiB 38-48 MB/s and 39-43 MB.
-const PIPELINE_BYTES: usize = 2 << 20;
+/// a drain whatever the backlog. With 2 MiB only one request could be on the wire while
+/// the next was cut (a request is about 1 MiB of records). Measured (300 MB drain, 8
+/// topics, old and new edge alternating, session 4): 2 MiB 64-67 MB/s and 23 MB peak RSS,
+/// 4 MiB 69-91 MB/s and 26-27 MB, 6 MiB 83-96 MB/s and 28 MB. A 1 GB drain peaks higher:
+/// 4 MiB reached 31.8-34.1 MB (over the 32 MB goal), 3 MiB 27.0-29.3 MB in five runs
+/// (2 MiB: 25.5-27.9).
+const PIPELINE_BYTES: usize = 3 << 20;
 
 /// A new Produce request is sent while others are in flight only once this many record
 /// bytes are ready for it: a broker answers a connection's requests one at a time (Kafka
@@ -530,40 +537,94 @@ impl Replicator {
                 queued += 1;
             }
         }
-        let t0 = Instant::now();
-        let work = jobs
-            .iter_mut()
-            .map(|j| (j.batch.base, std::mem::take(&mut j.records)))
-            .collect();
-        let encoded = self
-            .enc
-            .encode_all(work, producer, compression)
-            .map_err(|e| kafka::Error::Encode(e.to_string()))?;
-        let t1 = Instant::now();
         let jobs_len = jobs.len();
+        if jobs_len == 0 {
+            return Ok(0);
+        }
         let live_jobs = jobs.iter().filter(|j| !j.batch.backlog).count();
-        for (job, bytes) in jobs.into_iter().zip(encoded) {
-            let mut b = job.batch;
-            b.encoded = bytes;
-            self.state.batched_bytes += b.raw_bytes;
-            if let Some(t) = self.state.topics.get_mut(&job.topic) {
-                t.batches.push_back(b);
+        // The batches join their topics' queues at once (not sendable before their bytes
+        // are set below), so the memory bound and the live-first bookkeeping see them
+        // while the next records are read.
+        let mut work = Vec::with_capacity(jobs_len);
+        let mut slots = Vec::with_capacity(jobs_len);
+        for job in jobs {
+            work.push((job.batch.base, job.records));
+            self.state.batched_bytes += job.batch.raw_bytes;
+            let t = self.state.topics.entry(job.topic.clone()).or_default();
+            slots.push((job.topic, t.batches.len()));
+            t.batches.push_back(job.batch);
+        }
+        // Three things overlap: this cut's encoding and compression (on an encoder
+        // thread), the fsync of its descriptors, and reading the records of the next cut.
+        let t0 = Instant::now();
+        let mut enc = std::mem::take(&mut self.enc);
+        let (encoded, synced, total) = std::thread::scope(|sc| {
+            let lane = std::thread::Builder::new()
+                .name("edge-encode".into())
+                .spawn_scoped(sc, || {
+                    let r = enc.encode_all(work, producer, compression);
+                    (r, t0.elapsed())
+                });
+            let synced = (|| -> Result<u128, Error> {
+                if assigned {
+                    // Descriptors must be durable before their batches go on the wire.
+                    self.buffer.sync_uplink()?;
+                }
+                let synced = t0.elapsed().as_micros();
+                self.fill()?;
+                Ok(synced)
+            })();
+            let encoded = match lane {
+                Ok(h) => h.join().map_err(|_| "encoder thread panicked".to_owned()),
+                Err(e) => Err(format!("cannot start the encoder thread: {e}")),
+            };
+            (encoded, synced, t0.elapsed())
+        });
+        self.enc = enc;
+        let (encoded, encode_time) = match encoded {
+            Ok((Ok(e), t)) => (e, t),
+            Ok((Err(e), _)) => return Err(self.drop_cut(&slots, e.to_string())),
+            Err(e) => return Err(self.drop_cut(&slots, e)),
+        };
+        let sync_us = match synced {
+            Ok(us) => us,
+            Err(e) => {
+                self.drop_cut(&slots, e.to_string());
+                return Err(e);
+            }
+        };
+        for ((topic, pos), bytes) in slots.iter().zip(encoded) {
+            if let Some(b) = self
+                .state
+                .topics
+                .get_mut(topic)
+                .and_then(|t| t.batches.get_mut(*pos))
+            {
+                b.encoded = bytes;
             }
         }
-        if assigned {
-            // Descriptors must be durable before their batches go on the wire.
-            self.buffer.sync_uplink()?;
-        }
-        if jobs_len > 0 {
-            tracing::debug!(
-                batches = jobs_len,
-                live = live_jobs,
-                encode_us = (t1 - t0).as_micros() as u64,
-                sync_us = t1.elapsed().as_micros() as u64,
-                "replicator cut"
-            );
-        }
+        tracing::debug!(
+            batches = jobs_len,
+            live = live_jobs,
+            encode_us = encode_time.as_micros() as u64,
+            sync_us = sync_us as u64,
+            total_us = total.as_micros() as u64,
+            "replicator cut"
+        );
         Ok(jobs_len)
+    }
+
+    /// Takes the batches of a cut whose encoding failed back out of their queues (they
+    /// were never sent; their descriptors are resent from the buffer after a restart).
+    fn drop_cut(&mut self, slots: &[(String, usize)], cause: String) -> Error {
+        for (topic, pos) in slots.iter().rev() {
+            if let Some(t) = self.state.topics.get_mut(topic) {
+                if let Some(b) = t.batches.remove(*pos) {
+                    self.state.batched_bytes -= b.raw_bytes.min(self.state.batched_bytes);
+                }
+            }
+        }
+        kafka::Error::Encode(cause).into()
     }
 
     /// Sends the batches not yet on the wire, in order per topic: one Produce request per
