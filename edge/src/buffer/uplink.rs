@@ -76,7 +76,7 @@ impl Buffer {
         let mut v = p.producer_id.to_be_bytes().to_vec();
         v.extend_from_slice(&p.producer_epoch.to_be_bytes());
         self.inner.meta.insert(PRODUCER, v)?;
-        self.inner.meta.flush()?;
+        self.inner.flush_durable()?;
         Ok(())
     }
 
@@ -131,7 +131,7 @@ impl Buffer {
         self.inner.meta.apply_batch(b)?;
         s.live_from = Some(l);
         drop(s);
-        self.inner.meta.flush()?;
+        self.inner.flush_durable()?;
         Ok(l)
     }
 
@@ -184,9 +184,11 @@ impl Buffer {
         Ok(base)
     }
 
-    /// Makes every descriptor assigned so far durable (one fsync for many batches).
+    /// Makes every descriptor assigned so far durable (one fsync for many batches). sled's
+    /// own flush is only `sync_file_range`, which survives a kill but not a power cut;
+    /// `flush_durable` also fsyncs sled's log file (see the buffer's module docs).
     pub fn sync_uplink(&self) -> Result<(), Error> {
-        self.inner.meta.flush()?;
+        self.inner.flush_durable()?;
         Ok(())
     }
 
