@@ -5,7 +5,7 @@
 #
 #   cross/build.sh                 both targets (aarch64, armv7)
 #   cross/build.sh aarch64-unknown-linux-gnu
-#   cross/build.sh --test          also run the edge's unit tests under qemu (aarch64)
+#   cross/build.sh --test          also run the edge's unit tests under qemu (each target)
 #   cross/build.sh --zig           also build for glibc 2.17 with cargo-zigbuild (aarch64
 #                                  exercised on the reference machine; armv7 not yet)
 #
@@ -104,9 +104,11 @@ for t in "${targets[@]}"; do
 done
 
 if [ "$run_tests" = 1 ]; then
-  echo "==> unit tests of the edge under qemu (aarch64)"
-  # --release reuses the dependencies just built (dev would compile them all again).
-  cargo test -p edge --release --locked --target aarch64-unknown-linux-gnu
+  for t in "${targets[@]}"; do
+    echo "==> unit tests of the edge under qemu ($t)"
+    # --release reuses the dependencies just built (dev would compile them all again).
+    cargo test -p edge --release --locked --target "$t"
+  done
 fi
 
 if [ "$zig" = 1 ]; then

@@ -94,7 +94,9 @@
 //! #1533) add to it. Therefore the buffer assumes no prefix: it never deletes an intact
 //! unindexed file (tested by `unindexed_batch_below_next_seq_is_recovered`), marks
 //! deletions with tombstones instead of inferring them from `next_seq`, and fsyncs sled's
-//! log file after each flush a deletion depends on (`Inner::flush_durable`).
+//! log file after each flush a deletion depends on (`Inner::flush_durable`). The uplink
+//! state (producer identity, Produce descriptors, the live-first boundary) is made durable
+//! the same way (`uplink.rs`), so its promises also hold across a power cut.
 //!
 //! # Quota
 //!
