@@ -721,11 +721,7 @@ impl Hub {
         };
         let part = self.log.partition(&topic, index)?;
         let key = bytes::Bytes::copy_from_slice(client_id.as_bytes());
-        let recs: Vec<_> = msgs
-            .iter()
-            .map(|m| records::to_record(m, Some(key.clone())))
-            .collect();
-        let batch = records::encode(&recs)?;
+        let batch = records::encode_messages(msgs, &key)?;
         let appended = part
             .append(&self.log.store, vec![batch], self.config.durable_publish)
             .await?;
