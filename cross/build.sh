@@ -6,8 +6,8 @@
 #   cross/build.sh                 both targets (aarch64, armv7)
 #   cross/build.sh aarch64-unknown-linux-gnu
 #   cross/build.sh --test          also run the edge's unit tests under qemu (each target)
-#   cross/build.sh --zig           also build for glibc 2.17 with cargo-zigbuild (aarch64
-#                                  exercised on the reference machine; armv7 not yet)
+#   cross/build.sh --zig           also build for glibc 2.17 with cargo-zigbuild (both
+#                                  targets exercised on the reference machine)
 #
 # Linkers and qemu runners come from .cargo/config.toml. Artifacts:
 #   $CARGO_TARGET_DIR/<triple>/release/edge       as built
