@@ -46,6 +46,7 @@ use crate::config::KeyMode;
 use crate::filter::Uplink;
 use crate::metrics::Metrics;
 use crate::qos2::{Inbox, Qos2Sessions, Verdict};
+use crate::takeover::{LiveIds, MAX_WAIT};
 
 /// Shared ingest context.
 pub struct IngestCtx {
@@ -63,6 +64,8 @@ pub struct IngestCtx {
     pub clock_synced: AtomicBool,
     /// QoS 2 packet ids between PUBLISH and PUBREL, per client.
     pub qos2: Qos2Sessions,
+    /// Connections alive per client id (a reconnect waits for the previous one to end).
+    pub live: LiveIds,
 }
 
 /// A rumqttd codec wrapper that feeds the buffer (one per connection).
@@ -70,6 +73,8 @@ pub struct Ingest<P> {
     inner: P,
     ctx: Arc<IngestCtx>,
     client_id: Option<Bytes>,
+    /// Whether this connection is counted in `ctx.live` under `client_id`.
+    live: bool,
     /// The id assigned to a client that sent an empty one (for the v5 CONNACK).
     assigned: Option<String>,
     clean_session: bool,
@@ -98,6 +103,10 @@ impl<P> Drop for Ingest<P> {
         // The connection ended: a clean session's QoS 2 state ends with it.
         if let (Some(c), true) = (&self.client_id, self.clean_session) {
             self.ctx.qos2.clear(c);
+        }
+        // Last: a reconnect of this client id waits for it (see `crate::takeover`).
+        if let (Some(c), true) = (&self.client_id, self.live) {
+            self.ctx.live.leave(c);
         }
     }
 }
@@ -145,6 +154,7 @@ impl<P> Ingest<P> {
             inner,
             ctx,
             client_id: None,
+            live: false,
             assigned: None,
             clean_session: true,
             aliases: HashMap::new(),
@@ -167,6 +177,20 @@ impl<P> Ingest<P> {
             self.assigned = Some(id);
         }
         let id = Bytes::from(c.client_id.clone());
+        if !self.live {
+            // A reconnect waits until the previous connection of this id is gone, so that
+            // rumqttd's router reads that one's Disconnect first (`crate::takeover`).
+            let ctx = &self.ctx;
+            let timed_out = if ctx.live.busy(&id) {
+                tokio::task::block_in_place(|| ctx.live.enter(&id, MAX_WAIT))
+            } else {
+                ctx.live.enter(&id, MAX_WAIT)
+            };
+            if timed_out {
+                tracing::debug!(client_id = %String::from_utf8_lossy(&id), "previous connection still open, replacing it");
+            }
+            self.live = true;
+        }
         if c.clean_session {
             self.ctx.qos2.clear(&id);
         }
@@ -383,6 +407,7 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             clock_synced: AtomicBool::new(false),
             qos2: Default::default(),
+            live: Default::default(),
         };
         Ingest::new(V4, Arc::new(ctx))
     }

@@ -13,3 +13,4 @@ pub mod metrics;
 pub mod mqtt;
 pub mod qos2;
 pub mod replicator;
+pub mod takeover;

@@ -148,6 +148,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         clock_synced: AtomicBool::new(clock_synced()),
         qos2: Default::default(),
+        live: Default::default(),
     });
     let clock_ctx = ctx.clone();
     tokio::spawn(async move {

@@ -207,3 +207,25 @@ def test_qos2_retransmission_buffered_once(edge_factory):
     finally:
         sub.terminate()
         sub.wait(5)
+
+
+@pytest.mark.timeout(120)
+def test_reconnect_with_the_same_client_id_at_once(edge_factory):
+    """A device that drops its connection and reconnects at once with the same client id
+    (what a camera does after a network blip) is served. rumqttd 0.20 reuses a replaced
+    connection's id for the new one, and the old link's late Disconnect event then closed
+    the new connection (seen in CI as a connection closed before CONNACK); the ingest codec
+    holds the new CONNECT until the old connection's codec is gone."""
+    edge = edge_factory({"cloud": {"bootstrap": dead_bootstrap()},
+                         "uplink": {"filters": [{"filter": "cam/#", "priority": 0}]}})
+    t = b"cam/flap"
+    body = struct.pack(">H", len(t)) + t + struct.pack(">H", 1) + b"x"
+    for i in range(300):
+        try:
+            r = Raw(edge.v4, "flapping-cam", clean=(i % 2 == 0))
+            # The connection works after its CONNACK: a QoS 1 publish is acknowledged.
+            r.s.sendall(bytes([0x32, len(body)]) + body)
+            r.expect(0x40, 1)
+        except AssertionError as e:
+            raise AssertionError(f"reconnect {i}: {e}") from e
+        r.close()
