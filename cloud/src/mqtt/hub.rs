@@ -721,7 +721,7 @@ impl Hub {
         };
         let part = self.log.partition(&topic, index)?;
         let key = bytes::Bytes::copy_from_slice(client_id.as_bytes());
-        let batch = records::encode_messages(msgs, &key)?;
+        let batch = records::encode_messages(msgs, Some(&key))?;
         let appended = part
             .append(&self.log.store, vec![batch], self.config.durable_publish)
             .await?;

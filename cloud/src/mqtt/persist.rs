@@ -173,7 +173,7 @@ impl SavedShareGroup {
 
 /// A retained message as stored.
 pub(crate) fn encode_retained(m: &Message) -> Result<Vec<u8>, records::RecordError> {
-    Ok(records::encode(&[records::to_record(m, None)])?.to_vec())
+    Ok(records::encode_messages(std::slice::from_ref(m), None)?.to_vec())
 }
 
 pub(crate) fn decode_retained(v: &[u8]) -> Option<Message> {

@@ -34,6 +34,20 @@ fn reopen(c: BufferConfig) -> Buffer {
     }
 }
 
+/// A buffer without quota (`block` when full) in `dir`.
+fn open_unbounded(dir: &std::path::Path) -> Buffer {
+    Buffer::open(cfg(dir, u64::MAX, FullPolicy::Block)).unwrap()
+}
+
+/// Forgets the index entry of the oldest batch, durably (what a crash that kept the
+/// batch's file but lost its entry leaves), and returns the batch's key.
+fn unindex_oldest(buf: &Buffer) -> u64 {
+    let (k, _) = buf.inner.records.first().unwrap().unwrap();
+    buf.inner.records.remove(&k).unwrap();
+    buf.inner.flush_durable().unwrap();
+    u64::from_be_bytes(k.as_ref().try_into().unwrap())
+}
+
 fn rec(id: u64, prio: u8, size: usize) -> Record {
     let mut payload = id.to_be_bytes().to_vec();
     payload.resize(size.max(8), 0xAB);
@@ -74,7 +88,7 @@ proptest! {
     #[test]
     fn model(ops in proptest::collection::vec(op(), 1..60)) {
         let dir = tempfile::tempdir().unwrap();
-        let mut buf = Buffer::open(cfg(dir.path(), u64::MAX, FullPolicy::Block)).unwrap();
+        let mut buf = open_unbounded(dir.path());
         let mut committed: VecDeque<u64> = VecDeque::new();
         let mut open: Vec<u64> = Vec::new();
         let mut cursor = None;
@@ -210,7 +224,7 @@ fn corrupt_records_are_skipped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let files_dir = dir.path().join("batches");
     {
-        let buf = Buffer::open(cfg(dir.path(), u64::MAX, FullPolicy::Block)).unwrap();
+        let buf = open_unbounded(dir.path());
         for i in 0..3 {
             buf.append(rec(i, 0, 50)).unwrap();
         }
@@ -282,7 +296,7 @@ fn corrupt_records_are_skipped_and_counted() {
 fn uplink_state_persists() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let buf = Buffer::open(cfg(dir.path(), u64::MAX, FullPolicy::Block)).unwrap();
+        let buf = open_unbounded(dir.path());
         let p = common::kafka::ProducerState {
             producer_id: 9,
             producer_epoch: 1,
@@ -349,7 +363,7 @@ fn all_ids(buf: &Buffer) -> Vec<u64> {
 #[test]
 fn kill_after_commit_recovers_batches_from_files() {
     let dir = tempfile::tempdir().unwrap();
-    let buf = Buffer::open(cfg(dir.path(), u64::MAX, FullPolicy::Block)).unwrap();
+    let buf = open_unbounded(dir.path());
     let killed = tempfile::tempdir().unwrap();
     kill_snapshot(dir.path(), killed.path());
     buf.append(rec(1, 0, 100)).unwrap();
@@ -390,7 +404,7 @@ fn kill_before_unlink_does_not_resurrect_a_drained_batch() {
     let dir = tempfile::tempdir().unwrap();
     let batches = dir.path().join("batches");
     let key = {
-        let buf = Buffer::open(cfg(dir.path(), u64::MAX, FullPolicy::Block)).unwrap();
+        let buf = open_unbounded(dir.path());
         buf.append(rec(1, 0, 100)).unwrap();
         buf.commit().unwrap();
         let batch = buf.read(None, usize::MAX).unwrap().remove(0);
@@ -420,15 +434,13 @@ fn kill_before_unlink_does_not_resurrect_a_drained_batch() {
 fn unindexed_batch_below_next_seq_is_recovered() {
     let dir = tempfile::tempdir().unwrap();
     let first = {
-        let buf = Buffer::open(cfg(dir.path(), u64::MAX, FullPolicy::Block)).unwrap();
+        let buf = open_unbounded(dir.path());
         buf.append(rec(1, 0, 100)).unwrap();
         buf.commit().unwrap();
         buf.append(rec(2, 0, 100)).unwrap();
         buf.commit().unwrap();
-        let (k, _) = buf.inner.records.first().unwrap().unwrap();
         // sled kept the later writes (the second batch, `next_seq`), not this one.
-        buf.inner.records.remove(&k).unwrap();
-        buf.inner.flush_durable().unwrap();
+        let first = unindex_oldest(&buf);
         let next: [u8; 8] = buf
             .inner
             .meta
@@ -438,7 +450,6 @@ fn unindexed_batch_below_next_seq_is_recovered() {
             .as_ref()
             .try_into()
             .unwrap();
-        let first = u64::from_be_bytes(k.as_ref().try_into().unwrap());
         assert!(first < u64::from_be_bytes(next));
         first
     };
@@ -461,15 +472,12 @@ fn truncated_unindexed_file_is_removed() {
     let dir = tempfile::tempdir().unwrap();
     let batches = dir.path().join("batches");
     let key = {
-        let buf = Buffer::open(cfg(dir.path(), u64::MAX, FullPolicy::Block)).unwrap();
+        let buf = open_unbounded(dir.path());
         for i in 0..3 {
             buf.append(rec(i, 0, 100)).unwrap();
         }
         buf.commit().unwrap();
-        let (k, _) = buf.inner.records.first().unwrap().unwrap();
-        buf.inner.records.remove(&k).unwrap();
-        buf.inner.flush_durable().unwrap();
-        u64::from_be_bytes(k.as_ref().try_into().unwrap())
+        unindex_oldest(&buf)
     };
     let bytes = std::fs::read(files::path(&batches, key)).unwrap();
     std::fs::write(files::path(&batches, key), &bytes[..bytes.len() - 10]).unwrap();
