@@ -316,9 +316,13 @@ impl PartitionLog {
         })
     }
 
-    /// Registers `n` to be notified on the next append to this partition.
+    /// Registers `n` to be notified on the next append to this partition (once, however
+    /// often it is registered before that append: a connection keeps one `Notify`).
     pub(crate) fn register(&self, n: &Arc<Notify>) {
         let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if w.iter().any(|x| std::ptr::eq(x.as_ptr(), Arc::as_ptr(n))) {
+            return;
+        }
         if w.len() >= 64 {
             w.retain(|x| x.strong_count() > 0);
         }
@@ -326,8 +330,9 @@ impl PartitionLog {
     }
 
     fn wake(&self) {
-        let waiters = std::mem::take(&mut *self.waiters.lock().unwrap_or_else(|p| p.into_inner()));
-        for w in waiters {
+        // Drained in place: the list keeps its capacity for the next registrations.
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        for w in waiters.drain(..) {
             if let Some(n) = w.upgrade() {
                 n.notify_one();
             }

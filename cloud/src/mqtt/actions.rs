@@ -4,7 +4,6 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::warn;
@@ -12,8 +11,26 @@ use tracing::warn;
 use super::conn::Conn;
 use super::cursor::{Cursors, Start};
 use super::records::Message;
-use super::session::{Action, Session};
+use super::session::{Action, Actions, Session};
 use super::{topic, Error};
+
+/// The publishes decoded from one read, waiting to be appended together. Kept by the
+/// connection for its life, so a read's publishes allocate no lists.
+#[derive(Default)]
+pub(super) struct Pending {
+    messages: Vec<Arc<Message>>,
+    /// (qos, packet id) of each message, for its acknowledgement.
+    acks: Vec<(QoS, u16)>,
+    /// Whether each message was appended.
+    ok: Vec<bool>,
+}
+
+impl Pending {
+    pub(super) fn push(&mut self, message: Message, qos: QoS, pkid: u16) {
+        self.messages.push(Arc::new(message));
+        self.acks.push((qos, pkid));
+    }
+}
 
 /// Appends the publishes collected from one read, then performs their acknowledgements.
 pub(super) async fn flush_appends<S: AsyncRead + AsyncWrite + Unpin>(
@@ -22,14 +39,15 @@ pub(super) async fn flush_appends<S: AsyncRead + AsyncWrite + Unpin>(
     cursors: &mut Cursors,
     conn_id: u64,
     persisted: &mut bool,
-    pending: &mut Vec<(Arc<Message>, QoS, u16)>,
+    pending: &mut Pending,
 ) -> Result<Option<bool>, Error> {
-    if pending.is_empty() {
+    if pending.messages.is_empty() {
         return Ok(None);
     }
-    let batch = std::mem::take(pending);
-    let msgs: Vec<Arc<Message>> = batch.iter().map(|(m, _, _)| m.clone()).collect();
-    let (ok, followed) = c.hub.append_many(&msgs, &session.client_id).await;
+    let followed = c
+        .hub
+        .append_many(&pending.messages, &c.key, &mut pending.ok)
+        .await;
     if followed {
         // The append woke the subscribers, queued on this MQTT thread: let them write
         // before this connection's acknowledgements (as a single-threaded broker does),
@@ -38,16 +56,18 @@ pub(super) async fn flush_appends<S: AsyncRead + AsyncWrite + Unpin>(
         // is a busy publisher: yield until the runtime has polled its I/O, so that the
         // subscribers' sockets and the other clients get their turn (without it, with
         // 8 publishers and no fsync, a subscriber fell 100 ms behind).
-        if msgs.len() == 1 {
+        if pending.messages.len() == 1 {
             YieldToQueued(false).await;
         } else {
             tokio::task::yield_now().await;
         }
     }
-    let mut actions = VecDeque::new();
-    for ((_, qos, pkid), ok) in batch.into_iter().zip(ok) {
+    pending.messages.clear();
+    let mut actions = Actions::new();
+    for (&(qos, pkid), &ok) in pending.acks.iter().zip(&pending.ok) {
         actions.extend(session.appended(qos, pkid, ok));
     }
+    pending.acks.clear();
     perform(c, session, cursors, conn_id, persisted, actions).await
 }
 
@@ -76,10 +96,6 @@ impl std::future::Future for YieldToQueued {
     }
 }
 
-pub(super) fn session_actions(session: &mut Session, p: Packet) -> VecDeque<Action> {
-    session.incoming(p).into()
-}
-
 /// Performs actions in order; returns `Some(publish_will)` when the connection must close.
 pub(super) async fn perform<S: AsyncRead + AsyncWrite + Unpin>(
     c: &mut Conn<S>,
@@ -87,22 +103,25 @@ pub(super) async fn perform<S: AsyncRead + AsyncWrite + Unpin>(
     cursors: &mut Cursors,
     conn_id: u64,
     persisted: &mut bool,
-    mut actions: VecDeque<Action>,
+    actions: Actions,
 ) -> Result<Option<bool>, Error> {
     let mut changed = false;
-    while let Some(a) = actions.pop_front() {
+    // Actions in order; those an append leads to go after the given ones.
+    let mut given = actions.into_iter();
+    let mut more = VecDeque::new();
+    while let Some(a) = given.next().or_else(|| more.pop_front()) {
         match a {
             Action::Send(p) => c.send(&p)?,
             Action::Append { message, qos, pkid } => {
                 let message = Arc::new(message);
-                let ok = match c.hub.append(message.clone(), &session.client_id).await {
+                let ok = match c.hub.append(message.clone(), &c.key).await {
                     Ok(()) => true,
                     Err(e) => {
                         warn!(topic = message.topic, cause = %e, "publish not appended");
                         false
                     }
                 };
-                actions.extend(session.appended(qos, pkid, ok));
+                more.extend(session.appended(qos, pkid, ok));
             }
             Action::Subscribed(list) => {
                 for (filter, opts, is_new) in list {

@@ -10,7 +10,7 @@
 //! 0 or a reason code without a property length (both legal), and its v5
 //! encoder writes a reason-only DISCONNECT one byte longer than its remaining length.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5::Connect;
 use rumqttc::v5::mqttbytes::v5::{
@@ -269,14 +269,7 @@ pub(crate) fn encode(p: &Packet, version: Version, out: &mut BytesMut) -> Result
             session_present: c.session_present,
             code: connack_code4(c.code),
         }),
-        Packet::Publish(p) => v4::Packet::Publish(v4::Publish {
-            dup: p.dup,
-            qos: qos4(p.qos),
-            retain: p.retain,
-            topic: String::from_utf8_lossy(&p.topic).into_owned(),
-            pkid: p.pkid,
-            payload: p.payload.clone(),
-        }),
+        Packet::Publish(p) => return write_publish4(p, out).map(|()| true),
         Packet::PubAck(a) => v4::Packet::PubAck(v4::PubAck { pkid: a.pkid }),
         Packet::PubRec(a) => v4::Packet::PubRec(v4::PubRec { pkid: a.pkid }),
         Packet::PubRel(a) => v4::Packet::PubRel(v4::PubRel { pkid: a.pkid }),
@@ -303,6 +296,46 @@ pub(crate) fn encode(p: &Packet, version: Version, out: &mut BytesMut) -> Result
     };
     p4.write(out, usize::MAX).map_err(|e| bad(&e))?;
     Ok(true)
+}
+
+/// Largest remaining length MQTT's variable-length integer can state.
+const MAX_REMAINING: usize = 268_435_455;
+
+/// Writes a 3.1.1 PUBLISH straight from the v5 packet: rumqttc's v4 type wants the topic
+/// as an owned `String`, which cost one allocation and copy per delivery (proptested
+/// against rumqttc's encoder in `codec_tests`).
+fn write_publish4(p: &Publish, out: &mut BytesMut) -> Result<(), CodecError> {
+    let topic_len = u16::try_from(p.topic.len())
+        .map_err(|_| CodecError::Malformed("topic longer than 65535 bytes".into()))?;
+    let pkid_len = if p.qos == QoS::AtMostOnce { 0 } else { 2 };
+    let len = 2 + p.topic.len() + pkid_len + p.payload.len();
+    if len > MAX_REMAINING {
+        return Err(CodecError::Malformed(format!("PUBLISH of {len} bytes")));
+    }
+    out.reserve(5 + len);
+    let qos = match p.qos {
+        QoS::AtMostOnce => 0,
+        QoS::AtLeastOnce => 1,
+        QoS::ExactlyOnce => 2,
+    };
+    out.put_u8(0x30 | (u8::from(p.dup) << 3) | (qos << 1) | u8::from(p.retain));
+    let mut rest = len;
+    loop {
+        let byte = (rest % 128) as u8;
+        rest /= 128;
+        if rest == 0 {
+            out.put_u8(byte);
+            break;
+        }
+        out.put_u8(byte | 0x80);
+    }
+    out.put_u16(topic_len);
+    out.extend_from_slice(&p.topic);
+    if pkid_len > 0 {
+        out.put_u16(p.pkid);
+    }
+    out.extend_from_slice(&p.payload);
+    Ok(())
 }
 
 fn connack_code4(c: ConnectReturnCode) -> v4::ConnectReturnCode {

@@ -1,9 +1,9 @@
 //! Codec: golden bytes as real clients send them, need-more vs bad bytes, limits.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use proptest::prelude::*;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, ConnectReturnCode, Packet, PubAck, PubAckReason, SubAck, SubscribeReasonCode,
+    ConnAck, ConnectReturnCode, Packet, PubAck, PubAckReason, Publish, SubAck, SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::QoS;
 
@@ -156,6 +156,48 @@ fn many_packets_in_one_buffer() {
 }
 
 proptest! {
+    #[test]
+    fn v4_publish_matches_rumqttc(
+        topic in "[a-z/]{1,40}",
+        // Up to a 3-byte remaining length.
+        payload in proptest::collection::vec(any::<u8>(), 0..20_000),
+        qos in 0u8..3,
+        dup in any::<bool>(),
+        retain in any::<bool>(),
+        pkid in 1u16..,
+    ) {
+        let qos5 = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][usize::from(qos)];
+        let qos4 = [
+            rumqttc::mqttbytes::QoS::AtMostOnce,
+            rumqttc::mqttbytes::QoS::AtLeastOnce,
+            rumqttc::mqttbytes::QoS::ExactlyOnce,
+        ][usize::from(qos)];
+        let pkid = if qos == 0 { 0 } else { pkid };
+        let p = Publish {
+            dup,
+            qos: qos5,
+            retain,
+            topic: Bytes::from(topic.clone()),
+            pkid,
+            payload: Bytes::from(payload.clone()),
+            properties: None,
+        };
+        let mut ours = BytesMut::new();
+        encode(&Packet::Publish(p), Version::V4, &mut ours).expect("encode");
+        let mut theirs = BytesMut::new();
+        rumqttc::mqttbytes::v4::Packet::Publish(rumqttc::mqttbytes::v4::Publish {
+            dup,
+            qos: qos4,
+            retain,
+            topic,
+            pkid,
+            payload: Bytes::from(payload),
+        })
+        .write(&mut theirs, usize::MAX)
+        .expect("rumqttc encode");
+        prop_assert_eq!(&ours[..], &theirs[..]);
+    }
+
     #[test]
     fn decoding_garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..300), v5 in any::<bool>()) {
         let mut b = BytesMut::from(&data[..]);

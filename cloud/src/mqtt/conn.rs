@@ -7,17 +7,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet,
 };
-use rumqttc::v5::mqttbytes::QoS;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tracing::{debug, field, info_span, warn, Instrument};
 
-use super::actions::{flush_appends, perform, session_actions};
+use super::actions::{flush_appends, perform, Pending};
 use super::codec::{self, CodecError, Version};
 use super::cursor::{Cursors, Start};
 use super::hub::{Detached, Event, Hub};
@@ -54,6 +53,8 @@ pub(super) struct Conn<S> {
     pub(super) write_timeout: Duration,
     /// Share groups this connection is a member of.
     pub(super) shares: Memberships,
+    /// The client id as the key of the records its publishes append.
+    pub(super) key: Bytes,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -124,6 +125,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
         wbuf: BytesMut::new(),
         write_timeout: Duration::from_millis(cfg.write_timeout_ms),
         shares: Memberships::default(),
+        key: Bytes::new(),
     };
     // 1. CONNECT, within the connect timeout.
     let deadline = Instant::now() + Duration::from_millis(cfg.connect_timeout_ms);
@@ -179,6 +181,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
         assigned = Some(client_id.clone());
     }
     tracing::Span::current().record("client_id", client_id.as_str());
+    c.key = Bytes::copy_from_slice(client_id.as_bytes());
     let will = match will {
         Some(w) => {
             let name = String::from_utf8(w.topic.to_vec()).unwrap_or_default();
@@ -342,6 +345,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
             m.timestamp_ms = records::now_ms();
             let hub2 = hub.clone();
             let client = client_id.clone();
+            let key = c.key.clone();
             let wait = if session.expiry == 0 {
                 0
             } else {
@@ -354,7 +358,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
                         return;
                     }
                 }
-                if let Err(e) = hub2.append(Arc::new(m), &client).await {
+                if let Err(e) = hub2.append(Arc::new(m), &key).await {
                     warn!(client, cause = %e, "will message not published");
                 }
             });
@@ -410,11 +414,15 @@ async fn serve_loop<S: AsyncRead + AsyncWrite + Unpin>(
     // it on every packet costs a timer-wheel insert and removal per loop.
     let keep_alive_timer = tokio::time::sleep_until(last_packet + keep_alive.unwrap_or_default());
     tokio::pin!(keep_alive_timer);
+    let mut pending = Pending::default();
+    // Woken by an append to any partition a cursor follows; one for the connection's
+    // life (a partition holds it at most once). A wake-up that arrives while the loop is
+    // busy is kept as a permit, so the next wait may return at once: harmless.
+    let notify = Arc::new(Notify::new());
     loop {
         // Every complete packet buffered (also those sent right behind CONNECT). Publishes
         // decoded together are appended together (one batch per topic), and acknowledged
         // in the order received; any other packet first waits for those appends.
-        let mut pending: Vec<(Arc<Message>, QoS, u16)> = Vec::new();
         loop {
             let p = match codec::decode(&mut c.rbuf, c.version, max) {
                 Ok(Some(p)) => p,
@@ -430,10 +438,10 @@ async fn serve_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     return Ok(true);
                 }
             };
-            let mut actions = session_actions(session, p);
-            if let (1, Some(Action::Append { .. })) = (actions.len(), actions.front()) {
-                if let Some(Action::Append { message, qos, pkid }) = actions.pop_front() {
-                    pending.push((Arc::new(message), qos, pkid));
+            let mut actions = session.incoming(p);
+            if let [Action::Append { .. }] = actions.as_slice() {
+                if let Some(Action::Append { message, qos, pkid }) = actions.pop() {
+                    pending.push(message, qos, pkid);
                 }
                 continue;
             }
@@ -459,11 +467,9 @@ async fn serve_loop<S: AsyncRead + AsyncWrite + Unpin>(
         c.flush().await?;
         let ready = more || cursors.ready(session) || c.shares.ready(session);
         // Registered on the partitions only when the loop is about to wait.
-        let notify = (!ready).then(|| {
-            let n = Arc::new(Notify::new());
-            cursors.register(&n);
-            n
-        });
+        if !ready {
+            cursors.register(&notify);
+        }
         let ready = ready || cursors.ready(session);
         tokio::select! {
             biased;
@@ -487,7 +493,7 @@ async fn serve_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     return Ok(true);
                 }
             },
-            _ = appended(notify.as_deref()), if !ready => {}
+            _ = notify.notified(), if !ready => {}
             _ = std::future::ready(()), if ready => {}
             _ = &mut keep_alive_timer, if keep_alive.is_some() => {
                 let due = last_packet + keep_alive.unwrap_or_default();
@@ -500,13 +506,5 @@ async fn serve_loop<S: AsyncRead + AsyncWrite + Unpin>(
                 return Ok(true);
             }
         }
-    }
-}
-
-/// Waits for an append to a registered partition (forever without a handle).
-async fn appended(n: Option<&Notify>) {
-    match n {
-        Some(n) => n.notified().await,
-        None => std::future::pending().await,
     }
 }

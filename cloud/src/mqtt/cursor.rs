@@ -44,6 +44,8 @@ pub(crate) struct Cursors {
     pub(crate) list: Vec<Cursor>,
     keys: HashSet<(Arc<str>, u32)>,
     pub(crate) retained: VecDeque<Arc<Message>>,
+    /// Scratch list for [`Cursors::pump`] (kept for its capacity).
+    kept: Vec<Entry>,
 }
 
 /// Where a new cursor starts.
@@ -143,6 +145,19 @@ impl Cursors {
         version: Version,
         out: &mut BytesMut,
     ) -> Result<bool, Error> {
+        let more = self.pump_list(store, session, version, out);
+        // The scratch list must not hold messages while the connection waits.
+        self.kept.clear();
+        more
+    }
+
+    fn pump_list(
+        &mut self,
+        store: &Store,
+        session: &mut Session,
+        version: Version,
+        out: &mut BytesMut,
+    ) -> Result<bool, Error> {
         let now = records::now_ms();
         while session.can_send() {
             let Some(m) = self.retained.pop_front() else {
@@ -152,7 +167,7 @@ impl Cursors {
                 codec::encode(&p, version, out)?;
             }
         }
-        let mut kept: Vec<Entry> = Vec::new();
+        let kept = &mut self.kept;
         for (i, c) in self.list.iter_mut().enumerate() {
             loop {
                 if out.len() >= WRITE_BUDGET {
@@ -168,7 +183,7 @@ impl Cursors {
                 }
                 // Recent MQTT appends are kept decoded: no store read, no decode.
                 kept.clear();
-                c.watch.recent().from(c.next, KEPT_BATCH, &mut kept);
+                c.watch.recent().from(c.next, KEPT_BATCH, kept);
                 if !kept.is_empty() {
                     for e in kept.iter().take_while(|e| e.offset < hwm) {
                         if !session.can_send() {

@@ -9,6 +9,7 @@
 //! the matching connections, which open cursors on it from its start: a wildcard
 //! subscription sees topics created after it without resubscribing.
 
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -658,21 +659,37 @@ impl Hub {
 
     /// Appends one message to its topic's log (creating the topic), then updates the
     /// retained message if it has the retain flag.
-    pub(crate) async fn append(&self, m: Arc<Message>, client_id: &str) -> Result<(), Error> {
-        self.append_topic(std::slice::from_ref(&m), client_id)
+    /// `key` is the publishing client's id (the records' key; it also picks the
+    /// partition of a topic that has several).
+    pub(crate) async fn append(&self, m: Arc<Message>, key: &Bytes) -> Result<(), Error> {
+        self.append_topic(std::slice::from_ref(&m), key)
             .await
             .map(drop)
     }
 
     /// Appends messages received together from one client: one RecordBatch (one log
-    /// write, one wake-up of the subscribers) per topic, topics concurrently. Returns one
-    /// result per message, in order, and whether an MQTT cursor follows any of the
-    /// partitions written.
+    /// write, one wake-up of the subscribers) per topic, topics concurrently. Sets `ok` to
+    /// one result per message, in order; returns whether an MQTT cursor follows any of
+    /// the partitions written.
     pub(crate) async fn append_many(
         &self,
         msgs: &[Arc<Message>],
-        client_id: &str,
-    ) -> (Vec<bool>, bool) {
+        key: &Bytes,
+        ok: &mut Vec<bool>,
+    ) -> bool {
+        ok.clear();
+        let Some(first) = msgs.first() else {
+            return false;
+        };
+        if msgs.iter().all(|m| m.topic == first.topic) {
+            // One topic (always so for a client waiting on each publish): no grouping.
+            let r = self.append_topic(msgs, key).await;
+            if let Err(e) = &r {
+                warn!(topic = first.topic, cause = %e, "publish not appended");
+            }
+            ok.resize(msgs.len(), r.is_ok());
+            return matches!(r, Ok(true));
+        }
         // (topic, its messages, their indexes in `msgs`)
         let mut groups: Vec<TopicGroup<'_>> = Vec::new();
         for (i, m) in msgs.iter().enumerate() {
@@ -684,11 +701,10 @@ impl Hub {
                 None => groups.push((&m.topic, vec![m.clone()], vec![i])),
             }
         }
-        let results = futures_util::future::join_all(
-            groups.iter().map(|g| self.append_topic(&g.1, client_id)),
-        )
-        .await;
-        let mut ok = vec![false; msgs.len()];
+        let results =
+            futures_util::future::join_all(groups.iter().map(|g| self.append_topic(&g.1, key)))
+                .await;
+        ok.resize(msgs.len(), false);
         let mut followed = false;
         for (g, r) in groups.iter().zip(results) {
             if let Err(e) = &r {
@@ -699,12 +715,12 @@ impl Hub {
                 ok[i] = r.is_ok();
             }
         }
-        (ok, followed)
+        followed
     }
 
     /// Appends messages of one topic as one batch, and keeps them for the partition's
     /// MQTT cursors ([`Recent`]); returns whether a cursor follows the partition.
-    async fn append_topic(&self, msgs: &[Arc<Message>], client_id: &str) -> Result<bool, Error> {
+    async fn append_topic(&self, msgs: &[Arc<Message>], key: &Bytes) -> Result<bool, Error> {
         let Some(first) = msgs.first() else {
             return Ok(false);
         };
@@ -717,16 +733,15 @@ impl Hub {
         let index = if count == 1 {
             0
         } else {
-            (fnv(client_id.as_bytes()) % count) as i32
+            (fnv(key) % count) as i32
         };
         let part = self.log.partition(&topic, index)?;
-        let key = bytes::Bytes::copy_from_slice(client_id.as_bytes());
-        let batch = records::encode_messages(msgs, Some(&key))?;
+        let batch = records::encode_messages(msgs, Some(key))?;
         let appended = part
             .append(&self.log.store, vec![batch], self.config.durable_publish)
             .await?;
         let followed =
-            Recent::existing(&part).is_some_and(|r| r.push(appended.base_offset, &key, msgs));
+            Recent::existing(&part).is_some_and(|r| r.push(appended.base_offset, key, msgs));
         for m in msgs.iter().filter(|m| m.retain) {
             self.set_retained(m).await?;
         }

@@ -19,6 +19,7 @@ use rumqttc::v5::mqttbytes::v5::{
     SubscribeReasonCode, UnsubAck, UnsubAckReason,
 };
 use rumqttc::v5::mqttbytes::QoS;
+use smallvec::{smallvec, SmallVec};
 
 use super::codec::{self, Version};
 use super::records::{qos_num, Message};
@@ -60,6 +61,10 @@ struct Outgoing {
     state: OutState,
     ticket: Option<Ticket>,
 }
+
+/// The actions one packet or event leads to: one or two almost always, kept inline so
+/// that a publish and its acknowledgement allocate no list.
+pub(crate) type Actions = SmallVec<[Action; 2]>;
 
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq)]
@@ -199,7 +204,7 @@ impl Session {
     }
 
     /// Handles one packet from the client.
-    pub(crate) fn incoming(&mut self, p: Packet) -> Vec<Action> {
+    pub(crate) fn incoming(&mut self, p: Packet) -> Actions {
         match p {
             Packet::Publish(p) => self.publish_in(p),
             Packet::PubAck(a) => match self.outgoing.get(&a.pkid) {
@@ -210,12 +215,12 @@ impl Session {
                         .into_iter()
                         .collect()
                 }
-                _ => vec![],
+                _ => smallvec![],
             },
             Packet::PubRec(r) => match self.outgoing.get_mut(&r.pkid) {
                 Some(o) if o.state == OutState::Received => {
                     let ticket = o.ticket.take();
-                    let mut out = Vec::new();
+                    let mut out = Actions::new();
                     if matches!(
                         r.reason,
                         PubRecReason::Success | PubRecReason::NoMatchingSubscribers
@@ -232,7 +237,7 @@ impl Session {
                     out.extend(ticket.map(Action::Done));
                     out
                 }
-                _ => vec![Action::Send(Packet::PubRel(PubRel {
+                _ => smallvec![Action::Send(Packet::PubRel(PubRel {
                     pkid: r.pkid,
                     reason: PubRelReason::PacketIdentifierNotFound,
                     properties: None,
@@ -242,7 +247,7 @@ impl Session {
                 if matches!(self.outgoing.get(&c.pkid), Some(o) if o.state == OutState::Complete) {
                     self.outgoing.remove(&c.pkid);
                 }
-                vec![]
+                smallvec![]
             }
             Packet::PubRel(r) => {
                 let known = self.incoming_qos2.remove(&r.pkid);
@@ -251,7 +256,7 @@ impl Session {
                 } else {
                     PubCompReason::PacketIdentifierNotFound
                 };
-                vec![Action::Send(Packet::PubComp(PubComp {
+                smallvec![Action::Send(Packet::PubComp(PubComp {
                     pkid: r.pkid,
                     reason,
                     properties: None,
@@ -269,7 +274,7 @@ impl Session {
                         reasons.push(UnsubAckReason::NoSubscriptionExisted);
                     }
                 }
-                vec![
+                smallvec![
                     Action::Send(Packet::UnsubAck(UnsubAck {
                         pkid: u.pkid,
                         reasons,
@@ -278,57 +283,57 @@ impl Session {
                     Action::Unsubscribed(removed),
                 ]
             }
-            Packet::PingReq(_) => vec![Action::Send(Packet::PingResp(PingResp))],
+            Packet::PingReq(_) => smallvec![Action::Send(Packet::PingResp(PingResp))],
             Packet::Disconnect(d) => {
                 if let Some(e) = d.properties.and_then(|p| p.session_expiry_interval) {
                     if self.expiry == 0 && e != 0 {
-                        return vec![close(DisconnectReasonCode::ProtocolError)];
+                        return smallvec![close(DisconnectReasonCode::ProtocolError)];
                     }
                     self.expiry = e;
                 }
                 let will = d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
-                vec![Action::Close { reason: None, will }]
+                smallvec![Action::Close { reason: None, will }]
             }
-            Packet::Connect(..) => vec![close(DisconnectReasonCode::ProtocolError)],
+            Packet::Connect(..) => smallvec![close(DisconnectReasonCode::ProtocolError)],
             // No authentication method was agreed in CONNECT, so AUTH is out of order.
-            Packet::Auth(_) => vec![close(DisconnectReasonCode::ProtocolError)],
-            _ => vec![close(DisconnectReasonCode::ProtocolError)],
+            Packet::Auth(_) => smallvec![close(DisconnectReasonCode::ProtocolError)],
+            _ => smallvec![close(DisconnectReasonCode::ProtocolError)],
         }
     }
 
-    fn publish_in(&mut self, mut p: Publish) -> Vec<Action> {
+    fn publish_in(&mut self, mut p: Publish) -> Actions {
         let mut props = p.properties.take();
         if let Some(alias) = props.as_mut().and_then(|x| x.topic_alias.take()) {
             if alias == 0 || alias > self.limits.topic_alias_max {
-                return vec![close(DisconnectReasonCode::TopicAliasInvalid)];
+                return smallvec![close(DisconnectReasonCode::TopicAliasInvalid)];
             }
             if p.topic.is_empty() {
                 match self.aliases_in.get(&alias) {
                     Some(t) => p.topic = t.clone(),
-                    None => return vec![close(DisconnectReasonCode::ProtocolError)],
+                    None => return smallvec![close(DisconnectReasonCode::ProtocolError)],
                 }
             } else {
                 self.aliases_in.insert(alias, p.topic.clone());
             }
         }
         let Ok(name) = std::str::from_utf8(&p.topic) else {
-            return vec![close(DisconnectReasonCode::TopicNameInvalid)];
+            return smallvec![close(DisconnectReasonCode::TopicNameInvalid)];
         };
         if topic::validate_name(name).is_err() {
-            return vec![close(DisconnectReasonCode::TopicNameInvalid)];
+            return smallvec![close(DisconnectReasonCode::TopicNameInvalid)];
         }
         if p.qos != QoS::AtMostOnce {
             if p.qos == QoS::ExactlyOnce && self.incoming_qos2.contains(&p.pkid) {
                 // A resent QoS 2 publish already in the log: acknowledge it again only.
-                return vec![Action::Send(pubrec(p.pkid, PubRecReason::Success))];
+                return smallvec![Action::Send(pubrec(p.pkid, PubRecReason::Success))];
             }
             if !self.incoming_pending.insert(p.pkid) {
-                return vec![];
+                return smallvec![];
             }
             if self.incoming_pending.len() + self.incoming_qos2.len()
                 > usize::from(self.limits.receive_maximum)
             {
-                return vec![close(DisconnectReasonCode::ReceiveMaximumExceeded)];
+                return smallvec![close(DisconnectReasonCode::ReceiveMaximumExceeded)];
             }
         }
         if let Some(x) = props.as_mut() {
@@ -343,7 +348,7 @@ impl Session {
             props,
             timestamp_ms: super::records::now_ms(),
         };
-        vec![Action::Append {
+        smallvec![Action::Append {
             message,
             qos: p.qos,
             pkid: p.pkid,
@@ -351,11 +356,11 @@ impl Session {
     }
 
     /// Reports the outcome of an [`Action::Append`].
-    pub(crate) fn appended(&mut self, qos: QoS, pkid: u16, ok: bool) -> Vec<Action> {
+    pub(crate) fn appended(&mut self, qos: QoS, pkid: u16, ok: bool) -> Actions {
         self.incoming_pending.remove(&pkid);
         match qos {
-            QoS::AtMostOnce => vec![],
-            _ if !ok && self.version == Version::V4 => vec![Action::Close {
+            QoS::AtMostOnce => smallvec![],
+            _ if !ok && self.version == Version::V4 => smallvec![Action::Close {
                 reason: None,
                 will: true,
             }],
@@ -365,7 +370,7 @@ impl Session {
                 } else {
                     PubAckReason::ImplementationSpecificError
                 };
-                vec![Action::Send(Packet::PubAck(PubAck {
+                smallvec![Action::Send(Packet::PubAck(PubAck {
                     pkid,
                     reason,
                     properties: None,
@@ -374,9 +379,9 @@ impl Session {
             QoS::ExactlyOnce => {
                 if ok {
                     self.incoming_qos2.insert(pkid);
-                    vec![Action::Send(pubrec(pkid, PubRecReason::Success))]
+                    smallvec![Action::Send(pubrec(pkid, PubRecReason::Success))]
                 } else {
-                    vec![Action::Send(pubrec(
+                    smallvec![Action::Send(pubrec(
                         pkid,
                         PubRecReason::ImplementationSpecificError,
                     ))]
@@ -385,7 +390,7 @@ impl Session {
         }
     }
 
-    fn subscribe(&mut self, s: rumqttc::v5::mqttbytes::v5::Subscribe) -> Vec<Action> {
+    fn subscribe(&mut self, s: rumqttc::v5::mqttbytes::v5::Subscribe) -> Actions {
         let id = s.properties.as_ref().and_then(|p| p.id);
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut added = Vec::new();
@@ -429,7 +434,7 @@ impl Session {
             return_codes: codes,
             properties: None,
         });
-        vec![Action::Send(ack), Action::Subscribed(added)]
+        smallvec![Action::Send(ack), Action::Subscribed(added)]
     }
 
     /// Builds the PUBLISH delivering `m` to this client, or `None` if no subscription

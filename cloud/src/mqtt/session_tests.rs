@@ -65,9 +65,10 @@ fn subscribe(s: &mut Session, filters: Vec<Filter>, id: Option<usize>) -> Vec<Ac
         filters,
         properties,
     }))
+    .into_vec()
 }
 
-fn appended(actions: Vec<Action>) -> (Message, QoS, u16) {
+fn appended(actions: Actions) -> (Message, QoS, u16) {
     match actions.as_slice() {
         [Action::Append { message, qos, pkid }] => (message.clone(), *qos, *pkid),
         other => panic!("expected one append, got {other:?}"),
@@ -92,7 +93,7 @@ fn qos1_publish_is_acked_after_the_append() {
     let (_, qos, pkid) = appended(s.incoming(Packet::Publish(publish("a", QoS::AtLeastOnce, 9))));
     let ack = s.appended(qos, pkid, true);
     assert_eq!(
-        ack,
+        ack.to_vec(),
         vec![Action::Send(Packet::PubAck(PubAck {
             pkid: 9,
             reason: PubAckReason::Success,
@@ -125,18 +126,18 @@ fn qos2_publish_is_appended_once() {
         reason: PubRecReason::Success,
         properties: None,
     }));
-    assert_eq!(s.appended(qos, pkid, true), vec![rec.clone()]);
+    assert_eq!(s.appended(qos, pkid, true).to_vec(), vec![rec.clone()]);
     // The client resends (lost PUBREC): acknowledged again, not appended again.
     let mut again = publish("a", QoS::ExactlyOnce, 5);
     again.dup = true;
-    assert_eq!(s.incoming(Packet::Publish(again)), vec![rec]);
+    assert_eq!(s.incoming(Packet::Publish(again)).to_vec(), vec![rec]);
     let comp = s.incoming(Packet::PubRel(PubRel {
         pkid: 5,
         reason: PubRelReason::Success,
         properties: None,
     }));
     assert_eq!(
-        comp,
+        comp.to_vec(),
         vec![Action::Send(Packet::PubComp(PubComp {
             pkid: 5,
             reason: PubCompReason::Success,
@@ -296,7 +297,7 @@ fn subscribe_and_unsubscribe() {
         properties: None,
     }));
     assert_eq!(
-        a,
+        a.to_vec(),
         vec![
             Action::Send(Packet::UnsubAck(UnsubAck {
                 pkid: 2,
@@ -339,7 +340,7 @@ fn delivery_qos_is_the_minimum_and_overlaps_deliver_once() {
         reason: PubAckReason::Success,
         properties: None,
     }));
-    assert_eq!(done, vec![Action::Done(t)]);
+    assert_eq!(done.to_vec(), vec![Action::Done(t)]);
     assert_eq!(s.tickets_in_flight().count(), 0);
     // QoS 0 deliveries are done at once; non-matching messages are skipped but done.
     let t2 = Ticket {
@@ -374,7 +375,7 @@ fn qos2_delivery_flow() {
         properties: None,
     }));
     assert_eq!(
-        a,
+        a.to_vec(),
         vec![
             Action::Send(Packet::PubRel(PubRel {
                 pkid: p.pkid,
@@ -502,7 +503,7 @@ fn ping_and_disconnect() {
         properties: None,
     };
     assert_eq!(
-        s.incoming(Packet::Disconnect(normal)),
+        s.incoming(Packet::Disconnect(normal)).to_vec(),
         vec![Action::Close {
             reason: None,
             will: false
@@ -513,7 +514,7 @@ fn ping_and_disconnect() {
         properties: None,
     };
     assert_eq!(
-        s.incoming(Packet::Disconnect(with_will)),
+        s.incoming(Packet::Disconnect(with_will)).to_vec(),
         vec![Action::Close {
             reason: None,
             will: true
