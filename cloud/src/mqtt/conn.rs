@@ -96,7 +96,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if reason != DisconnectReasonCode::SessionTakenOver {
             let _ = self.stream.shutdown().await;
             let drain = async {
-                let mut sink = [0u8; 4096];
+                // On the heap: an array here would add 4 KiB to the state of every
+                // future that may refuse (the whole packet loop).
+                let mut sink = vec![0u8; 4096];
                 while matches!(self.stream.read(&mut sink).await, Ok(n) if n > 0) {}
             };
             let _ = tokio::time::timeout(LINGER, drain).await;

@@ -62,9 +62,10 @@ struct Outgoing {
     ticket: Option<Ticket>,
 }
 
-/// The actions one packet or event leads to: one or two almost always, kept inline so
-/// that a publish and its acknowledgement allocate no list.
-pub(crate) type Actions = SmallVec<[Action; 2]>;
+/// The actions one packet or event leads to: one almost always (a publish to append, an
+/// acknowledgement to send), kept inline so that it allocates no list. One, not two:
+/// an `Action` is ~400 bytes and the list is moved through the connection's futures.
+pub(crate) type Actions = SmallVec<[Action; 1]>;
 
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq)]
