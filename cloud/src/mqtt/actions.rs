@@ -26,8 +26,8 @@ pub(super) struct Pending {
 }
 
 impl Pending {
-    pub(super) fn push(&mut self, message: Message, qos: QoS, pkid: u16) {
-        self.messages.push(Arc::new(message));
+    pub(super) fn push(&mut self, message: Arc<Message>, qos: QoS, pkid: u16) {
+        self.messages.push(message);
         self.acks.push((qos, pkid));
     }
 }
@@ -111,9 +111,8 @@ pub(super) async fn perform<S: AsyncRead + AsyncWrite + Unpin>(
     let mut more = VecDeque::new();
     while let Some(a) = given.next().or_else(|| more.pop_front()) {
         match a {
-            Action::Send(p) => c.send(&p)?,
+            Action::Send(r) => c.send(&r.into_packet())?,
             Action::Append { message, qos, pkid } => {
-                let message = Arc::new(message);
                 let ok = match c.hub.append(message.clone(), &c.key).await {
                     Ok(()) => true,
                     Err(e) => {

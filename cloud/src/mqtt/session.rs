@@ -11,6 +11,7 @@
 //! session resumes from a position in the log, never from a copy of the data.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{
@@ -62,18 +63,43 @@ struct Outgoing {
     ticket: Option<Ticket>,
 }
 
-/// The actions one packet or event leads to: one almost always (a publish to append, an
-/// acknowledgement to send), kept inline so that it allocates no list. One, not two:
-/// an `Action` is ~400 bytes and the list is moved through the connection's futures.
-pub(crate) type Actions = SmallVec<[Action; 1]>;
+/// The actions one packet or event leads to (one or two: a publish to append, an
+/// acknowledgement to send, a SUBACK and the subscriptions), kept inline so that they
+/// allocate no list.
+pub(crate) type Actions = SmallVec<[Action; 2]>;
+
+/// A packet the session answers with. The acknowledgements (one per QoS 1/2 publish
+/// either way) are inline; the rest is boxed, so that an [`Action`] stays small (it is
+/// moved through the connection's futures; a `Packet` is ~400 bytes).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Reply {
+    PubAck(PubAck),
+    PubRec(PubRec),
+    PubRel(PubRel),
+    PubComp(PubComp),
+    Other(Box<Packet>),
+}
+
+impl Reply {
+    pub(crate) fn into_packet(self) -> Packet {
+        match self {
+            Reply::PubAck(a) => Packet::PubAck(a),
+            Reply::PubRec(r) => Packet::PubRec(r),
+            Reply::PubRel(r) => Packet::PubRel(r),
+            Reply::PubComp(c) => Packet::PubComp(c),
+            Reply::Other(p) => *p,
+        }
+    }
+}
 
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Action {
-    Send(Packet),
+    /// Send a packet.
+    Send(Reply),
     /// Append `message` to the log, then report with [`Session::appended`].
     Append {
-        message: Message,
+        message: Arc<Message>,
         qos: QoS,
         pkid: u16,
     },
@@ -227,7 +253,7 @@ impl Session {
                         PubRecReason::Success | PubRecReason::NoMatchingSubscribers
                     ) {
                         o.state = OutState::Complete;
-                        out.push(Action::Send(Packet::PubRel(PubRel {
+                        out.push(Action::Send(Reply::PubRel(PubRel {
                             pkid: r.pkid,
                             reason: PubRelReason::Success,
                             properties: None,
@@ -238,7 +264,7 @@ impl Session {
                     out.extend(ticket.map(Action::Done));
                     out
                 }
-                _ => smallvec![Action::Send(Packet::PubRel(PubRel {
+                _ => smallvec![Action::Send(Reply::PubRel(PubRel {
                     pkid: r.pkid,
                     reason: PubRelReason::PacketIdentifierNotFound,
                     properties: None,
@@ -257,7 +283,7 @@ impl Session {
                 } else {
                     PubCompReason::PacketIdentifierNotFound
                 };
-                smallvec![Action::Send(Packet::PubComp(PubComp {
+                smallvec![Action::Send(Reply::PubComp(PubComp {
                     pkid: r.pkid,
                     reason,
                     properties: None,
@@ -276,15 +302,17 @@ impl Session {
                     }
                 }
                 smallvec![
-                    Action::Send(Packet::UnsubAck(UnsubAck {
+                    Action::Send(Reply::Other(Box::new(Packet::UnsubAck(UnsubAck {
                         pkid: u.pkid,
                         reasons,
                         properties: None,
-                    })),
+                    })))),
                     Action::Unsubscribed(removed),
                 ]
             }
-            Packet::PingReq(_) => smallvec![Action::Send(Packet::PingResp(PingResp))],
+            Packet::PingReq(_) => smallvec![Action::Send(Reply::Other(Box::new(
+                Packet::PingResp(PingResp)
+            )))],
             Packet::Disconnect(d) => {
                 if let Some(e) = d.properties.and_then(|p| p.session_expiry_interval) {
                     if self.expiry == 0 && e != 0 {
@@ -350,7 +378,7 @@ impl Session {
             timestamp_ms: super::records::now_ms(),
         };
         smallvec![Action::Append {
-            message,
+            message: Arc::new(message),
             qos: p.qos,
             pkid: p.pkid,
         }]
@@ -371,7 +399,7 @@ impl Session {
                 } else {
                     PubAckReason::ImplementationSpecificError
                 };
-                smallvec![Action::Send(Packet::PubAck(PubAck {
+                smallvec![Action::Send(Reply::PubAck(PubAck {
                     pkid,
                     reason,
                     properties: None,
@@ -430,11 +458,11 @@ impl Session {
             codes.push(SubscribeReasonCode::Success(f.qos));
             added.push((f.path, opts, is_new));
         }
-        let ack = Packet::SubAck(SubAck {
+        let ack = Reply::Other(Box::new(Packet::SubAck(SubAck {
             pkid: s.pkid,
             return_codes: codes,
             properties: None,
-        });
+        })));
         smallvec![Action::Send(ack), Action::Subscribed(added)]
     }
 
@@ -597,8 +625,8 @@ impl Session {
     }
 }
 
-fn pubrec(pkid: u16, reason: PubRecReason) -> Packet {
-    Packet::PubRec(PubRec {
+fn pubrec(pkid: u16, reason: PubRecReason) -> Reply {
+    Reply::PubRec(PubRec {
         pkid,
         reason,
         properties: None,
