@@ -5,10 +5,9 @@
 //! batches, so neither is allocated and initialised per batch.
 //!
 //! The replicator hands each cut to one long-lived encoder thread ([`Worker`], which owns
-//! the [`Encoder`]) and goes on reading records, sending and taking acknowledgements while
-//! it works (`super::Replicator::cut_batches`). Until session 5 a scoped thread was
-//! spawned per cut (a thread start, a stack mapped and unmapped, per ~1 MB of records)
-//! and the replicator waited for it.
+//! the [`Encoder`]) and fsyncs the cut's descriptors and reads the next records on its own
+//! thread meanwhile (`super::Replicator::cut_batches`). Until session 5 a scoped thread was
+//! spawned per cut (a thread start, a stack mapped and unmapped, per ~1 MB of records).
 //!
 //! Measured and not kept: a second lane (session 3: half of each cut's batches on a
 //! helper thread; session 4: two lanes taking batches from a shared counter, the
@@ -20,8 +19,6 @@
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-use tokio::sync::oneshot;
 
 use bytes::Bytes;
 use common::kafka::record_batch::{Codec, Compressor, Error, Writer};
@@ -109,11 +106,10 @@ struct Cut {
     producer: ProducerState,
     codec: Codec,
     start: Instant,
-    done: oneshot::Sender<Done>,
 }
 
 /// What the encoder thread answers: the batches and the time from hand-over to done.
-pub(super) type Done = (Result<Vec<Bytes>, Error>, Duration);
+type Done = (Result<Vec<Bytes>, Error>, Duration);
 
 /// The encoder thread, started on first use and kept for the replicator's lifetime.
 pub(super) struct Worker {
@@ -123,6 +119,8 @@ pub(super) struct Worker {
 
 struct Thread {
     tx: mpsc::Sender<Cut>,
+    /// In a mutex only to make the replicator `Sync` (held across awaits by reference).
+    rx: std::sync::Mutex<mpsc::Receiver<Done>>,
     handle: JoinHandle<()>,
 }
 
@@ -135,37 +133,45 @@ impl Worker {
         }
     }
 
-    /// Hands a cut to the encoder thread (started if needed, restarted if it died); the
-    /// receiver gets its batches in order. A receiver that errs means the thread panicked
-    /// on this cut.
+    /// Hands a cut to the encoder thread (started if needed); [`Worker::wait`] gets it back.
     pub(super) fn submit(
         &mut self,
         work: Vec<Work>,
         producer: ProducerState,
         codec: Codec,
-    ) -> Result<oneshot::Receiver<Done>, String> {
-        let (done, rx) = oneshot::channel();
-        let mut cut = Cut {
+    ) -> Result<(), String> {
+        let cut = Cut {
             work,
             producer,
             codec,
             start: Instant::now(),
-            done,
         };
-        for _ in 0..2 {
-            let t = match &mut self.thread {
-                Some(t) => t,
-                None => self.thread.insert(spawn(&self.edge_id)?),
-            };
-            match t.tx.send(cut) {
-                Ok(()) => return Ok(rx),
-                Err(mpsc::SendError(back)) => {
-                    cut = back;
-                    self.stop();
-                }
+        let t = match &mut self.thread {
+            Some(t) => t,
+            None => self.thread.insert(spawn(&self.edge_id)?),
+        };
+        if let Err(mpsc::SendError(_)) = t.tx.send(cut) {
+            self.stop();
+            return Err("the encoder thread is gone".into());
+        }
+        Ok(())
+    }
+
+    /// The batches of the cut last submitted, in order, and how long they took.
+    pub(super) fn wait(&mut self) -> Result<Done, String> {
+        let got = self.thread.as_mut().map(|t| {
+            t.rx.get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .recv()
+        });
+        match got {
+            Some(Ok(done)) => Ok(done),
+            // It panicked: the next cut starts a new one.
+            Some(Err(_)) | None => {
+                self.stop();
+                Err("encoder thread panicked".into())
             }
         }
-        Err("the encoder thread keeps stopping".into())
     }
 
     fn stop(&mut self) {
@@ -184,18 +190,24 @@ impl Drop for Worker {
 
 fn spawn(edge_id: &str) -> Result<Thread, String> {
     let (tx, cuts) = mpsc::channel::<Cut>();
+    let (done, rx) = mpsc::channel::<Done>();
     let mut enc = Encoder::new(edge_id);
     let handle = std::thread::Builder::new()
         .name("edge-encode".into())
         .spawn(move || {
             for cut in cuts {
                 let r = enc.encode_all(cut.work, cut.producer, cut.codec);
-                // The replicator may have given up on this cut (its session ended).
-                let _ = cut.done.send((r, cut.start.elapsed()));
+                if done.send((r, cut.start.elapsed())).is_err() {
+                    break;
+                }
             }
         })
         .map_err(|e| format!("cannot start the encoder thread: {e}"))?;
-    Ok(Thread { tx, handle })
+    Ok(Thread {
+        tx,
+        rx: std::sync::Mutex::new(rx),
+        handle,
+    })
 }
 
 #[cfg(test)]
@@ -272,8 +284,8 @@ mod tests {
         let mut w = Worker::new("e1");
         let mut handle_id = None;
         for cut in 0..4 {
-            let rx = w.submit(work(cut), p, Codec::Zstd).unwrap();
-            let (got, _) = rx.blocking_recv().unwrap();
+            w.submit(work(cut), p, Codec::Zstd).unwrap();
+            let (got, _) = w.wait().unwrap();
             let want = Encoder::new("e1")
                 .encode_all(work(cut), p, Codec::Zstd)
                 .unwrap();

@@ -40,7 +40,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::kafka::record_batch::Codec;
 use common::kafka::{self, codes, Connection, ProducePartition, ProducerState, ResponseFuture};
 use kafka_protocol::messages::ProduceResponse;
-use tokio::sync::oneshot;
 
 use crate::buffer::Buffer;
 use crate::buffer::ReadBatch;
@@ -132,8 +131,6 @@ pub struct Replicator {
     fenced: u32,
     pacer: Option<Pacer>,
     enc: encode::Worker,
-    /// The cut being encoded and synced (one at a time).
-    cut: Option<PendingCut>,
     topic_names: TopicNames,
 }
 
@@ -190,7 +187,6 @@ impl Replicator {
                 last: Instant::now(),
             }),
             enc: encode::Worker::new(&edge_id),
-            cut: None,
             topic_names: TopicNames::default(),
         })
     }
@@ -209,10 +205,6 @@ impl Replicator {
             let acked_before = self.metrics.uplink_records.get();
             let err = self.session().await;
             self.metrics.uplink_up.set(0);
-            // A cut still being encoded and synced completes (or is taken back) first.
-            if let Err(e) = self.settle_cut(true).await {
-                tracing::warn!(cause = %e, "uplink batches dropped before sending");
-            }
             match &err {
                 Error::Rejected { code, .. }
                     if matches!(
@@ -286,7 +278,6 @@ impl Replicator {
         let notify = self.buffer.on_commit();
         loop {
             let caught_up = self.fill()?;
-            let settled = self.settle_cut(false).await?;
             let cut = self.cut_batches(producer)?;
             self.send(&mut s, caught_up).await?;
             // Take every response that has already arrived.
@@ -303,13 +294,8 @@ impl Replicator {
                     }
                 }
             }
-            if completed || cut > 0 || settled {
+            if completed || cut > 0 {
                 // Prepare the next request while the broker works on the ones in flight.
-                continue;
-            }
-            if self.cut.is_some() {
-                // Nothing to do but wait for the cut (records are read up to the bound).
-                self.settle_cut(true).await?;
                 continue;
             }
             match s.wire.pop_front() {
@@ -496,9 +482,6 @@ impl Replicator {
     /// every batch and its producer sequences (in order per topic), then encodes and
     /// compresses them, then makes the descriptors durable.
     fn cut_batches(&mut self, producer: ProducerState) -> Result<usize, Error> {
-        if self.cut.is_some() {
-            return Ok(0);
-        }
         let compression = self.compression();
         let mut assigned = false;
         let max_batches = self.cfg.max_in_flight;
@@ -567,116 +550,66 @@ impl Replicator {
         for job in jobs {
             work.push((job.batch.base, job.records));
             self.state.batched_bytes += job.batch.raw_bytes;
-            slots.push((job.topic.clone(), job.batch.base));
-            let t = self.state.topics.entry(job.topic).or_default();
+            let t = self.state.topics.entry(job.topic.clone()).or_default();
+            slots.push((job.topic, t.batches.len()));
             t.batches.push_back(job.batch);
         }
-        // Encoding and compression (on the encoder thread) and the fsync of the
-        // descriptors (on tokio's blocking pool) run while this thread reads the next
-        // records, sends ready batches and takes acknowledgements; `settle_cut` makes the
-        // batches sendable once both are done.
+        // Three things overlap: this cut's encoding and compression (on the encoder
+        // thread), the fsync of its descriptors, and reading the records of the next cut.
         let t0 = Instant::now();
-        let encoded = match self.enc.submit(work, producer, compression) {
-            Ok(rx) => rx,
+        if let Err(e) = self.enc.submit(work, producer, compression) {
+            return Err(self.drop_cut(&slots, e));
+        }
+        let synced = (|| -> Result<u128, Error> {
+            if assigned {
+                // Descriptors must be durable before their batches go on the wire.
+                self.buffer.sync_uplink()?;
+            }
+            let synced = t0.elapsed().as_micros();
+            self.fill()?;
+            Ok(synced)
+        })();
+        let encoded = self.enc.wait();
+        let total = t0.elapsed();
+        let (encoded, encode_time) = match encoded {
+            Ok((Ok(e), t)) => (e, t),
+            Ok((Err(e), _)) => return Err(self.drop_cut(&slots, e.to_string())),
             Err(e) => return Err(self.drop_cut(&slots, e)),
         };
-        let synced = assigned.then(|| {
-            let buffer = self.buffer.clone();
-            // Descriptors must be durable before their batches go on the wire.
-            tokio::task::spawn_blocking(move || buffer.sync_uplink().map(|()| t0.elapsed()))
-        });
-        self.cut = Some(PendingCut {
-            slots,
-            encoded,
-            encoded_got: None,
-            synced,
-            live: live_jobs,
-            t0,
-        });
-        Ok(jobs_len)
-    }
-
-    /// Completes the cut in progress if its batches are encoded and its descriptors
-    /// synced (waiting for both if `wait`): its batches become sendable. Returns whether a
-    /// cut completed. A failed encoding or sync takes the cut's batches back out and ends
-    /// the session.
-    async fn settle_cut(&mut self, wait: bool) -> Result<bool, Error> {
-        let Some(c) = self.cut.as_mut() else {
-            return Ok(false);
-        };
-        if c.encoded_got.is_none() {
-            match c.encoded.try_recv() {
-                Ok(done) => c.encoded_got = Some(Some(done)),
-                Err(oneshot::error::TryRecvError::Closed) => c.encoded_got = Some(None),
-                Err(oneshot::error::TryRecvError::Empty) if !wait => return Ok(false),
-                Err(oneshot::error::TryRecvError::Empty) => {
-                    c.encoded_got = Some((&mut c.encoded).await.ok());
-                }
-            }
-        }
-        if !wait && c.synced.as_ref().is_some_and(|h| !h.is_finished()) {
-            return Ok(false);
-        }
-        let Some(c) = self.cut.take() else {
-            return Ok(false);
-        };
-        let encoded = match c.encoded_got.flatten() {
-            Some((Ok(e), t)) => Ok((e, t)),
-            Some((Err(e), _)) => Err(e.to_string()),
-            None => Err("encoder thread panicked".to_owned()),
-        };
-        let sync_us = match c.synced {
-            None => Ok(0),
-            Some(h) => match h.await {
-                Ok(Ok(t)) => Ok(t.as_micros() as u64),
-                Ok(Err(e)) => Err(Error::from(e)),
-                Err(e) => Err(Error::Buffer(crate::buffer::Error::Io(
-                    std::io::Error::other(format!("descriptor sync task: {e}")),
-                ))),
-            },
-        };
-        let (encoded, encode_time) = match encoded {
-            Ok(e) => e,
-            Err(e) => return Err(self.drop_cut(&c.slots, e)),
-        };
-        let sync_us = match sync_us {
+        let sync_us = match synced {
             Ok(us) => us,
             Err(e) => {
-                self.drop_cut(&c.slots, e.to_string());
+                self.drop_cut(&slots, e.to_string());
                 return Err(e);
             }
         };
-        for ((topic, base), bytes) in c.slots.iter().zip(encoded) {
+        for ((topic, pos), bytes) in slots.iter().zip(encoded) {
             if let Some(b) = self
                 .state
                 .topics
                 .get_mut(topic)
-                .and_then(|t| t.batches.iter_mut().rev().find(|b| b.base == *base))
+                .and_then(|t| t.batches.get_mut(*pos))
             {
                 b.encoded = bytes;
             }
         }
         tracing::debug!(
-            batches = c.slots.len(),
-            live = c.live,
+            batches = jobs_len,
+            live = live_jobs,
             encode_us = encode_time.as_micros() as u64,
-            sync_us,
-            total_us = c.t0.elapsed().as_micros() as u64,
+            sync_us = sync_us as u64,
+            total_us = total.as_micros() as u64,
             "replicator cut"
         );
-        Ok(true)
+        Ok(jobs_len)
     }
 
     /// Takes the batches of a cut whose encoding failed back out of their queues (they
     /// were never sent; their descriptors are resent from the buffer after a restart).
-    fn drop_cut(&mut self, slots: &[(String, i32)], cause: String) -> Error {
-        for (topic, base) in slots.iter().rev() {
+    fn drop_cut(&mut self, slots: &[(String, usize)], cause: String) -> Error {
+        for (topic, pos) in slots.iter().rev() {
             if let Some(t) = self.state.topics.get_mut(topic) {
-                let pos = t
-                    .batches
-                    .iter()
-                    .rposition(|b| b.base == *base && b.encoded.is_empty());
-                if let Some(b) = pos.and_then(|p| t.batches.remove(p)) {
+                if let Some(b) = t.batches.remove(*pos) {
                     self.state.batched_bytes -= b.raw_bytes.min(self.state.batched_bytes);
                 }
             }
@@ -700,11 +633,10 @@ impl Replicator {
             let mut ready = 0;
             let mut topics = Vec::new();
             for (name, t) in &self.state.topics {
-                // Batches of the cut in progress have no bytes yet.
                 let unsent: usize = t
                     .batches
                     .iter()
-                    .filter(|b| !b.sent && !b.encoded.is_empty())
+                    .filter(|b| !b.sent)
                     .map(|b| b.raw_bytes)
                     .sum();
                 if unsent > 0 {
@@ -737,13 +669,7 @@ impl Replicator {
                     let Some(t) = self.state.topics.get_mut(&topic) else {
                         continue;
                     };
-                    // The oldest unsent batch, if encoded (per-topic order).
-                    let Some(b) = t
-                        .batches
-                        .iter_mut()
-                        .find(|b| !b.sent)
-                        .filter(|b| !b.encoded.is_empty())
-                    else {
+                    let Some(b) = t.batches.iter_mut().find(|b| !b.sent) else {
                         continue;
                     };
                     if !parts.is_empty() && bytes + b.encoded.len() > REQUEST_MAX_BYTES {
@@ -893,20 +819,6 @@ impl TopicNames {
         }
         self.map.get(mqtt).and_then(|k| k.as_deref())
     }
-}
-
-/// A cut whose batches are being encoded and whose descriptors are being synced; its
-/// batches wait in their topics' queues (unsendable: no bytes yet).
-struct PendingCut {
-    /// (topic, base sequence) of each batch, in the encoder's order.
-    slots: Vec<(String, i32)>,
-    encoded: oneshot::Receiver<encode::Done>,
-    /// What `encoded` answered, once it did (`None`: the encoder thread panicked).
-    encoded_got: Option<Option<encode::Done>>,
-    /// The descriptors' fsync (none when the cut assigned no new sequences).
-    synced: Option<tokio::task::JoinHandle<Result<Duration, crate::buffer::Error>>>,
-    live: usize,
-    t0: Instant,
 }
 
 /// A batch decided by `cut_batches`, waiting to be encoded.
