@@ -307,8 +307,6 @@ struct Inner {
     /// Bytes of the batch files on disk: raised by the committer's writes, lowered by
     /// every unlink (the metrics read it instead of listing the directory).
     file_bytes: AtomicU64,
-    /// Reused read buffers of batch files (`read.rs`).
-    read_pool: Arc<read::BufPool>,
 }
 
 /// Work for the reaper thread.
@@ -456,7 +454,6 @@ impl Buffer {
             sled_file,
             // Every file left after the scan is indexed with its exact length.
             file_bytes: AtomicU64::new(file_bytes),
-            read_pool: Arc::default(),
         });
         // The reaper ends when `stop` closes its channel, releasing its `Inner`.
         let reaper_inner = inner.clone();

@@ -1,91 +1,10 @@
 //! The replicator's side of the buffer: read committed batches in order, release records
 //! once the cloud acknowledged them.
 
-use std::io::{self, Read};
 use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-
-use bytes::Bytes;
 
 use super::{files, record, remove_batch, Buffer, Error, Record};
-
-/// Read buffers of batch files, handed back once every record read from one is dropped
-/// (after the replicator encoded them), and reused for the next files.
-///
-/// A batch file is 256 KB by default, above glibc's mmap threshold (which the edge fixes
-/// at 128 KB, see `main.rs`): a fresh buffer per file costs an `mmap`, a page fault and a
-/// zeroed page per 4 KB, and a `munmap`. Measured on a drain (perf, session 5) those were
-/// about 9% of the edge's CPU. The pool never holds more than the most buffers that were
-/// in use at once (a new one is allocated only when the pool is empty), capped at
-/// [`BufPool::MAX`], so it does not raise the drain's peak RSS.
-#[derive(Default)]
-pub(super) struct BufPool {
-    free: Mutex<Vec<Vec<u8>>>,
-}
-
-impl BufPool {
-    /// Most idle buffers kept.
-    const MAX: usize = 8;
-    /// Larger buffers (an unusually large batch file) are not kept.
-    const MAX_CAPACITY: usize = 1 << 20;
-
-    fn take(&self) -> Vec<u8> {
-        lock(&self.free).pop().unwrap_or_default()
-    }
-
-    fn give(&self, mut buf: Vec<u8>) {
-        if buf.capacity() == 0 || buf.capacity() > Self::MAX_CAPACITY {
-            return;
-        }
-        buf.clear();
-        let mut free = lock(&self.free);
-        if free.len() < Self::MAX {
-            free.push(buf);
-        }
-    }
-
-    /// Idle buffers (tests).
-    #[cfg(test)]
-    fn idle(&self) -> usize {
-        lock(&self.free).len()
-    }
-}
-
-fn lock(m: &Mutex<Vec<Vec<u8>>>) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A pooled buffer owned by the `Bytes` of one file; back to the pool when dropped.
-struct Pooled {
-    buf: Vec<u8>,
-    pool: Arc<BufPool>,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        self.pool.give(std::mem::take(&mut self.buf));
-    }
-}
-
-/// Reads batch file `key` into a pooled buffer.
-fn read_file(inner: &super::Inner, key: u64) -> io::Result<Bytes> {
-    let mut f = std::fs::File::open(files::path(&inner.files, key))?;
-    let len = f.metadata().map_or(0, |m| m.len() as usize);
-    let mut buf = inner.read_pool.take();
-    buf.reserve(len);
-    f.read_to_end(&mut buf)?;
-    Ok(Bytes::from_owner(Pooled {
-        buf,
-        pool: inner.read_pool.clone(),
-    }))
-}
 
 /// One committed batch as read by the replicator.
 #[derive(Debug, Clone)]
@@ -121,11 +40,11 @@ impl Buffer {
         let mut s = inner.lock();
         let keys: Vec<u64> = s.batches.range(start..before).map(|(k, _)| *k).collect();
         for key in keys {
-            let decoded = read_file(inner, key)
+            let decoded = files::read(&inner.files, key)
                 .map_err(|e| e.to_string())
                 .and_then(|v| {
                     let len = v.len();
-                    record::decode_batch_bytes(v)
+                    record::decode_batch_bytes(v.into())
                         .map(|b| (b, len))
                         .map_err(|e| e.to_string())
                 });
@@ -236,61 +155,6 @@ mod tests {
 
     use super::super::{BufferConfig, FullPolicy, SyncPolicy};
     use super::*;
-
-    /// Batch file buffers go back to the pool once every record read from them is
-    /// dropped, and the next read reuses them: the records read back are the same.
-    #[test]
-    fn read_buffers_are_reused() {
-        let dir = tempfile::tempdir().unwrap();
-        let buf = Buffer::open(BufferConfig {
-            dir: dir.path().to_path_buf(),
-            quota_bytes: u64::MAX,
-            full_policy: FullPolicy::Block,
-            sync: SyncPolicy::Interval(Duration::from_secs(3600)),
-            batch_max_bytes: usize::MAX,
-            cache_bytes: 1 << 20,
-        })
-        .unwrap();
-        for b in 0..2u8 {
-            for i in 0..3u8 {
-                buf.append(Record {
-                    topic: format!("t{b}"),
-                    payload: Bytes::from(vec![b * 10 + i; 300]),
-                    ..Record::default()
-                })
-                .unwrap();
-            }
-            buf.commit().unwrap();
-        }
-        let pool = buf.inner.read_pool.clone();
-        let check = |batches: &[ReadBatch]| {
-            assert_eq!(batches.len(), 2);
-            for (b, batch) in batches.iter().enumerate() {
-                assert_eq!(batch.records.len(), 3);
-                for (i, r) in batch.records.iter().enumerate() {
-                    assert_eq!(r.topic, format!("t{b}"));
-                    assert_eq!(r.payload, Bytes::from(vec![b as u8 * 10 + i as u8; 300]));
-                }
-            }
-        };
-        assert_eq!(pool.idle(), 0);
-        let first = buf.read(None, usize::MAX).unwrap();
-        check(&first);
-        assert_eq!(pool.idle(), 0, "buffers in use are not in the pool");
-        // A record outliving its batch keeps that file's buffer out of the pool.
-        let kept = first[1].records[2].clone();
-        drop(first);
-        assert_eq!(pool.idle(), 1);
-        assert_eq!(kept.payload, Bytes::from(vec![12u8; 300]));
-        drop(kept);
-        assert_eq!(pool.idle(), 2);
-        // The next read takes them back out and reads the same records.
-        let again = buf.read(None, usize::MAX).unwrap();
-        assert_eq!(pool.idle(), 0);
-        check(&again);
-        drop(again);
-        assert_eq!(pool.idle(), 2);
-    }
 
     /// One release call whose sequences span several batch files, out of order and
     /// interleaved (as a Kafka batch of one topic is): each batch loses exactly its own
