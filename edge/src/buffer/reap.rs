@@ -17,7 +17,8 @@
 //! chaos test, 1 run in 10).
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::time::{Duration, Instant};
 
 use super::{files, Error, Inner, Reap};
 
@@ -57,23 +58,54 @@ pub(super) fn delete(inner: &Inner, keys: &[u64]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Least time between the starts of two deletion rounds. Each round costs a sled flush
+/// (sled's `sync_file_range` on its I/O threads), an `fdatasync` and a directory `fsync`;
+/// during a drain batches are released every few milliseconds, and a round per release
+/// put those syncs on the same disk as the replicator's descriptor syncs and the cloud's.
+/// Pacing rounds delays only when drained files leave the disk (the quota counts the
+/// index, which is updated at release); a barrier (`Buffer::reaped`, close) is served at
+/// once.
+const ROUND_EVERY: Duration = Duration::from_millis(250);
+
 /// The `buffer-reap` thread: deletes what it is sent, everything queued at once per
-/// round (one flush, one directory fsync). Ends when the channel closes.
+/// round (one flush, one directory fsync), at most one round per [`ROUND_EVERY`] unless
+/// a barrier waits. Ends when the channel closes.
 pub(super) fn reap_loop(inner: &Inner, rx: &Receiver<Reap>) {
+    let mut last: Option<Instant> = None;
     while let Ok(first) = rx.recv() {
         let mut keys = Vec::new();
         let mut barriers = Vec::new();
-        for r in std::iter::once(first).chain(rx.try_iter()) {
-            match r {
-                Reap::Batch(k) => keys.push(k),
-                Reap::Barrier(done) => barriers.push(done),
+        sort(first, &mut keys, &mut barriers);
+        let due = last.map(|t| t + ROUND_EVERY);
+        loop {
+            for r in rx.try_iter() {
+                sort(r, &mut keys, &mut barriers);
+            }
+            let wait = due.map_or(Duration::ZERO, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            if !barriers.is_empty() || wait.is_zero() {
+                break;
+            }
+            match rx.recv_timeout(wait) {
+                Ok(r) => sort(r, &mut keys, &mut barriers),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => break,
             }
         }
+        last = Some(Instant::now());
         if let Err(e) = delete(inner, &keys) {
             tracing::error!(cause = %e, "deleting drained buffer batches failed");
         }
         for done in barriers {
             let _ = done.send(());
         }
+    }
+}
+
+fn sort(r: Reap, keys: &mut Vec<u64>, barriers: &mut Vec<SyncSender<()>>) {
+    match r {
+        Reap::Batch(k) => keys.push(k),
+        Reap::Barrier(done) => barriers.push(done),
     }
 }

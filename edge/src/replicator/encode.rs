@@ -4,8 +4,10 @@
 //! draining 1 KB hex records). One record block and one zstd context are kept across
 //! batches, so neither is allocated and initialised per batch.
 //!
-//! The replicator runs [`Encoder::encode_all`] on an encoder thread while its own thread
-//! fsyncs the cut's descriptors and reads the next records (`super::Replicator::cut_batches`).
+//! The replicator hands each cut to one long-lived encoder thread ([`Worker`], which owns
+//! the [`Encoder`]) and fsyncs the cut's descriptors and reads the next records on its own
+//! thread meanwhile (`super::Replicator::cut_batches`). Until session 5 a scoped thread was
+//! spawned per cut (a thread start, a stack mapped and unmapped, per ~1 MB of records).
 //!
 //! Measured and not kept: a second lane (session 3: half of each cut's batches on a
 //! helper thread; session 4: two lanes taking batches from a shared counter, the
@@ -13,6 +15,10 @@
 //! stood out of the noise on the two-core test machine, where the cloud uses the other
 //! core, and cost a second zstd context and record block (peak RSS up to 29 MB on a
 //! 300 MB drain instead of 26-27) against the 32 MB RSS goal.
+
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::kafka::record_batch::{Codec, Compressor, Error, Writer};
@@ -63,9 +69,7 @@ impl Lane {
     }
 }
 
-/// The batch encoder of one replicator (`Default`: an empty placeholder while the real one
-/// works on the encoder thread).
-#[derive(Default)]
+/// The batch encoder of one replicator (it lives on the [`Worker`]'s thread).
 pub(super) struct Encoder {
     edge_id: String,
     lane: Lane,
@@ -94,6 +98,116 @@ impl Encoder {
         };
         self.lane.encode(&work, &c)
     }
+}
+
+/// A cut for the encoder thread.
+struct Cut {
+    work: Vec<Work>,
+    producer: ProducerState,
+    codec: Codec,
+    start: Instant,
+}
+
+/// What the encoder thread answers: the batches and the time from hand-over to done.
+type Done = (Result<Vec<Bytes>, Error>, Duration);
+
+/// The encoder thread, started on first use and kept for the replicator's lifetime.
+pub(super) struct Worker {
+    edge_id: String,
+    thread: Option<Thread>,
+}
+
+struct Thread {
+    tx: mpsc::Sender<Cut>,
+    /// In a mutex only to make the replicator `Sync` (held across awaits by reference).
+    rx: std::sync::Mutex<mpsc::Receiver<Done>>,
+    handle: JoinHandle<()>,
+}
+
+impl Worker {
+    /// A worker whose encoder stamps `edge_id` on every record.
+    pub(super) fn new(edge_id: &str) -> Worker {
+        Worker {
+            edge_id: edge_id.to_owned(),
+            thread: None,
+        }
+    }
+
+    /// Hands a cut to the encoder thread (started if needed); [`Worker::wait`] gets it back.
+    pub(super) fn submit(
+        &mut self,
+        work: Vec<Work>,
+        producer: ProducerState,
+        codec: Codec,
+    ) -> Result<(), String> {
+        let cut = Cut {
+            work,
+            producer,
+            codec,
+            start: Instant::now(),
+        };
+        let t = match &mut self.thread {
+            Some(t) => t,
+            None => self.thread.insert(spawn(&self.edge_id)?),
+        };
+        if let Err(mpsc::SendError(_)) = t.tx.send(cut) {
+            self.stop();
+            return Err("the encoder thread is gone".into());
+        }
+        Ok(())
+    }
+
+    /// The batches of the cut last submitted, in order, and how long they took.
+    pub(super) fn wait(&mut self) -> Result<Done, String> {
+        let got = self.thread.as_mut().map(|t| {
+            t.rx.get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .recv()
+        });
+        match got {
+            Some(Ok(done)) => Ok(done),
+            // It panicked: the next cut starts a new one.
+            Some(Err(_)) | None => {
+                self.stop();
+                Err("encoder thread panicked".into())
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            drop(t.tx);
+            let _ = t.handle.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn(edge_id: &str) -> Result<Thread, String> {
+    let (tx, cuts) = mpsc::channel::<Cut>();
+    let (done, rx) = mpsc::channel::<Done>();
+    let mut enc = Encoder::new(edge_id);
+    let handle = std::thread::Builder::new()
+        .name("edge-encode".into())
+        .spawn(move || {
+            for cut in cuts {
+                let r = enc.encode_all(cut.work, cut.producer, cut.codec);
+                if done.send((r, cut.start.elapsed())).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the encoder thread: {e}"))?;
+    Ok(Thread {
+        tx,
+        rx: std::sync::Mutex::new(rx),
+        handle,
+    })
 }
 
 #[cfg(test)]
@@ -148,6 +262,41 @@ mod tests {
                 }
                 assert!(reused.lane.writer.capacity() <= KEEP_BLOCK_BYTES);
             }
+        }
+    }
+
+    /// One encoder thread serves cut after cut with the bytes a fresh encoder writes, and
+    /// is the same thread throughout.
+    #[test]
+    fn worker_thread_is_kept_across_cuts() {
+        let p = ProducerState {
+            producer_id: 9,
+            producer_epoch: 0,
+        };
+        let work = |cut: u64| -> Vec<Work> {
+            (0..3u64)
+                .map(|b| {
+                    let first = cut * 1_000 + b * 100;
+                    (first as i32, (0..5).map(|i| rec(first + i, "t")).collect())
+                })
+                .collect()
+        };
+        let mut w = Worker::new("e1");
+        let mut handle_id = None;
+        for cut in 0..4 {
+            w.submit(work(cut), p, Codec::Zstd).unwrap();
+            let (got, _) = w.wait().unwrap();
+            let want = Encoder::new("e1")
+                .encode_all(work(cut), p, Codec::Zstd)
+                .unwrap();
+            assert_eq!(got.unwrap(), want);
+            let id = w.thread.as_ref().map(|t| t.handle.thread().id());
+            assert!(id.is_some());
+            assert!(
+                handle_id.is_none() || handle_id == id,
+                "a new thread per cut"
+            );
+            handle_id = id;
         }
     }
 }

@@ -130,7 +130,7 @@ pub struct Replicator {
     /// Consecutive sequence/producer rejections of the same batch.
     fenced: u32,
     pacer: Option<Pacer>,
-    enc: encode::Encoder,
+    enc: encode::Worker,
     topic_names: TopicNames,
 }
 
@@ -186,7 +186,7 @@ impl Replicator {
                 tokens: 0.0,
                 last: Instant::now(),
             }),
-            enc: encode::Encoder::new(&edge_id),
+            enc: encode::Worker::new(&edge_id),
             topic_names: TopicNames::default(),
         })
     }
@@ -554,33 +554,23 @@ impl Replicator {
             slots.push((job.topic, t.batches.len()));
             t.batches.push_back(job.batch);
         }
-        // Three things overlap: this cut's encoding and compression (on an encoder
+        // Three things overlap: this cut's encoding and compression (on the encoder
         // thread), the fsync of its descriptors, and reading the records of the next cut.
         let t0 = Instant::now();
-        let mut enc = std::mem::take(&mut self.enc);
-        let (encoded, synced, total) = std::thread::scope(|sc| {
-            let lane = std::thread::Builder::new()
-                .name("edge-encode".into())
-                .spawn_scoped(sc, || {
-                    let r = enc.encode_all(work, producer, compression);
-                    (r, t0.elapsed())
-                });
-            let synced = (|| -> Result<u128, Error> {
-                if assigned {
-                    // Descriptors must be durable before their batches go on the wire.
-                    self.buffer.sync_uplink()?;
-                }
-                let synced = t0.elapsed().as_micros();
-                self.fill()?;
-                Ok(synced)
-            })();
-            let encoded = match lane {
-                Ok(h) => h.join().map_err(|_| "encoder thread panicked".to_owned()),
-                Err(e) => Err(format!("cannot start the encoder thread: {e}")),
-            };
-            (encoded, synced, t0.elapsed())
-        });
-        self.enc = enc;
+        if let Err(e) = self.enc.submit(work, producer, compression) {
+            return Err(self.drop_cut(&slots, e));
+        }
+        let synced = (|| -> Result<u128, Error> {
+            if assigned {
+                // Descriptors must be durable before their batches go on the wire.
+                self.buffer.sync_uplink()?;
+            }
+            let synced = t0.elapsed().as_micros();
+            self.fill()?;
+            Ok(synced)
+        })();
+        let encoded = self.enc.wait();
+        let total = t0.elapsed();
         let (encoded, encode_time) = match encoded {
             Ok((Ok(e), t)) => (e, t),
             Ok((Err(e), _)) => return Err(self.drop_cut(&slots, e.to_string())),
