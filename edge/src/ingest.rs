@@ -79,6 +79,9 @@ pub struct Ingest<P> {
     assigned: Option<String>,
     clean_session: bool,
     aliases: HashMap<u16, Bytes>,
+    /// The last topic seen and its uplink priority (`None`: not buffered): devices
+    /// publish to few topics, so most publishes skip the UTF-8 check and filter match.
+    last_topic: Option<(Bytes, Option<u8>)>,
     ahead: VecDeque<Packet>,
     inbox: Inbox,
     /// Records of the current read, appended together.
@@ -147,6 +150,16 @@ fn publish_header(stream: &[u8]) -> Option<(u8, Option<u16>)> {
     Some((qos, pkid))
 }
 
+/// The uplink priority of a publish to `topic`; `None` when it is not buffered (not
+/// UTF-8, empty, a wildcard, or matching no uplink filter).
+fn uplink_priority(uplink: &Uplink, topic: &[u8]) -> Option<u8> {
+    let topic = std::str::from_utf8(topic).ok()?;
+    if topic.is_empty() || topic.contains(['+', '#']) {
+        return None;
+    }
+    uplink.priority(topic)
+}
+
 impl<P> Ingest<P> {
     /// Wraps a rumqttd codec (`V4` or `V5`).
     pub fn new(inner: P, ctx: Arc<IngestCtx>) -> Self {
@@ -158,6 +171,7 @@ impl<P> Ingest<P> {
             assigned: None,
             clean_session: true,
             aliases: HashMap::new(),
+            last_topic: None,
             ahead: VecDeque::new(),
             inbox: Inbox::default(),
             pending: Vec::new(),
@@ -214,15 +228,19 @@ impl<P> Ingest<P> {
                 self.aliases.insert(alias, publish.topic.clone());
             }
         }
-        let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+        let priority = match &self.last_topic {
+            Some((t, p)) if *t == publish.topic => *p,
+            _ => {
+                let p = uplink_priority(&self.ctx.uplink, &publish.topic);
+                self.last_topic = Some((publish.topic.clone(), p));
+                p
+            }
+        };
+        let Some(priority) = priority else {
             return;
         };
-        if topic.is_empty() || topic.contains(['+', '#']) {
-            return;
-        }
-        let Some(priority) = self.ctx.uplink.priority(topic) else {
-            return;
-        };
+        // Checked as UTF-8 when its priority was found.
+        let topic = String::from_utf8_lossy(&publish.topic);
         // One receive time per read: these frames arrived together.
         let recv_ms = *recv_ms.get_or_insert_with(|| {
             SystemTime::now()
@@ -248,7 +266,7 @@ impl<P> Ingest<P> {
             qos,
             retain: publish.retain,
             priority,
-            topic: topic.to_owned(),
+            topic: topic.into_owned(),
             key: match self.ctx.key_mode {
                 KeyMode::ClientId => self.client_id.clone(),
                 KeyMode::None => None,
@@ -278,13 +296,18 @@ impl<P> Ingest<P> {
             return Err(ProtoError::InvalidProtocol);
         }
         let mut wait_gen = None;
+        let (mut records, mut payload_bytes) = (0, 0);
         for (a, (qos, bytes)) in out.iter().zip(self.pending_meta.drain(..)) {
             if let Appended::Stored(gen) = a {
-                self.ctx.metrics.ingested(bytes);
+                records += 1;
+                payload_bytes += bytes;
                 if qos > 0 {
                     wait_gen = wait_gen.max(Some(*gen));
                 }
             }
+        }
+        if records > 0 {
+            self.ctx.metrics.ingested(records, payload_bytes);
         }
         Ok(wait_gen)
     }

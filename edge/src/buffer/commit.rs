@@ -40,6 +40,7 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
         if s.open.is_empty() && (staged.is_empty() || !sync) {
             if staged.is_empty() {
                 s.committed_gen = s.committed_gen.max(s.gen);
+                inner.durable_gen.store(s.committed_gen, Ordering::Release);
                 drop(s);
                 inner.durable.notify_all();
             }
@@ -124,6 +125,7 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
         gen_done = gen_done.max(f.gen);
     }
     s.committed_gen = s.committed_gen.max(gen_done).max(gen);
+    inner.durable_gen.store(s.committed_gen, Ordering::Release);
     drop(s);
     inner.stats.commits.fetch_add(1, Ordering::Relaxed);
     inner.durable.notify_all();

@@ -293,6 +293,9 @@ struct Inner {
     work: Condvar,
     /// A group commit finished (or failed), shutdown: wakes [`Buffer::wait_durable`].
     durable: Condvar,
+    /// `State::committed_gen`, readable without the lock ([`Buffer::is_durable`] runs
+    /// once per PUBACK). Stored under the lock, after `committed_gen`.
+    durable_gen: AtomicU64,
     stats: Stats,
     /// Serialises group commits so `committed_gen` only covers flushed records.
     commit_lock: Mutex<Vec<commit::Staged>>,
@@ -448,6 +451,7 @@ impl Buffer {
             changed: Condvar::new(),
             work: Condvar::new(),
             durable: Condvar::new(),
+            durable_gen: AtomicU64::new(0),
             stats,
             commit_lock: Mutex::new(Vec::new()),
             on_commit: Arc::new(tokio::sync::Notify::new()),
@@ -623,7 +627,7 @@ impl Buffer {
 
     /// Whether the append with generation `gen` is committed and flushed (no waiting).
     pub fn is_durable(&self, gen: u64) -> bool {
-        self.inner.lock().committed_gen >= gen
+        self.inner.durable_gen.load(Ordering::Acquire) >= gen
     }
 
     /// The generation of the latest append (waiting for it covers every earlier one).
