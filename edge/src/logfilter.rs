@@ -15,6 +15,11 @@
 //! the inner filter's bit unset, so the registry still allocated, entered and closed
 //! every span (about 7% of the edge's CPU in a QoS 1 ingest profile). The global filter
 //! marks those callsites `Interest::never` once, so the span is never built.
+//!
+//! The `EnvFilter` stays a per-layer filter: made global (so rumqttd's debug events
+//! would cost nothing either), tracing-subscriber 0.3.23 left its per-layer filter state
+//! dirty after this filter dropped a benign event, and its debug assertion panicked
+//! rumqttd's router thread on the next event (a client's disconnect).
 
 use std::fmt::Debug;
 

@@ -256,6 +256,9 @@ struct Open {
 struct State {
     next_seq: u64,
     open: BTreeMap<u8, Open>,
+    /// An empty record vector with capacity, handed back by the committer: the next open
+    /// batch reuses it instead of growing a new one by doubling.
+    spare: Vec<Record>,
     open_bytes: u64,
     /// Bytes of batch files written but not yet fsynced and indexed (`sync: interval`).
     staged_bytes: u64,
@@ -424,6 +427,7 @@ impl Buffer {
         let state = State {
             next_seq,
             open: BTreeMap::new(),
+            spare: Vec::new(),
             open_bytes: 0,
             staged_bytes: 0,
             gen: 0,
@@ -612,7 +616,11 @@ impl Buffer {
             .stats
             .appended_bytes
             .fetch_add(size, Ordering::Relaxed);
-        let open = s.open.entry(rec.priority).or_default();
+        let State { open, spare, .. } = &mut *s;
+        let open = open.entry(rec.priority).or_insert_with(|| Open {
+            records: std::mem::take(spare),
+            bytes: 0,
+        });
         open.records.push(rec);
         open.bytes += size;
         let full = open.bytes >= inner.cfg.batch_max_bytes as u64;
