@@ -79,6 +79,10 @@ pub struct Ingest<P> {
     assigned: Option<String>,
     clean_session: bool,
     aliases: HashMap<u16, Bytes>,
+    /// The last topic seen, with its uplink priority and text (`None`: not buffered):
+    /// devices publish to few topics, so most publishes skip the UTF-8 check and the
+    /// filter match.
+    last_topic: Option<(Bytes, Option<(u8, String)>)>,
     ahead: VecDeque<Packet>,
     inbox: Inbox,
     /// Records of the current read, appended together.
@@ -147,6 +151,16 @@ fn publish_header(stream: &[u8]) -> Option<(u8, Option<u16>)> {
     Some((qos, pkid))
 }
 
+/// The uplink priority and text of a publish to `topic`; `None` when it is not buffered
+/// (not UTF-8, empty, a wildcard, or matching no uplink filter).
+fn uplink_priority(uplink: &Uplink, topic: &[u8]) -> Option<(u8, String)> {
+    let topic = std::str::from_utf8(topic).ok()?;
+    if topic.is_empty() || topic.contains(['+', '#']) {
+        return None;
+    }
+    Some((uplink.priority(topic)?, topic.to_owned()))
+}
+
 impl<P> Ingest<P> {
     /// Wraps a rumqttd codec (`V4` or `V5`).
     pub fn new(inner: P, ctx: Arc<IngestCtx>) -> Self {
@@ -158,6 +172,7 @@ impl<P> Ingest<P> {
             assigned: None,
             clean_session: true,
             aliases: HashMap::new(),
+            last_topic: None,
             ahead: VecDeque::new(),
             inbox: Inbox::default(),
             pending: Vec::new(),
@@ -214,15 +229,14 @@ impl<P> Ingest<P> {
                 self.aliases.insert(alias, publish.topic.clone());
             }
         }
-        let Ok(topic) = std::str::from_utf8(&publish.topic) else {
-            return;
-        };
-        if topic.is_empty() || topic.contains(['+', '#']) {
-            return;
+        if !matches!(&self.last_topic, Some((t, _)) if *t == publish.topic) {
+            let found = uplink_priority(&self.ctx.uplink, &publish.topic);
+            self.last_topic = Some((publish.topic.clone(), found));
         }
-        let Some(priority) = self.ctx.uplink.priority(topic) else {
+        let Some((_, Some((priority, topic)))) = &self.last_topic else {
             return;
         };
+        let (priority, topic) = (*priority, topic.clone());
         // One receive time per read: these frames arrived together.
         let recv_ms = *recv_ms.get_or_insert_with(|| {
             SystemTime::now()
@@ -248,7 +262,7 @@ impl<P> Ingest<P> {
             qos,
             retain: publish.retain,
             priority,
-            topic: topic.to_owned(),
+            topic,
             key: match self.ctx.key_mode {
                 KeyMode::ClientId => self.client_id.clone(),
                 KeyMode::None => None,
@@ -278,13 +292,18 @@ impl<P> Ingest<P> {
             return Err(ProtoError::InvalidProtocol);
         }
         let mut wait_gen = None;
+        let (mut records, mut payload_bytes) = (0, 0);
         for (a, (qos, bytes)) in out.iter().zip(self.pending_meta.drain(..)) {
             if let Appended::Stored(gen) = a {
-                self.ctx.metrics.ingested(bytes);
+                records += 1;
+                payload_bytes += bytes;
                 if qos > 0 {
                     wait_gen = wait_gen.max(Some(*gen));
                 }
             }
+        }
+        if records > 0 {
+            self.ctx.metrics.ingested(records, payload_bytes);
         }
         Ok(wait_gen)
     }
@@ -390,6 +409,10 @@ mod tests {
     use crate::buffer::BufferConfig;
 
     fn ingest(dir: &std::path::Path) -> Ingest<V4> {
+        ingest_with(dir, Uplink::new([("#".to_string(), 0)]))
+    }
+
+    fn ingest_with(dir: &std::path::Path, uplink: Uplink) -> Ingest<V4> {
         let buffer = Buffer::open(BufferConfig {
             dir: dir.to_path_buf(),
             quota_bytes: u64::MAX,
@@ -401,7 +424,7 @@ mod tests {
         .unwrap();
         let ctx = IngestCtx {
             buffer: Arc::new(buffer),
-            uplink: Uplink::new([("#".to_string(), 0)]),
+            uplink,
             key_mode: KeyMode::None,
             full_policy: FullPolicy::DropOldest,
             metrics: Arc::new(Metrics::new()),
@@ -443,6 +466,40 @@ mod tests {
         codec.write(puback(), &mut out).unwrap();
         assert!(codec.ctx.buffer.is_durable(gen), "acked before the fsync");
         assert_eq!(&out[..], &[0x40, 2, 0, 7]);
+    }
+
+    /// A PUBLISH of `topic` with payload `p`.
+    fn publish(topic: &str) -> Publish {
+        let topic = Bytes::copy_from_slice(topic.as_bytes());
+        Publish::new(topic, Bytes::from_static(b"p"), false)
+    }
+
+    /// The per-connection topic cache gives each publish its own topic's priority, and
+    /// skips topics outside the uplink filters, whatever the previous topic was.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_topic_gets_its_own_priority() {
+        let dir = tempfile::tempdir().unwrap();
+        let uplink = Uplink::new([("a/#".to_string(), 5), ("b/#".to_string(), 1)]);
+        let mut codec = ingest_with(dir.path(), uplink);
+        for t in ["a/x", "a/x", "c/y", "b/z", "a/x", "c/y", "b/z", "b/z"] {
+            codec.ingest(&mut publish(t), &None, 1, &mut None);
+        }
+        let got: Vec<(&str, u8)> = codec
+            .pending
+            .iter()
+            .map(|r| (r.topic.as_str(), r.priority))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a/x", 5),
+                ("a/x", 5),
+                ("b/z", 1),
+                ("a/x", 5),
+                ("b/z", 1),
+                ("b/z", 1)
+            ]
+        );
     }
 
     /// When the record cannot be made durable, no PUBACK is encoded: the connection

@@ -84,20 +84,11 @@ fn tune_malloc() {
 fn main() -> std::process::ExitCode {
     tune_malloc();
     {
-        use tracing_subscriber::layer::SubscriberExt;
         use tracing_subscriber::util::SubscriberInitExt;
-        use tracing_subscriber::Layer;
         let env = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| "info,rumqttd=warn".into());
-        tracing_subscriber::registry()
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                    .with_filter(env)
-                    .with_filter(edge::logfilter::QuietDisconnects),
-            )
-            .init();
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        edge::logfilter::subscriber(env, ansi).init();
     }
     let cfg = match parse_args().and_then(|p| match p {
         Some(p) => Config::load(&p).map_err(anyhow::Error::from),

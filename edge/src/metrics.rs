@@ -148,9 +148,9 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// Counts one buffered publish.
-    pub fn ingested(&self, payload_bytes: u64) {
-        self.ingest_records.inc();
+    /// Counts `records` buffered publishes of `payload_bytes` in all.
+    pub fn ingested(&self, records: u64, payload_bytes: u64) {
+        self.ingest_records.inc_by(records);
         self.ingest_bytes.inc_by(payload_bytes);
     }
 

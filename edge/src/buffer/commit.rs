@@ -11,6 +11,10 @@ use super::{files, record, BatchInfo, Error, Index, Inner, SyncPolicy, NEXT_SEQ}
 /// How often the committer flushes sled (index entries, `next_seq`) while committing.
 pub(super) const SLED_FLUSH_EVERY: Duration = Duration::from_secs(1);
 
+/// Record capacity above which the committer does not hand an open batch's vector back
+/// for reuse (bounds the memory it keeps: about 220 bytes per record).
+const MAX_SPARE_RECORDS: usize = 16 << 10;
+
 /// Staged files that force a sync before the interval ends (bounds open file handles and
 /// unsynced bytes: 128 x `batch_max_bytes`).
 const MAX_STAGED: usize = 128;
@@ -40,6 +44,7 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
         if s.open.is_empty() && (staged.is_empty() || !sync) {
             if staged.is_empty() {
                 s.committed_gen = s.committed_gen.max(s.gen);
+                inner.durable_gen.store(s.committed_gen, Ordering::Release);
                 drop(s);
                 inner.durable.notify_all();
             }
@@ -54,10 +59,19 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
         (open, s.gen, s.live_from)
     };
     let cut = write_batches(inner, &batches, gen, boundary);
-    drop(batches);
+    // Written (or failed): the records' memory is free; the largest vector is kept for
+    // the next open batch (records dropped here, off the lock).
+    let mut spare = batches
+        .into_values()
+        .map(|o| o.records)
+        .max_by_key(Vec::capacity)
+        .unwrap_or_default();
+    spare.clear();
     {
-        // Written (or failed): the records' memory is free.
         let mut s = inner.lock();
+        if spare.capacity() <= MAX_SPARE_RECORDS && spare.capacity() > s.spare.capacity() {
+            s.spare = spare;
+        }
         let (bytes, n): (u64, u64) = match &cut {
             Ok((_, open_bytes)) => (*open_bytes, 0),
             Err((open_bytes, n)) => (*open_bytes, *n),
@@ -124,6 +138,7 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
         gen_done = gen_done.max(f.gen);
     }
     s.committed_gen = s.committed_gen.max(gen_done).max(gen);
+    inner.durable_gen.store(s.committed_gen, Ordering::Release);
     drop(s);
     inner.stats.commits.fetch_add(1, Ordering::Relaxed);
     inner.durable.notify_all();

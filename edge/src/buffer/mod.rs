@@ -256,6 +256,9 @@ struct Open {
 struct State {
     next_seq: u64,
     open: BTreeMap<u8, Open>,
+    /// An empty record vector with capacity, handed back by the committer: the next open
+    /// batch reuses it instead of growing a new one by doubling.
+    spare: Vec<Record>,
     open_bytes: u64,
     /// Bytes of batch files written but not yet fsynced and indexed (`sync: interval`).
     staged_bytes: u64,
@@ -293,6 +296,9 @@ struct Inner {
     work: Condvar,
     /// A group commit finished (or failed), shutdown: wakes [`Buffer::wait_durable`].
     durable: Condvar,
+    /// `State::committed_gen`, readable without the lock ([`Buffer::is_durable`] runs
+    /// once per PUBACK). Stored under the lock, after `committed_gen`.
+    durable_gen: AtomicU64,
     stats: Stats,
     /// Serialises group commits so `committed_gen` only covers flushed records.
     commit_lock: Mutex<Vec<commit::Staged>>,
@@ -421,6 +427,7 @@ impl Buffer {
         let state = State {
             next_seq,
             open: BTreeMap::new(),
+            spare: Vec::new(),
             open_bytes: 0,
             staged_bytes: 0,
             gen: 0,
@@ -448,6 +455,7 @@ impl Buffer {
             changed: Condvar::new(),
             work: Condvar::new(),
             durable: Condvar::new(),
+            durable_gen: AtomicU64::new(0),
             stats,
             commit_lock: Mutex::new(Vec::new()),
             on_commit: Arc::new(tokio::sync::Notify::new()),
@@ -608,7 +616,11 @@ impl Buffer {
             .stats
             .appended_bytes
             .fetch_add(size, Ordering::Relaxed);
-        let open = s.open.entry(rec.priority).or_default();
+        let State { open, spare, .. } = &mut *s;
+        let open = open.entry(rec.priority).or_insert_with(|| Open {
+            records: std::mem::take(spare),
+            bytes: 0,
+        });
         open.records.push(rec);
         open.bytes += size;
         let full = open.bytes >= inner.cfg.batch_max_bytes as u64;
@@ -623,7 +635,7 @@ impl Buffer {
 
     /// Whether the append with generation `gen` is committed and flushed (no waiting).
     pub fn is_durable(&self, gen: u64) -> bool {
-        self.inner.lock().committed_gen >= gen
+        self.inner.durable_gen.load(Ordering::Acquire) >= gen
     }
 
     /// The generation of the latest append (waiting for it covers every earlier one).
