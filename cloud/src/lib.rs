@@ -81,11 +81,13 @@ impl Running {
     }
 }
 
-/// Saves state kept in memory between writes (share group positions) on a clean stop.
+/// Saves state kept in memory between writes (share group positions, the disconnect time
+/// of the MQTT sessions the stop disconnects) on a clean stop.
 pub struct Shutdown(Arc<mqtt::Hub>);
 
 impl Shutdown {
     pub async fn run(self) {
+        self.0.stamp_online_sessions().await;
         self.0.save_share_groups().await;
     }
 }

@@ -604,6 +604,41 @@ impl Hub {
     }
 
     /// Stores the positions of every share group with members (on a clean shutdown).
+    /// On a clean stop: the sessions still online are disconnected by the stop, so their
+    /// stored records (written while online, with disconnect time 0, which a restart
+    /// counts from its own start) get the stop time. This also covers a connection whose
+    /// client had already left but whose task had not yet stored its disconnect time when
+    /// the stop ended it.
+    pub(crate) async fn stamp_online_sessions(&self) {
+        let online: std::collections::HashSet<String> = self
+            .lock()
+            .sessions
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Online { .. }))
+            .map(|(c, _)| c.clone())
+            .collect();
+        if online.is_empty() {
+            return;
+        }
+        let stored = match self.log.store.sessions() {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(cause = %e, "cannot read sessions at shutdown");
+                return;
+            }
+        };
+        let now = records::now_ms().max(1) as u64;
+        let mut set = WriteSet::default();
+        for (client, v) in stored {
+            if let (true, Some((saved, 0))) = (online.contains(&client), SavedSession::decode(&v)) {
+                set.put_session(&client, saved.encode(now));
+            }
+        }
+        if let Err(e) = self.log.store.write(set, true).await {
+            warn!(cause = %e, "cannot store the sessions' disconnect time at shutdown");
+        }
+    }
+
     pub(crate) async fn save_share_groups(&self) {
         let keys: Vec<String> = self.lock().shares.keys().cloned().collect();
         for k in keys {
