@@ -125,7 +125,14 @@ pub(crate) fn named_key(prefix: u8, name: &str) -> Vec<u8> {
 }
 
 /// The smallest key strictly greater than every key starting with `prefix`.
+///
+/// `prefix` must have a byte below 0xFF: every prefix here starts with its key space's tag
+/// byte. (Keys starting with only 0xFF bytes have no finite upper bound.)
 pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    debug_assert!(
+        prefix.iter().any(|&b| b < 0xff),
+        "no key bounds an all-0xFF prefix"
+    );
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
@@ -175,8 +182,13 @@ mod tests {
         }
 
         #[test]
-        fn prefix_end_bounds_prefix(prefix in proptest::collection::vec(any::<u8>(), 1..6), tail in proptest::collection::vec(any::<u8>(), 0..6)) {
+        fn prefix_end_bounds_prefix(tag in 0u8..0xff, rest in proptest::collection::vec(any::<u8>(), 0..6), tail in proptest::collection::vec(any::<u8>(), 0..6)) {
+            // Real prefixes start with a tag byte (below 0xFF); the rest may be anything,
+            // 0xFF runs included.
+            let mut prefix = vec![tag];
+            prefix.extend_from_slice(&rest);
             let end = prefix_end(&prefix);
+            prop_assert!(prefix < end);
             let mut k = prefix.clone();
             k.extend_from_slice(&tail);
             prop_assert!(k < end);
