@@ -610,7 +610,7 @@ impl Hub {
     /// client had already left but whose task had not yet stored its disconnect time when
     /// the stop ended it.
     pub(crate) async fn stamp_online_sessions(&self) {
-        let online: std::collections::HashSet<String> = self
+        let online: Vec<String> = self
             .lock()
             .sessions
             .iter()
@@ -620,18 +620,17 @@ impl Hub {
         if online.is_empty() {
             return;
         }
-        let stored = match self.log.store.sessions() {
-            Ok(v) => v,
-            Err(e) => {
-                warn!(cause = %e, "cannot read sessions at shutdown");
-                return;
-            }
-        };
         let now = records::now_ms().max(1) as u64;
         let mut set = WriteSet::default();
-        for (client, v) in stored {
-            if let (true, Some((saved, 0))) = (online.contains(&client), SavedSession::decode(&v)) {
-                set.put_session(&client, saved.encode(now));
+        for client in online {
+            match self.log.store.session(&client) {
+                Ok(Some(v)) => {
+                    if let Some((saved, 0)) = SavedSession::decode(&v) {
+                        set.put_session(&client, saved.encode(now));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => warn!(client, cause = %e, "cannot read a session at shutdown"),
             }
         }
         if let Err(e) = self.log.store.write(set, true).await {

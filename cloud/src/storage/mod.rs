@@ -392,6 +392,14 @@ impl Store {
         self.named(keys::SESSION)
     }
 
+    /// One persistent session's value.
+    pub fn session(&self, client_id: &str) -> Result<Option<Vec<u8>>, Error> {
+        let cf = self.cf(CF_META)?;
+        Ok(self
+            .db
+            .get_cf(cf, keys::named_key(keys::SESSION, client_id))?)
+    }
+
     /// Every stored share group: `(subscription, value)`.
     pub fn share_groups(&self) -> Result<Vec<(String, Vec<u8>)>, Error> {
         self.named(keys::SHARE_GROUP)
