@@ -84,6 +84,13 @@ impl<R: Decodable> ResponseFuture<R> {
 
     /// Waits for and decodes the response.
     pub async fn wait(mut self) -> Result<R, Error> {
+        self.recv().await
+    }
+
+    /// Waits for and decodes the response without consuming the future, so it can wait
+    /// in a `select!` (cancel safe: until it completes, the response stays in the future).
+    /// Call it at most until it has returned once.
+    pub async fn recv(&mut self) -> Result<R, Error> {
         let frame = (&mut self.rx)
             .await
             .map_err(|_| Error::Closed("reader stopped".into()))??;

@@ -5,9 +5,10 @@
 //! batches, so neither is allocated and initialised per batch.
 //!
 //! The replicator hands each cut to one long-lived encoder thread ([`Worker`], which owns
-//! the [`Encoder`]) and fsyncs the cut's descriptors and reads the next records on its own
-//! thread meanwhile (`super::Replicator::cut_batches`). Until session 5 a scoped thread was
-//! spawned per cut (a thread start, a stack mapped and unmapped, per ~1 MB of records).
+//! the [`Encoder`]) and collects the result later (`super::cuts`): it reads, sends and
+//! takes acknowledgements meanwhile. Until session 5 a scoped thread was spawned per cut
+//! (a thread start, a stack mapped and unmapped, per ~1 MB of records); until session 6
+//! the replicator waited for each cut.
 //!
 //! Measured and not kept: a second lane (session 3: half of each cut's batches on a
 //! helper thread; session 4: two lanes taking batches from a shared counter, the
@@ -102,25 +103,33 @@ impl Encoder {
 
 /// A cut for the encoder thread.
 struct Cut {
+    id: u64,
     work: Vec<Work>,
     producer: ProducerState,
     codec: Codec,
     start: Instant,
 }
 
-/// What the encoder thread answers: the batches and the time from hand-over to done.
-type Done = (Result<Vec<Bytes>, Error>, Duration);
+/// What the encoder thread answers for cut `id`: its batches, in order, and the time from
+/// hand-over to done (queueing behind earlier cuts included).
+pub(super) struct Done {
+    pub(super) id: u64,
+    pub(super) batches: Result<Vec<Bytes>, Error>,
+    pub(super) took: Duration,
+}
 
-/// The encoder thread, started on first use and kept for the replicator's lifetime.
+/// The encoder thread, started on first use and kept for the replicator's lifetime. Cuts
+/// are encoded in submission order; the replicator does not wait for them
+/// (`super::cuts`), so it reads, sends and takes acknowledgements meanwhile.
 pub(super) struct Worker {
     edge_id: String,
     thread: Option<Thread>,
+    next_id: u64,
 }
 
 struct Thread {
     tx: mpsc::Sender<Cut>,
-    /// In a mutex only to make the replicator `Sync` (held across awaits by reference).
-    rx: std::sync::Mutex<mpsc::Receiver<Done>>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Done>,
     handle: JoinHandle<()>,
 }
 
@@ -130,17 +139,21 @@ impl Worker {
         Worker {
             edge_id: edge_id.to_owned(),
             thread: None,
+            next_id: 0,
         }
     }
 
-    /// Hands a cut to the encoder thread (started if needed); [`Worker::wait`] gets it back.
+    /// Hands a cut to the encoder thread (started if needed) and returns its id; its
+    /// [`Done`] comes back from [`Worker::recv`] after those of earlier cuts.
     pub(super) fn submit(
         &mut self,
         work: Vec<Work>,
         producer: ProducerState,
         codec: Codec,
-    ) -> Result<(), String> {
+    ) -> Result<u64, String> {
+        self.next_id += 1;
         let cut = Cut {
+            id: self.next_id,
             work,
             producer,
             codec,
@@ -154,20 +167,36 @@ impl Worker {
             self.stop();
             return Err("the encoder thread is gone".into());
         }
-        Ok(())
+        Ok(self.next_id)
     }
 
-    /// The batches of the cut last submitted, in order, and how long they took.
-    pub(super) fn wait(&mut self) -> Result<Done, String> {
-        let got = self.thread.as_mut().map(|t| {
-            t.rx.get_mut()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .recv()
-        });
+    /// The next finished cut, if one is there (never waits). `Err` when the thread died
+    /// (the next [`Worker::submit`] starts a new one).
+    pub(super) fn try_recv(&mut self) -> Result<Option<Done>, String> {
+        use tokio::sync::mpsc::error::TryRecvError;
+        let Some(t) = self.thread.as_mut() else {
+            return Err("the encoder thread is gone".into());
+        };
+        match t.rx.try_recv() {
+            Ok(done) => Ok(Some(done)),
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Disconnected) => {
+                self.stop();
+                Err("encoder thread panicked".into())
+            }
+        }
+    }
+
+    /// Waits for the next finished cut. Cancel safe (a `Done` is never lost).
+    pub(super) async fn recv(&mut self) -> Result<Done, String> {
+        let got = match self.thread.as_mut() {
+            Some(t) => t.rx.recv().await,
+            None => None,
+        };
         match got {
-            Some(Ok(done)) => Ok(done),
+            Some(done) => Ok(done),
             // It panicked: the next cut starts a new one.
-            Some(Err(_)) | None => {
+            None => {
                 self.stop();
                 Err("encoder thread panicked".into())
             }
@@ -190,24 +219,25 @@ impl Drop for Worker {
 
 fn spawn(edge_id: &str) -> Result<Thread, String> {
     let (tx, cuts) = mpsc::channel::<Cut>();
-    let (done, rx) = mpsc::channel::<Done>();
+    let (done, rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
     let mut enc = Encoder::new(edge_id);
     let handle = std::thread::Builder::new()
         .name("edge-encode".into())
         .spawn(move || {
             for cut in cuts {
-                let r = enc.encode_all(cut.work, cut.producer, cut.codec);
-                if done.send((r, cut.start.elapsed())).is_err() {
+                let batches = enc.encode_all(cut.work, cut.producer, cut.codec);
+                let d = Done {
+                    id: cut.id,
+                    batches,
+                    took: cut.start.elapsed(),
+                };
+                if done.send(d).is_err() {
                     break;
                 }
             }
         })
         .map_err(|e| format!("cannot start the encoder thread: {e}"))?;
-    Ok(Thread {
-        tx,
-        rx: std::sync::Mutex::new(rx),
-        handle,
-    })
+    Ok(Thread { tx, rx, handle })
 }
 
 #[cfg(test)]
@@ -266,9 +296,10 @@ mod tests {
     }
 
     /// One encoder thread serves cut after cut with the bytes a fresh encoder writes, and
-    /// is the same thread throughout.
-    #[test]
-    fn worker_thread_is_kept_across_cuts() {
+    /// is the same thread throughout; cuts submitted before any is collected come back in
+    /// order, each under its id.
+    #[tokio::test]
+    async fn worker_thread_is_kept_across_cuts() {
         let p = ProducerState {
             producer_id: 9,
             producer_epoch: 0,
@@ -281,22 +312,34 @@ mod tests {
                 })
                 .collect()
         };
+        let want = |cut: u64| {
+            Encoder::new("e1")
+                .encode_all(work(cut), p, Codec::Zstd)
+                .unwrap()
+        };
         let mut w = Worker::new("e1");
         let mut handle_id = None;
         for cut in 0..4 {
-            w.submit(work(cut), p, Codec::Zstd).unwrap();
-            let (got, _) = w.wait().unwrap();
-            let want = Encoder::new("e1")
-                .encode_all(work(cut), p, Codec::Zstd)
-                .unwrap();
-            assert_eq!(got.unwrap(), want);
-            let id = w.thread.as_ref().map(|t| t.handle.thread().id());
-            assert!(id.is_some());
+            let id = w.submit(work(cut), p, Codec::Zstd).unwrap();
+            let done = w.recv().await.unwrap();
+            assert_eq!(done.id, id);
+            assert_eq!(done.batches.unwrap(), want(cut));
+            let tid = w.thread.as_ref().map(|t| t.handle.thread().id());
+            assert!(tid.is_some());
             assert!(
-                handle_id.is_none() || handle_id == id,
+                handle_id.is_none() || handle_id == tid,
                 "a new thread per cut"
             );
-            handle_id = id;
+            handle_id = tid;
         }
+        let ids: Vec<u64> = (10..13)
+            .map(|cut| w.submit(work(cut), p, Codec::Zstd).unwrap())
+            .collect();
+        for (cut, id) in (10..13).zip(ids) {
+            let done = w.recv().await.unwrap();
+            assert_eq!(done.id, id);
+            assert_eq!(done.batches.unwrap(), want(cut));
+        }
+        assert!(w.try_recv().unwrap().is_none());
     }
 }

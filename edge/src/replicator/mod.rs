@@ -17,9 +17,12 @@
 //! own fsync (our cloud and Kafka alike), so the rate is request size / request latency.
 //! The replicator therefore fills requests across topics, prepares the next request while
 //! the broker works on the previous ones, and never waits for an unlink (the buffer's
-//! reaper deletes drained batches). Preparing a request overlaps three things: its
-//! batches are encoded and compressed on an encoder thread while the replicator's thread
-//! fsyncs their descriptors and reads the next records. Memory is bounded by
+//! reaper deletes drained batches). The replicator's thread never waits for a cut
+//! ([`cuts`]): a cut's batches are encoded and compressed on the encoder thread and its
+//! descriptors fsynced on the fsync thread while the replicator reads the next records,
+//! sends finished batches and takes acknowledgements; two cuts are prepared at once, so
+//! the encoder does not idle between them. It waits only when nothing can move: for a
+//! response, a cut, or (idle) the next group commit. Memory is bounded by
 //! [`PIPELINE_BYTES`].
 //!
 //! Drain policy (`cloud.drain`): `backlog_first` reads the buffer with one cursor in
@@ -30,6 +33,7 @@
 //! exactly the acknowledged records of each. When the backlog cursor reaches the boundary
 //! and every backlog batch is acknowledged, the boundary is dropped.
 
+mod cuts;
 mod encode;
 pub mod state;
 
@@ -79,8 +83,11 @@ pub enum Error {
 /// topics, old and new edge alternating, session 4): 2 MiB 64-67 MB/s and 23 MB peak RSS,
 /// 4 MiB 69-91 MB/s and 26-27 MB, 6 MiB 83-96 MB/s and 28 MB. A 1 GB drain peaks higher:
 /// 4 MiB reached 31.8-34.1 MB (over the 32 MB goal), 3 MiB 27.0-29.3 MB in five runs
-/// (2 MiB: 25.5-27.9).
-const PIPELINE_BYTES: usize = 3 << 20;
+/// (2 MiB: 25.5-27.9). Session 6 (cuts prepared without blocking the replicator, one
+/// more thread allocating): 1 GB drains, old / 3 MiB / 2.5 MiB alternating on a loaded
+/// machine, 27.9-29.8 / 28.3-30.9 (once 33.6) / 28.3-29.0 MB peak RSS at median 34.6 /
+/// 51.3 / 48.8 MB/s: 2.5 MiB keeps the margin under 32 MB.
+const PIPELINE_BYTES: usize = 5 << 19;
 
 /// A new Produce request is sent while others are in flight only once this many record
 /// bytes are ready for it: a broker answers a connection's requests one at a time (Kafka
@@ -130,7 +137,7 @@ pub struct Replicator {
     /// Consecutive sequence/producer rejections of the same batch.
     fenced: u32,
     pacer: Option<Pacer>,
-    enc: encode::Worker,
+    cuts: cuts::Cuts,
     topic_names: TopicNames,
 }
 
@@ -140,8 +147,9 @@ pub struct Replicator {
 /// records the broker did store may be duplicated; it is logged as an error.
 const FENCED_LIMIT: u32 = 3;
 
-/// A Produce request on the wire: (topic, base sequence) of each batch in it.
-type OnWire = (Vec<(String, i32)>, ResponseFuture<ProduceResponse>);
+/// A Produce request on the wire: (topic, base sequence) of each batch in it, the
+/// response, and when it was sent.
+type OnWire = (Vec<(String, i32)>, ResponseFuture<ProduceResponse>, Instant);
 
 struct Session {
     connector: kafka::Connector,
@@ -186,7 +194,7 @@ impl Replicator {
                 tokens: 0.0,
                 last: Instant::now(),
             }),
-            enc: encode::Worker::new(&edge_id),
+            cuts: cuts::Cuts::new(&edge_id),
             topic_names: TopicNames::default(),
         })
     }
@@ -205,6 +213,7 @@ impl Replicator {
             let acked_before = self.metrics.uplink_records.get();
             let err = self.session().await;
             self.metrics.uplink_up.set(0);
+            self.settle_cuts().await;
             match &err {
                 Error::Rejected { code, .. }
                     if matches!(
@@ -276,41 +285,64 @@ impl Replicator {
         };
         self.start_live_if_backlog()?;
         let notify = self.buffer.on_commit();
+        let response_limit = Duration::from_millis(self.cfg.request_timeout_ms + 5_000);
         loop {
             let caught_up = self.fill()?;
-            let cut = self.cut_batches(producer)?;
+            let mut progress = self.finish_cuts()?;
+            if self.cuts.len() < cuts::MAX_PENDING {
+                progress |= self.start_cut(producer)? > 0;
+            }
             self.send(&mut s, caught_up).await?;
             // Take every response that has already arrived.
-            let mut completed = false;
-            while let Some((batches, mut fut)) = s.wire.pop_front() {
-                match fut.try_take() {
-                    Some(resp) => {
-                        self.complete(&batches, &resp?)?;
-                        completed = true;
-                    }
-                    None => {
-                        s.wire.push_front((batches, fut));
-                        break;
-                    }
+            while let Some((_, fut, _)) = s.wire.front_mut() {
+                let Some(resp) = fut.try_take() else {
+                    break;
+                };
+                if let Some((batches, _, _)) = s.wire.pop_front() {
+                    self.complete(&batches, &resp?)?;
                 }
+                progress = true;
             }
-            if completed || cut > 0 {
+            if progress {
                 // Prepare the next request while the broker works on the ones in flight.
                 continue;
             }
-            match s.wire.pop_front() {
-                Some((batches, fut)) => {
-                    let timeout = Duration::from_millis(self.cfg.request_timeout_ms + 5_000);
-                    let resp = tokio::time::timeout(timeout, fut.wait())
-                        .await
-                        .map_err(|_| Error::Timeout)??;
-                    self.complete(&batches, &resp)?;
+            // Nothing to do until a response arrives, a cut finishes, or (idle) the next
+            // group commit (re-checked periodically).
+            let idle = s.wire.is_empty() && self.cuts.is_empty();
+            let deadline = match s.wire.front() {
+                Some((_, _, sent)) => *sent + response_limit,
+                None => Instant::now() + Duration::from_millis(500),
+            };
+            tokio::select! {
+                r = async {
+                    match s.wire.front_mut() {
+                        Some((_, fut, _)) => fut.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some((batches, _, _)) = s.wire.pop_front() {
+                        self.complete(&batches, &r?)?;
+                    }
                 }
-                None => {
-                    // Idle: wait for the next group commit (or re-check periodically).
-                    let _ =
-                        tokio::time::timeout(Duration::from_millis(500), notify.notified()).await;
+                _ = self.cuts.wait_front() => {}
+                _ = notify.notified(), if idle => {}
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if !s.wire.is_empty() {
+                        return Err(Error::Timeout);
+                    }
                 }
+            }
+        }
+    }
+
+    /// Waits for every cut in preparation and takes its result (at the end of a session,
+    /// so the next one starts from batches that are all encoded and durable).
+    async fn settle_cuts(&mut self) {
+        while !self.cuts.is_empty() {
+            self.cuts.wait_front().await;
+            if let Err(e) = self.finish_cuts() {
+                tracing::warn!(cause = %e, "a batch cut failed at the end of the session");
             }
         }
     }
@@ -478,10 +510,12 @@ impl Replicator {
         }
     }
 
-    /// Turns complete restored descriptors and queued records into batches: first decides
-    /// every batch and its producer sequences (in order per topic), then encodes and
-    /// compresses them, then makes the descriptors durable.
-    fn cut_batches(&mut self, producer: ProducerState) -> Result<usize, Error> {
+    /// Turns complete restored descriptors and queued records into batches: decides every
+    /// batch and its producer sequences (in order per topic) and starts a cut that encodes
+    /// and compresses them and makes their descriptors durable ([`cuts`]; the batches are
+    /// sent once it has finished, see [`Replicator::finish_cuts`]). Returns the number of
+    /// batches cut.
+    fn start_cut(&mut self, producer: ProducerState) -> Result<usize, Error> {
         let compression = self.compression();
         let mut assigned = false;
         let max_batches = self.cfg.max_in_flight;
@@ -542,79 +576,75 @@ impl Replicator {
             return Ok(0);
         }
         let live_jobs = jobs.iter().filter(|j| !j.batch.backlog).count();
-        // The batches join their topics' queues at once (not sendable before their bytes
-        // are set below), so the memory bound and the live-first bookkeeping see them
+        // The batches join their topics' queues at once (not sendable before their cut
+        // has finished), so the memory bound and the live-first bookkeeping see them
         // while the next records are read.
         let mut work = Vec::with_capacity(jobs_len);
         let mut slots = Vec::with_capacity(jobs_len);
         for job in jobs {
             work.push((job.batch.base, job.records));
             self.state.batched_bytes += job.batch.raw_bytes;
-            let t = self.state.topics.entry(job.topic.clone()).or_default();
-            slots.push((job.topic, t.batches.len()));
+            slots.push((job.topic.clone(), job.batch.base));
+            let t = self.state.topics.entry(job.topic).or_default();
             t.batches.push_back(job.batch);
         }
-        // Three things overlap: this cut's encoding and compression (on the encoder
-        // thread), the fsync of its descriptors, and reading the records of the next cut.
-        let t0 = Instant::now();
-        if let Err(e) = self.enc.submit(work, producer, compression) {
-            return Err(self.drop_cut(&slots, e));
-        }
-        let synced = (|| -> Result<u128, Error> {
-            if assigned {
-                // Descriptors must be durable before their batches go on the wire.
-                self.buffer.sync_uplink()?;
-            }
-            let synced = t0.elapsed().as_micros();
-            self.fill()?;
-            Ok(synced)
-        })();
-        let encoded = self.enc.wait();
-        let total = t0.elapsed();
-        let (encoded, encode_time) = match encoded {
-            Ok((Ok(e), t)) => (e, t),
-            Ok((Err(e), _)) => return Err(self.drop_cut(&slots, e.to_string())),
-            Err(e) => return Err(self.drop_cut(&slots, e)),
-        };
-        let sync_us = match synced {
-            Ok(us) => us,
-            Err(e) => {
-                self.drop_cut(&slots, e.to_string());
-                return Err(e);
-            }
-        };
-        for ((topic, pos), bytes) in slots.iter().zip(encoded) {
-            if let Some(b) = self
-                .state
-                .topics
-                .get_mut(topic)
-                .and_then(|t| t.batches.get_mut(*pos))
-            {
-                b.encoded = bytes;
-            }
-        }
-        tracing::debug!(
-            batches = jobs_len,
-            live = live_jobs,
-            encode_us = encode_time.as_micros() as u64,
-            sync_us = sync_us as u64,
-            total_us = total.as_micros() as u64,
-            "replicator cut"
-        );
+        // Descriptors must be durable before their batches go on the wire.
+        let sync = assigned.then(|| self.buffer.clone());
+        self.cuts
+            .start(slots, work, producer, compression, sync, live_jobs);
         Ok(jobs_len)
     }
 
-    /// Takes the batches of a cut whose encoding failed back out of their queues (they
-    /// were never sent; their descriptors are resent from the buffer after a restart).
-    fn drop_cut(&mut self, slots: &[(String, usize)], cause: String) -> Error {
-        for (topic, pos) in slots.iter().rev() {
+    /// Takes the cuts that have finished, oldest first: their batches become sendable. A
+    /// failed cut (encoding or descriptor fsync) and every later one are taken back out of
+    /// their queues (never sent; their descriptors are resent from the buffer after a
+    /// restart) and end the session. Returns whether a cut finished.
+    fn finish_cuts(&mut self) -> Result<bool, Error> {
+        self.cuts.poll();
+        let mut any = false;
+        while let Some(done) = self.cuts.take_finished() {
+            any = true;
+            let encoded = match done.result {
+                Ok(e) => e,
+                Err(cause) => {
+                    let mut slots = done.slots;
+                    slots.extend(self.cuts.abandon());
+                    self.drop_batches(&slots);
+                    return Err(kafka::Error::Encode(cause).into());
+                }
+            };
+            for ((topic, base), bytes) in done.slots.iter().zip(encoded) {
+                if let Some(b) = self
+                    .state
+                    .topics
+                    .get_mut(topic)
+                    .and_then(|t| t.batches.iter_mut().find(|b| b.base == *base))
+                {
+                    b.encoded = bytes;
+                }
+            }
+            tracing::debug!(
+                batches = done.slots.len(),
+                live = done.live,
+                encode_us = done.encode_time.as_micros() as u64,
+                total_us = done.total.as_micros() as u64,
+                "replicator cut"
+            );
+        }
+        Ok(any)
+    }
+
+    /// Takes unsent batches back out of their queues.
+    fn drop_batches(&mut self, slots: &[(String, i32)]) {
+        for (topic, base) in slots {
             if let Some(t) = self.state.topics.get_mut(topic) {
-                if let Some(b) = t.batches.remove(*pos) {
-                    self.state.batched_bytes -= b.raw_bytes.min(self.state.batched_bytes);
+                if let Some(pos) = t.batches.iter().position(|b| b.base == *base) {
+                    if let Some(b) = t.batches.remove(pos) {
+                        self.state.batched_bytes -= b.raw_bytes.min(self.state.batched_bytes);
+                    }
                 }
             }
         }
-        kafka::Error::Encode(cause).into()
     }
 
     /// Sends the batches not yet on the wire, in order per topic: one Produce request per
@@ -624,6 +654,7 @@ impl Replicator {
     /// bounds each partition's batches in flight (the idempotent producer's limit of 5).
     /// While requests are in flight, a new one waits until [`REQUEST_TARGET_BYTES`] are
     /// ready or the reader has caught up with the buffer (live traffic is not delayed).
+    /// A batch whose cut has not finished stops its topic's sending until it has.
     async fn send(&mut self, s: &mut Session, caught_up: bool) -> Result<(), Error> {
         let timeout_ms = i32::try_from(self.cfg.request_timeout_ms).unwrap_or(i32::MAX);
         loop {
@@ -637,6 +668,7 @@ impl Replicator {
                     .batches
                     .iter()
                     .filter(|b| !b.sent)
+                    .take_while(|b| b.ready())
                     .map(|b| b.raw_bytes)
                     .sum();
                 if unsent > 0 {
@@ -672,6 +704,9 @@ impl Replicator {
                     let Some(b) = t.batches.iter_mut().find(|b| !b.sent) else {
                         continue;
                     };
+                    if !b.ready() {
+                        continue;
+                    }
                     if !parts.is_empty() && bytes + b.encoded.len() > REQUEST_MAX_BYTES {
                         break;
                     }
@@ -691,7 +726,7 @@ impl Replicator {
                     p.take(bytes).await;
                 }
                 let fut = conn.produce(&parts, -1, timeout_ms).await?;
-                s.wire.push_back((batches, fut));
+                s.wire.push_back((batches, fut, Instant::now()));
             }
         }
     }

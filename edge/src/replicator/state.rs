@@ -39,6 +39,14 @@ pub struct OutBatch {
     pub backlog: bool,
 }
 
+impl OutBatch {
+    /// Whether its cut has finished (encoded, descriptor durable): only then may it be
+    /// sent. An encoded RecordBatch is never empty (its header alone is 61 bytes).
+    pub fn ready(&self) -> bool {
+        !self.encoded.is_empty()
+    }
+}
+
 /// A descriptor from before a restart, being refilled.
 #[derive(Debug)]
 pub struct Restored {
