@@ -14,8 +14,11 @@
 //!    over as std sockets; thread 0 runs the accept loops.
 //! 2. Each accepted socket is moved to the next thread's runtime (`TcpStream::from_std`
 //!    registers it with that thread's I/O driver), where its connection task runs to the end.
-//! 3. The threads stop when the [`Threads`] handle is dropped: each runtime is dropped with
-//!    its tasks, which closes their sockets.
+//! 3. A clean stop (`Hub::begin_stop`) first ends the accept loops, which closes the
+//!    listeners, then tells every connection to store its session and close; the stop
+//!    waits for them (bounded) while these threads still run.
+//! 4. The threads stop when the [`Threads`] handle is dropped: each runtime is dropped with
+//!    its remaining tasks, which closes their sockets.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -137,11 +140,17 @@ impl Spread {
     }
 }
 
-/// Accepts plain MQTT connections until the threads stop.
+/// Accepts plain MQTT connections until the stop begins.
 async fn serve(listener: TcpListener, spread: Spread, hub: Arc<Hub>) {
     let mut next = 0;
+    let mut stop = hub.stop_signal();
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return debug!("mqtt listener closed for the stop"),
+            a = listener.accept() => a,
+        };
+        match accepted {
             Ok((sock, peer)) => {
                 let hub = hub.clone();
                 spread.run(&mut next, sock, peer, move |s| conn::serve(s, peer, hub));
@@ -159,8 +168,14 @@ async fn serve_tls(
     hub: Arc<Hub>,
 ) {
     let mut next = 0;
+    let mut stop = hub.stop_signal();
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return debug!("mqtts listener closed for the stop"),
+            a = listener.accept() => a,
+        };
+        match accepted {
             Ok((sock, peer)) => {
                 let (acceptor, hub) = (acceptor.clone(), hub.clone());
                 let timeout = std::time::Duration::from_millis(hub.config.connect_timeout_ms);
