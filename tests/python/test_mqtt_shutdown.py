@@ -5,6 +5,7 @@ stopped reading cannot hold the stop up."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import struct
 import time
@@ -12,7 +13,8 @@ import time
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 
-from mqtt_fixtures import Mqtt, mqtt_cloud, mqtt_port, props, raw  # noqa: F401
+from helpers import wait_for
+from mqtt_fixtures import Mqtt, mqtt_cloud, mqtt_port, props, raw, start_mqtt_cloud, varint  # noqa: F401
 
 SERVER_SHUTTING_DOWN = 0x8B
 
@@ -38,16 +40,6 @@ def session_props():
 
 
 # ---- raw MQTT 5 helpers ---------------------------------------------------------------
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n % 128
-        n //= 128
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
 
 def packet(first: int, body: bytes) -> bytes:
     return bytes([first]) + varint(len(body)) + body
@@ -144,8 +136,6 @@ def ping(s: socket.socket, r: Reader):
 def test_acknowledged_messages_are_not_redelivered_after_a_clean_stop(cloud_factory, version):
     """Fails if the stop drops connections without storing their positions: the resumed
     session would get the N acknowledged messages again before the M new ones."""
-    from mqtt_fixtures import start_mqtt_cloud
-
     cloud = start_mqtt_cloud(cloud_factory)
     client_id = f"stop-v{version}"
     kw = {"connect_props": session_props()} if version == 5 else {}
@@ -188,8 +178,6 @@ def test_mqtt5_client_gets_server_shutting_down(mqtt_cloud):
 def test_unacknowledged_deliveries_come_again_with_dup_after_a_clean_stop(cloud_factory):
     """Three QoS 1 deliveries, only the first acknowledged, then a clean stop: after the
     restart the other two come again, with DUP set, then new messages without it."""
-    from mqtt_fixtures import start_mqtt_cloud
-
     cloud = start_mqtt_cloud(cloud_factory)
     s, r, _ = raw_session(cloud.mqtt_port, b"inflight", clean=True)
     s.sendall(packet(0x82, struct.pack(">H", 1) + b"\x00" + mqtt_str(b"if/t") + b"\x01"))
@@ -234,8 +222,6 @@ def test_will_due_now_is_published_at_a_clean_stop_but_not_a_delayed_one(cloud_f
     """A server stop is not the client's DISCONNECT: a will without a delay (3.1.1, or
     MQTT 5 with delay 0) is published before the cloud exits; a will whose delay the
     session outlives is not (its timer ends with the process; wills are not stored)."""
-    from mqtt_fixtures import start_mqtt_cloud
-
     cloud = start_mqtt_cloud(cloud_factory)
     port = cloud.mqtt_port
     # An offline persistent session subscribed to the will topics reads them after the
@@ -263,8 +249,6 @@ def test_stop_is_bounded_with_a_client_that_stopped_reading(cloud_factory):
     """A subscriber that never reads, flooded until the cloud's writes to it block: the
     stop still ends within about a second (the write is interrupted, its session stored),
     not after the stop's 3 s wait for connections, and nothing is reported stuck."""
-    from mqtt_fixtures import start_mqtt_cloud
-
     cloud = start_mqtt_cloud(cloud_factory)
     port = cloud.mqtt_port
     stuck = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -286,7 +270,21 @@ def test_stop_is_bounded_with_a_client_that_stopped_reading(cloud_factory):
     one = packet(0x30, mqtt_str(b"flood/t") + payload)
     flood.sendall(one * 80)  # 20 MiB, far beyond what the socket buffers hold
     ping(flood, fr)  # all appended: the subscriber's connection is writing
-    took = clean_stop(cloud)
+    t0 = time.monotonic()
+    cloud.proc.send_signal(signal.SIGTERM)
+
+    def refused_while_alive():
+        # The listener closes first: no new session starts while the stop waits for
+        # the connections (the one that does not read holds it for about a second).
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return None
+        except ConnectionRefusedError:
+            return "alive" if cloud.proc.poll() is None else "exited"
+
+    assert wait_for(refused_while_alive, 5, what="the mqtt listener closed") == "alive"
+    clean_stop(cloud)
+    took = time.monotonic() - t0
     assert took < 2.5, f"stop took {took:.1f} s"
     assert "did not finish" not in cloud.stderr_text()
     stuck.close()
