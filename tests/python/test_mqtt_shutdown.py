@@ -172,7 +172,9 @@ def test_mqtt5_client_gets_server_shutting_down(mqtt_cloud):
     got = []
     while (p := r.next()) is not None:
         got.append(p)
-    assert got == [(0xE0, bytes([SERVER_SHUTTING_DOWN, 0]))] or got == [(0xE0, bytes([SERVER_SHUTTING_DOWN]))], got
+    # One DISCONNECT (its reason code only: MQTT 5 3.14.2.2.1 lets an empty property
+    # list be left out), then the close.
+    assert got == [(0xE0, bytes([SERVER_SHUTTING_DOWN]))], got
 
 
 def test_unacknowledged_deliveries_come_again_with_dup_after_a_clean_stop(cloud_factory):
@@ -279,6 +281,8 @@ def test_stop_is_bounded_with_a_client_that_stopped_reading(cloud_factory):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return None
+        except ConnectionResetError:
+            return None  # queued as the listener closed: try again
         except ConnectionRefusedError:
             return "alive" if cloud.proc.poll() is None else "exited"
 
