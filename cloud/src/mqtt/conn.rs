@@ -2,6 +2,7 @@
 //! state machine, performs its actions (appends, subscriptions, closes) and delivers
 //! from the log when an append wakes it. Nothing here decides protocol rules.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -309,14 +310,14 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
             let mut s = d.session;
             s.expiry = expiry_granted;
             resend = s.resume(version, client_limits, hub.limits());
+            // Loaded from the store: what was sent and not acknowledged goes with DUP.
+            let sent: HashMap<(Arc<str>, u32), u64> =
+                d.sent.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
             for (t, p, o) in d.cursors {
                 if let Some((_, log)) = hub.partitions(&t).into_iter().find(|(i, _)| *i == p) {
-                    cursors.open(t.clone(), hub.name_of(&t), p, log, Start::At(o));
+                    let mark = sent.get(&(t.clone(), p)).copied();
+                    cursors.resume(t.clone(), hub.name_of(&t), p, log, (o, mark));
                 }
-            }
-            // Loaded from the store: what was sent and not acknowledged goes with DUP.
-            for (t, p, below) in d.sent {
-                cursors.mark_sent(&t, p, below);
             }
             for f in s.subscriptions.keys() {
                 for (mqtt, log_name) in hub.topics_matching(f) {

@@ -94,15 +94,20 @@ impl Cursors {
         });
     }
 
-    /// Marks the messages of the partition's cursor below `below` as sent before (a
-    /// session resumed from the store): they go out again with DUP set.
-    pub(crate) fn mark_sent(&mut self, log_name: &str, partition: u32, below: u64) {
-        if let Some(c) = self
-            .list
-            .iter_mut()
-            .find(|c| *c.log_name == *log_name && c.partition == partition)
-        {
-            c.dup_below = below;
+    /// Adds a cursor at a stored position unless one exists for the partition; the
+    /// messages below `sent` (if any) were sent before and go out again with DUP set.
+    pub(crate) fn resume(
+        &mut self,
+        log_name: Arc<str>,
+        mqtt: Option<Arc<str>>,
+        partition: u32,
+        log: Arc<PartitionLog>,
+        (at, sent): (u64, Option<u64>),
+    ) {
+        let before = self.list.len();
+        self.open(log_name, mqtt, partition, log, Start::At(at));
+        if let (Some(c), Some(sent)) = (self.list.get_mut(before), sent) {
+            c.dup_below = sent;
         }
     }
 
@@ -123,7 +128,17 @@ impl Cursors {
     /// The position each cursor may be committed at: its next offset, or the oldest
     /// delivery still in flight from it.
     /// What a persistent session stores: its subscriptions and committed positions.
+    /// Sent marks only for cursors with deliveries in flight (the next offset not yet
+    /// sent is then beyond the committed position).
     pub(crate) fn saved(&self, session: &Session) -> super::persist::SavedSession {
+        let committed = self.committed(session);
+        let sent = self
+            .list
+            .iter()
+            .zip(&committed)
+            .filter(|(c, (_, _, at))| c.next > *at)
+            .map(|(c, _)| (c.log_name.to_string(), c.partition, c.next))
+            .collect();
         super::persist::SavedSession {
             expiry: session.expiry,
             subscriptions: session
@@ -131,16 +146,11 @@ impl Cursors {
                 .iter()
                 .map(|(f, o)| (f.clone(), o.clone()))
                 .collect(),
-            cursors: self
-                .committed(session)
+            cursors: committed
                 .into_iter()
                 .map(|(t, p, o)| (t.to_string(), p, o))
                 .collect(),
-            sent: self
-                .list
-                .iter()
-                .map(|c| (c.log_name.to_string(), c.partition, c.next))
-                .collect(),
+            sent,
         }
     }
 
