@@ -81,14 +81,34 @@ impl Running {
     }
 }
 
-/// Saves state kept in memory between writes (share group positions, the disconnect time
-/// of the MQTT sessions the stop disconnects) on a clean stop.
+/// How long a clean stop waits for the MQTT connections to store their sessions and close.
+const MQTT_STOP_WAIT: Duration = Duration::from_secs(3);
+
+/// A clean stop of the MQTT side; run it while [`Running::serve`] still runs (the MQTT
+/// threads serve the connections that are closing).
 pub struct Shutdown(Arc<mqtt::Hub>);
 
 impl Shutdown {
+    /// 1. The MQTT listeners close (no new session starts).
+    /// 2. Every MQTT connection stores its persistent session as a disconnect does
+    ///    (subscriptions, the oldest unacknowledged delivery per cursor, the disconnect
+    ///    time), publishes a will due now, sends MQTT 5 clients DISCONNECT 0x8B (Server
+    ///    shutting down) and closes; waited for up to [`MQTT_STOP_WAIT`].
+    /// 3. Sessions of connections that did not finish keep their last stored positions and
+    ///    get the stop as their disconnect time.
+    /// 4. Share groups with members store their positions.
     pub async fn run(self) {
-        self.0.stamp_online_sessions().await;
-        self.0.save_share_groups().await;
+        let hub = self.0;
+        hub.begin_stop();
+        let left = hub.connections_closed(MQTT_STOP_WAIT).await;
+        if left > 0 {
+            tracing::warn!(
+                connections = left,
+                "mqtt connections did not finish within the stop's wait"
+            );
+        }
+        hub.stamp_online_sessions().await;
+        hub.save_share_groups().await;
     }
 }
 

@@ -96,17 +96,22 @@ fn main() -> ExitCode {
                 }
             };
         let shutdown = running.shutdown();
+        let serve = running.serve();
+        tokio::pin!(serve);
         tokio::select! {
-            _ = running.serve() => return ExitCode::SUCCESS,
+            _ = &mut serve => return ExitCode::SUCCESS,
             _ = tokio::signal::ctrl_c() => tracing::info!("shutting down on SIGINT"),
             _ = term.recv() => tracing::info!("shutting down on SIGTERM"),
         }
-        if tokio::time::timeout(std::time::Duration::from_secs(5), shutdown.run())
-            .await
-            .is_err()
-        {
-            tracing::warn!("shutdown did not finish in 5 s");
+        // Still serving (the MQTT threads run the closing connections) while it stops.
+        let stop = tokio::time::timeout(std::time::Duration::from_secs(8), shutdown.run());
+        tokio::select! {
+            r = stop => if r.is_err() {
+                tracing::warn!("shutdown did not finish in 8 s");
+            },
+            _ = &mut serve => {}
         }
+        tracing::info!("stopped");
         ExitCode::SUCCESS
     })
 }

@@ -180,6 +180,17 @@ def props(kind=PacketTypes.PUBLISH, **kv) -> Properties:
     return p
 
 
+def varint(n: int) -> bytes:
+    """MQTT's variable byte integer (remaining length, property lengths)."""
+    out = bytearray()
+    while True:
+        b = n % 128
+        n //= 128
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
 def raw(port: int) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     return s

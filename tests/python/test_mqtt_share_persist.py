@@ -21,7 +21,7 @@ import subprocess
 
 import pytest
 
-from mqtt_fixtures import Mqtt, mqtt_cloud, raw, restart  # noqa: F401
+from mqtt_fixtures import Mqtt, mqtt_cloud, raw, restart, varint  # noqa: F401
 from test_mqtt_features import _raw_v311_subscriber
 
 GROUP = "$share/workers/jobs/t"
@@ -228,24 +228,14 @@ def test_empty_group_forgotten_after_share_group_expiry(cloud_factory):
 # ---- MQTT 5 DISCONNECT drain ---------------------------------------------------------
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n % 128
-        n //= 128
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _connect_v5(client_id: bytes) -> bytes:
     body = b"\x00\x04MQTT\x05\x02\x00\x3c\x00" + struct.pack(">H", len(client_id)) + client_id
-    return b"\x10" + _varint(len(body)) + body
+    return b"\x10" + varint(len(body)) + body
 
 
 def _publish_qos2(topic: bytes, pkid: int, payload: bytes) -> bytes:
     body = struct.pack(">H", len(topic)) + topic + struct.pack(">H", pkid) + b"\x00" + payload
-    return b"\x34" + _varint(len(body)) + body
+    return b"\x34" + varint(len(body)) + body
 
 
 def _recv_exact(s: socket.socket, n: int) -> bytes:
@@ -340,7 +330,7 @@ def test_publishes_then_disconnect_are_all_appended_and_acked(mqtt_cloud):
     for i in range(n):
         topic = b"burst/t"
         body = struct.pack(">H", len(topic)) + topic + struct.pack(">H", i + 1) + b"\x00" + b"b%d" % i
-        pubs += b"\x32" + _varint(len(body)) + body
+        pubs += b"\x32" + varint(len(body)) + body
     s.sendall(pubs + b"\xe0\x00")
     packets, end = _read_packets(s)
     s.close()

@@ -2,6 +2,7 @@
 //! state machine, performs its actions (appends, subscriptions, closes) and delivers
 //! from the log when an append wakes it. Nothing here decides protocol rules.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use rumqttc::v5::mqttbytes::v5::{
     ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 use tracing::{debug, field, info_span, warn, Instrument};
 
@@ -27,6 +28,9 @@ use super::{topic, Error};
 
 /// How long a refused MQTT 5 connection drains input after its DISCONNECT.
 const LINGER: Duration = Duration::from_millis(500);
+/// On a clean stop, how long a connection (its session already stored) may take to send
+/// what it has buffered and its DISCONNECT, and to see the client close.
+const GOODBYE: Duration = Duration::from_secs(1);
 
 /// Serves one accepted stream (plain TCP or TLS) until it closes.
 pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
@@ -35,6 +39,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     hub: Arc<Hub>,
 ) {
     let span = info_span!("mqtt", %peer, client_id = field::Empty);
+    let _live = hub.live();
     async move {
         if let Err(e) = run(stream, hub).await {
             debug!(cause = %e, "connection ended");
@@ -55,6 +60,9 @@ pub(super) struct Conn<S> {
     pub(super) shares: Memberships,
     /// The client id as the key of the records its publishes append.
     pub(super) key: Bytes,
+    /// Raised on a clean stop: ends a wait for CONNECT, and a write the client does not
+    /// take (the loop itself hears of the stop as [`Event::Stop`]).
+    pub(super) stop: watch::Receiver<bool>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -62,7 +70,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        match tokio::time::timeout(self.write_timeout, self.stream.write_all(&self.wbuf)).await {
+        // `write_all_buf` consumes what it writes: if the stop interrupts it, `wbuf` holds
+        // exactly what is left, which `goodbye` may still send.
+        let write = tokio::time::timeout(
+            self.write_timeout,
+            self.stream.write_all_buf(&mut self.wbuf),
+        );
+        let written = tokio::select! {
+            biased;
+            w = write => w,
+            _ = self.stop.wait_for(|s| *s) => return Err(Error::Stopping),
+        };
+        match written {
             Ok(r) => r?,
             Err(_) => {
                 return Err(Error::Io(std::io::Error::new(
@@ -73,6 +92,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         self.wbuf.clear();
         Ok(())
+    }
+
+    /// On a clean stop, once the session is stored: sends what is still buffered and
+    /// (MQTT 5) a DISCONNECT with Server shutting down, shuts the write side, and drains
+    /// input until the client closes (so no unread bytes turn the close into a reset),
+    /// all within [`GOODBYE`]. A client that does not read is simply dropped.
+    async fn goodbye(&mut self) {
+        if self.version == Version::V5 {
+            let _ = self.send(&Packet::Disconnect(Disconnect {
+                reason_code: DisconnectReasonCode::ServerShuttingDown,
+                properties: None,
+            }));
+        }
+        let bye = async {
+            self.stream.write_all_buf(&mut self.wbuf).await?;
+            self.stream.shutdown().await?;
+            let mut sink = vec![0u8; 4096];
+            while self.stream.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        };
+        if tokio::time::timeout(GOODBYE, bye).await.is_err() {
+            debug!("client did not take the goodbye in time; closing");
+        }
     }
 
     pub(super) fn send(&mut self, p: &Packet) -> Result<(), Error> {
@@ -128,6 +170,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
         write_timeout: Duration::from_millis(cfg.write_timeout_ms),
         shares: Memberships::default(),
         key: Bytes::new(),
+        stop: hub.stop_signal(),
     };
     // 1. CONNECT, within the connect timeout.
     let deadline = Instant::now() + Duration::from_millis(cfg.connect_timeout_ms);
@@ -143,7 +186,13 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
             }
             Err(e) => return Err(e.into()),
         }
-        match tokio::time::timeout_at(deadline, c.stream.read_buf(&mut c.rbuf)).await {
+        let read = tokio::time::timeout_at(deadline, c.stream.read_buf(&mut c.rbuf));
+        let read = tokio::select! {
+            biased;
+            _ = c.stop.wait_for(|s| *s) => return Ok(()),
+            r = read => r,
+        };
+        match read {
             Ok(Ok(0)) => return Ok(()),
             Ok(r) => r?,
             Err(_) => {
@@ -245,7 +294,11 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
         topic_alias_max: props.topic_alias_max.unwrap_or(0),
     };
     // 2. Take the session (waiting for a connection that holds it to let go).
-    let attached = hub.attach(&client_id, connect.clean_start).await;
+    let attached = tokio::select! {
+        biased;
+        a = hub.attach(&client_id, connect.clean_start) => a,
+        _ = c.stop.wait_for(|s| *s) => return Ok(()),
+    };
     let conn_id = attached.conn;
     let mut events = attached.events;
     let session_present = attached.resumed.is_some();
@@ -257,9 +310,13 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
             let mut s = d.session;
             s.expiry = expiry_granted;
             resend = s.resume(version, client_limits, hub.limits());
+            // Loaded from the store: what was sent and not acknowledged goes with DUP.
+            let sent: HashMap<(Arc<str>, u32), u64> =
+                d.sent.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
             for (t, p, o) in d.cursors {
                 if let Some((_, log)) = hub.partitions(&t).into_iter().find(|(i, _)| *i == p) {
-                    cursors.open(t.clone(), hub.name_of(&t), p, log, Start::At(o));
+                    let mark = sent.get(&(t.clone(), p)).copied();
+                    cursors.resume(t.clone(), hub.name_of(&t), p, log, (o, mark));
                 }
             }
             for f in s.subscriptions.keys() {
@@ -323,22 +380,31 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
     for p in &resend {
         c.send(p)?;
     }
-    c.flush().await?;
+    // From here on the session is registered: every way out goes through step 4.
+    let greeted = c.flush().await;
     let mut persisted = session_present && session.expiry > 0;
     let ka = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     // 3. Serve until closed.
-    let outcome = serve_loop(
-        &mut c,
-        &mut session,
-        &mut cursors,
-        &mut events,
-        conn_id,
-        ka,
-        &mut persisted,
-    )
-    .await;
+    let outcome = match greeted {
+        Ok(()) => {
+            serve_loop(
+                &mut c,
+                &mut session,
+                &mut cursors,
+                &mut events,
+                conn_id,
+                ka,
+                &mut persisted,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    // A clean stop is not a client's DISCONNECT: the will is due (MQTT 5 3.1.2.5).
+    let stopping = matches!(outcome, Err(Error::Stopping));
     let (publish_will, result) = match outcome {
         Ok(will) => (will, Ok(())),
+        Err(Error::Stopping) => (true, Ok(())),
         Err(e) => (true, Err(e)),
     };
     // 4. Leave: will, persistence, registry.
@@ -353,17 +419,31 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
             } else {
                 delay.min(session.expiry)
             };
-            tokio::spawn(async move {
-                if wait > 0 {
-                    tokio::time::sleep(Duration::from_secs(u64::from(wait))).await;
-                    if !hub2.still_offline(&client) {
-                        return;
+            if stopping {
+                // Due now: appended (durably) before the stop goes on. A will with a delay
+                // that the session outlives is not published: the stop would end its timer
+                // and wills are not stored, so publishing it now would break the delay's
+                // promise (a client back within it has no will published); it is dropped.
+                if wait == 0 {
+                    if let Err(e) = hub.append(Arc::new(m), &key).await {
+                        warn!(client, cause = %e, "will message not published");
                     }
+                } else {
+                    debug!(delay = wait, "will with a delay not published at the stop");
                 }
-                if let Err(e) = hub2.append(Arc::new(m), &key).await {
-                    warn!(client, cause = %e, "will message not published");
-                }
-            });
+            } else {
+                tokio::spawn(async move {
+                    if wait > 0 {
+                        tokio::time::sleep(Duration::from_secs(u64::from(wait))).await;
+                        if !hub2.still_offline(&client) {
+                            return;
+                        }
+                    }
+                    if let Err(e) = hub2.append(Arc::new(m), &key).await {
+                        warn!(client, cause = %e, "will message not published");
+                    }
+                });
+            }
         }
     }
     // Unfinished shared deliveries go back to their groups (other members get them).
@@ -395,8 +475,12 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
         Detached {
             session,
             cursors: positions,
+            sent: Vec::new(),
         },
     );
+    if stopping {
+        c.goodbye().await;
+    }
     result
 }
 
@@ -490,6 +574,7 @@ async fn serve_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
                 Some(Event::Shared(g, d)) => c.shares.push(g, d),
+                Some(Event::Stop) => return Err(Error::Stopping),
                 Some(Event::TakenOver) | None => {
                     c.refuse(DisconnectReasonCode::SessionTakenOver).await?;
                     return Ok(true);

@@ -7,6 +7,8 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::Notify;
 use tracing::warn;
 
@@ -34,6 +36,9 @@ pub(crate) struct Cursor {
     pub(crate) log: Arc<PartitionLog>,
     /// Next offset to read.
     pub(crate) next: u64,
+    /// Offsets below this were sent before a restart and not acknowledged: they are sent
+    /// again with DUP set (0 for none).
+    pub(crate) dup_below: u64,
     /// Keeps the partition's recent MQTT appends in memory while this cursor exists.
     watch: Watch,
 }
@@ -84,8 +89,26 @@ impl Cursors {
             partition,
             log,
             next,
+            dup_below: 0,
             watch,
         });
+    }
+
+    /// Adds a cursor at a stored position unless one exists for the partition; the
+    /// messages below `sent` (if any) were sent before and go out again with DUP set.
+    pub(crate) fn resume(
+        &mut self,
+        log_name: Arc<str>,
+        mqtt: Option<Arc<str>>,
+        partition: u32,
+        log: Arc<PartitionLog>,
+        (at, sent): (u64, Option<u64>),
+    ) {
+        let before = self.list.len();
+        self.open(log_name, mqtt, partition, log, Start::At(at));
+        if let (Some(c), Some(sent)) = (self.list.get_mut(before), sent) {
+            c.dup_below = sent;
+        }
     }
 
     /// Registers `n` on every partition, to be woken by the next append.
@@ -105,7 +128,17 @@ impl Cursors {
     /// The position each cursor may be committed at: its next offset, or the oldest
     /// delivery still in flight from it.
     /// What a persistent session stores: its subscriptions and committed positions.
+    /// Sent marks only for cursors with deliveries in flight (the next offset not yet
+    /// sent is then beyond the committed position).
     pub(crate) fn saved(&self, session: &Session) -> super::persist::SavedSession {
+        let committed = self.committed(session);
+        let sent = self
+            .list
+            .iter()
+            .zip(&committed)
+            .filter(|(c, (_, _, at))| c.next > *at)
+            .map(|(c, _)| (c.log_name.to_string(), c.partition, c.next))
+            .collect();
         super::persist::SavedSession {
             expiry: session.expiry,
             subscriptions: session
@@ -113,11 +146,11 @@ impl Cursors {
                 .iter()
                 .map(|(f, o)| (f.clone(), o.clone()))
                 .collect(),
-            cursors: self
-                .committed(session)
+            cursors: committed
                 .into_iter()
                 .map(|(t, p, o)| (t.to_string(), p, o))
                 .collect(),
+            sent,
         }
     }
 
@@ -189,7 +222,7 @@ impl Cursors {
                         if !session.can_send() {
                             return Ok(false);
                         }
-                        let at = (i as u32, e.offset);
+                        let at = (i as u32, e.offset, e.offset < c.dup_below);
                         deliver(session, at, &e.message, e.key.as_deref(), now, version, out)?;
                         c.next = e.offset + 1;
                     }
@@ -215,7 +248,7 @@ impl Cursors {
                             blocked = true;
                             break;
                         }
-                        let at = (i as u32, s.offset);
+                        let at = (i as u32, s.offset, s.offset < c.dup_below);
                         deliver(session, at, &s.message, s.key.as_deref(), now, version, out)?;
                         c.next = s.offset + 1;
                     }
@@ -235,10 +268,11 @@ impl Cursors {
     }
 }
 
-/// Hands the message at `(cursor, offset)` to the session and encodes what it sends.
+/// Hands the message at `(cursor, offset)` to the session and encodes what it sends,
+/// with DUP set if `dup` (sent before a restart) and the delivery is QoS 1 or 2.
 fn deliver(
     session: &mut Session,
-    (cursor, offset): (u32, u64),
+    (cursor, offset, dup): (u32, u64, bool),
     m: &Message,
     key: Option<&[u8]>,
     now: i64,
@@ -248,7 +282,10 @@ fn deliver(
     // No-local: the record key is the publisher's client id.
     let from_self = key == Some(session.client_id.as_bytes());
     let ticket = Ticket { cursor, offset };
-    if let (Some(p), _) = session.deliver(m, Some(ticket), from_self, false, now) {
+    if let (Some(mut p), _) = session.deliver(m, Some(ticket), from_self, false, now) {
+        if let Packet::Publish(p) = &mut p {
+            p.dup = dup && p.qos != QoS::AtMostOnce;
+        }
         codec::encode(&p, version, out)?;
     }
     Ok(())

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc, Notify};
+use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 
 use super::cursor::Start;
@@ -37,6 +37,8 @@ pub(crate) enum Event {
         log: Arc<str>,
     },
     TakenOver,
+    /// The cloud is stopping: store the session, say goodbye, close.
+    Stop,
     /// A message of a shared subscription for this member.
     Shared(Arc<ShareGroup>, Delivery),
 }
@@ -46,6 +48,9 @@ pub(crate) struct Detached {
     pub(crate) session: Session,
     /// `(log topic, partition, next offset)`.
     pub(crate) cursors: Vec<(Arc<str>, u32, u64)>,
+    /// `(log topic, partition, next offset not yet sent)` of a session loaded from the
+    /// store: what lies between a cursor and its mark is sent again with DUP set.
+    pub(crate) sent: Vec<(Arc<str>, u32, u64)>,
 }
 
 enum Slot {
@@ -99,6 +104,21 @@ pub(crate) struct Hub {
     share_saver: mpsc::UnboundedSender<String>,
     /// Orders share group writes: each writes the state current when it holds this.
     share_writes: tokio::sync::Mutex<()>,
+    /// Raised once by a clean stop ([`Hub::begin_stop`]): the accept loops end, and
+    /// connections not yet registered (or blocked writing) see it.
+    stopping: watch::Sender<bool>,
+    /// Connection tasks alive ([`Live`]), so a clean stop can wait for them.
+    live: watch::Sender<usize>,
+}
+
+/// Counts one connection task as alive until dropped (also when its runtime is dropped
+/// with the task).
+pub(crate) struct Live(Arc<Hub>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.live.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// Messages of one topic among those appended together, with their indexes.
@@ -172,18 +192,24 @@ impl Hub {
             }
             let mut session = Session::new(client.clone(), Version::V5, saved.expiry, limits);
             session.subscriptions = saved.subscriptions.into_iter().collect();
-            let cursors = saved
-                .cursors
-                .into_iter()
-                .map(|(t, p, o)| (Arc::from(t.as_str()), p, o))
-                .collect();
+            let positions = |list: Vec<(String, u32, u64)>| {
+                list.into_iter()
+                    .map(|(t, p, o)| (Arc::from(t.as_str()), p, o))
+                    .collect()
+            };
+            let cursors = positions(saved.cursors);
+            let sent = positions(saved.sent);
             inner.next_id += 1;
             let epoch = inner.next_id;
             offline.push((client.clone(), left, epoch));
             inner.sessions.insert(
                 client,
                 Slot::Offline {
-                    state: Box::new(Detached { session, cursors }),
+                    state: Box::new(Detached {
+                        session,
+                        cursors,
+                        sent,
+                    }),
                     epoch,
                 },
             );
@@ -246,6 +272,8 @@ impl Hub {
             created: Mutex::new(Some(created)),
             share_saver,
             share_writes: tokio::sync::Mutex::new(()),
+            stopping: watch::Sender::new(false),
+            live: watch::Sender::new(0),
         });
         for (client, left, epoch) in offline {
             if let Some(left) = left {
@@ -388,6 +416,10 @@ impl Hub {
             g.next_id += 1;
             let conn = g.next_id;
             let (tx, events) = mpsc::unbounded_channel();
+            if *self.stopping.borrow() {
+                // Registered after `begin_stop` told the others: told here.
+                let _ = tx.send(Event::Stop);
+            }
             g.conns.insert(conn, tx);
             let old = g.sessions.insert(
                 client_id.to_string(),
@@ -411,6 +443,36 @@ impl Hub {
                 discarded,
             };
         }
+    }
+
+    /// Starts a clean stop: the accept loops end (closing the listeners), and every
+    /// connection is told to store its session and close (see `conn`).
+    pub(crate) fn begin_stop(&self) {
+        self.stopping.send_replace(true);
+        let g = self.lock();
+        for tx in g.conns.values() {
+            let _ = tx.send(Event::Stop);
+        }
+    }
+
+    /// Raised when the cloud stops (see [`Hub::begin_stop`]).
+    pub(crate) fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
+    /// Counts a connection task as alive for as long as the result lives.
+    pub(crate) fn live(self: &Arc<Self>) -> Live {
+        self.live.send_modify(|n| *n += 1);
+        Live(self.clone())
+    }
+
+    /// Waits until no connection task is alive, at most `within`; returns how many
+    /// still are.
+    pub(crate) async fn connections_closed(&self, within: Duration) -> usize {
+        let mut rx = self.live.subscribe();
+        let _ = tokio::time::timeout(within, rx.wait_for(|n| *n == 0)).await;
+        let left = *rx.borrow();
+        left
     }
 
     /// Unregisters a connection. A session with a non-zero expiry stays as `Offline`
@@ -603,12 +665,10 @@ impl Hub {
         }
     }
 
-    /// Stores the positions of every share group with members (on a clean shutdown).
-    /// On a clean stop: the sessions still online are disconnected by the stop, so their
-    /// stored records (written while online, with disconnect time 0, which a restart
-    /// counts from its own start) get the stop time. This also covers a connection whose
-    /// client had already left but whose task had not yet stored its disconnect time when
-    /// the stop ended it.
+    /// On a clean stop, for the connections that did not finish within the stop's wait
+    /// (their session is still online): their stored records (written while online,
+    /// with disconnect time 0, which a restart counts from its own start) get the stop
+    /// time. Their positions are those last stored (at-least-once redelivery since).
     pub(crate) async fn stamp_online_sessions(&self) {
         let online: Vec<String> = self
             .lock()
@@ -638,6 +698,7 @@ impl Hub {
         }
     }
 
+    /// Stores the positions of every share group with members (on a clean shutdown).
     pub(crate) async fn save_share_groups(&self) {
         let keys: Vec<String> = self.lock().shares.keys().cloned().collect();
         for k in keys {

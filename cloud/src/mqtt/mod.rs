@@ -63,6 +63,9 @@ pub(crate) enum Error {
     Codec(#[from] codec::CodecError),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The cloud is stopping (a clean stop): the connection stores its session and closes.
+    #[error("the cloud is stopping")]
+    Stopping,
 }
 
 /// Why the TLS listener could not be set up (shared with the Kafka listener).

@@ -9,8 +9,9 @@ use rumqttc::v5::mqttbytes::QoS;
 use super::records::{self, qos_from, qos_num, Message};
 use super::session::SubOptions;
 
-/// Format 2 appends the disconnect time (format 1 had none).
-const SESSION_FORMAT: u8 = 2;
+/// Format 2 appends the disconnect time (format 1 had none); format 3 then appends the
+/// sent marks.
+const SESSION_FORMAT: u8 = 3;
 
 /// A session as stored: what survives a restart.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -19,6 +20,10 @@ pub(crate) struct SavedSession {
     pub(crate) subscriptions: Vec<(String, SubOptions)>,
     /// `(log topic, partition, next offset to deliver)`.
     pub(crate) cursors: Vec<(String, u32, u64)>,
+    /// `(log topic, partition, next offset not yet sent)`: the messages from the cursor's
+    /// position up to this one were sent and not acknowledged, so a resumed session sends
+    /// them again with DUP set (empty in formats 1 and 2).
+    pub(crate) sent: Vec<(String, u32, u64)>,
 }
 
 fn put_str(b: &mut Vec<u8>, s: &str) {
@@ -82,6 +87,7 @@ impl SavedSession {
         }
         put_cursors(&mut b, &self.cursors);
         b.put_u64(disconnected_ms);
+        put_cursors(&mut b, &self.sent);
         b
     }
 
@@ -92,7 +98,7 @@ impl SavedSession {
             return None;
         }
         let format = b.get_u8();
-        if format != 1 && format != SESSION_FORMAT {
+        if !(1..=SESSION_FORMAT).contains(&format) {
             return None;
         }
         let expiry = b.get_u32();
@@ -122,10 +128,15 @@ impl SavedSession {
             _ if b.remaining() >= 8 => b.get_u64(),
             _ => return None,
         };
+        let sent = match format {
+            3 => get_cursors(b)?,
+            _ => Vec::new(),
+        };
         let saved = SavedSession {
             expiry,
             subscriptions,
             cursors,
+            sent,
         };
         Some((saved, disconnected_ms))
     }
@@ -195,6 +206,7 @@ mod tests {
         fn session_round_trip(expiry in any::<u32>(),
                               subs in proptest::collection::vec(("[a-z/#+]{1,20}", 0u8..3, any::<bool>(), any::<bool>(), 0u8..3, 0u32..1000), 0..8),
                               cursors in proptest::collection::vec(("[a-z._]{1,20}", any::<u32>(), any::<u64>()), 0..8),
+                              sent in proptest::collection::vec(("[a-z._]{1,20}", any::<u32>(), any::<u64>()), 0..8),
                            gone in any::<u64>()) {
             let s = SavedSession {
                 expiry,
@@ -203,6 +215,7 @@ mod tests {
                     id: (id != 0).then_some(id as usize),
                 })).collect(),
                 cursors,
+                sent,
             };
             prop_assert_eq!(SavedSession::decode(&s.encode(gone)), Some((s, gone)));
         }
@@ -223,6 +236,26 @@ mod tests {
         fn session_decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = SavedSession::decode(&b);
         }
+    }
+
+    #[test]
+    fn session_format_2_still_decodes_without_sent_marks() {
+        let s = SavedSession {
+            expiry: 60,
+            subscriptions: vec![],
+            cursors: vec![("a.b".into(), 0, 7)],
+            sent: vec![],
+        };
+        let mut v = s.encode(9);
+        // Format 3 is format 2 plus the sent marks (here an empty list: 4 bytes).
+        v.truncate(v.len() - 4);
+        v[0] = 2;
+        assert_eq!(SavedSession::decode(&v), Some((s.clone(), 9)));
+        let marked = SavedSession {
+            sent: vec![("a.b".into(), 0, 9)],
+            ..s
+        };
+        assert_eq!(SavedSession::decode(&marked.encode(9)), Some((marked, 9)));
     }
 
     #[test]

@@ -14,12 +14,19 @@
 //!    over as std sockets; thread 0 runs the accept loops.
 //! 2. Each accepted socket is moved to the next thread's runtime (`TcpStream::from_std`
 //!    registers it with that thread's I/O driver), where its connection task runs to the end.
-//! 3. The threads stop when the [`Threads`] handle is dropped: each runtime is dropped with
-//!    its tasks, which closes their sockets.
+//! 3. A clean stop (`Hub::begin_stop`) first ends the accept loops, which closes the
+//!    listeners, then tells every connection to store its session and close; the stop
+//!    waits for them (bounded) while these threads still run.
+//! 4. The threads stop when the [`Threads`] handle is dropped: each runtime is dropped with
+//!    its remaining tasks, which closes their sockets, and the drop waits (bounded) for
+//!    that, so that the process does not exit while a thread still drops tasks that hold
+//!    the store (RocksDB aborts if its locks are torn down at exit under a live thread).
 
 use std::net::SocketAddr;
+use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
@@ -34,9 +41,29 @@ pub(crate) fn auto_threads() -> usize {
     thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
+/// How long dropping [`Threads`] waits for the threads to drop their runtimes.
+const JOIN_WAIT: Duration = Duration::from_secs(2);
+
 /// The running MQTT threads; dropping it stops them.
 pub(crate) struct Threads {
-    _stop: watch::Sender<()>,
+    stop: Option<watch::Sender<()>>,
+    /// One message per thread that has dropped its runtime.
+    stopped: std_mpsc::Receiver<()>,
+    count: usize,
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        let deadline = Instant::now() + JOIN_WAIT;
+        for _ in 0..self.count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.stopped.recv_timeout(left).is_err() {
+                warn!("an mqtt thread did not stop in time");
+                return;
+            }
+        }
+    }
 }
 
 /// The listeners to serve: plain, and TLS with its acceptor.
@@ -58,9 +85,10 @@ impl Threads {
             None => None,
         };
         let (stop, stopped) = watch::channel(());
+        let (done, threads_stopped) = std_mpsc::channel();
         let mut handles = Vec::new();
         for i in 0..count.max(1) {
-            handles.push(spawn_runtime(i, stopped.clone())?);
+            handles.push(spawn_runtime(i, stopped.clone(), done.clone())?);
         }
         let spread = Spread {
             handles: handles.into(),
@@ -83,12 +111,21 @@ impl Threads {
                 }
             });
         }
-        Ok(Threads { _stop: stop })
+        Ok(Threads {
+            stop: Some(stop),
+            stopped: threads_stopped,
+            count: count.max(1),
+        })
     }
 }
 
-/// One thread with a single-threaded runtime that runs until the stop sender is dropped.
-fn spawn_runtime(i: usize, mut stopped: watch::Receiver<()>) -> std::io::Result<Handle> {
+/// One thread with a single-threaded runtime that runs until the stop sender is dropped,
+/// then drops the runtime (and its tasks) and says so on `done`.
+fn spawn_runtime(
+    i: usize,
+    mut stopped: watch::Receiver<()>,
+    done: std_mpsc::Sender<()>,
+) -> std::io::Result<Handle> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -97,6 +134,8 @@ fn spawn_runtime(i: usize, mut stopped: watch::Receiver<()>) -> std::io::Result<
         .name(format!("mqtt-{i}"))
         .spawn(move || {
             rt.block_on(async move { while stopped.changed().await.is_ok() {} });
+            drop(rt);
+            let _ = done.send(());
         })?;
     Ok(handle)
 }
@@ -137,11 +176,17 @@ impl Spread {
     }
 }
 
-/// Accepts plain MQTT connections until the threads stop.
+/// Accepts plain MQTT connections until the stop begins.
 async fn serve(listener: TcpListener, spread: Spread, hub: Arc<Hub>) {
     let mut next = 0;
+    let mut stop = hub.stop_signal();
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return debug!("mqtt listener closed for the stop"),
+            a = listener.accept() => a,
+        };
+        match accepted {
             Ok((sock, peer)) => {
                 let hub = hub.clone();
                 spread.run(&mut next, sock, peer, move |s| conn::serve(s, peer, hub));
@@ -159,8 +204,14 @@ async fn serve_tls(
     hub: Arc<Hub>,
 ) {
     let mut next = 0;
+    let mut stop = hub.stop_signal();
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return debug!("mqtts listener closed for the stop"),
+            a = listener.accept() => a,
+        };
+        match accepted {
             Ok((sock, peer)) => {
                 let (acceptor, hub) = (acceptor.clone(), hub.clone());
                 let timeout = std::time::Duration::from_millis(hub.config.connect_timeout_ms);
