@@ -279,6 +279,12 @@ struct State {
     failed: Option<String>,
     /// The committer waits for work (appends wake it only then).
     committer_idle: bool,
+    /// Tails a commit is appending to right now: reads stop before them and evictions
+    /// skip them until the commit registers the new records.
+    appending: BTreeSet<u64>,
+    /// A read stopped at a tail being appended to: the next commit starts new files
+    /// instead of growing the tails, so the replicator is not kept waiting.
+    seal: bool,
 }
 
 struct Inner {
@@ -301,7 +307,7 @@ struct Inner {
     durable_gen: AtomicU64,
     stats: Stats,
     /// Serialises group commits so `committed_gen` only covers flushed records.
-    commit_lock: Mutex<Vec<commit::Staged>>,
+    commit_lock: Mutex<commit::Committer>,
     /// Wakes the replicator after each commit.
     on_commit: Arc<tokio::sync::Notify>,
     /// Drained batches for the reaper thread to delete (index entry, then file), so the
@@ -442,6 +448,8 @@ impl Buffer {
             shutdown: false,
             failed: None,
             committer_idle: false,
+            appending: BTreeSet::new(),
+            seal: false,
         };
         let (reap_tx, reap_rx) = std::sync::mpsc::channel();
         let inner = Arc::new(Inner {
@@ -457,7 +465,7 @@ impl Buffer {
             durable: Condvar::new(),
             durable_gen: AtomicU64::new(0),
             stats,
-            commit_lock: Mutex::new(Vec::new()),
+            commit_lock: Mutex::new(commit::Committer::default()),
             on_commit: Arc::new(tokio::sync::Notify::new()),
             sled_file,
             // Every file left after the scan is indexed with its exact length.

@@ -40,6 +40,13 @@ impl Buffer {
         let mut s = inner.lock();
         let keys: Vec<u64> = s.batches.range(start..before).map(|(k, _)| *k).collect();
         for key in keys {
+            if s.appending.contains(&key) {
+                // Its next segment is being written: read it (and everything after it,
+                // to keep key order) once that commit is done, and ask the committer to
+                // start a new file next time.
+                s.seal = true;
+                break;
+            }
             let decoded = files::read(&inner.files, key)
                 .map_err(|e| e.to_string())
                 .and_then(|v| {
