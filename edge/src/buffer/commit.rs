@@ -84,7 +84,7 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
     let mut guard = inner.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
     let c = &mut *guard;
     let sync = force || inner.cfg.sync == SyncPolicy::Always || c.staged.len() >= MAX_STAGED;
-    let (batches, gen, boundary) = {
+    let (batches, gen, boundary, marked) = {
         let mut s = inner.lock();
         if s.open.is_empty() && (c.staged.is_empty() || !sync) {
             // Idle: close the handles of tails claimed or deleted meanwhile (an unlinked
@@ -112,12 +112,14 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
         }
         prune_tails(c, &s);
         // Invisible to reads and evictions until this round registers its records.
-        for (class, t) in &c.tails {
-            if open.contains_key(class) {
-                s.appending.insert(t.key);
-            }
-        }
-        (open, s.gen, s.live_from)
+        let marked: Vec<u64> = c
+            .tails
+            .iter()
+            .filter(|(class, _)| open.contains_key(class))
+            .map(|(_, t)| t.key)
+            .collect();
+        s.appending.extend(&marked);
+        (open, s.gen, s.live_from, marked)
     };
     let cut = write_batches(inner, &batches, gen, boundary, &mut c.tails);
     // Written (or failed): the records' memory is free; the largest vector is kept for
@@ -210,8 +212,10 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
     let max = inner.cfg.batch_max_bytes as u64;
     let mut s = inner.lock();
     let mut gen_done = 0;
+    for key in &marked {
+        s.appending.remove(key);
+    }
     for g in &grown {
-        s.appending.remove(&g.key);
         if let Some(info) = s.batches.get_mut(&g.key) {
             info.live += g.count;
             info.bytes += g.bytes;
