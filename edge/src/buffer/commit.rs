@@ -45,7 +45,8 @@ pub(super) struct Committer {
 
 /// A class's newest batch file, committed and indexed, kept open for appends. A sync
 /// round appends to it only while it is still indexed, unclaimed by the replicator (a
-/// claimed batch never changes), not sealed by a reader and below `batch_max_bytes`.
+/// claimed batch never changes), not sealed by a reader and has room for the round's
+/// first record of its class.
 struct Tail {
     file: std::fs::File,
     key: u64,
@@ -112,6 +113,22 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
         }
         prune_tails(c, &s);
         // Invisible to reads and evictions until this round registers its records.
+        // Only tails this round appends to (its first record of the class fits): the
+        // others are no longer the newest file of their class after this round.
+        let max = inner.cfg.batch_max_bytes as u64;
+        c.tails.retain(|class, t| {
+            open.get(class)
+                .and_then(|o| o.records.first())
+                .is_none_or(|r| {
+                    cut(
+                        std::slice::from_ref(r),
+                        0,
+                        max - t.index.bytes.min(max),
+                        s.live_from,
+                        Some(t.key),
+                    ) == 1
+                })
+        });
         let marked: Vec<u64> = c
             .tails
             .iter()

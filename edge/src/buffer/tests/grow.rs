@@ -73,19 +73,35 @@ fn always_grows_the_newest_file_until_it_is_read() {
     assert_eq!(file_lens(&batches).len(), 3);
 }
 
-/// A read that meets a file mid-append returns what precedes it, not a part of it, and
-/// asks the committer to start a new file (so a steady ingest never starves reads).
+/// A read that meets a file mid-append waits for that commit and returns the whole file
+/// (readers take an empty read as "caught up"), and asks the committer to start a new
+/// file next time (so a steady ingest never keeps reads waiting).
 #[test]
-fn read_stops_at_a_file_being_appended_and_seals_it() {
+fn read_waits_for_a_file_being_appended_and_seals_it() {
     let dir = tempfile::tempdir().unwrap();
     let batches = dir.path().join("batches");
-    let buf = Buffer::open(always(dir.path(), 1 << 20)).unwrap();
+    let buf = Arc::new(Buffer::open(always(dir.path(), 1 << 20)).unwrap());
     durable(&buf, 0);
     let key = files::list(&batches).unwrap()[0];
     buf.inner.lock().appending.insert(key);
-    assert!(buf.read(None, usize::MAX).unwrap().is_empty());
-    assert!(buf.inner.lock().seal, "read asked for a new file");
+    let reader = {
+        let buf = buf.clone();
+        std::thread::spawn(move || buf.read(None, usize::MAX).unwrap())
+    };
+    // The reader is waiting once it asked for the seal.
+    while !buf.inner.lock().seal {
+        std::thread::yield_now();
+    }
+    assert!(!reader.is_finished());
     buf.inner.lock().appending.remove(&key);
+    buf.inner.durable.notify_all();
+    let got = reader.join().unwrap();
+    assert_eq!(
+        got.iter()
+            .flat_map(|b| b.records.iter().map(id_of))
+            .collect::<Vec<_>>(),
+        [0]
+    );
     durable(&buf, 1);
     assert_eq!(
         file_lens(&batches).len(),
@@ -93,8 +109,7 @@ fn read_stops_at_a_file_being_appended_and_seals_it() {
         "sealed: the next commit made a new file"
     );
     assert!(!buf.inner.lock().seal);
-    let ids: Vec<u64> = all_ids(&buf);
-    assert_eq!(ids, [0, 1]);
+    assert_eq!(all_ids(&buf), [0, 1]);
 }
 
 /// Durability step 2, the new step: a kill while a commit appends its segment. Modelled
@@ -248,4 +263,47 @@ proptest! {
             .flat_map(|b| b.records.iter().map(id_of)).collect();
         prop_assert_eq!(all, acked.into_iter().collect::<Vec<_>>());
     }
+}
+
+/// A live-first drain over a backlog of grown files: the backlog cursor reads every
+/// backlog record (below the boundary), the live cursor the records after it.
+#[test]
+fn live_first_reads_the_whole_grown_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let buf = Buffer::open(always(dir.path(), 64 << 10)).unwrap();
+    let mut gens = Vec::new();
+    for id in 0..600 {
+        let Appended::Stored(gen) = buf.append(rec(id, 0, 1000)).unwrap() else {
+            panic!()
+        };
+        gens.push(gen);
+        if id % 7 == 0 {
+            buf.wait_durable(gen).unwrap();
+        }
+    }
+    buf.wait_durable(*gens.last().unwrap()).unwrap();
+    let l = buf.start_live().unwrap();
+    durable(&buf, 600);
+    let mut backlog = Vec::new();
+    let mut cursor = None;
+    loop {
+        let got = buf.read_range(cursor, l, 512 << 10).unwrap();
+        if got.is_empty() {
+            break;
+        }
+        for b in got {
+            cursor = Some(b.key);
+            backlog.extend(b.records.iter().map(id_of));
+        }
+    }
+    assert_eq!(backlog, (0..600).collect::<Vec<_>>());
+    let live = buf
+        .read_range(l.checked_sub(1), u64::MAX, 512 << 10)
+        .unwrap();
+    assert_eq!(
+        live.iter()
+            .flat_map(|b| b.records.iter().map(id_of))
+            .collect::<Vec<_>>(),
+        [600]
+    );
 }
