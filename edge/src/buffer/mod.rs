@@ -46,8 +46,9 @@
 //!    and no directory fsync (creating a file cost more CPU than the fsyncs on
 //!    journal-less ext4, see README). While a round appends, a read that reaches
 //!    that file waits for the round (a read returns every batch committed in its range)
-//!    and makes the next round start a new file; quota evictions skip it. The file's index entry is rewritten with its new length and count
-//!    (unflushed, like every entry). With `sync: interval` files never grow: a batch
+//!    and makes the next round start a new file; quota evictions skip it. The file's
+//!    index entry is rewritten with its new length and count (unflushed, like every
+//!    entry). With `sync: interval` files never grow: a batch
 //!    that fills up is written at once (no fsync; not yet visible to the replicator)
 //!    and every `sync_interval` (or
 //!    after 128 such files) all written files are fsynced, the directory fsynced and
