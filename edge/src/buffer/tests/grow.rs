@@ -307,3 +307,29 @@ fn live_first_reads_the_whole_grown_backlog() {
         [600]
     );
 }
+
+/// `drop_oldest` with growing files: evictions remove whole (grown) files of the oldest
+/// records, every record is either readable or counted as dropped, and what is left is
+/// the newest records in order, within the quota.
+#[test]
+fn drop_oldest_evicts_grown_files_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = always(dir.path(), 2_000);
+    c.quota_bytes = 10_000;
+    c.full_policy = FullPolicy::DropOldest;
+    let buf = Buffer::open(c).unwrap();
+    for id in 0..200 {
+        durable(&buf, id);
+    }
+    let ids: Vec<u64> = all_ids(&buf);
+    let dropped = buf.stats().dropped[0].load(Ordering::Relaxed);
+    assert!(dropped > 0, "evictions");
+    assert_eq!(ids.len() as u64 + dropped, 200);
+    assert_eq!(ids, (200 - ids.len() as u64..200).collect::<Vec<_>>());
+    assert!(buf.snapshot().bytes <= 10_000);
+    assert!(
+        files::list(&dir.path().join("batches")).unwrap().len() < ids.len(),
+        "grown"
+    );
+    assert_eq!(buf.stats().corrupt.load(Ordering::Relaxed), 0);
+}
