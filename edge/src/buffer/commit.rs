@@ -169,7 +169,11 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
             c.staged.extend(files);
             grown
         }
-        Err(_) => return fail(inner, "writing a buffer batch file failed".into()),
+        Err(_) => {
+            // A tail may end in a partial segment now: never append after it.
+            c.tails.clear();
+            return fail(inner, "writing a buffer batch file failed".into());
+        }
     };
     if !sync {
         return Ok(false);
@@ -222,6 +226,7 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
                 .map_err(Error::from)
         });
     if let Err(e) = result {
+        c.tails.clear();
         let msg = e.to_string();
         let _ = fail(inner, msg);
         return Err(e);
