@@ -76,9 +76,10 @@ fn prune_tails(c: &mut Committer, s: &super::State) {
     });
 }
 
-/// Cuts the open batches into batch files and writes them; then, when `force` or with
-/// `sync: always`, fsyncs every file written so far, fsyncs the directory and indexes
-/// them in sled, unflushed (durability step 2). With `sync: interval` a full batch is
+/// Cuts the open batches into batch files (or segments appended to tails) and writes
+/// them; then, when `force` or with `sync: always`, fsyncs every file written so far,
+/// fsyncs the directory if a file was created, and indexes them in sled, unflushed
+/// (durability step 2). With `sync: interval` a full batch is
 /// only written (memory freed, no fsync) until the next tick. Returns whether anything
 /// was made durable.
 pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
