@@ -1,8 +1,11 @@
-//! The group committer: cuts open batches into batch files, fsyncs them and their
-//! directory, then indexes them in sled (durability step 2 in the module docs). sled is
+//! The group committer: cuts open batches into batch files (a new file, or a new segment
+//! at the end of the class's *tail*, its newest file, while that is unclaimed and below
+//! `batch_max_bytes`), fsyncs them (and the directory when a file was created), then
+//! indexes them in sled (durability step 2 in the module docs). sled is
 //! flushed at most every [`SLED_FLUSH_EVERY`], not per commit: a batch file is
 //! self-describing, so an index entry lost in a crash is rebuilt from its file at open.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -31,18 +34,65 @@ pub(super) struct Staged {
     max_seq: u64,
 }
 
-/// Cuts the open batches into batch files and writes them; then, when `force` or with
-/// `sync: always`, fsyncs every file written so far, fsyncs the directory and indexes
-/// them in sled, unflushed (durability step 2). With `sync: interval` a full batch is
+/// The committer's own state, under `Inner::commit_lock`.
+#[derive(Default)]
+pub(super) struct Committer {
+    /// Files written, not yet fsynced nor indexed (`sync: interval`).
+    staged: Vec<Staged>,
+    /// Per priority class, its newest batch file if a sync round can still append to it.
+    tails: BTreeMap<u8, Tail>,
+}
+
+/// A class's newest batch file, committed and indexed, kept open for appends. A sync
+/// round appends to it only while it is still indexed, unclaimed by the replicator (a
+/// claimed batch never changes), not sealed by a reader and has room for the round's
+/// first record of its class.
+struct Tail {
+    file: std::fs::File,
+    key: u64,
+    /// Its index entry as of its last commit.
+    index: Index,
+}
+
+/// A segment appended to a tail in this round.
+struct Grown {
+    key: u64,
+    bytes: u64,
+    count: u32,
+    max_seq: u64,
+}
+
+/// Whether commits append to tails: with `sync: always` only, where a commit per
+/// arrival burst would otherwise create a file each (file creation cost more CPU than
+/// the fsyncs); `sync: interval` writes full batches and one file per class per tick.
+fn grows(inner: &Inner) -> bool {
+    inner.cfg.sync == SyncPolicy::Always
+}
+
+/// Drops the tails a round may no longer append to (see [`Tail`]).
+fn prune_tails(c: &mut Committer, s: &super::State) {
+    c.tails.retain(|_, t| {
+        s.batches.contains_key(&t.key) && s.claimed.is_none_or(|claimed| t.key > claimed)
+    });
+}
+
+/// Cuts the open batches into batch files (or segments appended to tails) and writes
+/// them; then, when `force` or with `sync: always`, fsyncs every file written so far,
+/// fsyncs the directory if a file was created, and indexes them in sled, unflushed
+/// (durability step 2). With `sync: interval` a full batch is
 /// only written (memory freed, no fsync) until the next tick. Returns whether anything
 /// was made durable.
 pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
-    let mut staged = inner.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-    let sync = force || inner.cfg.sync == SyncPolicy::Always || staged.len() >= MAX_STAGED;
-    let (batches, gen, boundary) = {
+    let mut guard = inner.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+    let c = &mut *guard;
+    let sync = force || inner.cfg.sync == SyncPolicy::Always || c.staged.len() >= MAX_STAGED;
+    let (batches, gen, boundary, marked) = {
         let mut s = inner.lock();
-        if s.open.is_empty() && (staged.is_empty() || !sync) {
-            if staged.is_empty() {
+        if s.open.is_empty() && (c.staged.is_empty() || !sync) {
+            // Idle: close the handles of tails claimed or deleted meanwhile (an unlinked
+            // file's space returns only when its last handle closes).
+            prune_tails(c, &s);
+            if c.staged.is_empty() {
                 s.committed_gen = s.committed_gen.max(s.gen);
                 inner.durable_gen.store(s.committed_gen, Ordering::Release);
                 drop(s);
@@ -56,9 +106,40 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
         }
         let open = std::mem::take(&mut s.open);
         s.committing += open.values().map(|o| o.records.len() as u64).sum::<u64>();
-        (open, s.gen, s.live_from)
+        // A reader met a tail mid-append and asked for it to stop growing; a round
+        // without a sync writes files that are not indexed yet, so no tail is the
+        // newest file of its class any more; only `sync: always` grows files.
+        if std::mem::take(&mut s.seal) || !sync || !grows(inner) {
+            c.tails.clear();
+        }
+        prune_tails(c, &s);
+        // Invisible to reads and evictions until this round registers its records.
+        // Only tails this round appends to (its first record of the class fits): the
+        // others are no longer the newest file of their class after this round.
+        let max = inner.cfg.batch_max_bytes as u64;
+        c.tails.retain(|class, t| {
+            open.get(class)
+                .and_then(|o| o.records.first())
+                .is_none_or(|r| {
+                    cut(
+                        std::slice::from_ref(r),
+                        0,
+                        max - t.index.bytes.min(max),
+                        s.live_from,
+                        Some(t.key),
+                    ) == 1
+                })
+        });
+        let marked: Vec<u64> = c
+            .tails
+            .iter()
+            .filter(|(class, _)| open.contains_key(class))
+            .map(|(_, t)| t.key)
+            .collect();
+        s.appending.extend(&marked);
+        (open, s.gen, s.live_from, marked)
     };
-    let cut = write_batches(inner, &batches, gen, boundary);
+    let cut = write_batches(inner, &batches, gen, boundary, &mut c.tails);
     // Written (or failed): the records' memory is free; the largest vector is kept for
     // the next open batch (records dropped here, off the lock).
     let mut spare = batches
@@ -73,39 +154,67 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
             s.spare = spare;
         }
         let (bytes, n): (u64, u64) = match &cut {
-            Ok((_, open_bytes)) => (*open_bytes, 0),
+            Ok((_, _, open_bytes)) => (*open_bytes, 0),
             Err((open_bytes, n)) => (*open_bytes, *n),
         };
         s.open_bytes -= bytes.min(s.open_bytes);
         s.committing -= n.min(s.committing);
-        if let Ok((files, _)) = &cut {
-            s.staged_bytes += files.iter().map(|f| f.index.bytes).sum::<u64>();
+        if let Ok((files, grown, _)) = &cut {
+            s.staged_bytes += files.iter().map(|f| f.index.bytes).sum::<u64>()
+                + grown.iter().map(|g| g.bytes).sum::<u64>();
         }
     }
     inner.changed.notify_all();
-    match cut {
-        Ok((files, _)) => staged.extend(files),
-        Err(_) => return fail(inner, "writing a buffer batch file failed".into()),
-    }
+    let grown = match cut {
+        Ok((files, grown, _)) => {
+            c.staged.extend(files);
+            grown
+        }
+        Err(_) => {
+            // A tail may end in a partial segment now: never append after it.
+            c.tails.clear();
+            return fail(inner, "writing a buffer batch file failed".into());
+        }
+    };
     if !sync {
         return Ok(false);
     }
-    let done = std::mem::take(&mut *staged);
-    let max_seq = done.iter().map(|f| f.max_seq).max().unwrap_or(0);
+    let done = std::mem::take(&mut c.staged);
+    let max_seq = done
+        .iter()
+        .map(|f| f.max_seq)
+        .chain(grown.iter().map(|g| g.max_seq))
+        .max()
+        .unwrap_or(0);
+    let tail = |key: u64| c.tails.values().find(|t| t.key == key);
     let result = done
         .iter()
-        .try_for_each(|f| f.file.sync_data())
-        .and_then(|()| files::sync_dir(&inner.files))
+        .map(|f| &f.file)
+        .chain(grown.iter().filter_map(|g| tail(g.key).map(|t| &t.file)))
+        .try_for_each(std::fs::File::sync_data)
+        // Appending creates no directory entry: only new files need the directory fsync.
+        .and_then(|()| {
+            if done.is_empty() {
+                Ok(())
+            } else {
+                files::sync_dir(&inner.files)
+            }
+        })
         .map_err(Error::from)
         .and_then(|()| {
             // Plain inserts, not a `sled::Batch`: sled writes out and syncs its log
             // buffer around every batch (two `sync_file_range` per commit), and the
             // index entries need no atomicity (each stands alone; recovery at open
             // rebuilds any lost one).
-            done.iter().try_for_each(|f| {
+            let entries = done.iter().map(|f| (f.key, f.index)).chain(
+                grown
+                    .iter()
+                    .filter_map(|g| tail(g.key).map(|t| (t.key, t.index))),
+            );
+            entries.into_iter().try_for_each(|(key, index)| {
                 inner
                     .records
-                    .insert(f.key.to_be_bytes(), &f.index.encode())
+                    .insert(key.to_be_bytes(), &index.encode())
                     .map(drop)
                     .map_err(Error::from)
             })
@@ -118,12 +227,27 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
                 .map_err(Error::from)
         });
     if let Err(e) = result {
+        c.tails.clear();
         let msg = e.to_string();
         let _ = fail(inner, msg);
         return Err(e);
     }
+    let max = inner.cfg.batch_max_bytes as u64;
     let mut s = inner.lock();
     let mut gen_done = 0;
+    for key in &marked {
+        s.appending.remove(key);
+    }
+    for g in &grown {
+        if let Some(info) = s.batches.get_mut(&g.key) {
+            info.live += g.count;
+            info.bytes += g.bytes;
+        }
+        s.stored_bytes += g.bytes;
+        s.staged_bytes -= g.bytes.min(s.staged_bytes);
+        s.live_records += u64::from(g.count);
+        s.committing -= u64::from(g.count).min(s.committing);
+    }
     for f in done {
         let index = f.index;
         s.batches.insert(f.key, BatchInfo::of(&index));
@@ -136,6 +260,20 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
         s.live_records += u64::from(index.count);
         s.committing -= u64::from(index.count).min(s.committing);
         gen_done = gen_done.max(f.gen);
+        // The newest file of its class (files come in key order) is its tail while it
+        // has room.
+        if index.bytes < max && grows(inner) {
+            c.tails.insert(
+                index.priority,
+                Tail {
+                    file: f.file,
+                    key: f.key,
+                    index,
+                },
+            );
+        } else {
+            c.tails.remove(&index.priority);
+        }
     }
     s.committed_gen = s.committed_gen.max(gen_done).max(gen);
     inner.durable_gen.store(s.committed_gen, Ordering::Release);
@@ -151,42 +289,62 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
 fn fail(inner: &Inner, why: String) -> Result<bool, Error> {
     let mut s = inner.lock();
     s.failed = Some(why.clone());
+    s.appending.clear();
     drop(s);
     inner.changed.notify_all();
     inner.durable.notify_all();
     Err(Error::Io(std::io::Error::other(why)))
 }
 
-/// Cuts each class's records into files of at most `batch_max_bytes` and writes them
-/// (no fsync). Returns the files and the open bytes they held; on error the open bytes
-/// and the record count taken (lost, like a crash would lose them).
+/// Cuts each class's records into segments of at most `batch_max_bytes` per file and
+/// writes them (no fsync): first at the end of the class's tail in `tails` (if any, as
+/// far as it has room), the rest into new files. Returns the new files, the segments
+/// appended to tails and the open bytes they held; on error the open bytes and the
+/// record count taken (lost, like a crash would lose them).
 #[allow(clippy::type_complexity)]
 fn write_batches(
     inner: &Inner,
-    batches: &std::collections::BTreeMap<u8, super::Open>,
+    batches: &BTreeMap<u8, super::Open>,
     gen: u64,
     boundary: Option<u64>,
-) -> Result<(Vec<Staged>, u64), (u64, u64)> {
+    tails: &mut BTreeMap<u8, Tail>,
+) -> Result<(Vec<Staged>, Vec<Grown>, u64), (u64, u64)> {
     let max = inner.cfg.batch_max_bytes as u64;
     let total_bytes: u64 = batches.values().map(|o| o.bytes).sum();
     let total_n: u64 = batches.values().map(|o| o.records.len() as u64).sum();
+    let failed = |e: std::io::Error| {
+        tracing::error!(cause = %e, "writing a buffer batch file failed");
+        (total_bytes, total_n)
+    };
     let mut out = Vec::new();
+    let mut grown = Vec::new();
     for (priority, open) in batches {
         let mut start = 0;
-        while start < open.records.len() {
-            let mut end = start;
-            let mut chunk_bytes = 0;
-            while end < open.records.len() {
-                let sz = open.records[end].encoded_len() as u64 + 8;
-                // A live-first boundary never falls inside a file.
-                let crosses = boundary
-                    .is_some_and(|l| open.records[start].seq < l && open.records[end].seq >= l);
-                if end > start && (chunk_bytes + sz > max || crosses) {
-                    break;
-                }
-                chunk_bytes += sz;
-                end += 1;
+        if let Some(tail) = tails.get_mut(priority) {
+            let room = max.saturating_sub(tail.index.bytes);
+            let end = cut(&open.records, 0, room, boundary, Some(tail.key));
+            if end > 0 {
+                let chunk = &open.records[..end];
+                let bytes = record::encode_batch(chunk);
+                files::append(&mut tail.file, &bytes).map_err(failed)?;
+                inner
+                    .file_bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                let max_seq = chunk.iter().map(|r| r.seq).max().unwrap_or(tail.key);
+                tail.index.bytes += bytes.len() as u64;
+                tail.index.count += chunk.len() as u32;
+                tail.index.last_seq = tail.index.last_seq.max(max_seq);
+                grown.push(Grown {
+                    key: tail.key,
+                    bytes: bytes.len() as u64,
+                    count: chunk.len() as u32,
+                    max_seq,
+                });
+                start = end;
             }
+        }
+        while start < open.records.len() {
+            let end = cut(&open.records, start, max, boundary, None).max(start + 1);
             let chunk = &open.records[start..end];
             start = end;
             let first = &chunk[0];
@@ -199,27 +357,46 @@ fn write_batches(
                 first_recv_ms: first.recv_ms,
                 last_seq,
             };
-            match files::write(&inner.files, first.seq, &bytes) {
-                Ok(file) => {
-                    inner
-                        .file_bytes
-                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    out.push(Staged {
-                        file,
-                        key: first.seq,
-                        index,
-                        gen,
-                        max_seq: last_seq,
-                    });
-                }
-                Err(e) => {
-                    tracing::error!(cause = %e, "writing a buffer batch file failed");
-                    return Err((total_bytes, total_n));
-                }
-            }
+            let file = files::write(&inner.files, first.seq, &bytes).map_err(failed)?;
+            inner
+                .file_bytes
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            out.push(Staged {
+                file,
+                key: first.seq,
+                index,
+                gen,
+                max_seq: last_seq,
+            });
         }
     }
-    Ok((out, total_bytes))
+    Ok((out, grown, total_bytes))
+}
+
+/// The end of the records from `start` that fit in `room` bytes of a file whose first
+/// record is `records[start]` (or, with `tail`, an existing file with that key): a
+/// live-first boundary never falls inside a file.
+fn cut(
+    records: &[super::Record],
+    start: usize,
+    room: u64,
+    boundary: Option<u64>,
+    tail: Option<u64>,
+) -> usize {
+    let first = tail.or_else(|| records.get(start).map(|r| r.seq));
+    let mut end = start;
+    // A new segment's header; a new file's (the cut before segments) is not counted.
+    let mut bytes = if tail.is_some() { 5 } else { 0 };
+    while let Some(r) = records.get(end) {
+        let sz = r.encoded_len() as u64 + 8;
+        let crosses = boundary.is_some_and(|l| first.is_some_and(|f| f < l) && r.seq >= l);
+        if crosses || bytes + sz > room {
+            break;
+        }
+        bytes += sz;
+        end += 1;
+    }
+    end
 }
 
 pub(super) fn commit_loop(inner: &Inner) {

@@ -45,6 +45,12 @@ pub(super) fn write(dir: &Path, key: u64, bytes: &[u8]) -> io::Result<File> {
     Ok(f)
 }
 
+/// Appends a segment to a batch file written earlier (its handle is positioned at the
+/// end; the caller fsyncs it, see `commit`).
+pub(super) fn append(file: &mut File, bytes: &[u8]) -> io::Result<()> {
+    file.write_all(bytes)
+}
+
 /// Makes new directory entries durable.
 pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -119,22 +125,38 @@ impl Index {
     }
 }
 
-/// The index entry of a batch file that has none (committed after sled's last flush),
-/// rebuilt from the file itself: `None` unless every record in it reads back intact (a
-/// file cut short belongs to a commit that never completed).
+/// The index entry of a batch file rebuilt from the file itself (its entry is missing:
+/// committed after sled's last flush; or shorter than the file: appended to after it):
+/// its intact prefix ([`super::record::intact_prefix`]), or `None` if that holds no
+/// record or does not start with the record `key`. A torn tail after the prefix (an
+/// append whose commit never completed, never acknowledged) is cut off the file and
+/// the cut fsynced, so later appends and reads never meet it.
 pub(super) fn recover(dir: &Path, key: u64) -> Option<Index> {
     let bytes = read(dir, key).ok()?;
     let len = bytes.len() as u64;
-    let batch = super::record::decode_batch_bytes(bytes.into()).ok()?;
-    let first = batch.records.first()?;
-    if batch.corrupt > 0 || first.seq != key {
+    let prefix = super::record::intact_prefix(bytes.into());
+    let (first_seq, priority, first_recv_ms) = prefix.first?;
+    if first_seq != key {
         return None;
     }
+    if (prefix.len as u64) < len {
+        tracing::warn!(
+            batch = key,
+            cut = len - prefix.len as u64,
+            "torn tail of a buffer batch file cut off"
+        );
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(path(dir, key))
+            .ok()?;
+        f.set_len(prefix.len as u64).ok()?;
+        f.sync_data().ok()?;
+    }
     Some(Index {
-        bytes: len,
-        count: u32::try_from(batch.records.len()).ok()?,
-        priority: first.priority,
-        first_recv_ms: first.recv_ms,
-        last_seq: batch.records.iter().map(|r| r.seq).max()?,
+        bytes: prefix.len as u64,
+        count: prefix.count,
+        priority,
+        first_recv_ms,
+        last_seq: prefix.last_seq,
     })
 }

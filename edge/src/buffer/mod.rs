@@ -6,7 +6,8 @@
 //!
 //! - `batches/<key>.batch`: one *batch* of records in arrival order per file (see
 //!   [`record`] for the byte layout, a CRC per record), named by its first record's
-//!   sequence (20 decimal digits). Every batch holds records of one priority class only,
+//!   sequence (20 decimal digits), as one or more *segments* (one per group commit that
+//!   wrote to the file, step 2). Every batch holds records of one priority class only,
 //!   so a quota eviction removes whole files. Payloads live in files, not in sled,
 //!   because sled 0.34 keeps large values resident whatever its `cache_capacity`
 //!   (measured here: 6,000 x 64 KB values -> 307 MB RSS; with files: 7 MB), and because
@@ -34,16 +35,27 @@
 //!    for the committer (memory stays bounded whatever the ingest rate).
 //! 2. The committer thread cuts the open batches (at `batch_max_bytes`) into batch files.
 //!    With `sync: always` it does so as soon as records arrive and then, in the same
-//!    round, fsyncs every file (`fdatasync`) and the directory, then inserts the index
-//!    entries and `next_seq` into sled **without** flushing sled. That is the group
-//!    commit: one round of fsyncs (each new file, then the directory) for all records
-//!    that arrived meanwhile. With `sync: interval` a batch that fills up is written at
-//!    once (no fsync; not yet visible to the replicator) and every `sync_interval` (or
+//!    round, fsyncs every file it wrote (`fdatasync`) and, if it created one, the
+//!    directory, then inserts the index entries and `next_seq` into sled **without**
+//!    flushing sled. That is the group commit: one round of fsyncs for all records that
+//!    arrived meanwhile. A round does not create a file per class: it appends its
+//!    records as a new segment to the end of the class's newest file (its *tail*, kept
+//!    open) while that file is indexed, below `batch_max_bytes`, not yet read by the
+//!    replicator (a batch it read never changes) and not on the other side of a
+//!    live-first boundary; the rest go to new files. Appending needs no file creation
+//!    and no directory fsync (creating a file cost more CPU than the fsyncs on
+//!    journal-less ext4, see README). While a round appends, a read that reaches
+//!    that file waits for the round (a read returns every batch committed in its range)
+//!    and makes the next round start a new file; quota evictions skip it. The file's
+//!    index entry is rewritten with its new length and count (unflushed, like every
+//!    entry). With `sync: interval` files never grow: a batch
+//!    that fills up is written at once (no fsync; not yet visible to the replicator)
+//!    and every `sync_interval` (or
 //!    after 128 such files) all written files are fsynced, the directory fsynced and
 //!    the files indexed together. sled itself is flushed at most once a second by the
 //!    committer (and by every step below that flushes); an index entry lost with sled's
 //!    unflushed writes is rebuilt at open from its file (see below).
-//! 3. After the directory fsync returns, the committed generation advances and waiters
+//! 3. After the round's fsyncs return, the committed generation advances and waiters
 //!    wake. With `sync: always` the ingest withholds the MQTT PUBACK of a QoS 1/2 publish
 //!    until this point, so **an acknowledged QoS 1/2 publish survives a process kill and
 //!    a power cut**. With `sync: interval` the PUBACK goes out at step 1, and a kill or
@@ -64,12 +76,20 @@
 //! What survives a crash: every batch fsynced at step 2, the producer state and every
 //! descriptor. What is lost: open batches (step 1). At open (`recover.rs`): a tombstone
 //! deletes its file (a deletion cut short after its flush); an index entry whose file is
-//! missing or has another length is real damage (every deletion tombstones and flushes
+//! missing or shorter is real damage (every deletion tombstones and flushes
 //! before it unlinks): removed and counted as corrupt; a file with neither is a commit
-//! whose index entries sled lost, re-indexed if every record in it reads back intact
-//! whatever its key, and removed otherwise (a file cut short: a commit that never
-//! completed, so never acknowledged). A record whose CRC fails is skipped and counted
-//! when read; none of these stops the edge. The in-flight descriptors' batches are
+//! whose index entries sled lost, re-indexed from its intact prefix whatever its key, and
+//! removed if that is empty (a file cut short: a commit that never completed, so never
+//! acknowledged); a file *longer* than its index entry was appended to after sled last
+//! stored the entry (step 2), and is re-indexed from its intact prefix, which must cover
+//! the entry (else damage, as above). The intact prefix is the run of whole segments
+//! whose every record passes its CRC with sequences rising through the file; what
+//! follows it is an append whose fsync never returned (never acknowledged: a torn write,
+//! or stale disk contents after a power cut) and is cut off the file, the cut fsynced
+//! (test `kill_mid_append_keeps_acknowledged_segments_and_cuts_the_torn_tail`), so a
+//! damaged record in an unindexed or grown file loses the segments from its own on (a
+//! file of its indexed length is not scanned). A record whose CRC fails is skipped and
+//! counted when read; none of these stops the edge. The in-flight descriptors' batches are
 //! protected from quota eviction from the open on (their records must be re-sent as
 //! they were described).
 //!
@@ -279,6 +299,12 @@ struct State {
     failed: Option<String>,
     /// The committer waits for work (appends wake it only then).
     committer_idle: bool,
+    /// Tails a commit is appending to right now: reads stop before them and evictions
+    /// skip them until the commit registers the new records.
+    appending: BTreeSet<u64>,
+    /// A read stopped at a tail being appended to: the next commit starts new files
+    /// instead of growing the tails, so the replicator is not kept waiting.
+    seal: bool,
 }
 
 struct Inner {
@@ -301,7 +327,7 @@ struct Inner {
     durable_gen: AtomicU64,
     stats: Stats,
     /// Serialises group commits so `committed_gen` only covers flushed records.
-    commit_lock: Mutex<Vec<commit::Staged>>,
+    commit_lock: Mutex<commit::Committer>,
     /// Wakes the replicator after each commit.
     on_commit: Arc<tokio::sync::Notify>,
     /// Drained batches for the reaper thread to delete (index entry, then file), so the
@@ -442,6 +468,8 @@ impl Buffer {
             shutdown: false,
             failed: None,
             committer_idle: false,
+            appending: BTreeSet::new(),
+            seal: false,
         };
         let (reap_tx, reap_rx) = std::sync::mpsc::channel();
         let inner = Arc::new(Inner {
@@ -457,7 +485,7 @@ impl Buffer {
             durable: Condvar::new(),
             durable_gen: AtomicU64::new(0),
             stats,
-            commit_lock: Mutex::new(Vec::new()),
+            commit_lock: Mutex::new(commit::Committer::default()),
             on_commit: Arc::new(tokio::sync::Notify::new()),
             sled_file,
             // Every file left after the scan is indexed with its exact length.

@@ -5,7 +5,9 @@ use super::{BatchInfo, State};
 pub(super) fn victim(s: &State, max_priority: u8, oldest: bool) -> Option<u64> {
     let claimed = s.claimed;
     s.by_priority.range(..=max_priority).find_map(|(_, keys)| {
-        let mut eligible = keys.iter().filter(|k| claimed.is_none_or(|c| **k > c));
+        let mut eligible = keys
+            .iter()
+            .filter(|k| claimed.is_none_or(|c| **k > c) && !s.appending.contains(k));
         if oldest {
             eligible.next().copied()
         } else {

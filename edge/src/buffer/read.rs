@@ -40,6 +40,17 @@ impl Buffer {
         let mut s = inner.lock();
         let keys: Vec<u64> = s.batches.range(start..before).map(|(k, _)| *k).collect();
         for key in keys {
+            while s.appending.contains(&key) {
+                // Its next segment is being written: read it once that commit is done
+                // (a read returns every batch committed in its range, as callers rely
+                // on), and ask the committer to start a new file next time, so a steady
+                // ingest never keeps the reader waiting twice.
+                s.seal = true;
+                s = inner.durable.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+            if !s.batches.contains_key(&key) {
+                continue;
+            }
             let decoded = files::read(&inner.files, key)
                 .map_err(|e| e.to_string())
                 .and_then(|v| {

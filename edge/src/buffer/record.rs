@@ -1,9 +1,11 @@
 //! The buffer's record and batch codec: bytes in, bytes out, no I/O.
 //!
-//! A sled value holds one batch:
+//! A batch file holds one or more *segments*, one per group commit that wrote to it
+//! (`sync: always` appends to a file's end while it grows, see the module docs):
 //!
 //! ```text
-//! batch  = magic:u8 (=1) | count:u32 | record*
+//! file    = segment+
+//! segment = magic:u8 (=1) | count:u32 | record{count}
 //! record = len:u32 | crc32(body):u32 | body
 //! body   = seq:u64 | recv_ms:i64 | flags:u8 (bit0 clock synced, bit1 retain, bits2-3 qos)
 //!        | priority:u8 | topic:str16 | key:opt16 | content_type:opt16
@@ -14,7 +16,9 @@
 //! ```
 //!
 //! Each record carries its own CRC, so one damaged record is skipped without losing its
-//! neighbours; a damaged batch header loses the batch (counted by the caller).
+//! neighbours; a damaged first segment header loses the batch (counted by the caller), a
+//! damaged later one the rest of the file (counted as one corrupt record). A file with
+//! one segment is the layout before segments existed, so old buffers read unchanged.
 
 use bytes::{Buf, BufMut, Bytes};
 
@@ -253,35 +257,100 @@ pub fn decode_batch(value: &[u8]) -> Result<DecodedBatch, CodecError> {
 
 /// [`decode_batch`] without copying: record payloads are slices of `b`.
 pub fn decode_batch_bytes(mut b: Bytes) -> Result<DecodedBatch, CodecError> {
-    if b.remaining() < 5 || b.get_u8() != MAGIC {
+    if b.remaining() < 5 || b[0] != MAGIC {
         return Err(CodecError::BadBatch);
     }
-    let count = b.get_u32();
     let mut out = DecodedBatch::default();
-    for _ in 0..count {
-        if b.remaining() < 8 {
+    while b.has_remaining() {
+        if b.remaining() < 5 || b.get_u8() != MAGIC {
+            // A later segment's header is damaged: the rest of the file is unreadable.
             out.corrupt += 1;
-            continue;
+            break;
         }
-        let len = b.get_u32() as usize;
-        let crc = b.get_u32();
-        if b.remaining() < len {
-            // The length itself is damaged: the rest of the batch is unreadable.
-            out.corrupt += 1;
-            b.advance(b.remaining());
-            continue;
-        }
-        let body = b.split_to(len);
-        if crc32fast::hash(&body) != crc {
-            out.corrupt += 1;
-            continue;
-        }
-        match Record::decode_body(body) {
-            Some(r) => out.records.push(r),
-            None => out.corrupt += 1,
+        let count = b.get_u32();
+        for _ in 0..count {
+            match next_record(&mut b) {
+                Some(Some(r)) => out.records.push(r),
+                Some(None) => out.corrupt += 1,
+                None => {
+                    // The length itself is damaged: the rest of the batch is unreadable.
+                    out.corrupt += 1;
+                    b.advance(b.remaining());
+                    break;
+                }
+            }
         }
     }
     Ok(out)
+}
+
+/// The next record of a segment: `None` if its length does not fit (nothing after it is
+/// readable), `Some(None)` if its CRC or layout is wrong (skipped).
+fn next_record(b: &mut Bytes) -> Option<Option<Record>> {
+    if b.remaining() < 8 {
+        return None;
+    }
+    let len = b.get_u32() as usize;
+    let crc = b.get_u32();
+    if b.remaining() < len {
+        return None;
+    }
+    let body = b.split_to(len);
+    if crc32fast::hash(&body) != crc {
+        return Some(None);
+    }
+    Some(Record::decode_body(body))
+}
+
+/// The intact prefix of a batch file: whole segments whose every record reads back
+/// with its CRC, with sequences rising through the file. What follows it is a segment
+/// whose commit never completed (a torn append: its records were never acknowledged) or
+/// damage. Used at open; reads go through [`decode_batch_bytes`].
+#[derive(Debug, Default)]
+pub struct IntactPrefix {
+    /// Bytes of the intact segments.
+    pub len: usize,
+    /// Records in them.
+    pub count: u32,
+    /// Sequence, priority and receive time of the first record, if any.
+    pub first: Option<(u64, u8, i64)>,
+    /// Highest sequence.
+    pub last_seq: u64,
+}
+
+/// Finds the [`IntactPrefix`] of `b`.
+pub fn intact_prefix(mut b: Bytes) -> IntactPrefix {
+    let total = b.len();
+    let mut out = IntactPrefix::default();
+    'segments: while b.remaining() >= 5 && b[0] == MAGIC {
+        b.advance(1);
+        let count = b.get_u32();
+        if count == 0 {
+            // Never written (every segment holds a record): not a segment.
+            break;
+        }
+        let mut seg = IntactPrefix {
+            first: out.first,
+            last_seq: out.last_seq,
+            ..IntactPrefix::default()
+        };
+        for _ in 0..count {
+            let Some(Some(r)) = next_record(&mut b) else {
+                break 'segments;
+            };
+            if seg.first.is_some() && r.seq <= seg.last_seq {
+                break 'segments;
+            }
+            seg.first.get_or_insert((r.seq, r.priority, r.recv_ms));
+            seg.last_seq = r.seq;
+            seg.count += 1;
+        }
+        out.len = total - b.remaining();
+        out.count += seg.count;
+        out.first = seg.first;
+        out.last_seq = seg.last_seq;
+    }
+    out
 }
 
 #[cfg(test)]

@@ -37,7 +37,9 @@ impl Scanned {
     }
 }
 
-/// Rebuilds the batch map: indexed batches whose file is intact are kept; tombstoned
+/// Rebuilds the batch map: indexed batches whose file has the indexed length are kept
+/// (a longer file, appended to after its entry was stored, is re-indexed from its intact
+/// prefix, which must cover the entry); tombstoned
 /// batches are deleted (file unlinked, directory fsynced, then the tombstone removed);
 /// an index entry without its intact file is damage (removed, counted); a file without
 /// an index entry is re-indexed if every record in it reads back intact (a commit whose
@@ -67,12 +69,28 @@ pub(super) fn scan(
             continue;
         }
         let index = key.and_then(|key| Index::decode(&v).map(|i| (key, i)));
-        let present = index.as_ref().is_some_and(|(key, i)| {
-            files::path(dir, *key)
-                .metadata()
-                .is_ok_and(|m| m.len() == i.bytes)
-        });
-        let Some((key, index)) = index.filter(|_| present) else {
+        let len = index
+            .as_ref()
+            .and_then(|(key, _)| files::path(dir, *key).metadata().ok().map(|m| m.len()));
+        let index = match (index, len) {
+            (Some((key, i)), Some(len)) if len == i.bytes => Some((key, i)),
+            // Appended to after sled last stored its entry (durability step 2): the
+            // entry is rebuilt from the file, which must still hold what it counted.
+            (Some((key, i)), Some(len)) if len > i.bytes => files::recover(dir, key)
+                .filter(|r| r.bytes >= i.bytes && r.count >= i.count)
+                .map(|r| {
+                    stats.recovered.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        batch = key,
+                        records = r.count,
+                        "buffer batch index rebuilt from its grown file"
+                    );
+                    records.insert(k.clone(), &r.encode()).map(|_| (key, r))
+                })
+                .transpose()?,
+            _ => None,
+        };
+        let Some((key, index)) = index else {
             tracing::error!(batch = ?key, "buffer batch missing or damaged, skipped and removed");
             stats.corrupt.fetch_add(1, Ordering::Relaxed);
             records.remove(&k)?;

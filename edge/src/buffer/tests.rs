@@ -686,3 +686,5 @@ fn rss_probe() {
     }
     println!("buffer rss {:.1} MB", rss_mb());
 }
+
+mod grow;
