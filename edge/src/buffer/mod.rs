@@ -149,7 +149,7 @@ use commit::{commit_loop, commit_once};
 use files::Index;
 use quota::{remove_batch, victim};
 
-pub use read::ReadBatch;
+pub use read::{Held, ReadBatch};
 pub use record::{Props, Record};
 
 /// Errors of the buffer layer.

@@ -109,30 +109,39 @@ impl Buffer {
 
     /// Releases records the cloud acknowledged (or that were already acknowledged before
     /// a restart). A batch is deleted once all its records are released.
-    pub fn release(&self, seqs: &[u64]) -> Result<(), Error> {
+    ///
+    /// A record is found by its class and sequence: each file holds one priority class,
+    /// and the files of one class never overlap in sequence, but the files of two classes
+    /// written by the same group commit do (their records interleave in arrival order),
+    /// so the sequence alone could credit a release to the other class's file and delete
+    /// it before its own records were acknowledged.
+    pub fn release(&self, held: &[Held]) -> Result<(), Error> {
         let inner = &self.inner;
         let mut s = inner.lock();
-        // One lookup per batch file, not per record: runs of ascending sequences below
-        // the next batch's key belong to the same batch.
+        // One lookup per batch file, not per record: runs of ascending sequences of one
+        // class below the class's next batch key belong to the same batch.
         let mut i = 0;
-        while i < seqs.len() {
-            let seq = seqs[i];
-            let Some(key) = s.batches.range(..=seq).next_back().map(|(k, _)| *k) else {
+        while i < held.len() {
+            let Held { seq, priority } = held[i];
+            let Some(class) = s.by_priority.get(&priority) else {
                 i += 1;
                 continue;
             };
-            let next = s
-                .batches
+            let Some(key) = class.range(..=seq).next_back().copied() else {
+                i += 1;
+                continue;
+            };
+            let next = class
                 .range((Excluded(seq), Unbounded))
                 .next()
-                .map_or(u64::MAX, |(k, _)| *k);
+                .map_or(u64::MAX, |k| *k);
             let mut n = 1;
             let mut last = seq;
-            while let Some(&q) = seqs.get(i + n as usize) {
-                if q <= last || q >= next {
+            while let Some(h) = held.get(i + n as usize) {
+                if h.priority != priority || h.seq <= last || h.seq >= next {
                     break;
                 }
-                last = q;
+                last = h.seq;
                 n += 1;
             }
             release_in(&mut s, inner, key, n)?;
@@ -141,6 +150,25 @@ impl Buffer {
         drop(s);
         inner.changed.notify_all();
         Ok(())
+    }
+}
+
+/// A record read and not yet released: what [`Buffer::release`] needs to find its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// The record's sequence.
+    pub seq: u64,
+    /// The record's priority class (its batch file's class).
+    pub priority: u8,
+}
+
+impl Held {
+    /// What releasing `r` needs.
+    pub fn of(r: &Record) -> Held {
+        Held {
+            seq: r.seq,
+            priority: r.priority,
+        }
     }
 }
 
@@ -194,9 +222,9 @@ mod tests {
             buf.commit().unwrap();
         }
         let batches = buf.read(None, usize::MAX).unwrap();
-        let seqs: Vec<Vec<u64>> = batches
+        let seqs: Vec<Vec<Held>> = batches
             .iter()
-            .map(|b| b.records.iter().map(|r| r.seq).collect())
+            .map(|b| b.records.iter().map(Held::of).collect())
             .collect();
         assert_eq!(seqs.len(), 3);
         // All of batch 0, half of batch 1, one of batch 2, then the rest of batch 1

@@ -116,7 +116,7 @@ proptest! {
                             prop_assert_eq!(Some(id_of(r)), committed.pop_front());
                             prop_assert!(last_seq < Some(r.seq), "sequence must grow");
                             last_seq = Some(r.seq);
-                            seqs.push(r.seq);
+                            seqs.push(Held::of(r));
                         }
                         buf.release(&seqs).unwrap();
                     }
@@ -214,7 +214,7 @@ fn block_waits_for_release() {
     let b2 = buf.clone();
     let t = std::thread::spawn(move || b2.append(rec(2, 0, 1500)).unwrap());
     let batch = buf.read(None, usize::MAX).unwrap();
-    let seqs: Vec<u64> = batch[0].records.iter().map(|r| r.seq).collect();
+    let seqs: Vec<Held> = batch[0].records.iter().map(Held::of).collect();
     buf.release(&seqs).unwrap();
     assert!(matches!(t.join().unwrap(), Appended::Stored(_)));
 }
@@ -277,7 +277,7 @@ fn corrupt_records_are_skipped_and_counted() {
         3,
         "damaged record + garbage batch"
     );
-    let seqs: Vec<u64> = got[0].records.iter().map(|r| r.seq).collect();
+    let seqs: Vec<Held> = got[0].records.iter().map(Held::of).collect();
     buf.release(&seqs).unwrap();
     assert_eq!(
         buf.snapshot().records,
@@ -550,7 +550,7 @@ fn batch_file_bytes_track_the_files() {
     );
     assert_eq!(buf.batch_file_bytes(), dir_bytes(&batches));
     let got = buf.read(None, 1).unwrap();
-    let seqs: Vec<u64> = got[0].records.iter().map(|r| r.seq).collect();
+    let seqs: Vec<Held> = got[0].records.iter().map(Held::of).collect();
     buf.release(&seqs).unwrap();
     buf.reaped();
     assert_eq!(buf.batch_file_bytes(), dir_bytes(&batches));
@@ -559,11 +559,11 @@ fn batch_file_bytes_track_the_files() {
     drop(buf);
     let back = reopen(cfg(dir.path(), quota, FullPolicy::DropOldest));
     assert_eq!(back.batch_file_bytes(), dir_bytes(&batches));
-    let seqs: Vec<u64> = back
+    let seqs: Vec<Held> = back
         .read(None, usize::MAX)
         .unwrap()
         .iter()
-        .flat_map(|b| b.records.iter().map(|r| r.seq))
+        .flat_map(|b| b.records.iter().map(Held::of))
         .collect();
     back.release(&seqs).unwrap();
     back.reaped();
@@ -688,3 +688,38 @@ fn rss_probe() {
 }
 
 mod grow;
+
+/// Two priority classes committed together interleave in sequence; releasing one class's
+/// records must never count against the other class's file. Before releases were found by
+/// class, releasing class 0 (sequences 0, 2, 4) credited 2 and 4 to class 1's file (key
+/// 1), which the release of sequence 1 then deleted with 3 and 5 unacknowledged.
+#[test]
+fn release_finds_the_batch_of_the_records_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let buf = open_unbounded(dir.path());
+    for id in 0..6 {
+        buf.append(rec(id, (id % 2) as u8, 100)).unwrap();
+    }
+    buf.commit().unwrap();
+    let got = buf.read(None, usize::MAX).unwrap();
+    assert_eq!(got.len(), 2, "one file per class");
+    let all: Vec<Held> = got
+        .iter()
+        .flat_map(|b| b.records.iter().map(Held::of))
+        .collect();
+    let mut acked: Vec<Held> = all.iter().filter(|h| h.priority == 0).copied().collect();
+    acked.extend(all.iter().filter(|h| h.priority == 1).take(1));
+    assert_eq!(acked.len(), 4);
+    buf.release(&acked).unwrap();
+    buf.reaped();
+    assert_eq!(buf.snapshot().records, 2);
+    drop(buf);
+    let back = reopen(cfg(dir.path(), u64::MAX, FullPolicy::Block));
+    let mut ids = all_ids(&back);
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        [1, 3, 5],
+        "class 1's file is kept whole, class 0's is gone"
+    );
+}

@@ -45,8 +45,7 @@ use common::kafka::record_batch::Codec;
 use common::kafka::{self, codes, Connection, ProducePartition, ProducerState, ResponseFuture};
 use kafka_protocol::messages::ProduceResponse;
 
-use crate::buffer::Buffer;
-use crate::buffer::ReadBatch;
+use crate::buffer::{Buffer, Held, ReadBatch};
 use crate::config::{CloudConfig, CompressionName, DrainPolicy};
 use crate::metrics::Metrics;
 use state::{OutBatch, Placed, State};
@@ -421,10 +420,10 @@ impl Replicator {
             for rec in b.records {
                 bytes += rec.encoded_len();
                 let Some(kafka_topic) = self.topic_names.kafka(&rec.topic) else {
-                    release.push(rec.seq);
+                    release.push(Held::of(&rec));
                     continue;
                 };
-                let seq = rec.seq;
+                let held = Held::of(&rec);
                 if self
                     .state
                     .topics
@@ -437,7 +436,7 @@ impl Replicator {
                     t.acked_backlog = ps.backlog_acked;
                 }
                 if self.state.place(kafka_topic, rec, self.live_from) == Placed::AlreadyAcked {
-                    release.push(seq);
+                    release.push(held);
                 }
             }
         }
@@ -819,7 +818,10 @@ impl Replicator {
             self.buffer.acknowledged(topic, 0, b.base, last)?;
             t.acked_through = Some(t.acked_through.map_or(last, |a| a.max(last)));
         }
-        self.buffer.release(&b.seqs)?;
+        let held: Vec<Held> = (b.seqs.iter().zip(&b.priorities))
+            .map(|(&seq, &priority)| Held { seq, priority })
+            .collect();
+        self.buffer.release(&held)?;
         self.metrics.uplink_records.inc_by(b.seqs.len() as u64);
         self.metrics.uplink_bytes.inc_by(b.payload_bytes);
         self.metrics
@@ -877,6 +879,7 @@ impl Job {
                 raw_bytes: records.iter().map(|x| x.encoded_len()).sum(),
                 base,
                 seqs,
+                priorities: records.iter().map(|x| x.priority).collect(),
                 payload_bytes: records.iter().map(|x| x.payload.len() as u64).sum(),
                 encoded: bytes::Bytes::new(),
                 sent: false,

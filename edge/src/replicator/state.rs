@@ -28,6 +28,9 @@ pub struct OutBatch {
     pub base: i32,
     /// Buffer sequences, in order.
     pub seqs: Vec<u64>,
+    /// The priority class of each record (same order as `seqs`): the buffer finds a
+    /// released record's batch by class and sequence.
+    pub priorities: Vec<u8>,
     /// Payload bytes (for metrics).
     pub payload_bytes: u64,
     /// The encoded RecordBatch, resent unchanged.

@@ -57,7 +57,7 @@ fn always_grows_the_newest_file_until_it_is_read() {
         [3, 4]
     );
     // Releasing the first file's records deletes it; the second is intact.
-    let seqs: Vec<u64> = first[0].records.iter().map(|r| r.seq).collect();
+    let seqs: Vec<Held> = first[0].records.iter().map(Held::of).collect();
     buf.release(&seqs).unwrap();
     buf.reaped();
     assert_eq!(file_lens(&batches).len(), 1);
@@ -245,7 +245,7 @@ proptest! {
                         let mut seqs = Vec::new();
                         for r in &batch.records {
                             prop_assert_eq!(Some(id_of(r)), acked.pop_front());
-                            seqs.push(r.seq);
+                            seqs.push(Held::of(r));
                         }
                         buf.release(&seqs).unwrap();
                     }
