@@ -723,3 +723,46 @@ fn release_finds_the_batch_of_the_records_class() {
         "class 1's file is kept whole, class 0's is gone"
     );
 }
+
+/// The reaper paces its deletion rounds (one sled flush, `fdatasync` and directory fsync
+/// each): batches released one by one, 20 ms apart, are deleted in at most one round per
+/// 250 ms of elapsed time (plus the first and the barrier's), not one round per release
+/// (about 40 without pacing), and every file is gone after the barrier.
+#[test]
+fn reaper_paces_deletion_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let buf = open_unbounded(dir.path());
+    for id in 0..40 {
+        buf.append(rec(id, 0, 100)).unwrap();
+        buf.commit().unwrap();
+    }
+    let batches = buf.read(None, usize::MAX).unwrap();
+    assert_eq!(batches.len(), 40);
+    let files_dir = dir.path().join("batches");
+    let rounds = || {
+        files::STEPS
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(d, s)| *d == files_dir && *s == files::Step::Flushed)
+            .count()
+    };
+    let start = std::time::Instant::now();
+    for b in &batches {
+        let held: Vec<Held> = b.records.iter().map(Held::of).collect();
+        buf.release(&held).unwrap();
+        // The releases of a drain arrive spread out, not all at once.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    buf.reaped();
+    let elapsed = start.elapsed();
+    let n = rounds();
+    let bound = 2 + (elapsed.as_millis() / 250) as usize;
+    assert!(n >= 1, "nothing deleted");
+    assert!(
+        n <= bound,
+        "{n} deletion rounds in {elapsed:?}: more than one per 250 ms ({bound})"
+    );
+    assert!(files::list(&buf.inner.files).unwrap().is_empty());
+    assert_eq!(buf.snapshot().records, 0);
+}
