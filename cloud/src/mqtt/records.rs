@@ -221,21 +221,27 @@ pub(crate) fn sets_retained(batch: &Bytes) -> bool {
 
 /// Whether a (decompressed) record block can hold a `mqtt.retain` header set to `true` or
 /// `1`: a record header is written as zigzag-varint key length, key, zigzag-varint value
-/// length, value, so such a header is one of two byte strings, found with a SIMD search
-/// instead of parsing every record (a drain of edge records is almost all `false`).
+/// length, value, so such a header is the encoded key followed by one of two encoded
+/// values, found with a SIMD search instead of parsing every record (a drain of edge
+/// records is almost all `false`). One pass for the key, checking the value at each hit:
+/// every edge record holds the key, so a search per value (two passes, each stopping at
+/// every record's key) was slower: 3.9-5.4 GB/s against 6.9-8.3 for this one on 1 MiB of
+/// edge-like records (session 6; the search was 17% of the cloud's CPU in a drain).
 fn may_set_retained(block: &[u8]) -> bool {
-    fn pattern(value: &[u8]) -> Vec<u8> {
-        let key = h::MQTT_RETAIN.as_bytes();
-        // Both lengths are under 64: one varint byte each.
-        let mut p = vec![(key.len() * 2) as u8];
-        p.extend_from_slice(key);
-        p.push((value.len() * 2) as u8);
-        p.extend_from_slice(value);
-        p
-    }
-    [&b"true"[..], b"1"]
-        .iter()
-        .any(|v| memchr::memmem::find(block, &pattern(v)).is_some())
+    static KEY: std::sync::OnceLock<memchr::memmem::Finder<'static>> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let k = h::MQTT_RETAIN.as_bytes();
+        // The key's length is under 64: one varint byte.
+        let mut p = vec![(k.len() * 2) as u8];
+        p.extend_from_slice(k);
+        memchr::memmem::Finder::new(&p).into_owned()
+    });
+    let after = key.needle().len();
+    key.find_iter(block).any(|at| {
+        let value = &block[at + after..];
+        // Value lengths 4 and 1, as zigzag varints: 8 and 2.
+        value.starts_with(b"\x08true") || value.starts_with(b"\x021")
+    })
 }
 
 /// The records of a batch whose codec the lean reader leaves to `kafka-protocol` (gzip,
