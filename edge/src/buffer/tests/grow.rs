@@ -240,7 +240,11 @@ proptest! {
                     }
                 }
                 GrowOp::Drain(n) => {
-                    for batch in buf.read(cursor, 1).unwrap().into_iter().take(n) {
+                    // One batch per read (`max_bytes` 1), `n` reads.
+                    for _ in 0..n {
+                        let Some(batch) = buf.read(cursor, 1).unwrap().into_iter().next() else {
+                            break;
+                        };
                         cursor = Some(batch.key);
                         let mut seqs = Vec::new();
                         for r in &batch.records {
