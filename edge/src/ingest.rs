@@ -46,7 +46,7 @@ use crate::config::KeyMode;
 use crate::filter::Uplink;
 use crate::metrics::Metrics;
 use crate::qos2::{Inbox, Qos2Sessions, Verdict};
-use crate::takeover::{LiveIds, MAX_WAIT};
+use crate::takeover::{Kind, LiveIds, Order, MAX_WAIT};
 
 /// Shared ingest context.
 pub struct IngestCtx {
@@ -66,6 +66,8 @@ pub struct IngestCtx {
     pub qos2: Qos2Sessions,
     /// Connections alive per client id (a reconnect waits for the previous one to end).
     pub live: LiveIds,
+    /// The CONNECTs and DISCONNECTs passed to rumqttd, ordered (see `crate::takeover`).
+    pub order: Order,
 }
 
 /// A rumqttd codec wrapper that feeds the buffer (one per connection).
@@ -94,7 +96,15 @@ pub struct Ingest<P> {
     /// the latest QoS 1/2 append of this connection, or the buffer's latest append when a
     /// QoS 2 retransmission buffered by an earlier connection is passed on.
     ack_gen: AtomicU64,
+    /// This connection's open [`Order`] entries ([`NO_TICKET`]: none): the CONNECT's
+    /// until its CONNACK is written, the DISCONNECT's until the codec drops. Atomics
+    /// because `write` only has `&self`.
+    connect_ticket: AtomicU64,
+    disconnect_ticket: AtomicU64,
 }
+
+/// No open [`Order`] entry.
+const NO_TICKET: u64 = u64::MAX;
 
 impl<P: Clone> Clone for Ingest<P> {
     fn clone(&self) -> Self {
@@ -108,9 +118,18 @@ impl<P> Drop for Ingest<P> {
         if let (Some(c), true) = (&self.client_id, self.clean_session) {
             self.ctx.qos2.clear(c);
         }
-        // Last: a reconnect of this client id waits for it (see `crate::takeover`).
+        // Last: a reconnect of this client id, or any CONNECT after this connection's
+        // DISCONNECT, waits for it (see `crate::takeover`).
         if let (Some(c), true) = (&self.client_id, self.live) {
             self.ctx.live.leave(c);
+        }
+        for (kind, ticket) in [
+            (Kind::Connect, *self.connect_ticket.get_mut()),
+            (Kind::Disconnect, *self.disconnect_ticket.get_mut()),
+        ] {
+            if ticket != NO_TICKET {
+                self.ctx.order.leave(kind, ticket);
+            }
         }
     }
 }
@@ -179,6 +198,8 @@ impl<P> Ingest<P> {
             pending_meta: Vec::new(),
             appended: Vec::new(),
             ack_gen: AtomicU64::new(0),
+            connect_ticket: AtomicU64::new(NO_TICKET),
+            disconnect_ticket: AtomicU64::new(NO_TICKET),
         }
     }
 
@@ -192,10 +213,10 @@ impl<P> Ingest<P> {
             self.assigned = Some(id);
         }
         let id = Bytes::from(c.client_id.clone());
+        let ctx = &self.ctx;
         if !self.live {
             // A reconnect waits until the previous connection of this id is gone, so that
             // rumqttd's router reads that one's Disconnect first (`crate::takeover`).
-            let ctx = &self.ctx;
             let timed_out = if ctx.live.busy(&id) {
                 tokio::task::block_in_place(|| ctx.live.enter(&id, MAX_WAIT))
             } else {
@@ -205,6 +226,17 @@ impl<P> Ingest<P> {
                 tracing::debug!(client_id = %String::from_utf8_lossy(&id), "previous connection still open, replacing it");
             }
             self.live = true;
+        }
+        if *self.connect_ticket.get_mut() == NO_TICKET {
+            // A connection whose DISCONNECT came earlier may still hold the connection id
+            // rumqttd will give this one (`crate::takeover`).
+            let (ticket, blocked) = ctx.order.enter(Kind::Connect);
+            if blocked
+                && tokio::task::block_in_place(|| ctx.order.wait(Kind::Connect, ticket, MAX_WAIT))
+            {
+                tracing::debug!("a disconnected connection is still open, connecting anyway");
+            }
+            *self.connect_ticket.get_mut() = ticket;
         }
         if c.clean_session {
             self.ctx.qos2.clear(&id);
@@ -310,6 +342,24 @@ impl<P> Ingest<P> {
 }
 
 impl<P> Ingest<P> {
+    /// A DISCONNECT passes (the client's, `wait`: first wait for earlier CONNECTs to be
+    /// registered; or rumqttd's own): rumqttd's router frees this connection's id when
+    /// it handles it, before this codec is dropped (`crate::takeover`).
+    fn disconnecting(&self, wait: bool) {
+        if self.disconnect_ticket.load(Ordering::Relaxed) != NO_TICKET {
+            return;
+        }
+        let order = &self.ctx.order;
+        let (ticket, blocked) = order.enter(Kind::Disconnect);
+        self.disconnect_ticket.store(ticket, Ordering::Relaxed);
+        if wait
+            && blocked
+            && tokio::task::block_in_place(|| order.wait(Kind::Disconnect, ticket, MAX_WAIT))
+        {
+            tracing::debug!("an earlier connect is not registered yet, disconnecting anyway");
+        }
+    }
+
     /// With `sync: always`, waits until every QoS 1/2 record this connection may
     /// acknowledge now is flushed (durability step 3 in the buffer's docs).
     fn wait_acked_durable(&self) -> Result<(), ProtoError> {
@@ -363,6 +413,7 @@ impl<P: Protocol> Protocol for Ingest<P> {
                             let client = self.client_id.clone().unwrap_or_default();
                             self.inbox.release(&self.ctx.qos2, &client, rel.pkid);
                         }
+                        Packet::Disconnect(..) => self.disconnecting(true),
                         _ => {}
                     }
                     self.ahead.push_back(packet);
@@ -387,8 +438,19 @@ impl<P: Protocol> Protocol for Ingest<P> {
     }
 
     fn write(&self, mut packet: Packet, write: &mut BytesMut) -> Result<usize, ProtoError> {
-        if matches!(packet, Packet::PubAck(..) | Packet::PubRec(..)) {
-            self.wait_acked_durable()?;
+        match packet {
+            Packet::PubAck(..) | Packet::PubRec(..) => self.wait_acked_durable()?,
+            Packet::ConnAck(..) => {
+                // The router registered this connection.
+                let ticket = self.connect_ticket.swap(NO_TICKET, Ordering::Relaxed);
+                if ticket != NO_TICKET {
+                    self.ctx.order.leave(Kind::Connect, ticket);
+                }
+            }
+            // The router's own DISCONNECT: it already freed the id, so later CONNECTs
+            // wait for this link to end.
+            Packet::Disconnect(..) => self.disconnecting(false),
+            _ => {}
         }
         if let (Packet::ConnAck(_, props), Some(id)) = (&mut packet, &self.assigned) {
             // MQTT 5 tells the client its assigned id (the v4 codec ignores properties).
@@ -431,6 +493,7 @@ mod tests {
             clock_synced: AtomicBool::new(false),
             qos2: Default::default(),
             live: Default::default(),
+            order: Default::default(),
         };
         Ingest::new(V4, Arc::new(ctx))
     }

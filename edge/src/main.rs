@@ -140,6 +140,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         clock_synced: AtomicBool::new(clock_synced()),
         qos2: Default::default(),
         live: Default::default(),
+        order: Default::default(),
     });
     let clock_ctx = ctx.clone();
     tokio::spawn(async move {

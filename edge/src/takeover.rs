@@ -15,8 +15,29 @@
 //! (its socket still looks alive) is not waited for beyond [`MAX_WAIT`]; the router then
 //! replaces it as before, and that old link ends with a router error, which sends no
 //! `Disconnect`. Test: `test_reconnect_with_the_same_client_id_at_once`.
+//!
+//! The same slab reuse bites any two connections when the first one ends with a
+//! DISCONNECT packet: the router removes that connection when it reads the packet, so its
+//! id is free at once, but the link task runs on until it sees the socket close, and then
+//! usually sends `Event::Disconnect` with the old id as well. A CONNECT registered in
+//! between (the next `mosquitto_pub` of a script, a camera reconnecting under another
+//! id) gets that id and is closed by the stale event, often before its CONNACK: measured
+//! 13 of 500 disconnect-then-connect pairs on loopback. [`Order`] puts every CONNECT and
+//! every DISCONNECT the codecs pass in one sequence and makes each wait for the other
+//! kind's earlier entries (at most [`MAX_WAIT`]):
+//!
+//! - a CONNECT waits until every connection whose DISCONNECT came earlier is dropped (its
+//!   stale `Disconnect`, if any, is then queued before this `Connect`);
+//! - a DISCONNECT waits until every earlier CONNECT is registered (its CONNACK written),
+//!   so no connect can be registered after this DISCONNECT frees an id but before the
+//!   link's stale event.
+//!
+//! Only earlier entries are waited for, so neither kind waits on a stream of the other.
+//! A DISCONNECT the router sends itself (a protocol error) frees the id before the codec
+//! sees it; it is only entered so that later CONNECTs wait for that link to end. Test:
+//! `test_connect_right_after_a_disconnect_is_kept`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,6 +99,92 @@ impl LiveIds {
     }
 }
 
+/// The CONNECTs and DISCONNECTs passed to rumqttd's router, in one sequence.
+#[derive(Default)]
+pub struct Order {
+    state: Mutex<Entries>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Entries {
+    next: u64,
+    /// CONNECTs passed and not yet registered by the router.
+    connecting: BTreeSet<u64>,
+    /// DISCONNECTs passed whose connection is not dropped yet.
+    closing: BTreeSet<u64>,
+}
+
+/// Which entry: a CONNECT or a DISCONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Open from the CONNECT until its CONNACK is written (or the connection drops).
+    Connect,
+    /// Open from the DISCONNECT until the connection drops.
+    Disconnect,
+}
+
+impl Entries {
+    fn set(&mut self, kind: Kind) -> &mut BTreeSet<u64> {
+        match kind {
+            Kind::Connect => &mut self.connecting,
+            Kind::Disconnect => &mut self.closing,
+        }
+    }
+
+    /// Whether an entry of the other kind older than `ticket` is open.
+    fn blocked(&mut self, kind: Kind, ticket: u64) -> bool {
+        let other = match kind {
+            Kind::Connect => Kind::Disconnect,
+            Kind::Disconnect => Kind::Connect,
+        };
+        self.set(other).first().is_some_and(|&t| t < ticket)
+    }
+}
+
+impl Order {
+    /// Enters a CONNECT or DISCONNECT; returns its ticket and whether it must
+    /// [`Order::wait`] before rumqttd sees the packet.
+    pub fn enter(&self, kind: Kind) -> (u64, bool) {
+        let mut e = self.lock();
+        let ticket = e.next;
+        e.next += 1;
+        e.set(kind).insert(ticket);
+        let blocked = e.blocked(kind, ticket);
+        (ticket, blocked)
+    }
+
+    /// Waits until no entry of the other kind older than `ticket` is open, at most `max`.
+    /// Returns whether the wait ran out.
+    pub fn wait(&self, kind: Kind, ticket: u64, max: Duration) -> bool {
+        let deadline = Instant::now() + max;
+        let mut e = self.lock();
+        while e.blocked(kind, ticket) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            e = self
+                .changed
+                .wait_timeout(e, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        false
+    }
+
+    /// Closes an entry: its CONNACK was written, or its connection dropped.
+    pub fn leave(&self, kind: Kind, ticket: u64) {
+        if self.lock().set(kind).remove(&ticket) {
+            self.changed.notify_all();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +218,52 @@ mod tests {
         live.leave(&id);
         live.leave(&id);
         assert!(!live.busy(&id));
+    }
+
+    #[test]
+    fn connects_and_disconnects_wait_for_the_earlier_entries_of_the_other_kind() {
+        use Kind::{Connect, Disconnect};
+        let order = Arc::new(Order::default());
+        // Nothing open: nobody waits.
+        let (c0, blocked) = order.enter(Connect);
+        assert!(!blocked);
+        // A DISCONNECT after an unregistered CONNECT waits for its CONNACK...
+        let (d1, blocked) = order.enter(Disconnect);
+        assert!(blocked);
+        // ...and a CONNECT after that DISCONNECT waits for that connection to drop, but
+        // not for the earlier CONNECT (same kind).
+        let (c2, blocked) = order.enter(Connect);
+        assert!(blocked);
+        let released = Arc::new(AtomicBool::new(false));
+        let (o2, r2) = (order.clone(), released.clone());
+        let waiter = std::thread::spawn(move || {
+            let timed_out = o2.wait(Disconnect, d1, Duration::from_secs(30));
+            (timed_out, r2.load(Ordering::SeqCst))
+        });
+        // However long it is given, the DISCONNECT waits while the CONNECT is open (no
+        // timing is asserted: the thread may not even have started).
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!waiter.is_finished());
+        released.store(true, Ordering::SeqCst);
+        order.leave(Connect, c0);
+        // Woken by the CONNACK, not by the deadline.
+        assert_eq!(waiter.join().expect("join"), (false, true));
+        // The later CONNECT still waits for the DISCONNECT's connection, at most `max`.
+        assert!(order.wait(Connect, c2, Duration::from_millis(20)));
+        order.leave(Disconnect, d1);
+        assert!(!order.wait(Connect, c2, Duration::ZERO));
+        // Neither waits for a later entry of the other kind.
+        let (d3, blocked) = order.enter(Disconnect);
+        assert!(blocked, "c2 is still connecting");
+        let (c4, blocked) = order.enter(Connect);
+        assert!(blocked, "d3 is still open");
+        order.leave(Connect, c2);
+        assert!(!order.wait(Disconnect, d3, Duration::ZERO), "c4 came later");
+        order.leave(Disconnect, d3);
+        assert!(!order.wait(Connect, c4, Duration::ZERO));
+        // Leaving twice (CONNACK, then drop) is harmless.
+        order.leave(Connect, c4);
+        order.leave(Connect, c4);
+        assert!(!order.enter(Disconnect).1);
     }
 }

@@ -36,11 +36,12 @@ class Sub:
 
 
 def pub(addr, version: str, topic: str, msg: str, qos: int):
-    subprocess.run(
+    p = subprocess.run(
         ["mosquitto_pub", "-h", addr[0], "-p", str(addr[1]), "-V", version, "-t", topic,
          "-m", msg, "-q", str(qos)],
-        check=True, timeout=20, capture_output=True,
+        timeout=20, capture_output=True, text=True,
     )
+    assert p.returncode == 0, f"mosquitto_pub {topic} exited {p.returncode}: {p.stderr}"
 
 
 @pytest.mark.timeout(90)
