@@ -38,8 +38,8 @@
 //! `test_connect_right_after_a_disconnect_is_kept`.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -62,21 +62,9 @@ impl LiveIds {
     /// Waits until no other connection of `id` is alive, at most `max`, then counts this
     /// one. Returns whether the wait ran out (a half-open previous connection).
     pub fn enter(&self, id: &Bytes, max: Duration) -> bool {
-        let deadline = Instant::now() + max;
-        let mut ids = self.lock();
-        let mut timed_out = false;
-        while ids.get(id).is_some_and(|n| *n > 0) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                timed_out = true;
-                break;
-            }
-            ids = self
-                .gone
-                .wait_timeout(ids, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        let (mut ids, timed_out) = wait_while(&self.gone, self.lock(), max, |ids| {
+            ids.get(id).is_some_and(|n| *n > 0)
+        });
         *ids.entry(id.clone()).or_default() += 1;
         timed_out
     }
@@ -94,7 +82,7 @@ impl LiveIds {
         self.gone.notify_all();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Bytes, usize>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Bytes, usize>> {
         self.ids.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -157,20 +145,7 @@ impl Order {
     /// Waits until no entry of the other kind older than `ticket` is open, at most `max`.
     /// Returns whether the wait ran out.
     pub fn wait(&self, kind: Kind, ticket: u64, max: Duration) -> bool {
-        let deadline = Instant::now() + max;
-        let mut e = self.lock();
-        while e.blocked(kind, ticket) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return true;
-            }
-            e = self
-                .changed
-                .wait_timeout(e, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        false
+        wait_while(&self.changed, self.lock(), max, |e| e.blocked(kind, ticket)).1
     }
 
     /// Closes an entry: its CONNACK was written, or its connection dropped.
@@ -180,9 +155,23 @@ impl Order {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+    fn lock(&self) -> MutexGuard<'_, Entries> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Waits on `cv` while `blocked`, at most `max`; returns the guard and whether the wait
+/// ran out (a poisoned lock is taken over: the state is counters, valid at any point).
+fn wait_while<'a, T>(
+    cv: &Condvar,
+    guard: MutexGuard<'a, T>,
+    max: Duration,
+    mut blocked: impl FnMut(&mut T) -> bool,
+) -> (MutexGuard<'a, T>, bool) {
+    let (guard, result) = cv
+        .wait_timeout_while(guard, max, |t| blocked(t))
+        .unwrap_or_else(|p| p.into_inner());
+    (guard, result.timed_out())
 }
 
 #[cfg(test)]
