@@ -10,6 +10,7 @@ import struct
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
@@ -288,3 +289,27 @@ def test_reconnect_with_the_same_client_id_at_once(edge_factory):
         except AssertionError as e:
             raise AssertionError(f"reconnect {i}: {e}") from e
         r.close()
+
+
+@pytest.mark.timeout(90)
+def test_a_failed_buffer_write_stops_the_edge_instead_of_acknowledging(edge_factory):
+    """When the buffer cannot write (here: its batch directory is replaced by a file, so
+    creating a batch file fails), no publish is acknowledged and the edge exits with an
+    error that says why, for its supervisor (systemd `Restart=always`) to restart it: a
+    failed write or fsync is not retried in place (after a failed fsync the kernel may
+    have dropped the pages), and the open after a restart recovers the files as after a
+    crash. Before, the edge kept running and every later QoS 1 publish hung or was cut."""
+    edge = edge_factory({"cloud": {"bootstrap": dead_bootstrap()},
+                         "uplink": {"filters": [{"filter": "cam/#", "priority": 0}]}})
+    batches = Path(edge.config["data_dir"]) / "buffer" / "batches"
+    assert batches.is_dir() and not any(batches.iterdir())
+    batches.rmdir()
+    batches.write_bytes(b"not a directory")
+    p = subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(edge.v4[1]), "-q", "1",
+                        "-t", "cam/x", "-m", "never acknowledged"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode != 0, "the publish must not be acknowledged"
+    code = edge.proc.wait(timeout=30)
+    assert code == 1, code
+    err = edge.stderr_path.read_text(errors="replace")
+    assert "the buffer failed" in err, err[-2000:]

@@ -155,7 +155,7 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
         }
         let (bytes, n): (u64, u64) = match &cut {
             Ok((_, _, open_bytes)) => (*open_bytes, 0),
-            Err((open_bytes, n)) => (*open_bytes, *n),
+            Err((open_bytes, n, _)) => (*open_bytes, *n),
         };
         s.open_bytes -= bytes.min(s.open_bytes);
         s.committing -= n.min(s.committing);
@@ -170,10 +170,10 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
             c.staged.extend(files);
             grown
         }
-        Err(_) => {
+        Err((_, _, e)) => {
             // A tail may end in a partial segment now: never append after it.
             c.tails.clear();
-            return fail(inner, "writing a buffer batch file failed".into());
+            return fail(inner, format!("writing a buffer batch file failed: {e}"));
         }
     };
     if !sync {
@@ -285,15 +285,21 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
     Ok(true)
 }
 
-/// Marks the buffer failed (appends and waiters give up) and reports `why`.
+/// Marks the buffer failed (acknowledgement waiters and reads give up, watchers of
+/// [`super::Buffer::failure`] learn why) and reports `why`.
 fn fail(inner: &Inner, why: String) -> Result<bool, Error> {
     let mut s = inner.lock();
-    s.failed = Some(why.clone());
+    if s.failed.is_none() {
+        s.failed = Some(why.clone());
+    }
     s.appending.clear();
     drop(s);
+    inner
+        .fatal
+        .send_if_modified(|f| f.is_none() && f.replace(why.clone()).is_none());
     inner.changed.notify_all();
     inner.durable.notify_all();
-    Err(Error::Io(std::io::Error::other(why)))
+    Err(Error::Failed(why))
 }
 
 /// Cuts each class's records into segments of at most `batch_max_bytes` per file and
@@ -308,14 +314,11 @@ fn write_batches(
     gen: u64,
     boundary: Option<u64>,
     tails: &mut BTreeMap<u8, Tail>,
-) -> Result<(Vec<Staged>, Vec<Grown>, u64), (u64, u64)> {
+) -> Result<(Vec<Staged>, Vec<Grown>, u64), (u64, u64, std::io::Error)> {
     let max = inner.cfg.batch_max_bytes as u64;
     let total_bytes: u64 = batches.values().map(|o| o.bytes).sum();
     let total_n: u64 = batches.values().map(|o| o.records.len() as u64).sum();
-    let failed = |e: std::io::Error| {
-        tracing::error!(cause = %e, "writing a buffer batch file failed");
-        (total_bytes, total_n)
-    };
+    let failed = |e: std::io::Error| (total_bytes, total_n, e);
     let mut out = Vec::new();
     let mut grown = Vec::new();
     for (priority, open) in batches {
@@ -435,7 +438,20 @@ pub(super) fn commit_loop(inner: &Inner) {
         if force {
             next_tick = Instant::now() + interval;
         }
-        match commit_once(inner, force) {
+        let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            #[cfg(test)]
+            if inner.test_panic.load(Ordering::Relaxed) {
+                panic!("test: a group commit panics");
+            }
+            commit_once(inner, force)
+        }));
+        let Ok(round) = round else {
+            // The round may have left its records half-registered: stop committing, and
+            // wake everyone who waits for this thread (the process is expected to exit).
+            let _ = fail(inner, "the buffer's commit thread panicked".into());
+            return;
+        };
+        match round {
             Ok(wrote) => unflushed |= wrote,
             Err(e) => {
                 tracing::error!(cause = %e, "buffer group commit failed");

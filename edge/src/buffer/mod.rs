@@ -93,6 +93,12 @@
 //! protected from quota eviction from the open on (their records must be re-sent as
 //! they were described).
 //!
+//! A failed write or fsync at step 2, or a panic of the commit thread, fails the buffer
+//! for good ([`Buffer::failure`]): the round's records are not acknowledged, waiters get
+//! [`Error::Failed`], and the edge exits for its supervisor to restart it. An fsync is not
+//! retried in place (after a failed fsync the kernel may have dropped the dirty pages, so
+//! a later success proves nothing); the open after the restart applies the rules above.
+//!
 //! # sled's recovery (0.34.7, what the rules above rely on)
 //!
 //! Read in sled 0.34.7's source: all trees of a `Db` share one page cache and one log
@@ -161,6 +167,10 @@ pub enum Error {
     /// The buffer is shutting down.
     #[error("buffer closed")]
     Closed,
+    /// A group commit failed or its thread panicked: nothing is committed any more (see
+    /// [`Buffer::failure`]).
+    #[error("buffer failed: {0}")]
+    Failed(String),
     /// A stored meta value is malformed.
     #[error("corrupt buffer metadata: {0}")]
     Corrupt(&'static str),
@@ -330,6 +340,11 @@ struct Inner {
     commit_lock: Mutex<commit::Committer>,
     /// Wakes the replicator after each commit.
     on_commit: Arc<tokio::sync::Notify>,
+    /// Why the buffer failed, once it has (`State::failed`, for async watchers).
+    fatal: tokio::sync::watch::Sender<Option<String>>,
+    /// Tests: the committer's next round panics.
+    #[cfg(test)]
+    test_panic: std::sync::atomic::AtomicBool,
     /// Drained batches for the reaper thread to delete (index entry, then file), so the
     /// replicator never waits for an unlink.
     reap: Mutex<Option<std::sync::mpsc::Sender<Reap>>>,
@@ -487,6 +502,9 @@ impl Buffer {
             stats,
             commit_lock: Mutex::new(commit::Committer::default()),
             on_commit: Arc::new(tokio::sync::Notify::new()),
+            fatal: tokio::sync::watch::Sender::new(None),
+            #[cfg(test)]
+            test_panic: Default::default(),
             sled_file,
             // Every file left after the scan is indexed with its exact length.
             file_bytes: AtomicU64::new(file_bytes),
@@ -536,6 +554,15 @@ impl Buffer {
     }
 
     /// Notified after every group commit (and release), for the replicator.
+    /// Reports why the buffer failed, once it has: a group commit could not write or
+    /// fsync (retrying an fsync that failed is not safe: the kernel may have dropped the
+    /// dirty pages) or the committer thread panicked. Every later acknowledgement that
+    /// waits for a commit fails, so the process should exit and let its supervisor
+    /// restart it: the open recovers the files as after a crash.
+    pub fn failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.inner.fatal.subscribe()
+    }
+
     pub fn on_commit(&self) -> Arc<tokio::sync::Notify> {
         self.inner.on_commit.clone()
     }
@@ -676,8 +703,7 @@ impl Buffer {
         let mut s = self.inner.lock();
         while s.committed_gen < gen {
             if let Some(why) = &s.failed {
-                tracing::error!(cause = %why, "buffer commit failed");
-                return Err(Error::Closed);
+                return Err(Error::Failed(why.clone()));
             }
             if s.shutdown {
                 return Err(Error::Closed);

@@ -47,6 +47,10 @@ impl Buffer {
                 // ingest never keeps the reader waiting twice.
                 s.seal = true;
                 s = inner.durable.wait(s).unwrap_or_else(|p| p.into_inner());
+                if let Some(why) = &s.failed {
+                    // The commit appending to it failed: its last segment may be torn.
+                    return Err(Error::Failed(why.clone()));
+                }
             }
             if !s.batches.contains_key(&key) {
                 continue;

@@ -334,6 +334,44 @@ fn sync_always_acks_after_flush() {
     assert_eq!(buf.read(None, usize::MAX).unwrap().len(), 1);
 }
 
+#[test]
+fn a_committer_panic_fails_acknowledgement_waiters_instead_of_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path(), u64::MAX, FullPolicy::Block);
+    c.sync = SyncPolicy::Always;
+    let buf = Arc::new(Buffer::open(c.clone()).unwrap());
+    let mut failure = buf.failure();
+    assert!(failure.borrow_and_update().is_none());
+    buf.inner.test_panic.store(true, Ordering::Relaxed);
+    let Appended::Stored(gen) = buf.append(rec(1, 0, 10)).unwrap() else {
+        panic!()
+    };
+    // Before: the waiter blocked forever. The bound only keeps a regression from
+    // hanging the test run.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = buf.clone();
+    std::thread::spawn(move || tx.send(waiter.wait_durable(gen)).unwrap());
+    let got = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the waiter was woken");
+    assert!(
+        matches!(&got, Err(Error::Failed(why)) if why.contains("panicked")),
+        "{got:?}"
+    );
+    assert!(failure.has_changed().unwrap());
+    assert!(failure
+        .borrow()
+        .as_deref()
+        .is_some_and(|w| w.contains("panicked")));
+    // A later waiter gives up at once; the directory opens again (the record was never
+    // acknowledged, so losing it is allowed).
+    assert!(matches!(buf.wait_durable(gen), Err(Error::Failed(_))));
+    drop(buf);
+    let again = reopen(c);
+    again.append(rec(2, 0, 10)).unwrap();
+    again.commit().unwrap();
+}
+
 /// What a SIGKILL at this moment leaves: a copy of the buffer directory as the files
 /// are now (sled's unflushed writes are only in its memory, so they are not in the copy).
 fn kill_snapshot(from: &std::path::Path, to: &std::path::Path) {
