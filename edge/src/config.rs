@@ -164,6 +164,9 @@ pub struct CloudConfig {
     pub compression: CompressionName,
     /// Largest Produce batch per partition.
     pub batch_max_bytes: usize,
+    /// How long a caught-up replicator waits after the next commit before it reads, so
+    /// the records of several group commits travel in one request (Kafka's `linger.ms`).
+    pub linger_ms: u64,
     /// Produce requests in flight per connection (at most 5: each carries one batch per
     /// partition, so this is the idempotent producer's per-partition limit too).
     pub max_in_flight: usize,
@@ -370,6 +373,7 @@ impl Default for CloudConfig {
             client_id: "edge".into(),
             compression: CompressionName::Zstd,
             batch_max_bytes: 1 << 20,
+            linger_ms: 5,
             max_in_flight: 5,
             request_timeout_ms: 30_000,
             backoff_initial_ms: 100,
@@ -458,6 +462,9 @@ impl Config {
                 "must be 1..=5 (idempotent producer)".into(),
             ));
         }
+        if self.cloud.linger_ms > 10_000 {
+            return Err(("cloud.linger_ms", "must be at most 10000".into()));
+        }
         if self.cloud.bootstrap.is_empty() {
             return Err(("cloud.bootstrap", "must not be empty".into()));
         }
@@ -509,6 +516,8 @@ mod tests {
         let e = Config::parse("mqtt:\n  bogus: 1\n", "e.yaml").unwrap_err();
         assert_eq!(e.key, "mqtt", "{e}");
         assert!(e.reason.contains("bogus"), "{e}");
+        let e = Config::parse("cloud:\n  linger_ms: 60000\n", "e.yaml").unwrap_err();
+        assert_eq!(e.key, "cloud.linger_ms");
         let e = Config::parse("cloud:\n  max_in_flight: 9\n", "e.yaml").unwrap_err();
         assert_eq!(e.key, "cloud.max_in_flight");
         assert!(e.to_string().starts_with("e.yaml: cloud.max_in_flight: "));

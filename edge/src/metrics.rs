@@ -26,6 +26,8 @@ pub struct Metrics {
     pub uplink_bytes: Counter,
     /// Produce batch bytes (as sent: after compression) acknowledged by the cloud.
     pub uplink_wire_bytes: Counter,
+    /// Produce batches (one per topic per request) acknowledged by the cloud.
+    pub uplink_batches: Counter,
     /// 1 when the uplink is connected.
     pub uplink_up: Gauge,
     /// Uplink reconnect attempts.
@@ -58,6 +60,7 @@ impl Metrics {
             uplink_records: Counter::default(),
             uplink_bytes: Counter::default(),
             uplink_wire_bytes: Counter::default(),
+            uplink_batches: Counter::default(),
             uplink_up: Gauge::default(),
             reconnects: Counter::default(),
             produce_errors: Family::default(),
@@ -94,6 +97,11 @@ impl Metrics {
             "uplink_wire_bytes",
             "Produce batch bytes (compressed, as sent) acknowledged by the cloud",
             m.uplink_wire_bytes.clone(),
+        );
+        r.register(
+            "uplink_batches",
+            "Produce batches (one per topic and request) acknowledged by the cloud",
+            m.uplink_batches.clone(),
         );
         r.register(
             "uplink_up",

@@ -138,3 +138,39 @@ def test_v5_properties_and_names_that_need_escaping(cloud_factory, edge_factory)
     assert h["mqtt.content_type"] == b"application/json"
     (q,) = ck_read_all(cloud.bootstrap, "plain.retained", timeout=30)
     assert dict(q.headers)["mqtt.qos"] == b"0"
+
+
+@pytest.mark.timeout(120)
+def test_linger_sends_the_commits_of_a_moment_in_one_batch(cloud_factory, edge_factory):
+    """`cloud.linger_ms`: a caught-up replicator waits that long after the next group
+    commit before it reads, so publishes committed one by one go up as one Produce batch
+    (and the buffer grows one file instead of starting one per commit). With linger 0 the
+    same publishes, each waited for, go up one batch each (the counter's control)."""
+    port = free_port()
+    cloud_factory({"kafka": {"listen": f"127.0.0.1:{port}"}})
+    n = 8
+    for linger_ms in (0, 5000):
+        edge = edge_factory({"cloud": {"bootstrap": f"127.0.0.1:{port}", "linger_ms": linger_ms},
+                             "uplink": {"filters": [{"filter": "cam/#", "priority": 0}]}})
+        wait_for(lambda: edge.metrics().get("edge_uplink_up") == 1, 30, what="uplink up")
+        pub = Publisher(edge.v4, f"linger-{linger_ms}")
+        t0 = time.monotonic()
+        for i in range(n):
+            pub.publish(f"cam/linger{linger_ms}", f"{i}".encode())
+            # Acknowledged = committed (sync: always): each publish is its own commit.
+            wait_for(lambda: pub.ack_count == i + 1, 10, what=f"PUBACK {i}")
+            if linger_ms == 0:
+                wait_for(lambda: edge.metrics().get("edge_uplink_records_total") == i + 1,
+                         10, what=f"record {i} uplinked")
+        if linger_ms and time.monotonic() - t0 < linger_ms / 1000 - 1:
+            # Still inside the linger that the first commit started: nothing sent yet.
+            assert edge.metrics().get("edge_uplink_records_total") == 0
+        m = wait_for(lambda: (m := edge.metrics()).get("edge_uplink_records_total") == n and m,
+                     30, what=lambda: f"uplinked {edge.metrics()}")
+        batches = m["edge_uplink_batches_total"]
+        if linger_ms == 0:
+            assert batches == n, m
+        else:
+            assert batches == 1, m
+        pub.c.disconnect()
+        edge.stop()

@@ -285,6 +285,7 @@ impl Replicator {
         self.start_live_if_backlog()?;
         let notify = self.buffer.on_commit();
         let response_limit = Duration::from_millis(self.cfg.request_timeout_ms + 5_000);
+        let linger = Duration::from_millis(self.cfg.linger_ms);
         loop {
             let caught_up = self.fill()?;
             let mut progress = self.finish_cuts()?;
@@ -325,7 +326,13 @@ impl Replicator {
                     }
                 }
                 _ = self.cuts.wait_front() => {}
-                _ = notify.notified(), if idle => {}
+                _ = notify.notified(), if idle => {
+                    // Caught up: let the commits of the next moments join this one in
+                    // one read and one request (`cloud.linger_ms`, Kafka's linger.ms).
+                    if !linger.is_zero() {
+                        tokio::time::sleep(linger).await;
+                    }
+                }
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     if !s.wire.is_empty() {
                         return Err(Error::Timeout);
@@ -827,6 +834,7 @@ impl Replicator {
         self.metrics
             .uplink_wire_bytes
             .inc_by(b.encoded.len() as u64);
+        self.metrics.uplink_batches.inc();
         Ok(())
     }
 }

@@ -6,7 +6,10 @@
 //! 64 KB to each broker in turn, a fresh broker process per row:
 //! - the edge with its defaults (`buffer.sync: always`: PUBACK only after the fsync) and
 //!   its uplink down, so every message is buffered on disk; and `edge-intvl`, the same
-//!   with `sync: interval` (PUBACK before the fsync, like Mosquitto);
+//!   with `sync: interval` (PUBACK before the fsync, like Mosquitto); on request
+//!   (`--brokers ...,edge-live`) `edge-live`, the default edge with its uplink up: a cloud
+//!   on this machine replicates every record as it is committed (a connected gateway's
+//!   steady state; the cloud's CPU competes with the edge's on this machine);
 //! - Mosquitto (Debian) with `persistence true` (it writes its database on the autosave
 //!   interval and at exit, never before a PUBACK);
 //! - rumqttd standalone (`rumqttd-standalone`: the same crate and version the edge embeds,
@@ -24,7 +27,8 @@
 //!
 //!   edge-bench [--publishers 8] [--window 100] [--small 200000] [--large 4000]
 //!              [--backlog-mb 1024] [--record 1024] [--cap-mb 20] [--cap-backlog-mb 200]
-//!              [--skip-ingest] [--skip-drain] [--brokers edge,edge-intvl,mosquitto,rumqttd]
+//!              [--skip-ingest] [--skip-drain]
+//!              [--brokers edge,edge-intvl,mosquitto,rumqttd (default; also edge-live)]
 //!
 //! `EDGE_BENCH_KEEP=1` keeps the work directory (broker logs) instead of deleting it.
 
@@ -39,8 +43,8 @@ use rumqttc::mqttbytes::QoS;
 use tests::mqtt::Conn;
 use tests::proc::{cpu_secs, dir_bytes, peak_rss_bytes, percentile, rss_bytes, Cloud, Edge};
 
-/// The ingest rows, in order.
-const BROKERS: [&str; 4] = ["edge", "edge-intvl", "mosquitto", "rumqttd"];
+/// The ingest rows, in order (`edge-live` only on request: see `--brokers`).
+const BROKERS: [&str; 5] = ["edge", "edge-live", "edge-intvl", "mosquitto", "rumqttd"];
 
 struct Opts {
     publishers: usize,
@@ -70,7 +74,11 @@ fn opts() -> Result<Opts> {
         cap_backlog_mb: 200,
         ingest: true,
         drain: true,
-        brokers: BROKERS.iter().map(|b| b.to_string()).collect(),
+        brokers: BROKERS
+            .iter()
+            .filter(|b| **b != "edge-live")
+            .map(|b| b.to_string())
+            .collect(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -133,6 +141,8 @@ fn wait_listening(addr: &str) -> Result<()> {
 struct Broker {
     child: Option<Child>,
     edge: Option<Edge>,
+    /// The cloud an `edge-live` row replicates into (killed after the edge).
+    _cloud: Option<Cloud>,
     addr: String,
 }
 
@@ -142,6 +152,7 @@ impl Broker {
         let b = Broker {
             child: Some(child),
             edge: None,
+            _cloud: None,
             addr,
         };
         wait_listening(&b.addr)?;
@@ -166,17 +177,28 @@ impl Drop for Broker {
     }
 }
 
-fn start_edge(dir: &Path, sync: &str) -> Result<Broker> {
-    // Uplink down (nothing listens on the bootstrap port): every publish is buffered.
-    let cloud = format!("  bootstrap: 127.0.0.1:{}", free_port()?);
+/// The edge with `sync`; its uplink down (nothing listens on the bootstrap port, so
+/// every publish is buffered), or with `live` up: a cloud on this machine takes every
+/// record as it is committed (the steady state of a connected gateway; the cloud's CPU
+/// competes with the edge's here).
+fn start_edge(dir: &Path, sync: &str, live: bool) -> Result<Broker> {
+    let kafka = format!("127.0.0.1:{}", free_port()?);
+    let cloud = if live {
+        let d = dir.join("cloud");
+        std::fs::create_dir_all(&d)?;
+        Some(Cloud::start_at(&d, &kafka, "")?)
+    } else {
+        None
+    };
     let edge = Edge::start_sections(
-        dir,
-        &cloud,
+        &dir.join("edge"),
+        &format!("  bootstrap: {kafka}"),
         &format!("  sync: {sync}\n  quota_bytes: 4294967296"),
     )?;
     Ok(Broker {
         addr: edge.v4.to_string(),
         edge: Some(edge),
+        _cloud: cloud,
         child: None,
     })
 }
@@ -341,8 +363,9 @@ async fn ingest(o: &Opts, work: &Path) -> Result<()> {
         {
             let dir = work.join(format!("{name}-{size}"));
             let broker = match name {
-                "edge" => start_edge(&dir, "always")?,
-                "edge-intvl" => start_edge(&dir, "interval")?,
+                "edge" => start_edge(&dir, "always", false)?,
+                "edge-live" => start_edge(&dir, "always", true)?,
+                "edge-intvl" => start_edge(&dir, "interval", false)?,
                 "mosquitto" => start_mosquitto(&dir)?,
                 _ => start_rumqttd(&dir)?,
             };
@@ -370,11 +393,12 @@ async fn ingest(o: &Opts, work: &Path) -> Result<()> {
                 .map_or(f64::NAN, |(_, r)| r.msgs_s)
         };
         println!(
-            "edge/mosquitto msgs/s at {} B: {:.2} (goal >= 1.5), with sync: interval {:.2}; \
-             edge/rumqttd: {:.2}",
+            "edge/mosquitto msgs/s at {} B: {:.2} (goal >= 1.5), with sync: interval {:.2}, \
+             uplink up {:.2}; edge/rumqttd: {:.2}",
             size,
             get("edge") / get("mosquitto"),
             get("edge-intvl") / get("mosquitto"),
+            get("edge-live") / get("mosquitto"),
             get("edge") / get("rumqttd"),
         );
     }
