@@ -11,7 +11,7 @@ import time
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 
-from mqtt_fixtures import Mqtt, props, read_until_closed, restart, start_mqtt_cloud  # noqa: F401
+from mqtt_fixtures import Mqtt, mqtt_cloud, props, read_until_closed, restart, start_mqtt_cloud  # noqa: F401
 
 EXPIRY = 3600
 
@@ -97,3 +97,17 @@ def test_reconnect_after_a_restart_cancels_a_stored_delayed_will(cloud_factory, 
     m = sub.expect(1, timeout=delay + 10)[0]
     assert (m.topic, m.payload) == ("wc/status", b"gone-died")
     sub.expect_none(Mqtt(cloud.mqtt_port, 4), "wc/zz-probe")
+
+
+def test_clean_start_reconnect_publishes_the_pending_will_at_once(mqtt_cloud):
+    """A reconnect with Clean Start 1 ends the session, and a will is due when its
+    session ends (MQTT 5 3.1.2.5): the 60 s delayed will is published at the reconnect,
+    once."""
+    sub = Mqtt(mqtt_cloud.mqtt_port, 5)
+    sub.subscribe("wn/#", qos=1)
+    drop(dying_client(mqtt_cloud.mqtt_port, "will-clean", "wn/status", b"ended", 60))
+    again = Mqtt(mqtt_cloud.mqtt_port, 5, client_id="will-clean", clean=True, connect_props=session_props())
+    assert not again.connack[0].session_present
+    m = sub.expect(1)[0]
+    assert (m.topic, m.payload) == ("wn/status", b"ended")
+    sub.expect_none(Mqtt(mqtt_cloud.mqtt_port, 4), "wn/zz-probe")
