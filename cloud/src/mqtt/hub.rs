@@ -966,7 +966,11 @@ impl Hub {
             due_ms: (records::now_ms().max(0) as u64).saturating_add(wait.as_millis() as u64),
             message,
         };
-        set.put_will(client, stored.encode()?);
+        match stored.encode() {
+            Ok(v) => set.put_will(client, v),
+            // Not stored (the session still is): timed in this process only.
+            Err(e) => warn!(client, cause = %e, "cannot encode a delayed will"),
+        }
         let _turn = self.will_writes.lock().await;
         let written = self.log.store.write(set, true).await;
         // Timed even if the write failed: the will is still due in this process.
@@ -992,13 +996,16 @@ impl Hub {
 
     /// A client connected: cancels its pending delayed will (unregistered, then deleted
     /// durably before this returns). With `clean` (Clean Start ends its session, and a
-    /// will is due when its session ends) the will is published first.
+    /// will is due when its session ends) the will is published first (and stays stored
+    /// if that fails, for a restart to publish).
     pub(crate) async fn cancel_will(&self, client: &str, clean: bool) {
         let Some(pending) = self.lock().wills.remove(client) else {
             return;
         };
         if clean {
-            self.publish_will(client, pending.message).await;
+            if !self.publish_will(client, pending.message).await {
+                return; // kept stored: a restart publishes it
+            }
         } else {
             debug!(client, "delayed will cancelled by a reconnect");
         }
