@@ -9,19 +9,7 @@
 //! the matching connections, which open cursors on it from its start: a wildcard
 //! subscription sees topics created after it without resubscribing.
 //!
-//! Delayed wills (MQTT 5 Will Delay Interval, `wills` below) are stored under `W|client`
-//! in the same write as the leaving session, so a restart or a kill keeps them:
-//! 1. A connection that leaves with a will whose wait (min(delay, session expiry)) is not
-//!    zero stores it with its due time (wall clock) together with its session
-//!    ([`Hub::persist_leave`]) and registers it here under a fresh epoch; a timer waits.
-//! 2. When due, if still registered under that epoch (its client did not come back), it
-//!    is appended to the log, then deleted from the store. A crash between the two
-//!    publishes it again after the restart: at least once, as a will may be.
-//! 3. A client that connects with the same id cancels it before its CONNACK
-//!    ([`Hub::cancel_will`]): unregistered, then deleted durably (with Clean Start, which
-//!    ends the session, it is published first).
-//! 4. A clean stop ends the timers; the wills stay stored. At start every stored will is
-//!    registered and timed again from its due time; overdue ones are published at once.
+//! Delayed wills: [`wills`].
 
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -32,7 +20,7 @@ use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 
 use super::cursor::Start;
-use super::persist::{self, SavedSession, SavedShareGroup, StoredWill};
+use super::persist::{self, SavedSession, SavedShareGroup};
 use super::recent::Recent;
 use super::records::{self, Message};
 use super::session::{Limits, Session};
@@ -42,6 +30,9 @@ use super::{codec::Version, Error, MqttConfig};
 use crate::log::partition::PartitionLog;
 use crate::log::{Log, NewTopic, TopicError};
 use crate::storage::WriteSet;
+use wills::PendingWill;
+
+mod wills;
 
 /// Sent by the hub to one connection.
 #[derive(Debug)]
@@ -78,13 +69,6 @@ struct Parked {
     cursors: Vec<(Arc<str>, u32, u64)>,
     /// When its last member left (ms since the epoch).
     left_ms: u64,
-    epoch: u64,
-}
-
-/// A delayed will waiting for its time (see the module docs).
-struct PendingWill {
-    message: Message,
-    /// Its timer publishes it only if it is still registered under this epoch.
     epoch: u64,
 }
 
@@ -274,7 +258,7 @@ impl Hub {
                 },
             );
         }
-        let wills = load_wills(&log, &mut inner)?;
+        let wills = wills::load_wills(&log, &mut inner)?;
         if !expired.is_empty() || !expired_groups.is_empty() {
             let mut set = WriteSet::default();
             for c in &expired {
@@ -944,121 +928,6 @@ impl Hub {
         Ok(())
     }
 
-    /// Stores a leaving connection's persistent session (or, for `None`, deletes it) and,
-    /// in the same write, its delayed will (`Some((message, wait))`), which is then
-    /// registered and timed (see the module docs). Returns once the write is durable.
-    pub(crate) async fn persist_leave(
-        self: &Arc<Self>,
-        client: &str,
-        saved: Option<SavedSession>,
-        disconnected_ms: u64,
-        will: Option<(Message, Duration)>,
-    ) -> Result<(), Error> {
-        let Some((message, wait)) = will else {
-            return self.persist_session(client, saved, disconnected_ms).await;
-        };
-        let mut set = WriteSet::default();
-        match saved {
-            Some(s) => set.put_session(client, s.encode(disconnected_ms)),
-            None => set.delete_session(client),
-        }
-        let stored = StoredWill {
-            due_ms: (records::now_ms().max(0) as u64).saturating_add(wait.as_millis() as u64),
-            message,
-        };
-        match stored.encode() {
-            Ok(v) => set.put_will(client, v),
-            // Not stored (the session still is): timed in this process only.
-            Err(e) => warn!(client, cause = %e, "cannot encode a delayed will"),
-        }
-        let _turn = self.will_writes.lock().await;
-        let written = self.log.store.write(set, true).await;
-        // Timed even if the write failed: the will is still due in this process.
-        let epoch = {
-            let mut g = self.lock();
-            g.next_id += 1;
-            let epoch = g.next_id;
-            let pending = PendingWill {
-                message: stored.message,
-                epoch,
-            };
-            g.wills.insert(client.to_string(), pending);
-            epoch
-        };
-        debug!(
-            client,
-            wait_ms = wait.as_millis() as u64,
-            "delayed will stored"
-        );
-        self.clone().will_later(client.to_string(), wait, epoch);
-        written.map_err(Error::from)
-    }
-
-    /// A client connected: cancels its pending delayed will (unregistered, then deleted
-    /// durably before this returns). With `clean` (Clean Start ends its session, and a
-    /// will is due when its session ends) the will is published first (and stays stored
-    /// if that fails, for a restart to publish).
-    pub(crate) async fn cancel_will(&self, client: &str, clean: bool) {
-        let Some(pending) = self.lock().wills.remove(client) else {
-            return;
-        };
-        if clean {
-            if !self.publish_will(client, pending.message).await {
-                return; // kept stored: a restart publishes it
-            }
-        } else {
-            debug!(client, "delayed will cancelled by a reconnect");
-        }
-        self.forget_will(client).await;
-    }
-
-    /// Deletes the stored will of `client`, unless a newer one is registered.
-    async fn forget_will(&self, client: &str) {
-        let _turn = self.will_writes.lock().await;
-        if self.lock().wills.contains_key(client) {
-            return;
-        }
-        let mut set = WriteSet::default();
-        set.delete_will(client);
-        if let Err(e) = self.log.store.write(set, true).await {
-            warn!(client, cause = %e, "cannot delete a stored will");
-        }
-    }
-
-    /// Appends a will message now (its time set to now); returns whether it was.
-    pub(crate) async fn publish_will(&self, client: &str, mut m: Message) -> bool {
-        m.timestamp_ms = records::now_ms();
-        let key = Bytes::copy_from_slice(client.as_bytes());
-        match self.append(Arc::new(m), &key).await {
-            Ok(()) => true,
-            Err(e) => {
-                warn!(client, cause = %e, "will message not published");
-                false
-            }
-        }
-    }
-
-    /// Publishes the will of `client` after `left` if it is still registered under
-    /// `epoch` then, and deletes it from the store once published (not if the append
-    /// failed: a restart tries again).
-    fn will_later(self: Arc<Self>, client: String, left: Duration, epoch: u64) {
-        tokio::spawn(async move {
-            tokio::time::sleep(left).await;
-            let message = {
-                let mut g = self.lock();
-                match g.wills.get(&client) {
-                    Some(p) if p.epoch == epoch => g.wills.remove(&client).map(|p| p.message),
-                    _ => None,
-                }
-            };
-            let Some(m) = message else { return };
-            if self.publish_will(&client, m).await {
-                debug!(client, "delayed will published");
-                self.forget_will(&client).await;
-            }
-        });
-    }
-
     /// Stores (or, for `None`, deletes) the persistent session of `client`.
     /// `disconnected_ms`: when the client disconnected (0 while it is connected).
     pub(crate) async fn persist_session(
@@ -1079,32 +948,6 @@ impl Hub {
     pub(crate) fn limits(&self) -> Limits {
         limits(&self.config)
     }
-}
-
-/// Registers every stored delayed will in `inner`; returns `(client, time left, epoch)`
-/// for each (zero for an overdue one). Corrupt ones are skipped.
-fn load_wills(log: &Log, inner: &mut Inner) -> Result<Vec<(String, Duration, u64)>, Error> {
-    let now = records::now_ms().max(0) as u64;
-    let mut out = Vec::new();
-    for (client, v) in log.store.wills()? {
-        let stored = match StoredWill::decode(&v) {
-            Ok(w) => w,
-            Err(e) => {
-                warn!(client, cause = %e, "corrupt stored will skipped");
-                continue;
-            }
-        };
-        let left = Duration::from_millis(stored.due_ms.saturating_sub(now));
-        inner.next_id += 1;
-        let epoch = inner.next_id;
-        let pending = PendingWill {
-            message: stored.message,
-            epoch,
-        };
-        inner.wills.insert(client.clone(), pending);
-        out.push((client, left, epoch));
-    }
-    Ok(out)
 }
 
 /// How long a stored session has left: `None` never expires; zero is already expired.
