@@ -1,7 +1,8 @@
 """MQTT view: a clean stop (SIGTERM) of the cloud. Every connection stores its persistent
 session as a disconnect does (the oldest unacknowledged delivery per cursor), MQTT 5 clients
-get DISCONNECT 0x8B (Server shutting down), wills due now are published, and a client that
-stopped reading cannot hold the stop up."""
+get DISCONNECT 0x8B (Server shutting down), wills due now are published (delayed ones stay
+stored: test_mqtt_will_persist.py), and a client that stopped reading cannot hold the stop
+up."""
 
 from __future__ import annotations
 
@@ -223,7 +224,8 @@ def test_unacknowledged_deliveries_come_again_with_dup_after_a_clean_stop(cloud_
 def test_will_due_now_is_published_at_a_clean_stop_but_not_a_delayed_one(cloud_factory):
     """A server stop is not the client's DISCONNECT: a will without a delay (3.1.1, or
     MQTT 5 with delay 0) is published before the cloud exits; a will whose delay the
-    session outlives is not (its timer ends with the process; wills are not stored)."""
+    session outlives is not published at the stop nor right after the restart (it is
+    stored and due 30 s after the stop: see test_mqtt_will_persist.py)."""
     cloud = start_mqtt_cloud(cloud_factory)
     port = cloud.mqtt_port
     # An offline persistent session subscribed to the will topics reads them after the

@@ -347,6 +347,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
                 .add(hub.share_join(conn_id, key, filter, window).await);
         }
     }
+    // A delayed will of this client id waiting for its time is cancelled (published
+    // first on a clean start, which ends its session), durably before the CONNACK.
+    hub.cancel_will(&client_id, connect.clean_start).await;
     if discarded {
         // A clean start discards the stored session of this client id.
         if let Err(e) = hub.persist_session(&client_id, None, 0).await {
@@ -407,45 +410,14 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
         Err(Error::Stopping) => (true, Ok(())),
         Err(e) => (true, Err(e)),
     };
-    // 4. Leave: will, persistence, registry.
-    if publish_will {
-        if let Some((mut m, delay)) = will {
-            m.timestamp_ms = records::now_ms();
-            let hub2 = hub.clone();
-            let client = client_id.clone();
-            let key = c.key.clone();
-            let wait = if session.expiry == 0 {
-                0
-            } else {
-                delay.min(session.expiry)
-            };
-            if stopping {
-                // Due now: appended (durably) before the stop goes on. A will with a delay
-                // that the session outlives is not published: the stop would end its timer
-                // and wills are not stored, so publishing it now would break the delay's
-                // promise (a client back within it has no will published); it is dropped.
-                if wait == 0 {
-                    if let Err(e) = hub.append(Arc::new(m), &key).await {
-                        warn!(client, cause = %e, "will message not published");
-                    }
-                } else {
-                    debug!(delay = wait, "will with a delay not published at the stop");
-                }
-            } else {
-                tokio::spawn(async move {
-                    if wait > 0 {
-                        tokio::time::sleep(Duration::from_secs(u64::from(wait))).await;
-                        if !hub2.still_offline(&client) {
-                            return;
-                        }
-                    }
-                    if let Err(e) = hub2.append(Arc::new(m), &key).await {
-                        warn!(client, cause = %e, "will message not published");
-                    }
-                });
-            }
+    // 4. Leave: will, persistence, registry. A will due now is published (on a stop,
+    // durably before the stop goes on); a delayed one is stored with the session.
+    let delayed = match will.filter(|_| publish_will) {
+        Some((m, delay)) => {
+            will_now_or_later(&hub, &client_id, m, delay, session.expiry, stopping).await
         }
-    }
+        None => None,
+    };
     // Unfinished shared deliveries go back to their groups (other members get them).
     session.drop_shared();
     for g in std::mem::take(&mut c.shares.groups) {
@@ -453,8 +425,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
     }
     if session.expiry > 0 {
         let saved = cursors.saved(&session);
+        let now = records::now_ms().max(1) as u64;
         if let Err(e) = hub
-            .persist_session(&client_id, Some(saved), records::now_ms().max(1) as u64)
+            .persist_leave(&client_id, Some(saved), now, delayed)
             .await
         {
             warn!(cause = %e, "cannot persist session");
@@ -482,6 +455,34 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
         c.goodbye().await;
     }
     result
+}
+
+/// A leaving connection's will: published now if its wait (the will delay, cut to the
+/// session expiry; none for a session that ends) is zero, else returned with the wait to
+/// be stored with the session and published by the hub when due.
+async fn will_now_or_later(
+    hub: &Arc<Hub>,
+    client: &str,
+    m: Message,
+    delay: u32,
+    session_expiry: u32,
+    stopping: bool,
+) -> Option<(Message, Duration)> {
+    let wait = if session_expiry == 0 {
+        0
+    } else {
+        delay.min(session_expiry)
+    };
+    if wait > 0 {
+        return Some((m, Duration::from_secs(u64::from(wait))));
+    }
+    if stopping {
+        hub.publish_will(client, m).await;
+    } else {
+        let (hub, client) = (hub.clone(), client.to_string());
+        tokio::spawn(async move { hub.publish_will(&client, m).await });
+    }
+    None
 }
 
 /// Returns whether the will must be published.

@@ -8,6 +8,8 @@
 //! auto-create). A new topic is matched against the subscription index and announced to
 //! the matching connections, which open cursors on it from its start: a wildcard
 //! subscription sees topics created after it without resubscribing.
+//!
+//! Delayed wills: [`wills`].
 
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -28,6 +30,9 @@ use super::{codec::Version, Error, MqttConfig};
 use crate::log::partition::PartitionLog;
 use crate::log::{Log, NewTopic, TopicError};
 use crate::storage::WriteSet;
+use wills::PendingWill;
+
+mod wills;
 
 /// Sent by the hub to one connection.
 #[derive(Debug)]
@@ -92,6 +97,8 @@ struct Inner {
     shares: HashMap<String, Arc<ShareGroup>>,
     /// Share groups without members (until `mqtt.share_group_expiry_secs`).
     parked: HashMap<String, Parked>,
+    /// Delayed wills waiting for their time, by client id.
+    wills: HashMap<String, PendingWill>,
     next_id: u64,
 }
 
@@ -104,6 +111,10 @@ pub(crate) struct Hub {
     share_saver: mpsc::UnboundedSender<String>,
     /// Orders share group writes: each writes the state current when it holds this.
     share_writes: tokio::sync::Mutex<()>,
+    /// Orders writes of `W|client` against the registry `Inner::wills`: a will is put and
+    /// registered under it, and a delete happens under it only if no will of that client
+    /// is registered (so a late delete never removes a newer will).
+    will_writes: tokio::sync::Mutex<()>,
     /// Raised once by a clean stop ([`Hub::begin_stop`]): the accept loops end, and
     /// connections not yet registered (or blocked writing) see it.
     stopping: watch::Sender<bool>,
@@ -247,6 +258,7 @@ impl Hub {
                 },
             );
         }
+        let wills = wills::load_wills(&log, &mut inner)?;
         if !expired.is_empty() || !expired_groups.is_empty() {
             let mut set = WriteSet::default();
             for c in &expired {
@@ -262,6 +274,7 @@ impl Hub {
             retained = inner.retained.len(),
             sessions = inner.sessions.len(),
             share_groups = inner.parked.len(),
+            wills = inner.wills.len(),
             "mqtt view loaded"
         );
         let (share_saver, mut saves) = mpsc::unbounded_channel::<String>();
@@ -272,6 +285,7 @@ impl Hub {
             created: Mutex::new(Some(created)),
             share_saver,
             share_writes: tokio::sync::Mutex::new(()),
+            will_writes: tokio::sync::Mutex::new(()),
             stopping: watch::Sender::new(false),
             live: watch::Sender::new(0),
         });
@@ -284,6 +298,9 @@ impl Hub {
             if let Some(left) = left {
                 hub.clone().expire_share_later(key, left, epoch);
             }
+        }
+        for (client, left, epoch) in wills {
+            hub.clone().will_later(client, left, epoch);
         }
         let weak = Arc::downgrade(&hub);
         tokio::spawn(async move {
@@ -531,12 +548,6 @@ impl Hub {
                 }
             }
         });
-    }
-
-    /// Whether the session of `client` is still offline at `epoch`-independent level
-    /// (used by will delay): true if nobody reconnected since `conn` left.
-    pub(crate) fn still_offline(&self, client: &str) -> bool {
-        !matches!(self.lock().sessions.get(client), Some(Slot::Online { .. }))
     }
 
     /// Adds `filter` for `conn`; returns the existing topics it matches.

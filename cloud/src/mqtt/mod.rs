@@ -14,6 +14,8 @@
 //!   (`PartitionLog::register`), whoever appended (MQTT, Kafka Produce, an edge).
 //! - A persistent session is its subscriptions plus one position per cursor, stored in
 //!   the store's metadata; retained messages are stored there too and survive restarts.
+//! - A delayed will (MQTT 5 Will Delay Interval) is stored there too, with its due time,
+//!   in the same write as its session, so a restart or a kill keeps it (see `hub`).
 //! - A share group (`share`) is one position per matched partition, stored there too,
 //!   so a group resumes where it left off after being empty or after a restart.
 

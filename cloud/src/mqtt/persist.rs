@@ -1,7 +1,8 @@
 //! Encodings of what the MQTT view stores: persistent sessions (subscriptions plus one
 //! committed log position per cursor — never message copies), share groups (one
 //! committed log position per partition their filter matches) and retained messages
-//! (one record in a RecordBatch, the same encoding as the log).
+//! (one record in a RecordBatch, the same encoding as the log), and pending delayed wills
+//! (their due time plus the will message, encoded as a retained message is).
 
 use bytes::{Buf, BufMut, Bytes};
 use rumqttc::v5::mqttbytes::QoS;
@@ -196,6 +197,75 @@ pub(crate) fn decode_retained(v: &[u8]) -> Option<Message> {
         .map(|s| s.message)
 }
 
+/// Format of a stored will (the first byte; unknown formats are not decoded).
+const WILL_FORMAT: u8 = 1;
+
+/// Why a stored will could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum WillError {
+    #[error("unknown stored will format {0}")]
+    Format(u8),
+    #[error("stored will truncated")]
+    Truncated,
+    #[error("stored will message: {0}")]
+    Record(#[from] records::RecordError),
+    #[error("stored will holds {0} messages, not one")]
+    NotOne(usize),
+    #[error("bytes after the stored will's batch")]
+    Trailing,
+}
+
+/// A will waiting for its delay (MQTT 5 Will Delay Interval), as stored under `W|client`:
+/// published when due unless its client reconnects first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredWill {
+    /// When it is due: ms since the epoch (wall clock, so it means the same after a
+    /// restart).
+    pub(crate) due_ms: u64,
+    /// The will message, with the MQTT 5 properties the will carried.
+    pub(crate) message: Message,
+}
+
+impl StoredWill {
+    /// Format 1: `1u8 | due_ms u64 | one-record RecordBatch` (big-endian; the batch as
+    /// [`encode_retained`] writes it).
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, records::RecordError> {
+        let batch = records::encode_messages(std::slice::from_ref(&self.message), None)?;
+        let mut b = Vec::with_capacity(9 + batch.len());
+        b.put_u8(WILL_FORMAT);
+        b.put_u64(self.due_ms);
+        b.put_slice(&batch);
+        Ok(b)
+    }
+
+    pub(crate) fn decode(v: &[u8]) -> Result<StoredWill, WillError> {
+        let mut b = v;
+        if b.remaining() < 9 {
+            return Err(WillError::Truncated);
+        }
+        let format = b.get_u8();
+        if format != WILL_FORMAT {
+            return Err(WillError::Format(format));
+        }
+        let due_ms = b.get_u64();
+        // The batch's own length (after its base offset) must cover exactly the rest.
+        let len = b
+            .get(8..12)
+            .map(|l| i32::from_be_bytes([l[0], l[1], l[2], l[3]]));
+        match len {
+            None => return Err(WillError::Truncated),
+            Some(n) if n >= 0 && 12 + (n as usize) < b.len() => return Err(WillError::Trailing),
+            Some(_) => {}
+        }
+        let mut stored = records::decode(&Bytes::copy_from_slice(b), 0, None)?;
+        if stored.len() != 1 {
+            return Err(WillError::NotOne(stored.len()));
+        }
+        let message = stored.remove(0).message;
+        Ok(StoredWill { due_ms, message })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,6 +367,76 @@ mod tests {
         long.push(0);
         assert_eq!(SavedShareGroup::decode(&long), None, "trailing byte");
         assert_eq!(SavedShareGroup::decode(&v), Some((g, 5)));
+    }
+
+    fn will() -> StoredWill {
+        let props = rumqttc::v5::mqttbytes::v5::PublishProperties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(120),
+            content_type: Some("text/plain".into()),
+            response_topic: Some("status/reply".into()),
+            correlation_data: Some(Bytes::from_static(b"\x00\xffid")),
+            user_properties: vec![("site".into(), "a".into()), ("site".into(), "b".into())],
+            ..Default::default()
+        };
+        StoredWill {
+            due_ms: 1_795_000_000_123,
+            message: Message {
+                topic: "status/dev-7".into(),
+                payload: Bytes::from_static(b"offline"),
+                qos: QoS::ExactlyOnce,
+                retain: true,
+                props: Some(props),
+                timestamp_ms: 1_795_000_000_000,
+            },
+        }
+    }
+
+    #[test]
+    fn will_round_trip_keeps_due_time_message_and_properties() {
+        let w = will();
+        assert_eq!(StoredWill::decode(&w.encode().expect("encode")), Ok(w));
+        let plain = StoredWill {
+            due_ms: 0,
+            message: Message {
+                props: None,
+                qos: QoS::AtMostOnce,
+                retain: false,
+                payload: Bytes::new(),
+                ..will().message
+            },
+        };
+        assert_eq!(
+            StoredWill::decode(&plain.encode().expect("encode")),
+            Ok(plain)
+        );
+    }
+
+    #[test]
+    fn will_bad_bytes_are_errors() {
+        let v = will().encode().expect("encode");
+        assert_eq!(v[0], 1, "format 1");
+        assert_eq!(v[1..9], 1_795_000_000_123u64.to_be_bytes());
+        let mut other = v.clone();
+        other[0] = 2;
+        assert_eq!(StoredWill::decode(&other), Err(WillError::Format(2)));
+        for cut in 0..9 {
+            assert_eq!(StoredWill::decode(&v[..cut]), Err(WillError::Truncated));
+        }
+        for cut in 9..v.len() {
+            assert!(StoredWill::decode(&v[..cut]).is_err(), "truncated at {cut}");
+        }
+        let mut long = v.clone();
+        long.push(0);
+        assert_eq!(StoredWill::decode(&long), Err(WillError::Trailing));
+        assert!(StoredWill::decode(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0xde, 0xad]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn will_decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = StoredWill::decode(&b);
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!   `b'S' | client id`                                -> persistent session (opaque bytes)
 //!   `b'A' | log topic name`                           -> original name of a hashed topic
 //!   `b'G' | share subscription (`$share/<group>/<filter>`) -> share group positions (opaque)
+//!   `b'W' | client id`                                -> pending delayed will (opaque bytes)
 
 pub(crate) const LOG_KEY_LEN: usize = 16;
 
@@ -111,11 +112,12 @@ pub(crate) fn counter_key(name: &str) -> Vec<u8> {
 }
 
 /// Prefixes of the named-value families (retained messages, sessions, topic aliases,
-/// share groups).
+/// share groups, delayed wills).
 pub(crate) const RETAINED: u8 = b'R';
 pub(crate) const SESSION: u8 = b'S';
 pub(crate) const TOPIC_ALIAS: u8 = b'A';
 pub(crate) const SHARE_GROUP: u8 = b'G';
+pub(crate) const WILL: u8 = b'W';
 
 pub(crate) fn named_key(prefix: u8, name: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + name.len());

@@ -227,6 +227,18 @@ impl WriteSet {
             .push(Op::DeleteMeta(keys::named_key(keys::SHARE_GROUP, key)));
     }
 
+    /// Stores the pending delayed will of a client (opaque bytes chosen by the caller).
+    pub fn put_will(&mut self, client_id: &str, v: Vec<u8>) {
+        self.bytes += v.len() + client_id.len();
+        self.ops
+            .push(Op::PutMeta(keys::named_key(keys::WILL, client_id), v));
+    }
+
+    pub fn delete_will(&mut self, client_id: &str) {
+        self.ops
+            .push(Op::DeleteMeta(keys::named_key(keys::WILL, client_id)));
+    }
+
     /// Records the original name behind a log topic name that cannot carry it (hashed).
     pub fn put_topic_alias(&mut self, log_topic: &str, original: &str) {
         self.bytes += log_topic.len() + original.len();
@@ -403,6 +415,11 @@ impl Store {
     /// Every stored share group: `(subscription, value)`.
     pub fn share_groups(&self) -> Result<Vec<(String, Vec<u8>)>, Error> {
         self.named(keys::SHARE_GROUP)
+    }
+
+    /// Every pending delayed will: `(client id, value)`.
+    pub fn wills(&self) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        self.named(keys::WILL)
     }
 
     /// Every topic alias: `(log topic name, original name)`.

@@ -142,9 +142,12 @@ fn share_groups_are_their_own_key_space_and_survive_reopen() {
             w.put_share_group("$share/h/b", b"two".to_vec());
             w.put_session("c1", b"session".to_vec());
             w.put_retained("a/b", b"retained".to_vec());
+            w.put_will("c1", b"will".to_vec());
+            w.put_will("c2", b"will2".to_vec());
             s.write(w, true).await.expect("write");
             let mut w = WriteSet::default();
             w.delete_share_group("$share/h/b");
+            w.delete_will("c2");
             s.write(w, true).await.expect("delete");
         });
     }
@@ -155,4 +158,8 @@ fn share_groups_are_their_own_key_space_and_survive_reopen() {
     );
     assert_eq!(s.sessions().expect("sessions").len(), 1);
     assert_eq!(s.retained().expect("retained").len(), 1);
+    assert_eq!(
+        s.wills().expect("wills"),
+        vec![("c1".to_string(), b"will".to_vec())]
+    );
 }

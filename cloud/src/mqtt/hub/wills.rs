@@ -1,0 +1,307 @@
+//! Delayed wills (MQTT 5 Will Delay Interval, `Inner::wills`) are stored under `W|client`
+//! in the same write as the leaving session, so a restart or a kill keeps them:
+//! 1. A connection that leaves with a will whose wait (min(delay, session expiry)) is not
+//!    zero stores it with its due time (wall clock) together with its session
+//!    ([`Hub::persist_leave`]) and registers it here under a fresh epoch; a timer waits.
+//! 2. When due, if still registered under that epoch (its client did not come back), it
+//!    is appended to the log, then deleted from the store. A crash between the two
+//!    publishes it again after the restart: at least once, as a will may be.
+//! 3. A client that connects with the same id cancels it before its CONNACK
+//!    ([`Hub::cancel_will`]): unregistered, then deleted durably (with Clean Start, which
+//!    ends the session, it is published first).
+//! 4. A clean stop ends the timers; the wills stay stored. At start every stored will is
+//!    registered and timed again from its due time; overdue ones are published at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tracing::{debug, warn};
+
+use super::{Hub, Inner};
+use crate::log::Log;
+use crate::mqtt::persist::{SavedSession, StoredWill};
+use crate::mqtt::records::{self, Message};
+use crate::mqtt::Error;
+use crate::storage::WriteSet;
+
+/// A delayed will waiting for its time (see the module docs).
+pub(super) struct PendingWill {
+    message: Message,
+    /// Its timer publishes it only if it is still registered under this epoch.
+    epoch: u64,
+}
+
+impl Hub {
+    /// Stores a leaving connection's persistent session (or, for `None`, deletes it) and,
+    /// in the same write, its delayed will (`Some((message, wait))`), which is then
+    /// registered and timed (see the module docs). Returns once the write is durable.
+    pub(crate) async fn persist_leave(
+        self: &Arc<Self>,
+        client: &str,
+        saved: Option<SavedSession>,
+        disconnected_ms: u64,
+        will: Option<(Message, Duration)>,
+    ) -> Result<(), Error> {
+        let Some((message, wait)) = will else {
+            return self.persist_session(client, saved, disconnected_ms).await;
+        };
+        let mut set = WriteSet::default();
+        match saved {
+            Some(s) => set.put_session(client, s.encode(disconnected_ms)),
+            None => set.delete_session(client),
+        }
+        let stored = StoredWill {
+            due_ms: (records::now_ms().max(0) as u64).saturating_add(wait.as_millis() as u64),
+            message,
+        };
+        match stored.encode() {
+            Ok(v) => set.put_will(client, v),
+            // Not stored (the session still is): timed in this process only.
+            Err(e) => warn!(client, cause = %e, "cannot encode a delayed will"),
+        }
+        let _turn = self.will_writes.lock().await;
+        let written = self.log.store.write(set, true).await;
+        // Timed even if the write failed: the will is still due in this process.
+        let epoch = {
+            let mut g = self.lock();
+            g.next_id += 1;
+            let epoch = g.next_id;
+            let pending = PendingWill {
+                message: stored.message,
+                epoch,
+            };
+            g.wills.insert(client.to_string(), pending);
+            epoch
+        };
+        debug!(
+            client,
+            wait_ms = wait.as_millis() as u64,
+            "delayed will stored"
+        );
+        self.clone().will_later(client.to_string(), wait, epoch);
+        written.map_err(Error::from)
+    }
+
+    /// A client connected: cancels its pending delayed will (unregistered, then deleted
+    /// durably before this returns). With `clean` (Clean Start ends its session, and a
+    /// will is due when its session ends) the will is published first (and stays stored
+    /// if that fails, for a restart to publish).
+    pub(crate) async fn cancel_will(&self, client: &str, clean: bool) {
+        let Some(pending) = self.lock().wills.remove(client) else {
+            return;
+        };
+        if clean {
+            if !self.publish_will(client, pending.message).await {
+                return; // kept stored: a restart publishes it
+            }
+        } else {
+            debug!(client, "delayed will cancelled by a reconnect");
+        }
+        self.forget_will(client).await;
+    }
+
+    /// Deletes the stored will of `client`, unless a newer one is registered.
+    async fn forget_will(&self, client: &str) {
+        let _turn = self.will_writes.lock().await;
+        if self.lock().wills.contains_key(client) {
+            return;
+        }
+        let mut set = WriteSet::default();
+        set.delete_will(client);
+        if let Err(e) = self.log.store.write(set, true).await {
+            warn!(client, cause = %e, "cannot delete a stored will");
+        }
+    }
+
+    /// Appends a will message now (its time set to now); returns whether it was.
+    pub(crate) async fn publish_will(&self, client: &str, mut m: Message) -> bool {
+        m.timestamp_ms = records::now_ms();
+        let key = Bytes::copy_from_slice(client.as_bytes());
+        match self.append(Arc::new(m), &key).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(client, cause = %e, "will message not published");
+                false
+            }
+        }
+    }
+
+    /// Publishes the will of `client` after `left` if it is still registered under
+    /// `epoch` then, and deletes it from the store once published (not if the append
+    /// failed: a restart tries again).
+    pub(super) fn will_later(self: Arc<Self>, client: String, left: Duration, epoch: u64) {
+        tokio::spawn(async move {
+            tokio::time::sleep(left).await;
+            let message = {
+                let mut g = self.lock();
+                match g.wills.get(&client) {
+                    Some(p) if p.epoch == epoch => g.wills.remove(&client).map(|p| p.message),
+                    _ => None,
+                }
+            };
+            let Some(m) = message else { return };
+            if self.publish_will(&client, m).await {
+                debug!(client, "delayed will published");
+                self.forget_will(&client).await;
+            }
+        });
+    }
+}
+
+/// Registers every stored delayed will in `inner`; returns `(client, time left, epoch)`
+/// for each (zero for an overdue one). Corrupt ones are skipped.
+pub(super) fn load_wills(
+    log: &Log,
+    inner: &mut Inner,
+) -> Result<Vec<(String, Duration, u64)>, Error> {
+    let now = records::now_ms().max(0) as u64;
+    let mut out = Vec::new();
+    for (client, v) in log.store.wills()? {
+        let stored = match StoredWill::decode(&v) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(client, cause = %e, "corrupt stored will skipped");
+                continue;
+            }
+        };
+        let left = Duration::from_millis(stored.due_ms.saturating_sub(now));
+        inner.next_id += 1;
+        let epoch = inner.next_id;
+        let pending = PendingWill {
+            message: stored.message,
+            epoch,
+        };
+        inner.wills.insert(client.clone(), pending);
+        out.push((client, left, epoch));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mqtt::MqttConfig;
+    use crate::storage::{Store, SyncPolicy};
+    use rumqttc::v5::mqttbytes::QoS;
+
+    const TOPIC: &str = "w/status";
+
+    fn will(payload: &'static [u8]) -> Message {
+        Message {
+            topic: TOPIC.into(),
+            payload: Bytes::from_static(payload),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            props: None,
+            timestamp_ms: 0,
+        }
+    }
+
+    fn session() -> Option<SavedSession> {
+        Some(SavedSession {
+            expiry: 3600,
+            ..Default::default()
+        })
+    }
+
+    async fn open(dir: &std::path::Path) -> Arc<Hub> {
+        let store = Arc::new(Store::open(dir, SyncPolicy::Group).expect("store"));
+        let log = Arc::new(Log::open(store).expect("log"));
+        Hub::open(log, MqttConfig::default()).await.expect("hub")
+    }
+
+    /// Payloads of the wills appended to [`TOPIC`], in log order.
+    fn published(hub: &Hub) -> Vec<Bytes> {
+        let name = common::topic::mqtt_to_kafka(TOPIC).expect("name");
+        let mut out = Vec::new();
+        for (_, part) in hub.partitions(&name) {
+            let read = part.read(&hub.log.store, 0, 1 << 20).expect("read");
+            for b in &read.batches {
+                let stored = records::decode(b, 0, None).expect("decode");
+                out.extend(stored.into_iter().map(|s| s.message.payload));
+            }
+        }
+        out
+    }
+
+    fn stored_clients(hub: &Hub) -> Vec<String> {
+        let wills = hub.log.store.wills().expect("wills");
+        wills.into_iter().map(|(c, _)| c).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leave_stores_will_with_session_and_reconnect_cancels_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hub = open(dir.path()).await;
+        let wait = Duration::from_secs(3600);
+        let now = records::now_ms() as u64;
+        hub.persist_leave("c", session(), now, Some((will(b"gone"), wait)))
+            .await
+            .expect("leave");
+        assert!(hub.log.store.session("c").expect("session").is_some());
+        let v = hub.log.store.wills().expect("wills");
+        assert_eq!(v.len(), 1);
+        let stored = StoredWill::decode(&v[0].1).expect("decode");
+        assert_eq!(stored.message.payload, Bytes::from_static(b"gone"));
+        assert!(stored.due_ms >= now + 3_600_000, "due after the wait");
+        hub.cancel_will("c", false).await;
+        assert!(stored_clients(&hub).is_empty(), "deleted by the reconnect");
+        assert!(
+            published(&hub).is_empty(),
+            "a cancelled will is not published"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clean_start_publishes_the_pending_will_then_deletes_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hub = open(dir.path()).await;
+        let wait = Duration::from_secs(3600);
+        hub.persist_leave("c", session(), 1, Some((will(b"ended"), wait)))
+            .await
+            .expect("leave");
+        hub.cancel_will("c", true).await;
+        assert_eq!(published(&hub), vec![Bytes::from_static(b"ended")]);
+        assert!(stored_clients(&hub).is_empty());
+        hub.cancel_will("c", true).await;
+        assert_eq!(published(&hub).len(), 1, "published once");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_start_overdue_wills_are_published_and_later_ones_wait() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path(), SyncPolicy::Group).expect("store"));
+        let now = records::now_ms() as u64;
+        let mut set = WriteSet::default();
+        for (client, due_ms, payload) in [
+            ("overdue", now - 1000, &b"late"[..]),
+            ("later", now + 3_600_000, &b"not-yet"[..]),
+        ] {
+            let message = Message {
+                payload: Bytes::copy_from_slice(payload),
+                ..will(b"")
+            };
+            let v = StoredWill { due_ms, message }.encode().expect("encode");
+            set.put_will(client, v);
+        }
+        set.put_will("corrupt", vec![9, 9]);
+        store.write(set, true).await.expect("write");
+        let log = Arc::new(Log::open(store).expect("log"));
+        let hub = Hub::open(log, MqttConfig::default()).await.expect("hub");
+        // The overdue will is published, then deleted: wait for the delete.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while stored_clients(&hub).contains(&"overdue".to_string()) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "overdue will not published"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(published(&hub), vec![Bytes::from_static(b"late")]);
+        assert_eq!(stored_clients(&hub), vec!["corrupt", "later"]);
+        hub.cancel_will("later", false).await;
+        assert_eq!(stored_clients(&hub), vec!["corrupt"]);
+        assert_eq!(published(&hub).len(), 1);
+    }
+}

@@ -1,0 +1,113 @@
+"""MQTT view: delayed wills (MQTT 5 Will Delay Interval) are stored with the session, so
+they survive a clean stop (SIGTERM), a kill (SIGKILL) and the restart after either: the
+restarted cloud publishes a will when it is due (once, not before), unless its client
+reconnected first (MQTT 5 3.1.3.2.2)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+
+from mqtt_fixtures import Mqtt, mqtt_cloud, props, read_until_closed, restart, start_mqtt_cloud  # noqa: F401
+
+EXPIRY = 3600
+
+
+def session_props():
+    return props(PacketTypes.CONNECT, SessionExpiryInterval=EXPIRY)
+
+
+def will_props(delay: int):
+    return props(PacketTypes.WILLMESSAGE, WillDelayInterval=delay, ContentType="text/plain",
+                 UserProperty=[("site", "north")])
+
+
+def dying_client(port: int, client_id: str, topic: str, payload: bytes, delay: int) -> Mqtt:
+    return Mqtt(port, 5, client_id=client_id, clean=False, connect_props=session_props(),
+                will=(topic, payload, 1, False, will_props(delay)))
+
+
+def drop(c: Mqtt) -> float:
+    """Ends the client's side of the connection without DISCONNECT (the will is due after
+    its delay) and waits until the cloud closes its side, which it does once its leave is
+    done: the session and the will stored. Returns the (monotonic) time of the drop."""
+    c.c.loop_stop()
+    s = c.c.socket()
+    t0 = time.monotonic()
+    s.shutdown(socket.SHUT_WR)
+    read_until_closed(s, timeout=10)
+    s.close()
+    return t0
+
+
+def stop_and_start(cloud, how: str):
+    if how == "sigterm":
+        cloud.stop(timeout=15)
+        assert cloud.proc.returncode == 0, f"cloud exited {cloud.proc.returncode}\n{cloud.stderr_tail()}"
+    return restart(cloud, kill=True)  # after a stop: just starts; else SIGKILL first
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_delayed_will_is_published_when_due_after_a_restart(cloud_factory, how):
+    """The client's socket drops, the cloud stops (or is killed) before the will is due
+    and starts again: a subscriber that connected after the restart gets the will, with
+    the properties it had, once, and not before its due time."""
+    delay = 5
+    cloud = start_mqtt_cloud(cloud_factory)
+    dying = dying_client(cloud.mqtt_port, f"will-{how}", "wp/status", b"offline", delay)
+    dropped = drop(dying)
+    stop_and_start(cloud, how)
+    sub = Mqtt(cloud.mqtt_port, 5)
+    sub.subscribe("wp/#", qos=1)
+    subscribed = time.monotonic()
+    assert subscribed < dropped + delay, (
+        f"restart took {subscribed - dropped:.1f} s: not before the {delay} s will delay")
+    m = sub.expect(1, timeout=delay + 10)[0]
+    arrived = time.monotonic()
+    assert (m.topic, m.payload) == ("wp/status", b"offline")
+    # The due time is counted from the cloud's leave, which follows the drop. (0.1 s: the
+    # wall clock the due time is stored in has ms steps.)
+    assert arrived >= dropped + delay - 0.1, f"will published {dropped + delay - arrived:.2f} s early"
+    assert m.properties.ContentType == "text/plain"
+    assert m.properties.UserProperty == [("site", "north")]
+    sub.expect_none(Mqtt(cloud.mqtt_port, 4), "wp/zz-probe")
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_reconnect_after_a_restart_cancels_a_stored_delayed_will(cloud_factory, how):
+    """Two clients drop with delayed wills, the cloud stops (or is killed) and starts
+    again, one client reconnects (same id, Clean Start 0) before its will is due. The
+    other's will, due a second after the first's would have been, is the only will
+    published: the probe published after it arrives next."""
+    delay = 5
+    cloud = start_mqtt_cloud(cloud_factory)
+    back = dying_client(cloud.mqtt_port, "will-back", "wc/status", b"back-died", delay)
+    gone = dying_client(cloud.mqtt_port, "will-gone", "wc/status", b"gone-died", delay + 1)
+    dropped = drop(back)
+    drop(gone)
+    stop_and_start(cloud, how)
+    sub = Mqtt(cloud.mqtt_port, 5)
+    sub.subscribe("wc/#", qos=1)
+    again = Mqtt(cloud.mqtt_port, 5, client_id="will-back", clean=False, connect_props=session_props())
+    assert time.monotonic() < dropped + delay, "restart too slow: the will was due before the reconnect"
+    assert again.connack[0].session_present
+    m = sub.expect(1, timeout=delay + 10)[0]
+    assert (m.topic, m.payload) == ("wc/status", b"gone-died")
+    sub.expect_none(Mqtt(cloud.mqtt_port, 4), "wc/zz-probe")
+
+
+def test_clean_start_reconnect_publishes_the_pending_will_at_once(mqtt_cloud):
+    """A reconnect with Clean Start 1 ends the session, and a will is due when its
+    session ends (MQTT 5 3.1.2.5): the 60 s delayed will is published at the reconnect,
+    once."""
+    sub = Mqtt(mqtt_cloud.mqtt_port, 5)
+    sub.subscribe("wn/#", qos=1)
+    drop(dying_client(mqtt_cloud.mqtt_port, "will-clean", "wn/status", b"ended", 60))
+    again = Mqtt(mqtt_cloud.mqtt_port, 5, client_id="will-clean", clean=True, connect_props=session_props())
+    assert not again.connack[0].session_present
+    m = sub.expect(1)[0]
+    assert (m.topic, m.payload) == ("wn/status", b"ended")
+    sub.expect_none(Mqtt(mqtt_cloud.mqtt_port, 4), "wn/zz-probe")
