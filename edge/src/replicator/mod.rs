@@ -326,18 +326,18 @@ impl Replicator {
                     }
                 }
                 _ = self.cuts.wait_front() => {}
-                _ = notify.notified(), if idle => {
-                    // Caught up: let the commits of the next moments join this one in
-                    // one read and one request (`cloud.linger_ms`, Kafka's linger.ms).
-                    if !linger.is_zero() {
-                        tokio::time::sleep(linger).await;
-                    }
-                }
+                _ = notify.notified(), if idle => {}
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     if !s.wire.is_empty() {
                         return Err(Error::Timeout);
                     }
                 }
+            }
+            if idle && !linger.is_zero() {
+                // Caught up and woken by a commit (or the periodic re-check, which may
+                // find one): let the commits of the next moments join it in one read
+                // and one request (`cloud.linger_ms`, Kafka's linger.ms).
+                tokio::time::sleep(linger).await;
             }
         }
     }
