@@ -230,9 +230,11 @@ impl<P> Ingest<P> {
         if *self.connect_ticket.get_mut() == NO_TICKET {
             // A connection whose DISCONNECT came earlier may still hold the connection id
             // rumqttd will give this one (`crate::takeover`).
-            let (ticket, blocked) = ctx.order.enter(Kind::Connect);
+            let (ticket, blocked) = ctx.order.enter(Kind::Connect, None);
             if blocked
-                && tokio::task::block_in_place(|| ctx.order.wait(Kind::Connect, ticket, MAX_WAIT))
+                && tokio::task::block_in_place(|| {
+                    ctx.order.wait(Kind::Connect, ticket, None, MAX_WAIT)
+                })
             {
                 tracing::debug!("a disconnected connection is still open, connecting anyway");
             }
@@ -350,11 +352,12 @@ impl<P> Ingest<P> {
             return;
         }
         let order = &self.ctx.order;
-        let (ticket, blocked) = order.enter(Kind::Disconnect);
+        let own = Some(self.connect_ticket.load(Ordering::Relaxed)).filter(|t| *t != NO_TICKET);
+        let (ticket, blocked) = order.enter(Kind::Disconnect, own);
         self.disconnect_ticket.store(ticket, Ordering::Relaxed);
         if wait
             && blocked
-            && tokio::task::block_in_place(|| order.wait(Kind::Disconnect, ticket, MAX_WAIT))
+            && tokio::task::block_in_place(|| order.wait(Kind::Disconnect, ticket, own, MAX_WAIT))
         {
             tracing::debug!("an earlier connect is not registered yet, disconnecting anyway");
         }
