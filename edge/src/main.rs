@@ -179,12 +179,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     tokio::select! {
         _ = shutdown_signal() => {}
         failed = failure.wait_for(Option::is_some) => {
-            // Nothing can be acknowledged any more: exit without the closing commit and
-            // let the supervisor restart the edge (the open recovers the files).
-            // Exit here: tearing the runtime down under connections that still wait for
-            // the buffer only adds panics to the log.
+            // Nothing can be acknowledged any more: exit at once, without the closing
+            // commit (and without tearing the runtime down under connections that still
+            // wait for the buffer), for the supervisor to restart the edge; the open
+            // recovers the files.
             let why = failed.map(|f| f.clone().unwrap_or_default()).unwrap_or_default();
-            tracing::error!(cause = %why, "the buffer failed, exiting");
             eprintln!("edge: the buffer failed: {why}");
             std::process::exit(1);
         }

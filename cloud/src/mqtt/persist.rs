@@ -230,7 +230,7 @@ impl StoredWill {
     /// Format 1: `1u8 | due_ms u64 | one-record RecordBatch` (big-endian; the batch as
     /// [`encode_retained`] writes it).
     pub(crate) fn encode(&self) -> Result<Vec<u8>, records::RecordError> {
-        let batch = records::encode_messages(std::slice::from_ref(&self.message), None)?;
+        let batch = encode_retained(&self.message)?;
         let mut b = Vec::with_capacity(9 + batch.len());
         b.put_u8(WILL_FORMAT);
         b.put_u64(self.due_ms);

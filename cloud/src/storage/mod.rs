@@ -190,11 +190,16 @@ impl WriteSet {
         ));
     }
 
+    /// Stores opaque bytes under the meta key `prefix` + `name` (the MQTT view's records:
+    /// retained messages, sessions, share groups, wills).
+    fn put_named(&mut self, prefix: u8, name: &str, v: Vec<u8>) {
+        self.bytes += v.len() + name.len();
+        self.ops.push(Op::PutMeta(keys::named_key(prefix, name), v));
+    }
+
     /// Sets the retained message of a topic (opaque bytes chosen by the caller).
     pub fn put_retained(&mut self, topic: &str, v: Vec<u8>) {
-        self.bytes += v.len() + topic.len();
-        self.ops
-            .push(Op::PutMeta(keys::named_key(keys::RETAINED, topic), v));
+        self.put_named(keys::RETAINED, topic, v);
     }
 
     pub fn delete_retained(&mut self, topic: &str) {
@@ -204,9 +209,7 @@ impl WriteSet {
 
     /// Stores a persistent session (opaque bytes chosen by the caller).
     pub fn put_session(&mut self, client_id: &str, v: Vec<u8>) {
-        self.bytes += v.len() + client_id.len();
-        self.ops
-            .push(Op::PutMeta(keys::named_key(keys::SESSION, client_id), v));
+        self.put_named(keys::SESSION, client_id, v);
     }
 
     pub fn delete_session(&mut self, client_id: &str) {
@@ -217,9 +220,7 @@ impl WriteSet {
     /// Stores the positions of a share group (opaque bytes chosen by the caller), keyed
     /// by its subscription `$share/<group>/<filter>`.
     pub fn put_share_group(&mut self, key: &str, v: Vec<u8>) {
-        self.bytes += v.len() + key.len();
-        self.ops
-            .push(Op::PutMeta(keys::named_key(keys::SHARE_GROUP, key), v));
+        self.put_named(keys::SHARE_GROUP, key, v);
     }
 
     pub fn delete_share_group(&mut self, key: &str) {
@@ -229,9 +230,7 @@ impl WriteSet {
 
     /// Stores the pending delayed will of a client (opaque bytes chosen by the caller).
     pub fn put_will(&mut self, client_id: &str, v: Vec<u8>) {
-        self.bytes += v.len() + client_id.len();
-        self.ops
-            .push(Op::PutMeta(keys::named_key(keys::WILL, client_id), v));
+        self.put_named(keys::WILL, client_id, v);
     }
 
     pub fn delete_will(&mut self, client_id: &str) {

@@ -289,14 +289,15 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
 /// [`super::Buffer::failure`] learn why) and reports `why`.
 fn fail(inner: &Inner, why: String) -> Result<bool, Error> {
     let mut s = inner.lock();
-    if s.failed.is_none() {
+    let first = s.failed.is_none();
+    if first {
         s.failed = Some(why.clone());
     }
     s.appending.clear();
     drop(s);
-    inner
-        .fatal
-        .send_if_modified(|f| f.is_none() && f.replace(why.clone()).is_none());
+    if first {
+        inner.fatal.send_replace(Some(why.clone()));
+    }
     inner.changed.notify_all();
     inner.durable.notify_all();
     Err(Error::Failed(why))

@@ -553,7 +553,6 @@ impl Buffer {
                 && s.used_bytes() >= self.inner.cfg.quota_bytes)
     }
 
-    /// Notified after every group commit (and release), for the replicator.
     /// Reports why the buffer failed, once it has: a group commit could not write or
     /// fsync (retrying an fsync that failed is not safe: the kernel may have dropped the
     /// dirty pages) or the committer thread panicked. Every later acknowledgement that
@@ -563,6 +562,7 @@ impl Buffer {
         self.inner.fatal.subscribe()
     }
 
+    /// Notified after every group commit (and release), for the replicator.
     pub fn on_commit(&self) -> Arc<tokio::sync::Notify> {
         self.inner.on_commit.clone()
     }

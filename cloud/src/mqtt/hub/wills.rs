@@ -63,17 +63,7 @@ impl Hub {
         let _turn = self.will_writes.lock().await;
         let written = self.log.store.write(set, true).await;
         // Timed even if the write failed: the will is still due in this process.
-        let epoch = {
-            let mut g = self.lock();
-            g.next_id += 1;
-            let epoch = g.next_id;
-            let pending = PendingWill {
-                message: stored.message,
-                epoch,
-            };
-            g.wills.insert(client.to_string(), pending);
-            epoch
-        };
+        let epoch = register(&mut self.lock(), client.to_string(), stored.message);
         debug!(
             client,
             wait_ms = wait.as_millis() as u64,
@@ -166,16 +156,19 @@ pub(super) fn load_wills(
             }
         };
         let left = Duration::from_millis(stored.due_ms.saturating_sub(now));
-        inner.next_id += 1;
-        let epoch = inner.next_id;
-        let pending = PendingWill {
-            message: stored.message,
-            epoch,
-        };
-        inner.wills.insert(client.clone(), pending);
+        let epoch = register(inner, client.clone(), stored.message);
         out.push((client, left, epoch));
     }
     Ok(out)
+}
+
+/// Registers `message` as the pending will of `client` under a fresh epoch (replacing
+/// any earlier one, whose timer then finds a newer epoch and does nothing).
+fn register(inner: &mut Inner, client: String, message: Message) -> u64 {
+    inner.next_id += 1;
+    let epoch = inner.next_id;
+    inner.wills.insert(client, PendingWill { message, epoch });
+    epoch
 }
 
 #[cfg(test)]
