@@ -146,7 +146,7 @@ pub struct BufferSection {
     pub sync: SyncName,
     /// Interval for `sync: interval`.
     pub sync_interval_ms: u64,
-    /// Largest batch written as one sled value.
+    /// Largest batch file (the unit the replicator reads and a quota eviction drops).
     pub batch_max_bytes: usize,
     /// sled page cache.
     pub cache_bytes: u64,

@@ -41,6 +41,9 @@ pub(super) struct Committer {
     staged: Vec<Staged>,
     /// Per priority class, its newest batch file if a sync round can still append to it.
     tails: BTreeMap<u8, Tail>,
+    /// The encode buffer, reused for every file and segment (see
+    /// [`record::encode_batch_into`]); about `batch_max_bytes`.
+    scratch: Vec<u8>,
 }
 
 /// A class's newest batch file, committed and indexed, kept open for appends. A sync
@@ -139,7 +142,12 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
         s.appending.extend(&marked);
         (open, s.gen, s.live_from, marked)
     };
-    let cut = write_batches(inner, &batches, gen, boundary, &mut c.tails);
+    let cut = write_batches(inner, &batches, gen, boundary, &mut c.tails, &mut c.scratch);
+    // A record larger than a batch may have grown it: keep at most two batches' worth.
+    let keep = inner.cfg.batch_max_bytes.saturating_mul(2);
+    if c.scratch.capacity() > keep {
+        c.scratch = Vec::new();
+    }
     // Written (or failed): the records' memory is free; the largest vector is kept for
     // the next open batch (records dropped here, off the lock).
     let mut spare = batches
@@ -315,6 +323,7 @@ fn write_batches(
     gen: u64,
     boundary: Option<u64>,
     tails: &mut BTreeMap<u8, Tail>,
+    scratch: &mut Vec<u8>,
 ) -> Result<(Vec<Staged>, Vec<Grown>, u64), (u64, u64, std::io::Error)> {
     let max = inner.cfg.batch_max_bytes as u64;
     let total_bytes: u64 = batches.values().map(|o| o.bytes).sum();
@@ -329,8 +338,9 @@ fn write_batches(
             let end = cut(&open.records, 0, room, boundary, Some(tail.key));
             if end > 0 {
                 let chunk = &open.records[..end];
-                let bytes = record::encode_batch(chunk);
-                files::append(&mut tail.file, &bytes).map_err(failed)?;
+                record::encode_batch_into(chunk, scratch);
+                let bytes = &scratch[..];
+                files::append(&mut tail.file, bytes).map_err(failed)?;
                 inner
                     .file_bytes
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -353,7 +363,8 @@ fn write_batches(
             start = end;
             let first = &chunk[0];
             let last_seq = chunk.iter().map(|r| r.seq).max().unwrap_or(first.seq);
-            let bytes = record::encode_batch(chunk);
+            record::encode_batch_into(chunk, scratch);
+            let bytes = &scratch[..];
             let index = Index {
                 bytes: bytes.len() as u64,
                 count: chunk.len() as u32,
@@ -361,7 +372,8 @@ fn write_batches(
                 first_recv_ms: first.recv_ms,
                 last_seq,
             };
-            let file = files::write(&inner.files, first.seq, &bytes).map_err(failed)?;
+            let file =
+                files::write(&inner.files, first.seq, bytes, &inner.spares).map_err(failed)?;
             inner
                 .file_bytes
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);

@@ -8,6 +8,8 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use super::spares::Spares;
+
 /// Steps of a batch deletion, recorded per buffer directory in tests (their order is the
 /// crash-safety argument: index removal, flush, unlink).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,9 +40,10 @@ pub(super) fn path(dir: &Path, key: u64) -> PathBuf {
     dir.join(format!("{key:020}.batch"))
 }
 
-/// Writes a batch file (the caller fsyncs it, see `commit`).
-pub(super) fn write(dir: &Path, key: u64, bytes: &[u8]) -> io::Result<File> {
-    let mut f = File::create(path(dir, key))?;
+/// Writes a batch file, into a spare file when one is ready (the caller fsyncs it and
+/// the directory, see `commit`).
+pub(super) fn write(dir: &Path, key: u64, bytes: &[u8], spares: &Spares) -> io::Result<File> {
+    let mut f = spares.take(&path(dir, key))?;
     f.write_all(bytes)?;
     Ok(f)
 }
@@ -59,6 +62,13 @@ pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Reads a batch file.
 pub(super) fn read(dir: &Path, key: u64) -> io::Result<Vec<u8>> {
     fs::read(path(dir, key))
+}
+
+/// Removes a drained batch file whose deletion is durable in sled, recycling it as a
+/// spare when the pool has room (already gone is fine); returns the bytes it held.
+pub(super) fn retire(dir: &Path, key: u64, spares: &Spares) -> io::Result<u64> {
+    note(dir, Step::Unlinked(key));
+    spares.retire(&path(dir, key))
 }
 
 /// Removes a batch file (already gone is fine); returns the bytes it held.

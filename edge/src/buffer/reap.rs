@@ -7,7 +7,8 @@
 //! 2. sled is flushed and its log file fsynced: the tombstones are durable, and with them
 //!    everything written before (the acknowledged watermarks the replicator wrote before
 //!    releasing the records; sled flushes all trees at once).
-//! 3. The files are unlinked and the directory fsynced.
+//! 3. The files are unlinked (or recycled as spare files, see `spares.rs`) and the
+//!    directory fsynced.
 //! 4. The tombstones are removed (unflushed: a lost removal only repeats step 3 at open).
 //!
 //! At open a tombstone means "delete this file", a file with neither an index entry nor
@@ -41,7 +42,7 @@ pub(super) fn delete(inner: &Inner, keys: &[u64]) -> Result<(), Error> {
     files::note(&inner.files, files::Step::Flushed);
     let mut gone = Vec::with_capacity(keys.len());
     for k in keys {
-        match files::remove(&inner.files, *k) {
+        match files::retire(&inner.files, *k, &inner.spares) {
             Ok(bytes) => {
                 inner.file_bytes.fetch_sub(bytes, Ordering::Relaxed);
                 gone.push(*k);

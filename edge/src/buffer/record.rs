@@ -224,21 +224,30 @@ impl Record {
 
 /// Encodes records as one batch value. Each payload is copied once, into the result.
 pub fn encode_batch(records: &[Record]) -> Vec<u8> {
+    let mut b = Vec::new();
+    encode_batch_into(records, &mut b);
+    b
+}
+
+/// [`encode_batch`] into `b` (cleared first), so a caller that writes batch after batch
+/// reuses one buffer: a fresh one per batch file is a `mmap`, page faults and a
+/// `munmap` each (batches are larger than the edge's `MALLOC_MMAP_THRESHOLD_`).
+pub fn encode_batch_into(records: &[Record], b: &mut Vec<u8>) {
     let cap = 5 + records.iter().map(|r| r.encoded_len() + 8).sum::<usize>();
-    let mut b = Vec::with_capacity(cap);
+    b.clear();
+    b.reserve(cap);
     b.put_u8(MAGIC);
     b.put_u32(records.len() as u32);
     for r in records {
         // Length and CRC go before the body: reserve them, encode in place, patch.
         let at = b.len();
         b.put_u64(0);
-        r.encode_body(&mut b);
+        r.encode_body(b);
         let len = (b.len() - at - 8) as u32;
         let crc = crc32fast::hash(&b[at + 8..]);
         b[at..at + 4].copy_from_slice(&len.to_be_bytes());
         b[at + 4..at + 8].copy_from_slice(&crc.to_be_bytes());
     }
-    b
 }
 
 /// A decoded batch: the readable records and how many were skipped as corrupt.
