@@ -576,7 +576,8 @@ mod tests {
         let mut codec = ingest(dir.path());
         // Batch files cannot be created any more.
         let batches = dir.path().join("batches");
-        std::fs::remove_dir_all(&batches).unwrap();
+        // Moved away in one step (the spare-file thread may be creating files in it).
+        std::fs::rename(&batches, dir.path().join("gone")).unwrap();
         std::fs::write(&batches, b"not a directory").unwrap();
         let mut stream = publish_frame();
         assert!(codec.read_mut(&mut stream, 1 << 20).is_ok());
