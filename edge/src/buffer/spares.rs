@@ -168,9 +168,13 @@ impl Spares {
                     Ok(_) => made += 1,
                     Err(e) => {
                         tracing::warn!(cause = %e, "creating a spare buffer file failed");
+                        // Back off a second whatever wakes us (the committer creates its
+                        // own files meanwhile): one warning a second at most.
                         let s = self.lock();
-                        // Back off; the committer creates its own files meanwhile.
-                        drop(self.wake.wait_timeout(s, Duration::from_secs(1)));
+                        drop(
+                            self.wake
+                                .wait_timeout_while(s, Duration::from_secs(1), |s| !s.shutdown),
+                        );
                         break;
                     }
                 }
@@ -189,5 +193,56 @@ impl Spares {
     pub(super) fn stop(&self) {
         self.lock().shutdown = true;
         self.wake.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Without the filler thread: an empty pool creates the file; a retired file becomes
+    /// an empty spare that the next take renames into place; past [`MAX`] spares a
+    /// retired file is unlinked, and after `stop` every retired file is.
+    #[test]
+    fn retire_recycles_up_to_the_limit_and_take_reuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let spares = Spares::open(d).unwrap();
+        let a = d.join("a.batch");
+        std::io::Write::write_all(&mut spares.take(&a).unwrap(), b"records").unwrap();
+        assert_eq!(spares.retire(&a).unwrap(), 7, "bytes it held");
+        assert_eq!(spares.ready(), 1);
+        assert_eq!(names(d), ["1.spare"]);
+        assert_eq!(fs::metadata(d.join("1.spare")).unwrap().len(), 0);
+        let b = d.join("b.batch");
+        drop(spares.take(&b).unwrap());
+        assert_eq!(names(d), ["b.batch"], "the spare renamed into place");
+        assert_eq!(spares.retire(&d.join("gone.batch")).unwrap(), 0);
+        for i in 0..MAX + 3 {
+            let p = d.join(format!("{i}.batch"));
+            drop(File::create(&p).unwrap());
+            spares.retire(&p).unwrap();
+        }
+        assert_eq!(spares.ready(), MAX);
+        assert_eq!(
+            names(d).iter().filter(|n| n.ends_with(".spare")).count(),
+            MAX
+        );
+        assert_eq!(names(d).iter().filter(|n| n.ends_with(".batch")).count(), 1);
+        spares.stop();
+        spares.retire(&b).unwrap();
+        assert!(!b.exists(), "unlinked after stop");
+        drop(spares);
+        Spares::open(d).unwrap();
+        assert!(names(d).is_empty(), "open deletes the spares");
     }
 }
