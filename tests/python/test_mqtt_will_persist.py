@@ -111,3 +111,29 @@ def test_clean_start_reconnect_publishes_the_pending_will_at_once(mqtt_cloud):
     m = sub.expect(1)[0]
     assert (m.topic, m.payload) == ("wn/status", b"ended")
     sub.expect_none(Mqtt(mqtt_cloud.mqtt_port, 4), "wn/zz-probe")
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_will_of_a_client_connected_at_a_kill_is_published_after_the_restart(cloud_factory, version):
+    """A crash of the cloud loses its clients' connections without a DISCONNECT, so their
+    wills are due (MQTT 3.1.2.5 / 3.1.3.2.2): each connection's will is stored before its
+    CONNACK, and the restarted cloud publishes it. A client that disconnected normally
+    before the kill has no will published. A subscriber with a persistent session, which
+    subscribed before the kill, receives the will when it reconnects."""
+    cloud = start_mqtt_cloud(cloud_factory)
+    sub_id = f"will-sub-{version}"
+    sub = Mqtt(cloud.mqtt_port, 5, client_id=sub_id, clean=False, connect_props=session_props())
+    sub.subscribe("wk/#", qos=1)
+    will = ("wk/status", b"lost-with-the-cloud", 1, False)
+    polite = Mqtt(cloud.mqtt_port, version, will=("wk/status", b"never", 1, False))
+    polite.close()
+    dying = Mqtt(cloud.mqtt_port, version, will=will)
+    # Its socket stays open until the kill; no reconnect afterwards.
+    dying.c.loop_stop()
+    sub.c.loop_stop()
+    restart(cloud, kill=True)
+    sub = Mqtt(cloud.mqtt_port, 5, client_id=sub_id, clean=False, connect_props=session_props())
+    m = sub.expect(1, timeout=15)[0]
+    assert (m.topic, m.payload) == ("wk/status", b"lost-with-the-cloud")
+    sub.expect_none(Mqtt(cloud.mqtt_port, 4), "wk/zz-probe")
+    dying.c.socket().close()

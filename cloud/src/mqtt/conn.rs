@@ -356,6 +356,22 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
             warn!(cause = %e, "cannot delete the previous session");
         }
     }
+    // This connection's will is stored while it is open (armed), durably before the
+    // CONNACK, so a crash of the cloud, which loses the connection without a DISCONNECT,
+    // does not lose the will: the next start publishes it after its wait.
+    let armed = match &will {
+        Some((m, delay)) => {
+            let wait = will_wait(*delay, session.expiry);
+            match hub.arm_will(&client_id, conn_id, m, wait).await {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(cause = %e, "cannot store the will");
+                    false
+                }
+            }
+        }
+        None => false,
+    };
     let ack_props = (version == Version::V5).then(|| ConnAckProperties {
         session_expiry_interval: (expiry_granted != expiry).then_some(expiry_granted),
         receive_max: Some(cfg.receive_maximum),
@@ -412,11 +428,19 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
     };
     // 4. Leave: will, persistence, registry. A will due now is published (on a stop,
     // durably before the stop goes on); a delayed one is stored with the session.
+    let armed = armed.then_some(conn_id);
     let delayed = match will.filter(|_| publish_will) {
         Some((m, delay)) => {
-            will_now_or_later(&hub, &client_id, m, delay, session.expiry, stopping).await
+            let wait = will_wait(delay, session.expiry);
+            will_now_or_later(&hub, &client_id, m, wait, stopping, armed).await
         }
-        None => None,
+        None => {
+            // Discarded by a DISCONNECT (or none): no longer due after a crash either.
+            if let Some(conn) = armed {
+                hub.disarm_will(&client_id, conn).await;
+            }
+            None
+        }
     };
     // Unfinished shared deliveries go back to their groups (other members get them).
     session.drop_shared();
@@ -457,30 +481,46 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
     result
 }
 
-/// A leaving connection's will: published now if its wait (the will delay, cut to the
-/// session expiry; none for a session that ends) is zero, else returned with the wait to
-/// be stored with the session and published by the hub when due.
-async fn will_now_or_later(
-    hub: &Arc<Hub>,
-    client: &str,
-    m: Message,
-    delay: u32,
-    session_expiry: u32,
-    stopping: bool,
-) -> Option<(Message, Duration)> {
+/// How long after its connection is lost a will is due: the will delay, cut to the
+/// session expiry; none for a session that ends with the connection.
+fn will_wait(delay: u32, session_expiry: u32) -> Duration {
     let wait = if session_expiry == 0 {
         0
     } else {
         delay.min(session_expiry)
     };
-    if wait > 0 {
-        return Some((m, Duration::from_secs(u64::from(wait))));
+    Duration::from_secs(u64::from(wait))
+}
+
+/// A leaving connection's will: published now if its `wait` is zero (then the copy
+/// connection `armed` stored is deleted; kept if the publish failed, for a restart to
+/// publish), else returned to be stored with the session (replacing the armed copy) and
+/// published by the hub when due.
+async fn will_now_or_later(
+    hub: &Arc<Hub>,
+    client: &str,
+    m: Message,
+    wait: Duration,
+    stopping: bool,
+    armed: Option<u64>,
+) -> Option<(Message, Duration)> {
+    if !wait.is_zero() {
+        return Some((m, wait));
     }
-    if stopping {
-        hub.publish_will(client, m).await;
-    } else {
+    let publish = {
         let (hub, client) = (hub.clone(), client.to_string());
-        tokio::spawn(async move { hub.publish_will(&client, m).await });
+        async move {
+            if hub.publish_will(&client, m).await {
+                if let Some(conn) = armed {
+                    hub.disarm_will(&client, conn).await;
+                }
+            }
+        }
+    };
+    if stopping {
+        publish.await;
+    } else {
+        tokio::spawn(publish);
     }
     None
 }

@@ -258,9 +258,11 @@ impl Hub {
                 },
             );
         }
-        let wills = wills::load_wills(&log, &mut inner)?;
-        if !expired.is_empty() || !expired_groups.is_empty() {
-            let mut set = WriteSet::default();
+        // Armed wills rewritten as timed ones, expired sessions and groups deleted: one
+        // write before anything else runs.
+        let mut set = WriteSet::default();
+        let wills = wills::load_wills(&log, &mut inner, &mut set)?;
+        if !set.is_empty() || !expired.is_empty() || !expired_groups.is_empty() {
             for c in &expired {
                 set.delete_session(c);
             }

@@ -197,8 +197,10 @@ pub(crate) fn decode_retained(v: &[u8]) -> Option<Message> {
         .map(|s| s.message)
 }
 
-/// Format of a stored will (the first byte; unknown formats are not decoded).
-const WILL_FORMAT: u8 = 1;
+/// Formats of a stored will (the first byte; unknown formats are not decoded): a will
+/// due at a time, and a will armed by a live connection ([`WillDue`]).
+const WILL_AT: u8 = 1;
+const WILL_ARMED: u8 = 2;
 
 /// Why a stored will could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -215,25 +217,45 @@ pub(crate) enum WillError {
     Trailing,
 }
 
-/// A will waiting for its delay (MQTT 5 Will Delay Interval), as stored under `W|client`:
-/// published when due unless its client reconnects first.
+/// A will as stored under `W|client`: published when due unless its client reconnects
+/// first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StoredWill {
-    /// When it is due: ms since the epoch (wall clock, so it means the same after a
-    /// restart).
-    pub(crate) due_ms: u64,
+    /// When it is due.
+    pub(crate) due: WillDue,
     /// The will message, with the MQTT 5 properties the will carried.
     pub(crate) message: Message,
 }
 
+/// When a stored will is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WillDue {
+    /// Its connection is gone: due at this time, ms since the epoch (wall clock, so it
+    /// means the same after a restart). MQTT 5 Will Delay Interval.
+    At(u64),
+    /// Its connection `conn` was open when stored: due `wait_ms` after that connection
+    /// is lost. Found at a start, the connection was lost with the previous process.
+    Armed { wait_ms: u64, conn: u64 },
+}
+
 impl StoredWill {
-    /// Format 1: `1u8 | due_ms u64 | one-record RecordBatch` (big-endian; the batch as
+    /// Format 1 (`At`): `1u8 | due_ms u64 | one-record RecordBatch`; format 2 (`Armed`):
+    /// `2u8 | wait_ms u64 | conn u64 | RecordBatch` (big-endian; the batch as
     /// [`encode_retained`] writes it).
     pub(crate) fn encode(&self) -> Result<Vec<u8>, records::RecordError> {
         let batch = encode_retained(&self.message)?;
-        let mut b = Vec::with_capacity(9 + batch.len());
-        b.put_u8(WILL_FORMAT);
-        b.put_u64(self.due_ms);
+        let mut b = Vec::with_capacity(17 + batch.len());
+        match self.due {
+            WillDue::At(due_ms) => {
+                b.put_u8(WILL_AT);
+                b.put_u64(due_ms);
+            }
+            WillDue::Armed { wait_ms, conn } => {
+                b.put_u8(WILL_ARMED);
+                b.put_u64(wait_ms);
+                b.put_u64(conn);
+            }
+        }
         b.put_slice(&batch);
         Ok(b)
     }
@@ -243,11 +265,15 @@ impl StoredWill {
         if b.remaining() < 9 {
             return Err(WillError::Truncated);
         }
-        let format = b.get_u8();
-        if format != WILL_FORMAT {
-            return Err(WillError::Format(format));
-        }
-        let due_ms = b.get_u64();
+        let due = match b.get_u8() {
+            WILL_AT => WillDue::At(b.get_u64()),
+            WILL_ARMED if b.remaining() >= 16 => WillDue::Armed {
+                wait_ms: b.get_u64(),
+                conn: b.get_u64(),
+            },
+            WILL_ARMED => return Err(WillError::Truncated),
+            format => return Err(WillError::Format(format)),
+        };
         // The batch's own length (after its base offset) must cover exactly the rest.
         let len = b
             .get(8..12)
@@ -262,7 +288,7 @@ impl StoredWill {
             return Err(WillError::NotOne(stored.len()));
         }
         let message = stored.remove(0).message;
-        Ok(StoredWill { due_ms, message })
+        Ok(StoredWill { due, message })
     }
 }
 
@@ -380,7 +406,7 @@ mod tests {
             ..Default::default()
         };
         StoredWill {
-            due_ms: 1_795_000_000_123,
+            due: WillDue::At(1_795_000_000_123),
             message: Message {
                 topic: "status/dev-7".into(),
                 payload: Bytes::from_static(b"offline"),
@@ -396,8 +422,19 @@ mod tests {
     fn will_round_trip_keeps_due_time_message_and_properties() {
         let w = will();
         assert_eq!(StoredWill::decode(&w.encode().expect("encode")), Ok(w));
+        let armed = StoredWill {
+            due: WillDue::Armed {
+                wait_ms: 30_000,
+                conn: 77,
+            },
+            ..will()
+        };
+        assert_eq!(
+            StoredWill::decode(&armed.encode().expect("encode")),
+            Ok(armed)
+        );
         let plain = StoredWill {
-            due_ms: 0,
+            due: WillDue::At(0),
             message: Message {
                 props: None,
                 qos: QoS::AtMostOnce,
@@ -418,8 +455,21 @@ mod tests {
         assert_eq!(v[0], 1, "format 1");
         assert_eq!(v[1..9], 1_795_000_000_123u64.to_be_bytes());
         let mut other = v.clone();
-        other[0] = 2;
-        assert_eq!(StoredWill::decode(&other), Err(WillError::Format(2)));
+        other[0] = 3;
+        assert_eq!(StoredWill::decode(&other), Err(WillError::Format(3)));
+        let armed = StoredWill {
+            due: WillDue::Armed {
+                wait_ms: 1,
+                conn: 2,
+            },
+            ..will()
+        }
+        .encode()
+        .expect("encode");
+        assert_eq!(armed[0], 2, "format 2");
+        for cut in 0..17 {
+            assert_eq!(StoredWill::decode(&armed[..cut]), Err(WillError::Truncated));
+        }
         for cut in 0..9 {
             assert_eq!(StoredWill::decode(&v[..cut]), Err(WillError::Truncated));
         }

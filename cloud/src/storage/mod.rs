@@ -411,6 +411,12 @@ impl Store {
             .get_cf(cf, keys::named_key(keys::SESSION, client_id))?)
     }
 
+    /// The stored will of `client_id`, if any.
+    pub fn will(&self, client_id: &str) -> Result<Option<Vec<u8>>, Error> {
+        let cf = self.cf(CF_META)?;
+        Ok(self.db.get_cf(cf, keys::named_key(keys::WILL, client_id))?)
+    }
+
     /// Every stored share group: `(subscription, value)`.
     pub fn share_groups(&self) -> Result<Vec<(String, Vec<u8>)>, Error> {
         self.named(keys::SHARE_GROUP)

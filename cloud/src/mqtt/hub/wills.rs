@@ -11,6 +11,16 @@
 //!    ends the session, it is published first).
 //! 4. A clean stop ends the timers; the wills stay stored. At start every stored will is
 //!    registered and timed again from its due time; overdue ones are published at once.
+//!
+//! A connection's will is also stored while the connection is open: *armed*
+//! ([`Hub::arm_will`], before the CONNACK, with the wait it will have and the connection's
+//! id), so a crash of the cloud, which loses the connection without a DISCONNECT, does
+//! not lose the will. At start an armed will is due its wait after the start (the
+//! connection was lost with the previous process; when exactly is unknown) and is
+//! rewritten as a timed will before anything else runs, so every armed will in the store
+//! belongs to a connection of the running process. A connection that leaves replaces its
+//! armed will: timed (step 1), or deleted once published or discarded by a DISCONNECT
+//! ([`Hub::disarm_will`], only the entry this connection armed).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +30,7 @@ use tracing::{debug, warn};
 
 use super::{Hub, Inner};
 use crate::log::Log;
-use crate::mqtt::persist::{SavedSession, StoredWill};
+use crate::mqtt::persist::{SavedSession, StoredWill, WillDue};
 use crate::mqtt::records::{self, Message};
 use crate::mqtt::Error;
 use crate::storage::WriteSet;
@@ -52,7 +62,9 @@ impl Hub {
             None => set.delete_session(client),
         }
         let stored = StoredWill {
-            due_ms: (records::now_ms().max(0) as u64).saturating_add(wait.as_millis() as u64),
+            due: WillDue::At(
+                (records::now_ms().max(0) as u64).saturating_add(wait.as_millis() as u64),
+            ),
             message,
         };
         match stored.encode() {
@@ -91,16 +103,62 @@ impl Hub {
         self.forget_will(client).await;
     }
 
-    /// Deletes the stored will of `client`, unless a newer one is registered.
+    /// Deletes the stored will of `client`, unless a newer one is registered or a
+    /// connection of this client id has armed its own since.
     async fn forget_will(&self, client: &str) {
         let _turn = self.will_writes.lock().await;
         if self.lock().wills.contains_key(client) {
             return;
         }
+        if matches!(self.stored_due(client), Some(WillDue::Armed { .. })) {
+            return;
+        }
+        self.delete_will(client).await;
+    }
+
+    /// Deletes `W|client` durably (the caller holds `will_writes`).
+    async fn delete_will(&self, client: &str) {
         let mut set = WriteSet::default();
         set.delete_will(client);
         if let Err(e) = self.log.store.write(set, true).await {
             warn!(client, cause = %e, "cannot delete a stored will");
+        }
+    }
+
+    /// When the stored will of `client` is due, if one is stored and readable.
+    fn stored_due(&self, client: &str) -> Option<WillDue> {
+        let v = self.log.store.will(client).ok()??;
+        StoredWill::decode(&v).ok().map(|w| w.due)
+    }
+
+    /// Stores the will of the open connection `conn` of `client`, armed: due `wait` after
+    /// the connection is lost (see the module docs). Returns once the write is durable.
+    pub(crate) async fn arm_will(
+        &self,
+        client: &str,
+        conn: u64,
+        message: &Message,
+        wait: Duration,
+    ) -> Result<(), Error> {
+        let stored = StoredWill {
+            due: WillDue::Armed {
+                wait_ms: wait.as_millis() as u64,
+                conn,
+            },
+            message: message.clone(),
+        };
+        let mut set = WriteSet::default();
+        set.put_will(client, stored.encode()?);
+        let _turn = self.will_writes.lock().await;
+        self.log.store.write(set, true).await.map_err(Error::from)
+    }
+
+    /// Deletes the will that connection `conn` armed, once it is published or discarded;
+    /// an entry stored since (a delayed will, or a newer connection's armed will) stays.
+    pub(crate) async fn disarm_will(&self, client: &str, conn: u64) {
+        let _turn = self.will_writes.lock().await;
+        if matches!(self.stored_due(client), Some(WillDue::Armed { conn: c, .. }) if c == conn) {
+            self.delete_will(client).await;
         }
     }
 
@@ -139,23 +197,39 @@ impl Hub {
     }
 }
 
-/// Registers every stored delayed will in `inner`; returns `(client, time left, epoch)`
-/// for each (zero for an overdue one). Corrupt ones are skipped.
+/// Registers every stored will in `inner`; returns `(client, time left, epoch)` for each
+/// (zero for an overdue one). An armed will (its connection lost with the previous
+/// process) is due its wait from now: `set` gets it rewritten as a timed will, for the
+/// caller to write before anything else runs. Corrupt ones are skipped.
 pub(super) fn load_wills(
     log: &Log,
     inner: &mut Inner,
+    set: &mut WriteSet,
 ) -> Result<Vec<(String, Duration, u64)>, Error> {
     let now = records::now_ms().max(0) as u64;
     let mut out = Vec::new();
     for (client, v) in log.store.wills()? {
-        let stored = match StoredWill::decode(&v) {
+        let mut stored = match StoredWill::decode(&v) {
             Ok(w) => w,
             Err(e) => {
                 warn!(client, cause = %e, "corrupt stored will skipped");
                 continue;
             }
         };
-        let left = Duration::from_millis(stored.due_ms.saturating_sub(now));
+        let due_ms = match stored.due {
+            WillDue::At(due_ms) => due_ms,
+            WillDue::Armed { wait_ms, .. } => {
+                debug!(
+                    client,
+                    wait_ms, "will of a connection lost with the restart"
+                );
+                let due_ms = now.saturating_add(wait_ms);
+                stored.due = WillDue::At(due_ms);
+                set.put_will(&client, stored.encode()?);
+                due_ms
+            }
+        };
+        let left = Duration::from_millis(due_ms.saturating_sub(now));
         let epoch = register(inner, client.clone(), stored.message);
         out.push((client, left, epoch));
     }
@@ -237,7 +311,10 @@ mod tests {
         assert_eq!(v.len(), 1);
         let stored = StoredWill::decode(&v[0].1).expect("decode");
         assert_eq!(stored.message.payload, Bytes::from_static(b"gone"));
-        assert!(stored.due_ms >= now + 3_600_000, "due after the wait");
+        assert!(
+            matches!(stored.due, WillDue::At(due) if due >= now + 3_600_000),
+            "due after the wait"
+        );
         hub.cancel_will("c", false).await;
         assert!(stored_clients(&hub).is_empty(), "deleted by the reconnect");
         assert!(
@@ -275,7 +352,8 @@ mod tests {
                 payload: Bytes::copy_from_slice(payload),
                 ..will(b"")
             };
-            let v = StoredWill { due_ms, message }.encode().expect("encode");
+            let due = WillDue::At(due_ms);
+            let v = StoredWill { due, message }.encode().expect("encode");
             set.put_will(client, v);
         }
         set.put_will("corrupt", vec![9, 9]);
@@ -296,5 +374,66 @@ mod tests {
         hub.cancel_will("later", false).await;
         assert_eq!(stored_clients(&hub), vec!["corrupt"]);
         assert_eq!(published(&hub).len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_armed_will_is_deleted_only_by_its_own_connection() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hub = open(dir.path()).await;
+        let wait = Duration::from_secs(60);
+        hub.arm_will("c", 1, &will(b"one"), wait)
+            .await
+            .expect("arm");
+        // A newer connection of the same client id arms its own will.
+        hub.arm_will("c", 2, &will(b"two"), wait)
+            .await
+            .expect("arm");
+        hub.disarm_will("c", 1).await;
+        assert_eq!(
+            stored_clients(&hub),
+            vec!["c"],
+            "not connection 1's entry any more"
+        );
+        // A delayed will published meanwhile does not delete an armed one.
+        hub.forget_will("c").await;
+        assert_eq!(stored_clients(&hub), vec!["c"]);
+        hub.disarm_will("c", 2).await;
+        assert!(stored_clients(&hub).is_empty());
+        assert!(published(&hub).is_empty(), "nothing published");
+    }
+
+    /// A will armed by a connection that the previous process had open (lost with a
+    /// crash) is stored as due its wait after the start, and published then.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_start_an_armed_will_is_due_after_its_wait() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let hub = open(dir.path()).await;
+            hub.arm_will("now", 1, &will(b"at-once"), Duration::ZERO)
+                .await
+                .expect("arm");
+            hub.arm_will("later", 2, &will(b"in-an-hour"), Duration::from_secs(3600))
+                .await
+                .expect("arm");
+        }
+        let before = records::now_ms() as u64;
+        let hub = open(dir.path()).await;
+        let stored = StoredWill::decode(&hub.log.store.will("later").expect("get").expect("some"))
+            .expect("decode");
+        assert!(
+            matches!(stored.due, WillDue::At(due) if due >= before + 3_600_000),
+            "rewritten as due an hour after the start: {:?}",
+            stored.due
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while stored_clients(&hub).contains(&"now".to_string()) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "armed will not published"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(published(&hub), vec![Bytes::from_static(b"at-once")]);
+        assert_eq!(stored_clients(&hub), vec!["later"]);
     }
 }
