@@ -274,6 +274,30 @@ pub fn cpu_secs(pid: u32) -> Result<f64> {
     Ok(ticks as f64 / 100.0) // USER_HZ is 100 on Linux (x86, ARM)
 }
 
+/// CPU seconds (user + system) of each thread of `pid` alive now, summed by thread name,
+/// busiest first.
+pub fn thread_cpu_secs(pid: u32) -> Result<Vec<(String, f64)>> {
+    let mut by_name: Vec<(String, f64)> = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Ok(stat) = std::fs::read_to_string(entry?.path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        let (Some((head, after)), Some(open)) = (stat.rsplit_once(')'), stat.find('(')) else {
+            continue;
+        };
+        let name = &head[open + 1..];
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+        match by_name.iter_mut().find(|(n, _)| n == name) {
+            Some((_, s)) => *s += ticks as f64 / 100.0,
+            None => by_name.push((name.to_string(), ticks as f64 / 100.0)),
+        }
+    }
+    by_name.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(by_name)
+}
+
 /// Bytes of every file under `dir` (0 if it does not exist).
 pub fn dir_bytes(dir: &Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(dir) else {

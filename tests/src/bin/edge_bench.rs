@@ -15,8 +15,10 @@
 //! - rumqttd standalone (`rumqttd-standalone`: the same crate and version the edge embeds,
 //!   memory only).
 //!
-//! Rows print msgs/s, MB/s, publish-to-PUBACK latency p50/p99 and the broker's peak RSS
-//! (`VmHWM`), then the edge/Mosquitto ratio (goal >= 1.5).
+//! Rows print msgs/s, MB/s, publish-to-PUBACK latency p50/p99, the broker's peak RSS
+//! (`VmHWM`) and its CPU time per message (user + system, the whole process: a steadier
+//! figure than msgs/s on a shared machine); edge rows add a line with the CPU seconds of
+//! its busiest threads. Then the edge/Mosquitto ratio (goal >= 1.5).
 //!
 //! Drain: with the uplink down, N publishers build a backlog of `--backlog-mb` of
 //! `--record`-byte records; then the cloud starts on the edge's bootstrap address and
@@ -41,7 +43,9 @@ use bytes::Bytes;
 use rumqttc::mqttbytes::v4::{Packet, Publish};
 use rumqttc::mqttbytes::QoS;
 use tests::mqtt::Conn;
-use tests::proc::{cpu_secs, dir_bytes, peak_rss_bytes, percentile, rss_bytes, Cloud, Edge};
+use tests::proc::{
+    cpu_secs, dir_bytes, peak_rss_bytes, percentile, rss_bytes, thread_cpu_secs, Cloud, Edge,
+};
 
 /// The ingest rows, in order (`edge-live` only on request: see `--brokers`).
 const BROKERS: [&str; 5] = ["edge", "edge-live", "edge-intvl", "mosquitto", "rumqttd"];
@@ -349,8 +353,8 @@ async fn ingest(o: &Opts, work: &Path) -> Result<()> {
         o.publishers, o.window
     );
     println!(
-        "{:<10} {:>8} {:>10} {:>10} {:>9} {:>9} {:>10}",
-        "broker", "payload", "msgs/s", "MB/s", "p50 ms", "p99 ms", "peak RSS"
+        "{:<10} {:>8} {:>10} {:>10} {:>9} {:>9} {:>10} {:>9}",
+        "broker", "payload", "msgs/s", "MB/s", "p50 ms", "p99 ms", "peak RSS", "CPU us/msg"
     );
     for (size, total) in [(100usize, o.small), (64 << 10, o.large)] {
         if total < o.publishers {
@@ -375,8 +379,9 @@ async fn ingest(o: &Opts, work: &Path) -> Result<()> {
             let row = Row {
                 msgs_s: n / dt.as_secs_f64(),
             };
+            let cpu = cpu_secs(broker.pid())?;
             println!(
-                "{:<10} {:>8} {:>10.0} {:>10.1} {:>9.2} {:>9.2} {:>7.1} MB",
+                "{:<10} {:>8} {:>10.0} {:>10.1} {:>9.2} {:>9.2} {:>7.1} MB {:>9.2}",
                 name,
                 if size == 100 { "100 B" } else { "64 KB" },
                 row.msgs_s,
@@ -384,7 +389,19 @@ async fn ingest(o: &Opts, work: &Path) -> Result<()> {
                 percentile(&lat, 50.0),
                 percentile(&lat, 99.0),
                 peak_rss_bytes(broker.pid())? as f64 / 1e6,
+                cpu * 1e6 / n,
             );
+            if name.starts_with("edge") {
+                let threads: Vec<String> = thread_cpu_secs(broker.pid())?
+                    .into_iter()
+                    .filter(|(_, s)| *s > 0.0)
+                    .map(|(t, s)| format!("{t} {s:.2}"))
+                    .collect();
+                println!(
+                    "  {name} CPU s by thread (alive at the row's end): {}",
+                    threads.join(", ")
+                );
+            }
             rows.push((name, row));
         }
         let get = |n: &str| {
