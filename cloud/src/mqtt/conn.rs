@@ -359,18 +359,19 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
     // This connection's will is stored while it is open (armed), durably before the
     // CONNACK, so a crash of the cloud, which loses the connection without a DISCONNECT,
     // does not lose the will: the next start publishes it after its wait.
+    // `armed`: the connection whose will is stored (this one), if it is.
     let armed = match &will {
         Some((m, delay)) => {
             let wait = will_wait(*delay, session.expiry);
             match hub.arm_will(&client_id, conn_id, m, wait).await {
-                Ok(()) => true,
+                Ok(()) => Some(conn_id),
                 Err(e) => {
                     warn!(cause = %e, "cannot store the will");
-                    false
+                    None
                 }
             }
         }
-        None => false,
+        None => None,
     };
     let ack_props = (version == Version::V5).then(|| ConnAckProperties {
         session_expiry_interval: (expiry_granted != expiry).then_some(expiry_granted),
@@ -428,7 +429,6 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
     };
     // 4. Leave: will, persistence, registry. A will due now is published (on a stop,
     // durably before the stop goes on); a delayed one is stored with the session.
-    let armed = armed.then_some(conn_id);
     let delayed = match will.filter(|_| publish_will) {
         Some((m, delay)) => {
             let wait = will_wait(delay, session.expiry);

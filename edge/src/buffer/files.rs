@@ -68,7 +68,16 @@ pub(super) fn read(dir: &Path, key: u64) -> io::Result<Vec<u8>> {
 /// spare when the pool has room (already gone is fine); returns the bytes it held.
 pub(super) fn retire(dir: &Path, key: u64, spares: &Spares) -> io::Result<u64> {
     note(dir, Step::Unlinked(key));
-    spares.retire(&path(dir, key))
+    let p = path(dir, key);
+    let bytes = match p.metadata() {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    if spares.recycle(&p) {
+        return Ok(bytes);
+    }
+    unlink(&p, bytes)
 }
 
 /// Removes a batch file (already gone is fine); returns the bytes it held.
@@ -76,6 +85,11 @@ pub(super) fn remove(dir: &Path, key: u64) -> io::Result<u64> {
     note(dir, Step::Unlinked(key));
     let p = path(dir, key);
     let bytes = p.metadata().map_or(0, |m| m.len());
+    unlink(&p, bytes)
+}
+
+/// Unlinks the file at `p` that held `bytes`; returns them (0 if it was already gone).
+fn unlink(p: &Path, bytes: u64) -> io::Result<u64> {
     match fs::remove_file(p) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         Err(_) => Ok(0),

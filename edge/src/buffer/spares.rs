@@ -31,7 +31,7 @@ use std::time::Duration;
 /// The thread refills the pool when it holds fewer than this many files...
 const LOW: usize = 16;
 /// ...up to this many.
-const TARGET: usize = 32;
+pub(super) const TARGET: usize = 32;
 /// Recycled files beyond this many are unlinked (each spare is an inode).
 const MAX: usize = 64;
 
@@ -49,6 +49,14 @@ struct State {
     free: Vec<u64>,
     next_id: u64,
     shutdown: bool,
+}
+
+impl State {
+    /// A spare file name not used yet in this process.
+    fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
 }
 
 fn spare_path(dir: &Path, id: u64) -> PathBuf {
@@ -107,50 +115,38 @@ impl Spares {
         File::create(path)
     }
 
-    /// Turns the batch file at `path` (its deletion durable in sled) into a spare when the
-    /// pool has room, else unlinks it. Already gone is fine. Returns the bytes it held.
-    pub(super) fn retire(&self, path: &Path) -> io::Result<u64> {
+    /// Turns the batch file at `path` (its deletion durable in sled) into a spare, empty,
+    /// if the pool has room; returns whether it did (if not, the caller unlinks it).
+    pub(super) fn recycle(&self, path: &Path) -> bool {
         let id = {
             let mut s = self.lock();
             if s.free.len() >= MAX || s.shutdown {
-                None
-            } else {
-                s.next_id += 1;
-                Some(s.next_id)
+                return false;
             }
+            s.new_id()
         };
-        let bytes = match path.metadata() {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(e),
-        };
-        if let Some(id) = id {
-            let to = spare_path(&self.dir, id);
-            let recycled = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .and_then(|f| f.set_len(0))
-                .and_then(|()| fs::rename(path, &to));
-            match recycled {
-                Ok(()) => {
-                    self.lock().free.push(id);
-                    return Ok(bytes);
-                }
-                Err(e) => tracing::warn!(cause = %e, "recycling a buffer file failed"),
+        let recycled = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_len(0))
+            .and_then(|()| fs::rename(path, spare_path(&self.dir, id)));
+        match recycled {
+            Ok(()) => {
+                self.lock().free.push(id);
+                true
             }
-        }
-        match fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            Err(_) => Ok(0),
-            Ok(()) => Ok(bytes),
+            Err(e) => {
+                tracing::warn!(cause = %e, "recycling a buffer file failed");
+                false
+            }
         }
     }
 
-    /// The `buffer-spares` thread: keeps at least [`LOW`] spares (refilling to
-    /// [`TARGET`]) until [`Spares::stop`].
+    /// The `buffer-spares` thread: whenever fewer than [`LOW`] spares are ready, creates
+    /// them up to [`TARGET`], until [`Spares::stop`].
     pub(super) fn fill_loop(&self) {
         loop {
-            let id = {
+            {
                 let mut s = self.lock();
                 while !s.shutdown && s.free.len() >= LOW {
                     s = self.wake.wait(s).unwrap_or_else(|p| p.into_inner());
@@ -158,38 +154,31 @@ impl Spares {
                 if s.shutdown {
                     return;
                 }
-                s.next_id += 1;
-                s.next_id
-            };
-            let mut made = 0;
-            let mut next = Some(id);
-            while let Some(id) = next {
-                match File::create(spare_path(&self.dir, id)) {
-                    Ok(_) => made += 1,
-                    Err(e) => {
-                        tracing::warn!(cause = %e, "creating a spare buffer file failed");
-                        // Back off a second whatever wakes us (the committer creates its
-                        // own files meanwhile): one warning a second at most.
-                        let s = self.lock();
-                        drop(
-                            self.wake
-                                .wait_timeout_while(s, Duration::from_secs(1), |s| !s.shutdown),
-                        );
-                        break;
-                    }
-                }
-                let mut s = self.lock();
-                s.free.push(id);
-                next = (!s.shutdown && s.free.len() < TARGET).then(|| {
-                    s.next_id += 1;
-                    s.next_id
-                });
             }
-            tracing::trace!(made, "spare buffer files created");
+            while let Some(id) = self.next_to_fill() {
+                if let Err(e) = File::create(spare_path(&self.dir, id)) {
+                    tracing::warn!(cause = %e, "creating a spare buffer file failed");
+                    // Back off a second whatever wakes us (the committer creates its own
+                    // files meanwhile): one warning a second at most.
+                    let s = self.lock();
+                    drop(
+                        self.wake
+                            .wait_timeout_while(s, Duration::from_secs(1), |s| !s.shutdown),
+                    );
+                    break;
+                }
+                self.lock().free.push(id);
+            }
         }
     }
 
-    /// Ends [`Spares::fill_loop`]; later retired files are unlinked.
+    /// The id of the next spare to create while the pool is below [`TARGET`].
+    fn next_to_fill(&self) -> Option<u64> {
+        let mut s = self.lock();
+        (!s.shutdown && s.free.len() < TARGET).then(|| s.new_id())
+    }
+
+    /// Ends [`Spares::fill_loop`]; later drained files are unlinked, not recycled.
     pub(super) fn stop(&self) {
         self.lock().shutdown = true;
         self.wake.notify_all();
@@ -198,6 +187,7 @@ impl Spares {
 
 #[cfg(test)]
 mod tests {
+    use super::super::files;
     use super::*;
 
     fn names(dir: &Path) -> Vec<String> {
@@ -217,20 +207,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let spares = Spares::open(d).unwrap();
-        let a = d.join("a.batch");
+        let a = files::path(d, 1);
         std::io::Write::write_all(&mut spares.take(&a).unwrap(), b"records").unwrap();
-        assert_eq!(spares.retire(&a).unwrap(), 7, "bytes it held");
+        assert_eq!(files::retire(d, 1, &spares).unwrap(), 7, "bytes it held");
         assert_eq!(spares.ready(), 1);
         assert_eq!(names(d), ["1.spare"]);
         assert_eq!(fs::metadata(d.join("1.spare")).unwrap().len(), 0);
-        let b = d.join("b.batch");
+        let b = files::path(d, 2);
         drop(spares.take(&b).unwrap());
-        assert_eq!(names(d), ["b.batch"], "the spare renamed into place");
-        assert_eq!(spares.retire(&d.join("gone.batch")).unwrap(), 0);
-        for i in 0..MAX + 3 {
-            let p = d.join(format!("{i}.batch"));
-            drop(File::create(&p).unwrap());
-            spares.retire(&p).unwrap();
+        assert_eq!(
+            names(d),
+            [b.file_name().unwrap().to_str().unwrap()],
+            "the spare renamed into place"
+        );
+        assert_eq!(files::retire(d, 99, &spares).unwrap(), 0, "already gone");
+        for key in 100..100 + MAX as u64 + 3 {
+            drop(File::create(files::path(d, key)).unwrap());
+            files::retire(d, key, &spares).unwrap();
         }
         assert_eq!(spares.ready(), MAX);
         assert_eq!(
@@ -239,7 +232,7 @@ mod tests {
         );
         assert_eq!(names(d).iter().filter(|n| n.ends_with(".batch")).count(), 1);
         spares.stop();
-        spares.retire(&b).unwrap();
+        files::retire(d, 2, &spares).unwrap();
         assert!(!b.exists(), "unlinked after stop");
         drop(spares);
         Spares::open(d).unwrap();

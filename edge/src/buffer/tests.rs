@@ -824,7 +824,7 @@ fn spare_inodes(dir: &std::path::Path) -> Vec<u64> {
 /// file the committer takes is one of the spares there are now.
 fn wait_for_full_pool(buf: &Buffer) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while buf.inner.spares.ready() < 32 {
+    while buf.inner.spares.ready() < spares::TARGET {
         assert!(std::time::Instant::now() < deadline, "pool never filled");
         std::thread::sleep(Duration::from_millis(1));
     }

@@ -292,6 +292,18 @@ mod tests {
         out
     }
 
+    /// Waits until the stored will of `client` is gone (deleted once published).
+    async fn wait_until_deleted(hub: &Hub, client: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while stored_clients(hub).iter().any(|c| c == client) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the will of {client} was not published"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     fn stored_clients(hub: &Hub) -> Vec<String> {
         let wills = hub.log.store.wills().expect("wills");
         wills.into_iter().map(|(c, _)| c).collect()
@@ -361,14 +373,7 @@ mod tests {
         let log = Arc::new(Log::open(store).expect("log"));
         let hub = Hub::open(log, MqttConfig::default()).await.expect("hub");
         // The overdue will is published, then deleted: wait for the delete.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while stored_clients(&hub).contains(&"overdue".to_string()) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "overdue will not published"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_until_deleted(&hub, "overdue").await;
         assert_eq!(published(&hub), vec![Bytes::from_static(b"late")]);
         assert_eq!(stored_clients(&hub), vec!["corrupt", "later"]);
         hub.cancel_will("later", false).await;
@@ -425,14 +430,7 @@ mod tests {
             "rewritten as due an hour after the start: {:?}",
             stored.due
         );
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while stored_clients(&hub).contains(&"now".to_string()) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "armed will not published"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_until_deleted(&hub, "now").await;
         assert_eq!(published(&hub), vec![Bytes::from_static(b"at-once")]);
         assert_eq!(stored_clients(&hub), vec!["later"]);
     }
