@@ -2,11 +2,11 @@
 //! group commit renames one into place instead of creating a file.
 //!
 //! Why: creating a file was the committer's largest CPU cost after the copies at 64 KB
-//! payloads (a new file per 256 KiB). On ext4 without a journal (this project's machines,
-//! and a common choice on flash gateways) every inode allocation also skips the inodes
-//! freed in the last minutes (`recently_deleted` in the kernel's `find_inode_bit`), so a
-//! connected edge that creates and deletes files at the same rate pays more per create
-//! the faster it runs. Two sources fill the pool:
+//! payloads (a new file per 256 KiB). On ext4 without a journal (the machines measured
+//! here) every inode allocation also skips the inodes freed in the last minutes
+//! (`recently_deleted` in the kernel's `find_inode_bit`), so a connected edge that
+//! creates and deletes files at the same rate pays more per create the faster it runs.
+//! Two sources fill the pool:
 //!
 //! 1. the reaper *recycles* drained batch files: after the deletion's tombstone is durable
 //!    (step 2 in `reap.rs`) the file is truncated and renamed to a spare instead of being
