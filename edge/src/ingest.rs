@@ -13,10 +13,11 @@
 //! 2. it returns the packets to rumqttd at once (the router routes them while the group
 //!    commit runs) and notes the commit generation of the latest QoS 1/2 record;
 //! 3. with `sync: always`, when rumqttd has the codec encode a PUBACK or PUBREC, the
-//!    codec first waits until that generation is flushed: on the executor if it already
-//!    is (usually: the router's round trip takes about as long as a group commit),
-//!    otherwise outside it (`block_in_place`). Every acknowledged publish was read, so
-//!    appended, before its acknowledgement is encoded.
+//!    codec first waits until that generation is flushed: at once if it already is
+//!    (often: the router's round trip takes about as long as a group commit), else on the
+//!    worker for up to [`INLINE_WAIT`], and only then outside it (`block_in_place`), so a
+//!    slow disk never holds up a worker's other connections for longer than that. Every
+//!    acknowledged publish was read, so appended, before its acknowledgement is encoded.
 //!
 //! So a PUBACK implies the record is fsynced in the buffer: no window is left with
 //! `sync: always` (local subscribers may receive a publish before it is durable; only
@@ -36,7 +37,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use rumqttd::protocol::{Error as ProtoError, Packet, Protocol, Publish, PublishProperties};
@@ -105,6 +106,15 @@ pub struct Ingest<P> {
 
 /// No open [`Order`] entry.
 const NO_TICKET: u64 = u64::MAX;
+
+/// How long an acknowledgement waits for the group commit on the tokio worker itself
+/// before it moves the wait off the worker (`block_in_place`). An fsync on the
+/// development VM took 0.21 ms (p50) to 0.71 ms (p99), so nearly every wait ends inside
+/// it. Waiting inline saves the hand-off of the worker to another thread (a thread
+/// wake-up and two context switches per wait): at 100 B, `sync: always`, 5 alternating
+/// pairs of `edge-bench --skip-drain --large 0 --brokers edge,mosquitto`, the edge's CPU
+/// per message went from 7.65 to 6.30 us (medians).
+const INLINE_WAIT: Duration = Duration::from_millis(2);
 
 impl<P: Clone> Clone for Ingest<P> {
     fn clone(&self) -> Self {
@@ -371,7 +381,15 @@ impl<P> Ingest<P> {
         if gen == 0 || buffer.sync_policy() != SyncPolicy::Always || buffer.is_durable(gen) {
             return Ok(());
         }
-        tokio::task::block_in_place(|| buffer.wait_durable(gen)).map_err(|e| {
+        // A group commit usually ends within a fraction of a millisecond: waiting for it
+        // here is cheaper than handing this worker's other connections to another thread.
+        // A slow disk only holds them up for INLINE_WAIT before `block_in_place` does.
+        let waited = match buffer.wait_durable_for(gen, INLINE_WAIT) {
+            Ok(true) => Ok(()),
+            Ok(false) => tokio::task::block_in_place(|| buffer.wait_durable(gen)),
+            Err(e) => Err(e),
+        };
+        waited.map_err(|e| {
             tracing::error!(cause = %e, "buffer commit failed, closing connection");
             ProtoError::InvalidProtocol
         })
@@ -531,6 +549,28 @@ mod tests {
         let mut out = BytesMut::new();
         codec.write(puback(), &mut out).unwrap();
         assert!(codec.ctx.buffer.is_durable(gen), "acked before the fsync");
+        assert_eq!(&out[..], &[0x40, 2, 0, 7]);
+    }
+
+    /// A commit slower than [`INLINE_WAIT`]: the wait moves off the worker and the PUBACK
+    /// is still encoded only once the record is flushed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn puback_waits_for_a_commit_slower_than_the_inline_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut codec = ingest(dir.path());
+        let slow = INLINE_WAIT * 10;
+        codec.ctx.buffer.slow_commits_for_test(slow);
+        let started = std::time::Instant::now();
+        let mut stream = publish_frame();
+        assert!(matches!(
+            codec.read_mut(&mut stream, 1 << 20),
+            Ok(Packet::Publish(..))
+        ));
+        let gen = codec.ack_gen.load(Ordering::Relaxed);
+        let mut out = BytesMut::new();
+        codec.write(puback(), &mut out).unwrap();
+        assert!(codec.ctx.buffer.is_durable(gen), "acked before the fsync");
+        assert!(started.elapsed() >= slow, "{:?}", started.elapsed());
         assert_eq!(&out[..], &[0x40, 2, 0, 7]);
     }
 

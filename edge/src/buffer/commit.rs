@@ -456,6 +456,10 @@ pub(super) fn commit_loop(inner: &Inner) {
             if inner.test_panic.load(Ordering::Relaxed) {
                 panic!("test: a group commit panics");
             }
+            #[cfg(test)]
+            std::thread::sleep(Duration::from_millis(
+                inner.test_commit_delay_ms.load(Ordering::Relaxed),
+            ));
             commit_once(inner, force)
         }));
         let Ok(round) = round else {

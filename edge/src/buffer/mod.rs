@@ -157,7 +157,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use commit::{commit_loop, commit_once};
 use files::Index;
@@ -353,6 +353,9 @@ struct Inner {
     /// Tests: the committer's next round panics.
     #[cfg(test)]
     test_panic: std::sync::atomic::AtomicBool,
+    /// Tests: every commit round first sleeps this long (a slow disk).
+    #[cfg(test)]
+    test_commit_delay_ms: AtomicU64,
     /// Drained batches for the reaper thread to delete (index entry, then file), so the
     /// replicator never waits for an unlink.
     reap: Mutex<Option<std::sync::mpsc::Sender<Reap>>>,
@@ -517,6 +520,8 @@ impl Buffer {
             fatal: tokio::sync::watch::Sender::new(None),
             #[cfg(test)]
             test_panic: Default::default(),
+            #[cfg(test)]
+            test_commit_delay_ms: Default::default(),
             sled_file,
             // Every file left after the scan is indexed with its exact length.
             file_bytes: AtomicU64::new(file_bytes),
@@ -711,6 +716,13 @@ impl Buffer {
         self.inner.durable_gen.load(Ordering::Acquire) >= gen
     }
 
+    /// Tests: makes every later commit round take at least `d` (a slow disk).
+    #[cfg(test)]
+    pub(crate) fn slow_commits_for_test(&self, d: Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.inner.test_commit_delay_ms.store(ms, Ordering::Relaxed);
+    }
+
     /// The generation of the latest append (waiting for it covers every earlier one).
     pub fn latest_gen(&self) -> u64 {
         self.inner.lock().gen
@@ -718,6 +730,16 @@ impl Buffer {
 
     /// Waits until the append with generation `gen` is committed and flushed.
     pub fn wait_durable(&self, gen: u64) -> Result<(), Error> {
+        self.wait_durable_until(gen, None).map(|_| ())
+    }
+
+    /// Waits at most `limit` for the append with generation `gen` to be committed and
+    /// flushed: `Ok(true)` once it is, `Ok(false)` if the time ran out first.
+    pub fn wait_durable_for(&self, gen: u64, limit: Duration) -> Result<bool, Error> {
+        self.wait_durable_until(gen, Some(Instant::now() + limit))
+    }
+
+    fn wait_durable_until(&self, gen: u64, deadline: Option<Instant>) -> Result<bool, Error> {
         let mut s = self.inner.lock();
         while s.committed_gen < gen {
             if let Some(why) = &s.failed {
@@ -726,13 +748,22 @@ impl Buffer {
             if s.shutdown {
                 return Err(Error::Closed);
             }
-            s = self
-                .inner
-                .durable
-                .wait(s)
-                .unwrap_or_else(|p| p.into_inner());
+            let durable = &self.inner.durable;
+            s = match deadline {
+                None => durable.wait(s).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(false);
+                    }
+                    durable
+                        .wait_timeout(s, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Commits the open (and written, `sync: interval`) batches now: returns once they are

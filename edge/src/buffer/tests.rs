@@ -335,6 +335,28 @@ fn sync_always_acks_after_flush() {
 }
 
 #[test]
+fn a_bounded_wait_times_out_before_the_commit_and_succeeds_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // An hour's interval: nothing commits until the test does.
+    let buf = open_unbounded(dir.path());
+    let Appended::Stored(gen) = buf.append(rec(1, 0, 10)).unwrap() else {
+        panic!()
+    };
+    let started = std::time::Instant::now();
+    assert!(!buf
+        .wait_durable_for(gen, Duration::from_millis(20))
+        .unwrap());
+    assert!(started.elapsed() >= Duration::from_millis(20));
+    buf.commit().unwrap();
+    assert!(buf.wait_durable_for(gen, Duration::ZERO).unwrap());
+    // A later append is not covered by the earlier commit.
+    let Appended::Stored(next) = buf.append(rec(2, 0, 10)).unwrap() else {
+        panic!()
+    };
+    assert!(!buf.wait_durable_for(next, Duration::ZERO).unwrap());
+}
+
+#[test]
 fn a_committer_panic_fails_acknowledgement_waiters_instead_of_hanging() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = cfg(dir.path(), u64::MAX, FullPolicy::Block);
