@@ -25,8 +25,12 @@ fn announce(protocol: &str, addr: std::net::SocketAddr) {
 }
 
 fn main() -> ExitCode {
+    // Colours only on a terminal: a log redirected to a file or journald gets plain text
+    // (and a connection span's fields are not wrapped in escape codes for nobody).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )

@@ -3,6 +3,7 @@ process is not, and the broker keeps serving other clients during and after."""
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import subprocess
@@ -36,6 +37,32 @@ def assert_closed_with_log(cloud, conn: KConn, log_offset: int, what: str):
     port = str(conn.local_port)
     wait_for(lambda: port in cloud.stderr_since(log_offset), 5,
              what=f"a log line naming peer port {port} after {what}")
+
+
+def test_log_redirected_to_a_file_is_plain_text(tmp_path):
+    """A log that is not a terminal (a file, journald) carries no colour escape codes, even
+    without NO_COLOR (which the other tests' harness sets)."""
+    from conftest import cloud_binary
+
+    cfg = tmp_path / "cloud.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'data'}\nkafka:\n  listen: 127.0.0.1:0\n"
+                   "mqtt:\n  listen: 127.0.0.1:0\n")
+    log = tmp_path / "cloud.log"
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    env["TERM"] = "xterm-256color"
+    with open(log, "wb") as err:
+        p = subprocess.Popen([str(cloud_binary()), "--config", str(cfg)], stdout=subprocess.PIPE,
+                             stderr=err, stdin=subprocess.DEVNULL, env=env)
+        try:
+            listening = [p.stdout.readline() for _ in range(2)]
+            assert all(line.startswith(b"listening") for line in listening), listening
+            wait_for(lambda: "store opened" in log.read_text(errors="replace"), 10,
+                     what="the start-up log line")
+        finally:
+            p.terminate()
+            p.wait(timeout=30)
+    text = log.read_text(errors="replace")
+    assert "\x1b[" not in text, text[:400]
 
 
 GARBAGE = {

@@ -17,6 +17,20 @@ pub struct Conn {
 
 impl Conn {
     pub async fn connect(addr: &str, id: &str) -> Result<Conn> {
+        Self::connect_with(addr, Self::connect_packet(id)).await
+    }
+
+    /// The CONNECT that [`Conn::connect`] sends: clean session, keep alive 60 s.
+    pub fn connect_packet(id: &str) -> Connect {
+        let mut connect = Connect::new(id);
+        // rumqttd refuses keep alive 0 (the spec allows it).
+        connect.keep_alive = 60;
+        connect.clean_session = true;
+        connect
+    }
+
+    /// Connects with `connect`; returns once the CONNACK arrived.
+    pub async fn connect_with(addr: &str, connect: Connect) -> Result<Conn> {
         let s = TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
         let mut c = Conn {
@@ -24,10 +38,6 @@ impl Conn {
             rbuf: BytesMut::with_capacity(64 << 10),
             wbuf: BytesMut::new(),
         };
-        let mut connect = Connect::new(id);
-        // rumqttd refuses keep alive 0 (the spec allows it).
-        connect.keep_alive = 60;
-        connect.clean_session = true;
         Packet::Connect(connect).write(&mut c.wbuf, usize::MAX)?;
         c.flush().await?;
         match c.next().await? {

@@ -111,10 +111,9 @@ pub(crate) struct Hub {
     share_saver: mpsc::UnboundedSender<String>,
     /// Orders share group writes: each writes the state current when it holds this.
     share_writes: tokio::sync::Mutex<()>,
-    /// Orders writes of `W|client` against the registry `Inner::wills`: a will is put and
-    /// registered under it, and a delete happens under it only if no will of that client
-    /// is registered (so a late delete never removes a newer will).
-    will_writes: tokio::sync::Mutex<()>,
+    /// Orders the writes of `W|client` of one client against each other and the registry
+    /// `Inner::wills` (see [`wills::WillLocks`]).
+    will_writes: wills::WillLocks,
     /// Raised once by a clean stop ([`Hub::begin_stop`]): the accept loops end, and
     /// connections not yet registered (or blocked writing) see it.
     stopping: watch::Sender<bool>,
@@ -287,7 +286,7 @@ impl Hub {
             created: Mutex::new(Some(created)),
             share_saver,
             share_writes: tokio::sync::Mutex::new(()),
-            will_writes: tokio::sync::Mutex::new(()),
+            will_writes: wills::WillLocks::default(),
             stopping: watch::Sender::new(false),
             live: watch::Sender::new(0),
         });

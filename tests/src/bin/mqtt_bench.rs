@@ -7,9 +7,15 @@
 //! carried in the payload) and the broker's RSS after the row. Clients are the same raw
 //! 3.1.1 clients for both brokers (rumqttc's codec, no client library overhead).
 //!
+//! A fourth row, connect, is a reconnect storm of devices that carry a will (the usual
+//! "offline" status message): `--publishers` clients at once, each connecting with a
+//! QoS 1 will, waiting for the CONNACK and disconnecting, `--connects` connections in
+//! all, every one with its own client id. It reports connections/s in the msgs/s column
+//! and CONNECT-to-CONNACK latency p50/p99.
+//!
 //!   cargo run -p tests --bin mqtt-bench -- [--publishers 8] [--subscribers 20]
 //!        [--messages 10000] [--size 100] [--qos 1] [--round-trips 5000] [--warmup 3000]
-//!        [--rows fan-in,fan-out,round-trip]
+//!        [--connects 4000] [--rows fan-in,fan-out,round-trip,connect]
 //!
 //! The cloud runs twice: with its defaults (QoS 1/2 acknowledged after a group fsync,
 //! i.e. durable) and with `storage.sync: none` + `mqtt.durable_publish: false` (what
@@ -21,12 +27,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::BufMut;
-use rumqttc::mqttbytes::v4::{Packet, PubAck};
+use rumqttc::mqttbytes::v4::{LastWill, Packet, PubAck};
 use rumqttc::mqttbytes::QoS;
 use tests::mqtt::Conn;
 use tests::proc::{percentile, rss_bytes, Cloud};
 
-const ROWS: [&str; 3] = ["fan-in", "fan-out", "round-trip"];
+const ROWS: [&str; 4] = ["fan-in", "fan-out", "round-trip", "connect"];
 
 struct Opts {
     publishers: usize,
@@ -37,6 +43,8 @@ struct Opts {
     round_trips: usize,
     /// Untimed round trips before the timed ones.
     warmup: usize,
+    /// Connections in the connect row.
+    connects: usize,
     /// Which rows to run (`--rows fan-in,fan-out,round-trip`).
     rows: Vec<String>,
 }
@@ -51,6 +59,7 @@ fn opts() -> Result<Opts> {
         qos: QoS::AtLeastOnce,
         round_trips: 5000,
         warmup: 3000,
+        connects: 4000,
         rows: ROWS.iter().map(|r| r.to_string()).collect(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -80,6 +89,7 @@ fn opts() -> Result<Opts> {
             }
             "--round-trips" => o.round_trips = v,
             "--warmup" => o.warmup = v,
+            "--connects" => o.connects = v,
             other => bail!("unknown flag {other}"),
         }
         i += 2;
@@ -324,6 +334,50 @@ async fn round_trip(b: &Broker, o: &Opts) -> Result<Row> {
     })
 }
 
+/// `n` connections in a row, each with a will: returns CONNECT-to-CONNACK latencies (ms).
+async fn connector(addr: String, task: usize, n: usize) -> Result<Vec<f64>> {
+    let mut lat = Vec::with_capacity(n);
+    for j in 0..n {
+        let id = format!("cw-{task}-{j}");
+        let mut connect = Conn::connect_packet(&id);
+        connect.last_will = Some(LastWill::new(
+            format!("status/{id}"),
+            "offline",
+            QoS::AtLeastOnce,
+            false,
+        ));
+        let start = Instant::now();
+        let mut c = Conn::connect_with(&addr, connect).await?;
+        lat.push(start.elapsed().as_secs_f64() * 1e3);
+        Packet::Disconnect.write(&mut c.wbuf, usize::MAX)?;
+        c.flush().await?;
+    }
+    Ok(lat)
+}
+
+async fn connect_storm(b: &Broker, o: &Opts) -> Result<Row> {
+    let clients = o.publishers.max(1);
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| {
+            let n = o.connects / clients + usize::from(i < o.connects % clients);
+            tokio::spawn(connector(b.addr.clone(), i, n))
+        })
+        .collect();
+    let mut lat = Vec::with_capacity(o.connects);
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let total = t0.elapsed();
+    lat.sort_by(f64::total_cmp);
+    Ok(Row {
+        msgs_s: lat.len() as f64 / total.as_secs_f64(),
+        p50: percentile(&lat, 50.0),
+        p99: percentile(&lat, 99.0),
+        rss_mb: rss_bytes(b.pid())? as f64 / 1e6,
+    })
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let o = opts()?;
@@ -343,8 +397,8 @@ async fn main() -> Result<()> {
     ];
     let q = if o.qos == QoS::AtMostOnce { 0 } else { 1 };
     println!(
-        "mqtt-bench: {} B payloads, QoS {q}; fan-in {}x{} msgs; fan-out 1x{} msgs to {} subscribers; {} QoS 1 round trips after {} untimed",
-        o.size, o.publishers, o.messages, o.messages, o.subscribers, o.round_trips, o.warmup
+        "mqtt-bench: {} B payloads, QoS {q}; fan-in {}x{} msgs; fan-out 1x{} msgs to {} subscribers; {} QoS 1 round trips after {} untimed; {} connects with a will, {} at once",
+        o.size, o.publishers, o.messages, o.messages, o.subscribers, o.round_trips, o.warmup, o.connects, o.publishers
     );
     println!(
         "{:<10} {:<18} {:>12} {:>9} {:>9} {:>8}",
@@ -358,7 +412,8 @@ async fn main() -> Result<()> {
             let r = match row {
                 0 => fan(b, o.publishers, 1, &o, "fi").await?,
                 1 => fan(b, 1, o.subscribers, &o, "fo").await?,
-                _ => round_trip(b, &o).await?,
+                2 => round_trip(b, &o).await?,
+                _ => connect_storm(b, &o).await?,
             };
             println!(
                 "{:<10} {:<18} {:>12.0} {:>9.2} {:>9.2} {:>8.1}",

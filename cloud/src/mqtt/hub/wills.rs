@@ -35,6 +35,41 @@ use crate::mqtt::records::{self, Message};
 use crate::mqtt::Error;
 use crate::storage::WriteSet;
 
+/// How many locks the clients' will writes are spread over.
+const WILL_LOCKS: usize = 256;
+
+/// Orders the writes of `W|client` of one client: a will is put and registered under its
+/// client's lock, and a delete checks what is stored and registered and deletes under it
+/// (so a late delete never removes a newer will). Each holds the lock until its write is
+/// durable. Client ids are spread over [`WILL_LOCKS`] locks, so the wills of different
+/// clients are written at the same time and share group commits: with one lock for all
+/// clients, a reconnect storm of clients with wills paid one fsync per connection in a
+/// row.
+pub(super) struct WillLocks(Box<[tokio::sync::Mutex<()>]>);
+
+impl Default for WillLocks {
+    fn default() -> Self {
+        Self(
+            (0..WILL_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        )
+    }
+}
+
+impl WillLocks {
+    /// Waits for `client`'s turn to write its will.
+    async fn turn(&self, client: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0[self.index(client)].lock().await
+    }
+
+    fn index(&self, client: &str) -> usize {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(client);
+        (h % self.0.len() as u64) as usize
+    }
+}
+
 /// A delayed will waiting for its time (see the module docs).
 pub(super) struct PendingWill {
     message: Message,
@@ -72,7 +107,7 @@ impl Hub {
             // Not stored (the session still is): timed in this process only.
             Err(e) => warn!(client, cause = %e, "cannot encode a delayed will"),
         }
-        let _turn = self.will_writes.lock().await;
+        let _turn = self.will_writes.turn(client).await;
         let written = self.log.store.write(set, true).await;
         // Timed even if the write failed: the will is still due in this process.
         let epoch = register(&mut self.lock(), client.to_string(), stored.message);
@@ -106,7 +141,7 @@ impl Hub {
     /// Deletes the stored will of `client`, unless a newer one is registered or a
     /// connection of this client id has armed its own since.
     async fn forget_will(&self, client: &str) {
-        let _turn = self.will_writes.lock().await;
+        let _turn = self.will_writes.turn(client).await;
         if self.lock().wills.contains_key(client) {
             return;
         }
@@ -116,7 +151,7 @@ impl Hub {
         self.delete_will(client).await;
     }
 
-    /// Deletes `W|client` durably (the caller holds `will_writes`).
+    /// Deletes `W|client` durably (the caller holds the client's `will_writes` turn).
     async fn delete_will(&self, client: &str) {
         let mut set = WriteSet::default();
         set.delete_will(client);
@@ -149,14 +184,14 @@ impl Hub {
         };
         let mut set = WriteSet::default();
         set.put_will(client, stored.encode()?);
-        let _turn = self.will_writes.lock().await;
+        let _turn = self.will_writes.turn(client).await;
         self.log.store.write(set, true).await.map_err(Error::from)
     }
 
     /// Deletes the will that connection `conn` armed, once it is published or discarded;
     /// an entry stored since (a delayed will, or a newer connection's armed will) stays.
     pub(crate) async fn disarm_will(&self, client: &str, conn: u64) {
-        let _turn = self.will_writes.lock().await;
+        let _turn = self.will_writes.turn(client).await;
         if matches!(self.stored_due(client), Some(WillDue::Armed { conn: c, .. }) if c == conn) {
             self.delete_will(client).await;
         }
@@ -405,6 +440,39 @@ mod tests {
         hub.disarm_will("c", 2).await;
         assert!(stored_clients(&hub).is_empty());
         assert!(published(&hub).is_empty(), "nothing published");
+    }
+
+    /// One client's will writes wait for each other; other clients' do not wait for them
+    /// (before, one lock for all clients made a reconnect storm one fsync per connection).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn will_writes_wait_only_for_the_same_client() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hub = open(dir.path()).await;
+        let wait = Duration::from_secs(60);
+        let other = (0..)
+            .map(|i| format!("b{i}"))
+            .find(|b| hub.will_writes.index(b) != hub.will_writes.index("a"))
+            .expect("another lock");
+        let held = hub.will_writes.turn("a").await;
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            hub.arm_will(&other, 1, &will(b"b"), wait),
+        )
+        .await
+        .expect("another client's write does not wait")
+        .expect("arm");
+        let a = will(b"a");
+        let same = hub.arm_will("a", 2, &a, wait);
+        tokio::pin!(same);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut same)
+                .await
+                .is_err(),
+            "the same client's write waits for the turn"
+        );
+        drop(held);
+        same.await.expect("arm");
+        assert_eq!(stored_clients(&hub), vec!["a".to_string(), other]);
     }
 
     /// A will armed by a connection that the previous process had open (lost with a
