@@ -451,6 +451,7 @@ pub(super) fn commit_loop(inner: &Inner) {
         if force {
             next_tick = Instant::now() + interval;
         }
+        let started = Instant::now();
         let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             #[cfg(test)]
             if inner.test_panic.load(Ordering::Relaxed) {
@@ -468,6 +469,10 @@ pub(super) fn commit_loop(inner: &Inner) {
             let _ = fail(inner, "the buffer's commit thread panicked".into());
             return;
         };
+        if let Ok(true) = round {
+            let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            inner.last_round_us.store(us, Ordering::Relaxed);
+        }
         match round {
             Ok(wrote) => unflushed |= wrote,
             Err(e) => {

@@ -343,6 +343,9 @@ struct Inner {
     /// `State::committed_gen`, readable without the lock ([`Buffer::is_durable`] runs
     /// once per PUBACK). Stored under the lock, after `committed_gen`.
     durable_gen: AtomicU64,
+    /// How long the latest group commit that wrote something took, in microseconds
+    /// ([`Buffer::last_commit_time`]).
+    last_round_us: AtomicU64,
     stats: Stats,
     /// Serialises group commits so `committed_gen` only covers flushed records.
     commit_lock: Mutex<commit::Committer>,
@@ -514,6 +517,7 @@ impl Buffer {
             work: Condvar::new(),
             durable: Condvar::new(),
             durable_gen: AtomicU64::new(0),
+            last_round_us: AtomicU64::new(0),
             stats,
             commit_lock: Mutex::new(commit::Committer::default()),
             on_commit: Arc::new(tokio::sync::Notify::new()),
@@ -721,6 +725,12 @@ impl Buffer {
     pub(crate) fn slow_commits_for_test(&self, d: Duration) {
         let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         self.inner.test_commit_delay_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long the latest group commit that wrote something took (zero before the
+    /// first): what a wait for the next one is likely to take.
+    pub fn last_commit_time(&self) -> Duration {
+        Duration::from_micros(self.inner.last_round_us.load(Ordering::Relaxed))
     }
 
     /// The generation of the latest append (waiting for it covers every earlier one).
