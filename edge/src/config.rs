@@ -162,6 +162,8 @@ pub struct CloudConfig {
     pub client_id: String,
     /// `zstd` or `none`.
     pub compression: CompressionName,
+    /// zstd level, 1 (fastest, the default) to 19 (smallest).
+    pub compression_level: i32,
     /// Largest Produce batch per partition.
     pub batch_max_bytes: usize,
     /// How long a caught-up replicator waits after the next commit before it reads, so
@@ -372,6 +374,7 @@ impl Default for CloudConfig {
             bootstrap: "127.0.0.1:9092".into(),
             client_id: "edge".into(),
             compression: CompressionName::Zstd,
+            compression_level: common::kafka::record_batch::ZSTD_LEVEL,
             batch_max_bytes: 1 << 20,
             linger_ms: 5,
             max_in_flight: 5,
@@ -462,6 +465,17 @@ impl Config {
                 "must be 1..=5 (idempotent producer)".into(),
             ));
         }
+        let levels = common::kafka::record_batch::ZSTD_LEVELS;
+        if !levels.contains(&self.cloud.compression_level) {
+            return Err((
+                "cloud.compression_level",
+                format!(
+                    "must be {} to {} (zstd levels)",
+                    levels.start(),
+                    levels.end()
+                ),
+            ));
+        }
         if self.cloud.linger_ms > 10_000 {
             return Err(("cloud.linger_ms", "must be at most 10000".into()));
         }
@@ -521,6 +535,14 @@ mod tests {
         let e = Config::parse("cloud:\n  max_in_flight: 9\n", "e.yaml").unwrap_err();
         assert_eq!(e.key, "cloud.max_in_flight");
         assert!(e.to_string().starts_with("e.yaml: cloud.max_in_flight: "));
+        for bad in ["0", "20", "-1"] {
+            let yaml = format!("cloud:\n  compression_level: {bad}\n");
+            let e = Config::parse(&yaml, "e.yaml").unwrap_err();
+            assert_eq!(e.key, "cloud.compression_level", "{e}");
+            assert!(e.reason.contains("1 to 19"), "{e}");
+        }
+        let c = Config::parse("cloud:\n  compression_level: 19\n", "e.yaml").unwrap();
+        assert_eq!(c.cloud.compression_level, 19);
     }
 
     #[test]

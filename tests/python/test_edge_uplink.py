@@ -5,6 +5,7 @@ per-topic order intact, headers and timestamps as the design brief specifies."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -174,3 +175,35 @@ def test_linger_sends_the_commits_of_a_moment_in_one_batch(cloud_factory, edge_f
             assert batches == 1, m
         pub.c.disconnect()
         edge.stop()
+
+
+@pytest.mark.timeout(180)
+def test_compression_level_trades_cpu_for_uplink_bytes(cloud_factory, edge_factory):
+    """`cloud.compression_level`: the same backlog of sensor JSON reaches a Kafka consumer
+    intact at zstd level 1 and 19, and level 19 puts fewer bytes on the wire. Each backlog
+    is built with the cloud down, so both levels cut the same records into batches."""
+    port = free_port()
+    cloud = cloud_factory({"kafka": {"listen": f"127.0.0.1:{port}"}}, start=False)
+    n = 600
+    msgs = [json.dumps({"ts": 1763860000000 + i * 250, "device": f"cam-{i % 37:04d}",
+                        "temp": round(18 + (i % 70) / 10, 1), "status": "ok"}).encode()
+            for i in range(n)]
+    wire = {}
+    for level in (1, 19):
+        edge = edge_factory({"cloud": {"bootstrap": f"127.0.0.1:{port}", "compression_level": level}},
+                            name=f"edge-{level}")
+        p = Publisher(edge.v4, f"sensor-{level}")
+        for m in msgs:
+            p.publish(f"lvl{level}/sensors", m, qos=1)
+        wait_for(lambda: len(p.acked) == n, 30, what="acks while the cloud is down")
+        p.close()
+        cloud.start()
+        wait_for(lambda: edge.metrics().get("edge_backlog_records") == 0
+                 and edge.metrics().get("edge_uplink_records_total") == n, 60,
+                 what=lambda: f"drain: {edge.metrics()}")
+        wire[level] = edge.metrics()["edge_uplink_wire_bytes_total"]
+        got = ck_read_all(cloud.bootstrap, f"lvl{level}.sensors", timeout=30)
+        assert [r.value for r in got] == msgs
+        edge.stop()
+        cloud.stop()
+    assert wire[19] < wire[1], wire

@@ -32,9 +32,12 @@ const CODEC_MASK: i16 = 0x07;
 const CODEC_NONE: i16 = 0;
 const CODEC_ZSTD: i16 = 4;
 const CONTROL: i16 = 0x20;
-/// zstd level. Level 1 compresses about twice as fast as kafka-protocol's fixed level 3
-/// for a few percent larger output, which keeps an edge's drain from being CPU-bound.
-const ZSTD_LEVEL: i32 = 1;
+/// Default zstd level. Level 1 compresses about twice as fast as kafka-protocol's fixed
+/// level 3 for a few percent larger output, which keeps an edge's drain from being
+/// CPU-bound.
+pub const ZSTD_LEVEL: i32 = 1;
+/// zstd levels a [`Compressor`] accepts (the zstd tool's range without `--ultra`).
+pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
 /// Largest decompressed record block accepted (bytes).
 pub const MAX_DECOMPRESSED: usize = 64 << 20;
 
@@ -43,7 +46,7 @@ pub const MAX_DECOMPRESSED: usize = 64 << 20;
 pub enum Codec {
     /// Uncompressed.
     None,
-    /// zstd at [`ZSTD_LEVEL`].
+    /// zstd, at the [`Compressor`]'s level ([`ZSTD_LEVEL`] by default).
     Zstd,
 }
 
@@ -107,19 +110,34 @@ pub fn write(
 /// every unmap in a multi-threaded process interrupts the other cores (perf on the
 /// edge's drain: TLB-shootdown IPIs and page clearing 3-4% of its CPU). Now a batch gets
 /// an exact-size buffer.
-#[derive(Default)]
 pub struct Compressor {
     zstd: Option<zstd::bulk::Compressor<'static>>,
     scratch: Vec<u8>,
+    level: i32,
+}
+
+impl Default for Compressor {
+    fn default() -> Self {
+        Self::with_level(ZSTD_LEVEL)
+    }
 }
 
 impl Compressor {
+    /// A compressor at zstd `level` (clamped to [`ZSTD_LEVELS`]).
+    pub fn with_level(level: i32) -> Self {
+        Compressor {
+            zstd: None,
+            scratch: Vec::new(),
+            level: level.clamp(*ZSTD_LEVELS.start(), *ZSTD_LEVELS.end()),
+        }
+    }
+
     /// Appends `src` compressed to `out`, which grows to exactly the bytes it holds.
     fn compress_into(&mut self, src: &[u8], mut out: Vec<u8>) -> Result<Vec<u8>, Error> {
         let zstd = match &mut self.zstd {
             Some(z) => z,
             None => self.zstd.insert(
-                zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(|e| Error::Zstd(e.to_string()))?,
+                zstd::bulk::Compressor::new(self.level).map_err(|e| Error::Zstd(e.to_string()))?,
             ),
         };
         self.scratch.clear();

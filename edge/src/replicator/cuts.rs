@@ -96,9 +96,10 @@ impl Syncer {
 }
 
 impl Cuts {
-    pub(super) fn new(edge_id: &str) -> Cuts {
+    /// Cuts encoded with `edge_id` on every record, compressed at zstd `level`.
+    pub(super) fn new(edge_id: &str, level: i32) -> Cuts {
         Cuts {
-            enc: Worker::new(edge_id),
+            enc: Worker::new(edge_id, level),
             syncer: None,
             pending: VecDeque::new(),
         }
@@ -278,7 +279,7 @@ mod tests {
     /// nothing is taken before it has finished.
     #[tokio::test]
     async fn cuts_finish_in_start_order() {
-        let mut cuts = Cuts::new("e");
+        let mut cuts = Cuts::new("e", common::kafka::record_batch::ZSTD_LEVEL);
         for first in [0, 10, 20] {
             cuts.start(
                 vec![("t".into(), first as i32)],
@@ -316,7 +317,7 @@ mod tests {
     /// Abandoned cuts' late results are not mistaken for the next cut's.
     #[tokio::test]
     async fn abandoned_results_are_discarded() {
-        let mut cuts = Cuts::new("e");
+        let mut cuts = Cuts::new("e", common::kafka::record_batch::ZSTD_LEVEL);
         cuts.start(vec![("t".into(), 0)], work(0, 50), P, Codec::Zstd, None, 1);
         cuts.start(
             vec![("t".into(), 50)],

@@ -42,7 +42,6 @@ struct Common<'a> {
 }
 
 /// A record block and a zstd context, reused batch after batch.
-#[derive(Default)]
 struct Lane {
     writer: Writer,
     zstd: Compressor,
@@ -77,11 +76,14 @@ pub(super) struct Encoder {
 }
 
 impl Encoder {
-    /// An encoder stamping `edge_id` on every record.
-    pub(super) fn new(edge_id: &str) -> Encoder {
+    /// An encoder stamping `edge_id` on every record, compressing at zstd `level`.
+    pub(super) fn new(edge_id: &str, level: i32) -> Encoder {
         Encoder {
             edge_id: edge_id.to_owned(),
-            lane: Lane::default(),
+            lane: Lane {
+                writer: Writer::default(),
+                zstd: Compressor::with_level(level),
+            },
         }
     }
 
@@ -123,6 +125,7 @@ pub(super) struct Done {
 /// (`super::cuts`), so it reads, sends and takes acknowledgements meanwhile.
 pub(super) struct Worker {
     edge_id: String,
+    level: i32,
     thread: Option<Thread>,
     next_id: u64,
 }
@@ -134,10 +137,12 @@ struct Thread {
 }
 
 impl Worker {
-    /// A worker whose encoder stamps `edge_id` on every record.
-    pub(super) fn new(edge_id: &str) -> Worker {
+    /// A worker whose encoder stamps `edge_id` on every record and compresses at zstd
+    /// `level`.
+    pub(super) fn new(edge_id: &str, level: i32) -> Worker {
         Worker {
             edge_id: edge_id.to_owned(),
+            level,
             thread: None,
             next_id: 0,
         }
@@ -161,7 +166,7 @@ impl Worker {
         };
         let t = match &mut self.thread {
             Some(t) => t,
-            None => self.thread.insert(spawn(&self.edge_id)?),
+            None => self.thread.insert(spawn(&self.edge_id, self.level)?),
         };
         if let Err(mpsc::SendError(_)) = t.tx.send(cut) {
             self.stop();
@@ -217,10 +222,10 @@ impl Drop for Worker {
     }
 }
 
-fn spawn(edge_id: &str) -> Result<Thread, String> {
+fn spawn(edge_id: &str, level: i32) -> Result<Thread, String> {
     let (tx, cuts) = mpsc::channel::<Cut>();
     let (done, rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
-    let mut enc = Encoder::new(edge_id);
+    let mut enc = Encoder::new(edge_id, level);
     let handle = std::thread::Builder::new()
         .name("edge-encode".into())
         .spawn(move || {
@@ -243,7 +248,7 @@ fn spawn(edge_id: &str) -> Result<Thread, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::kafka::record_batch;
+    use common::kafka::record_batch::{self, ZSTD_LEVEL};
 
     fn rec(seq: u64, topic: &str) -> Record {
         Record {
@@ -274,11 +279,13 @@ mod tests {
                 })
                 .collect()
         };
-        let mut reused = Encoder::new("e1");
+        let mut reused = Encoder::new("e1", ZSTD_LEVEL);
         for codec in [Codec::Zstd, Codec::None] {
             for big in [false, true, false] {
                 let a = reused.encode_all(work(big), p, codec).unwrap();
-                let b = Encoder::new("e1").encode_all(work(big), p, codec).unwrap();
+                let b = Encoder::new("e1", ZSTD_LEVEL)
+                    .encode_all(work(big), p, codec)
+                    .unwrap();
                 assert_eq!(a.len(), 7);
                 assert_eq!(a, b);
                 for (i, batch) in a.iter().enumerate() {
@@ -293,6 +300,48 @@ mod tests {
                 assert!(reused.lane.writer.capacity() <= KEEP_BLOCK_BYTES);
             }
         }
+    }
+
+    /// `cloud.compression_level`: a higher zstd level writes the same records in fewer
+    /// bytes (on repetitive records like sensor JSON).
+    #[test]
+    fn a_higher_level_writes_the_same_records_in_fewer_bytes() {
+        let p = ProducerState {
+            producer_id: 4,
+            producer_epoch: 1,
+        };
+        let json = |i: u64| {
+            let mut r = rec(i, "sensors/t");
+            r.payload = Bytes::from(format!(
+                "{{\"ts\":{},\"device\":\"cam-{:04}\",\"temp\":{}.{},\"status\":\"ok\"}}",
+                1_763_860_000_000 + i * 250,
+                i % 37,
+                18 + i % 7,
+                i % 10
+            ));
+            r
+        };
+        let work = || -> Vec<Work> { vec![(0, (0..2_000).map(json).collect())] };
+        let fast = Encoder::new("e1", 1)
+            .encode_all(work(), p, Codec::Zstd)
+            .unwrap();
+        let small = Encoder::new("e1", 19)
+            .encode_all(work(), p, Codec::Zstd)
+            .unwrap();
+        assert!(
+            small[0].len() < fast[0].len(),
+            "{} vs {}",
+            small[0].len(),
+            fast[0].len()
+        );
+        let payloads = |b: &Bytes| -> Vec<Bytes> {
+            record_batch::read(b)
+                .unwrap()
+                .map(|r| r.unwrap().value.unwrap())
+                .collect()
+        };
+        assert_eq!(payloads(&small[0]), payloads(&fast[0]));
+        assert_eq!(payloads(&small[0]).len(), 2_000);
     }
 
     /// One encoder thread serves cut after cut with the bytes a fresh encoder writes, and
@@ -313,11 +362,11 @@ mod tests {
                 .collect()
         };
         let want = |cut: u64| {
-            Encoder::new("e1")
+            Encoder::new("e1", ZSTD_LEVEL)
                 .encode_all(work(cut), p, Codec::Zstd)
                 .unwrap()
         };
-        let mut w = Worker::new("e1");
+        let mut w = Worker::new("e1", ZSTD_LEVEL);
         let mut handle_id = None;
         for cut in 0..4 {
             let id = w.submit(work(cut), p, Codec::Zstd).unwrap();

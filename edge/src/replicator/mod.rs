@@ -172,6 +172,7 @@ impl Replicator {
         }
         state.restore(descs);
         let cfg_rate = cfg.max_bytes_per_sec;
+        let level = cfg.compression_level;
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -193,7 +194,7 @@ impl Replicator {
                 tokens: 0.0,
                 last: Instant::now(),
             }),
-            cuts: cuts::Cuts::new(&edge_id),
+            cuts: cuts::Cuts::new(&edge_id, level),
             topic_names: TopicNames::default(),
         })
     }
