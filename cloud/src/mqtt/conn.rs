@@ -49,6 +49,10 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     .await
 }
 
+/// Bytes a busy connection's reads have room for (the buffer grows further when a
+/// packet needs it).
+const READ_CHUNK: usize = 4096;
+
 pub(super) struct Conn<S> {
     pub(super) stream: S,
     pub(super) hub: Arc<Hub>,
@@ -66,6 +70,34 @@ pub(super) struct Conn<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    /// Gives the read and write buffers' memory back while they hold nothing: called
+    /// when the connection goes idle (after the CONNACK, and when the keep-alive timer
+    /// finds the client alive). The next read starts with a small buffer (tokio reserves
+    /// 64 bytes) that grows with the traffic. An idle connection kept the 4 KiB it read
+    /// its CONNECT into, and whatever a burst or a large delivery had grown the buffers to.
+    /// (A drained `BytesMut` can report no capacity while it still holds its whole
+    /// allocation, so an empty buffer is replaced whatever its capacity.)
+    fn release_idle_buffers(&mut self) {
+        if self.rbuf.is_empty() {
+            self.rbuf = BytesMut::new();
+        }
+        if self.wbuf.is_empty() {
+            self.wbuf = BytesMut::new();
+        }
+    }
+
+    /// Before a read: room for [`READ_CHUNK`] bytes, unless the read buffer was released
+    /// (idle): then tokio reads into a 64-byte buffer, and the read after it gets the
+    /// room. Without this, reads fill only the spare bytes at the buffer's end, which a
+    /// leftover partial packet can shrink to a few bytes (and a released buffer never
+    /// grows past 64: tokio reserves only once the buffer is full).
+    fn make_read_room(&mut self) {
+        let cap = self.rbuf.capacity();
+        if cap > 0 && cap - self.rbuf.len() < READ_CHUNK / 2 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+    }
+
     pub(super) async fn flush(&mut self) -> Result<(), Error> {
         if self.wbuf.is_empty() {
             return Ok(());
@@ -165,7 +197,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
         stream,
         hub: hub.clone(),
         version: Version::V4,
-        rbuf: BytesMut::with_capacity(4096),
+        rbuf: BytesMut::with_capacity(READ_CHUNK),
         wbuf: BytesMut::new(),
         write_timeout: Duration::from_millis(cfg.write_timeout_ms),
         shares: Memberships::default(),
@@ -541,6 +573,8 @@ async fn serve_loop<S: AsyncRead + AsyncWrite + Unpin>(
     // it on every packet costs a timer-wheel insert and removal per loop.
     let keep_alive_timer = tokio::time::sleep_until(last_packet + keep_alive.unwrap_or_default());
     tokio::pin!(keep_alive_timer);
+    // Most clients wait for the CONNACK before they send more: nothing is buffered yet.
+    c.release_idle_buffers();
     let mut pending = Pending::default();
     // Woken by an append to any partition a cursor follows; one for the connection's
     // life (a partition holds it at most once). A wake-up that arrives while the loop is
@@ -598,6 +632,7 @@ async fn serve_loop<S: AsyncRead + AsyncWrite + Unpin>(
             cursors.register(&notify);
         }
         let ready = ready || cursors.ready(session);
+        c.make_read_room();
         tokio::select! {
             biased;
             r = c.stream.read_buf(&mut c.rbuf) => {
@@ -627,6 +662,7 @@ async fn serve_loop<S: AsyncRead + AsyncWrite + Unpin>(
                 let due = last_packet + keep_alive.unwrap_or_default();
                 if due > Instant::now() {
                     keep_alive_timer.as_mut().reset(due);
+                    c.release_idle_buffers();
                     continue;
                 }
                 debug!("keep alive expired");
