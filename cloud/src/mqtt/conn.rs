@@ -13,7 +13,7 @@ use rumqttc::v5::mqttbytes::v5::{
     ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tracing::{debug, field, info_span, warn, Instrument};
 
@@ -21,6 +21,7 @@ use super::actions::{flush_appends, perform, Pending};
 use super::codec::{self, CodecError, Version};
 use super::cursor::{Cursors, Start};
 use super::hub::{Detached, Event, Hub};
+use super::inbox::EventRx;
 use super::records::{self, Message};
 use super::session::{Action, ClientLimits, Session};
 use super::share::Memberships;
@@ -562,7 +563,7 @@ async fn serve_loop<S: AsyncRead + AsyncWrite + Unpin>(
     c: &mut Conn<S>,
     session: &mut Session,
     cursors: &mut Cursors,
-    events: &mut mpsc::UnboundedReceiver<Event>,
+    events: &mut EventRx,
     conn_id: u64,
     keep_alive: Option<Duration>,
     persisted: &mut bool,

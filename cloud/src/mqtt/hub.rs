@@ -20,6 +20,7 @@ use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 
 use super::cursor::Start;
+use super::inbox::{inbox, EventRx, EventTx};
 use super::persist::{self, SavedSession, SavedShareGroup};
 use super::recent::Recent;
 use super::records::{self, Message};
@@ -75,7 +76,7 @@ struct Parked {
 /// What [`Hub::attach`] gives a new connection.
 pub(crate) struct Attached {
     pub(crate) conn: u64,
-    pub(crate) events: mpsc::UnboundedReceiver<Event>,
+    pub(crate) events: EventRx,
     pub(crate) resumed: Option<Detached>,
     /// A stored session was discarded by a clean start (delete it from the store).
     pub(crate) discarded: bool,
@@ -90,7 +91,7 @@ struct Inner {
     topics: TopicIndex<Arc<str>>,
     hashed: HashMap<Arc<str>, Arc<str>>,
     subs: FilterIndex<u64>,
-    conns: HashMap<u64, mpsc::UnboundedSender<Event>>,
+    conns: HashMap<u64, EventTx>,
     sessions: HashMap<String, Slot>,
     retained: TopicIndex<Arc<Message>>,
     /// Share groups by `$share/<group>/<filter>`.
@@ -433,7 +434,7 @@ impl Hub {
             }
             g.next_id += 1;
             let conn = g.next_id;
-            let (tx, events) = mpsc::unbounded_channel();
+            let (tx, events) = inbox();
             if *self.stopping.borrow() {
                 // Registered after `begin_stop` told the others: told here.
                 let _ = tx.send(Event::Stop);

@@ -24,6 +24,7 @@ pub(crate) mod codec;
 mod conn;
 mod cursor;
 mod hub;
+mod inbox;
 mod persist;
 mod recent;
 pub(crate) mod records;

@@ -36,6 +36,7 @@ use tracing::warn;
 use super::codec::{self, CodecError, Version};
 use super::cursor::Start;
 use super::hub::Event;
+use super::inbox::EventTx;
 use super::records::{self, Message};
 use super::session::{Session, Ticket, SHARED_TICKET};
 use super::topic;
@@ -59,7 +60,7 @@ pub(crate) struct Delivery {
 
 struct Member {
     conn: u64,
-    tx: mpsc::UnboundedSender<Event>,
+    tx: EventTx,
     window: usize,
     inflight: HashMap<(usize, u64), Delivery>,
 }
@@ -159,7 +160,7 @@ impl ShareGroup {
     }
 
     /// Adds (or refreshes) a member with `window` deliveries in flight at most.
-    pub(crate) fn join(&self, conn: u64, tx: mpsc::UnboundedSender<Event>, window: usize) {
+    pub(crate) fn join(&self, conn: u64, tx: EventTx, window: usize) {
         let mut st = self.lock();
         match st.members.iter_mut().find(|m| m.conn == conn) {
             Some(m) => m.window = window.max(1),
