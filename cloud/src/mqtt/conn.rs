@@ -192,19 +192,138 @@ fn assign_id() -> String {
 }
 
 async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Result<(), Error> {
-    let cfg = hub.config.clone();
-    let max = cfg.max_packet_bytes as usize;
     let mut c = Conn {
         stream,
         hub: hub.clone(),
         version: Version::V4,
         rbuf: BytesMut::with_capacity(READ_CHUNK),
         wbuf: BytesMut::new(),
-        write_timeout: Duration::from_millis(cfg.write_timeout_ms),
+        write_timeout: Duration::from_millis(hub.config.write_timeout_ms),
         shares: Memberships::default(),
         key: Bytes::new(),
         stop: hub.stop_signal(),
     };
+    // 1-2. In a future of its own (boxed): the decoded CONNECT and the handshake's
+    // temporaries are freed once it is done, instead of taking room in this future,
+    // which lives as long as the connection (most of what an idle connection costs).
+    let Some(opened) = Box::pin(handshake(&mut c, &hub)).await? else {
+        return Ok(());
+    };
+    let Opened {
+        client_id,
+        will,
+        armed,
+        mut session,
+        mut cursors,
+        mut events,
+        conn_id,
+        ka,
+        mut persisted,
+        greeted,
+    } = opened;
+    // 3. Serve until closed.
+    let outcome = match greeted {
+        Ok(()) => {
+            serve_loop(
+                &mut c,
+                &mut session,
+                &mut cursors,
+                &mut events,
+                conn_id,
+                ka,
+                &mut persisted,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    // A clean stop is not a client's DISCONNECT: the will is due (MQTT 5 3.1.2.5).
+    let stopping = matches!(outcome, Err(Error::Stopping));
+    let (publish_will, result) = match outcome {
+        Ok(will) => (will, Ok(())),
+        Err(Error::Stopping) => (true, Ok(())),
+        Err(e) => (true, Err(e)),
+    };
+    // 4. Leave: will, persistence, registry. A will due now is published (on a stop,
+    // durably before the stop goes on); a delayed one is stored with the session.
+    let delayed = match will.filter(|_| publish_will) {
+        Some((m, delay)) => {
+            let wait = will_wait(delay, session.expiry);
+            Box::pin(will_now_or_later(
+                &hub, &client_id, m, wait, stopping, armed,
+            ))
+            .await
+        }
+        None => {
+            // Discarded by a DISCONNECT (or none): no longer due after a crash either.
+            if let Some(conn) = armed {
+                Box::pin(hub.disarm_will(&client_id, conn)).await;
+            }
+            None
+        }
+    };
+    // Unfinished shared deliveries go back to their groups (other members get them).
+    session.drop_shared();
+    for g in std::mem::take(&mut c.shares.groups) {
+        Box::pin(hub.share_leave(conn_id, &g.key)).await;
+    }
+    if session.expiry > 0 {
+        let saved = cursors.saved(&session);
+        let now = records::now_ms().max(1) as u64;
+        if let Err(e) = Box::pin(hub.persist_leave(&client_id, Some(saved), now, delayed)).await {
+            warn!(cause = %e, "cannot persist session");
+        }
+    } else if persisted {
+        if let Err(e) = Box::pin(hub.persist_session(&client_id, None, 0)).await {
+            warn!(cause = %e, "cannot delete session");
+        }
+    }
+    let positions = cursors
+        .list
+        .iter()
+        .map(|c| (c.log_name.clone(), c.partition, c.next))
+        .collect();
+    hub.detach(
+        conn_id,
+        &client_id,
+        Detached {
+            session,
+            cursors: positions,
+            sent: Vec::new(),
+        },
+    );
+    if stopping {
+        Box::pin(c.goodbye()).await;
+    }
+    result
+}
+
+/// What the handshake settled, for serving and leaving.
+struct Opened {
+    client_id: String,
+    /// The will and its delay.
+    will: Option<(Message, u32)>,
+    /// The connection whose will is stored (this one), if it is.
+    armed: Option<u64>,
+    session: Session,
+    cursors: Cursors,
+    events: EventRx,
+    conn_id: u64,
+    /// The keep-alive deadline after the last packet.
+    ka: Option<Duration>,
+    persisted: bool,
+    /// Whether the CONNACK (and resent deliveries) went out.
+    greeted: Result<(), Error>,
+}
+
+/// Steps 1 and 2: reads the CONNECT, takes the session and sends the CONNACK. `None`:
+/// the connection ended here (closed, timed out or refused).
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    c: &mut Conn<S>,
+    hub: &Arc<Hub>,
+) -> Result<Option<Opened>, Error> {
+    let cfg = &hub.config;
+    let max = cfg.max_packet_bytes as usize;
     // 1. CONNECT, within the connect timeout.
     let deadline = Instant::now() + Duration::from_millis(cfg.connect_timeout_ms);
     let (version, packet) = loop {
@@ -215,22 +334,22 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
                 debug!(name, level, "unsupported protocol level");
                 c.wbuf.extend_from_slice(&[0x20, 0x02, 0x00, 0x01]);
                 c.flush().await?;
-                return Ok(());
+                return Ok(None);
             }
             Err(e) => return Err(e.into()),
         }
         let read = tokio::time::timeout_at(deadline, c.stream.read_buf(&mut c.rbuf));
         let read = tokio::select! {
             biased;
-            _ = c.stop.wait_for(|s| *s) => return Ok(()),
+            _ = c.stop.wait_for(|s| *s) => return Ok(None),
             r = read => r,
         };
         match read {
-            Ok(Ok(0)) => return Ok(()),
+            Ok(Ok(0)) => return Ok(None),
             Ok(r) => r?,
             Err(_) => {
                 debug!("no CONNECT within connect_timeout_ms");
-                return Ok(());
+                return Ok(None);
             }
         };
     };
@@ -252,14 +371,14 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
     if !cfg.authenticate(login) {
         debug!(username = login.map(|l| l.0), "bad user name or password");
         c.send(&connack(ConnectReturnCode::BadUserNamePassword, None))?;
-        return c.flush().await;
+        return c.flush().await.map(|()| None);
     }
     let mut client_id = connect.client_id.clone();
     let mut assigned = None;
     if client_id.is_empty() {
         if version == Version::V4 && !connect.clean_start {
             c.send(&connack(ConnectReturnCode::BadClientId, None))?;
-            return c.flush().await;
+            return c.flush().await.map(|()| None);
         }
         client_id = assign_id();
         assigned = Some(client_id.clone());
@@ -271,7 +390,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
             let name = String::from_utf8(w.topic.to_vec()).unwrap_or_default();
             if topic::validate_name(&name).is_err() {
                 c.send(&connack(ConnectReturnCode::TopicNameInvalid, None))?;
-                return c.flush().await;
+                return c.flush().await.map(|()| None);
             }
             let delay = w
                 .properties
@@ -329,16 +448,16 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
     // 2. Take the session (waiting for a connection that holds it to let go).
     let attached = tokio::select! {
         biased;
-        a = hub.attach(&client_id, connect.clean_start) => a,
-        _ = c.stop.wait_for(|s| *s) => return Ok(()),
+        a = Box::pin(hub.attach(&client_id, connect.clean_start)) => a,
+        _ = c.stop.wait_for(|s| *s) => return Ok(None),
     };
     let conn_id = attached.conn;
-    let mut events = attached.events;
+    let events = attached.events;
     let session_present = attached.resumed.is_some();
     let discarded = attached.discarded;
     let mut cursors = Cursors::default();
     let mut resend = Vec::new();
-    let mut session = match attached.resumed {
+    let session = match attached.resumed {
         Some(d) => {
             let mut s = d.session;
             s.expiry = expiry_granted;
@@ -377,15 +496,15 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
         if let Some((_, filter)) = topic::shared(key) {
             let window = usize::from(session.client.receive_maximum);
             c.shares
-                .add(hub.share_join(conn_id, key, filter, window).await);
+                .add(Box::pin(hub.share_join(conn_id, key, filter, window)).await);
         }
     }
     // A delayed will of this client id waiting for its time is cancelled (published
     // first on a clean start, which ends its session), durably before the CONNACK.
-    hub.cancel_will(&client_id, connect.clean_start).await;
+    Box::pin(hub.cancel_will(&client_id, connect.clean_start)).await;
     if discarded {
         // A clean start discards the stored session of this client id.
-        if let Err(e) = hub.persist_session(&client_id, None, 0).await {
+        if let Err(e) = Box::pin(hub.persist_session(&client_id, None, 0)).await {
             warn!(cause = %e, "cannot delete the previous session");
         }
     }
@@ -396,7 +515,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
     let armed = match &will {
         Some((m, delay)) => {
             let wait = will_wait(*delay, session.expiry);
-            match hub.arm_will(&client_id, conn_id, m, wait).await {
+            match Box::pin(hub.arm_will(&client_id, conn_id, m, wait)).await {
                 Ok(()) => Some(conn_id),
                 Err(e) => {
                     warn!(cause = %e, "cannot store the will");
@@ -435,83 +554,20 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
     }
     // From here on the session is registered: every way out goes through step 4.
     let greeted = c.flush().await;
-    let mut persisted = session_present && session.expiry > 0;
+    let persisted = session_present && session.expiry > 0;
     let ka = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-    // 3. Serve until closed.
-    let outcome = match greeted {
-        Ok(()) => {
-            serve_loop(
-                &mut c,
-                &mut session,
-                &mut cursors,
-                &mut events,
-                conn_id,
-                ka,
-                &mut persisted,
-            )
-            .await
-        }
-        Err(e) => Err(e),
-    };
-    // A clean stop is not a client's DISCONNECT: the will is due (MQTT 5 3.1.2.5).
-    let stopping = matches!(outcome, Err(Error::Stopping));
-    let (publish_will, result) = match outcome {
-        Ok(will) => (will, Ok(())),
-        Err(Error::Stopping) => (true, Ok(())),
-        Err(e) => (true, Err(e)),
-    };
-    // 4. Leave: will, persistence, registry. A will due now is published (on a stop,
-    // durably before the stop goes on); a delayed one is stored with the session.
-    let delayed = match will.filter(|_| publish_will) {
-        Some((m, delay)) => {
-            let wait = will_wait(delay, session.expiry);
-            will_now_or_later(&hub, &client_id, m, wait, stopping, armed).await
-        }
-        None => {
-            // Discarded by a DISCONNECT (or none): no longer due after a crash either.
-            if let Some(conn) = armed {
-                hub.disarm_will(&client_id, conn).await;
-            }
-            None
-        }
-    };
-    // Unfinished shared deliveries go back to their groups (other members get them).
-    session.drop_shared();
-    for g in std::mem::take(&mut c.shares.groups) {
-        hub.share_leave(conn_id, &g.key).await;
-    }
-    if session.expiry > 0 {
-        let saved = cursors.saved(&session);
-        let now = records::now_ms().max(1) as u64;
-        if let Err(e) = hub
-            .persist_leave(&client_id, Some(saved), now, delayed)
-            .await
-        {
-            warn!(cause = %e, "cannot persist session");
-        }
-    } else if persisted {
-        if let Err(e) = hub.persist_session(&client_id, None, 0).await {
-            warn!(cause = %e, "cannot delete session");
-        }
-    }
-    let positions = cursors
-        .list
-        .iter()
-        .map(|c| (c.log_name.clone(), c.partition, c.next))
-        .collect();
-    hub.detach(
+    Ok(Some(Opened {
+        client_id,
+        will,
+        armed,
+        session,
+        cursors,
+        events,
         conn_id,
-        &client_id,
-        Detached {
-            session,
-            cursors: positions,
-            sent: Vec::new(),
-        },
-    );
-    if stopping {
-        c.goodbye().await;
-    }
-    result
+        ka,
+        persisted,
+        greeted,
+    }))
 }
 
 /// How long after its connection is lost a will is due: the will delay, cut to the
