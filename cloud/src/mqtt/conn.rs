@@ -249,15 +249,12 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
     let delayed = match will.filter(|_| publish_will) {
         Some((m, delay)) => {
             let wait = will_wait(delay, session.expiry);
-            Box::pin(will_now_or_later(
-                &hub, &client_id, m, wait, stopping, armed,
-            ))
-            .await
+            will_now_or_later(&hub, &client_id, m, wait, stopping, armed).await
         }
         None => {
             // Discarded by a DISCONNECT (or none): no longer due after a crash either.
             if let Some(conn) = armed {
-                Box::pin(hub.disarm_will(&client_id, conn)).await;
+                hub.disarm_will(&client_id, conn).await;
             }
             None
         }
@@ -265,16 +262,19 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
     // Unfinished shared deliveries go back to their groups (other members get them).
     session.drop_shared();
     for g in std::mem::take(&mut c.shares.groups) {
-        Box::pin(hub.share_leave(conn_id, &g.key)).await;
+        hub.share_leave(conn_id, &g.key).await;
     }
     if session.expiry > 0 {
         let saved = cursors.saved(&session);
         let now = records::now_ms().max(1) as u64;
-        if let Err(e) = Box::pin(hub.persist_leave(&client_id, Some(saved), now, delayed)).await {
+        if let Err(e) = hub
+            .persist_leave(&client_id, Some(saved), now, delayed)
+            .await
+        {
             warn!(cause = %e, "cannot persist session");
         }
     } else if persisted {
-        if let Err(e) = Box::pin(hub.persist_session(&client_id, None, 0)).await {
+        if let Err(e) = hub.persist_session(&client_id, None, 0).await {
             warn!(cause = %e, "cannot delete session");
         }
     }
@@ -293,7 +293,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
         },
     );
     if stopping {
-        Box::pin(c.goodbye()).await;
+        c.goodbye().await;
     }
     result
 }
@@ -448,7 +448,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     // 2. Take the session (waiting for a connection that holds it to let go).
     let attached = tokio::select! {
         biased;
-        a = Box::pin(hub.attach(&client_id, connect.clean_start)) => a,
+        a = hub.attach(&client_id, connect.clean_start) => a,
         _ = c.stop.wait_for(|s| *s) => return Ok(None),
     };
     let conn_id = attached.conn;
@@ -496,15 +496,15 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         if let Some((_, filter)) = topic::shared(key) {
             let window = usize::from(session.client.receive_maximum);
             c.shares
-                .add(Box::pin(hub.share_join(conn_id, key, filter, window)).await);
+                .add(hub.share_join(conn_id, key, filter, window).await);
         }
     }
     // A delayed will of this client id waiting for its time is cancelled (published
     // first on a clean start, which ends its session), durably before the CONNACK.
-    Box::pin(hub.cancel_will(&client_id, connect.clean_start)).await;
+    hub.cancel_will(&client_id, connect.clean_start).await;
     if discarded {
         // A clean start discards the stored session of this client id.
-        if let Err(e) = Box::pin(hub.persist_session(&client_id, None, 0)).await {
+        if let Err(e) = hub.persist_session(&client_id, None, 0).await {
             warn!(cause = %e, "cannot delete the previous session");
         }
     }
@@ -515,7 +515,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let armed = match &will {
         Some((m, delay)) => {
             let wait = will_wait(*delay, session.expiry);
-            match Box::pin(hub.arm_will(&client_id, conn_id, m, wait)).await {
+            match hub.arm_will(&client_id, conn_id, m, wait).await {
                 Ok(()) => Some(conn_id),
                 Err(e) => {
                     warn!(cause = %e, "cannot store the will");

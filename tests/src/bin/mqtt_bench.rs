@@ -238,6 +238,17 @@ struct Row {
     rss_mb: f64,
 }
 
+/// A row from per-item latencies (ms) over `took`: items/s, p50/p99, the broker's RSS.
+fn row(b: &Broker, mut lat: Vec<f64>, took: Duration) -> Result<Row> {
+    lat.sort_by(f64::total_cmp);
+    Ok(Row {
+        msgs_s: lat.len() as f64 / took.as_secs_f64(),
+        p50: percentile(&lat, 50.0),
+        p99: percentile(&lat, 99.0),
+        rss_mb: rss_bytes(b.pid())? as f64 / 1e6,
+    })
+}
+
 async fn fan(b: &Broker, pubs: usize, subs: usize, o: &Opts, tag: &str) -> Result<Row> {
     let (filter, topic) = if pubs > 1 {
         (format!("{tag}/+"), None)
@@ -282,13 +293,7 @@ async fn fan(b: &Broker, pubs: usize, subs: usize, o: &Opts, tag: &str) -> Resul
         lat.extend(l);
         end = end.max(e);
     }
-    lat.sort_by(f64::total_cmp);
-    Ok(Row {
-        msgs_s: lat.len() as f64 / end.as_secs_f64(),
-        p50: percentile(&lat, 50.0),
-        p99: percentile(&lat, 99.0),
-        rss_mb: rss_bytes(b.pid())? as f64 / 1e6,
-    })
+    row(b, lat, end)
 }
 
 async fn round_trip(b: &Broker, o: &Opts) -> Result<Row> {
@@ -324,14 +329,7 @@ async fn round_trip(b: &Broker, o: &Opts) -> Result<Row> {
             }
         }
     }
-    let total = t0.elapsed();
-    lat.sort_by(f64::total_cmp);
-    Ok(Row {
-        msgs_s: o.round_trips as f64 / total.as_secs_f64(),
-        p50: percentile(&lat, 50.0),
-        p99: percentile(&lat, 99.0),
-        rss_mb: rss_bytes(b.pid())? as f64 / 1e6,
-    })
+    row(b, lat, t0.elapsed())
 }
 
 /// `n` connections in a row, each with a will: returns CONNECT-to-CONNACK latencies (ms).
@@ -368,14 +366,7 @@ async fn connect_storm(b: &Broker, o: &Opts) -> Result<Row> {
     for t in tasks {
         lat.extend(t.await??);
     }
-    let total = t0.elapsed();
-    lat.sort_by(f64::total_cmp);
-    Ok(Row {
-        msgs_s: lat.len() as f64 / total.as_secs_f64(),
-        p50: percentile(&lat, 50.0),
-        p99: percentile(&lat, 99.0),
-        rss_mb: rss_bytes(b.pid())? as f64 / 1e6,
-    })
+    row(b, lat, t0.elapsed())
 }
 
 #[tokio::main]
