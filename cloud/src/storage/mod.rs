@@ -299,9 +299,16 @@ impl Store {
     }
 
     /// Applies `set` atomically; `durable` asks for the sync policy's fsync before returning.
+    /// A write that needs no fsync ([`Store::needs_sync`]) is applied on the calling thread
+    /// ([`Store::write_now`]): it is done when this returns either way, and the writer
+    /// thread would add two thread hand-offs (with `sync: none`, most of a will's write
+    /// in an MQTT reconnect storm).
     pub async fn write(&self, set: WriteSet, durable: bool) -> Result<(), Error> {
-        let (done, rx) = oneshot::channel();
         let tx = self.tx.as_ref().ok_or(Error::Closed)?;
+        if !self.needs_sync(durable) {
+            return self.write_now(set);
+        }
+        let (done, rx) = oneshot::channel();
         tx.send(writer::WriteReq {
             set,
             durable,
