@@ -58,8 +58,17 @@ pub(super) struct WillLocks(Box<[tokio::sync::Mutex<Armed>]>);
 pub(super) struct Armed(HashMap<Box<str>, u64>);
 
 impl Armed {
+    /// The connection whose armed will is stored for `client`, if one is.
     fn by(&self, client: &str) -> Option<u64> {
         self.0.get(client).copied()
+    }
+
+    /// `client`'s stored will is now armed by `conn`, or (`None`) not armed any more.
+    fn set(&mut self, client: &str, conn: Option<u64>) {
+        match conn {
+            Some(c) => self.0.insert(client.into(), c),
+            None => self.0.remove(client),
+        };
     }
 }
 
@@ -126,7 +135,7 @@ impl Hub {
         let mut turn = self.will_writes.turn(client).await;
         let written = self.log.store.write(set, true).await;
         if written.is_ok() {
-            turn.0.remove(client); // replaced by the timed will
+            turn.set(client, None); // replaced by the timed will
         }
         // Timed even if the write failed: the will is still due in this process.
         let epoch = register(&mut self.lock(), client.to_string(), stored.message);
@@ -161,10 +170,7 @@ impl Hub {
     /// connection of this client id has armed its own since.
     async fn forget_will(&self, client: &str) {
         let mut turn = self.will_writes.turn(client).await;
-        if self.lock().wills.contains_key(client) {
-            return;
-        }
-        if turn.by(client).is_some() {
+        if self.lock().wills.contains_key(client) || turn.by(client).is_some() {
             return;
         }
         self.delete_will(client, &mut turn).await;
@@ -175,9 +181,7 @@ impl Hub {
         let mut set = WriteSet::default();
         set.delete_will(client);
         match self.log.store.write(set, true).await {
-            Ok(()) => {
-                armed.0.remove(client);
-            }
+            Ok(()) => armed.set(client, None),
             Err(e) => warn!(client, cause = %e, "cannot delete a stored will"),
         }
     }
@@ -202,7 +206,7 @@ impl Hub {
         set.put_will(client, stored.encode()?);
         let mut turn = self.will_writes.turn(client).await;
         self.log.store.write(set, true).await?;
-        turn.0.insert(client.into(), conn);
+        turn.set(client, Some(conn));
         Ok(())
     }
 
