@@ -84,8 +84,10 @@ fn prune_tails(c: &mut Committer, s: &super::State) {
 /// fsyncs the directory if a file was created, and indexes them in sled, unflushed
 /// (durability step 2). With `sync: interval` a full batch is
 /// only written (memory freed, no fsync) until the next tick. Returns whether anything
-/// was made durable.
-pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
+/// was made durable. A round that makes something durable records its time since
+/// `started` ([`super::Buffer::last_commit_time`]) before it wakes the waiters, so an
+/// acknowledgement that follows the one it releases sees it.
+pub(super) fn commit_once(inner: &Inner, force: bool, started: Instant) -> Result<bool, Error> {
     let mut guard = inner.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
     let c = &mut *guard;
     let sync = force || inner.cfg.sync == SyncPolicy::Always || c.staged.len() >= MAX_STAGED;
@@ -284,6 +286,8 @@ pub(super) fn commit_once(inner: &Inner, force: bool) -> Result<bool, Error> {
         }
     }
     s.committed_gen = s.committed_gen.max(gen_done).max(gen);
+    let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    inner.last_round_us.store(us, Ordering::Relaxed);
     inner.durable_gen.store(s.committed_gen, Ordering::Release);
     drop(s);
     inner.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -461,7 +465,7 @@ pub(super) fn commit_loop(inner: &Inner) {
             std::thread::sleep(Duration::from_millis(
                 inner.test_commit_delay_ms.load(Ordering::Relaxed),
             ));
-            commit_once(inner, force)
+            commit_once(inner, force, started)
         }));
         let Ok(round) = round else {
             // The round may have left its records half-registered: stop committing, and
@@ -469,10 +473,6 @@ pub(super) fn commit_loop(inner: &Inner) {
             let _ = fail(inner, "the buffer's commit thread panicked".into());
             return;
         };
-        if let Ok(true) = round {
-            let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            inner.last_round_us.store(us, Ordering::Relaxed);
-        }
         match round {
             Ok(wrote) => unflushed |= wrote,
             Err(e) => {

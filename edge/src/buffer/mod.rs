@@ -779,7 +779,7 @@ impl Buffer {
     /// Commits the open (and written, `sync: interval`) batches now: returns once they are
     /// fsynced and indexed.
     pub fn commit(&self) -> Result<(), Error> {
-        commit_once(&self.inner, true)?;
+        commit_once(&self.inner, true, Instant::now())?;
         Ok(())
     }
 
