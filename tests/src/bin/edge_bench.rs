@@ -467,6 +467,7 @@ async fn drain(o: &Opts, work: &Path, backlog_mb: usize, cap: Option<usize>) -> 
     let cloud = Cloud::start_at(&cloud_dir, &kafka, "")?;
     let t0 = Instant::now();
     let (e_cpu, c_cpu) = (cpu_secs(edge.pid())?, cpu_secs(cloud.pid())?);
+    let e_threads = thread_cpu_secs(edge.pid())?;
     let mut peak = 0;
     let mut first = None;
     // A metrics scrape costs the edge a directory scan of its batch files (a statx each:
@@ -515,6 +516,10 @@ async fn drain(o: &Opts, work: &Path, backlog_mb: usize, cap: Option<usize>) -> 
                         "edge RSS while draining: peak {:.1} MB (sampled every 10-50 ms; goal <= 32 MB); \
                          CPU: edge {e:.1} s, cloud {c:.1} s",
                         peak as f64 / 1e6
+                    );
+                    println!(
+                        "  edge CPU s by thread while draining: {}",
+                        thread_deltas(&e_threads, &thread_cpu_secs(edge.pid())?)
                     );
                 }
                 Some(c) => {
@@ -575,4 +580,20 @@ async fn main() -> Result<()> {
         std::mem::forget(tmp);
     }
     Ok(())
+}
+
+/// `after - before` per thread name (threads alive at the end), busiest first, as
+/// `name 1.23, ...`; names below 0.05 s are left out.
+fn thread_deltas(before: &[(String, f64)], after: &[(String, f64)]) -> String {
+    let mut d: Vec<(&str, f64)> = after
+        .iter()
+        .map(|(n, s)| {
+            let b = before.iter().find(|(m, _)| m == n).map_or(0.0, |(_, s)| *s);
+            (n.as_str(), s - b)
+        })
+        .filter(|(_, s)| *s >= 0.05)
+        .collect();
+    d.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let d: Vec<String> = d.iter().map(|(n, s)| format!("{n} {s:.2}")).collect();
+    d.join(", ")
 }
