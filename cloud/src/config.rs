@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::log::StorageMode;
 use crate::storage::SyncPolicy;
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +111,10 @@ pub struct StorageConfig {
     pub sync: String,
     pub sync_interval_ms: u64,
     pub retention_check_interval_ms: u64,
+    /// `storage.mode` of topics created without one: `persistent` (default) or `memory`.
+    pub default_mode: String,
+    /// Byte cap of a memory partition whose topic sets no `retention.bytes`.
+    pub memory_partition_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -156,6 +161,8 @@ impl Default for StorageConfig {
             sync: "group".into(),
             sync_interval_ms: 100,
             retention_check_interval_ms: 300_000,
+            default_mode: "persistent".into(),
+            memory_partition_bytes: 64 << 20,
         }
     }
 }
@@ -246,6 +253,13 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        self.default_mode()?;
+        if self.storage.memory_partition_bytes == 0 {
+            return Err((
+                "storage.memory_partition_bytes",
+                "must be at least 1".into(),
+            ));
+        }
         if self.groups.min_session_timeout_ms > self.groups.max_session_timeout_ms {
             return Err((
                 "groups.min_session_timeout_ms",
@@ -257,6 +271,15 @@ impl Config {
             return Err(("data_dir", "must not be empty".into()));
         }
         Ok(())
+    }
+
+    pub fn default_mode(&self) -> Result<StorageMode, (&'static str, String)> {
+        StorageMode::parse(&self.storage.default_mode).map_err(|why| {
+            (
+                "storage.default_mode",
+                format!("unknown mode {:?}: {why}", self.storage.default_mode),
+            )
+        })
     }
 
     pub fn sync_policy(&self) -> Result<SyncPolicy, (&'static str, String)> {
@@ -338,6 +361,18 @@ mod tests {
         assert!(e.starts_with("cloud.yaml: kafka.sasl.users:"), "{e}");
         let e = err("kafka:\n  sasl:\n    mechanisms: [SCRAM-SHA-256]\n    users: {a: b}\n");
         assert!(e.starts_with("cloud.yaml: kafka.sasl.mechanisms:"), "{e}");
+        let e = err("storage:\n  default_mode: ram\n");
+        assert!(
+            e.starts_with("cloud.yaml: storage.default_mode: unknown mode \"ram\""),
+            "{e}"
+        );
+        let e = err("storage:\n  default_mode: tiered\n");
+        assert!(e.contains("not available yet"), "{e}");
+        let e = err("storage:\n  memory_partition_bytes: 0\n");
+        assert!(
+            e.starts_with("cloud.yaml: storage.memory_partition_bytes:"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -129,10 +129,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             })?,
         );
     let log = Arc::new(
-        log::Log::open(store.clone()).map_err(|source| StartError::Store {
-            path: store_dir.display().to_string(),
-            source,
-        })?,
+        log::Log::open(store.clone())
+            .map_err(|source| StartError::Store {
+                path: store_dir.display().to_string(),
+                source,
+            })?
+            .with_modes(
+                config
+                    .default_mode()
+                    .unwrap_or(log::StorageMode::Persistent),
+                usize::try_from(config.storage.memory_partition_bytes).unwrap_or(usize::MAX),
+            ),
     );
     let g = &config.groups;
     let groups = Arc::new(groups::Coordinator::new(

@@ -29,7 +29,7 @@ fn search(
     let mut from = log.log_start();
     let mut best: Option<(i64, bytes::Bytes)> = None;
     loop {
-        let chunk = store.log_read(log.topic_id, log.index, from, usize::MAX, CHUNK)?;
+        let chunk = log.scan(store, from, CHUNK)?;
         let n = chunk.len();
         for (base, b) in &chunk {
             if *base < from {

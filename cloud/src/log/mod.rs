@@ -5,6 +5,7 @@
 //! first use, so start-up cost does not grow with data volume.
 
 pub(crate) mod batch;
+pub(crate) mod memory;
 pub(crate) mod partition;
 pub(crate) mod producer;
 pub(crate) mod retention;
@@ -33,7 +34,8 @@ pub(crate) enum TopicError {
     Storage(#[from] storage::Error),
 }
 
-/// Topic configs the broker understands, with Kafka's defaults.
+/// Topic configs the broker understands, with Kafka's defaults (and ours for
+/// `storage.mode`, which Kafka does not have).
 pub(crate) const TOPIC_CONFIG_DEFAULTS: &[(&str, &str)] = &[
     ("cleanup.policy", "delete"),
     ("compression.type", "producer"),
@@ -43,7 +45,36 @@ pub(crate) const TOPIC_CONFIG_DEFAULTS: &[(&str, &str)] = &[
     ("retention.bytes", "-1"),
     ("retention.ms", "604800000"),
     ("segment.bytes", "1073741824"),
+    ("storage.mode", "persistent"),
 ];
+
+/// Where a topic's batches live (topic config `storage.mode`, fixed at creation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageMode {
+    /// In the store, written under the sync policy (the default).
+    Persistent,
+    /// In this process only ([`memory`]): never written to disk, gone at a restart.
+    Memory,
+}
+
+impl StorageMode {
+    /// Parses a `storage.mode` value.
+    pub fn parse(v: &str) -> Result<StorageMode, &'static str> {
+        match v {
+            "persistent" => Ok(StorageMode::Persistent),
+            "memory" => Ok(StorageMode::Memory),
+            "hybrid" | "tiered" => Err("not available yet: one of persistent, memory"),
+            _ => Err("one of persistent, memory"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            StorageMode::Persistent => "persistent",
+            StorageMode::Memory => "memory",
+        }
+    }
+}
 
 pub(crate) struct Topic {
     pub(crate) id: u32,
@@ -82,6 +113,13 @@ impl Topic {
             .iter()
             .find(|(k, _)| *k == key)
             .map(|(_, v)| v.to_string())
+    }
+
+    /// The topic's storage mode (an unreadable stored value reads as persistent).
+    pub(crate) fn mode(&self) -> StorageMode {
+        self.config("storage.mode")
+            .and_then(|v| StorageMode::parse(&v).ok())
+            .unwrap_or(StorageMode::Persistent)
     }
 
     /// A stable 16-byte topic id derived from the numeric id.
@@ -135,6 +173,9 @@ fn validate_config(key: &str, value: &str) -> Result<(), TopicError> {
             value.parse::<i64>().map_err(|_| bad("not an integer"))?;
         }
         "cleanup.policy" if value != "delete" => return Err(bad("only 'delete' is supported")),
+        "storage.mode" => {
+            StorageMode::parse(value).map_err(bad)?;
+        }
         "cleanup.policy" | "compression.type" | "message.timestamp.type" => {}
         _ => return Err(bad("unknown topic config")),
     }
@@ -150,6 +191,10 @@ pub(crate) struct NewTopic {
 
 pub(crate) struct Log {
     pub(crate) store: Arc<Store>,
+    /// `storage.mode` of topics created without one.
+    default_mode: StorageMode,
+    /// Byte cap of a memory partition whose topic sets no `retention.bytes`.
+    memory_partition_bytes: usize,
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
     next_id: AtomicU32,
     generation: AtomicU64,
@@ -176,12 +221,22 @@ impl Log {
         }
         Ok(Log {
             store,
+            default_mode: StorageMode::Persistent,
+            memory_partition_bytes: 64 << 20,
             topics: RwLock::new(map),
             next_id: AtomicU32::new(next_id),
             generation: AtomicU64::new(1),
             admin: tokio::sync::Mutex::new(()),
             created: tokio::sync::broadcast::channel(4096).0,
         })
+    }
+
+    /// Sets the mode of topics created without `storage.mode` and the byte cap of memory
+    /// partitions (config `storage.default_mode`, `storage.memory_partition_bytes`).
+    pub(crate) fn with_modes(mut self, default_mode: StorageMode, memory_bytes: usize) -> Log {
+        self.default_mode = default_mode;
+        self.memory_partition_bytes = memory_bytes;
+        self
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<Arc<Topic>> {
@@ -237,7 +292,19 @@ impl Log {
         if let Some(p) = slot {
             return Ok(p.clone());
         }
-        let p = Arc::new(PartitionLog::load(&self.store, topic.id, index as u32)?);
+        let memory_cap = (topic.mode() == StorageMode::Memory).then(|| {
+            topic
+                .config("retention.bytes")
+                .and_then(|v| v.parse::<i64>().ok())
+                .filter(|b| *b >= 0)
+                .map_or(self.memory_partition_bytes, |b| b as usize)
+        });
+        let p = Arc::new(PartitionLog::load(
+            &self.store,
+            topic.id,
+            index as u32,
+            memory_cap,
+        )?);
         *slot = Some(p.clone());
         Ok(p)
     }
@@ -273,11 +340,18 @@ impl Log {
             })();
             if r.is_ok() && !validate_only {
                 let id = self.next_id.fetch_add(1, Ordering::AcqRel);
+                let mut configs = t.configs;
+                if self.default_mode != StorageMode::Persistent {
+                    // Stored with the topic: a later change of the default leaves it be.
+                    configs
+                        .entry("storage.mode".to_string())
+                        .or_insert_with(|| self.default_mode.name().to_string());
+                }
                 let rec = TopicRecord {
                     id,
                     name: t.name.clone(),
                     partitions: t.partitions,
-                    configs: t.configs,
+                    configs,
                 };
                 set.put_topic(&rec);
                 created.push(rec);

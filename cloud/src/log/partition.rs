@@ -8,6 +8,9 @@
 //!   confirmed the write under the sync policy. Fetch never returns bytes above it.
 //! - The last stored batch is never deleted by retention, so the end offset is always
 //!   recoverable from the last key after a restart.
+//! - A memory partition ([`MemLog`]) appends and reads under the same rules without the
+//!   store; before it hands out an offset at or above its stored floor it raises the floor
+//!   (by [`memory::RESERVE`] offsets), so after a restart it starts at that floor.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -19,6 +22,7 @@ use tokio::sync::Notify;
 use tracing::error;
 
 use super::batch::{self, BatchHeader};
+use super::memory::{self, MemLog};
 use super::producer::{ProducerState, SeqCheck, SeqEntry};
 use crate::storage::{self, Store, WriteSet};
 
@@ -49,6 +53,8 @@ struct State {
     next_offset: u64,
     producers: HashMap<i64, ProducerState>,
     reload: bool,
+    /// Memory partitions: no offset at or above this was handed out (stored in `meta`).
+    floor: u64,
 }
 
 pub(crate) struct PartitionLog {
@@ -62,6 +68,8 @@ pub(crate) struct PartitionLog {
     /// while this is zero: otherwise a later offset could be stored, and become readable,
     /// before an earlier one.
     queued: Arc<AtomicU32>,
+    /// The batches of a memory partition (`storage.mode=memory`); `None`: in the store.
+    mem: Option<Mutex<MemLog>>,
     waiters: Mutex<Vec<Weak<Notify>>>,
     /// A slot for a view's in-memory cache of this partition (the MQTT view keeps its
     /// recently appended messages there: `mqtt::recent`). The log never looks inside.
@@ -80,12 +88,21 @@ fn end_of(base: u64, b: &[u8]) -> u64 {
 }
 
 impl PartitionLog {
+    /// Loads a partition: from the store, or, with `memory_cap` (bytes), as an empty
+    /// memory partition starting at its stored offset floor.
     pub(crate) fn load(
         store: &Store,
         topic_id: u32,
         index: u32,
+        memory_cap: Option<usize>,
     ) -> Result<PartitionLog, storage::Error> {
-        let (next, start, producers) = Self::recover(store, topic_id, index)?;
+        let (next, start, producers) = match memory_cap {
+            None => Self::recover(store, topic_id, index)?,
+            Some(_) => {
+                let floor = store.mem_floor(topic_id, index)?.unwrap_or(0);
+                (floor, floor, HashMap::new())
+            }
+        };
         Ok(PartitionLog {
             topic_id,
             index,
@@ -93,8 +110,10 @@ impl PartitionLog {
                 next_offset: next,
                 producers,
                 reload: false,
+                floor: next,
             }),
             queued: Arc::new(AtomicU32::new(0)),
+            mem: memory_cap.map(|cap| Mutex::new(MemLog::new(cap))),
             visible: AtomicU64::new(next),
             log_start: AtomicU64::new(start),
             waiters: Mutex::new(Vec::new()),
@@ -161,6 +180,10 @@ impl PartitionLog {
         }
         let (rx, appended) = {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if self.mem.is_some() {
+                let most: u64 = headers.iter().map(|h| h.offset_count()).sum();
+                self.raise_floor(store, &mut st, most)?;
+            }
             if st.reload {
                 let (next, _, producers) = Self::recover(store, self.topic_id, self.index)?;
                 st.next_offset = next;
@@ -171,6 +194,7 @@ impl PartitionLog {
             let mut first: Option<Appended> = None;
             let mut end = st.next_offset;
             let mut touched = Vec::new();
+            let mut mem_batches = Vec::new();
             for (b, h) in batches.iter().zip(&headers) {
                 if h.producer_id >= 0 {
                     match ProducerState::check(
@@ -193,12 +217,11 @@ impl PartitionLog {
                 }
                 let base = end;
                 end = base + h.offset_count();
-                set.put_log(
-                    self.topic_id,
-                    self.index,
-                    base,
-                    batch::with_base_offset(b, base),
-                );
+                let stamped = batch::with_base_offset(b, base);
+                match &self.mem {
+                    Some(_) => mem_batches.push((base, stamped)),
+                    None => set.put_log(self.topic_id, self.index, base, stamped),
+                }
                 if h.producer_id >= 0 {
                     let last_seq = h.base_sequence.wrapping_add(h.last_offset_delta);
                     let e = SeqEntry {
@@ -217,6 +240,34 @@ impl PartitionLog {
                     base_offset: base,
                     end_offset: end,
                     duplicate: false,
+                });
+            }
+            if let Some(mem) = &self.mem {
+                let Some(appended) = first else {
+                    return Err(AppendError::Corrupt(batch::BatchError::Truncated(
+                        "empty record set",
+                    )));
+                };
+                if mem_batches.is_empty() {
+                    return Ok(appended);
+                }
+                let mut start = None;
+                {
+                    let mut m = mem.lock().unwrap_or_else(|p| p.into_inner());
+                    for (base, b) in mem_batches {
+                        start = m.push(base, b).or(start);
+                    }
+                }
+                st.next_offset = end;
+                drop(st);
+                if let Some(start) = start {
+                    self.set_log_start(start);
+                }
+                self.visible.fetch_max(end, Ordering::AcqRel);
+                self.wake();
+                return Ok(Appended {
+                    end_offset: end,
+                    ..appended
                 });
             }
             for pid in touched {
@@ -280,6 +331,67 @@ impl PartitionLog {
         }
     }
 
+    /// Memory partitions: makes sure offsets up to `next_offset + count` lie below the
+    /// stored floor, raising it by [`memory::RESERVE`] past them when they do not (one
+    /// small write per that many offsets; without an fsync, like any write that needs
+    /// none). Nothing changes when the write fails.
+    fn raise_floor(&self, store: &Store, st: &mut State, count: u64) -> Result<(), storage::Error> {
+        let need = st.next_offset + count;
+        if need < st.floor {
+            return Ok(());
+        }
+        let floor = need - need % memory::RESERVE + memory::RESERVE;
+        let mut set = WriteSet::default();
+        set.put_mem_floor(self.topic_id, self.index, floor);
+        store.write_now(set)?;
+        st.floor = floor;
+        Ok(())
+    }
+
+    /// Entries from the one containing `from`, up to `max_entries`, whatever the high
+    /// watermark (the contract of `Store::log_read`, for scans such as ListOffsets).
+    pub(crate) fn scan(
+        &self,
+        store: &Store,
+        from: u64,
+        max_entries: usize,
+    ) -> Result<Vec<(u64, Bytes)>, storage::Error> {
+        self.entries(store, from, usize::MAX, max_entries)
+    }
+
+    fn entries(
+        &self,
+        store: &Store,
+        from: u64,
+        max_bytes: usize,
+        max_entries: usize,
+    ) -> Result<Vec<(u64, Bytes)>, storage::Error> {
+        match &self.mem {
+            Some(m) => {
+                Ok(m.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .read(from, max_bytes, max_entries))
+            }
+            None => store.log_read(self.topic_id, self.index, from, max_bytes, max_entries),
+        }
+    }
+
+    /// Memory partitions: drops batches older than `cutoff_ms` (retention.ms; the store's
+    /// partitions are swept by `retention`). Returns how many were dropped.
+    pub(crate) fn expire_memory(&self, cutoff_ms: i64) -> u64 {
+        let Some(m) = &self.mem else {
+            return 0;
+        };
+        let (n, start) = m
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .expire(cutoff_ms);
+        if let Some(start) = start {
+            self.set_log_start(start);
+        }
+        n
+    }
+
     /// Reads whole batches containing offsets from `offset` below the high watermark,
     /// up to `max_bytes` (at least one batch when any is available).
     pub(crate) fn read(
@@ -292,8 +404,7 @@ impl PartitionLog {
         let log_start = self.log_start();
         let mut batches = Vec::new();
         if offset < hwm {
-            let entries =
-                store.log_read(self.topic_id, self.index, offset, max_bytes.max(1), 10_000)?;
+            let entries = self.entries(store, offset, max_bytes.max(1), 10_000)?;
             let mut total = 0usize;
             for (base, b) in entries {
                 if base >= hwm {
@@ -369,7 +480,7 @@ mod tests {
     async fn mixed_durable_and_direct_appends_never_expose_a_gap() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(Store::open(dir.path(), SyncPolicy::Group).expect("open"));
-        let part = Arc::new(PartitionLog::load(&store, 1, 0).expect("load"));
+        let part = Arc::new(PartitionLog::load(&store, 1, 0, None).expect("load"));
         const N: u64 = 400;
         let reader = {
             let (store, part) = (store.clone(), part.clone());
@@ -406,5 +517,107 @@ mod tests {
         assert_eq!(reader.await.expect("reader"), N);
         assert_eq!(part.high_watermark(), N);
         assert_eq!(part.queued.load(Ordering::Acquire), 0);
+    }
+
+    fn bases(r: &ReadResult) -> Vec<i64> {
+        r.batches
+            .iter()
+            .map(|b| BatchHeader::parse(b).expect("header").base_offset)
+            .collect()
+    }
+
+    /// A memory partition serves its appends (idempotence included) without writing one
+    /// log entry; reloaded (a restart) it is empty and starts above every offset it gave.
+    #[tokio::test]
+    async fn a_memory_partition_writes_no_log_and_restarts_above_its_offsets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), SyncPolicy::Group).expect("open");
+        let part = PartitionLog::load(&store, 1, 0, Some(1 << 20)).expect("load");
+        let a = part
+            .append(&store, vec![encode(3, Compression::None, 7, 0)], true)
+            .await
+            .expect("append");
+        assert_eq!((a.base_offset, a.end_offset, a.duplicate), (0, 3, false));
+        let b = part
+            .append(&store, vec![encode(2, Compression::Zstd, -1, 0)], true)
+            .await
+            .expect("append");
+        assert_eq!((b.base_offset, b.end_offset), (3, 5));
+        let dup = part
+            .append(&store, vec![encode(3, Compression::None, 7, 0)], true)
+            .await
+            .expect("duplicate");
+        assert_eq!((dup.base_offset, dup.duplicate), (0, true));
+        assert_eq!(bases(&part.read(&store, 0, 1 << 20).expect("read")), [0, 3]);
+        assert_eq!(bases(&part.read(&store, 4, 1 << 20).expect("read")), [3]);
+        assert_eq!(part.high_watermark(), 5);
+        assert_eq!(
+            store.log_last(1, 0).expect("log_last"),
+            None,
+            "no log entry"
+        );
+        assert_eq!(store.producer_states(1, 0).expect("producers"), vec![]);
+        assert_eq!(store.mem_floor(1, 0).expect("floor"), Some(memory::RESERVE));
+        drop(part);
+
+        let part = PartitionLog::load(&store, 1, 0, Some(1 << 20)).expect("reload");
+        assert_eq!(part.high_watermark(), memory::RESERVE);
+        assert_eq!(part.log_start(), memory::RESERVE);
+        assert!(part
+            .read(&store, 0, 1 << 20)
+            .expect("read")
+            .batches
+            .is_empty());
+        let c = part
+            .append(&store, vec![encode(1, Compression::None, -1, 0)], true)
+            .await
+            .expect("append");
+        assert_eq!(c.base_offset, memory::RESERVE);
+    }
+
+    /// Offsets that would reach the stored floor raise it first.
+    #[tokio::test]
+    async fn an_append_reaching_the_floor_raises_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), SyncPolicy::None).expect("open");
+        let mut set = WriteSet::default();
+        set.put_mem_floor(1, 0, memory::RESERVE - 1);
+        store.write_now(set).expect("write");
+        let part = PartitionLog::load(&store, 1, 0, Some(1 << 20)).expect("load");
+        assert_eq!(part.high_watermark(), memory::RESERVE - 1);
+        let a = part
+            .append(&store, vec![encode(3, Compression::None, -1, 0)], false)
+            .await
+            .expect("append");
+        assert_eq!(a.end_offset, memory::RESERVE + 2);
+        assert_eq!(
+            store.mem_floor(1, 0).expect("floor"),
+            Some(2 * memory::RESERVE)
+        );
+    }
+
+    /// The byte cap drops the oldest batches and moves the log start; retention.ms drops
+    /// old ones but never the last.
+    #[tokio::test]
+    async fn a_memory_partition_keeps_its_cap_and_expires_by_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), SyncPolicy::None).expect("open");
+        let one = encode(4, Compression::None, -1, 0);
+        let part = PartitionLog::load(&store, 1, 0, Some(one.len() * 2)).expect("load");
+        for _ in 0..5 {
+            part.append(&store, vec![one.clone()], false)
+                .await
+                .expect("append");
+        }
+        assert_eq!(part.log_start(), 12);
+        assert_eq!(
+            bases(&part.read(&store, 0, 1 << 20).expect("read")),
+            [12, 16]
+        );
+        // The records' timestamps are 1000..1003.
+        assert_eq!(part.expire_memory(1_000), 0);
+        assert_eq!(part.expire_memory(5_000), 1);
+        assert_eq!(part.log_start(), 16);
+        assert_eq!(bases(&part.read(&store, 0, 1 << 20).expect("read")), [16]);
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tracing::{debug, warn};
 
 use super::batch::BatchHeader;
-use super::{Log, Topic};
+use super::{Log, StorageMode, Topic};
 use crate::storage::{self, WriteSet};
 
 const SCAN_CHUNK: usize = 256;
@@ -56,6 +56,15 @@ pub(crate) fn sweep(
             .and_then(|v| v.parse().ok())
             .unwrap_or(-1);
         if ms < 0 && bytes < 0 {
+            continue;
+        }
+        if topic.mode() == StorageMode::Memory {
+            // Memory partitions enforce their byte cap on append; only time is left.
+            for p in 0..topic.partition_count() {
+                if let Some(part) = log.loaded_partition(&topic, p).filter(|_| ms >= 0) {
+                    deleted += part.expire_memory(now_ms.saturating_sub(ms));
+                }
+            }
             continue;
         }
         for p in 0..topic.partition_count() {

@@ -13,6 +13,7 @@
 //!   `b'A' | log topic name`                           -> original name of a hashed topic
 //!   `b'G' | share subscription (`$share/<group>/<filter>`) -> share group positions (opaque)
 //!   `b'W' | client id`                                -> pending delayed will (opaque bytes)
+//!   `b'M' | topic_id u32 | partition u32`             -> memory partition's offset floor (u64)
 
 pub(crate) const LOG_KEY_LEN: usize = 16;
 
@@ -57,12 +58,30 @@ pub(crate) fn producer_key(topic_id: u32, partition: u32, producer_id: i64) -> V
 }
 
 pub(crate) fn producer_topic_range(topic_id: u32) -> (Vec<u8>, Vec<u8>) {
-    let mut a = vec![b'P'];
+    topic_range(b'P', topic_id)
+}
+
+/// Key of a memory partition's offset floor: no offset at or above it was handed out.
+pub(crate) fn mem_floor_key(topic_id: u32, partition: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(b'M');
+    k.extend_from_slice(&topic_id.to_be_bytes());
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+pub(crate) fn mem_floor_topic_range(topic_id: u32) -> (Vec<u8>, Vec<u8>) {
+    topic_range(b'M', topic_id)
+}
+
+/// `[tag | topic_id, tag | topic_id + 1)`: every key of one topic under `tag`.
+fn topic_range(tag: u8, topic_id: u32) -> (Vec<u8>, Vec<u8>) {
+    let mut a = vec![tag];
     a.extend_from_slice(&topic_id.to_be_bytes());
-    let mut b = vec![b'P'];
+    let mut b = vec![tag];
     b.extend_from_slice(&(topic_id as u64 + 1).to_be_bytes()[4..8]);
     if topic_id == u32::MAX {
-        b = vec![b'Q'];
+        b = vec![tag + 1];
     }
     (a, b)
 }

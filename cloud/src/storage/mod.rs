@@ -169,6 +169,17 @@ impl WriteSet {
             .push(Op::DeleteLogRange(keys::log_key(t.id, 0, 0), end));
         let (a, b) = keys::producer_topic_range(t.id);
         self.ops.push(Op::DeleteMetaRange(a, b));
+        let (a, b) = keys::mem_floor_topic_range(t.id);
+        self.ops.push(Op::DeleteMetaRange(a, b));
+    }
+
+    /// Records that a memory partition handed out no offset at or above `floor`.
+    pub fn put_mem_floor(&mut self, topic_id: u32, partition: u32, floor: u64) {
+        self.bytes += 17;
+        self.ops.push(Op::PutMeta(
+            keys::mem_floor_key(topic_id, partition),
+            floor.to_be_bytes().to_vec(),
+        ));
     }
 
     pub fn put_offset(&mut self, group: &str, topic: &str, partition: u32, v: Vec<u8>) {
@@ -528,6 +539,15 @@ impl Store {
         }
         it.status()?;
         Ok(out)
+    }
+
+    /// A memory partition's offset floor ([`WriteSet::put_mem_floor`]), if it has one.
+    pub fn mem_floor(&self, topic_id: u32, partition: u32) -> Result<Option<u64>, Error> {
+        let cf = self.cf(CF_META)?;
+        Ok(self
+            .db
+            .get_cf(cf, keys::mem_floor_key(topic_id, partition))?
+            .and_then(|v| Some(u64::from_be_bytes(v.as_slice().try_into().ok()?))))
     }
 
     pub fn producer_states(

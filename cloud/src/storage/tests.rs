@@ -64,8 +64,11 @@ fn topics_round_trip_and_delete_is_a_range_delete() {
         w.put_log(3, 1, 5, Bytes::from_static(b"y"));
         w.put_log(4, 0, 0, Bytes::from_static(b"keep"));
         w.put_producer(3, 0, 42, vec![1, 2, 3]);
+        w.put_mem_floor(3, 1, 65_536);
+        w.put_mem_floor(4, 0, 131_072);
         s.write(w, true).await.expect("write");
     });
+    assert_eq!(s.mem_floor(3, 1).expect("floor"), Some(65_536));
     assert_eq!(s.load_topics().expect("load"), vec![t.clone()]);
     assert_eq!(
         s.producer_states(3, 0).expect("ps"),
@@ -80,7 +83,9 @@ fn topics_round_trip_and_delete_is_a_range_delete() {
     assert_eq!(s.log_last(3, 0).expect("last"), None);
     assert_eq!(s.log_last(3, 1).expect("last"), None);
     assert!(s.producer_states(3, 0).expect("ps").is_empty());
+    assert_eq!(s.mem_floor(3, 1).expect("floor"), None);
     assert_eq!(s.log_last(4, 0).expect("last").map(|e| e.0), Some(0));
+    assert_eq!(s.mem_floor(4, 0).expect("floor"), Some(131_072));
 }
 
 #[test]

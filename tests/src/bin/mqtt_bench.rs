@@ -17,9 +17,12 @@
 //!        [--messages 10000] [--size 100] [--qos 1] [--round-trips 5000] [--warmup 3000]
 //!        [--connects 4000] [--rows fan-in,fan-out,round-trip,connect]
 //!
-//! The cloud runs twice: with its defaults (QoS 1/2 acknowledged after a group fsync,
-//! i.e. durable) and with `storage.sync: none` + `mqtt.durable_publish: false` (what
-//! Mosquitto does by default: no persistence before the ack).
+//! The cloud runs three times: with its defaults (QoS 1/2 acknowledged after a group
+//! fsync, i.e. durable), with `storage.sync: none` + `mqtt.durable_publish: false` (the
+//! record reaches RocksDB's WAL, not the disk, before the ack), and with
+//! `storage.default_mode: memory` (topics kept in memory only: what Mosquitto does by
+//! default, no persistence of messages at all). Each row ends with every broker's msgs/s
+//! as a ratio to Mosquitto's.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -384,6 +387,11 @@ async fn main() -> Result<()> {
             "cloud (sync none)",
             "storage:\n  sync: none\nmqtt:\n  listen: 127.0.0.1:0\n  durable_publish: false\n",
         )?,
+        start_cloud(
+            &dir.path().join("cloud-memory"),
+            "cloud (memory)",
+            "storage:\n  default_mode: memory\nmqtt:\n  listen: 127.0.0.1:0\n",
+        )?,
         start_mosquitto(&dir.path().join("mosquitto"))?,
     ];
     let q = if o.qos == QoS::AtMostOnce { 0 } else { 1 };
@@ -399,6 +407,7 @@ async fn main() -> Result<()> {
         if !o.rows.iter().any(|r| r == name) {
             continue;
         }
+        let mut rates = Vec::new();
         for b in &brokers {
             let r = match row {
                 0 => fan(b, o.publishers, 1, &o, "fi").await?,
@@ -410,6 +419,14 @@ async fn main() -> Result<()> {
                 "{:<10} {:<18} {:>12.0} {:>9.2} {:>9.2} {:>8.1}",
                 name, b.name, r.msgs_s, r.p50, r.p99, r.rss_mb
             );
+            rates.push((b.name, r.msgs_s));
+        }
+        if let Some(&(_, peer)) = rates.last() {
+            let ratios: Vec<String> = rates[..rates.len() - 1]
+                .iter()
+                .map(|(n, r)| format!("{n} {:.2}", r / peer))
+                .collect();
+            println!("{name:<10} x Mosquitto: {}", ratios.join(", "));
         }
     }
     Ok(())

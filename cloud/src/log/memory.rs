@@ -1,0 +1,148 @@
+//! The batches of a `memory` partition (topic config `storage.mode=memory`): kept in this
+//! process only, never written to the store, gone at a restart.
+//!
+//! What a memory partition still writes: one small record in the store's `meta` family
+//! per [`RESERVE`] offsets (see [`PartitionLog`](super::partition::PartitionLog)), so a
+//! restarted cloud hands out offsets above every offset it handed out before: a consumer's
+//! committed offset or an MQTT session's position never points at a different record.
+//!
+//! Bounded: at most `cap` bytes of batches (the topic's `retention.bytes`, else
+//! `storage.memory_partition_bytes`); the oldest batches go first, the newest is always
+//! kept. `retention.ms` applies as for stored topics.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use super::batch::BatchHeader;
+
+/// Offsets reserved per record in `meta`: a restart skips at most this many offsets.
+pub(crate) const RESERVE: u64 = 1 << 16;
+
+/// A memory partition's batches, oldest first, each under its base offset.
+#[derive(Default)]
+pub(crate) struct MemLog {
+    batches: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+    cap: usize,
+}
+
+impl MemLog {
+    pub(crate) fn new(cap: usize) -> MemLog {
+        MemLog {
+            cap,
+            ..MemLog::default()
+        }
+    }
+
+    /// Adds a batch at `base` (above every batch held) and evicts the oldest while the
+    /// partition holds more than its cap. Returns the new first base offset if any batch
+    /// was evicted.
+    pub(crate) fn push(&mut self, base: u64, batch: Bytes) -> Option<u64> {
+        self.bytes += batch.len();
+        self.batches.push_back((base, batch));
+        let mut evicted = false;
+        while self.bytes > self.cap && self.batches.len() > 1 {
+            if let Some((_, b)) = self.batches.pop_front() {
+                self.bytes -= b.len();
+                evicted = true;
+            }
+        }
+        evicted
+            .then(|| self.batches.front().map(|(o, _)| *o))
+            .flatten()
+    }
+
+    /// Batches starting with the one that contains `from` (the greatest base offset <=
+    /// `from`, else the first after it), until `max_bytes` (at least one batch) or
+    /// `max_entries`: the contract of `Store::log_read`.
+    pub(crate) fn read(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        max_entries: usize,
+    ) -> Vec<(u64, Bytes)> {
+        let after = self.batches.partition_point(|(o, _)| *o <= from);
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        for (o, b) in self.batches.range(after.saturating_sub(1)..) {
+            if !out.is_empty() && total + b.len() > max_bytes {
+                break;
+            }
+            total += b.len();
+            out.push((*o, b.clone()));
+            if out.len() >= max_entries || total >= max_bytes {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Drops the batches whose newest timestamp is before `cutoff_ms` (oldest first, up to
+    /// the first newer one; never the last batch). Returns how many were dropped and the
+    /// new first base offset.
+    pub(crate) fn expire(&mut self, cutoff_ms: i64) -> (u64, Option<u64>) {
+        let mut n = 0;
+        while self.batches.len() > 1 {
+            let old = self.batches.front().is_some_and(|(_, b)| {
+                BatchHeader::parse(b).is_ok_and(|h| h.max_timestamp < cutoff_ms)
+            });
+            if !old {
+                break;
+            }
+            if let Some((_, b)) = self.batches.pop_front() {
+                self.bytes -= b.len();
+                n += 1;
+            }
+        }
+        (n, self.batches.front().map(|(o, _)| *o).filter(|_| n > 0))
+    }
+
+    /// Bytes held.
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(n: usize) -> Bytes {
+        Bytes::from(vec![0u8; n])
+    }
+
+    #[test]
+    fn read_starts_at_the_batch_containing_the_offset() {
+        let mut m = MemLog::new(1 << 20);
+        for base in [10u64, 20, 30] {
+            assert_eq!(m.push(base, b(100)), None);
+        }
+        let bases = |v: Vec<(u64, Bytes)>| v.into_iter().map(|(o, _)| o).collect::<Vec<_>>();
+        assert_eq!(bases(m.read(0, usize::MAX, 10)), [10, 20, 30]);
+        assert_eq!(bases(m.read(25, usize::MAX, 10)), [20, 30]);
+        assert_eq!(bases(m.read(30, usize::MAX, 10)), [30]);
+        assert_eq!(bases(m.read(99, usize::MAX, 10)), [30]);
+        assert_eq!(bases(m.read(10, 150, 10)), [10], "byte limit");
+        assert_eq!(bases(m.read(10, 1, 10)), [10], "at least one batch");
+        assert_eq!(bases(m.read(10, usize::MAX, 2)), [10, 20], "entry limit");
+        assert!(MemLog::new(10).read(0, 10, 10).is_empty());
+    }
+
+    #[test]
+    fn the_cap_evicts_the_oldest_and_keeps_the_newest() {
+        let mut m = MemLog::new(250);
+        assert_eq!(m.push(0, b(100)), None);
+        assert_eq!(m.push(1, b(100)), None);
+        assert_eq!(m.push(2, b(100)), Some(1));
+        assert_eq!(m.bytes(), 200);
+        assert_eq!(
+            m.push(3, b(1000)),
+            Some(3),
+            "a batch above the cap stays alone"
+        );
+        assert_eq!(m.bytes(), 1000);
+        assert_eq!(m.read(0, usize::MAX, 10).len(), 1);
+    }
+}

@@ -1,0 +1,133 @@
+"""Storage modes per topic (topic config `storage.mode`, config `storage.default_mode`):
+a `memory` topic serves Kafka and MQTT like any other but never writes its records to
+disk and starts empty after a restart, with offsets above the ones it handed out."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import ConfigResource, NewTopic, ResourceType
+
+from helpers import ck_admin, ck_create_topic, ck_produce, ck_read_all, ck_watermarks, wait_for
+from mqtt_fixtures import Mqtt, mqtt_cloud, restart  # noqa: F401
+
+MB = 1 << 20
+
+
+def dir_bytes(d: Path) -> int:
+    return sum(f.stat().st_size for f in Path(d).rglob("*") if f.is_file())
+
+
+def mode_of(bootstrap: str, topic: str) -> str:
+    a = ck_admin(bootstrap)  # kept alive until the answer: a dropped client cancels it
+    (fut,) = a.describe_configs([ConfigResource(ResourceType.TOPIC, topic)]).values()
+    return fut.result(timeout=20)["storage.mode"].value
+
+
+def produce_mb(bootstrap: str, topic: str, mb: int, tag: str) -> list:
+    # Incompressible values, so stored bytes would show in the data directory.
+    return ck_produce(bootstrap, topic, ({"value": tag.encode() + os.urandom(4000)}
+                                         for _ in range(mb * MB // 4000)))
+
+
+def test_memory_topic_writes_no_records_and_restarts_empty_above_its_offsets(cloud, topic_name):
+    mem, disk = topic_name + ".mem", topic_name + ".disk"
+    ck_create_topic(cloud.bootstrap, mem, config={"storage.mode": "memory"})
+    ck_create_topic(cloud.bootstrap, disk)
+    assert mode_of(cloud.bootstrap, mem) == "memory"
+    assert mode_of(cloud.bootstrap, disk) == "persistent"  # the default, described
+
+    before = dir_bytes(cloud.data_dir)
+    sent = produce_mb(cloud.bootstrap, mem, 8, "m")
+    grew_mem = dir_bytes(cloud.data_dir) - before
+    produce_mb(cloud.bootstrap, disk, 8, "d")
+    grew_disk = dir_bytes(cloud.data_dir) - before - grew_mem
+    # 8 MB acknowledged (acks=all) into each: the persistent topic's are in RocksDB's
+    # WAL, the memory topic's nowhere on disk.
+    assert grew_disk > 7 * MB, grew_disk
+    assert grew_mem < MB // 4, f"memory topic wrote {grew_mem} bytes"
+
+    got = ck_read_all(cloud.bootstrap, mem)
+    assert [r.value for r in got] == [m.value() for m in sent]
+    assert [r.offset for r in got] == list(range(len(sent)))
+    # ListOffsets by timestamp reads the memory log too.
+    from confluent_kafka import TopicPartition
+    from helpers import ck_consumer
+    c = ck_consumer(cloud.bootstrap)
+    try:
+        (tp,) = c.offsets_for_times([TopicPartition(mem, 0, sent[10].timestamp()[1])], timeout=10)
+        assert tp.offset <= 10 and got[tp.offset].timestamp >= sent[10].timestamp()[1]
+    finally:
+        c.close()
+
+    n = len(sent)
+    cloud.restart(kill=True)
+    assert mode_of(cloud.bootstrap, mem) == "memory"
+    lo, hi = ck_watermarks(cloud.bootstrap, mem)
+    assert lo == hi and hi >= n, (lo, hi, n)  # empty, and above every earlier offset
+    assert ck_read_all(cloud.bootstrap, mem) == []
+    (m,) = ck_produce(cloud.bootstrap, mem, [{"value": b"after"}])
+    assert m.offset() == hi
+    assert [r.value for r in ck_read_all(cloud.bootstrap, mem)] == [b"after"]
+    # The persistent topic kept everything.
+    assert ck_watermarks(cloud.bootstrap, disk) == (0, n)
+
+
+def test_memory_topic_keeps_a_bounded_suffix(cloud, topic_name):
+    """retention.bytes caps a memory partition: the oldest batches go as new ones come,
+    and a reader from the beginning gets exactly the kept suffix."""
+    ck_create_topic(cloud.bootstrap, topic_name,
+                    config={"storage.mode": "memory", "retention.bytes": str(MB)})
+    sent = []
+    for chunk in range(6):
+        sent += produce_mb(cloud.bootstrap, topic_name, 1, f"c{chunk}-")
+    lo, hi = ck_watermarks(cloud.bootstrap, topic_name)
+    assert hi == len(sent) and 0 < lo < hi, (lo, hi)
+    got = ck_read_all(cloud.bootstrap, topic_name)
+    assert [r.offset for r in got] == list(range(lo, hi))
+    assert [r.value for r in got] == [m.value() for m in sent[lo:]]
+    assert (hi - lo) * 4000 <= 2 * MB
+
+
+def test_invalid_storage_mode_is_refused(cloud, topic_name):
+    a = ck_admin(cloud.bootstrap)
+    for mode in ("hybrid", "disk"):
+        with pytest.raises(KafkaException) as ei:
+            a.create_topics([NewTopic(topic_name, num_partitions=1, replication_factor=1,
+                                      config={"storage.mode": mode})])[topic_name].result(timeout=20)
+        assert ei.value.args[0].code() == KafkaError.INVALID_CONFIG, ei.value
+        assert "storage.mode" in str(ei.value), ei.value
+    assert topic_name not in a.list_topics(timeout=10).topics
+
+
+@pytest.mark.cloud_config({"storage": {"default_mode": "memory"}})
+def test_default_mode_memory_applies_to_auto_created_topics(mqtt_cloud, topic_name):
+    """With storage.default_mode: memory, a topic first published over MQTT is a memory
+    topic: both views serve it; a topic created with storage.mode=persistent stays one."""
+    sub = Mqtt(mqtt_cloud.mqtt_port, 5)
+    sub.subscribe("sensors/#", qos=1)
+    pub = Mqtt(mqtt_cloud.mqtt_port, 4)
+    for i in range(3):
+        pub.publish("sensors/hall/t", f"{i}".encode(), qos=1)
+    assert [m.payload for m in sub.expect(3)] == [b"0", b"1", b"2"]
+    assert [r.value for r in ck_read_all(mqtt_cloud.bootstrap, "sensors.hall.t")] == [b"0", b"1", b"2"]
+    assert mode_of(mqtt_cloud.bootstrap, "sensors.hall.t") == "memory"
+
+    ck_create_topic(mqtt_cloud.bootstrap, topic_name, config={"storage.mode": "persistent"})
+    assert mode_of(mqtt_cloud.bootstrap, topic_name) == "persistent"
+    ck_produce(mqtt_cloud.bootstrap, topic_name, [{"value": b"kept"}])
+
+    restart(mqtt_cloud)
+    assert ck_watermarks(mqtt_cloud.bootstrap, "sensors.hall.t")[1] >= 3
+    assert ck_read_all(mqtt_cloud.bootstrap, "sensors.hall.t") == []
+    assert [r.value for r in ck_read_all(mqtt_cloud.bootstrap, topic_name)] == [b"kept"]
+    # A subscriber after the restart gets new publishes (at offsets above the old ones).
+    sub = Mqtt(mqtt_cloud.mqtt_port, 5)
+    sub.subscribe("sensors/#", qos=1)
+    Mqtt(mqtt_cloud.mqtt_port, 5).publish("sensors/hall/t", b"3", qos=1)
+    assert [m.payload for m in sub.expect(1)] == [b"3"]
+    wait_for(lambda: [r.value for r in ck_read_all(mqtt_cloud.bootstrap, "sensors.hall.t")] == [b"3"],
+             10, what="the new publish readable over Kafka")
