@@ -71,8 +71,9 @@
 //!    and persists an in-flight descriptor, flushed *before* sending, so a restarted edge
 //!    re-sends exactly the same batches and the broker's idempotence drops duplicates.
 //! 5. When the broker acknowledges, the replicator records the partition's acknowledged
-//!    sequence and deletes the descriptor (one atomic sled batch), then releases the
-//!    records; a batch is deleted only when every record in it is released, by the
+//!    sequence and deletes the descriptor (one atomic sled batch for every batch the
+//!    response acknowledged; step 4 likewise writes a cut's descriptors in one), then
+//!    releases the records; a batch is deleted only when every record in it is released, by the
 //!    `buffer-reap` thread (the replicator never waits for it): index entries replaced by
 //!    tombstones, sled flushed and its log file fsynced (which also makes the
 //!    acknowledged watermarks durable), the files unlinked (or recycled as spares) and

@@ -9,7 +9,8 @@
 //!    releasing the records; sled flushes all trees at once).
 //! 3. The files are unlinked (or recycled as spare files, see `spares.rs`) and the
 //!    directory fsynced.
-//! 4. The tombstones are removed (unflushed: a lost removal only repeats step 3 at open).
+//! 4. The tombstones are removed, all of one round in one sled batch (unflushed: a lost
+//!    removal only repeats step 3 at open).
 //!
 //! At open a tombstone means "delete this file", a file with neither an index entry nor
 //! a tombstone is a commit whose index sled lost (kept if intact, see `recover`).
@@ -53,9 +54,12 @@ pub(super) fn delete(inner: &Inner, keys: &[u64]) -> Result<(), Error> {
         }
     }
     files::sync_dir(&inner.files)?;
+    // One sled batch: sled writes each batch to its log as one piece.
+    let mut removals = sled::Batch::default();
     for k in gone {
-        inner.records.remove(k.to_be_bytes())?;
+        removals.remove(&k.to_be_bytes());
     }
+    inner.records.apply_batch(removals)?;
     Ok(())
 }
 

@@ -320,6 +320,47 @@ fn uplink_state_persists() {
     );
 }
 
+/// A cut's descriptors and a response's acknowledgements are collected and applied as
+/// one sled batch: nothing shows before `apply_uplink`, everything after it, and
+/// assignments in one set chain their partition's sequences.
+#[test]
+fn uplink_writes_apply_together() {
+    use super::uplink::UplinkWrites;
+    let dir = tempfile::tempdir().unwrap();
+    let buf = open_unbounded(dir.path());
+    let bases = |buf: &Buffer| -> Vec<(String, i32)> {
+        let v = buf.inflight().unwrap();
+        v.into_iter().map(|d| (d.topic, d.base_seq)).collect()
+    };
+    let mut w = UplinkWrites::default();
+    assert_eq!(buf.assign_in(&mut w, "a", 0, &[1, 2]).unwrap(), 0);
+    assert_eq!(buf.assign_in(&mut w, "a", 0, &[3]).unwrap(), 2);
+    assert_eq!(buf.assign_in(&mut w, "b", 0, &[4]).unwrap(), 0);
+    assert!(
+        bases(&buf).is_empty(),
+        "nothing is written before apply_uplink"
+    );
+    assert_eq!(buf.partition_state("a", 0).unwrap().next_seq, 0);
+    buf.apply_uplink(w).unwrap();
+    assert_eq!(
+        bases(&buf),
+        [("a".into(), 0), ("a".into(), 2), ("b".into(), 0)]
+    );
+    assert_eq!(buf.partition_state("a", 0).unwrap().next_seq, 3);
+    assert_eq!(buf.partition_state("b", 0).unwrap().next_seq, 1);
+
+    let mut acks = UplinkWrites::default();
+    Buffer::acknowledged_in(&mut acks, false, "a", 0, 0, 2);
+    Buffer::acknowledged_in(&mut acks, true, "b", 0, 0, 4);
+    assert_eq!(bases(&buf).len(), 3);
+    buf.apply_uplink(acks).unwrap();
+    assert_eq!(bases(&buf), [("a".into(), 2)]);
+    let a = buf.partition_state("a", 0).unwrap();
+    assert_eq!((a.acked_through, a.backlog_acked), (Some(2), None));
+    let b = buf.partition_state("b", 0).unwrap();
+    assert_eq!((b.acked_through, b.backlog_acked), (None, Some(4)));
+}
+
 #[test]
 fn sync_always_acks_after_flush() {
     let dir = tempfile::tempdir().unwrap();

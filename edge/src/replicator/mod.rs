@@ -45,6 +45,7 @@ use common::kafka::record_batch::Codec;
 use common::kafka::{self, codes, Connection, ProducePartition, ProducerState, ResponseFuture};
 use kafka_protocol::messages::ProduceResponse;
 
+use crate::buffer::uplink::UplinkWrites;
 use crate::buffer::{Buffer, Held, ReadBatch};
 use crate::config::{CloudConfig, CompressionName, DrainPolicy};
 use crate::metrics::Metrics;
@@ -525,6 +526,8 @@ impl Replicator {
     fn start_cut(&mut self, producer: ProducerState) -> Result<usize, Error> {
         let compression = self.compression();
         let mut assigned = false;
+        // Every descriptor of the cut in one sled write (applied below, before the fsync).
+        let mut descriptors = UplinkWrites::default();
         let max_batches = self.cfg.max_in_flight;
         let mut jobs: Vec<Job> = Vec::new();
         for (topic, t) in self.state.topics.iter_mut() {
@@ -572,12 +575,13 @@ impl Replicator {
                 t.unsent_bytes -= bytes.min(t.unsent_bytes);
                 self.state.unsent_bytes -= bytes.min(self.state.unsent_bytes);
                 let seqs: Vec<u64> = recs.iter().map(|r| r.seq).collect();
-                let base = self.buffer.assign(topic, 0, &seqs)?;
+                let base = self.buffer.assign_in(&mut descriptors, topic, 0, &seqs)?;
                 assigned = true;
                 jobs.push(Job::new(topic, base, seqs, recs, backlog));
                 queued += 1;
             }
         }
+        self.buffer.apply_uplink(descriptors)?;
         let jobs_len = jobs.len();
         if jobs_len == 0 {
             return Ok(0);
@@ -786,57 +790,71 @@ impl Replicator {
 
     /// Handles the response to one Produce request: each batch in it is the oldest
     /// unacknowledged batch of its topic.
+    /// The batches answered without error, in order, up to the first refused one, are
+    /// acknowledged in one sled write and then released; a refusal then ends the session.
     fn complete(&mut self, batches: &[(String, i32)], resp: &ProduceResponse) -> Result<(), Error> {
         let errs = kafka::client::produce_errors(resp);
+        let mut acks = UplinkWrites::default();
+        let mut done = Vec::with_capacity(batches.len());
+        let mut refused = None;
         for (topic, base) in batches {
             let code = errs
                 .iter()
                 .find(|(t, p, _)| t == topic && *p == 0)
                 .map_or(codes::UNKNOWN_TOPIC_OR_PARTITION, |(_, _, c)| *c);
-            self.complete_batch(topic, *base, code)?;
+            if code != codes::NONE && code != codes::DUPLICATE_SEQUENCE_NUMBER {
+                self.metrics
+                    .produce_errors
+                    .get_or_create(&vec![("code".to_owned(), code.to_string())])
+                    .inc();
+                refused = Some(Error::Rejected {
+                    topic: topic.to_owned(),
+                    code,
+                });
+                break;
+            }
+            if let Some(b) = self.acknowledge_batch(&mut acks, topic, *base) {
+                done.push(b);
+            }
         }
-        Ok(())
+        // The watermarks go to sled before the records are released: the reaper flushes
+        // sled before it deletes a released batch file.
+        self.buffer.apply_uplink(acks)?;
+        for b in done {
+            let held: Vec<Held> = (b.seqs.iter().zip(&b.priorities))
+                .map(|(&seq, &priority)| Held { seq, priority })
+                .collect();
+            self.buffer.release(&held)?;
+            self.metrics.uplink_records.inc_by(b.seqs.len() as u64);
+            self.metrics.uplink_bytes.inc_by(b.payload_bytes);
+            self.metrics
+                .uplink_wire_bytes
+                .inc_by(b.encoded.len() as u64);
+            self.metrics.uplink_batches.inc();
+        }
+        refused.map_or(Ok(()), Err)
     }
 
-    /// Handles the broker's answer `code` for the oldest batch of `topic`.
-    fn complete_batch(&mut self, topic: &str, base: i32, code: i16) -> Result<(), Error> {
-        if code != codes::NONE && code != codes::DUPLICATE_SEQUENCE_NUMBER {
-            self.metrics
-                .produce_errors
-                .get_or_create(&vec![("code".to_owned(), code.to_string())])
-                .inc();
-            return Err(Error::Rejected {
-                topic: topic.to_owned(),
-                code,
-            });
-        }
-        let Some(t) = self.state.topics.get_mut(topic) else {
-            return Ok(());
-        };
-        let Some(b) = t.batches.pop_front() else {
-            return Ok(());
-        };
+    /// Takes the oldest batch of `topic` (the one the broker acknowledged) out of its
+    /// queue and adds its acknowledgement to `acks`.
+    fn acknowledge_batch(
+        &mut self,
+        acks: &mut UplinkWrites,
+        topic: &str,
+        base: i32,
+    ) -> Option<OutBatch> {
+        let t = self.state.topics.get_mut(topic)?;
+        let b = t.batches.pop_front()?;
         debug_assert_eq!(b.base, base);
         self.state.batched_bytes -= b.raw_bytes.min(self.state.batched_bytes);
         let last = b.seqs.iter().max().copied().unwrap_or(0);
+        Buffer::acknowledged_in(acks, b.backlog, topic, 0, b.base, last);
         if b.backlog {
-            self.buffer.acknowledged_backlog(topic, 0, b.base, last)?;
             t.acked_backlog = Some(t.acked_backlog.map_or(last, |a| a.max(last)));
         } else {
-            self.buffer.acknowledged(topic, 0, b.base, last)?;
             t.acked_through = Some(t.acked_through.map_or(last, |a| a.max(last)));
         }
-        let held: Vec<Held> = (b.seqs.iter().zip(&b.priorities))
-            .map(|(&seq, &priority)| Held { seq, priority })
-            .collect();
-        self.buffer.release(&held)?;
-        self.metrics.uplink_records.inc_by(b.seqs.len() as u64);
-        self.metrics.uplink_bytes.inc_by(b.payload_bytes);
-        self.metrics
-            .uplink_wire_bytes
-            .inc_by(b.encoded.len() as u64);
-        self.metrics.uplink_batches.inc();
-        Ok(())
+        Some(b)
     }
 }
 

@@ -506,11 +506,14 @@ async fn drain(o: &Opts, work: &Path, backlog_mb: usize, cap: Option<usize>) -> 
                         secs,
                         first.unwrap_or_default().as_secs_f64(),
                     );
+                    let batches = m.get("edge_uplink_batches_total").copied().unwrap_or(0.0);
                     println!(
-                        "zstd: {:.0} MB of payload in {:.0} MB of Produce batches (ratio {:.2}, headers included)",
+                        "zstd: {:.0} MB of payload in {:.0} MB of Produce batches (ratio {:.2}, headers included); \
+                         {batches:.0} batches, {:.0} records each on average",
                         payload / 1e6,
                         wire / 1e6,
-                        payload / wire.max(1.0)
+                        payload / wire.max(1.0),
+                        n as f64 / batches.max(1.0),
                     );
                     println!(
                         "edge RSS while draining: peak {:.1} MB (sampled every 10-50 ms; goal <= 32 MB); \
