@@ -259,11 +259,13 @@ impl PartitionLog {
                     }
                 }
                 st.next_offset = end;
-                drop(st);
+                // Under the lock, the high watermark before the log start: a reader never
+                // sees a log start above the high watermark.
+                self.visible.fetch_max(end, Ordering::AcqRel);
                 if let Some(start) = start {
                     self.set_log_start(start);
                 }
-                self.visible.fetch_max(end, Ordering::AcqRel);
+                drop(st);
                 self.wake();
                 return Ok(Appended {
                     end_offset: end,
