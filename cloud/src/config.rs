@@ -368,6 +368,16 @@ mod tests {
         );
         let e = err("storage:\n  default_mode: tiered\n");
         assert!(e.contains("not available yet"), "{e}");
+        let e = err("mqtt:\n  topic_modes:\n    - {filter: \"a/#/b\", mode: memory}\n");
+        assert!(
+            e.starts_with("cloud.yaml: mqtt.topic_modes: entry 0: filter"),
+            "{e}"
+        );
+        let e = err("mqtt:\n  topic_modes:\n    - {filter: \"a/#\", mode: fast}\n");
+        assert!(
+            e.starts_with("cloud.yaml: mqtt.topic_modes: entry 0: unknown mode"),
+            "{e}"
+        );
         let e = err("storage:\n  memory_partition_bytes: 0\n");
         assert!(
             e.starts_with("cloud.yaml: storage.memory_partition_bytes:"),

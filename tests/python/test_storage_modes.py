@@ -131,3 +131,17 @@ def test_default_mode_memory_applies_to_auto_created_topics(mqtt_cloud, topic_na
     assert [m.payload for m in sub.expect(1)] == [b"3"]
     wait_for(lambda: [r.value for r in ck_read_all(mqtt_cloud.bootstrap, "sensors.hall.t")] == [b"3"],
              10, what="the new publish readable over Kafka")
+
+
+@pytest.mark.cloud_config({"mqtt": {"topic_modes": [{"filter": "live/#", "mode": "memory"}]}})
+def test_mqtt_topic_modes_pick_the_mode_by_filter(mqtt_cloud):
+    """mqtt.topic_modes: topics first published over MQTT under `live/#` are memory
+    topics, every other one takes the default (persistent)."""
+    pub = Mqtt(mqtt_cloud.mqtt_port, 5)
+    pub.publish("live/cam1/frame", b"f1", qos=1)
+    pub.publish("archive/cam1/frame", b"a1", qos=1)
+    assert mode_of(mqtt_cloud.bootstrap, "live.cam1.frame") == "memory"
+    assert mode_of(mqtt_cloud.bootstrap, "archive.cam1.frame") == "persistent"
+    restart(mqtt_cloud)
+    assert ck_read_all(mqtt_cloud.bootstrap, "live.cam1.frame") == []
+    assert [r.value for r in ck_read_all(mqtt_cloud.bootstrap, "archive.cam1.frame")] == [b"a1"]

@@ -869,10 +869,14 @@ impl Hub {
             set.put_topic_alias(log_name, mqtt);
             self.log.store.write(set, true).await?;
         }
+        let mut configs = std::collections::BTreeMap::new();
+        if let Some(mode) = self.config.mode_of(mqtt) {
+            configs.insert("storage.mode".to_string(), mode.to_string());
+        }
         let new = NewTopic {
             name: log_name.to_string(),
             partitions: 1,
-            configs: Default::default(),
+            configs,
         };
         match self.log.create(vec![new], false).await.pop() {
             Some(Ok(())) | Some(Err(TopicError::Exists)) => {}

@@ -109,6 +109,19 @@ pub struct MqttConfig {
     pub credentials: BTreeMap<String, String>,
     /// With `credentials` set, also accept clients that send no username.
     pub allow_anonymous: bool,
+    /// Storage mode of topics created by an MQTT publish or subscribe, by MQTT topic
+    /// filter (first match); other topics get `storage.default_mode`.
+    pub topic_modes: Vec<TopicMode>,
+}
+
+/// One `mqtt.topic_modes` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicMode {
+    /// MQTT topic filter (`+` and `#` allowed).
+    pub filter: String,
+    /// A `storage.mode` value: `persistent` or `memory`.
+    pub mode: String,
 }
 
 /// The TLS listener.
@@ -140,11 +153,21 @@ impl Default for MqttConfig {
             durable_publish: true,
             credentials: BTreeMap::new(),
             allow_anonymous: false,
+            topic_modes: Vec::new(),
         }
     }
 }
 
 impl MqttConfig {
+    /// The `storage.mode` of a topic first created for MQTT topic `name`, if a
+    /// `topic_modes` filter matches it (the first that does).
+    pub(crate) fn mode_of(&self, name: &str) -> Option<&str> {
+        self.topic_modes
+            .iter()
+            .find(|m| common::topic::matches(&m.filter, name))
+            .map(|m| m.mode.as_str())
+    }
+
     /// Threads serving MQTT connections (`threads`, with 0 resolved).
     pub(crate) fn thread_count(&self) -> usize {
         match self.threads {
@@ -155,6 +178,20 @@ impl MqttConfig {
 
     /// Checks values serde cannot; the error names the key.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (i, m) in self.topic_modes.iter().enumerate() {
+            if let Err(why) = topic::validate_filter(&m.filter) {
+                return Err((
+                    "mqtt.topic_modes",
+                    format!("entry {i}: filter {:?}: {why}", m.filter),
+                ));
+            }
+            if let Err(why) = crate::log::StorageMode::parse(&m.mode) {
+                return Err((
+                    "mqtt.topic_modes",
+                    format!("entry {i}: unknown mode {:?}: {why}", m.mode),
+                ));
+            }
+        }
         if self.threads > 256 {
             return Err(("mqtt.threads", "must be at most 256".into()));
         }
