@@ -115,6 +115,8 @@ pub struct StorageConfig {
     pub default_mode: String,
     /// Byte cap of a memory partition whose topic sets no `retention.bytes`.
     pub memory_partition_bytes: u64,
+    /// Byte budget of all memory partitions together.
+    pub memory_total_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -163,6 +165,7 @@ impl Default for StorageConfig {
             retention_check_interval_ms: 300_000,
             default_mode: "persistent".into(),
             memory_partition_bytes: 64 << 20,
+            memory_total_bytes: 1 << 30,
         }
     }
 }
@@ -259,6 +262,9 @@ impl Config {
                 "storage.memory_partition_bytes",
                 "must be at least 1".into(),
             ));
+        }
+        if self.storage.memory_total_bytes == 0 {
+            return Err(("storage.memory_total_bytes", "must be at least 1".into()));
         }
         if self.groups.min_session_timeout_ms > self.groups.max_session_timeout_ms {
             return Err((
@@ -381,6 +387,11 @@ mod tests {
         let e = err("storage:\n  memory_partition_bytes: 0\n");
         assert!(
             e.starts_with("cloud.yaml: storage.memory_partition_bytes:"),
+            "{e}"
+        );
+        let e = err("storage:\n  memory_total_bytes: 0\n");
+        assert!(
+            e.starts_with("cloud.yaml: storage.memory_total_bytes:"),
             "{e}"
         );
     }

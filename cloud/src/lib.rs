@@ -139,6 +139,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                     .default_mode()
                     .unwrap_or(log::StorageMode::Persistent),
                 usize::try_from(config.storage.memory_partition_bytes).unwrap_or(usize::MAX),
+                usize::try_from(config.storage.memory_total_bytes).unwrap_or(usize::MAX),
             ),
     );
     let g = &config.groups;

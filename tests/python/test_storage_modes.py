@@ -145,3 +145,29 @@ def test_mqtt_topic_modes_pick_the_mode_by_filter(mqtt_cloud):
     restart(mqtt_cloud)
     assert ck_read_all(mqtt_cloud.bootstrap, "live.cam1.frame") == []
     assert [r.value for r in ck_read_all(mqtt_cloud.bootstrap, "archive.cam1.frame")] == [b"a1"]
+
+
+@pytest.mark.cloud_config({"storage": {"memory_total_bytes": 2 * MB}})
+def test_memory_topics_share_one_budget(cloud, topic_name):
+    """storage.memory_total_bytes bounds all memory partitions together: once it is
+    reached, a partition that appends drops its own oldest batches, so two topics fed
+    4 MB each keep at most the budget plus one batch each."""
+    a, b = topic_name + ".a", topic_name + ".b"
+    for t in (a, b):
+        ck_create_topic(cloud.bootstrap, t, config={"storage.mode": "memory"})
+    small = {"batch.size": 64 * 1024}  # batches of at most 64 KB
+    sent = {}
+    for t in (a, b):
+        sent[t] = ck_produce(cloud.bootstrap, t, ({"value": os.urandom(4000)} for _ in range(1000)),
+                             **small)
+    kept = 0
+    for t in (a, b):
+        lo, hi = ck_watermarks(cloud.bootstrap, t)
+        assert hi == 1000, (t, lo, hi)
+        got = ck_read_all(cloud.bootstrap, t)
+        assert [r.offset for r in got] == list(range(lo, hi)), t
+        assert [r.value for r in got] == [m.value() for m in sent[t][lo:]], t
+        kept += sum(len(r.value) for r in got)
+    # Written last, b drops its own batches once the budget is full.
+    assert ck_watermarks(cloud.bootstrap, b)[0] > 0
+    assert kept <= 2 * MB + 2 * 64 * 1024, kept

@@ -8,9 +8,14 @@
 //!
 //! Bounded: at most `cap` bytes of batches (the topic's `retention.bytes`, else
 //! `storage.memory_partition_bytes`); the oldest batches go first, the newest is always
-//! kept. `retention.ms` applies as for stored topics.
+//! kept. All memory partitions also share one [`Budget`] (`storage.memory_total_bytes`):
+//! while they hold more than it, a partition that appends drops its own oldest batches
+//! (down to its newest), so the total stays under the budget plus at most one batch per
+//! memory partition. `retention.ms` applies as for stored topics.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -19,38 +24,77 @@ use super::batch::BatchHeader;
 /// Offsets reserved per record in `meta`: a restart skips at most this many offsets.
 pub(crate) const RESERVE: u64 = 1 << 16;
 
+/// Bytes held by all memory partitions together, and their limit.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    pub(crate) fn new(limit: usize) -> Arc<Budget> {
+        Arc::new(Budget {
+            used: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// Bytes held by all memory partitions now.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn over(&self) -> bool {
+        self.used() > self.limit
+    }
+}
+
 /// A memory partition's batches, oldest first, each under its base offset.
-#[derive(Default)]
 pub(crate) struct MemLog {
     batches: VecDeque<(u64, Bytes)>,
     bytes: usize,
     cap: usize,
+    budget: Arc<Budget>,
+}
+
+impl Drop for MemLog {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl MemLog {
-    pub(crate) fn new(cap: usize) -> MemLog {
+    pub(crate) fn new(cap: usize, budget: Arc<Budget>) -> MemLog {
         MemLog {
+            batches: VecDeque::new(),
+            bytes: 0,
             cap,
-            ..MemLog::default()
+            budget,
         }
     }
 
     /// Adds a batch at `base` (above every batch held) and evicts the oldest while the
-    /// partition holds more than its cap. Returns the new first base offset if any batch
-    /// was evicted.
+    /// partition holds more than its cap or all memory partitions more than their
+    /// budget. Returns the new first base offset if any batch was evicted.
     pub(crate) fn push(&mut self, base: u64, batch: Bytes) -> Option<u64> {
         self.bytes += batch.len();
+        self.budget.used.fetch_add(batch.len(), Ordering::Relaxed);
         self.batches.push_back((base, batch));
         let mut evicted = false;
-        while self.bytes > self.cap && self.batches.len() > 1 {
+        while (self.bytes > self.cap || self.budget.over()) && self.batches.len() > 1 {
             if let Some((_, b)) = self.batches.pop_front() {
-                self.bytes -= b.len();
+                self.forget(b.len());
                 evicted = true;
             }
         }
         evicted
             .then(|| self.batches.front().map(|(o, _)| *o))
             .flatten()
+    }
+
+    fn forget(&mut self, len: usize) {
+        self.bytes -= len;
+        self.budget.used.fetch_sub(len, Ordering::Relaxed);
     }
 
     /// Batches starting with the one that contains `from` (the greatest base offset <=
@@ -91,7 +135,7 @@ impl MemLog {
                 break;
             }
             if let Some((_, b)) = self.batches.pop_front() {
-                self.bytes -= b.len();
+                self.forget(b.len());
                 n += 1;
             }
         }
@@ -113,9 +157,13 @@ mod tests {
         Bytes::from(vec![0u8; n])
     }
 
+    fn log(cap: usize) -> MemLog {
+        MemLog::new(cap, Budget::new(usize::MAX))
+    }
+
     #[test]
     fn read_starts_at_the_batch_containing_the_offset() {
-        let mut m = MemLog::new(1 << 20);
+        let mut m = log(1 << 20);
         for base in [10u64, 20, 30] {
             assert_eq!(m.push(base, b(100)), None);
         }
@@ -127,12 +175,12 @@ mod tests {
         assert_eq!(bases(m.read(10, 150, 10)), [10], "byte limit");
         assert_eq!(bases(m.read(10, 1, 10)), [10], "at least one batch");
         assert_eq!(bases(m.read(10, usize::MAX, 2)), [10, 20], "entry limit");
-        assert!(MemLog::new(10).read(0, 10, 10).is_empty());
+        assert!(log(10).read(0, 10, 10).is_empty());
     }
 
     #[test]
     fn the_cap_evicts_the_oldest_and_keeps_the_newest() {
-        let mut m = MemLog::new(250);
+        let mut m = log(250);
         assert_eq!(m.push(0, b(100)), None);
         assert_eq!(m.push(1, b(100)), None);
         assert_eq!(m.push(2, b(100)), Some(1));
@@ -144,5 +192,31 @@ mod tests {
         );
         assert_eq!(m.bytes(), 1000);
         assert_eq!(m.read(0, usize::MAX, 10).len(), 1);
+    }
+
+    /// The shared budget: a partition that appends while all hold too much drops its own
+    /// oldest batches (never its newest); dropped and expired batches and a dropped log
+    /// give their bytes back.
+    #[test]
+    fn the_budget_is_shared_and_given_back() {
+        let budget = Budget::new(250);
+        let mut x = MemLog::new(1 << 20, budget.clone());
+        let mut y = MemLog::new(1 << 20, budget.clone());
+        assert_eq!(x.push(0, b(100)), None);
+        assert_eq!(x.push(1, b(100)), None);
+        assert_eq!(budget.used(), 200);
+        // Over the budget, but y holds only its newest batch.
+        assert_eq!(y.push(0, b(100)), None);
+        assert_eq!(budget.used(), 300);
+        // y's next append drops y's oldest, not x's.
+        assert_eq!(y.push(1, b(100)), Some(1));
+        assert_eq!((x.bytes(), y.bytes(), budget.used()), (200, 100, 300));
+        // x's next append drops x's two oldest: 100 + 100 = 200 <= 250.
+        assert_eq!(x.push(2, b(100)), Some(2));
+        assert_eq!((x.bytes(), budget.used()), (100, 200));
+        drop(x);
+        assert_eq!(budget.used(), 100);
+        drop(y);
+        assert_eq!(budget.used(), 0);
     }
 }

@@ -195,6 +195,8 @@ pub(crate) struct Log {
     default_mode: StorageMode,
     /// Byte cap of a memory partition whose topic sets no `retention.bytes`.
     memory_partition_bytes: usize,
+    /// What all memory partitions hold together, and its limit.
+    memory_budget: Arc<memory::Budget>,
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
     next_id: AtomicU32,
     generation: AtomicU64,
@@ -223,6 +225,7 @@ impl Log {
             store,
             default_mode: StorageMode::Persistent,
             memory_partition_bytes: 64 << 20,
+            memory_budget: memory::Budget::new(1 << 30),
             topics: RwLock::new(map),
             next_id: AtomicU32::new(next_id),
             generation: AtomicU64::new(1),
@@ -231,11 +234,18 @@ impl Log {
         })
     }
 
-    /// Sets the mode of topics created without `storage.mode` and the byte cap of memory
-    /// partitions (config `storage.default_mode`, `storage.memory_partition_bytes`).
-    pub(crate) fn with_modes(mut self, default_mode: StorageMode, memory_bytes: usize) -> Log {
+    /// Sets the mode of topics created without `storage.mode`, the byte cap of a memory
+    /// partition and of all of them together (config `storage.default_mode`,
+    /// `storage.memory_partition_bytes`, `storage.memory_total_bytes`).
+    pub(crate) fn with_modes(
+        mut self,
+        default_mode: StorageMode,
+        partition_bytes: usize,
+        total_bytes: usize,
+    ) -> Log {
         self.default_mode = default_mode;
-        self.memory_partition_bytes = memory_bytes;
+        self.memory_partition_bytes = partition_bytes;
+        self.memory_budget = memory::Budget::new(total_bytes);
         self
     }
 
@@ -292,18 +302,19 @@ impl Log {
         if let Some(p) = slot {
             return Ok(p.clone());
         }
-        let memory_cap = (topic.mode() == StorageMode::Memory).then(|| {
-            topic
+        let memory = (topic.mode() == StorageMode::Memory).then(|| {
+            let cap = topic
                 .config("retention.bytes")
                 .and_then(|v| v.parse::<i64>().ok())
                 .filter(|b| *b >= 0)
-                .map_or(self.memory_partition_bytes, |b| b as usize)
+                .map_or(self.memory_partition_bytes, |b| b as usize);
+            (cap, self.memory_budget.clone())
         });
         let p = Arc::new(PartitionLog::load(
             &self.store,
             topic.id,
             index as u32,
-            memory_cap,
+            memory,
         )?);
         *slot = Some(p.clone());
         Ok(p)

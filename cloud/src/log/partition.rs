@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use tracing::error;
 
 use super::batch::{self, BatchHeader};
-use super::memory::{self, MemLog};
+use super::memory::{self, Budget, MemLog};
 use super::producer::{ProducerState, SeqCheck, SeqEntry};
 use crate::storage::{self, Store, WriteSet};
 
@@ -88,15 +88,16 @@ fn end_of(base: u64, b: &[u8]) -> u64 {
 }
 
 impl PartitionLog {
-    /// Loads a partition: from the store, or, with `memory_cap` (bytes), as an empty
-    /// memory partition starting at its stored offset floor.
+    /// Loads a partition: from the store, or, with `memory` (its byte cap and the budget
+    /// all memory partitions share), as an empty memory partition starting at its stored
+    /// offset floor.
     pub(crate) fn load(
         store: &Store,
         topic_id: u32,
         index: u32,
-        memory_cap: Option<usize>,
+        memory: Option<(usize, Arc<Budget>)>,
     ) -> Result<PartitionLog, storage::Error> {
-        let (next, start, producers) = match memory_cap {
+        let (next, start, producers) = match &memory {
             None => Self::recover(store, topic_id, index)?,
             Some(_) => {
                 let floor = store.mem_floor(topic_id, index)?.unwrap_or(0);
@@ -113,7 +114,7 @@ impl PartitionLog {
                 floor: next,
             }),
             queued: Arc::new(AtomicU32::new(0)),
-            mem: memory_cap.map(|cap| Mutex::new(MemLog::new(cap))),
+            mem: memory.map(|(cap, budget)| Mutex::new(MemLog::new(cap, budget))),
             visible: AtomicU64::new(next),
             log_start: AtomicU64::new(start),
             waiters: Mutex::new(Vec::new()),
@@ -521,6 +522,10 @@ mod tests {
         assert_eq!(part.queued.load(Ordering::Acquire), 0);
     }
 
+    fn mem(cap: usize) -> Option<(usize, Arc<Budget>)> {
+        Some((cap, Budget::new(usize::MAX)))
+    }
+
     fn bases(r: &ReadResult) -> Vec<i64> {
         r.batches
             .iter()
@@ -534,7 +539,7 @@ mod tests {
     async fn a_memory_partition_writes_no_log_and_restarts_above_its_offsets() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), SyncPolicy::Group).expect("open");
-        let part = PartitionLog::load(&store, 1, 0, Some(1 << 20)).expect("load");
+        let part = PartitionLog::load(&store, 1, 0, mem(1 << 20)).expect("load");
         let a = part
             .append(&store, vec![encode(3, Compression::None, 7, 0)], true)
             .await
@@ -562,7 +567,7 @@ mod tests {
         assert_eq!(store.mem_floor(1, 0).expect("floor"), Some(memory::RESERVE));
         drop(part);
 
-        let part = PartitionLog::load(&store, 1, 0, Some(1 << 20)).expect("reload");
+        let part = PartitionLog::load(&store, 1, 0, mem(1 << 20)).expect("reload");
         assert_eq!(part.high_watermark(), memory::RESERVE);
         assert_eq!(part.log_start(), memory::RESERVE);
         assert!(part
@@ -585,7 +590,7 @@ mod tests {
         let mut set = WriteSet::default();
         set.put_mem_floor(1, 0, memory::RESERVE - 1);
         store.write_now(set).expect("write");
-        let part = PartitionLog::load(&store, 1, 0, Some(1 << 20)).expect("load");
+        let part = PartitionLog::load(&store, 1, 0, mem(1 << 20)).expect("load");
         assert_eq!(part.high_watermark(), memory::RESERVE - 1);
         let a = part
             .append(&store, vec![encode(3, Compression::None, -1, 0)], false)
@@ -605,7 +610,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), SyncPolicy::None).expect("open");
         let one = encode(4, Compression::None, -1, 0);
-        let part = PartitionLog::load(&store, 1, 0, Some(one.len() * 2)).expect("load");
+        let part = PartitionLog::load(&store, 1, 0, mem(one.len() * 2)).expect("load");
         for _ in 0..5 {
             part.append(&store, vec![one.clone()], false)
                 .await
