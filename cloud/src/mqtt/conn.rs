@@ -637,6 +637,10 @@ async fn serve_loop<S: AsyncRead + AsyncWrite + Unpin>(
     // life (a partition holds it at most once). A wake-up that arrives while the loop is
     // busy is kept as a permit, so the next wait may return at once: harmless.
     let notify = Arc::new(Notify::new());
+    // One waiter kept across the loop's turns, replaced only when it fires: creating and
+    // dropping one per turn registered and unregistered it in the `Notify` each time.
+    let notified = notify.notified();
+    tokio::pin!(notified);
     loop {
         // Every complete packet buffered (also those sent right behind CONNECT). Publishes
         // decoded together are appended together (one batch per topic), and acknowledged
@@ -713,7 +717,7 @@ async fn serve_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     return Ok(true);
                 }
             },
-            _ = notify.notified(), if !ready => {}
+            _ = notified.as_mut(), if !ready => notified.set(notify.notified()),
             _ = std::future::ready(()), if ready => {}
             _ = &mut keep_alive_timer, if keep_alive.is_some() => {
                 let due = last_packet + keep_alive.unwrap_or_default();
