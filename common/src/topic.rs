@@ -340,6 +340,11 @@ mod tests {
 /// topics starting with `$` are not matched by a filter starting with a wildcard. Shared
 /// by the edge (uplink filters) and the cloud (subscriptions) so both agree exactly.
 pub fn matches(filter: &str, topic: &str) -> bool {
+    // What the level walk below answers for equal strings, without splitting them (most
+    // subscriptions name one topic; this runs per delivered message).
+    if filter == topic {
+        return true;
+    }
     if topic.starts_with('$') && (filter.starts_with('#') || filter.starts_with('+')) {
         return false;
     }
@@ -373,5 +378,8 @@ mod matches_tests {
         assert!(!matches("+/x", "$SYS/x"));
         assert!(matches("$SYS/#", "$SYS/x"));
         assert!(!matches("a/b", "a"));
+        assert!(matches("a/b", "a/b"));
+        assert!(matches("$SYS/x", "$SYS/x"));
+        assert!(!matches("a/b", "a/b/"));
     }
 }
