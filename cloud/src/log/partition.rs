@@ -243,46 +243,19 @@ impl PartitionLog {
                     duplicate: false,
                 });
             }
+            let Some(appended) = first else {
+                return Err(AppendError::Corrupt(batch::BatchError::Truncated(
+                    "empty record set",
+                )));
+            };
             if let Some(mem) = &self.mem {
-                let Some(appended) = first else {
-                    return Err(AppendError::Corrupt(batch::BatchError::Truncated(
-                        "empty record set",
-                    )));
-                };
-                if mem_batches.is_empty() {
-                    return Ok(appended);
-                }
-                let mut start = None;
-                {
-                    let mut m = mem.lock().unwrap_or_else(|p| p.into_inner());
-                    for (base, b) in mem_batches {
-                        start = m.push(base, b).or(start);
-                    }
-                }
-                st.next_offset = end;
-                // Under the lock, the high watermark before the log start: a reader never
-                // sees a log start above the high watermark.
-                self.visible.fetch_max(end, Ordering::AcqRel);
-                if let Some(start) = start {
-                    self.set_log_start(start);
-                }
-                drop(st);
-                self.wake();
-                return Ok(Appended {
-                    end_offset: end,
-                    ..appended
-                });
+                return Ok(self.append_memory(st, mem, mem_batches, end, appended));
             }
             for pid in touched {
                 if let Some(s) = st.producers.get(&pid) {
                     set.put_producer(self.topic_id, self.index, pid, s.encode());
                 }
             }
-            let Some(appended) = first else {
-                return Err(AppendError::Corrupt(batch::BatchError::Truncated(
-                    "empty record set",
-                )));
-            };
             if set.is_empty() {
                 drop(st);
                 return Ok(appended);
@@ -331,6 +304,42 @@ impl PartitionLog {
                 self.state.lock().unwrap_or_else(|p| p.into_inner()).reload = true;
                 Err(AppendError::Storage(storage::Error::Closed))
             }
+        }
+    }
+
+    /// The rest of [`PartitionLog::append`] for a memory partition, still under the
+    /// partition's lock (`st`): `batches` (stamped with their base offsets, up to `end`)
+    /// join the memory log and become readable.
+    fn append_memory(
+        &self,
+        mut st: std::sync::MutexGuard<'_, State>,
+        mem: &Mutex<MemLog>,
+        batches: Vec<(u64, Bytes)>,
+        end: u64,
+        appended: Appended,
+    ) -> Appended {
+        if batches.is_empty() {
+            return appended; // duplicates only
+        }
+        let mut start = None;
+        {
+            let mut m = mem.lock().unwrap_or_else(|p| p.into_inner());
+            for (base, b) in batches {
+                start = m.push(base, b).or(start);
+            }
+        }
+        st.next_offset = end;
+        // Under the lock, the high watermark before the log start: a reader never sees a
+        // log start above the high watermark.
+        self.visible.fetch_max(end, Ordering::AcqRel);
+        if let Some(start) = start {
+            self.set_log_start(start);
+        }
+        drop(st);
+        self.wake();
+        Appended {
+            end_offset: end,
+            ..appended
         }
     }
 

@@ -59,10 +59,13 @@ pub(crate) fn sweep(
             continue;
         }
         if topic.mode() == StorageMode::Memory {
-            // Memory partitions enforce their byte cap on append; only time is left.
-            for p in 0..topic.partition_count() {
-                if let Some(part) = log.loaded_partition(&topic, p).filter(|_| ms >= 0) {
-                    deleted += part.expire_memory(now_ms.saturating_sub(ms));
+            // Memory partitions enforce their byte cap on append; only time is left, and
+            // only loaded partitions hold anything.
+            if ms >= 0 {
+                for p in 0..topic.partition_count() {
+                    if let Some(part) = log.loaded_partition(&topic, p) {
+                        deleted += part.expire_memory(now_ms.saturating_sub(ms));
+                    }
                 }
             }
             continue;

@@ -43,12 +43,17 @@ pub(crate) fn topic_key(name: &str) -> Vec<u8> {
     k
 }
 
-pub(crate) fn producer_prefix(topic_id: u32, partition: u32) -> Vec<u8> {
+/// `tag | topic_id | partition`, with room for an 8-byte suffix.
+fn partition_key(tag: u8, topic_id: u32, partition: u32) -> Vec<u8> {
     let mut k = Vec::with_capacity(17);
-    k.push(b'P');
+    k.push(tag);
     k.extend_from_slice(&topic_id.to_be_bytes());
     k.extend_from_slice(&partition.to_be_bytes());
     k
+}
+
+pub(crate) fn producer_prefix(topic_id: u32, partition: u32) -> Vec<u8> {
+    partition_key(b'P', topic_id, partition)
 }
 
 pub(crate) fn producer_key(topic_id: u32, partition: u32, producer_id: i64) -> Vec<u8> {
@@ -63,11 +68,7 @@ pub(crate) fn producer_topic_range(topic_id: u32) -> (Vec<u8>, Vec<u8>) {
 
 /// Key of a memory partition's offset floor: no offset at or above it was handed out.
 pub(crate) fn mem_floor_key(topic_id: u32, partition: u32) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9);
-    k.push(b'M');
-    k.extend_from_slice(&topic_id.to_be_bytes());
-    k.extend_from_slice(&partition.to_be_bytes());
-    k
+    partition_key(b'M', topic_id, partition)
 }
 
 pub(crate) fn mem_floor_topic_range(topic_id: u32) -> (Vec<u8>, Vec<u8>) {

@@ -98,14 +98,7 @@ impl Buffer {
     /// The uplink state of one partition.
     pub fn partition_state(&self, topic: &str, partition: i32) -> Result<PartitionState, Error> {
         let meta = &self.inner.meta;
-        let next_seq = match meta.get(pkey(b's', topic, partition))? {
-            Some(v) => i32::from_be_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| Error::Corrupt("sequence"))?,
-            ),
-            None => 0,
-        };
+        let next_seq = self.next_seq(&pkey(b's', topic, partition))?;
         let watermark = |kind: u8| -> Result<Option<u64>, Error> {
             match meta.get(pkey(kind, topic, partition))? {
                 Some(v) => Ok(Some(u64::from_be_bytes(
@@ -120,6 +113,18 @@ impl Buffer {
             next_seq,
             acked_through,
             backlog_acked,
+        })
+    }
+
+    /// The next producer sequence stored under `key` (`pkey(b's', ..)`), 0 if none.
+    fn next_seq(&self, key: &[u8]) -> Result<i32, Error> {
+        Ok(match self.inner.meta.get(key)? {
+            Some(v) => i32::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("sequence"))?,
+            ),
+            None => 0,
         })
     }
 
@@ -170,19 +175,6 @@ impl Buffer {
         Ok(())
     }
 
-    /// [`Buffer::acknowledged`] for a backlog batch during a live-first drain.
-    pub fn acknowledged_backlog(
-        &self,
-        topic: &str,
-        partition: i32,
-        base: i32,
-        last: u64,
-    ) -> Result<(), Error> {
-        let mut w = UplinkWrites::default();
-        Self::acknowledged_in(&mut w, true, topic, partition, base, last);
-        self.apply_uplink(w)
-    }
-
     /// Persists a descriptor for a batch about to be sent and advances the partition's
     /// producer sequence, atomically. Call [`Buffer::sync_uplink`] before sending it.
     /// Returns the batch's base sequence.
@@ -205,7 +197,7 @@ impl Buffer {
         let key = pkey(b's', topic, partition);
         let base = match w.next.get(&key) {
             Some(n) => *n,
-            None => self.partition_state(topic, partition)?.next_seq,
+            None => self.next_seq(&key)?,
         };
         let mut v = Vec::with_capacity(seqs.len() * 8);
         for s in seqs {
@@ -250,8 +242,8 @@ impl Buffer {
         self.apply_uplink(w)
     }
 
-    /// [`Buffer::acknowledged`] (or, with `backlog`, [`Buffer::acknowledged_backlog`])
-    /// into `w`: takes effect with the rest of `w` at [`Buffer::apply_uplink`], which must
+    /// [`Buffer::acknowledged`] into `w` (with `backlog`: a backlog batch of a
+    /// live-first drain, which raises the backlog watermark instead): takes effect with the rest of `w` at [`Buffer::apply_uplink`], which must
     /// come before the batch's records are released.
     pub fn acknowledged_in(
         w: &mut UplinkWrites,
