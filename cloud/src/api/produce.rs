@@ -74,10 +74,25 @@ async fn append_one(
             ),
         );
     }
-    let retain_check = broker.mqtt.get().map(|hub| (hub, batches.clone()));
-    match part.append(&broker.log.store, batches, acks == -1).await {
+    let hub = broker.mqtt.get();
+    let check = hub.map(|_| batches.clone());
+    // Which batches set a retained MQTT message (every compressed batch is decompressed
+    // for that) is found while the store writes and syncs the append. It waits one turn
+    // first, so that every partition of the request has queued its write (one group
+    // commit) before any check runs.
+    let (appended, retaining) =
+        tokio::join!(part.append(&broker.log.store, batches, acks == -1), async {
+            let check = check?;
+            tokio::task::yield_now().await;
+            let r: Vec<Bytes> = check
+                .into_iter()
+                .filter(crate::mqtt::records::sets_retained)
+                .collect();
+            (!r.is_empty()).then_some(r)
+        });
+    match appended {
         Ok(a) => {
-            if let (Some((hub, b)), false) = (retain_check, a.duplicate) {
+            if let (Some(hub), Some(b), false) = (hub, retaining, a.duplicate) {
                 hub.kafka_produced(topic, &b).await;
             }
             if a.duplicate

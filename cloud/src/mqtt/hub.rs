@@ -888,16 +888,13 @@ impl Hub {
             .ok_or_else(|| TopicError::Unknown.into())
     }
 
-    /// Records produced over Kafka to `log_name` (already appended): those with the
-    /// `mqtt.retain` header set update the retained message of their MQTT topic, as a
-    /// retained MQTT publish does (an empty value clears it). Uncompressed batches that
-    /// do not contain the header name are not decoded.
+    /// Records produced over Kafka to `log_name` (already appended), in `batches` that
+    /// [`records::sets_retained`] picked: those with the `mqtt.retain` header set update
+    /// the retained message of their MQTT topic, as a retained MQTT publish does (an
+    /// empty value clears it).
     pub(crate) async fn kafka_produced(&self, log_name: &str, batches: &[bytes::Bytes]) {
         let mut fallback: Option<Option<Arc<str>>> = None;
         for b in batches {
-            if !records::sets_retained(b) {
-                continue;
-            }
             let name = fallback.get_or_insert_with(|| self.name_of(log_name));
             let stored = match records::decode(b, 0, name.as_deref()) {
                 Ok(s) => s,
