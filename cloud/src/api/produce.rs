@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 use super::{errors, Reply};
 use crate::broker::Broker;
 use crate::log::batch;
+use crate::mqtt::Hub;
 
 const MESSAGE_TOO_LARGE: i16 = 10;
 
@@ -74,25 +75,20 @@ async fn append_one(
             ),
         );
     }
-    let hub = broker.mqtt.get();
-    let check = hub.map(|_| batches.clone());
+    let check = broker.mqtt.get().map(|hub| (hub, batches.clone()));
     // Which batches set a retained MQTT message (every compressed batch is decompressed
     // for that) is found while the store writes and syncs the append. It waits one turn
     // first, so that every partition of the request has queued its write (one group
     // commit) before any check runs.
     let (appended, retaining) =
         tokio::join!(part.append(&broker.log.store, batches, acks == -1), async {
-            let check = check?;
+            let (hub, batches) = check?;
             tokio::task::yield_now().await;
-            let r: Vec<Bytes> = check
-                .into_iter()
-                .filter(crate::mqtt::records::sets_retained)
-                .collect();
-            (!r.is_empty()).then_some(r)
+            Some((hub, Hub::retaining(batches)?))
         });
     match appended {
         Ok(a) => {
-            if let (Some(hub), Some(b), false) = (hub, retaining, a.duplicate) {
+            if let (Some((hub, b)), false) = (retaining, a.duplicate) {
                 hub.kafka_produced(topic, &b).await;
             }
             if a.duplicate

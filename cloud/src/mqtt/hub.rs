@@ -888,8 +888,15 @@ impl Hub {
             .ok_or_else(|| TopicError::Unknown.into())
     }
 
+    /// The batches of a Kafka Produce that may set a retained message
+    /// ([`records::sets_retained`]); `None` when none does.
+    pub(crate) fn retaining(batches: Vec<bytes::Bytes>) -> Option<Vec<bytes::Bytes>> {
+        let r: Vec<_> = batches.into_iter().filter(records::sets_retained).collect();
+        (!r.is_empty()).then_some(r)
+    }
+
     /// Records produced over Kafka to `log_name` (already appended), in `batches` that
-    /// [`records::sets_retained`] picked: those with the `mqtt.retain` header set update
+    /// [`Hub::retaining`] picked: those with the `mqtt.retain` header set update
     /// the retained message of their MQTT topic, as a retained MQTT publish does (an
     /// empty value clears it).
     pub(crate) async fn kafka_produced(&self, log_name: &str, batches: &[bytes::Bytes]) {
