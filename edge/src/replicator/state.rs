@@ -22,7 +22,7 @@ use crate::buffer::Record;
 /// A Produce batch with a persisted descriptor.
 #[derive(Debug, Clone)]
 pub struct OutBatch {
-    /// Record bytes before encoding (for the memory bound).
+    /// Record bytes before encoding (request sizes; the memory bound until encoded).
     pub raw_bytes: usize,
     /// Producer sequence of its first record.
     pub base: i32,
@@ -47,6 +47,16 @@ impl OutBatch {
     /// sent. An encoded RecordBatch is never empty (its header alone is 61 bytes).
     pub fn ready(&self) -> bool {
         !self.encoded.is_empty()
+    }
+
+    /// The bytes it holds in memory, for the pipeline bound: its records until its cut
+    /// has finished, then only the encoded batch (the records are dropped once encoded).
+    pub fn held(&self) -> usize {
+        if self.ready() {
+            self.encoded.len()
+        } else {
+            self.raw_bytes
+        }
     }
 }
 
@@ -91,7 +101,7 @@ pub struct State {
     pub expected: HashMap<u64, (String, usize)>,
     /// Total bytes held in `unsent` queues.
     pub unsent_bytes: usize,
-    /// Record bytes cut into batches that are not acknowledged yet.
+    /// Bytes held by batches not acknowledged yet ([`OutBatch::held`]).
     pub batched_bytes: usize,
 }
 
@@ -302,6 +312,27 @@ mod tests {
             topic: "a/b".into(),
             ..Record::default()
         }
+    }
+
+    /// The pipeline bound counts a batch's records until it is encoded, then only its
+    /// encoded bytes (what stays in memory for a resend).
+    #[test]
+    fn a_batch_holds_its_records_until_encoded_then_its_encoded_bytes() {
+        let mut b = OutBatch {
+            raw_bytes: 1000,
+            base: 0,
+            seqs: vec![1, 2],
+            priorities: vec![0, 0],
+            payload_bytes: 900,
+            encoded: Bytes::new(),
+            sent: false,
+            backlog: false,
+        };
+        assert!(!b.ready());
+        assert_eq!(b.held(), 1000);
+        b.encoded = Bytes::from(vec![0u8; 300]);
+        assert!(b.ready());
+        assert_eq!(b.held(), 300);
     }
 
     #[test]
