@@ -59,7 +59,7 @@ pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Reads a batch file.
+/// Reads a batch file (the replicator reads through `pool::ReadPool`).
 pub(super) fn read(dir: &Path, key: u64) -> io::Result<Vec<u8>> {
     fs::read(path(dir, key))
 }

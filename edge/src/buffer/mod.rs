@@ -145,6 +145,7 @@
 
 mod commit;
 mod files;
+mod pool;
 mod quota;
 mod read;
 mod reap;
@@ -352,6 +353,8 @@ struct Inner {
     commit_lock: Mutex<commit::Committer>,
     /// Wakes the replicator after each commit.
     on_commit: Arc<tokio::sync::Notify>,
+    /// Buffers that batch files are read into, reused once their records are dropped.
+    read_pool: pool::ReadPool,
     /// Why the buffer failed, once it has (`State::failed`, for async watchers).
     fatal: tokio::sync::watch::Sender<Option<String>>,
     /// Tests: the committer's next round panics.
@@ -522,6 +525,7 @@ impl Buffer {
             stats,
             commit_lock: Mutex::new(commit::Committer::default()),
             on_commit: Arc::new(tokio::sync::Notify::new()),
+            read_pool: pool::ReadPool::default(),
             fatal: tokio::sync::watch::Sender::new(None),
             #[cfg(test)]
             test_panic: Default::default(),

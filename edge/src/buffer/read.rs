@@ -58,11 +58,13 @@ impl Buffer {
             if !s.batches.contains_key(&key) {
                 continue;
             }
-            let decoded = files::read(&inner.files, key)
+            let decoded = inner
+                .read_pool
+                .read(&files::path(&inner.files, key))
                 .map_err(|e| e.to_string())
                 .and_then(|v| {
                     let len = v.len();
-                    record::decode_batch_bytes(v.into())
+                    record::decode_batch_bytes(v)
                         .map(|b| (b, len))
                         .map_err(|e| e.to_string())
                 });
