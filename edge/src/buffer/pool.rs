@@ -8,9 +8,10 @@
 //!
 //! Records are `Bytes` slices of the buffer they were read into. When the last of them is
 //! dropped the buffer returns here, and the next read fills it again. At most [`KEEP`]
-//! idle buffers of at most [`KEEP_CAPACITY`] each are kept, and an idle buffer only
-//! exists because a buffer in use was released: the memory held never exceeds what the
-//! most buffers in use at once held.
+//! idle buffers of at most [`KEEP_CAPACITY`] each are kept. An idle buffer only exists
+//! because a buffer in use was released, so there are never more buffers than were once
+//! in use at the same time; a read takes the smallest idle buffer it fits, so a small
+//! batch does not pin a large buffer while a large one needs a new one.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -20,7 +21,11 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 /// Idle buffers kept for the next reads.
-const KEEP: usize = 4;
+const KEEP: usize = 8;
+
+/// Smallest read served from the pool: glibc's mmap threshold as the edge fixes it.
+/// Smaller buffers come from malloc's arenas, which reuse them anyway.
+const POOLED_MIN: usize = 128 << 10;
 
 /// Largest buffer kept (a larger one, read for an unusually large batch, is freed).
 const KEEP_CAPACITY: usize = 2 << 20;
@@ -29,19 +34,36 @@ const KEEP_CAPACITY: usize = 2 << 20;
 #[derive(Debug, Default, Clone)]
 pub(super) struct ReadPool {
     idle: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Reads that found an idle buffer large enough (tests).
+    #[cfg(test)]
+    reused: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ReadPool {
-    /// Reads the whole file at `path` into an idle buffer (or a new one).
+    /// Reads the whole file at `path`: into the smallest idle buffer it fits (else the
+    /// largest, grown, else a new one) when it is at least [`POOLED_MIN`] bytes.
     pub(super) fn read(&self, path: &Path) -> io::Result<Bytes> {
         let mut file = File::open(path)?;
         let len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
-        let mut buf = self
-            .idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-            .unwrap_or_default();
+        if len < POOLED_MIN {
+            let mut buf = Vec::with_capacity(len);
+            file.read_to_end(&mut buf)?;
+            return Ok(buf.into());
+        }
+        let mut buf = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let fits = (0..idle.len())
+                .filter(|i| idle[*i].capacity() >= len)
+                .min_by_key(|i| idle[*i].capacity());
+            let largest = (0..idle.len()).max_by_key(|i| idle[*i].capacity());
+            fits.or(largest).map(|i| idle.swap_remove(i))
+        }
+        .unwrap_or_default();
+        #[cfg(test)]
+        self.reused.fetch_add(
+            u64::from(buf.capacity() >= len),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         buf.clear();
         buf.reserve_exact(len);
         file.read_to_end(&mut buf)?;
@@ -86,13 +108,19 @@ impl Drop for Pooled {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
+
+    fn file(dir: &Path, name: &str, len: usize, byte: u8) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, vec![byte; len]).unwrap();
+        p
+    }
 
     #[test]
     fn a_buffer_returns_when_its_last_slice_is_dropped_and_is_read_into_again() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-        std::fs::write(&a, vec![7u8; 300_000]).unwrap();
-        std::fs::write(&b, b"second").unwrap();
+        let a = file(dir.path(), "a", 300_000, 7);
+        let b = file(dir.path(), "b", POOLED_MIN, 9);
         let pool = ReadPool::default();
         let whole = pool.read(&a).unwrap();
         assert_eq!(whole.len(), 300_000);
@@ -105,28 +133,46 @@ mod tests {
         assert_eq!(pool.idle(), 1);
         let again = pool.read(&b).unwrap();
         assert_eq!(
-            &again[..],
-            b"second",
+            again.len(),
+            POOLED_MIN,
             "no bytes of the previous read remain"
         );
+        assert!(again.iter().all(|x| *x == 9));
         assert_eq!(again.as_ptr() as usize, addr, "the idle buffer was reused");
+        assert_eq!(pool.reused.load(Ordering::Relaxed), 1);
         assert_eq!(pool.idle(), 0);
     }
 
     #[test]
-    fn at_most_keep_small_enough_buffers_stay_idle() {
+    fn a_read_takes_the_smallest_idle_buffer_it_fits() {
         let dir = tempfile::tempdir().unwrap();
-        let small = dir.path().join("small");
-        let large = dir.path().join("large");
-        std::fs::write(&small, b"x").unwrap();
-        std::fs::write(&large, vec![1u8; KEEP_CAPACITY + 1]).unwrap();
+        let large = file(dir.path(), "large", 1 << 20, 1);
+        let medium = file(dir.path(), "medium", 400_000, 2);
         let pool = ReadPool::default();
-        let held: Vec<Bytes> = (0..KEEP + 2).map(|_| pool.read(&small).unwrap()).collect();
+        let (l, m) = (pool.read(&large).unwrap(), pool.read(&medium).unwrap());
+        let (l_addr, m_addr) = (l.as_ptr() as usize, m.as_ptr() as usize);
+        drop((l, m));
+        let small = pool.read(&file(dir.path(), "small", 200_000, 3)).unwrap();
+        assert_eq!(small.as_ptr() as usize, m_addr);
+        let big = pool.read(&file(dir.path(), "big", 900_000, 4)).unwrap();
+        assert_eq!(big.as_ptr() as usize, l_addr);
+        assert!(big.iter().all(|x| *x == 4));
+    }
+
+    #[test]
+    fn at_most_keep_buffers_stay_idle_and_small_or_oversized_ones_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let pooled = file(dir.path(), "pooled", POOLED_MIN, 1);
+        let pool = ReadPool::default();
+        let held: Vec<Bytes> = (0..KEEP + 2).map(|_| pool.read(&pooled).unwrap()).collect();
         drop(held);
         assert_eq!(pool.idle(), KEEP);
         let pool = ReadPool::default();
+        let small = file(dir.path(), "small", POOLED_MIN - 1, 2);
+        let large = file(dir.path(), "large", KEEP_CAPACITY + 1, 3);
+        drop(pool.read(&small).unwrap());
         drop(pool.read(&large).unwrap());
-        assert_eq!(pool.idle(), 0, "an oversized buffer is freed");
+        assert_eq!(pool.idle(), 0);
         assert!(matches!(
             pool.read(&dir.path().join("missing")).map_err(|e| e.kind()),
             Err(io::ErrorKind::NotFound)
