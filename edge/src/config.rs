@@ -146,7 +146,8 @@ pub struct BufferSection {
     pub sync: SyncName,
     /// Interval for `sync: interval`.
     pub sync_interval_ms: u64,
-    /// Largest batch file (the unit the replicator reads and a quota eviction drops).
+    /// Largest batch file (the unit the replicator reads and a quota eviction drops); a
+    /// file of large records grows past it until it holds 16 records, up to 4 x this.
     pub batch_max_bytes: usize,
     /// sled page cache.
     pub cache_bytes: u64,

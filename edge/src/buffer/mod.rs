@@ -39,7 +39,8 @@
 //!    joins the open in-memory batch of its priority class. Nothing is on disk yet. At
 //!    most `4 x batch_max_bytes` (at least 1 MiB) wait in memory; further appends wait
 //!    for the committer (memory stays bounded whatever the ingest rate).
-//! 2. The committer thread cuts the open batches (at `batch_max_bytes`) into batch files.
+//! 2. The committer thread cuts the open batches (at `batch_max_bytes`, or later for large
+//!    records: `commit::MIN_FILE_RECORDS`) into batch files.
 //!    With `sync: always` it does so as soon as records arrive and then, in the same
 //!    round, fsyncs every file it wrote (`fdatasync`) and, if it created one, the
 //!    directory, then inserts the index entries and `next_seq` into sled **without**
@@ -710,7 +711,11 @@ impl Buffer {
         });
         open.records.push(rec);
         open.bytes += size;
-        let full = open.bytes >= inner.cfg.batch_max_bytes as u64;
+        let full = commit::full(
+            inner.cfg.batch_max_bytes as u64,
+            open.bytes,
+            open.records.len(),
+        );
         s.open_bytes += size;
         s.gen += 1;
         let gen = s.gen;

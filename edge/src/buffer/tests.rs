@@ -721,7 +721,8 @@ fn interval_writes_full_batches_and_syncs_them_together() {
     let mut c = cfg(dir.path(), u64::MAX, FullPolicy::Block);
     c.batch_max_bytes = 1_000;
     let buf = Buffer::open(c).unwrap();
-    for i in 0..10 {
+    // Files of 8 records (a file of 400 B records grows to 4 x batch_max_bytes).
+    for i in 0..40 {
         buf.append(rec(i, 0, 400)).unwrap();
     }
     let batches = dir.path().join("batches");
@@ -737,11 +738,53 @@ fn interval_writes_full_batches_and_syncs_them_together() {
         buf.read(None, usize::MAX).unwrap().is_empty(),
         "not synced yet"
     );
-    assert_eq!(buf.snapshot().records, 10);
+    assert_eq!(buf.snapshot().records, 40);
     assert_eq!(buf.stats().commits.load(Ordering::Relaxed), 0);
     buf.commit().unwrap();
-    assert_eq!(all_ids(&buf), (0..10).collect::<Vec<_>>());
+    assert_eq!(all_ids(&buf), (0..40).collect::<Vec<_>>());
     assert_eq!(buf.stats().commits.load(Ordering::Relaxed), 1);
+}
+
+/// A batch file of large records keeps taking them past `batch_max_bytes` until it holds
+/// `MIN_FILE_RECORDS`, never past `LARGE_FILE_FACTOR` x `batch_max_bytes`; small
+/// records are cut at `batch_max_bytes` as before.
+#[test]
+fn files_of_large_records_hold_a_minimum_count_within_a_bound() {
+    let records_per_file = |size: usize, n: u64| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(dir.path(), u64::MAX, FullPolicy::Block);
+        c.batch_max_bytes = 10_000;
+        let buf = Buffer::open(c).unwrap();
+        for i in 0..n {
+            buf.append(rec(i, 0, size)).unwrap();
+        }
+        buf.commit().unwrap();
+        let batches = buf.read(None, usize::MAX).unwrap();
+        let ids: Vec<u64> = batches
+            .iter()
+            .flat_map(|b| b.records.iter().map(id_of))
+            .collect();
+        assert_eq!(ids, (0..n).collect::<Vec<_>>());
+        let sizes: Vec<u64> = batches
+            .iter()
+            .map(|b| files::path(&dir.path().join("batches"), b.key))
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .collect();
+        let counts: Vec<usize> = batches.iter().map(|b| b.records.len()).collect();
+        (counts, sizes)
+    };
+    // 1,000 B records: 16 per file (about 16.6 KB), past the 10,000 B bound.
+    let (counts, sizes) = records_per_file(1_000, 40);
+    assert_eq!(counts, [16, 16, 8]);
+    assert!(sizes[0] > 10_000 && sizes[0] <= 40_000, "{sizes:?}");
+    // 5,000 B records: the 40,000 B ceiling comes first (7 x about 5 KB).
+    let (counts, sizes) = records_per_file(5_000, 20);
+    assert_eq!(counts, [7, 7, 6]);
+    assert!(sizes.iter().all(|s| *s <= 40_000), "{sizes:?}");
+    // 100 B records: cut at 10,000 B as before (dozens per file).
+    let (counts, sizes) = records_per_file(100, 400);
+    assert!(counts.len() > 1 && counts[0] > 16, "{counts:?}");
+    assert!(sizes.iter().all(|s| *s <= 10_000), "{sizes:?}");
 }
 
 fn rss_mb() -> f64 {
