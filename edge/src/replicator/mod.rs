@@ -80,9 +80,11 @@ pub enum Error {
 /// but not yet encoded (their record bytes), plus encoded batches not yet acknowledged
 /// (their encoded bytes: a batch's records are dropped once it is encoded, and its
 /// encoded bytes are all a resend needs). Bounds the edge's RSS during a drain whatever
-/// the backlog. Session 13 (the bound counted acknowledged-pending batches at their record
-/// bytes before, about twice their zstd size): 1 GB drains, 4 alternating pairs, 131-147
-/// -> 148-158 MB/s at the same peak RSS (27.5-29.3 MB both). With 2 MiB only one request could be on the wire while
+/// the backlog. Session 13 (the bound counted encoded batches at their record bytes
+/// before, about twice their zstd size): 1 GB drains, 4 alternating pairs, 131-147 ->
+/// 148-158 MB/s, peak RSS 27.5-29.1 vs 27.6-29.3 MB in those pairs; with the session's
+/// other changes fast drains peak at 29.1-31.7 MB, and a 2 MiB bound took only about
+/// 0.4 MB off that. Earlier: with 2 MiB only one request could be on the wire while
 /// the next was cut (a request is about 1 MiB of records). Measured (300 MB drain, 8
 /// topics, old and new edge alternating, session 4): 2 MiB 64-67 MB/s and 23 MB peak RSS,
 /// 4 MiB 69-91 MB/s and 26-27 MB, 6 MiB 83-96 MB/s and 28 MB. A 1 GB drain peaks higher:
