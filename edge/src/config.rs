@@ -364,7 +364,9 @@ impl Default for BufferSection {
             sync: SyncName::Always,
             sync_interval_ms: 100,
             batch_max_bytes: 256 << 10,
-            cache_bytes: 8 << 20,
+            // 4 MiB: 1 GB drains, 5 alternating pairs against 8 MiB: peak RSS median 29.1
+            // vs 30.6 MB at the same rate; 100 B ingest unchanged (session 13).
+            cache_bytes: 4 << 20,
         }
     }
 }

@@ -755,9 +755,13 @@ fn files_of_large_records_hold_a_minimum_count_within_a_bound() {
         let mut c = cfg(dir.path(), u64::MAX, FullPolicy::Block);
         c.batch_max_bytes = 10_000;
         let buf = Buffer::open(c).unwrap();
+        // A full batch wakes the committer; holding its lock while appending makes one
+        // round cut all the records, whenever that round runs.
+        let hold = buf.inner.commit_lock.lock().unwrap();
         for i in 0..n {
             buf.append(rec(i, 0, size)).unwrap();
         }
+        drop(hold);
         buf.commit().unwrap();
         let batches = buf.read(None, usize::MAX).unwrap();
         let ids: Vec<u64> = batches
