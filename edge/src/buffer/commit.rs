@@ -27,14 +27,14 @@ const MAX_SPARE_RECORDS: usize = 16 << 10;
 /// message, peak RSS 17.7-18.7 -> 16.4-17.7 MB. Files of small records are unchanged, so
 /// a 1 KB drain pins no larger read buffers (1 MiB files for every record size: 6,400-
 /// 7,100 msgs/s at 64 KB, but a 1 GB drain's peak RSS went to 32.8-34.7 MB).
-pub(super) const MIN_FILE_RECORDS: u32 = 16;
+const MIN_FILE_RECORDS: u32 = 16;
 
 /// How far past `batch_max_bytes` a file of large records may grow.
-pub(super) const LARGE_FILE_FACTOR: u64 = 4;
+const LARGE_FILE_FACTOR: u64 = 4;
 
 /// Whether a file (or an open batch) of `bytes` in `count` records under
 /// `batch_max_bytes` = `max` has room for a record of `size` more bytes.
-pub(super) fn fits(max: u64, bytes: u64, count: u32, size: u64) -> bool {
+fn fits(max: u64, bytes: u64, count: u32, size: u64) -> bool {
     let next = bytes.saturating_add(size);
     next <= max || (count < MIN_FILE_RECORDS && next <= max.saturating_mul(LARGE_FILE_FACTOR))
 }
@@ -366,8 +366,8 @@ fn write_batches(
     for (priority, open) in batches {
         let mut start = 0;
         if let Some(tail) = tails.get_mut(priority) {
-            let used = (max, tail.index.bytes, tail.index.count);
-            let end = cut(&open.records, 0, used, boundary, Some(tail.key));
+            let file = (max, tail.index.bytes, tail.index.count);
+            let end = cut(&open.records, 0, file, boundary, Some(tail.key));
             if end > 0 {
                 let chunk = &open.records[..end];
                 record::encode_batch_into(chunk, scratch);

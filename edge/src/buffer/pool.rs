@@ -30,10 +30,13 @@ const POOLED_MIN: usize = 128 << 10;
 /// Largest buffer kept (a larger one, read for an unusually large batch, is freed).
 const KEEP_CAPACITY: usize = 2 << 20;
 
+/// Idle buffers, shared by the pool and every buffer in use.
+type Idle = Arc<Mutex<Vec<Vec<u8>>>>;
+
 /// The idle read buffers, shared with the records that hold the ones in use.
 #[derive(Debug, Default, Clone)]
 pub(super) struct ReadPool {
-    idle: Arc<Mutex<Vec<Vec<u8>>>>,
+    idle: Idle,
     /// Reads that found an idle buffer large enough (tests).
     #[cfg(test)]
     reused: Arc<std::sync::atomic::AtomicU64>,
@@ -83,7 +86,7 @@ impl ReadPool {
 /// A buffer in use: the owner behind the `Bytes` of one read.
 struct Pooled {
     buf: Vec<u8>,
-    idle: Arc<Mutex<Vec<Vec<u8>>>>,
+    idle: Idle,
 }
 
 impl AsRef<[u8]> for Pooled {
