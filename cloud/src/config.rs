@@ -117,6 +117,8 @@ pub struct StorageConfig {
     pub memory_partition_bytes: u64,
     /// Byte budget of all memory partitions together.
     pub memory_total_bytes: u64,
+    /// Flush and compaction write SST files past the page cache (`O_DIRECT`).
+    pub direct_io: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +168,7 @@ impl Default for StorageConfig {
             default_mode: "persistent".into(),
             memory_partition_bytes: 64 << 20,
             memory_total_bytes: 1 << 30,
+            direct_io: true,
         }
     }
 }
@@ -397,6 +400,8 @@ mod tests {
             e.starts_with("cloud.yaml: kafka.tls:") && e.contains("key"),
             "{e}"
         );
+        let e = err("storage:\n  direct_io: maybe\n");
+        assert!(e.contains("storage.direct_io"), "{e}");
         let e = err("storage:\n  default_mode: tiered\n");
         assert!(e.contains("not available yet"), "{e}");
     }

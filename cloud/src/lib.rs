@@ -121,13 +121,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })?;
     let policy = config.sync_policy().unwrap_or(storage::SyncPolicy::Group);
     let store_dir = dir.join("store");
-    let store =
-        Arc::new(
-            storage::Store::open(&store_dir, policy).map_err(|source| StartError::Store {
+    let store = Arc::new(
+        storage::Store::open_with(&store_dir, policy, config.storage.direct_io).map_err(
+            |source| StartError::Store {
                 path: store_dir.display().to_string(),
                 source,
-            })?,
-        );
+            },
+        )?,
+    );
     let log = Arc::new(
         log::Log::open(store.clone())
             .map_err(|source| StartError::Store {

@@ -168,3 +168,72 @@ fn share_groups_are_their_own_key_space_and_survive_reopen() {
         vec![("c1".to_string(), b"will".to_vec())]
     );
 }
+
+/// The option RocksDB recorded for this store in its newest OPTIONS file.
+fn recorded_direct_io(dir: &Path) -> String {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("OPTIONS-"))
+        })
+        .collect();
+    files.sort();
+    let text = std::fs::read_to_string(files.last().expect("an OPTIONS file")).expect("read");
+    text.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("use_direct_io_for_flush_and_compaction="))
+        .expect("option recorded")
+        .to_string()
+}
+
+#[test]
+fn direct_io_store_flushes_compacts_and_reads_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let value = |base: u64| Bytes::from(vec![(base % 251) as u8; 300 << 10]);
+    {
+        let s = Store::open_with(dir.path(), SyncPolicy::Group, true).expect("open");
+        assert_eq!(
+            recorded_direct_io(dir.path()),
+            "use_direct_io_for_flush_and_compaction=true"
+        );
+        // Four flushed SST files, then a full compaction: both on O_DIRECT writes.
+        let cf = s.cf(CF_LOG).expect("cf");
+        for round in 0..4u64 {
+            rt().block_on(async {
+                let mut w = WriteSet::default();
+                for i in 0..8 {
+                    w.put_log(3, 0, round * 8 + i, value(round * 8 + i));
+                }
+                s.write(w, true).await.expect("write");
+            });
+            s.db.flush_cf(cf).expect("flush");
+        }
+        s.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        assert!(
+            std::fs::read_dir(dir.path())
+                .expect("dir")
+                .filter_map(|e| e.ok())
+                .any(|e| e.path().extension().is_some_and(|x| x == "sst")),
+            "no SST file written"
+        );
+    }
+    let s = Store::open_with(dir.path(), SyncPolicy::Group, true).expect("reopen");
+    let got = s.log_read(3, 0, 0, 64 << 20, 100).expect("read");
+    assert_eq!(got.len(), 32);
+    for (offset, v) in got {
+        assert_eq!(v, value(offset), "entry {offset}");
+    }
+}
+
+#[test]
+fn direct_io_off_writes_through_the_page_cache() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _s = Store::open_with(dir.path(), SyncPolicy::Group, false).expect("open");
+    assert_eq!(
+        recorded_direct_io(dir.path()),
+        "use_direct_io_for_flush_and_compaction=false"
+    );
+}
