@@ -308,7 +308,8 @@ impl Store {
     /// writes is a kernel copy plus page allocation and writeback, and the flush and
     /// compaction threads were about half of the cloud's CPU in a 1 GB edge drain. Reads
     /// (Fetch) stay buffered. A filesystem that refuses `O_DIRECT` gets buffered writes
-    /// and a warning: RocksDB would otherwise fail its first flush and stop writing.
+    /// and a warning: RocksDB itself would refuse to open the store ("Direct I/O is not
+    /// supported by the specified DB", seen on ramfs).
     pub fn open_with(dir: &Path, policy: SyncPolicy, direct_io: bool) -> Result<Store, Error> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
