@@ -74,6 +74,14 @@ pub(super) struct Committer {
     scratch: Vec<u8>,
 }
 
+#[cfg(test)]
+impl Committer {
+    /// The encode buffer's capacity (tests).
+    pub(super) fn scratch_capacity(&self) -> usize {
+        self.scratch.capacity()
+    }
+}
+
 /// A class's newest batch file, committed and indexed, kept open for appends. A sync
 /// round appends to it only while it is still indexed, unclaimed by the replicator (a
 /// claimed batch never changes), not sealed by a reader and has room for the round's
@@ -173,8 +181,15 @@ pub(super) fn commit_once(inner: &Inner, force: bool, started: Instant) -> Resul
         (open, s.gen, s.live_from, marked)
     };
     let cut = write_batches(inner, &batches, gen, boundary, &mut c.tails, &mut c.scratch);
-    // A record larger than a batch may have grown it: keep at most two batches' worth.
-    let keep = inner.cfg.batch_max_bytes.saturating_mul(2);
+    // Keep at most twice the largest file [`fits`] allows (LARGE_FILE_FACTOR x
+    // `batch_max_bytes`), so files of large records reuse it too; only a record larger
+    // than that frees it. Keeping two batches' worth (before session 14) freed the
+    // buffer of every 64 KB-record file (16 records, about 1 MiB): a fresh mapping
+    // faulted in per file, a fifth of the committer's samples.
+    let keep = inner
+        .cfg
+        .batch_max_bytes
+        .saturating_mul(2 * LARGE_FILE_FACTOR as usize);
     if c.scratch.capacity() > keep {
         c.scratch = Vec::new();
     }

@@ -791,6 +791,35 @@ fn files_of_large_records_hold_a_minimum_count_within_a_bound() {
     assert!(sizes.iter().all(|s| *s <= 10_000), "{sizes:?}");
 }
 
+#[test]
+fn the_encode_buffer_is_reused_for_files_of_large_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path(), u64::MAX, FullPolicy::Block);
+    c.batch_max_bytes = 10_000;
+    let buf = Buffer::open(c).unwrap();
+    let capacity = || buf.inner.commit_lock.lock().unwrap().scratch_capacity();
+    for round in 0..3u64 {
+        let hold = buf.inner.commit_lock.lock().unwrap();
+        for i in 0..16 {
+            buf.append(rec(round * 16 + i, 0, 2_000)).unwrap();
+        }
+        drop(hold);
+        buf.commit().unwrap();
+        // One file of 16 records (about 32 KB, over 2 x batch_max_bytes) was encoded in
+        // the buffer, which stays for the next file instead of being freed.
+        assert!(
+            capacity() >= 32_000,
+            "round {round}: capacity {}",
+            capacity()
+        );
+    }
+    // A record larger than the largest file frees it after use.
+    buf.append(rec(48, 0, 100_000)).unwrap();
+    buf.commit().unwrap();
+    assert_eq!(capacity(), 0);
+    assert_eq!(buf.read(None, usize::MAX).unwrap().len(), 4);
+}
+
 fn rss_mb() -> f64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
     let l = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
