@@ -828,6 +828,9 @@ fn rss_mb() -> f64 {
 
 #[test]
 #[ignore = "a measurement, not a check: cargo test --workspace rss_probe -- --ignored --nocapture"]
+/// RSS of a buffer holding 2,000 records of 64 KB; `FILES=N`: memory per batch file of a
+/// backlog of N files; `RAW=1`: sled alone with 64 KB values (`N` of them), `RAW=1
+/// VLEN=29`: sled alone, memory per entry of 29-byte values.
 fn rss_probe() {
     let dir = tempfile::tempdir().unwrap();
     let raw = std::env::var("RAW").is_ok();
@@ -839,6 +842,19 @@ fn rss_probe() {
             .open()
             .unwrap();
         let t = db.open_tree("records").unwrap();
+        if let Ok(len) = std::env::var("VLEN") {
+            // sled alone: memory per entry of VLEN-byte values (an index entry is 29).
+            let v = vec![7u8; len.parse().unwrap()];
+            let start = rss_mb();
+            for i in 0u64..16_000 {
+                t.insert(i.to_be_bytes(), v.clone()).unwrap();
+                if (i + 1) % 4_000 == 0 {
+                    let per_entry = (rss_mb() - start) * 1_048_576.0 / (i + 1) as f64;
+                    println!("{} entries: {per_entry:.0} B per entry", i + 1);
+                }
+            }
+            return;
+        }
         let v = vec![7u8; 65600];
         let n: u64 = std::env::var("N")
             .map(|v| v.parse().unwrap())
@@ -850,6 +866,30 @@ fn rss_probe() {
             }
         }
         println!("raw sled rss {:.1} MB", rss_mb());
+        return;
+    }
+    if let Ok(files) = std::env::var("FILES") {
+        // Memory per batch file of a backlog (the index: sled's entry and the buffer's
+        // own maps): FILES files of 4 records of 1 KB each, RSS every 2,000 files.
+        let files: u64 = files.parse().unwrap();
+        let mut c = cfg(dir.path(), u64::MAX, FullPolicy::Block);
+        c.batch_max_bytes = 4 << 10;
+        let buf = Buffer::open(c).unwrap();
+        let start = rss_mb();
+        for f in 0..files {
+            for i in 0..4 {
+                buf.append(rec(f * 4 + i, 0, 1000)).unwrap();
+            }
+            buf.commit().unwrap();
+            if (f + 1) % 2000 == 0 {
+                let rss = rss_mb();
+                let per_file = (rss - start) * 1_048_576.0 / (f + 1) as f64;
+                println!(
+                    "{} files: rss {rss:.1} MB ({per_file:.0} B per file)",
+                    f + 1
+                );
+            }
+        }
         return;
     }
     let mut c = cfg(dir.path(), u64::MAX, FullPolicy::Block);
