@@ -870,15 +870,19 @@ fn rss_probe() {
     }
     if let Ok(files) = std::env::var("FILES") {
         // Memory per batch file of a backlog (the index: sled's entry and the buffer's
-        // own maps): FILES files of 4 records of 1 KB each, RSS every 2,000 files.
+        // own maps): FILES files of PER (default 4) records of 1 KB each, RSS every 2,000
+        // files. REOPEN=1 then times an open with the index and one without it (sled's
+        // index entries cleared: every file is read to rebuild its entry); DROP_CACHES=1
+        // empties the page cache before each (root only).
         let files: u64 = files.parse().unwrap();
+        let per: u64 = std::env::var("PER").map_or(4, |v| v.parse().unwrap());
         let mut c = cfg(dir.path(), u64::MAX, FullPolicy::Block);
-        c.batch_max_bytes = 4 << 10;
-        let buf = Buffer::open(c).unwrap();
+        c.batch_max_bytes = per as usize * 1024;
+        let buf = Buffer::open(c.clone()).unwrap();
         let start = rss_mb();
         for f in 0..files {
-            for i in 0..4 {
-                buf.append(rec(f * 4 + i, 0, 1000)).unwrap();
+            for i in 0..per {
+                buf.append(rec(f * per + i, 0, 1000)).unwrap();
             }
             buf.commit().unwrap();
             if (f + 1) % 2000 == 0 {
@@ -890,6 +894,30 @@ fn rss_probe() {
                 );
             }
         }
+        if std::env::var_os("REOPEN").is_none() {
+            return;
+        }
+        buf.close().unwrap();
+        drop(buf);
+        let timed = |what: &str| {
+            if std::env::var_os("DROP_CACHES").is_some() {
+                // Cold reads (root only): what an edge rebooted with a backlog does.
+                std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+            }
+            let t = std::time::Instant::now();
+            let buf = Buffer::open(c.clone()).unwrap();
+            let took = t.elapsed().as_secs_f64();
+            let n = buf.snapshot().records;
+            println!("open {what}: {took:.2} s, {n} records");
+            buf.close().unwrap();
+        };
+        timed("with the index");
+        {
+            let db = sled::Config::new().path(&c.dir).open().unwrap();
+            db.open_tree("records").unwrap().clear().unwrap();
+            db.flush().unwrap();
+        }
+        timed("without it");
         return;
     }
     let mut c = cfg(dir.path(), u64::MAX, FullPolicy::Block);
