@@ -264,13 +264,7 @@ pub(super) fn commit_once(inner: &Inner, force: bool, started: Instant) -> Resul
                     .iter()
                     .filter_map(|g| tail(g.key).map(|t| (t.key, t.index))),
             );
-            entries.into_iter().try_for_each(|(key, index)| {
-                inner
-                    .records
-                    .insert(key.to_be_bytes(), &index.encode())
-                    .map(drop)
-                    .map_err(Error::from)
-            })
+            inner.index().put(entries)
         })
         .and_then(|()| {
             inner

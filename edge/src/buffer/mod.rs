@@ -21,10 +21,13 @@
 //!   64 spares; the `buffer-spares` thread creates more when fewer than 16 are left.
 //!   Creating files cost the committer about half its CPU at 64 KB payloads. The open
 //!   deletes every spare (they hold nothing the buffer needs).
-//! - sled tree `records`: key = the batch key (u64, big-endian), value = a 29-byte index
-//!   entry (file length, record count, priority, first receive time, last sequence), so
-//!   opening the buffer reads only the files committed after sled's last flush; or an
-//!   empty value, a *tombstone*: the batch is being deleted (`reap.rs`).
+//! - sled tree `index`: the batch files' index entries (file length, record count,
+//!   priority, first receive time, last sequence; 29 bytes), packed 64 files to a sled
+//!   value (`index.rs`: one sled entry per file cost about 400 bytes of memory each), so
+//!   opening the buffer reads only the files committed after sled's last flush; an
+//!   entry can also be a *tombstone*: the batch is being deleted (`reap.rs`). Buffers
+//!   written before session 15 kept one entry per file in the tree `records` (an empty
+//!   value was a tombstone); the open reads them too and moves them into groups.
 //! - sled tree `meta`: `next_seq` (the sequence counter; sequences are never wall-clock)
 //!   and the uplink state owned by the replicator ([`uplink`]): the idempotent producer
 //!   id/epoch, per partition the next producer sequence and the highest acknowledged
@@ -146,6 +149,7 @@
 
 mod commit;
 mod files;
+mod index;
 mod pool;
 mod quota;
 mod read;
@@ -332,7 +336,8 @@ struct Inner {
     /// Directory of batch files.
     files: PathBuf,
     db: sled::Db,
-    records: sled::Tree,
+    /// The batch files' index (`index.rs`).
+    index: Mutex<index::Groups>,
     meta: sled::Tree,
     cfg: BufferConfig,
     state: Mutex<State>,
@@ -410,6 +415,11 @@ impl Inner {
             .max(1 << 20)
     }
 
+    /// The batch index, shared by the committer and the reaper.
+    fn index(&self) -> MutexGuard<'_, index::Groups> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Deletes a batch now, on this thread (see [`reap`] for the order of the steps).
     fn delete_batch(&self, key: u64) -> Result<(), Error> {
         reap::delete(self, &[key])
@@ -480,7 +490,8 @@ impl Buffer {
         let files_dir = cfg.dir.join("batches");
         std::fs::create_dir_all(&files_dir)?;
         let spares = Arc::new(spares::Spares::open(&files_dir)?);
-        let scanned = recover::scan(&records, &files_dir, &stats, next_seq)?;
+        let mut groups = index::Groups::open(db.open_tree("index")?)?;
+        let scanned = recover::scan(&records, &mut groups, &files_dir, &stats, next_seq)?;
         let next_seq = scanned.next_seq;
         meta.insert(NEXT_SEQ, &next_seq.to_be_bytes())?;
         // The recovery's index writes and removals survive whatever comes next.
@@ -514,7 +525,7 @@ impl Buffer {
             reap: Mutex::new(Some(reap_tx)),
             files: files_dir,
             db,
-            records,
+            index: Mutex::new(groups),
             meta,
             cfg,
             state: Mutex::new(state),

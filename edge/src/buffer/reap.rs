@@ -2,8 +2,8 @@
 //! batches leave sled's index and the disk in an order that a crash at any point cannot
 //! turn into a lost record or a resurrected one.
 //!
-//! 1. The index entry is replaced by a *tombstone* (an empty value), all keys of one
-//!    round in one sled batch.
+//! 1. The index entry is replaced by a *tombstone* (`index.rs`), all keys of one round
+//!    in one sled batch.
 //! 2. sled is flushed and its log file fsynced: the tombstones are durable, and with them
 //!    everything written before (the acknowledged watermarks the replicator wrote before
 //!    releasing the records; sled flushes all trees at once).
@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use super::{files, Error, Inner, Reap};
 
-/// The `records` value that marks a batch being deleted (an index entry is never empty).
+/// The value of a per-file entry in the `records` tree of buffers written before
+/// session 15 that marks a batch being deleted (an index entry is never empty). Entries
+/// are grouped now, with a tombstone state of their own (`index.rs`).
 pub(super) const TOMBSTONE: &[u8] = &[];
 
 /// Deletes batches `keys` (steps 1 to 4). A file that cannot be unlinked keeps its
@@ -33,12 +35,10 @@ pub(super) fn delete(inner: &Inner, keys: &[u64]) -> Result<(), Error> {
     if keys.is_empty() {
         return Ok(());
     }
-    let mut marks = sled::Batch::default();
     for k in keys {
-        marks.insert(&k.to_be_bytes(), TOMBSTONE);
         files::note(&inner.files, files::Step::Removed(*k));
     }
-    inner.records.apply_batch(marks)?;
+    inner.index().mark(keys)?;
     inner.flush_durable()?;
     files::note(&inner.files, files::Step::Flushed);
     let mut gone = Vec::with_capacity(keys.len());
@@ -55,11 +55,7 @@ pub(super) fn delete(inner: &Inner, keys: &[u64]) -> Result<(), Error> {
     }
     files::sync_dir(&inner.files)?;
     // One sled batch: sled writes each batch to its log as one piece.
-    let mut removals = sled::Batch::default();
-    for k in gone {
-        removals.remove(&k.to_be_bytes());
-    }
-    inner.records.apply_batch(removals)?;
+    inner.index().remove(&gone)?;
     Ok(())
 }
 

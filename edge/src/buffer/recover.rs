@@ -1,4 +1,5 @@
-//! Open-time recovery: the in-memory batch map rebuilt from sled's `records` index and
+//! Open-time recovery: the in-memory batch map rebuilt from sled's index (`index.rs`, and
+//! the per-file entries of buffers written before session 15) and
 //! the batch files (durability steps 2 and 5 in the module docs).
 //!
 //! The rules never assume that sled recovered a *prefix* of its writes (see "sled's
@@ -11,6 +12,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use super::files::{self, Index};
+use super::index::Groups;
 use super::reap::TOMBSTONE;
 use super::{BatchInfo, Error, Stats};
 
@@ -47,6 +49,7 @@ impl Scanned {
 /// completed, or garbage). Leaves sled unflushed; the caller flushes.
 pub(super) fn scan(
     records: &sled::Tree,
+    groups: &mut Groups,
     dir: &Path,
     stats: &Stats,
     next_seq: u64,
@@ -58,50 +61,74 @@ pub(super) fn scan(
         live_records: 0,
         next_seq,
     };
-    let mut tombstones = Vec::new();
+    // The grouped entries (`index.rs`), then per-file entries of the `records` tree that
+    // buffers written before session 15 hold (a key in both: the group's wins).
+    let (mut entries, damaged) = groups.entries()?;
+    if damaged > 0 {
+        tracing::error!(
+            groups = damaged,
+            "damaged buffer index groups: their files are re-indexed from their contents"
+        );
+    }
+    let grouped: BTreeSet<u64> = entries.iter().map(|(k, _)| *k).collect();
     for item in records.iter() {
         let (k, v) = item?;
-        let key = <[u8; 8]>::try_from(k.as_ref()).map(u64::from_be_bytes).ok();
-        if let (Some(key), true) = (key, v.as_ref() == TOMBSTONE) {
-            // A deletion interrupted after its index removal was flushed.
+        let Some(key) = <[u8; 8]>::try_from(k.as_ref()).ok().map(u64::from_be_bytes) else {
+            continue;
+        };
+        if grouped.contains(&key) {
+            continue;
+        }
+        if v.as_ref() == TOMBSTONE {
+            entries.push((key, None));
+        } else if let Some(i) = Index::decode(&v) {
+            entries.push((key, Some(i)));
+        } else {
+            tracing::error!(
+                batch = key,
+                "damaged buffer batch index entry: re-indexed from its file"
+            );
+        }
+    }
+    entries.sort_by_key(|(k, _)| *k);
+    let mut tombstones = Vec::new();
+    let mut live: Vec<(u64, Index)> = Vec::new();
+    for (key, index) in entries {
+        let Some(i) = index else {
+            // A deletion interrupted after its tombstone was flushed.
             files::remove(dir, key)?;
             tombstones.push(key);
             continue;
-        }
-        let index = key.and_then(|key| Index::decode(&v).map(|i| (key, i)));
-        let len = index
-            .as_ref()
-            .and_then(|(key, _)| files::path(dir, *key).metadata().ok().map(|m| m.len()));
-        let index = match (index, len) {
-            (Some((key, i)), Some(len)) if len == i.bytes => Some((key, i)),
+        };
+        let len = files::path(dir, key).metadata().ok().map(|m| m.len());
+        let index = match len {
+            Some(len) if len == i.bytes => Some(i),
             // Appended to after sled last stored its entry (durability step 2): the
             // entry is rebuilt from the file, which must still hold what it counted.
-            (Some((key, i)), Some(len)) if len > i.bytes => files::recover(dir, key)
+            Some(len) if len > i.bytes => files::recover(dir, key)
                 .filter(|r| r.bytes >= i.bytes && r.count >= i.count)
-                .map(|r| {
+                .inspect(|r| {
                     stats.recovered.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
                         batch = key,
                         records = r.count,
                         "buffer batch index rebuilt from its grown file"
                     );
-                    records.insert(k.clone(), &r.encode()).map(|_| (key, r))
-                })
-                .transpose()?,
+                }),
             _ => None,
         };
-        let Some((key, index)) = index else {
-            tracing::error!(batch = ?key, "buffer batch missing or damaged, skipped and removed");
+        let Some(index) = index else {
+            tracing::error!(
+                batch = key,
+                "buffer batch missing or damaged, skipped and removed"
+            );
             stats.corrupt.fetch_add(1, Ordering::Relaxed);
-            records.remove(&k)?;
-            if let Some(key) = key {
-                files::remove(dir, key)?;
-            }
+            files::remove(dir, key)?;
             continue;
         };
         out.add(key, &index);
+        live.push((key, index));
     }
-    let mut recovered = sled::Batch::default();
     for key in files::list(dir)? {
         if out.batches.contains_key(&key) || tombstones.contains(&key) {
             continue;
@@ -117,16 +144,17 @@ pub(super) fn scan(
             "buffer batch recovered from its file"
         );
         stats.recovered.fetch_add(1, Ordering::Relaxed);
-        recovered.insert(&key.to_be_bytes(), &index.encode());
         out.add(key, &index);
+        live.push((key, index));
     }
-    records.apply_batch(recovered)?;
+    // The unlinks are durable before their tombstones go; then the index is written
+    // afresh (one sled batch) and the per-file entries of older buffers dropped. A crash
+    // in between leaves both, which the next open reads again.
     if !tombstones.is_empty() {
-        // The unlinks are durable before their tombstones go.
         files::sync_dir(dir)?;
-        for key in tombstones {
-            records.remove(key.to_be_bytes())?;
-        }
     }
+    live.sort_by_key(|(k, _)| *k);
+    groups.rewrite(&live)?;
+    records.clear()?;
     Ok(out)
 }

@@ -42,10 +42,16 @@ fn open_unbounded(dir: &std::path::Path) -> Buffer {
 /// Forgets the index entry of the oldest batch, durably (what a crash that kept the
 /// batch's file but lost its entry leaves), and returns the batch's key.
 fn unindex_oldest(buf: &Buffer) -> u64 {
-    let (k, _) = buf.inner.records.first().unwrap().unwrap();
-    buf.inner.records.remove(&k).unwrap();
+    let key = buf.inner.index().first_key().unwrap().unwrap();
+    buf.inner.index().forget(key).unwrap();
     buf.inner.flush_durable().unwrap();
-    u64::from_be_bytes(k.as_ref().try_into().unwrap())
+    key
+}
+
+/// The per-file index tree of buffers written before session 15 (read and migrated at
+/// open).
+fn legacy_index(buf: &Buffer) -> sled::Tree {
+    buf.inner.db.open_tree("records").unwrap()
 }
 
 fn rec(id: u64, prio: u8, size: usize) -> Record {
@@ -230,8 +236,7 @@ fn corrupt_records_are_skipped_and_counted() {
         }
         buf.close().unwrap();
         // Damage the middle record of the batch file.
-        let (k, _) = buf.inner.records.first().unwrap().unwrap();
-        let key = u64::from_be_bytes(k.as_ref().try_into().unwrap());
+        let key = buf.inner.index().first_key().unwrap().unwrap();
         let mut v = files::read(&files_dir, key).unwrap();
         let mid = 5 + (v.len() - 5) / 3 + 20;
         v[mid] ^= 0x55;
@@ -245,12 +250,12 @@ fn corrupt_records_are_skipped_and_counted() {
             last_seq: 1000,
         };
         files::write(&files_dir, 1000, b"garbage", &buf.inner.spares).unwrap();
-        buf.inner
-            .records
+        // Per-file entries, as buffers before session 15 stored them.
+        let legacy = legacy_index(&buf);
+        legacy
             .insert(1000u64.to_be_bytes(), &garbage.encode())
             .unwrap();
-        buf.inner
-            .records
+        legacy
             .insert(2000u64.to_be_bytes(), &garbage.encode())
             .unwrap();
         files::write(&files_dir, 3000, b"orphan", &buf.inner.spares).unwrap();
@@ -499,31 +504,39 @@ fn kill_after_commit_recovers_batches_from_files() {
 
 /// A file whose deletion was flushed (drained, then a kill before the unlink) stays
 /// deleted: its index entry is a tombstone, so open removes it unread. Modelled: the
-/// directory as a kill after the reaper's flush leaves it (tombstone durable, file there).
+/// directory as a kill after the reaper's flush leaves it (tombstone durable, file there);
+/// the tombstone in its group, and as a per-file entry of a buffer before session 15.
 #[test]
 fn kill_before_unlink_does_not_resurrect_a_drained_batch() {
-    let dir = tempfile::tempdir().unwrap();
-    let batches = dir.path().join("batches");
-    let key = {
-        let buf = open_unbounded(dir.path());
-        buf.append(rec(1, 0, 100)).unwrap();
-        buf.commit().unwrap();
-        let batch = buf.read(None, usize::MAX).unwrap().remove(0);
-        buf.inner
-            .records
-            .insert(batch.key.to_be_bytes(), reap::TOMBSTONE)
-            .unwrap();
-        buf.inner.flush_durable().unwrap();
-        batch.key
-    };
-    assert!(files::path(&batches, key).exists());
-    let back = reopen(cfg(dir.path(), u64::MAX, FullPolicy::Block));
-    assert_eq!(back.snapshot().records, 0);
-    assert_eq!(back.stats().recovered.load(Ordering::Relaxed), 0);
-    assert_eq!(back.stats().corrupt.load(Ordering::Relaxed), 0);
-    assert!(!files::path(&batches, key).exists());
-    assert!(back.inner.records.is_empty(), "tombstone removed");
-    assert_eq!(back.batch_file_bytes(), 0);
+    for legacy in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let batches = dir.path().join("batches");
+        let key = {
+            let buf = open_unbounded(dir.path());
+            buf.append(rec(1, 0, 100)).unwrap();
+            buf.commit().unwrap();
+            let batch = buf.read(None, usize::MAX).unwrap().remove(0);
+            if legacy {
+                buf.inner.index().forget(batch.key).unwrap();
+                legacy_index(&buf)
+                    .insert(batch.key.to_be_bytes(), reap::TOMBSTONE)
+                    .unwrap();
+            } else {
+                buf.inner.index().mark(&[batch.key]).unwrap();
+            }
+            buf.inner.flush_durable().unwrap();
+            batch.key
+        };
+        assert!(files::path(&batches, key).exists());
+        let back = reopen(cfg(dir.path(), u64::MAX, FullPolicy::Block));
+        assert_eq!(back.snapshot().records, 0, "legacy: {legacy}");
+        assert_eq!(back.stats().recovered.load(Ordering::Relaxed), 0);
+        assert_eq!(back.stats().corrupt.load(Ordering::Relaxed), 0);
+        assert!(!files::path(&batches, key).exists());
+        assert!(back.inner.index().is_empty(), "tombstone removed");
+        assert!(legacy_index(&back).is_empty(), "legacy entries dropped");
+        assert_eq!(back.batch_file_bytes(), 0);
+    }
 }
 
 /// The case sled's recovery would have to rule out for the old rule ("an unindexed file
@@ -558,12 +571,8 @@ fn unindexed_batch_below_next_seq_is_recovered() {
     assert_eq!(all_ids(&back), [1, 2]);
     assert_eq!(back.stats().recovered.load(Ordering::Relaxed), 1);
     assert_eq!(back.stats().corrupt.load(Ordering::Relaxed), 0);
-    assert!(back
-        .inner
-        .records
-        .get(first.to_be_bytes())
-        .unwrap()
-        .is_some());
+    let (entries, _) = back.inner.index().entries().unwrap();
+    assert!(entries.iter().any(|(k, i)| *k == first && i.is_some()));
 }
 
 /// A file cut short (a commit that never completed) is removed at open, whatever its
@@ -914,7 +923,7 @@ fn rss_probe() {
         timed("with the index");
         {
             let db = sled::Config::new().path(&c.dir).open().unwrap();
-            db.open_tree("records").unwrap().clear().unwrap();
+            db.open_tree("index").unwrap().clear().unwrap();
             db.flush().unwrap();
         }
         timed("without it");
@@ -1112,4 +1121,48 @@ fn a_file_holding_another_batchs_records_is_not_recovered() {
     let buf = reopen(cfg(dir.path(), u64::MAX, FullPolicy::Block));
     assert!(!files::path(&batches, stale).exists(), "removed at open");
     assert_eq!(all_ids(&buf), [7], "the old record once");
+}
+
+/// A buffer whose index is per-file entries (written before session 15) opens with every
+/// batch indexed, none rebuilt from its file, and its entries moved into groups; so does
+/// one of more than a group's files, reopened.
+#[test]
+fn per_file_index_entries_are_migrated_into_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path(), u64::MAX, FullPolicy::Block);
+    c.batch_max_bytes = 4 << 10;
+    {
+        let buf = Buffer::open(c.clone()).unwrap();
+        for f in 0..70u64 {
+            for i in 0..4 {
+                buf.append(rec(f * 4 + i, 0, 1000)).unwrap();
+            }
+            buf.commit().unwrap();
+        }
+        // Move the first 40 files' entries to the old per-file tree.
+        let (entries, _) = buf.inner.index().entries().unwrap();
+        assert_eq!(entries.len(), 70);
+        let legacy = legacy_index(&buf);
+        for (key, index) in entries.iter().take(40) {
+            buf.inner.index().forget(*key).unwrap();
+            legacy
+                .insert(key.to_be_bytes(), &index.unwrap().encode())
+                .unwrap();
+        }
+        buf.inner.flush_durable().unwrap();
+        buf.close().unwrap();
+    }
+    for round in 0..2 {
+        let buf = reopen(c.clone());
+        assert_eq!(
+            buf.stats().recovered.load(Ordering::Relaxed),
+            0,
+            "round {round}"
+        );
+        assert_eq!(buf.stats().corrupt.load(Ordering::Relaxed), 0);
+        assert_eq!(all_ids(&buf), (0..280).collect::<Vec<u64>>());
+        assert!(legacy_index(&buf).is_empty());
+        assert_eq!(buf.inner.index().entries().unwrap().0.len(), 70);
+        buf.close().unwrap();
+    }
 }

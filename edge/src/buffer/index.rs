@@ -1,0 +1,324 @@
+//! The sled index of batch files, [`GROUP`] files per sled value.
+//!
+//! One sled entry per batch file cost about 400 bytes of heap per file whatever sled's
+//! cache size (`rss_probe RAW=1 VLEN=29`), so the edge's memory grew about 2 MB per GB of
+//! backlog: a 3 GB drain peaked at 34-37 MB, over the 32 MB goal. Packed 64 to a value
+//! (the `index` tree; key: the group's first file key, big endian; value: its entries
+//! `key:u64 | state:u8 (0 live, 1 tombstone) | Index`, in key order), a 3 GB drain peaks
+//! at about 31 MB and 100 B ingest is not slower (session 15).
+//!
+//! A new batch file's key (its first record's sequence) is above every key before it,
+//! so files fill the newest group in key order and a key's group is the greatest group
+//! key at or below it. The committer (new and grown files) and the reaper (tombstones,
+//! removals) rewrite whole groups, so both go through the one [`Groups`] behind
+//! `Inner::index`.
+
+use std::collections::btree_map::Entry as Slot;
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::files::Index;
+use super::Error;
+
+/// Files per group.
+pub(super) const GROUP: usize = 64;
+
+const LIVE: u8 = 0;
+const TOMBSTONE: u8 = 1;
+const ENTRY: usize = 8 + 1 + Index::LEN;
+
+/// One file's entry: its index, or `None` for a tombstone (a deletion in progress, see
+/// `reap.rs`).
+pub(super) type Entry = (u64, Option<Index>);
+
+/// The groups of one buffer.
+pub(super) struct Groups {
+    tree: sled::Tree,
+    /// The key of every group.
+    firsts: BTreeSet<u64>,
+}
+
+fn encode(entries: &[Entry]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(entries.len() * ENTRY);
+    for (key, index) in entries {
+        v.extend_from_slice(&key.to_be_bytes());
+        match index {
+            Some(i) => {
+                v.push(LIVE);
+                v.extend_from_slice(&i.encode());
+            }
+            None => {
+                v.push(TOMBSTONE);
+                v.extend_from_slice(&[0; Index::LEN]);
+            }
+        }
+    }
+    v
+}
+
+/// A group's entries, or `None` if the value is damaged.
+fn decode(v: &[u8]) -> Option<Vec<Entry>> {
+    if !v.len().is_multiple_of(ENTRY) {
+        return None;
+    }
+    v.chunks(ENTRY)
+        .map(|e| {
+            let key = u64::from_be_bytes(e[..8].try_into().ok()?);
+            match e[8] {
+                LIVE => Some((key, Some(Index::decode(&e[9..])?))),
+                TOMBSTONE => Some((key, None)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn group_key(tree_key: &[u8]) -> Option<u64> {
+    tree_key.try_into().ok().map(u64::from_be_bytes)
+}
+
+impl Groups {
+    /// The groups stored in `tree` (recovery rewrites them at open, see
+    /// [`Groups::rewrite`]).
+    pub(super) fn open(tree: sled::Tree) -> Result<Groups, Error> {
+        let mut firsts = BTreeSet::new();
+        for k in tree.iter().keys() {
+            if let Some(g) = group_key(&k?) {
+                firsts.insert(g);
+            }
+        }
+        Ok(Groups { tree, firsts })
+    }
+
+    /// Every stored entry, in key order, and how many group values were damaged (their
+    /// files are rebuilt from their contents at open, their tombstones are lost).
+    pub(super) fn entries(&self) -> Result<(Vec<Entry>, u64), Error> {
+        let mut out = Vec::new();
+        let mut damaged = 0;
+        for item in self.tree.iter() {
+            let (_, v) = item?;
+            match decode(&v) {
+                Some(e) => out.extend(e),
+                None => damaged += 1,
+            }
+        }
+        out.sort_by_key(|(k, _)| *k);
+        out.dedup_by_key(|(k, _)| *k);
+        Ok((out, damaged))
+    }
+
+    fn group_of(&self, key: u64) -> Option<u64> {
+        self.firsts.range(..=key).next_back().copied()
+    }
+
+    fn load(&self, group: u64) -> Result<Vec<Entry>, Error> {
+        Ok(self
+            .tree
+            .get(group.to_be_bytes())?
+            .and_then(|v| decode(&v))
+            .unwrap_or_default())
+    }
+
+    /// Applies `change` to the entry of each key in `keys` (loaded group by group),
+    /// returning the groups changed (an empty one is removed).
+    /// A key below every group starts a group of its own when `create` is set.
+    fn edit(
+        &mut self,
+        keys: impl IntoIterator<Item = u64>,
+        create: bool,
+        mut change: impl FnMut(&mut Vec<Entry>, u64),
+    ) -> Result<BTreeMap<u64, Vec<Entry>>, Error> {
+        let mut changed: BTreeMap<u64, Vec<Entry>> = BTreeMap::new();
+        for key in keys {
+            let g = match self.group_of(key) {
+                Some(g) => g,
+                None if create => {
+                    self.firsts.insert(key);
+                    key
+                }
+                None => continue,
+            };
+            let entries = match changed.entry(g) {
+                Slot::Occupied(o) => o.into_mut(),
+                Slot::Vacant(v) => v.insert(self.load(g)?),
+            };
+            change(entries, key);
+        }
+        Ok(changed)
+    }
+
+    /// Stores new and grown files' entries with plain inserts (not a `sled::Batch`, which
+    /// writes out and syncs sled's log buffer around it: see `commit.rs`).
+    pub(super) fn put(
+        &mut self,
+        files: impl IntoIterator<Item = (u64, Index)>,
+    ) -> Result<(), Error> {
+        let mut changed: BTreeMap<u64, Vec<Entry>> = BTreeMap::new();
+        for (key, index) in files {
+            let group = match self.group_of(key) {
+                Some(g) => g,
+                None => {
+                    self.firsts.insert(key);
+                    key
+                }
+            };
+            let entries = match changed.entry(group) {
+                Slot::Occupied(o) => o.into_mut(),
+                Slot::Vacant(v) => v.insert(self.load(group)?),
+            };
+            match entries.binary_search_by_key(&key, |(k, _)| *k) {
+                Ok(at) => entries[at].1 = Some(index),
+                Err(at) if at == entries.len() && entries.len() >= GROUP => {
+                    // The group is full: this file starts the next one.
+                    self.firsts.insert(key);
+                    changed.insert(key, vec![(key, Some(index))]);
+                }
+                Err(at) => entries.insert(at, (key, Some(index))),
+            }
+        }
+        for (group, entries) in changed {
+            self.tree.insert(group.to_be_bytes(), encode(&entries))?;
+        }
+        Ok(())
+    }
+
+    /// Turns the entries of `keys` into tombstones, all in one sled batch (step 1 of a
+    /// deletion in `reap.rs`).
+    pub(super) fn mark(&mut self, keys: &[u64]) -> Result<(), Error> {
+        // A key without an entry gets a tombstone too: its file goes either way.
+        let changed = self.edit(keys.iter().copied(), true, |entries, key| {
+            match entries.binary_search_by_key(&key, |(k, _)| *k) {
+                Ok(at) => entries[at].1 = None,
+                Err(at) => entries.insert(at, (key, None)),
+            }
+        })?;
+        self.write(changed)
+    }
+
+    /// Removes the entries of `keys`, all in one sled batch (step 4 of a deletion); a
+    /// group left empty is removed.
+    pub(super) fn remove(&mut self, keys: &[u64]) -> Result<(), Error> {
+        let changed = self.edit(keys.iter().copied(), false, |entries, key| {
+            if let Ok(at) = entries.binary_search_by_key(&key, |(k, _)| *k) {
+                entries.remove(at);
+            }
+        })?;
+        self.write(changed)
+    }
+
+    fn write(&mut self, changed: BTreeMap<u64, Vec<Entry>>) -> Result<(), Error> {
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (group, entries) in changed {
+            if entries.is_empty() {
+                batch.remove(&group.to_be_bytes());
+                self.firsts.remove(&group);
+            } else {
+                batch.insert(&group.to_be_bytes(), encode(&entries));
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Replaces every group with `live`'s entries (in key order), packed [`GROUP`] to a
+    /// value, in one sled batch (recovery, once the tombstoned files are gone).
+    pub(super) fn rewrite(&mut self, live: &[(u64, Index)]) -> Result<(), Error> {
+        let mut batch = sled::Batch::default();
+        for g in &self.firsts {
+            batch.remove(&g.to_be_bytes());
+        }
+        self.firsts.clear();
+        for chunk in live.chunks(GROUP) {
+            let entries: Vec<Entry> = chunk.iter().map(|(k, i)| (*k, Some(*i))).collect();
+            let group = chunk[0].0;
+            batch.insert(&group.to_be_bytes(), encode(&entries));
+            self.firsts.insert(group);
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Forgets `key`'s entry without a trace, as a sled that lost it in a crash would
+    /// (tests).
+    #[cfg(test)]
+    pub(super) fn forget(&mut self, key: u64) -> Result<(), Error> {
+        self.remove(&[key])
+    }
+
+    /// Whether no entry is stored (tests).
+    #[cfg(test)]
+    pub(super) fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+
+    /// The first stored entry's key (tests).
+    #[cfg(test)]
+    pub(super) fn first_key(&self) -> Result<Option<u64>, Error> {
+        Ok(self.entries()?.0.first().map(|(k, _)| *k))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(n: u64) -> Index {
+        Index {
+            bytes: 100 + n,
+            count: 1,
+            priority: 0,
+            first_recv_ms: 7,
+            last_seq: n,
+        }
+    }
+
+    #[test]
+    fn files_fill_groups_of_64_then_deletions_empty_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let mut g = Groups::open(db.open_tree("index").unwrap()).unwrap();
+        // 130 files, committed a few per round, one grown after its group filled.
+        for round in (0..130u64).collect::<Vec<_>>().chunks(7) {
+            g.put(round.iter().map(|k| (k * 10, index(*k)))).unwrap();
+        }
+        g.put([(50, index(999))]).unwrap();
+        assert_eq!(g.tree.len(), 3, "64 + 64 + 2");
+        let (entries, damaged) = g.entries().unwrap();
+        assert_eq!(damaged, 0);
+        assert_eq!(entries.len(), 130);
+        assert_eq!(entries[5], (50, Some(index(999))));
+        // Reopened, the same groups.
+        let mut g = Groups::open(db.open_tree("index").unwrap()).unwrap();
+        g.mark(&[0, 640, 1290]).unwrap();
+        let (entries, _) = g.entries().unwrap();
+        assert_eq!(entries.iter().filter(|(_, i)| i.is_none()).count(), 3);
+        let all: Vec<u64> = (0..130u64).map(|k| k * 10).collect();
+        g.remove(&all).unwrap();
+        assert!(g.tree.is_empty());
+        assert!(g.firsts.is_empty());
+        // A later file starts a fresh group; a key without an entry, below every group,
+        // still gets its tombstone.
+        g.put([(5000, index(500))]).unwrap();
+        assert_eq!(g.entries().unwrap().0, vec![(5000, Some(index(500)))]);
+        g.mark(&[7]).unwrap();
+        assert_eq!(
+            g.entries().unwrap().0,
+            vec![(7, None), (5000, Some(index(500)))]
+        );
+    }
+
+    #[test]
+    fn a_damaged_group_is_counted_and_the_rest_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let tree = db.open_tree("index").unwrap();
+        let mut g = Groups::open(tree.clone()).unwrap();
+        g.put((0..70u64).map(|k| (k, index(k)))).unwrap();
+        tree.insert(0u64.to_be_bytes(), &[1, 2, 3][..]).unwrap();
+        let (entries, damaged) = g.entries().unwrap();
+        assert_eq!(damaged, 1);
+        assert_eq!(entries.len(), 6, "the second group's 6 files");
+    }
+}
