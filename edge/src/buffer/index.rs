@@ -101,8 +101,8 @@ impl Groups {
                 None => damaged += 1,
             }
         }
-        out.sort_by_key(|(k, _)| *k);
-        out.dedup_by_key(|(k, _)| *k);
+        // In key order already: sled iterates the groups by their (big-endian) keys, and
+        // each holds the keys from its own up to the next group's, sorted.
         Ok((out, damaged))
     }
 
@@ -118,17 +118,20 @@ impl Groups {
             .unwrap_or_default())
     }
 
-    /// Applies `change` to the entry of each key in `keys` (loaded group by group),
-    /// returning the groups changed (an empty one is removed).
-    /// A key below every group starts a group of its own when `create` is set.
-    fn edit(
+    /// Applies `change` to the group of each key in `keys` (loaded once per group),
+    /// returning the groups changed (an empty one is removed by [`Groups::write`]). A key
+    /// below every group starts a group of its own when `create` is set; an entry that
+    /// `change` hands back starts the next group (its group was full).
+    fn edit<K>(
         &mut self,
-        keys: impl IntoIterator<Item = u64>,
+        keys: impl IntoIterator<Item = K>,
+        key_of: impl Fn(&K) -> u64,
         create: bool,
-        mut change: impl FnMut(&mut Vec<Entry>, u64),
+        mut change: impl FnMut(&mut Vec<Entry>, K) -> Option<Entry>,
     ) -> Result<BTreeMap<u64, Vec<Entry>>, Error> {
         let mut changed: BTreeMap<u64, Vec<Entry>> = BTreeMap::new();
-        for key in keys {
+        for item in keys {
+            let key = key_of(&item);
             let g = match self.group_of(key) {
                 Some(g) => g,
                 None if create => {
@@ -141,7 +144,10 @@ impl Groups {
                 Slot::Occupied(o) => o.into_mut(),
                 Slot::Vacant(v) => v.insert(self.load(g)?),
             };
-            change(entries, key);
+            if let Some(next) = change(entries, item) {
+                self.firsts.insert(next.0);
+                changed.insert(next.0, vec![next]);
+            }
         }
         Ok(changed)
     }
@@ -152,29 +158,22 @@ impl Groups {
         &mut self,
         files: impl IntoIterator<Item = (u64, Index)>,
     ) -> Result<(), Error> {
-        let mut changed: BTreeMap<u64, Vec<Entry>> = BTreeMap::new();
-        for (key, index) in files {
-            let group = match self.group_of(key) {
-                Some(g) => g,
-                None => {
-                    self.firsts.insert(key);
-                    key
-                }
-            };
-            let entries = match changed.entry(group) {
-                Slot::Occupied(o) => o.into_mut(),
-                Slot::Vacant(v) => v.insert(self.load(group)?),
-            };
-            match entries.binary_search_by_key(&key, |(k, _)| *k) {
-                Ok(at) => entries[at].1 = Some(index),
-                Err(at) if at == entries.len() && entries.len() >= GROUP => {
+        let changed = self.edit(
+            files,
+            |(key, _)| *key,
+            true,
+            |entries, (key, index)| {
+                match entries.binary_search_by_key(&key, |(k, _)| *k) {
+                    Ok(at) => entries[at].1 = Some(index),
                     // The group is full: this file starts the next one.
-                    self.firsts.insert(key);
-                    changed.insert(key, vec![(key, Some(index))]);
+                    Err(at) if at == entries.len() && entries.len() >= GROUP => {
+                        return Some((key, Some(index)))
+                    }
+                    Err(at) => entries.insert(at, (key, Some(index))),
                 }
-                Err(at) => entries.insert(at, (key, Some(index))),
-            }
-        }
+                None
+            },
+        )?;
         for (group, entries) in changed {
             self.tree.insert(group.to_be_bytes(), encode(&entries))?;
         }
@@ -185,23 +184,35 @@ impl Groups {
     /// deletion in `reap.rs`).
     pub(super) fn mark(&mut self, keys: &[u64]) -> Result<(), Error> {
         // A key without an entry gets a tombstone too: its file goes either way.
-        let changed = self.edit(keys.iter().copied(), true, |entries, key| {
-            match entries.binary_search_by_key(&key, |(k, _)| *k) {
-                Ok(at) => entries[at].1 = None,
-                Err(at) => entries.insert(at, (key, None)),
-            }
-        })?;
+        let changed = self.edit(
+            keys.iter().copied(),
+            |k| *k,
+            true,
+            |entries, key| {
+                match entries.binary_search_by_key(&key, |(k, _)| *k) {
+                    Ok(at) => entries[at].1 = None,
+                    Err(at) => entries.insert(at, (key, None)),
+                }
+                None
+            },
+        )?;
         self.write(changed)
     }
 
     /// Removes the entries of `keys`, all in one sled batch (step 4 of a deletion); a
     /// group left empty is removed.
     pub(super) fn remove(&mut self, keys: &[u64]) -> Result<(), Error> {
-        let changed = self.edit(keys.iter().copied(), false, |entries, key| {
-            if let Ok(at) = entries.binary_search_by_key(&key, |(k, _)| *k) {
-                entries.remove(at);
-            }
-        })?;
+        let changed = self.edit(
+            keys.iter().copied(),
+            |k| *k,
+            false,
+            |entries, key| {
+                if let Ok(at) = entries.binary_search_by_key(&key, |(k, _)| *k) {
+                    entries.remove(at);
+                }
+                None
+            },
+        )?;
         self.write(changed)
     }
 
@@ -238,13 +249,6 @@ impl Groups {
         }
         self.tree.apply_batch(batch)?;
         Ok(())
-    }
-
-    /// Forgets `key`'s entry without a trace, as a sled that lost it in a crash would
-    /// (tests).
-    #[cfg(test)]
-    pub(super) fn forget(&mut self, key: u64) -> Result<(), Error> {
-        self.remove(&[key])
     }
 
     /// Whether no entry is stored (tests).

@@ -43,7 +43,7 @@ fn open_unbounded(dir: &std::path::Path) -> Buffer {
 /// batch's file but lost its entry leaves), and returns the batch's key.
 fn unindex_oldest(buf: &Buffer) -> u64 {
     let key = buf.inner.index().first_key().unwrap().unwrap();
-    buf.inner.index().forget(key).unwrap();
+    buf.inner.index().remove(&[key]).unwrap();
     buf.inner.flush_durable().unwrap();
     key
 }
@@ -517,7 +517,7 @@ fn kill_before_unlink_does_not_resurrect_a_drained_batch() {
             buf.commit().unwrap();
             let batch = buf.read(None, usize::MAX).unwrap().remove(0);
             if legacy {
-                buf.inner.index().forget(batch.key).unwrap();
+                buf.inner.index().remove(&[batch.key]).unwrap();
                 legacy_index(&buf)
                     .insert(batch.key.to_be_bytes(), reap::TOMBSTONE)
                     .unwrap();
@@ -1144,7 +1144,7 @@ fn per_file_index_entries_are_migrated_into_groups() {
         assert_eq!(entries.len(), 70);
         let legacy = legacy_index(&buf);
         for (key, index) in entries.iter().take(40) {
-            buf.inner.index().forget(*key).unwrap();
+            buf.inner.index().remove(&[*key]).unwrap();
             legacy
                 .insert(key.to_be_bytes(), &index.unwrap().encode())
                 .unwrap();
