@@ -4,13 +4,12 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    BrokerId, InitProducerIdRequest, MetadataRequest, ProduceRequest, ProduceResponse, TopicName,
+    ApiKey, BrokerId, InitProducerIdRequest, MetadataRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::{batch::ProducerState, conn::Connection, Error, ResponseFuture};
+use super::{batch::ProducerState, conn::Connection, produce, Error, ResponseFuture};
 
 /// One partition as Metadata describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,32 +108,45 @@ impl Connection {
     }
 
     /// Sends one Produce request (acks = all) without waiting for the answer, so several
-    /// can be in flight on this connection.
+    /// can be in flight on this connection. The record batches are written from `parts`
+    /// as they are, not copied into the request ([`produce`](super::produce)); the
+    /// partitions of one topic go in one topic entry, topics in order of first appearance.
     pub async fn produce(
         &self,
         parts: &[ProducePartition],
         acks: i16,
         timeout_ms: i32,
     ) -> Result<ResponseFuture<ProduceResponse>, Error> {
-        let mut by_topic: Vec<TopicProduceData> = Vec::new();
+        let version = self.produce_version()?;
+        let mut order: Vec<&str> = Vec::new();
         for p in parts {
-            let data = PartitionProduceData::default()
-                .with_index(p.partition)
-                .with_records(Some(p.records.clone()));
-            match by_topic.iter_mut().find(|t| t.name.0.as_str() == p.topic) {
-                Some(t) => t.partition_data.push(data),
-                None => by_topic.push(
-                    TopicProduceData::default()
-                        .with_name(TopicName(StrBytes::from_string(p.topic.clone())))
-                        .with_partition_data(vec![data]),
-                ),
+            if !order.contains(&p.topic.as_str()) {
+                order.push(&p.topic);
             }
         }
-        let req = ProduceRequest::default()
-            .with_acks(acks)
-            .with_timeout_ms(timeout_ms)
-            .with_topic_data(by_topic);
-        self.send(&req).await
+        let grouped: Vec<produce::Part<'_>> = order
+            .iter()
+            .flat_map(|t| parts.iter().filter(move |p| p.topic == *t))
+            .map(|p| produce::Part {
+                topic: &p.topic,
+                partition: p.partition,
+                records: &p.records,
+            })
+            .collect();
+        self.send_frame(ApiKey::Produce as i16, version, |f| {
+            produce::encode(f, &grouped, acks, timeout_ms, version)
+        })
+        .await
+    }
+
+    /// The Produce version to use: the highest both sides support, at most
+    /// [`produce::MAX_VERSION`] (version 13 names topics by id).
+    pub fn produce_version(&self) -> Result<i16, Error> {
+        let v = self.version_for(ApiKey::Produce)?;
+        if v < produce::MIN_VERSION {
+            return Err(Error::Unsupported(ApiKey::Produce));
+        }
+        Ok(v.min(produce::MAX_VERSION))
     }
 }
 
@@ -151,3 +163,96 @@ pub fn produce_errors(resp: &ProduceResponse) -> Vec<(String, i32, i16)> {
 
 /// The broker id type, re-exported for callers that route by leader.
 pub type NodeId = BrokerId;
+
+#[cfg(test)]
+mod tests {
+    use bytes::{Buf, BufMut, BytesMut};
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use kafka_protocol::messages::{
+        ApiVersionsResponse, ProduceRequest, RequestHeader, ResponseHeader,
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::*;
+
+    async fn read_frame(s: &mut DuplexStream) -> Bytes {
+        let len = s.read_i32().await.unwrap() as usize;
+        let mut f = vec![0; len];
+        s.read_exact(&mut f).await.unwrap();
+        Bytes::from(f)
+    }
+
+    /// A broker that advertises Produce 3..=`max` and answers ApiVersions, then hands
+    /// back the next request frame it reads.
+    async fn broker(mut s: DuplexStream, max: i16) -> Bytes {
+        let mut req = read_frame(&mut s).await;
+        let h = RequestHeader::decode(&mut req, 2).unwrap();
+        let mut resp = ApiVersionsResponse::default();
+        for (key, lo, hi) in [(ApiKey::ApiVersions, 0, 3), (ApiKey::Produce, 3, max)] {
+            let mut v = ApiVersion::default();
+            v.api_key = key as i16;
+            v.min_version = lo;
+            v.max_version = hi;
+            resp.api_keys.push(v);
+        }
+        let mut out = BytesMut::new();
+        out.put_i32(0);
+        ResponseHeader::default()
+            .with_correlation_id(h.correlation_id)
+            .encode(&mut out, 0)
+            .unwrap();
+        resp.encode(&mut out, h.request_api_version).unwrap();
+        let len = (out.len() - 4) as i32;
+        out[..4].copy_from_slice(&len.to_be_bytes());
+        s.write_all(&out).await.unwrap();
+        read_frame(&mut s).await
+    }
+
+    #[tokio::test]
+    async fn produce_names_topics_even_when_the_broker_offers_topic_ids() {
+        for (max, want) in [(13, 12), (12, 12), (7, 7)] {
+            let (a, b) = tokio::io::duplex(1 << 20);
+            let peer = tokio::spawn(broker(b, max));
+            let conn = Connection::handshake(Box::new(a), "t").await.unwrap();
+            assert_eq!(conn.produce_version().unwrap(), want);
+            let records = Bytes::from(vec![7u8; 10_000]);
+            let parts = [
+                ProducePartition {
+                    topic: "x".into(),
+                    partition: 0,
+                    records: records.clone(),
+                },
+                ProducePartition {
+                    topic: "y".into(),
+                    partition: 0,
+                    records: records.clone(),
+                },
+                ProducePartition {
+                    topic: "x".into(),
+                    partition: 1,
+                    records: records.clone(),
+                },
+            ];
+            let _pending = conn.produce(&parts, -1, 1000).await.unwrap();
+            let mut frame = peer.await.unwrap();
+            let version = (&frame[2..4]).get_i16();
+            let header_version = ApiKey::Produce.request_header_version(version);
+            let h = RequestHeader::decode(&mut frame, header_version).unwrap();
+            assert_eq!(h.request_api_key, ApiKey::Produce as i16);
+            assert_eq!(h.request_api_version, want);
+            let req = ProduceRequest::decode(&mut frame, want).unwrap();
+            assert!(!frame.has_remaining());
+            let names: Vec<(&str, usize)> = req
+                .topic_data
+                .iter()
+                .map(|t| (t.name.0.as_str(), t.partition_data.len()))
+                .collect();
+            assert_eq!(names, [("x", 2), ("y", 1)], "v{want}");
+            assert!(req.topic_data.iter().all(|t| t
+                .partition_data
+                .iter()
+                .all(|p| p.records.as_ref() == Some(&records))));
+        }
+    }
+}

@@ -6,6 +6,7 @@
 //! connection fails every pending request with [`Error::Closed`]; the caller reconnects.
 
 use std::collections::{HashMap, VecDeque};
+use std::io::IoSlice;
 use std::sync::{Arc, Mutex as StdMutex};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -16,6 +17,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::sync::{oneshot, Mutex};
 
+use super::produce::Frame;
 use super::Error;
 
 /// Largest response frame accepted (bytes).
@@ -167,25 +169,43 @@ impl Connection {
         req: &R,
         version: i16,
     ) -> Result<ResponseFuture<R::Response>, Error> {
-        let key = ApiKey::try_from(R::KEY).map_err(|_| Error::Unsupported(ApiKey::ApiVersions))?;
+        self.send_frame(R::KEY, version, |f| {
+            req.encode(&mut f.buf, version).map_err(Error::encode)
+        })
+        .await
+    }
+
+    /// Sends a request of API `api` at `version` whose body `body` appends to the frame
+    /// (its large byte strings may be spliced, see [`Frame`]); returns a future for the
+    /// response, decoded as `Resp`.
+    pub(crate) async fn send_frame<Resp>(
+        &self,
+        api: i16,
+        version: i16,
+        body: impl FnOnce(&mut Frame) -> Result<(), Error>,
+    ) -> Result<ResponseFuture<Resp>, Error> {
+        let key = ApiKey::try_from(api).map_err(|_| Error::Unsupported(ApiKey::ApiVersions))?;
         let mut w = self.writer.lock().await;
         let correlation_id = w.next_correlation_id;
         w.next_correlation_id = w.next_correlation_id.wrapping_add(1).max(1);
         let header = RequestHeader::default()
-            .with_request_api_key(R::KEY)
+            .with_request_api_key(api)
             .with_request_api_version(version)
             .with_correlation_id(correlation_id)
             .with_client_id(Some(self.client_id.clone()));
-        let mut buf = std::mem::take(&mut w.buf);
-        buf.clear();
-        buf.put_i32(0);
+        let mut frame = Frame {
+            buf: std::mem::take(&mut w.buf),
+            splices: Vec::new(),
+        };
+        frame.buf.clear();
+        frame.buf.put_i32(0);
         header
-            .encode(&mut buf, key.request_header_version(version))
+            .encode(&mut frame.buf, key.request_header_version(version))
             .map_err(Error::encode)?;
-        req.encode(&mut buf, version).map_err(Error::encode)?;
+        body(&mut frame)?;
         let len =
-            i32::try_from(buf.len() - 4).map_err(|_| Error::Encode("frame too big".into()))?;
-        buf[..4].copy_from_slice(&len.to_be_bytes());
+            i32::try_from(frame.len() - 4).map_err(|_| Error::Encode("frame too big".into()))?;
+        frame.buf[..4].copy_from_slice(&len.to_be_bytes());
         let (tx, rx) = oneshot::channel();
         {
             let mut s = lock(&self.shared);
@@ -194,8 +214,8 @@ impl Connection {
             }
             s.pending.push_back(Pending { correlation_id, tx });
         }
-        let res = w.half.write_all(&buf).await;
-        w.buf = buf;
+        let res = write_frame(&mut w.half, &frame).await;
+        w.buf = frame.buf;
         if let Err(e) = res {
             fail_all(&self.shared, format!("write failed: {e}"));
             return Err(e.into());
@@ -212,6 +232,25 @@ impl Connection {
     pub fn in_flight(&self) -> usize {
         lock(&self.shared).pending.len()
     }
+}
+
+/// Writes `f`'s pieces in order with vectored writes (a stream that does not support them
+/// takes one piece per call).
+async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> std::io::Result<()> {
+    let pieces = f.pieces();
+    if let [one] = pieces[..] {
+        return w.write_all(one).await;
+    }
+    let mut slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = w.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
 }
 
 fn lock(m: &StdMutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -266,4 +305,35 @@ async fn read_loop<R: AsyncRead + Unpin>(mut read: R, shared: Arc<StdMutex<Share
     };
     tracing::debug!(cause = %why, "kafka connection closed");
     fail_all(&shared, why);
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_spliced_frame_is_written_whole_through_short_writes() {
+        let mut f = Frame::default();
+        f.buf.put_slice(b"head");
+        let big: Bytes = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+        f.splices.push((f.buf.len(), big.clone()));
+        f.buf.put_slice(b"middle");
+        f.splices.push((f.buf.len(), big.clone()));
+        f.splices
+            .push((f.buf.len(), Bytes::from_static(b"adjacent")));
+        f.buf.put_slice(b"tail");
+        let want = [&b"head"[..], &big, b"middle", &big, b"adjacent", b"tail"].concat();
+        assert_eq!(f.len(), want.len());
+        // A pipe that takes at most 1000 bytes at a time: every write is short.
+        let (mut a, mut b) = tokio::io::duplex(1000);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            b.read_to_end(&mut got).await.map(|_| got)
+        });
+        write_frame(&mut a, &f).await.unwrap();
+        drop(a);
+        assert_eq!(reader.await.unwrap().unwrap(), want);
+    }
 }

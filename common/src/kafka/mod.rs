@@ -2,13 +2,14 @@
 //! SASL/PLAIN as configured: [`connector`]) + ApiVersions negotiation, Metadata,
 //! InitProducerId and pipelined Produce (several requests in flight per connection,
 //! matched by correlation id). Used by the edge's replicator and the benchmarks.
-//! Layers: [`batch`] (bytes only, no I/O) -> [`conn`] (socket, framing) -> [`client`]
+//! Layers: [`batch`] and [`produce`] (bytes only, no I/O) -> [`conn`] (socket, framing) -> [`client`]
 //! and [`sasl`] (typed request helpers) -> [`connector`] (opens authenticated connections).
 
 pub mod batch;
 pub mod client;
 pub mod conn;
 pub mod connector;
+pub mod produce;
 pub mod record_batch;
 pub mod sasl;
 
