@@ -239,29 +239,33 @@ impl Drop for Edge {
     }
 }
 
-/// Resident set size of a process in bytes.
-pub fn rss_bytes(pid: u32) -> Result<u64> {
+/// A `kB` field of `/proc/<pid>/status`, in bytes.
+fn status_bytes(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     for line in status.lines() {
-        if let Some(v) = line.strip_prefix("VmRSS:") {
+        if let Some(v) = line.strip_prefix(field).and_then(|v| v.strip_prefix(':')) {
             let kb: u64 = v.trim().trim_end_matches("kB").trim().parse()?;
             return Ok(kb * 1024);
         }
     }
-    bail!("no VmRSS")
+    bail!("no {field} in /proc/{pid}/status")
+}
+
+/// Resident set size of a process in bytes.
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    status_bytes(pid, "VmRSS")
+}
+
+/// Anonymous resident memory of a process in bytes (`RssAnon`: heap, stacks; the rest of
+/// its RSS is mapped files, mostly its own code).
+pub fn rss_anon_bytes(pid: u32) -> Result<u64> {
+    status_bytes(pid, "RssAnon")
 }
 
 /// Peak resident set size of a process in bytes (`VmHWM`: the high-water mark over its
 /// whole life).
 pub fn peak_rss_bytes(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    for line in status.lines() {
-        if let Some(v) = line.strip_prefix("VmHWM:") {
-            let kb: u64 = v.trim().trim_end_matches("kB").trim().parse()?;
-            return Ok(kb * 1024);
-        }
-    }
-    bail!("no VmHWM")
+    status_bytes(pid, "VmHWM")
 }
 
 /// User plus system CPU seconds a process has used so far.

@@ -23,9 +23,9 @@
 //! Drain: with the uplink down, N publishers build a backlog of `--backlog-mb` of
 //! `--record`-byte records; then the cloud starts on the edge's bootstrap address and
 //! the edge drains into it (acks=all, zstd, the cloud's default group fsync). Prints the
-//! drain rate, the zstd ratio (record bytes / Produce batch bytes), the edge's peak RSS
-//! while draining, disk use before/after and CPU seconds of both processes. Then the same
-//! with `cloud.max_bytes_per_sec` = `--cap-mb` MB/s and a smaller backlog: achieved / cap.
+//! drain rate, the zstd ratio (record bytes / Produce batch bytes), the edge's median and
+//! peak RSS while draining (and its anonymous part), disk use before/after and CPU
+//! seconds of both processes. Then the same with `cloud.max_bytes_per_sec` = `--cap-mb` MB/s and a smaller backlog: achieved / cap.
 //!
 //!   edge-bench [--publishers 8] [--window 100] [--small 200000] [--large 4000]
 //!              [--backlog-mb 1024] [--record 1024] [--cap-mb 20] [--cap-backlog-mb 200]
@@ -44,7 +44,8 @@ use rumqttc::mqttbytes::v4::{Packet, Publish};
 use rumqttc::mqttbytes::QoS;
 use tests::mqtt::Conn;
 use tests::proc::{
-    cpu_secs, dir_bytes, peak_rss_bytes, percentile, rss_bytes, thread_cpu_secs, Cloud, Edge,
+    cpu_secs, dir_bytes, peak_rss_bytes, percentile, rss_anon_bytes, rss_bytes, thread_cpu_secs,
+    Cloud, Edge,
 };
 
 /// The ingest rows, in order (`edge-live` only on request: see `--brokers`).
@@ -468,7 +469,8 @@ async fn drain(o: &Opts, work: &Path, backlog_mb: usize, cap: Option<usize>) -> 
     let t0 = Instant::now();
     let (e_cpu, c_cpu) = (cpu_secs(edge.pid())?, cpu_secs(cloud.pid())?);
     let e_threads = thread_cpu_secs(edge.pid())?;
-    let mut peak = 0;
+    // (RSS, anonymous RSS) samples while draining.
+    let mut rss: Vec<(u64, u64)> = Vec::new();
     let mut first = None;
     // A metrics scrape costs the edge a directory scan of its batch files (a statx each:
     // thousands for a 1 GB backlog), so scrapes are sparse in the middle of the drain:
@@ -478,7 +480,7 @@ async fn drain(o: &Opts, work: &Path, backlog_mb: usize, cap: Option<usize>) -> 
     let mut done = 0.0;
     let mut m: std::collections::HashMap<String, f64> = Default::default();
     loop {
-        peak = peak.max(rss_bytes(edge.pid())?);
+        rss.push((rss_bytes(edge.pid())?, rss_anon_bytes(edge.pid())?));
         let near = done >= 0.9 * n as f64;
         if first.is_none() || near || scraped.elapsed() >= Duration::from_millis(500) {
             m = edge.metrics()?;
@@ -515,11 +517,23 @@ async fn drain(o: &Opts, work: &Path, backlog_mb: usize, cap: Option<usize>) -> 
                         payload / wire.max(1.0),
                         n as f64 / batches.max(1.0),
                     );
+                    let mb = |mut v: Vec<f64>, p: f64| {
+                        v.sort_by(f64::total_cmp);
+                        percentile(&v, p) / 1e6
+                    };
+                    let all: Vec<f64> = rss.iter().map(|s| s.0 as f64).collect();
+                    let anon: Vec<f64> = rss.iter().map(|s| s.1 as f64).collect();
                     println!(
-                        "edge RSS while draining: peak {:.1} MB (sampled every 10-50 ms; goal <= 32 MB); \
-                         CPU: edge {e:.1} s, cloud {c:.1} s",
-                        peak as f64 / 1e6
+                        "edge RSS while draining: median {:.1} MB, peak {:.1} MB (goal <= 32 MB); \
+                         anonymous median {:.1}, peak {:.1} MB (the rest is mapped files, \
+                         mostly the edge's code); {} samples, every 10-50 ms",
+                        mb(all.clone(), 50.0),
+                        mb(all, 100.0),
+                        mb(anon.clone(), 50.0),
+                        mb(anon, 100.0),
+                        rss.len(),
                     );
+                    println!("CPU while draining: edge {e:.1} s, cloud {c:.1} s");
                     println!(
                         "  edge CPU s by thread while draining: {}",
                         thread_deltas(&e_threads, &thread_cpu_secs(edge.pid())?)
