@@ -5,6 +5,7 @@ reconnected first (MQTT 5 3.1.3.2.2)."""
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 
@@ -137,3 +138,45 @@ def test_will_of_a_client_connected_at_a_kill_is_published_after_the_restart(clo
     assert (m.topic, m.payload) == ("wk/status", b"lost-with-the-cloud")
     sub.expect_none(Mqtt(cloud.mqtt_port, 4), "wk/zz-probe")
     dying.c.socket().close()
+
+
+def wills_loaded_at_last_start(cloud) -> int:
+    """The `wills` count of the restarted cloud's "mqtt view loaded" line: the wills it
+    found in its store, logged before it serves anyone."""
+    text = cloud.stderr_path.read_text(errors="replace")
+    last = text.rsplit("==== test harness: start #", 1)[-1]
+    line = next(line for line in last.splitlines() if "mqtt view loaded" in line)
+    return int(re.search(r"wills=(\d+)", line).group(1))
+
+
+def test_will_to_a_memory_topic_lives_in_the_process_only(cloud_factory):
+    """A will addressed to a memory topic (`mqtt.topic_modes`) is not stored before the
+    CONNACK: like the topic's records, it lives in the cloud process only. It is still
+    published when its connection drops; a kill of the cloud takes it along, while the
+    will to a persistent topic of a client connected at the same time is published after
+    the restart."""
+    cloud = start_mqtt_cloud(cloud_factory, {"mqtt": {"topic_modes": [
+        {"filter": "mw/#", "mode": "memory"}]}})
+    sub_id = "mem-will-sub"
+    sub = Mqtt(cloud.mqtt_port, 5, client_id=sub_id, clean=False, connect_props=session_props())
+    sub.subscribe("mw/#", qos=1)
+    sub.subscribe("dw/#", qos=1)
+    # Published on an abrupt disconnect while the cloud runs.
+    early = Mqtt(cloud.mqtt_port, 4, will=("mw/early", b"dropped", 1, False))
+    early.drop()
+    m = sub.expect(1, timeout=15)[0]
+    assert (m.topic, m.payload) == ("mw/early", b"dropped")
+    # Connected at the kill: only the persistent topic's will survives it.
+    in_memory = Mqtt(cloud.mqtt_port, 4, will=("mw/status", b"gone-with-the-process", 1, False))
+    on_disk = Mqtt(cloud.mqtt_port, 4, will=("dw/status", b"lost-with-the-cloud", 1, False))
+    for c in (in_memory, on_disk):
+        c.c.loop_stop()  # sockets stay open until the kill; no reconnect afterwards
+    sub.c.loop_stop()
+    restart(cloud, kill=True)
+    assert wills_loaded_at_last_start(cloud) == 1
+    sub = Mqtt(cloud.mqtt_port, 5, client_id=sub_id, clean=False, connect_props=session_props())
+    m = sub.expect(1, timeout=15)[0]
+    assert (m.topic, m.payload) == ("dw/status", b"lost-with-the-cloud")
+    sub.expect_none(Mqtt(cloud.mqtt_port, 4), "dw/zz-probe")
+    for c in (in_memory, on_disk):
+        c.c.socket().close()

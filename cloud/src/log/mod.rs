@@ -234,6 +234,11 @@ impl Log {
         })
     }
 
+    /// The mode of topics created without `storage.mode` (`storage.default_mode`).
+    pub(crate) fn default_mode(&self) -> StorageMode {
+        self.default_mode
+    }
+
     /// Sets the mode of topics created without `storage.mode`, the byte cap of a memory
     /// partition and of all of them together (config `storage.default_mode`,
     /// `storage.memory_partition_bytes`, `storage.memory_total_bytes`).

@@ -510,10 +510,11 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
     // This connection's will is stored while it is open (armed), durably before the
     // CONNACK, so a crash of the cloud, which loses the connection without a DISCONNECT,
-    // does not lose the will: the next start publishes it after its wait.
+    // does not lose the will: the next start publishes it after its wait. A will to a
+    // memory topic is not: like that topic's records, it does not outlive the process.
     // `armed`: the connection whose will is stored (this one), if it is.
     let armed = match &will {
-        Some((m, delay)) => {
+        Some((m, delay)) if !hub.will_in_memory(&m.topic) => {
             let wait = will_wait(*delay, session.expiry);
             match hub.arm_will(&client_id, conn_id, m, wait).await {
                 Ok(()) => Some(conn_id),
@@ -523,7 +524,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
-        None => None,
+        _ => None,
     };
     let ack_props = (version == Version::V5).then(|| ConnAckProperties {
         session_expiry_interval: (expiry_granted != expiry).then_some(expiry_granted),

@@ -20,7 +20,9 @@
 //! rewritten as a timed will before anything else runs, so every armed will in the store
 //! belongs to a connection of the running process. A connection that leaves replaces its
 //! armed will: timed (step 1), or deleted once published or discarded by a DISCONNECT
-//! ([`Hub::disarm_will`], only the entry this connection armed).
+//! ([`Hub::disarm_will`], only the entry this connection armed). A will to a memory
+//! topic is not armed ([`Hub::will_in_memory`]): like the topic's records, it lives in
+//! this process only.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,7 +32,7 @@ use bytes::Bytes;
 use tracing::{debug, warn};
 
 use super::{Hub, Inner};
-use crate::log::Log;
+use crate::log::{Log, StorageMode};
 use crate::mqtt::persist::{SavedSession, StoredWill, WillDue};
 use crate::mqtt::records::{self, Message};
 use crate::mqtt::Error;
@@ -208,6 +210,26 @@ impl Hub {
         self.log.store.write(set, true).await?;
         turn.set(client, Some(conn));
         Ok(())
+    }
+
+    /// Whether a will to MQTT topic `topic` is kept in this process only while its
+    /// connection is open (not armed in the store): its topic is a memory topic, or would
+    /// be created as one (`mqtt.topic_modes`, else `storage.default_mode`). Such a topic's
+    /// records do not outlive the process, and neither does the will: it is published
+    /// when the connection drops, but a crash of the cloud takes it along, as Mosquitto
+    /// does; the CONNACK waits for no fsync.
+    pub(crate) fn will_in_memory(&self, topic: &str) -> bool {
+        let Ok(log_name) = common::topic::mqtt_to_kafka(topic) else {
+            return false;
+        };
+        let mode = match self.log.get(&log_name) {
+            Some(t) => t.mode(),
+            None => match self.config.mode_of(topic) {
+                Some(m) => StorageMode::parse(m).unwrap_or(StorageMode::Persistent),
+                None => self.log.default_mode(),
+            },
+        };
+        mode == StorageMode::Memory
     }
 
     /// Deletes the will that connection `conn` armed, once it is published or discarded;
