@@ -142,11 +142,7 @@ impl Connection {
     /// The Produce version to use: the highest both sides support, at most
     /// [`produce::MAX_VERSION`] (version 13 names topics by id).
     pub fn produce_version(&self) -> Result<i16, Error> {
-        let v = self.version_for(ApiKey::Produce)?;
-        if v < produce::MIN_VERSION {
-            return Err(Error::Unsupported(ApiKey::Produce));
-        }
-        Ok(v.min(produce::MAX_VERSION))
+        self.version_within(ApiKey::Produce, produce::MIN_VERSION, produce::MAX_VERSION)
     }
 }
 
@@ -183,13 +179,13 @@ mod tests {
         Bytes::from(f)
     }
 
-    /// A broker that advertises Produce 3..=`max` and answers ApiVersions, then hands
+    /// A broker that advertises Produce `min..=max` and answers ApiVersions, then hands
     /// back the next request frame it reads.
-    async fn broker(mut s: DuplexStream, max: i16) -> Bytes {
+    async fn broker(mut s: DuplexStream, min: i16, max: i16) -> Bytes {
         let mut req = read_frame(&mut s).await;
         let h = RequestHeader::decode(&mut req, 2).unwrap();
         let mut resp = ApiVersionsResponse::default();
-        for (key, lo, hi) in [(ApiKey::ApiVersions, 0, 3), (ApiKey::Produce, 3, max)] {
+        for (key, lo, hi) in [(ApiKey::ApiVersions, 0, 3), (ApiKey::Produce, min, max)] {
             let mut v = ApiVersion::default();
             v.api_key = key as i16;
             v.min_version = lo;
@@ -213,7 +209,7 @@ mod tests {
     async fn produce_names_topics_even_when_the_broker_offers_topic_ids() {
         for (max, want) in [(13, 12), (12, 12), (7, 7)] {
             let (a, b) = tokio::io::duplex(1 << 20);
-            let peer = tokio::spawn(broker(b, max));
+            let peer = tokio::spawn(broker(b, 3, max));
             let conn = Connection::handshake(Box::new(a), "t").await.unwrap();
             assert_eq!(conn.produce_version().unwrap(), want);
             let records = Bytes::from(vec![7u8; 10_000]);
@@ -254,5 +250,23 @@ mod tests {
                 .iter()
                 .all(|p| p.records.as_ref() == Some(&records))));
         }
+    }
+
+    #[tokio::test]
+    async fn a_broker_that_only_takes_topic_ids_is_refused() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let peer = tokio::spawn(broker(b, 13, 13));
+        let conn = Connection::handshake(Box::new(a), "t").await.unwrap();
+        assert!(matches!(
+            conn.produce_version(),
+            Err(Error::Unsupported(ApiKey::Produce))
+        ));
+        let parts = [ProducePartition {
+            topic: "x".into(),
+            partition: 0,
+            records: Bytes::new(),
+        }];
+        assert!(conn.produce(&parts, -1, 1000).await.is_err());
+        peer.abort();
     }
 }

@@ -144,16 +144,21 @@ impl Connection {
     /// Highest version of `key` both sides support.
     pub fn version_for(&self, key: ApiKey) -> Result<i16, Error> {
         let ours = key.valid_versions();
+        self.version_within(key, ours.min, ours.max)
+    }
+
+    /// Highest version of `key` in `lo..=hi` that the broker supports.
+    pub fn version_within(&self, key: ApiKey, lo: i16, hi: i16) -> Result<i16, Error> {
         let (min, max) = self
             .versions
             .get(&(key as i16))
             .copied()
             .ok_or(Error::Unsupported(key))?;
-        let hi = max.min(ours.max);
-        if hi < min.max(ours.min) {
+        let v = max.min(hi);
+        if v < min.max(lo) {
             return Err(Error::Unsupported(key));
         }
-        Ok(hi)
+        Ok(v)
     }
 
     /// Sends `req` at the negotiated version; returns a future for the response.
