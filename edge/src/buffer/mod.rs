@@ -150,6 +150,7 @@
 mod commit;
 mod files;
 mod index;
+mod keyed;
 mod pool;
 mod quota;
 mod read;
@@ -168,6 +169,7 @@ use std::time::{Duration, Instant};
 
 use commit::{commit_loop, commit_once};
 use files::Index;
+use keyed::{KeySet, Keyed};
 use quota::{remove_batch, victim};
 
 pub use read::{Held, ReadBatch};
@@ -309,8 +311,10 @@ struct State {
     staged_bytes: u64,
     gen: u64,
     committed_gen: u64,
-    batches: BTreeMap<u64, BatchInfo>,
-    by_priority: BTreeMap<u8, BTreeSet<u64>>,
+    /// Every committed batch file (one entry each: see `keyed.rs` for why not a BTreeMap).
+    batches: Keyed<BatchInfo>,
+    /// The same keys by priority class (release lookups, quota victims).
+    by_priority: BTreeMap<u8, KeySet>,
     stored_bytes: u64,
     live_records: u64,
     /// Records taken out of `open` by a commit that has not registered them yet.

@@ -41,7 +41,7 @@ impl Buffer {
         // The next key is looked up each turn (not every key to `before` collected up
         // front: with a 1 GB backlog that was thousands of keys per read, 2% of a drain).
         let mut from = start;
-        while let Some(key) = s.batches.range(from..before).next().map(|(k, _)| *k) {
+        while let Some(key) = s.batches.first_key(from..before) {
             from = key.saturating_add(1);
             while s.appending.contains(&key) {
                 // Its next segment is being written: read it once that commit is done
@@ -110,7 +110,7 @@ impl Buffer {
     /// replicator must re-send after a restart).
     pub fn protect_through(&self, seq: u64) {
         let mut s = self.inner.lock();
-        let key = s.batches.range(..=seq).next_back().map(|(k, _)| *k);
+        let key = s.batches.last_key(..=seq);
         if let Some(key) = key {
             s.claimed = Some(s.claimed.map_or(key, |c| c.max(key)));
         }
@@ -136,14 +136,11 @@ impl Buffer {
                 i += 1;
                 continue;
             };
-            let Some(key) = class.range(..=seq).next_back().copied() else {
+            let Some(key) = class.last(..=seq) else {
                 i += 1;
                 continue;
             };
-            let next = class
-                .range((Excluded(seq), Unbounded))
-                .next()
-                .map_or(u64::MAX, |k| *k);
+            let next = class.first((Excluded(seq), Unbounded)).unwrap_or(u64::MAX);
             let mut n = 1;
             let mut last = seq;
             while let Some(h) = held.get(i + n as usize) {

@@ -13,13 +13,14 @@ use std::sync::atomic::Ordering;
 
 use super::files::{self, Index};
 use super::index::Groups;
+use super::keyed::{KeySet, Keyed};
 use super::reap::TOMBSTONE;
 use super::{BatchInfo, Error, Stats};
 
 /// What the scan found.
 pub(super) struct Scanned {
-    pub(super) batches: BTreeMap<u64, BatchInfo>,
-    pub(super) by_priority: BTreeMap<u8, BTreeSet<u64>>,
+    pub(super) batches: Keyed<BatchInfo>,
+    pub(super) by_priority: BTreeMap<u8, KeySet>,
     pub(super) stored_bytes: u64,
     pub(super) live_records: u64,
     /// At least the stored `next_seq`, above every recovered record.
@@ -55,7 +56,7 @@ pub(super) fn scan(
     next_seq: u64,
 ) -> Result<Scanned, Error> {
     let mut out = Scanned {
-        batches: BTreeMap::new(),
+        batches: Keyed::default(),
         by_priority: BTreeMap::new(),
         stored_bytes: 0,
         live_records: 0,
