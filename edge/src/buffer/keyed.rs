@@ -11,7 +11,7 @@
 //! map falls under a quarter of it.
 
 use std::collections::VecDeque;
-use std::ops::{Bound, RangeBounds};
+use std::ops::{Bound, Range, RangeBounds};
 
 /// A map from batch keys to `V`, sorted by key.
 #[derive(Debug)]
@@ -30,22 +30,19 @@ impl<V> Keyed<V> {
         self.v.binary_search_by_key(&key, |e| e.0)
     }
 
-    /// Index of the first entry at or after `bound` (as a range's start).
-    fn start(&self, bound: Bound<&u64>) -> usize {
-        match bound {
+    /// The positions of the entries with keys in `r` (empty if its start is past its end).
+    fn span(&self, r: impl RangeBounds<u64>) -> Range<usize> {
+        let a = match r.start_bound() {
             Bound::Unbounded => 0,
             Bound::Included(k) => self.find(*k).unwrap_or_else(|i| i),
             Bound::Excluded(k) => self.find(*k).map_or_else(|i| i, |i| i + 1),
-        }
-    }
-
-    /// Index one past the last entry before `bound` (as a range's end).
-    fn end(&self, bound: Bound<&u64>) -> usize {
-        match bound {
+        };
+        let b = match r.end_bound() {
             Bound::Unbounded => self.v.len(),
             Bound::Included(k) => self.find(*k).map_or_else(|i| i, |i| i + 1),
             Bound::Excluded(k) => self.find(*k).unwrap_or_else(|i| i),
-        }
+        };
+        a..b.max(a)
     }
 
     #[cfg(test)]
@@ -92,14 +89,12 @@ impl<V> Keyed<V> {
 
     /// The first key in `r`.
     pub(super) fn first_key(&self, r: impl RangeBounds<u64>) -> Option<u64> {
-        let (a, b) = (self.start(r.start_bound()), self.end(r.end_bound()));
-        (a < b).then(|| self.v[a].0)
+        self.v.range(self.span(r)).next().map(|e| e.0)
     }
 
     /// The last key in `r`.
     pub(super) fn last_key(&self, r: impl RangeBounds<u64>) -> Option<u64> {
-        let (a, b) = (self.start(r.start_bound()), self.end(r.end_bound()));
-        (a < b).then(|| self.v[b - 1].0)
+        self.v.range(self.span(r)).next_back().map(|e| e.0)
     }
 
     /// The entries with keys in `r`, in key order.
@@ -107,8 +102,7 @@ impl<V> Keyed<V> {
         &self,
         r: impl RangeBounds<u64>,
     ) -> impl DoubleEndedIterator<Item = (&u64, &V)> {
-        let (a, b) = (self.start(r.start_bound()), self.end(r.end_bound()));
-        self.v.range(a..b.max(a)).map(|e| (&e.0, &e.1))
+        self.v.range(self.span(r)).map(|e| (&e.0, &e.1))
     }
 }
 
