@@ -1,6 +1,7 @@
 //! A client connection: owns the socket and its buffers, reads and writes whole frames.
 
 use bytes::{Buf, Bytes, BytesMut};
+use common::kafka::frame::{self, Frame};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -80,12 +81,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    /// Writes one frame: `head` (length prefix included) then `tail`, if any.
-    pub async fn write_frame(&mut self, head: &[u8], tail: Option<&[u8]>) -> Result<(), Error> {
-        self.stream.write_all(head).await?;
-        if let Some(t) = tail {
-            self.stream.write_all(t).await?;
-        }
+    /// Writes one frame (its spliced byte strings with vectored writes) and flushes.
+    pub async fn write_frame(&mut self, frame: &Frame) -> Result<(), Error> {
+        frame::write_frame(&mut self.stream, frame).await?;
         self.stream.flush().await?;
         Ok(())
     }

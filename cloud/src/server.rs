@@ -78,7 +78,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, peer: SocketAddr, bro
         };
         match api::handle(&broker, &mut who, body).await {
             Ok(Some(resp)) => {
-                if let Err(e) = conn.write_frame(&resp.head, resp.tail.as_deref()).await {
+                if let Err(e) = conn.write_frame(&resp.frame).await {
                     debug!(cause = %e, "write failed");
                     return;
                 }

@@ -5,15 +5,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kafka_protocol::messages::FetchRequest;
 use tokio::sync::Notify;
 use tracing::warn;
 
 use super::errors;
 use crate::broker::Broker;
 use crate::log::partition::PartitionLog;
+use crate::wire::fetch::{Body, Partition, Topic};
 
 /// Longest long poll honoured, whatever the client asks.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -26,7 +25,8 @@ struct Slot {
     log: Result<Arc<PartitionLog>, i16>,
 }
 
-pub(super) async fn handle(broker: &Broker, req: FetchRequest, _version: i16) -> FetchResponse {
+/// The response body; its record batches are spliced into the frame, not copied.
+pub(super) async fn handle(broker: &Broker, req: FetchRequest, _version: i16) -> Body {
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT);
     let deadline = Instant::now() + wait;
     let min_bytes = req.min_bytes.max(0) as usize;
@@ -74,38 +74,34 @@ pub(super) async fn handle(broker: &Broker, req: FetchRequest, _version: i16) ->
             break read_all(broker, &slots, max_bytes).0;
         }
     };
-    let mut r = FetchResponse::default();
-    let mut topics: Vec<FetchableTopicResponse> = req
+    let mut topics: Vec<Topic> = req
         .topics
         .iter()
-        .map(|t| {
-            let mut ft = FetchableTopicResponse::default();
-            ft.topic = t.topic.clone();
-            ft.topic_id = t.topic_id;
-            ft
+        .map(|t| Topic {
+            name: t.topic.0.clone(),
+            partitions: Vec::new(),
         })
         .collect();
-    for (s, pd) in slots.iter().zip(parts) {
-        topics[s.topic].partitions.push(pd);
+    for (s, p) in slots.iter().zip(parts) {
+        topics[s.topic].partitions.push(p);
     }
-    r.responses = topics;
-    r
+    Body {
+        error_code: 0,
+        topics,
+    }
 }
 
 /// Reads every slot once; returns the partitions, total record bytes, and whether any
 /// partition answered with an error (which ends the long poll, as in Kafka).
-fn read_all(
-    broker: &Broker,
-    slots: &[Slot],
-    max_bytes: usize,
-) -> (Vec<PartitionData>, usize, bool) {
+fn read_all(broker: &Broker, slots: &[Slot], max_bytes: usize) -> (Vec<Partition>, usize, bool) {
     let mut total = 0usize;
     let mut errored = false;
     let mut out = Vec::with_capacity(slots.len());
     for s in slots {
-        let mut pd = PartitionData::default();
-        pd.partition_index = s.partition;
-        pd.preferred_read_replica = kafka_protocol::messages::BrokerId(-1);
+        let mut pd = Partition {
+            partition_index: s.partition,
+            ..Default::default()
+        };
         match &s.log {
             Err(code) => {
                 pd.error_code = *code;
@@ -132,12 +128,8 @@ fn read_all(
                             Ok(res) => {
                                 let len: usize = res.batches.iter().map(|b| b.len()).sum();
                                 if len > 0 && (total == 0 || len <= limit) {
-                                    let mut buf = BytesMut::with_capacity(len);
-                                    for b in &res.batches {
-                                        buf.extend_from_slice(b);
-                                    }
                                     total += len;
-                                    pd.records = Some(buf.freeze());
+                                    pd.batches = res.batches;
                                 }
                                 pd.high_watermark = res.high_watermark as i64;
                                 pd.last_stable_offset = res.high_watermark as i64;
@@ -152,9 +144,6 @@ fn read_all(
                     }
                 }
             }
-        }
-        if pd.records.is_none() {
-            pd.records = Some(Default::default());
         }
         out.push(pd);
     }

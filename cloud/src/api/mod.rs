@@ -28,6 +28,7 @@ mod sasl_handshake;
 mod sync_group;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use common::kafka::frame::Frame;
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::Encodable;
 
@@ -99,6 +100,8 @@ pub(crate) enum Reply {
     Message(Box<ResponseKind>),
     /// A response body already encoded (cached Metadata).
     Encoded(Bytes),
+    /// A Fetch response, encoded with its record batches spliced in (`wire::fetch`).
+    Fetch(wire::fetch::Body),
     /// The last response on this connection: sent, then the connection is closed
     /// (a failed SASL exchange).
     Last(Box<ResponseKind>),
@@ -122,11 +125,10 @@ pub(crate) struct Peer {
     pub(crate) sasl: sasl::Sasl,
 }
 
-/// An encoded response: the frame's head (length prefix, header, and usually the whole
-/// body) and, for cached bodies, the body itself, written after the head without a copy.
+/// An encoded response frame (length prefix included): its buffer, and the byte strings
+/// written after parts of it without a copy (a cached body, Fetch's record batches).
 pub(crate) struct Response {
-    pub(crate) head: BytesMut,
-    pub(crate) tail: Option<Bytes>,
+    pub(crate) frame: Frame,
     /// Close the connection once this is written.
     pub(crate) close: bool,
 }
@@ -147,8 +149,7 @@ pub(crate) async fn handle(
         let mut head = BytesMut::with_capacity(4);
         head.put_i32(0);
         return Ok(Some(Response {
-            head,
-            tail: None,
+            frame: whole(head),
             close: false,
         }));
     }
@@ -164,8 +165,7 @@ pub(crate) async fn handle(
         let table = api_versions::unsupported(with_sasl);
         let head = frame(pre.correlation_id, 0, &table, 0)?;
         return Ok(Some(Response {
-            head,
-            tail: None,
+            frame: whole(head),
             close: false,
         }));
     }
@@ -178,10 +178,24 @@ pub(crate) async fn handle(
     let (msg, close) = match reply {
         Reply::Nothing => return Ok(None),
         Reply::Encoded(bytes) => {
-            let out = start_frame(correlation_id, header_version)?;
+            let out = finish_frame(start_frame(correlation_id, header_version)?, bytes.len());
+            let at = out.len();
             return Ok(Some(Response {
-                head: finish_frame(out, bytes.len()),
-                tail: Some(bytes),
+                frame: Frame {
+                    buf: out,
+                    splices: vec![(at, bytes)],
+                },
+                close: false,
+            }));
+        }
+        Reply::Fetch(body) => {
+            let mut f = whole(start_frame(correlation_id, header_version)?);
+            wire::fetch::encode(&mut f, &body, version)
+                .map_err(|e| encode_err(api, version, e.into()))?;
+            f.set_length_prefix()
+                .map_err(|e| encode_err(api, version, e.into()))?;
+            return Ok(Some(Response {
+                frame: f,
                 close: false,
             }));
         }
@@ -192,8 +206,7 @@ pub(crate) async fn handle(
     msg.encode(&mut out, version)
         .map_err(|e| encode_err(api, version, e))?;
     Ok(Some(Response {
-        head: finish_frame(out, 0),
-        tail: None,
+        frame: whole(finish_frame(out, 0)),
         close,
     }))
 }
@@ -216,9 +229,7 @@ async fn dispatch(broker: &Broker, peer: &mut Peer, req: Request) -> Reply {
         },
         RequestKind::Metadata(r) => metadata::handle(broker, r, v).await,
         RequestKind::Produce(r) => produce::handle(broker, r, v).await,
-        RequestKind::Fetch(r) => {
-            Reply::message(ResponseKind::Fetch(fetch::handle(broker, r, v).await))
-        }
+        RequestKind::Fetch(r) => Reply::Fetch(fetch::handle(broker, r, v).await),
         RequestKind::ListOffsets(r) => Reply::message(ResponseKind::ListOffsets(
             list_offsets::handle(broker, r, v),
         )),
@@ -291,6 +302,14 @@ fn start_frame(correlation_id: i32, header_version: i16) -> Result<BytesMut, wir
     h.encode(&mut out, header_version)
         .map_err(|e| encode_err(ApiKey::ApiVersions, header_version, e))?;
     Ok(out)
+}
+
+/// A frame that is all buffer (no splices).
+fn whole(buf: BytesMut) -> Frame {
+    Frame {
+        buf,
+        splices: Vec::new(),
+    }
 }
 
 fn finish_frame(mut out: BytesMut, tail_len: usize) -> BytesMut {

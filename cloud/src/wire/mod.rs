@@ -2,6 +2,8 @@
 //! no sockets. Tells "need more bytes" (`Ok(None)`) from "bad bytes" (`Err`), and checks
 //! the length prefix against the cap before anything is allocated.
 
+pub mod fetch;
+
 use bytes::{Buf, Bytes};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind};
 use kafka_protocol::protocol::Decodable;

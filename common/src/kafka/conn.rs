@@ -6,7 +6,6 @@
 //! connection fails every pending request with [`Error::Closed`]; the caller reconnects.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::IoSlice;
 use std::sync::{Arc, Mutex as StdMutex};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -14,10 +13,10 @@ use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, WriteHalf};
 use tokio::sync::{oneshot, Mutex};
 
-use super::produce::Frame;
+use super::frame::{write_frame, Frame};
 use super::Error;
 
 /// Largest response frame accepted (bytes).
@@ -208,9 +207,7 @@ impl Connection {
             .encode(&mut frame.buf, key.request_header_version(version))
             .map_err(Error::encode)?;
         body(&mut frame)?;
-        let len =
-            i32::try_from(frame.len() - 4).map_err(|_| Error::Encode("frame too big".into()))?;
-        frame.buf[..4].copy_from_slice(&len.to_be_bytes());
+        frame.set_length_prefix()?;
         let (tx, rx) = oneshot::channel();
         {
             let mut s = lock(&self.shared);
@@ -237,25 +234,6 @@ impl Connection {
     pub fn in_flight(&self) -> usize {
         lock(&self.shared).pending.len()
     }
-}
-
-/// Writes `f`'s pieces in order with vectored writes (a stream that does not support them
-/// takes one piece per call).
-async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> std::io::Result<()> {
-    let pieces = f.pieces();
-    if let [one] = pieces[..] {
-        return w.write_all(one).await;
-    }
-    let mut slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
-    let mut rest = &mut slices[..];
-    while !rest.is_empty() {
-        let n = w.write_vectored(rest).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut rest, n);
-    }
-    Ok(())
 }
 
 fn lock(m: &StdMutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -310,35 +288,4 @@ async fn read_loop<R: AsyncRead + Unpin>(mut read: R, shared: Arc<StdMutex<Share
     };
     tracing::debug!(cause = %why, "kafka connection closed");
     fail_all(&shared, why);
-}
-
-#[cfg(test)]
-mod tests {
-    use tokio::io::AsyncReadExt;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn a_spliced_frame_is_written_whole_through_short_writes() {
-        let mut f = Frame::default();
-        f.buf.put_slice(b"head");
-        let big: Bytes = (0..50_000u32).map(|i| (i % 251) as u8).collect();
-        f.splices.push((f.buf.len(), big.clone()));
-        f.buf.put_slice(b"middle");
-        f.splices.push((f.buf.len(), big.clone()));
-        f.splices
-            .push((f.buf.len(), Bytes::from_static(b"adjacent")));
-        f.buf.put_slice(b"tail");
-        let want = [&b"head"[..], &big, b"middle", &big, b"adjacent", b"tail"].concat();
-        assert_eq!(f.len(), want.len());
-        // A pipe that takes at most 1000 bytes at a time: every write is short.
-        let (mut a, mut b) = tokio::io::duplex(1000);
-        let reader = tokio::spawn(async move {
-            let mut got = Vec::new();
-            b.read_to_end(&mut got).await.map(|_| got)
-        });
-        write_frame(&mut a, &f).await.unwrap();
-        drop(a);
-        assert_eq!(reader.await.unwrap().unwrap(), want);
-    }
 }

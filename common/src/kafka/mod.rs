@@ -9,6 +9,7 @@ pub mod batch;
 pub mod client;
 pub mod conn;
 pub mod connector;
+pub mod frame;
 pub mod produce;
 pub mod record_batch;
 pub mod sasl;

@@ -12,17 +12,15 @@
 //! Versions 3-12, which name topics; version 13 (KIP-516) names them by topic id, which
 //! this client does not track, so [`MAX_VERSION`] caps the negotiation.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 
+use super::frame::{put_len, put_tags, Frame};
 use super::Error;
 
 /// Highest Produce version this encoder speaks.
 pub const MAX_VERSION: i16 = 12;
 /// Lowest Produce version this encoder speaks (`kafka-protocol` 0.18's floor).
 pub const MIN_VERSION: i16 = 3;
-/// Record batches shorter than this are copied into the buffer rather than spliced: a
-/// splice costs two I/O slices, which is more than copying a few kilobytes.
-pub const SPLICE_MIN: usize = 4096;
 
 /// One topic-partition's record batches.
 pub struct Part<'a> {
@@ -34,80 +32,9 @@ pub struct Part<'a> {
     pub records: &'a Bytes,
 }
 
-/// A frame under construction: `buf` with `splices` inserted, each `(offset, bytes)`
-/// meaning `bytes` follows `buf[..offset]` (offsets ascending).
-#[derive(Default)]
-pub struct Frame {
-    /// The frame's own bytes (length prefix, header and small fields).
-    pub buf: BytesMut,
-    /// Large byte strings spliced into `buf`, in order.
-    pub splices: Vec<(usize, Bytes)>,
-}
-
-impl Frame {
-    /// Total length of the frame as written.
-    pub fn len(&self) -> usize {
-        self.buf.len() + self.splices.iter().map(|(_, b)| b.len()).sum::<usize>()
-    }
-
-    /// Whether the frame is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The frame's pieces in write order (empty pieces left out).
-    pub fn pieces(&self) -> Vec<&[u8]> {
-        let mut out = Vec::with_capacity(2 * self.splices.len() + 1);
-        let mut at = 0;
-        for (offset, b) in &self.splices {
-            out.push(&self.buf[at..*offset]);
-            out.push(&b[..]);
-            at = *offset;
-        }
-        out.push(&self.buf[at..]);
-        out.retain(|p| !p.is_empty());
-        out
-    }
-
-    fn bytes(&mut self, b: &Bytes) {
-        if b.len() < SPLICE_MIN {
-            self.buf.put_slice(b);
-        } else {
-            self.splices.push((self.buf.len(), b.clone()));
-        }
-    }
-}
-
+/// Whether `version` is a flexible (KIP-482) Produce version.
 fn flexible(version: i16) -> bool {
     version >= 9
-}
-
-fn put_len(f: &mut Frame, version: i16, len: usize, short: bool) -> Result<(), Error> {
-    if flexible(version) {
-        let n = u32::try_from(len + 1).map_err(|_| Error::Encode("length too large".into()))?;
-        put_varint(&mut f.buf, n);
-    } else if short {
-        let n = i16::try_from(len).map_err(|_| Error::Encode("string too long".into()))?;
-        f.buf.put_i16(n);
-    } else {
-        let n = i32::try_from(len).map_err(|_| Error::Encode("length too large".into()))?;
-        f.buf.put_i32(n);
-    }
-    Ok(())
-}
-
-fn put_varint(buf: &mut BytesMut, mut n: u32) {
-    while n >= 0x80 {
-        buf.put_u8((n as u8 & 0x7f) | 0x80);
-        n >>= 7;
-    }
-    buf.put_u8(n as u8);
-}
-
-fn tags(f: &mut Frame, version: i16) {
-    if flexible(version) {
-        f.buf.put_u8(0); // no tagged fields
-    }
 }
 
 /// Appends the body of a Produce request (no transactional id) at `version` to `f`:
@@ -131,31 +58,33 @@ pub fn encode(
     f.buf.put_i16(acks);
     f.buf.put_i32(timeout_ms);
     let topics: Vec<&[Part<'_>]> = parts.chunk_by(|a, b| a.topic == b.topic).collect();
-    put_len(f, version, topics.len(), false)?;
+    put_len(f, flexible(version), topics.len(), false)?;
     for run in topics {
         let name = run[0].topic.as_bytes();
-        put_len(f, version, name.len(), true)?;
+        put_len(f, flexible(version), name.len(), true)?;
         f.buf.put_slice(name);
-        put_len(f, version, run.len(), false)?;
+        put_len(f, flexible(version), run.len(), false)?;
         for p in run {
             f.buf.put_i32(p.partition);
-            put_len(f, version, p.records.len(), false)?;
-            f.bytes(p.records);
-            tags(f, version);
+            put_len(f, flexible(version), p.records.len(), false)?;
+            f.put_bytes(p.records);
+            put_tags(f, flexible(version));
         }
-        tags(f, version);
+        put_tags(f, flexible(version));
     }
-    tags(f, version);
+    put_tags(f, flexible(version));
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use bytes::BytesMut;
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::{ProduceRequest, TopicName};
     use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
     use proptest::prelude::*;
 
+    use super::super::frame::SPLICE_MIN;
     use super::*;
 
     /// What `kafka-protocol` encodes for the same parts (topics grouped by runs).
