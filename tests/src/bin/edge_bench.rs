@@ -431,10 +431,13 @@ async fn drain(o: &Opts, work: &Path, backlog_mb: usize, cap: Option<usize>) -> 
     if let Some(c) = cap {
         cloud_yaml.push_str(&format!("\n  max_bytes_per_sec: {}", c << 20));
     }
+    // The quota must hold the whole backlog (records plus their framing), or the
+    // publishers block at the quota (`full_policy: block`) and the backlog never builds.
+    let quota = (backlog_mb << 21).max(4 << 30);
     let mut edge = Edge::start_sections(
         &dir.join("edge"),
         &cloud_yaml,
-        "  sync: interval\n  quota_bytes: 4294967296",
+        &format!("  sync: interval\n  quota_bytes: {quota}"),
     )?;
     let n = (backlog_mb << 20) / o.record;
     let (dt, _) = publish_all(

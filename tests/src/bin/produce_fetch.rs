@@ -1,6 +1,9 @@
 //! produce-fetch benchmark: N producers (acks=all, one partition each) and M consumers
 //! against the cloud, beside the raw RocksDB write rate of the same bytes under the same
 //! sync policy (fsync per write group, concurrent writers) — our ceiling — and the ratio.
+//! Then a catch-up: the consumers read everything again from offset 0 with nothing
+//! produced meanwhile (Fetch alone), beside one thread reading the raw store back: MB/s
+//! and the server's CPU seconds per GB read.
 //!
 //!   cargo run -p tests --bin produce-fetch -- [--producers 4] [--consumers 2]
 //!        [--mb 256] [--record-size 1024] [--batch-records 64] [--runs 3]
@@ -12,7 +15,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use kafka_protocol::records::Compression;
 use tests::kafka::{count_records, record_batch, Client};
-use tests::proc::{percentile, Cloud};
+use tests::proc::{cpu_secs, percentile, Cloud};
 
 struct Opts {
     producers: usize,
@@ -57,6 +60,10 @@ struct Run {
     p50_ms: f64,
     p99_ms: f64,
     consumed_mb_s: f64,
+    /// Reading everything again from offset 0 with nothing produced meanwhile.
+    catchup_mb_s: f64,
+    /// The server's CPU seconds per GB of that read.
+    catchup_cpu_s_per_gb: f64,
 }
 
 async fn ours(o: &Opts) -> Result<Run> {
@@ -95,22 +102,7 @@ async fn ours_on(o: &Opts, cloud: &Cloud) -> Result<Run> {
             .filter(|p| *p as usize % o.consumers == c)
             .collect();
         let per_part = (batches_per_producer * o.batch_records) as i64;
-        consumers.push(tokio::spawn(async move {
-            let mut client = Client::connect(&addr).await?;
-            let mut offsets = vec![0i64; parts.len()];
-            while offsets.iter().any(|o| *o < per_part) {
-                for (i, p) in parts.iter().enumerate() {
-                    if offsets[i] >= per_part {
-                        continue;
-                    }
-                    let (records, _) = client.fetch("bench", *p, offsets[i], 4 << 20, 100).await?;
-                    let n = count_records(records) as i64;
-                    offsets[i] += n;
-                    consumed.fetch_add(n as u64, Ordering::Relaxed);
-                }
-            }
-            anyhow::Ok(Instant::now())
-        }));
+        consumers.push(tokio::spawn(consume(addr, parts, per_part, consumed)));
     }
     let mut producers = Vec::new();
     for p in 0..o.producers {
@@ -134,12 +126,36 @@ async fn ours_on(o: &Opts, cloud: &Cloud) -> Result<Run> {
     let produce_secs = start.elapsed().as_secs_f64();
     let mut last = start;
     for c in consumers {
-        last = last.max(c.await??);
+        last = last.max(c.await??.0);
     }
     let consume_secs = (last - start).as_secs_f64();
     anyhow::ensure!(
         consumed.load(Ordering::Relaxed) == total_records,
         "consumers saw a different record count"
+    );
+    // Catch-up: the consumers read everything again from offset 0 while nothing is
+    // produced (a consumer group that starts late, a replay): Fetch alone.
+    let cpu0 = cpu_secs(cloud.pid())?;
+    let t = Instant::now();
+    let again = Arc::new(AtomicU64::new(0));
+    let readers: Vec<_> = (0..o.consumers)
+        .map(|c| {
+            let parts: Vec<i32> = (0..o.producers as i32)
+                .filter(|p| *p as usize % o.consumers == c)
+                .collect();
+            let per_part = (batches_per_producer * o.batch_records) as i64;
+            tokio::spawn(consume(cloud.addr.clone(), parts, per_part, again.clone()))
+        })
+        .collect();
+    let mut read = 0u64;
+    for r in readers {
+        read += r.await??.1;
+    }
+    let catchup_secs = t.elapsed().as_secs_f64();
+    let catchup_cpu = cpu_secs(cloud.pid())? - cpu0;
+    anyhow::ensure!(
+        again.load(Ordering::Relaxed) == total_records,
+        "the catch-up read a different record count"
     );
     lat.sort_by(|a, b| a.total_cmp(b));
     let bytes = (batch.len() * batches_per_producer * o.producers) as f64;
@@ -149,7 +165,35 @@ async fn ours_on(o: &Opts, cloud: &Cloud) -> Result<Run> {
         p50_ms: percentile(&lat, 50.0),
         p99_ms: percentile(&lat, 99.0),
         consumed_mb_s: bytes / consume_secs / 1e6,
+        catchup_mb_s: read as f64 / catchup_secs / 1e6,
+        catchup_cpu_s_per_gb: catchup_cpu / (read as f64 / 1e9),
     })
+}
+
+/// Fetches `parts` of topic `bench` from offset 0 until each holds `per_part` records,
+/// counting records into `consumed`; returns when it finished and the bytes it read.
+async fn consume(
+    addr: String,
+    parts: Vec<i32>,
+    per_part: i64,
+    consumed: Arc<AtomicU64>,
+) -> Result<(Instant, u64)> {
+    let mut client = Client::connect(&addr).await?;
+    let mut offsets = vec![0i64; parts.len()];
+    let mut bytes = 0u64;
+    while offsets.iter().any(|o| *o < per_part) {
+        for (i, p) in parts.iter().enumerate() {
+            if offsets[i] >= per_part {
+                continue;
+            }
+            let (records, _) = client.fetch("bench", *p, offsets[i], 4 << 20, 100).await?;
+            bytes += records.len() as u64;
+            let n = count_records(records) as i64;
+            offsets[i] += n;
+            consumed.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+    Ok((Instant::now(), bytes))
 }
 
 fn raw_rocksdb(o: &Opts) -> Result<Run> {
@@ -186,8 +230,18 @@ fn raw_rocksdb(o: &Opts) -> Result<Run> {
         lat.extend(t.join().map_err(|_| anyhow::anyhow!("writer panicked"))??);
     }
     let secs = start.elapsed().as_secs_f64();
+    // The catch-up's ceiling: every stored value read back in key order.
+    let cpu0 = cpu_secs(std::process::id())?;
+    let t = Instant::now();
+    let mut read = 0u64;
+    for kv in db.iterator(rocksdb::IteratorMode::Start) {
+        read += kv?.1.len() as u64;
+    }
+    let catchup_secs = t.elapsed().as_secs_f64();
+    let catchup_cpu = cpu_secs(std::process::id())? - cpu0;
     lat.sort_by(|a, b| a.total_cmp(b));
     let bytes = (batch.len() * batches_per_producer * o.producers) as f64;
+    anyhow::ensure!(read as f64 == bytes, "read back {read} of {bytes} bytes");
     let records = (batches_per_producer * o.producers * o.batch_records) as f64;
     Ok(Run {
         mb_s: bytes / secs / 1e6,
@@ -195,6 +249,8 @@ fn raw_rocksdb(o: &Opts) -> Result<Run> {
         p50_ms: percentile(&lat, 50.0),
         p99_ms: percentile(&lat, 99.0),
         consumed_mb_s: f64::NAN,
+        catchup_mb_s: read as f64 / catchup_secs / 1e6,
+        catchup_cpu_s_per_gb: catchup_cpu / (read as f64 / 1e9),
     })
 }
 
@@ -223,26 +279,29 @@ async fn main() -> Result<()> {
     }
     let m = |v: &[Run], f: fn(&Run) -> f64| median(v.iter().map(f).collect());
     println!(
-        "{:<28} {:>10} {:>12} {:>9} {:>9} {:>12}",
-        "", "MB/s", "records/s", "p50 ms", "p99 ms", "consume MB/s"
+        "{:<28} {:>10} {:>12} {:>9} {:>9} {:>12} {:>12} {:>12}",
+        "", "MB/s", "records/s", "p50 ms", "p99 ms", "consume MB/s", "catch-up MB/s", "CPU s/GB"
     );
     for (name, v) in [
         ("cloud (Kafka produce)", &a),
         ("raw RocksDB (same bytes)", &b),
     ] {
         println!(
-            "{:<28} {:>10.1} {:>12.0} {:>9.2} {:>9.2} {:>12.1}",
+            "{:<28} {:>10.1} {:>12.0} {:>9.2} {:>9.2} {:>12.1} {:>13.1} {:>12.2}",
             name,
             m(v, |r| r.mb_s),
             m(v, |r| r.records_s),
             m(v, |r| r.p50_ms),
             m(v, |r| r.p99_ms),
-            m(v, |r| r.consumed_mb_s)
+            m(v, |r| r.consumed_mb_s),
+            m(v, |r| r.catchup_mb_s),
+            m(v, |r| r.catchup_cpu_s_per_gb)
         );
     }
     println!(
-        "ratio cloud/raw (MB/s): {:.2}",
-        m(&a, |r| r.mb_s) / m(&b, |r| r.mb_s)
+        "ratio cloud/raw (MB/s): produce {:.2}, catch-up read {:.2} (the raw read is one thread iterating the store, no network)",
+        m(&a, |r| r.mb_s) / m(&b, |r| r.mb_s),
+        m(&a, |r| r.catchup_mb_s) / m(&b, |r| r.catchup_mb_s)
     );
     Ok(())
 }
