@@ -32,7 +32,7 @@
 //!   and the uplink state owned by the replicator ([`uplink`]): the idempotent producer
 //!   id/epoch, per partition the next producer sequence and the highest acknowledged
 //!   record sequence, and an *in-flight descriptor* for every Produce batch sent but not
-//!   yet acknowledged; during a live-first drain also `live_from` (the boundary sequence;
+//!   yet acknowledged (its records' sequences, delta-encoded: `descriptor.rs`); during a live-first drain also `live_from` (the boundary sequence;
 //!   no batch file holds records from both sides of it) and per partition the
 //!   acknowledged sequence of the backlog records below it.
 //!
@@ -148,6 +148,7 @@
 //! flush, unlink), off the append path.
 
 mod commit;
+mod descriptor;
 mod files;
 mod index;
 mod keyed;

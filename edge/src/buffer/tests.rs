@@ -325,6 +325,41 @@ fn uplink_state_persists() {
     );
 }
 
+/// A descriptor written by an edge before session 17 (its value a plain list of `u64`
+/// sequences) is read by this one after an upgrade, beside one written now.
+#[test]
+fn descriptors_of_the_previous_format_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let buf = open_unbounded(dir.path());
+        assert_eq!(buf.assign("a", 0, &[7, 9, 300]).unwrap(), 0);
+        // The key of the descriptor of ("a", 0, base 3), in the old value format.
+        let mut key = vec![b'i', 0];
+        key.extend_from_slice(b"a");
+        key.push(0);
+        key.extend_from_slice(&0i32.to_be_bytes());
+        key.extend_from_slice(&3u32.to_be_bytes());
+        let old: Vec<u8> = [301u64, 302, 1 << 40]
+            .iter()
+            .flat_map(|s| s.to_be_bytes())
+            .collect();
+        buf.inner.meta.insert(key, old).unwrap();
+        buf.sync_uplink().unwrap();
+        buf.close().unwrap();
+    }
+    let buf = reopen(cfg(dir.path(), u64::MAX, FullPolicy::Block));
+    let got: Vec<(i32, Vec<u64>)> = buf
+        .inflight()
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.base_seq, d.seqs))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(0, vec![7, 9, 300]), (3, vec![301, 302, 1 << 40])]
+    );
+}
+
 /// A cut's descriptors and a response's acknowledgements are collected and applied as
 /// one sled batch: nothing shows before `apply_uplink`, everything after it, and
 /// assignments in one set chain their partition's sequences.

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use common::kafka::ProducerState;
 
-use super::{Buffer, Error};
+use super::{descriptor, Buffer, Error};
 
 /// A Produce batch that was sent but not acknowledged before the last shutdown.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,10 +199,7 @@ impl Buffer {
             Some(n) => *n,
             None => self.next_seq(&key)?,
         };
-        let mut v = Vec::with_capacity(seqs.len() * 8);
-        for s in seqs {
-            v.extend_from_slice(&s.to_be_bytes());
-        }
+        let v = descriptor::encode(seqs);
         let next = base.wrapping_add(seqs.len() as i32) & i32::MAX;
         w.batch.insert(ikey(topic, partition, base), v);
         w.batch.insert(key.clone(), &next.to_be_bytes());
@@ -286,15 +283,12 @@ impl Buffer {
             let topic = String::from_utf8(body[..nul].to_vec())
                 .map_err(|_| Error::Corrupt("descriptor topic"))?;
             let rest = &body[nul + 1..];
-            if rest.len() != 8 || v.len() % 8 != 0 {
+            if rest.len() != 8 {
                 return Err(Error::Corrupt("descriptor"));
             }
             let partition = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
             let base_seq = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]) as i32;
-            let seqs = v
-                .chunks_exact(8)
-                .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-                .collect();
+            let seqs = descriptor::decode(&v)?;
             out.push(Inflight {
                 topic,
                 partition,
