@@ -149,7 +149,7 @@ pub(crate) async fn handle(
         let mut head = BytesMut::with_capacity(4);
         head.put_i32(0);
         return Ok(Some(Response {
-            frame: whole(head),
+            frame: Frame::new(head),
             close: false,
         }));
     }
@@ -163,9 +163,8 @@ pub(crate) async fn handle(
     {
         // KIP-511: answer in the v0 shape with UNSUPPORTED_VERSION, keep the connection.
         let table = api_versions::unsupported(with_sasl);
-        let head = frame(pre.correlation_id, 0, &table, 0)?;
         return Ok(Some(Response {
-            frame: whole(head),
+            frame: frame(pre.correlation_id, 0, &table, 0)?,
             close: false,
         }));
     }
@@ -178,35 +177,30 @@ pub(crate) async fn handle(
     let (msg, close) = match reply {
         Reply::Nothing => return Ok(None),
         Reply::Encoded(bytes) => {
-            let out = finish_frame(start_frame(correlation_id, header_version)?, bytes.len());
-            let at = out.len();
+            let mut f = start_frame(correlation_id, header_version)?;
+            f.splices.push((f.buf.len(), bytes));
             return Ok(Some(Response {
-                frame: Frame {
-                    buf: out,
-                    splices: vec![(at, bytes)],
-                },
+                frame: finish_frame(f, api, version)?,
                 close: false,
             }));
         }
         Reply::Fetch(body) => {
-            let mut f = whole(start_frame(correlation_id, header_version)?);
+            let mut f = start_frame(correlation_id, header_version)?;
             wire::fetch::encode(&mut f, &body, version)
                 .map_err(|e| encode_err(api, version, e.into()))?;
-            f.set_length_prefix()
-                .map_err(|e| encode_err(api, version, e.into()))?;
             return Ok(Some(Response {
-                frame: f,
+                frame: finish_frame(f, api, version)?,
                 close: false,
             }));
         }
         Reply::Message(msg) => (*msg, false),
         Reply::Last(msg) => (*msg, true),
     };
-    let mut out = start_frame(correlation_id, header_version)?;
-    msg.encode(&mut out, version)
+    let mut f = start_frame(correlation_id, header_version)?;
+    msg.encode(&mut f.buf, version)
         .map_err(|e| encode_err(api, version, e))?;
     Ok(Some(Response {
-        frame: whole(finish_frame(out, 0)),
+        frame: finish_frame(f, api, version)?,
         close,
     }))
 }
@@ -294,28 +288,22 @@ fn encode_err(api: ApiKey, version: i16, e: anyhow::Error) -> wire::Error {
     }
 }
 
-fn start_frame(correlation_id: i32, header_version: i16) -> Result<BytesMut, wire::Error> {
+/// A response frame's start: a length prefix to fill in and the response header.
+fn start_frame(correlation_id: i32, header_version: i16) -> Result<Frame, wire::Error> {
     let mut out = BytesMut::with_capacity(256);
     out.put_i32(0);
     let mut h = ResponseHeader::default();
     h.correlation_id = correlation_id;
     h.encode(&mut out, header_version)
         .map_err(|e| encode_err(ApiKey::ApiVersions, header_version, e))?;
-    Ok(out)
+    Ok(Frame::new(out))
 }
 
-/// A frame that is all buffer (no splices).
-fn whole(buf: BytesMut) -> Frame {
-    Frame {
-        buf,
-        splices: Vec::new(),
-    }
-}
-
-fn finish_frame(mut out: BytesMut, tail_len: usize) -> BytesMut {
-    let len = (out.len() - 4 + tail_len) as i32;
-    out[0..4].copy_from_slice(&len.to_be_bytes());
-    out
+/// Sets the length prefix of a response frame of `api` at `version`.
+fn finish_frame(mut f: Frame, api: ApiKey, version: i16) -> Result<Frame, wire::Error> {
+    f.set_length_prefix()
+        .map_err(|e| encode_err(api, version, e.into()))?;
+    Ok(f)
 }
 
 fn frame<T: Encodable>(
@@ -323,9 +311,9 @@ fn frame<T: Encodable>(
     header_version: i16,
     msg: &T,
     version: i16,
-) -> Result<BytesMut, wire::Error> {
-    let mut out = start_frame(correlation_id, header_version)?;
-    msg.encode(&mut out, version)
+) -> Result<Frame, wire::Error> {
+    let mut f = start_frame(correlation_id, header_version)?;
+    msg.encode(&mut f.buf, version)
         .map_err(|e| encode_err(ApiKey::ApiVersions, version, e))?;
-    Ok(finish_frame(out, 0))
+    finish_frame(f, ApiKey::ApiVersions, version)
 }

@@ -197,10 +197,7 @@ impl Connection {
             .with_request_api_version(version)
             .with_correlation_id(correlation_id)
             .with_client_id(Some(self.client_id.clone()));
-        let mut frame = Frame {
-            buf: std::mem::take(&mut w.buf),
-            splices: Vec::new(),
-        };
+        let mut frame = Frame::new(std::mem::take(&mut w.buf));
         frame.buf.clear();
         frame.buf.put_i32(0);
         header

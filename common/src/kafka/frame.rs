@@ -31,6 +31,14 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// A frame that starts as `buf`, with nothing spliced yet.
+    pub fn new(buf: BytesMut) -> Frame {
+        Frame {
+            buf,
+            splices: Vec::new(),
+        }
+    }
+
     /// Total length of the frame as written.
     pub fn len(&self) -> usize {
         self.buf.len() + self.splices.iter().map(|(_, b)| b.len()).sum::<usize>()

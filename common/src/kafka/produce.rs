@@ -49,8 +49,9 @@ pub fn encode(
     if !(MIN_VERSION..=MAX_VERSION).contains(&version) {
         return Err(Error::Encode(format!("produce version {version}")));
     }
+    let flex = flexible(version);
     // transactional_id: null
-    if flexible(version) {
+    if flex {
         f.buf.put_u8(0);
     } else {
         f.buf.put_i16(-1);
@@ -58,21 +59,21 @@ pub fn encode(
     f.buf.put_i16(acks);
     f.buf.put_i32(timeout_ms);
     let topics: Vec<&[Part<'_>]> = parts.chunk_by(|a, b| a.topic == b.topic).collect();
-    put_len(f, flexible(version), topics.len(), false)?;
+    put_len(f, flex, topics.len(), false)?;
     for run in topics {
         let name = run[0].topic.as_bytes();
-        put_len(f, flexible(version), name.len(), true)?;
+        put_len(f, flex, name.len(), true)?;
         f.buf.put_slice(name);
-        put_len(f, flexible(version), run.len(), false)?;
+        put_len(f, flex, run.len(), false)?;
         for p in run {
             f.buf.put_i32(p.partition);
-            put_len(f, flexible(version), p.records.len(), false)?;
+            put_len(f, flex, p.records.len(), false)?;
             f.put_bytes(p.records);
-            put_tags(f, flexible(version));
+            put_tags(f, flex);
         }
-        put_tags(f, flexible(version));
+        put_tags(f, flex);
     }
-    put_tags(f, flexible(version));
+    put_tags(f, flex);
     Ok(())
 }
 
