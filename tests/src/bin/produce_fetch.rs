@@ -94,16 +94,24 @@ async fn ours_on(o: &Opts, cloud: &Cloud) -> Result<Run> {
     let total_records = (batches_per_producer * o.producers * o.batch_records) as u64;
     let consumed = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let mut consumers = Vec::new();
-    for c in 0..o.consumers {
-        let addr = cloud.addr.clone();
-        let consumed = consumed.clone();
-        let parts: Vec<i32> = (0..o.producers as i32)
-            .filter(|p| *p as usize % o.consumers == c)
-            .collect();
-        let per_part = (batches_per_producer * o.batch_records) as i64;
-        consumers.push(tokio::spawn(consume(addr, parts, per_part, consumed)));
-    }
+    // Consumer `c` reads the partitions p with p % consumers == c, each to its end.
+    let per_part = (batches_per_producer * o.batch_records) as i64;
+    let spawn_consumers = |counter: &Arc<AtomicU64>| -> Vec<_> {
+        (0..o.consumers)
+            .map(|c| {
+                let parts: Vec<i32> = (0..o.producers as i32)
+                    .filter(|p| *p as usize % o.consumers == c)
+                    .collect();
+                tokio::spawn(consume(
+                    cloud.addr.clone(),
+                    parts,
+                    per_part,
+                    counter.clone(),
+                ))
+            })
+            .collect()
+    };
+    let consumers = spawn_consumers(&consumed);
     let mut producers = Vec::new();
     for p in 0..o.producers {
         let addr = cloud.addr.clone();
@@ -138,15 +146,7 @@ async fn ours_on(o: &Opts, cloud: &Cloud) -> Result<Run> {
     let cpu0 = cpu_secs(cloud.pid())?;
     let t = Instant::now();
     let again = Arc::new(AtomicU64::new(0));
-    let readers: Vec<_> = (0..o.consumers)
-        .map(|c| {
-            let parts: Vec<i32> = (0..o.producers as i32)
-                .filter(|p| *p as usize % o.consumers == c)
-                .collect();
-            let per_part = (batches_per_producer * o.batch_records) as i64;
-            tokio::spawn(consume(cloud.addr.clone(), parts, per_part, again.clone()))
-        })
-        .collect();
+    let readers = spawn_consumers(&again);
     let mut read = 0u64;
     for r in readers {
         read += r.await??.1;
