@@ -111,7 +111,8 @@ fn grows(inner: &Inner) -> bool {
 /// Drops the tails a round may no longer append to (see [`Tail`]).
 fn prune_tails(c: &mut Committer, s: &super::State) {
     c.tails.retain(|_, t| {
-        s.batches.contains_key(&t.key) && s.claimed.is_none_or(|claimed| t.key > claimed)
+        // A tail is its class's newest file, which the catalog keeps resident.
+        s.catalog.is_resident(t.key) && s.claimed.is_none_or(|claimed| t.key > claimed)
     });
 }
 
@@ -286,25 +287,14 @@ pub(super) fn commit_once(inner: &Inner, force: bool, started: Instant) -> Resul
         s.appending.remove(key);
     }
     for g in &grown {
-        if let Some(info) = s.batches.get_mut(&g.key) {
-            info.live += g.count;
-            info.bytes += g.bytes;
-        }
-        s.stored_bytes += g.bytes;
+        s.catalog.grow(g.key, g.bytes, g.count);
         s.staged_bytes -= g.bytes.min(s.staged_bytes);
-        s.live_records += u64::from(g.count);
         s.committing -= u64::from(g.count).min(s.committing);
     }
     for f in done {
         let index = f.index;
-        s.batches.insert(f.key, BatchInfo::of(&index));
-        s.by_priority
-            .entry(index.priority)
-            .or_default()
-            .insert(f.key);
-        s.stored_bytes += index.bytes;
+        s.catalog.insert(f.key, BatchInfo::of(&index));
         s.staged_bytes -= index.bytes.min(s.staged_bytes);
-        s.live_records += u64::from(index.count);
         s.committing -= u64::from(index.count).min(s.committing);
         gen_done = gen_done.max(f.gen);
         // The newest file of its class (files come in key order) is its tail while it
@@ -322,6 +312,11 @@ pub(super) fn commit_once(inner: &Inner, force: bool, started: Instant) -> Resul
             c.tails.remove(&index.priority);
         }
     }
+    let claimed = s.claimed;
+    let super::State {
+        catalog, appending, ..
+    } = &mut *s;
+    catalog.trim(claimed, appending);
     s.committed_gen = s.committed_gen.max(gen_done).max(gen);
     let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     inner.last_round_us.store(us, Ordering::Relaxed);

@@ -15,6 +15,7 @@
 
 use std::collections::btree_map::Entry as Slot;
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound::{Excluded, Included};
 
 use super::files::Index;
 use super::Error;
@@ -76,6 +77,24 @@ fn group_key(tree_key: &[u8]) -> Option<u64> {
     tree_key.try_into().ok().map(u64::from_be_bytes)
 }
 
+/// The live entries with keys in `lo..=hi`, read from the groups holding them (the
+/// catalog's page-in, `catalog.rs`). A damaged group value contributes nothing.
+pub(super) fn live_in(tree: &sled::Tree, lo: u64, hi: u64) -> Result<Vec<(u64, Index)>, Error> {
+    let mut out = Vec::new();
+    let (lo_b, hi_b) = (lo.to_be_bytes(), hi.to_be_bytes());
+    let first = tree.range(..=lo_b).next_back().transpose()?;
+    let rest = tree.range((Excluded(lo_b), Included(hi_b)));
+    for item in first.into_iter().map(Ok).chain(rest) {
+        let (_, v) = item?;
+        for (key, index) in decode(&v).unwrap_or_default() {
+            if let (Some(i), true) = (index, (lo..=hi).contains(&key)) {
+                out.push((key, i));
+            }
+        }
+    }
+    Ok(out)
+}
+
 impl Groups {
     /// The groups stored in `tree` (recovery rewrites them at open, see
     /// [`Groups::rewrite`]).
@@ -87,6 +106,11 @@ impl Groups {
             }
         }
         Ok(Groups { tree, firsts })
+    }
+
+    /// The tree the groups are stored in.
+    pub(super) fn tree(&self) -> sled::Tree {
+        self.tree.clone()
     }
 
     /// Every stored entry, in key order, and how many group values were damaged (their

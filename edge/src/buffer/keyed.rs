@@ -1,5 +1,6 @@
 //! The buffer's in-memory maps over batch keys, kept compact because they hold one entry
-//! per batch file of the backlog.
+//! per resident batch file (`catalog.rs` bounds how many are resident; before it, every
+//! file of the backlog was).
 //!
 //! A `BTreeMap<u64, BatchInfo>` cost about 90 bytes per file and a `BTreeSet<u64>` about
 //! 21 (heaptrack of a 3 GB backlog: 1.1 MB and 0.25 MB for 12,000 files), so the edge's
@@ -45,13 +46,17 @@ impl<V> Keyed<V> {
         a..b.max(a)
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.v.len()
     }
 
     pub(super) fn contains_key(&self, key: &u64) -> bool {
         self.find(*key).is_ok()
+    }
+
+    pub(super) fn get(&self, key: &u64) -> Option<&V> {
+        let i = self.find(*key).ok()?;
+        self.v.get(i).map(|e| &e.1)
     }
 
     pub(super) fn get_mut(&mut self, key: &u64) -> Option<&mut V> {
@@ -118,6 +123,14 @@ impl KeySet {
 
     pub(super) fn remove(&mut self, key: &u64) -> bool {
         self.0.remove(key).is_some()
+    }
+
+    pub(super) fn contains(&self, key: u64) -> bool {
+        self.0.contains_key(&key)
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.len() == 0
     }
 
     /// The first key in `r`.
@@ -210,6 +223,7 @@ mod tests {
                 prop_assert_eq!(k.len(), m.len());
                 for (key, v) in &m {
                     prop_assert!(k.contains_key(key));
+                    prop_assert_eq!(k.get(key), Some(v));
                     prop_assert_eq!(k.get_mut(key).copied(), Some(*v));
                 }
                 let vals: Vec<u32> = k.values().copied().collect();

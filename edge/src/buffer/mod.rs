@@ -25,7 +25,10 @@
 //!   priority, first receive time, last sequence; 29 bytes), packed 64 files to a sled
 //!   value (`index.rs`: one sled entry per file cost about 400 bytes of memory each), so
 //!   opening the buffer reads only the files committed after sled's last flush; an
-//!   entry can also be a *tombstone*: the batch is being deleted (`reap.rs`). Buffers
+//!   entry can also be a *tombstone*: the batch is being deleted (`reap.rs`). The
+//!   index is also where the in-memory catalog of batch files (`catalog.rs`) pages
+//!   files out to: at most about 512 files are held in memory whatever the backlog, the
+//!   rest as one summary per 128 files, read back from these entries when reached. Buffers
 //!   written before session 15 kept one entry per file in the tree `records` (an empty
 //!   value was a tombstone); the open reads them too and moves them into groups.
 //! - sled tree `meta`: `next_seq` (the sequence counter; sequences are never wall-clock)
@@ -147,6 +150,7 @@
 //! the quota at once; its file is deleted by the `buffer-reap` thread (index removal,
 //! flush, unlink), off the append path.
 
+mod catalog;
 mod commit;
 mod descriptor;
 mod files;
@@ -170,7 +174,6 @@ use std::time::{Duration, Instant};
 
 use commit::{commit_loop, commit_once};
 use files::Index;
-use keyed::{KeySet, Keyed};
 use quota::{remove_batch, victim};
 
 pub use read::{Held, ReadBatch};
@@ -312,12 +315,8 @@ struct State {
     staged_bytes: u64,
     gen: u64,
     committed_gen: u64,
-    /// Every committed batch file (one entry each: see `keyed.rs` for why not a BTreeMap).
-    batches: Keyed<BatchInfo>,
-    /// The same keys by priority class (release lookups, quota victims).
-    by_priority: BTreeMap<u8, KeySet>,
-    stored_bytes: u64,
-    live_records: u64,
+    /// Every committed batch file, a bounded number of them in memory (`catalog.rs`).
+    catalog: catalog::Catalog,
     /// Records taken out of `open` by a commit that has not registered them yet.
     committing: u64,
     /// Batches with keys at or below this were handed to the replicator.
@@ -408,7 +407,7 @@ const NEXT_SEQ: &[u8] = b"next_seq";
 impl State {
     /// Bytes counted against the quota: committed, staged and open batches.
     fn used_bytes(&self) -> u64 {
-        self.stored_bytes + self.staged_bytes + self.open_bytes
+        self.catalog.bytes() + self.staged_bytes + self.open_bytes
     }
 }
 
@@ -425,9 +424,12 @@ impl Inner {
         self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Deletes a batch now, on this thread (see [`reap`] for the order of the steps).
-    fn delete_batch(&self, key: u64) -> Result<(), Error> {
-        reap::delete(self, &[key])
+    /// Deletes a batch (already out of the state) now, on this thread (see [`reap`] for
+    /// the order of the steps).
+    fn delete_batch(&self, s: &mut State, key: u64) -> Result<(), Error> {
+        reap::delete(self, &[key])?;
+        s.catalog.forget(&[key]);
+        Ok(())
     }
 
     /// Flushes sled and fsyncs its log file: every sled write so far survives a kill and
@@ -448,7 +450,7 @@ impl Inner {
 
     /// Hands a drained batch (already out of the state) to the reaper; deletes it here if
     /// the reaper is gone.
-    fn reap(&self, key: u64) -> Result<(), Error> {
+    fn reap(&self, s: &mut State, key: u64) -> Result<(), Error> {
         let sent = match &*self.reap.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(tx) => tx.send(Reap::Batch(key)).is_ok(),
             None => false,
@@ -456,7 +458,7 @@ impl Inner {
         if sent {
             Ok(())
         } else {
-            self.delete_batch(key)
+            self.delete_batch(s, key)
         }
     }
 
@@ -503,8 +505,8 @@ impl Buffer {
         let sled_file = std::fs::File::open(cfg.dir.join("db"))?;
         db.flush()?;
         sled_file.sync_data()?;
-        let file_bytes = scanned.stored_bytes;
-        let state = State {
+        let file_bytes = scanned.catalog.bytes();
+        let mut state = State {
             next_seq,
             open: BTreeMap::new(),
             spare: Vec::new(),
@@ -512,10 +514,7 @@ impl Buffer {
             staged_bytes: 0,
             gen: 0,
             committed_gen: 0,
-            batches: scanned.batches,
-            by_priority: scanned.by_priority,
-            stored_bytes: scanned.stored_bytes,
-            live_records: scanned.live_records,
+            catalog: scanned.catalog,
             committing: 0,
             claimed: None,
             live_from,
@@ -525,6 +524,8 @@ impl Buffer {
             appending: BTreeSet::new(),
             seal: false,
         };
+        // Pages all but a bounded number of the files out before anything is claimed.
+        state.catalog.trim(None, &BTreeSet::new());
         let (reap_tx, reap_rx) = std::sync::mpsc::channel();
         let inner = Arc::new(Inner {
             reap: Mutex::new(Some(reap_tx)),
@@ -631,9 +632,9 @@ impl Buffer {
             .filter_map(|o| o.records.first())
             .map(|r| r.recv_ms)
             .min();
-        let oldest_stored = s.batches.values().map(|b| b.first_recv_ms).min();
+        let oldest_stored = s.catalog.oldest_recv_ms();
         Snapshot {
-            records: s.live_records + open_records + s.committing,
+            records: s.catalog.records() + open_records + s.committing,
             bytes: s.used_bytes(),
             oldest_recv_ms: match (oldest_open, oldest_stored) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -687,17 +688,22 @@ impl Buffer {
                     s = inner.changed.wait(s).unwrap_or_else(|p| p.into_inner());
                     continue;
                 }
-                FullPolicy::DropOldest => victim(&s, rec.priority, true),
-                FullPolicy::DropNewest => {
-                    victim(&s, rec.priority.saturating_sub(1), false).filter(|_| rec.priority > 0)
+                FullPolicy::DropOldest => victim(&mut s, rec.priority, true),
+                FullPolicy::DropNewest if rec.priority > 0 => {
+                    victim(&mut s, rec.priority - 1, false)
                 }
+                FullPolicy::DropNewest => Ok(None),
+            };
+            let victim = match victim {
+                Ok(v) => v,
+                Err(e) => return (s, Err(e)),
             };
             let reason = usize::from(inner.cfg.full_policy == FullPolicy::DropNewest);
             match victim {
                 Some(key) => {
                     let info = remove_batch(&mut s, key);
                     // Index removal flushed before the unlink, off this lock (the reaper).
-                    if let Err(e) = inner.reap(key) {
+                    if let Err(e) = inner.reap(&mut s, key) {
                         return (s, Err(e));
                     }
                     inner.stats.dropped[reason].fetch_add(u64::from(info.live), Ordering::Relaxed);

@@ -41,7 +41,7 @@ impl Buffer {
         // The next key is looked up each turn (not every key to `before` collected up
         // front: with a 1 GB backlog that was thousands of keys per read, 2% of a drain).
         let mut from = start;
-        while let Some(key) = s.batches.first_key(from..before) {
+        while let Some(key) = s.catalog.first_key(from..before)? {
             from = key.saturating_add(1);
             while s.appending.contains(&key) {
                 // Its next segment is being written: read it once that commit is done
@@ -55,7 +55,8 @@ impl Buffer {
                     return Err(Error::Failed(why.clone()));
                 }
             }
-            if !s.batches.contains_key(&key) {
+            // Waiting released the lock: the file may have been paged out meanwhile.
+            if !s.catalog.contains(key)? {
                 continue;
             }
             let decoded = inner
@@ -95,7 +96,7 @@ impl Buffer {
                     tracing::error!(batch = key, %cause, "unreadable buffer batch skipped and removed");
                     inner.stats.corrupt.fetch_add(1, Ordering::Relaxed);
                     remove_batch(&mut s, key);
-                    inner.delete_batch(key)?;
+                    inner.delete_batch(&mut s, key)?;
                     s.claimed = Some(s.claimed.map_or(key, |c| c.max(key)));
                 }
             }
@@ -110,9 +111,14 @@ impl Buffer {
     /// replicator must re-send after a restart).
     pub fn protect_through(&self, seq: u64) {
         let mut s = self.inner.lock();
-        let key = s.batches.last_key(..=seq);
-        if let Some(key) = key {
-            s.claimed = Some(s.claimed.map_or(key, |c| c.max(key)));
+        match s.catalog.last_key_through(seq) {
+            Ok(Some(key)) => s.claimed = Some(s.claimed.map_or(key, |c| c.max(key))),
+            Ok(None) => {}
+            // Nothing below `seq` can be evicted unprotected: protect through `seq`.
+            Err(e) => {
+                tracing::error!(cause = %e, "reading the buffer index to protect in-flight batches");
+                s.claimed = Some(s.claimed.map_or(seq, |c| c.max(seq)));
+            }
         }
     }
 
@@ -132,7 +138,7 @@ impl Buffer {
         let mut i = 0;
         while i < held.len() {
             let Held { seq, priority } = held[i];
-            let Some(class) = s.by_priority.get(&priority) else {
+            let Some(class) = s.catalog.class(priority) else {
                 i += 1;
                 continue;
             };
@@ -179,15 +185,9 @@ impl Held {
 }
 
 fn release_in(s: &mut super::State, inner: &super::Inner, key: u64, n: u32) -> Result<(), Error> {
-    let Some(info) = s.batches.get_mut(&key) else {
-        return Ok(());
-    };
-    let n = n.min(info.live);
-    info.live -= n;
-    s.live_records -= u64::from(n).min(s.live_records);
-    if info.live == 0 {
+    if s.catalog.release(key, n) == Some(0) {
         remove_batch(s, key);
-        inner.reap(key)?;
+        inner.reap(s, key)?;
     }
     Ok(())
 }

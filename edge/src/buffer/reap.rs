@@ -95,8 +95,10 @@ pub(super) fn reap_loop(inner: &Inner, rx: &Receiver<Reap>) {
             }
         }
         last = Some(Instant::now());
-        if let Err(e) = delete(inner, &keys) {
-            tracing::error!(cause = %e, "deleting drained buffer batches failed");
+        match delete(inner, &keys) {
+            // Their index entries are tombstones or gone: a page-in cannot bring them back.
+            Ok(()) => inner.lock().catalog.forget(&keys),
+            Err(e) => tracing::error!(cause = %e, "deleting drained buffer batches failed"),
         }
         for done in barriers {
             let _ = done.send(());

@@ -7,22 +7,19 @@
 //! whatever `next_seq` says, and only a tombstone (a deletion whose index removal was
 //! flushed) or damage removes one.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
+use super::catalog::Catalog;
 use super::files::{self, Index};
 use super::index::Groups;
-use super::keyed::{KeySet, Keyed};
 use super::reap::TOMBSTONE;
 use super::{BatchInfo, Error, Stats};
 
 /// What the scan found.
 pub(super) struct Scanned {
-    pub(super) batches: Keyed<BatchInfo>,
-    pub(super) by_priority: BTreeMap<u8, KeySet>,
-    pub(super) stored_bytes: u64,
-    pub(super) live_records: u64,
+    pub(super) catalog: Catalog,
     /// At least the stored `next_seq`, above every recovered record.
     pub(super) next_seq: u64,
 }
@@ -30,13 +27,7 @@ pub(super) struct Scanned {
 impl Scanned {
     fn add(&mut self, key: u64, index: &Index) {
         self.next_seq = self.next_seq.max(index.last_seq + 1);
-        self.by_priority
-            .entry(index.priority)
-            .or_default()
-            .insert(key);
-        self.stored_bytes += index.bytes;
-        self.live_records += u64::from(index.count);
-        self.batches.insert(key, BatchInfo::of(index));
+        self.catalog.insert(key, BatchInfo::of(index));
     }
 }
 
@@ -56,10 +47,7 @@ pub(super) fn scan(
     next_seq: u64,
 ) -> Result<Scanned, Error> {
     let mut out = Scanned {
-        batches: Keyed::default(),
-        by_priority: BTreeMap::new(),
-        stored_bytes: 0,
-        live_records: 0,
+        catalog: Catalog::new(groups.tree()),
         next_seq,
     };
     // The grouped entries (`index.rs`), then per-file entries of the `records` tree that
@@ -131,7 +119,7 @@ pub(super) fn scan(
         live.push((key, index));
     }
     for key in files::list(dir)? {
-        if out.batches.contains_key(&key) || tombstones.contains(&key) {
+        if out.catalog.is_resident(key) || tombstones.contains(&key) {
             continue;
         }
         let Some(index) = files::recover(dir, key) else {
