@@ -506,7 +506,7 @@ impl Buffer {
         db.flush()?;
         sled_file.sync_data()?;
         let file_bytes = scanned.catalog.bytes();
-        let mut state = State {
+        let state = State {
             next_seq,
             open: BTreeMap::new(),
             spare: Vec::new(),
@@ -524,8 +524,6 @@ impl Buffer {
             appending: BTreeSet::new(),
             seal: false,
         };
-        // Pages all but a bounded number of the files out before anything is claimed.
-        state.catalog.trim(None, &BTreeSet::new());
         let (reap_tx, reap_rx) = std::sync::mpsc::channel();
         let inner = Arc::new(Inner {
             reap: Mutex::new(Some(reap_tx)),

@@ -24,13 +24,6 @@ pub(super) struct Scanned {
     pub(super) next_seq: u64,
 }
 
-impl Scanned {
-    fn add(&mut self, key: u64, index: &Index) {
-        self.next_seq = self.next_seq.max(index.last_seq + 1);
-        self.catalog.insert(key, BatchInfo::of(index));
-    }
-}
-
 /// Rebuilds the batch map: indexed batches whose file has the indexed length are kept
 /// (a longer file, appended to after its entry was stored, is re-indexed from its intact
 /// prefix, which must cover the entry); tombstoned
@@ -46,28 +39,37 @@ pub(super) fn scan(
     stats: &Stats,
     next_seq: u64,
 ) -> Result<Scanned, Error> {
-    let mut out = Scanned {
-        catalog: Catalog::new(groups.tree()),
-        next_seq,
-    };
+    let mut next_seq = next_seq;
     // The grouped entries (`index.rs`), then per-file entries of the `records` tree that
     // buffers written before session 15 hold (a key in both: the group's wins).
     let (mut entries, damaged) = groups.entries()?;
+    // Whether the index needs rewriting (an open that finds everything as indexed
+    // leaves it alone: rewriting every group of a large backlog left about 10 MB of
+    // sled's memory behind).
+    let mut changed = damaged > 0;
     if damaged > 0 {
         tracing::error!(
             groups = damaged,
             "damaged buffer index groups: their files are re-indexed from their contents"
         );
     }
-    let grouped: BTreeSet<u64> = entries.iter().map(|(k, _)| *k).collect();
+    // Looked up in the sorted list (already in key order unless sled is damaged), not
+    // in a set of every key: with a large backlog that set cost more memory at open
+    // than the catalog holds afterwards.
+    entries.sort_by_key(|(k, _)| *k);
+    let grouped = entries.len();
     for item in records.iter() {
         let (k, v) = item?;
         let Some(key) = <[u8; 8]>::try_from(k.as_ref()).ok().map(u64::from_be_bytes) else {
             continue;
         };
-        if grouped.contains(&key) {
+        if entries[..grouped]
+            .binary_search_by_key(&key, |(k, _)| *k)
+            .is_ok()
+        {
             continue;
         }
+        changed = true;
         if v.as_ref() == TOMBSTONE {
             entries.push((key, None));
         } else if let Some(i) = Index::decode(&v) {
@@ -87,6 +89,7 @@ pub(super) fn scan(
             // A deletion interrupted after its tombstone was flushed.
             files::remove(dir, key)?;
             tombstones.push(key);
+            changed = true;
             continue;
         };
         let len = files::path(dir, key).metadata().ok().map(|m| m.len());
@@ -95,6 +98,7 @@ pub(super) fn scan(
             // Appended to after sled last stored its entry (durability step 2): the
             // entry is rebuilt from the file, which must still hold what it counted.
             Some(len) if len > i.bytes => files::recover(dir, key)
+                .inspect(|_| changed = true)
                 .filter(|r| r.bytes >= i.bytes && r.count >= i.count)
                 .inspect(|r| {
                     stats.recovered.fetch_add(1, Ordering::Relaxed);
@@ -113,13 +117,19 @@ pub(super) fn scan(
             );
             stats.corrupt.fetch_add(1, Ordering::Relaxed);
             files::remove(dir, key)?;
+            changed = true;
             continue;
         };
-        out.add(key, &index);
         live.push((key, index));
     }
+    // `live` and `tombstones` are in key order so far.
+    let indexed = live.len();
     for key in files::list(dir)? {
-        if out.catalog.is_resident(key) || tombstones.contains(&key) {
+        if live[..indexed]
+            .binary_search_by_key(&key, |(k, _)| *k)
+            .is_ok()
+            || tombstones.binary_search(&key).is_ok()
+        {
             continue;
         }
         let Some(index) = files::recover(dir, key) else {
@@ -133,17 +143,28 @@ pub(super) fn scan(
             "buffer batch recovered from its file"
         );
         stats.recovered.fetch_add(1, Ordering::Relaxed);
-        out.add(key, &index);
         live.push((key, index));
+        changed = true;
     }
     // The unlinks are durable before their tombstones go; then the index is written
-    // afresh (one sled batch) and the per-file entries of older buffers dropped. A crash
-    // in between leaves both, which the next open reads again.
+    // afresh (one sled batch; only if anything differs from it) and the per-file entries
+    // of older buffers dropped. A crash in between leaves both, which the next open reads
+    // again.
     if !tombstones.is_empty() {
         files::sync_dir(dir)?;
     }
     live.sort_by_key(|(k, _)| *k);
-    groups.rewrite(&live)?;
-    records.clear()?;
-    Ok(out)
+    if changed {
+        groups.rewrite(&live)?;
+        records.clear()?;
+    }
+    // The catalog is built in key order and paged as it grows, so an open holds no more
+    // of it in memory than the edge does afterwards.
+    let mut catalog = Catalog::new(groups.tree());
+    for (key, index) in live {
+        next_seq = next_seq.max(index.last_seq + 1);
+        catalog.insert(key, BatchInfo::of(&index));
+        catalog.trim(None, &BTreeSet::new());
+    }
+    Ok(Scanned { catalog, next_seq })
 }
