@@ -208,14 +208,14 @@ impl Catalog {
         &mut self,
         r: impl RangeBounds<u64> + Clone,
     ) -> Result<Option<u64>, Error> {
+        let start = match r.start_bound() {
+            Bound::Included(k) => Some(*k),
+            Bound::Excluded(k) => k.checked_add(1),
+            Bound::Unbounded => Some(0),
+        };
+        let Some(start) = start else { return Ok(None) };
         loop {
             let res = self.resident.first_key(r.clone());
-            let start = match r.start_bound() {
-                Bound::Included(k) => Some(*k),
-                Bound::Excluded(k) => k.checked_add(1),
-                Bound::Unbounded => Some(0),
-            };
-            let Some(start) = start else { return Ok(res) };
             let chunk = self
                 .covering(start)
                 .or_else(|| self.paged.first_key(r.clone()));

@@ -98,9 +98,9 @@ pub(super) fn scan(
             // Appended to after sled last stored its entry (durability step 2): the
             // entry is rebuilt from the file, which must still hold what it counted.
             Some(len) if len > i.bytes => files::recover(dir, key)
-                .inspect(|_| changed = true)
                 .filter(|r| r.bytes >= i.bytes && r.count >= i.count)
                 .inspect(|r| {
+                    changed = true;
                     stats.recovered.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
                         batch = key,
