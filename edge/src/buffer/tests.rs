@@ -964,9 +964,9 @@ fn rss_probe() {
     if let Ok(files) = std::env::var("FILES") {
         // Memory per batch file of a backlog (the index: sled's entry and the buffer's
         // own maps): FILES files of PER (default 4) records of 1 KB each, RSS every 2,000
-        // files. REOPEN=1 then times an open with the index and one without it (sled's
-        // index entries cleared: every file is read to rebuild its entry); DROP_CACHES=1
-        // empties the page cache before each (root only).
+        // files (`DRAIN`, `CYCLES` below). REOPEN=1 then times an open with the index and
+        // one without it (sled's index entries cleared: every file is read to rebuild its
+        // entry); DROP_CACHES=1 empties the page cache before each (root only).
         let files: u64 = files.parse().unwrap();
         let per: u64 = std::env::var("PER").map_or(4, |v| v.parse().unwrap());
         let mut c = cfg(dir.path(), u64::MAX, FullPolicy::Block);
@@ -976,19 +976,60 @@ fn rss_probe() {
         let chunk = std::env::var("CHUNK").map_or(super::catalog::CHUNK, |v| v.parse().unwrap());
         buf.inner.lock().catalog.set_chunk(chunk);
         let start = rss_mb();
-        for f in 0..files {
-            for i in 0..per {
-                buf.append(rec(f * per + i, 0, 1000)).unwrap();
+        let fill = |cycle: u64| {
+            for f in 0..files {
+                for i in 0..per {
+                    buf.append(rec((cycle * files + f) * per + i, 0, 1000))
+                        .unwrap();
+                }
+                buf.commit().unwrap();
+                if cycle == 0 && (f + 1) % 2000 == 0 {
+                    let rss = rss_mb();
+                    let per_file = (rss - start) * 1_048_576.0 / (f + 1) as f64;
+                    println!(
+                        "{} files: rss {rss:.1} MB ({per_file:.0} B per file)",
+                        f + 1
+                    );
+                }
             }
-            buf.commit().unwrap();
-            if (f + 1) % 2000 == 0 {
-                let rss = rss_mb();
-                let per_file = (rss - start) * 1_048_576.0 / (f + 1) as f64;
-                println!(
-                    "{} files: rss {rss:.1} MB ({per_file:.0} B per file)",
-                    f + 1
-                );
+        };
+        fill(0);
+        // DRAIN=1 then reads and releases every file, as the replicator does, with the
+        // reaper kept up (RSS every 10,000 files); CYCLES=N fills and drains N times: an
+        // edge that ingests and drains for weeks must come back to the same memory.
+        let cycles: u64 = std::env::var("CYCLES").map_or(1, |v| v.parse().unwrap());
+        let mut cursor = None;
+        for cycle in 0..cycles {
+            if cycle > 0 {
+                fill(cycle);
+                println!("cycle {cycle}: filled, rss {:.1} MB", rss_mb());
             }
+            if std::env::var_os("DRAIN").is_none() {
+                continue;
+            }
+            let mut n = 0u64;
+            loop {
+                let batches = buf.read(cursor, 1 << 20).unwrap();
+                if batches.is_empty() {
+                    break;
+                }
+                for b in &batches {
+                    cursor = Some(b.key);
+                    let held: Vec<Held> = b.records.iter().map(Held::of).collect();
+                    buf.release(&held).unwrap();
+                    n += 1;
+                    if n.is_multiple_of(500) {
+                        buf.reaped();
+                        // What tests record of each deletion (nothing outside tests).
+                        super::files::STEPS.lock().unwrap().clear();
+                    }
+                    if n.is_multiple_of(10_000) {
+                        println!("cycle {cycle}: {n} files drained, rss {:.1} MB", rss_mb());
+                    }
+                }
+            }
+            buf.reaped();
+            println!("cycle {cycle}: drained, rss {:.1} MB", rss_mb());
         }
         if std::env::var_os("REOPEN").is_none() {
             return;
