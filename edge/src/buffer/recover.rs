@@ -31,7 +31,8 @@ pub(super) struct Scanned {
 /// an index entry without its intact file is damage (removed, counted); a file without
 /// an index entry is re-indexed if every record in it reads back intact (a commit whose
 /// index entries sled lost) and removed otherwise (a file cut short: a commit that never
-/// completed, or garbage). Leaves sled unflushed; the caller flushes.
+/// completed, or garbage). Flushes sled only inside a rewrite of the index (between
+/// removing the old groups and writing the new ones); the caller flushes at the end.
 pub(super) fn scan(
     records: &sled::Tree,
     groups: &mut Groups,
@@ -157,9 +158,9 @@ pub(super) fn scan(
         );
     }
     // The unlinks are durable before their tombstones go; then the index is written
-    // afresh (one sled batch; only if anything differs from it) and the per-file entries
-    // of older buffers dropped. A crash in between leaves both, which the next open reads
-    // again.
+    // afresh (group by group, see `Groups::rewrite`; only if anything differs from it)
+    // and the per-file entries of older buffers dropped. A crash in between leaves files
+    // without entries or both kinds of entries, which the next open reads again.
     if !tombstones.is_empty() {
         files::sync_dir(dir)?;
     }
