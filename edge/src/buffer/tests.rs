@@ -48,6 +48,21 @@ fn unindex_oldest(buf: &Buffer) -> u64 {
     key
 }
 
+/// A buffer on `c` holding `n` batch files of one 100-byte record each (ids `0..n`).
+fn open_with_files(c: &BufferConfig, n: u64) -> Buffer {
+    let buf = Buffer::open(c.clone()).unwrap();
+    for i in 0..n {
+        buf.append(rec(i, 0, 100)).unwrap();
+        buf.commit().unwrap();
+    }
+    buf
+}
+
+/// How many sled values the index holds ([`super::index::GROUP`] files each).
+fn index_groups(buf: &Buffer) -> usize {
+    buf.inner.index().tree().len()
+}
+
 /// The per-file index tree of buffers written before session 15 (read and migrated at
 /// open).
 fn legacy_index(buf: &Buffer) -> sled::Tree {
@@ -1253,9 +1268,6 @@ fn a_file_holding_another_batchs_records_is_not_recovered() {
     assert_eq!(all_ids(&buf), [7], "the old record once");
 }
 
-/// A buffer whose index is per-file entries (written before session 15) opens with every
-/// batch indexed, none rebuilt from its file, and its entries moved into groups; so does
-/// one of more than a group's files, reopened.
 /// An open that finds every file as its index entry describes it leaves the index alone
 /// (rewriting every group of a 200,000-file backlog left about 7 MB of sled's memory
 /// behind): the sparse groups a drain leaves stay as they are; an open that has to
@@ -1264,13 +1276,8 @@ fn a_file_holding_another_batchs_records_is_not_recovered() {
 fn an_open_rewrites_the_index_only_when_something_changed() {
     let dir = tempfile::tempdir().unwrap();
     let c = cfg(dir.path(), u64::MAX, FullPolicy::Block);
-    let buf = Buffer::open(c.clone()).unwrap();
-    for i in 0..130 {
-        buf.append(rec(i, 0, 100)).unwrap();
-        buf.commit().unwrap();
-    }
-    let groups = |buf: &Buffer| buf.inner.index().tree().len();
-    assert_eq!(groups(&buf), 3, "64 + 64 + 2 files");
+    let buf = open_with_files(&c, 130);
+    assert_eq!(index_groups(&buf), 3, "64 + 64 + 2 files");
     let mut cursor = None;
     for _ in 0..40 {
         let batch = buf.read(cursor, 1).unwrap().pop().unwrap();
@@ -1281,12 +1288,12 @@ fn an_open_rewrites_the_index_only_when_something_changed() {
     buf.close().unwrap();
     drop(buf);
     let buf = reopen(c.clone());
-    assert_eq!(groups(&buf), 3, "24 + 64 + 2 files, not rewritten");
+    assert_eq!(index_groups(&buf), 3, "24 + 64 + 2 files, not rewritten");
     assert_eq!(buf.snapshot().records, 90);
     unindex_oldest(&buf);
     drop(buf);
     let buf = reopen(c);
-    assert_eq!(groups(&buf), 2, "the 90 files repacked");
+    assert_eq!(index_groups(&buf), 2, "the 90 files repacked");
     assert_eq!(all_ids(&buf), (40..130).collect::<Vec<_>>());
 }
 
@@ -1299,12 +1306,7 @@ fn an_open_rewrites_the_index_only_when_something_changed() {
 fn an_index_rewrite_cut_short_is_completed_by_the_next_open() {
     let dir = tempfile::tempdir().unwrap();
     let c = cfg(dir.path(), u64::MAX, FullPolicy::Block);
-    let buf = Buffer::open(c.clone()).unwrap();
-    for i in 0..130 {
-        buf.append(rec(i, 0, 100)).unwrap();
-        buf.commit().unwrap();
-    }
-    let groups = |buf: &Buffer| buf.inner.index().tree().len();
+    let buf = open_with_files(&c, 130);
     {
         let mut index = buf.inner.index();
         let (entries, damaged) = index.entries().unwrap();
@@ -1313,12 +1315,12 @@ fn an_index_rewrite_cut_short_is_completed_by_the_next_open() {
         index.rewrite(&live[..64]).unwrap();
     }
     buf.inner.flush_durable().unwrap();
-    assert_eq!(groups(&buf), 1);
+    assert_eq!(index_groups(&buf), 1);
     drop(buf);
     let buf = reopen(c.clone());
     assert_eq!(buf.stats().recovered.load(Ordering::Relaxed), 66);
     assert_eq!(buf.stats().corrupt.load(Ordering::Relaxed), 0);
-    assert_eq!(groups(&buf), 3, "64 + 64 + 2 files");
+    assert_eq!(index_groups(&buf), 3, "64 + 64 + 2 files");
     assert_eq!(all_ids(&buf), (0..130).collect::<Vec<_>>());
     buf.close().unwrap();
     drop(buf);
@@ -1327,6 +1329,9 @@ fn an_index_rewrite_cut_short_is_completed_by_the_next_open() {
     assert_eq!(all_ids(&buf), (0..130).collect::<Vec<_>>());
 }
 
+/// A buffer whose index is per-file entries (written before session 15) opens with every
+/// batch indexed, none rebuilt from its file, and its entries moved into groups; so does
+/// one of more than a group's files, reopened.
 #[test]
 fn per_file_index_entries_are_migrated_into_groups() {
     let dir = tempfile::tempdir().unwrap();
@@ -1397,11 +1402,7 @@ fn a_damaged_sled_log_is_rebuilt_from_the_batch_files() {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(dir.path(), u64::MAX, FullPolicy::Block);
         {
-            let buf = Buffer::open(c.clone()).unwrap();
-            for i in 0..300 {
-                buf.append(rec(i, 0, 100)).unwrap();
-                buf.commit().unwrap();
-            }
+            let buf = open_with_files(&c, 300);
             buf.close().unwrap();
         }
         let db = dir.path().join("db");
