@@ -12,7 +12,7 @@
 //! bytes whose first byte is a sequence's top byte, never the tag: that would take a
 //! sequence of at least 0xD1 << 56) and are still read.
 
-use super::Error;
+use super::{varint, Error};
 
 /// First byte of a delta-encoded descriptor.
 const TAG: u8 = 0xD1;
@@ -27,12 +27,7 @@ pub(super) fn encode(seqs: &[u64]) -> Vec<u8> {
     v.extend_from_slice(&first.to_be_bytes());
     let mut prev = *first;
     for s in rest {
-        let mut d = s.wrapping_sub(prev);
-        while d >= 0x80 {
-            v.push((d as u8 & 0x7f) | 0x80);
-            d >>= 7;
-        }
-        v.push(d as u8);
+        varint::put(&mut v, s.wrapping_sub(prev));
         prev = *s;
     }
     v
@@ -50,20 +45,7 @@ pub(super) fn decode(v: &[u8]) -> Result<Vec<u64>, Error> {
             let mut prev = u64::from_be_bytes(*first);
             let mut out = vec![prev];
             while !deltas.is_empty() {
-                let mut d = 0u64;
-                let mut shift = 0;
-                loop {
-                    let (&b, tail) = deltas.split_first().ok_or_else(bad)?;
-                    deltas = tail;
-                    if shift > 63 || (shift == 63 && b & 0x7e != 0) {
-                        return Err(bad());
-                    }
-                    d |= u64::from(b & 0x7f) << shift;
-                    if b & 0x80 == 0 {
-                        break;
-                    }
-                    shift += 7;
-                }
+                let d = varint::take(&mut deltas).ok_or_else(bad)?;
                 prev = prev.wrapping_add(d);
                 out.push(prev);
             }

@@ -123,8 +123,12 @@ pub(super) struct Index {
 }
 
 impl Index {
+    /// Its length in the fixed format (sled values before session 20; `index.rs` writes
+    /// a compact one).
     pub(super) const LEN: usize = 29;
 
+    /// The fixed format (tests write old values with it).
+    #[cfg(test)]
     pub(super) fn encode(&self) -> [u8; Self::LEN] {
         let mut v = [0; Self::LEN];
         v[..8].copy_from_slice(&self.bytes.to_be_bytes());

@@ -22,8 +22,9 @@
 //!   Creating files cost the committer about half its CPU at 64 KB payloads. The open
 //!   deletes every spare (they hold nothing the buffer needs).
 //! - sled tree `index`: the batch files' index entries (file length, record count,
-//!   priority, first receive time, last sequence; 29 bytes), packed 64 files to a sled
-//!   value (`index.rs`: one sled entry per file cost about 400 bytes of memory each), so
+//!   priority, first receive time, last sequence; varints, about 12 bytes), packed 64
+//!   files to a sled value (`index.rs`: one sled entry per file cost about 400 bytes of
+//!   memory each, and sled keeps every value in memory), so
 //!   opening the buffer reads only the files committed after sled's last flush; an
 //!   entry can also be a *tombstone*: the batch is being deleted (`reap.rs`). The
 //!   index is also where the in-memory catalog of batch files (`catalog.rs`) pages
@@ -164,6 +165,7 @@ pub mod record;
 mod recover;
 mod spares;
 pub mod uplink;
+mod varint;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
