@@ -358,6 +358,38 @@ impl Groups {
     }
 }
 
+/// What every value was before the compact format (tests).
+#[cfg(test)]
+pub(super) fn encode_fixed(entries: &[Entry]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for (key, index) in entries {
+        v.extend_from_slice(&key.to_be_bytes());
+        match index {
+            Some(i) => {
+                v.push(LIVE);
+                v.extend_from_slice(&i.encode());
+            }
+            None => {
+                v.push(TOMBSTONE);
+                v.extend_from_slice(&[0; Index::LEN]);
+            }
+        }
+    }
+    v
+}
+
+/// `v` (a group value of either format) in the fixed format (tests).
+#[cfg(test)]
+pub(super) fn to_fixed(v: &[u8]) -> Vec<u8> {
+    encode_fixed(&decode(v).unwrap())
+}
+
+/// Whether `v` is a group value in the compact format (tests).
+#[cfg(test)]
+pub(super) fn is_compact(v: &[u8]) -> bool {
+    v.first() == Some(&COMPACT)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,25 +454,6 @@ mod tests {
         tree.insert(64u64.to_be_bytes(), &[COMPACT, 0x80][..])
             .unwrap();
         assert_eq!(g.entries().unwrap(), (vec![], 2));
-    }
-
-    /// What every value was before the compact format.
-    fn encode_fixed(entries: &[Entry]) -> Vec<u8> {
-        let mut v = Vec::new();
-        for (key, index) in entries {
-            v.extend_from_slice(&key.to_be_bytes());
-            match index {
-                Some(i) => {
-                    v.push(LIVE);
-                    v.extend_from_slice(&i.encode());
-                }
-                None => {
-                    v.push(TOMBSTONE);
-                    v.extend_from_slice(&[0; Index::LEN]);
-                }
-            }
-        }
-        v
     }
 
     fn any_entry() -> impl Strategy<Value = Entry> {

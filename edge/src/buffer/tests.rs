@@ -562,6 +562,42 @@ fn all_ids(buf: &Buffer) -> Vec<u64> {
         .collect()
 }
 
+/// A buffer whose index groups are in the fixed format of edges before session 20 opens
+/// from them (no file re-indexed, every record read once in order), and a group is
+/// rewritten compact when it changes.
+#[test]
+fn an_index_in_the_old_format_is_read_and_rewritten_compact() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path(), u64::MAX, FullPolicy::Block);
+    let buf = open_with_files(&c, 130);
+    let tree = buf.inner.index().tree();
+    for item in tree.iter() {
+        let (k, v) = item.unwrap();
+        assert!(super::index::is_compact(&v));
+        tree.insert(k, super::index::to_fixed(&v)).unwrap();
+    }
+    buf.close().unwrap();
+    drop((buf, tree));
+    let back = reopen(c.clone());
+    assert_eq!(back.stats().recovered.load(Ordering::Relaxed), 0);
+    assert_eq!(back.stats().corrupt.load(Ordering::Relaxed), 0);
+    assert_eq!(all_ids(&back), (0..130).collect::<Vec<_>>());
+    back.append(rec(130, 0, 100)).unwrap();
+    back.commit().unwrap();
+    let tree = back.inner.index().tree();
+    let compact: Vec<bool> = tree
+        .iter()
+        .values()
+        .map(|v| super::index::is_compact(&v.unwrap()))
+        .collect();
+    assert_eq!(compact, [false, false, true], "64 + 64 + 3 files");
+    back.close().unwrap();
+    drop((back, tree));
+    let again = reopen(c);
+    assert_eq!(again.stats().recovered.load(Ordering::Relaxed), 0);
+    assert_eq!(all_ids(&again), (0..131).collect::<Vec<_>>());
+}
+
 /// A group commit does not flush sled: its batches survive a kill through their files,
 /// whose index entries the next open rebuilds. Worst case modelled: sled as it was at
 /// open (nothing flushed since), the batch files as they are at the kill.
