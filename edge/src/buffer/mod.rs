@@ -24,7 +24,7 @@
 //! - sled tree `index`: the batch files' index entries (file length, record count,
 //!   priority, first receive time, last sequence; varints, about 12 bytes), packed 64
 //!   files to a sled value (`index.rs`: one sled entry per file cost about 400 bytes of
-//!   memory each, and sled keeps every value in memory), so
+//!   memory each, and sled keeps written values in memory until its cache is full), so
 //!   opening the buffer reads only the files committed after sled's last flush; an
 //!   entry can also be a *tombstone*: the batch is being deleted (`reap.rs`). The
 //!   index is also where the in-memory catalog of batch files (`catalog.rs`) pages

@@ -1017,11 +1017,16 @@ fn rss_probe() {
         // own maps): FILES files of PER (default 4) records of 1 KB each, RSS every 2,000
         // files (`DRAIN`, `CYCLES` below). REOPEN=1 then times an open with the index and
         // one without it (sled's index entries cleared: every file is read to rebuild its
-        // entry); DROP_CACHES=1 empties the page cache before each (root only).
+        // entry); DROP_CACHES=1 empties the page cache before each (root only);
+        // CACHE=<bytes> sets sled's cache (below).
         let files: u64 = files.parse().unwrap();
         let per: u64 = std::env::var("PER").map_or(4, |v| v.parse().unwrap());
         let mut c = cfg(dir.path(), u64::MAX, FullPolicy::Block);
         c.batch_max_bytes = per as usize * 1024;
+        // sled's cache (`CACHE=<bytes>`; the edge's default is 4 MiB, tests use 1 MiB).
+        if let Ok(cache) = std::env::var("CACHE") {
+            c.cache_bytes = cache.parse().unwrap();
+        }
         let buf = Buffer::open(c.clone()).unwrap();
         // The production chunk size (tests page with tiny chunks); `CHUNK=N` to compare.
         let chunk = std::env::var("CHUNK").map_or(super::catalog::CHUNK, |v| v.parse().unwrap());
