@@ -44,6 +44,7 @@ use bytes::{Bytes, BytesMut};
 use rumqttd::protocol::{Error as ProtoError, Packet, Protocol, Publish, PublishProperties};
 
 use crate::buffer::{Appended, Buffer, FullPolicy, Props, Record, SyncPolicy};
+use crate::client_packets::from_client;
 use crate::config::KeyMode;
 use crate::filter::Uplink;
 use crate::metrics::Metrics;
@@ -409,6 +410,13 @@ impl<P: Protocol> Protocol for Ingest<P> {
         }
         let mut recv_ms = None;
         let stop = loop {
+            // A packet only a server sends is a protocol error, and some of them make
+            // rumqttd's codec panic (`crate::client_packets`).
+            if let Some(&first) = stream.first() {
+                if !from_client(first) {
+                    break ProtoError::InvalidPacketType(first >> 4);
+                }
+            }
             let (qos, pkid) = publish_header(stream).unwrap_or((0, None));
             match self.inner.read_mut(stream, max_size) {
                 Ok(Packet::Publish(mut publish, props)) => {
@@ -502,6 +510,10 @@ mod tests {
     }
 
     fn ingest_with(dir: &std::path::Path, uplink: Uplink) -> Ingest<V4> {
+        Ingest::new(V4, ctx(dir, uplink))
+    }
+
+    fn ctx(dir: &std::path::Path, uplink: Uplink) -> Arc<IngestCtx> {
         let buffer = Buffer::open(BufferConfig {
             dir: dir.to_path_buf(),
             quota_bytes: u64::MAX,
@@ -522,7 +534,39 @@ mod tests {
             live: Default::default(),
             order: Default::default(),
         };
-        Ingest::new(V4, Arc::new(ctx))
+        Arc::new(ctx)
+    }
+
+    /// A packet only a server sends is refused with a protocol error by both codecs,
+    /// before rumqttd decodes it: rumqttd 0.20's v5 codec panicked on a CONNACK with a
+    /// payload (`28 01 00 e3`, found by the `edge_mqtt` fuzz target). A publish before
+    /// it in the same read still goes through.
+    #[test]
+    fn server_only_packets_are_refused_not_decoded() {
+        fn check<P: Protocol>(mut codec: Ingest<P>, publish: &[u8]) {
+            for t in [0u8, 2, 9, 11, 13, 15] {
+                let mut stream = BytesMut::from(publish);
+                stream.extend_from_slice(&[t << 4 | 8, 1, 0, 0xe3]);
+                assert!(matches!(
+                    codec.read_mut(&mut stream, 1 << 20),
+                    Ok(Packet::Publish(..))
+                ));
+                match codec.read_mut(&mut stream, 1 << 20) {
+                    Err(ProtoError::InvalidPacketType(got)) => assert_eq!(got, t),
+                    other => panic!("type {t}: {other:?}"),
+                }
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let uplink = || Uplink::new([("#".to_string(), 0)]);
+        // A v5 PUBLISH has a properties length (0) after the packet id.
+        let v5_publish = [0x32, 9, 0, 1, b't', 0, 7, 0, b'a', b'b', b'c'];
+        check(
+            Ingest::new(rumqttd::protocol::v5::V5, ctx(dir.path(), uplink())),
+            &v5_publish,
+        );
+        let dir = tempfile::tempdir().unwrap();
+        check(Ingest::new(V4, ctx(dir.path(), uplink())), &publish_frame());
     }
 
     /// A QoS 1 PUBLISH of topic `t`, packet id 7.

@@ -5,6 +5,7 @@
 //! commit) --> [`replicator`] --Kafka Produce--> cloud. See `edge/NOTES-for-readme.md`.
 
 pub mod buffer;
+pub mod client_packets;
 pub mod config;
 pub mod filter;
 pub mod ingest;
