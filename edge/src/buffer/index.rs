@@ -394,6 +394,8 @@ pub(super) fn is_compact(v: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn index(n: u64) -> Index {
@@ -475,8 +477,6 @@ mod tests {
             });
         (any::<u64>(), proptest::option::of(index))
     }
-
-    use proptest::prelude::*;
 
     proptest! {
         #[test]
