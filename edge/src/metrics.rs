@@ -40,6 +40,7 @@ pub struct Metrics {
     disk_bytes: Gauge,
     dropped: Family<Vec<(String, String)>, Gauge>,
     corrupt: Gauge,
+    index_rebuilt: Gauge,
     commits: Gauge,
 }
 
@@ -70,6 +71,7 @@ impl Metrics {
             disk_bytes: Gauge::default(),
             dropped: Family::default(),
             corrupt: Gauge::default(),
+            index_rebuilt: Gauge::default(),
             commits: Gauge::default(),
         };
         let r = &mut registry;
@@ -149,6 +151,12 @@ impl Metrics {
             m.corrupt.clone(),
         );
         r.register(
+            "buffer_index_rebuilt",
+            "1 when this start found the buffer's sled files damaged, set them aside and \
+             rebuilt the index from the batch files",
+            m.index_rebuilt.clone(),
+        );
+        r.register(
             "buffer_group_commits",
             "Group commits (fsyncs)",
             m.commits.clone(),
@@ -182,6 +190,8 @@ impl Metrics {
         }
         self.corrupt
             .set(stats.corrupt.load(Ordering::Relaxed) as i64);
+        self.index_rebuilt
+            .set(stats.index_rebuilt.load(Ordering::Relaxed) as i64);
         self.commits
             .set(stats.commits.load(Ordering::Relaxed) as i64);
         let mut out = String::new();

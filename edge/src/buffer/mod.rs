@@ -138,7 +138,9 @@
 //! deletions with tombstones instead of inferring them from `next_seq`, and fsyncs sled's
 //! log file after each flush a deletion depends on (`Inner::flush_durable`). The uplink
 //! state (producer identity, Produce descriptors, the live-first boundary) is made durable
-//! the same way (`uplink.rs`), so its promises also hold across a power cut.
+//! the same way (`uplink.rs`), so its promises also hold across a power cut. When sled
+//! refuses to open at all (its log contradicts the snapshot it wrote at the last open),
+//! its files are set aside and the index rebuilt from the batch files (`damaged.rs`).
 //!
 //! # Quota
 //!
@@ -153,6 +155,7 @@
 
 mod catalog;
 mod commit;
+mod damaged;
 mod descriptor;
 mod files;
 mod index;
@@ -258,6 +261,9 @@ pub struct Stats {
     /// Batches whose index entry the last open rebuilt from the file (committed after
     /// sled's last flush).
     pub recovered: AtomicU64,
+    /// 1 when the open found sled's files damaged beyond what sled recovers, set them
+    /// aside and rebuilt the index from the batch files (`damaged.rs`).
+    pub index_rebuilt: AtomicU64,
 }
 
 /// A point-in-time view of the backlog.
@@ -406,6 +412,9 @@ pub struct Buffer {
 
 const NEXT_SEQ: &[u8] = b"next_seq";
 
+/// The batch files' directory, inside the buffer's.
+const BATCHES: &str = "batches";
+
 impl State {
     /// Bytes counted against the quota: committed, staged and open batches.
     fn used_bytes(&self) -> u64 {
@@ -470,8 +479,30 @@ impl Inner {
 }
 
 impl Buffer {
-    /// Opens (or creates) the buffer, scanning the stored batches.
+    /// Opens (or creates) the buffer, scanning the stored batches. If sled's files are
+    /// damaged beyond what sled recovers, sets them aside and rebuilds the index from the
+    /// batch files (`damaged.rs`; [`Stats::index_rebuilt`]).
     pub fn open(cfg: BufferConfig) -> Result<Self, Error> {
+        match Self::open_as_is(cfg.clone()) {
+            Err(e) if damaged::is_damage(&e) => {
+                let to = damaged::set_aside(&cfg.dir, BATCHES)?;
+                tracing::error!(
+                    cause = %e,
+                    moved_to = %to.display(),
+                    "the buffer's sled index is damaged beyond what sled recovers: its \
+                     files are set aside and the index is rebuilt from the batch files; \
+                     records in flight or acknowledged but not yet deleted may reach the \
+                     cloud twice"
+                );
+                let buf = Self::open_as_is(cfg)?;
+                buf.inner.stats.index_rebuilt.store(1, Ordering::Relaxed);
+                Ok(buf)
+            }
+            other => other,
+        }
+    }
+
+    fn open_as_is(cfg: BufferConfig) -> Result<Self, Error> {
         let db = sled::Config::new()
             .path(&cfg.dir)
             .cache_capacity(cfg.cache_bytes)
@@ -496,7 +527,7 @@ impl Buffer {
             )),
             None => None,
         };
-        let files_dir = cfg.dir.join("batches");
+        let files_dir = cfg.dir.join(BATCHES);
         std::fs::create_dir_all(&files_dir)?;
         let spares = Arc::new(spares::Spares::open(&files_dir)?);
         let mut groups = index::Groups::open(db.open_tree("index")?)?;

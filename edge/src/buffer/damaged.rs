@@ -1,0 +1,56 @@
+//! sled's files damaged beyond what sled recovers: set aside, the index rebuilt.
+//!
+//! sled 0.34 writes a snapshot (`snap.<lsn>`) when it opens and trusts it at the next
+//! open: if bytes of its log (`db`) that the snapshot points at were overwritten, cut or
+//! lost (a damaged SD card, a copy gone wrong), `sled::Config::open` returns
+//! `Corruption` at every attempt (measured: a few hundred random bytes in the first
+//! kilobyte of `db` failed half the opens of a test buffer). An edge that exits on that
+//! would crash-loop on its own buffer. The batch files hold every record and are
+//! self-describing, so [`set_aside`] moves sled's files into `<dir>/damaged-index/`
+//! (replacing an older copy: one is kept for a post-mortem) and the open starts a fresh
+//! sled, which re-indexes every batch file as it does for files committed after sled's
+//! last flush (`recover.rs`).
+//!
+//! What sled's files also held is lost: the uplink state (producer id and sequences,
+//! acknowledgement marks, in-flight descriptors, a live-first boundary). So records the
+//! cloud had acknowledged that the edge had not deleted yet, and records in flight, are
+//! sent again under a new producer id: the cloud may receive those twice.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::{files, Error};
+
+/// Where sled's damaged files go, inside the buffer's directory.
+pub(super) const DIR: &str = "damaged-index";
+
+/// Whether `e`, met while opening, says sled's stored data is damaged (not a failing
+/// disk, a full one or a lock held by another edge: those are reported, not repaired).
+pub(super) fn is_damage(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Backend(sled::Error::Corruption { .. } | sled::Error::ReportableBug(_))
+            | Error::Corrupt(_)
+    )
+}
+
+/// Moves everything in `dir` except the batch directory `keep` (and [`DIR`]) into
+/// `dir/`[`DIR`], after deleting what an earlier call left there; fsyncs `dir`.
+pub(super) fn set_aside(dir: &Path, keep: &str) -> io::Result<PathBuf> {
+    let to = dir.join(DIR);
+    match fs::remove_dir_all(&to) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    fs::create_dir(&to)?;
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        if name != keep && name != DIR {
+            fs::rename(dir.join(&name), to.join(&name))?;
+        }
+    }
+    files::sync_dir(&to)?;
+    files::sync_dir(dir)?;
+    Ok(to)
+}
