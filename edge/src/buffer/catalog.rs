@@ -181,6 +181,12 @@ impl Catalog {
         }
     }
 
+    /// The bytes of records in resident file `key` (its file may be longer: the zeros
+    /// of a pre-sized spare follow them while it grows).
+    pub(super) fn bytes_of(&self, key: u64) -> Option<u64> {
+        self.resident.get(&key).map(|info| info.bytes)
+    }
+
     /// Whether `key` is a resident file.
     pub(super) fn is_resident(&self, key: u64) -> bool {
         self.resident.contains_key(&key)

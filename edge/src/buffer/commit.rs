@@ -60,6 +60,8 @@ pub(super) struct Staged {
     /// Its records' gen at the cut (all records of the cut have a gen at most this).
     gen: u64,
     max_seq: u64,
+    /// Its length on disk: `index.bytes`, or more if it was a pre-sized spare.
+    len: u64,
 }
 
 /// The committer's own state, under `Inner::commit_lock`.
@@ -91,6 +93,31 @@ struct Tail {
     key: u64,
     /// Its index entry as of its last commit.
     index: Index,
+    /// Its length on disk: `index.bytes`, or more while the zeros of a pre-sized spare
+    /// follow its records (`spares.rs`).
+    len: u64,
+}
+
+/// Cuts the zeros after the records of a batch file of the committer's (`files::trim`)
+/// and takes them off the counted file bytes.
+fn trim(inner: &Inner, file: &std::fs::File, key: u64, bytes: u64, len: u64) {
+    match files::trim(file, bytes, len) {
+        Ok(cut) => {
+            inner.file_bytes.fetch_sub(cut, Ordering::Relaxed);
+        }
+        // Harmless: the file is read up to its records, and the open cuts it.
+        Err(e) => tracing::warn!(batch = key, cause = %e, "trimming a buffer batch file failed"),
+    }
+}
+
+/// Stops appending to `t` (under the state lock `s`): cuts its zeros while it is still
+/// the committer's alone, resident and unclaimed. A tail the replicator claimed or a
+/// quota eviction removed keeps them: whoever deletes it counts its whole length, and
+/// the reaper may already have recycled its inode as a spare.
+fn retire_tail(inner: &Inner, s: &super::State, t: Tail) {
+    if s.catalog.is_resident(t.key) && s.claimed.is_none_or(|claimed| t.key > claimed) {
+        trim(inner, &t.file, t.key, t.index.bytes, t.len);
+    }
 }
 
 /// A segment appended to a tail in this round.
@@ -153,25 +180,37 @@ pub(super) fn commit_once(inner: &Inner, force: bool, started: Instant) -> Resul
         // without a sync writes files that are not indexed yet, so no tail is the
         // newest file of its class any more; only `sync: always` grows files.
         if std::mem::take(&mut s.seal) || !sync || !grows(inner) {
-            c.tails.clear();
+            for (_, t) in std::mem::take(&mut c.tails) {
+                retire_tail(inner, &s, t);
+            }
         }
         prune_tails(c, &s);
         // Invisible to reads and evictions until this round registers its records.
         // Only tails this round appends to (its first record of the class fits): the
         // others are no longer the newest file of their class after this round.
-        c.tails.retain(|class, t| {
-            open.get(class)
-                .and_then(|o| o.records.first())
-                .is_none_or(|r| {
-                    cut(
-                        std::slice::from_ref(r),
-                        0,
-                        (max, t.index.bytes, t.index.count),
-                        s.live_from,
-                        Some(t.key),
-                    ) == 1
-                })
-        });
+        let full: Vec<u8> = c
+            .tails
+            .iter()
+            .filter(|(class, t)| {
+                open.get(class)
+                    .and_then(|o| o.records.first())
+                    .is_some_and(|r| {
+                        cut(
+                            std::slice::from_ref(r),
+                            0,
+                            (max, t.index.bytes, t.index.count),
+                            s.live_from,
+                            Some(t.key),
+                        ) == 0
+                    })
+            })
+            .map(|(class, _)| *class)
+            .collect();
+        for class in full {
+            if let Some(t) = c.tails.remove(&class) {
+                retire_tail(inner, &s, t);
+            }
+        }
         let marked: Vec<u64> = c
             .tails
             .iter()
@@ -299,17 +338,22 @@ pub(super) fn commit_once(inner: &Inner, force: bool, started: Instant) -> Resul
         gen_done = gen_done.max(f.gen);
         // The newest file of its class (files come in key order) is its tail while it
         // has room.
-        if index.bytes < max && grows(inner) {
+        let before = if index.bytes < max && grows(inner) {
             c.tails.insert(
                 index.priority,
                 Tail {
                     file: f.file,
                     key: f.key,
                     index,
+                    len: f.len,
                 },
-            );
+            )
         } else {
-            c.tails.remove(&index.priority);
+            trim(inner, &f.file, f.key, index.bytes, f.len);
+            c.tails.remove(&index.priority)
+        };
+        if let Some(t) = before {
+            retire_tail(inner, &s, t);
         }
     }
     let claimed = s.claimed;
@@ -377,9 +421,12 @@ fn write_batches(
                 record::encode_batch_into(chunk, scratch);
                 let bytes = &scratch[..];
                 files::append(&mut tail.file, bytes).map_err(failed)?;
+                // Inside a pre-sized file the length does not change.
+                let len = tail.len.max(tail.index.bytes + bytes.len() as u64);
                 inner
                     .file_bytes
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    .fetch_add(len - tail.len, Ordering::Relaxed);
+                tail.len = len;
                 let max_seq = chunk.iter().map(|r| r.seq).max().unwrap_or(tail.key);
                 tail.index.bytes += bytes.len() as u64;
                 tail.index.count += chunk.len() as u32;
@@ -408,17 +455,16 @@ fn write_batches(
                 first_recv_ms: first.recv_ms,
                 last_seq,
             };
-            let file =
+            let (file, len) =
                 files::write(&inner.files, first.seq, bytes, &inner.spares).map_err(failed)?;
-            inner
-                .file_bytes
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            inner.file_bytes.fetch_add(len, Ordering::Relaxed);
             out.push(Staged {
                 file,
                 key: first.seq,
                 index,
                 gen,
                 max_seq: last_seq,
+                len,
             });
         }
     }

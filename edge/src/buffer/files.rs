@@ -41,11 +41,28 @@ pub(super) fn path(dir: &Path, key: u64) -> PathBuf {
 }
 
 /// Writes a batch file, into a spare file when one is ready (the caller fsyncs it and
-/// the directory, see `commit`).
-pub(super) fn write(dir: &Path, key: u64, bytes: &[u8], spares: &Spares) -> io::Result<File> {
-    let mut f = spares.take(&path(dir, key))?;
+/// the directory, see `commit`); returns it (positioned after `bytes`) and its length,
+/// which a pre-sized spare makes larger than `bytes` (zeros follow).
+pub(super) fn write(
+    dir: &Path,
+    key: u64,
+    bytes: &[u8],
+    spares: &Spares,
+) -> io::Result<(File, u64)> {
+    let (mut f, len) = spares.take(&path(dir, key))?;
     f.write_all(bytes)?;
-    Ok(f)
+    Ok((f, len.max(bytes.len() as u64)))
+}
+
+/// Cuts the zeros of a pre-sized batch file of length `len` after its `bytes` of
+/// records (not fsynced: a file that comes back longer after a power cut is read up to
+/// its records, and the open cuts it again); returns the bytes cut.
+pub(super) fn trim(file: &File, bytes: u64, len: u64) -> io::Result<u64> {
+    if len <= bytes {
+        return Ok(0);
+    }
+    file.set_len(bytes)?;
+    Ok(len - bytes)
 }
 
 /// Appends a segment to a batch file written earlier (its handle is positioned at the
@@ -157,22 +174,26 @@ impl Index {
 /// committed after sled's last flush; or shorter than the file: appended to after it):
 /// its intact prefix ([`super::record::intact_prefix`]), or `None` if that holds no
 /// record or does not start with the record `key`. A torn tail after the prefix (an
-/// append whose commit never completed, never acknowledged) is cut off the file and
-/// the cut fsynced, so later appends and reads never meet it.
+/// append whose commit never completed, never acknowledged), or the zeros of a
+/// pre-sized file, is cut off the file and the cut fsynced, so later appends and reads
+/// never meet it.
 pub(super) fn recover(dir: &Path, key: u64) -> Option<Index> {
-    let bytes = read(dir, key).ok()?;
+    let bytes = bytes::Bytes::from(read(dir, key).ok()?);
     let len = bytes.len() as u64;
-    let prefix = super::record::intact_prefix(bytes.into());
+    let prefix = super::record::intact_prefix(bytes.clone());
     let (first_seq, priority, first_recv_ms) = prefix.first?;
     if first_seq != key {
         return None;
     }
     if (prefix.len as u64) < len {
-        tracing::warn!(
-            batch = key,
-            cut = len - prefix.len as u64,
-            "torn tail of a buffer batch file cut off"
-        );
+        // Zeros are the unused part of a pre-sized file (`spares.rs`), not damage.
+        if bytes[prefix.len..].iter().any(|b| *b != 0) {
+            tracing::warn!(
+                batch = key,
+                cut = len - prefix.len as u64,
+                "torn tail of a buffer batch file cut off"
+            );
+        }
         let f = fs::OpenOptions::new()
             .write(true)
             .open(path(dir, key))

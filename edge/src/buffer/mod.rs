@@ -19,8 +19,12 @@
 //!   spare renamed to its name (a file is created only when none is ready), and a
 //!   drained batch file is truncated and renamed to a spare instead of unlinked, up to
 //!   64 spares; the `buffer-spares` thread creates more when fewer than 16 are left.
-//!   Creating files cost the committer about half its CPU at 64 KB payloads. The open
-//!   deletes every spare (they hold nothing the buffer needs).
+//!   Creating files cost the committer about half its CPU at 64 KB payloads. With
+//!   `sync: always` the thread writes `batch_max_bytes` of zeros into each spare it
+//!   creates (at most 1 MiB, fsynced), so the commits that append to the file later
+//!   change neither its size nor its blocks: a batch file's records can be followed by
+//!   zeros until the committer stops appending to it and cuts them (`spares.rs`). The
+//!   open deletes every spare (they hold nothing the buffer needs).
 //! - sled tree `index`: the batch files' index entries (file length, record count,
 //!   priority, first receive time, last sequence; varints, about 12 bytes), packed 64
 //!   files to a sled value (`index.rs`: one sled entry per file cost about 400 bytes of
@@ -58,7 +62,10 @@
 //!    replicator (a batch it read never changes) and not on the other side of a
 //!    live-first boundary; the rest go to new files. Appending needs no file creation
 //!    and no directory fsync (creating a file cost more CPU than the fsyncs on
-//!    journal-less ext4, see README). While a round appends, a read that reaches
+//!    journal-less ext4, see README), and inside a pre-sized file no size change or
+//!    block allocation either, so the `fdatasync` writes the data pages without a
+//!    journal commit (on journaled ext4) or the allocation's metadata (without one).
+//!    While a round appends, a read that reaches
 //!    that file waits for the round (a read returns every batch committed in its range)
 //!    and makes the next round start a new file; quota evictions skip it. The file's
 //!    index entry is rewritten with its new length and count (unflushed, like every
@@ -529,7 +536,12 @@ impl Buffer {
         };
         let files_dir = cfg.dir.join(BATCHES);
         std::fs::create_dir_all(&files_dir)?;
-        let spares = Arc::new(spares::Spares::open(&files_dir)?);
+        // Pre-sized spares only where files grow by appends (`sync: always`).
+        let presize = match cfg.sync {
+            SyncPolicy::Always => cfg.batch_max_bytes as u64,
+            SyncPolicy::Interval(_) => 0,
+        };
+        let spares = Arc::new(spares::Spares::open(&files_dir, presize)?);
         let mut groups = index::Groups::open(db.open_tree("index")?)?;
         let scanned = recover::scan(&records, &mut groups, &files_dir, &stats, next_seq)?;
         let next_seq = scanned.next_seq;

@@ -43,11 +43,13 @@ pub(super) struct ReadPool {
 }
 
 impl ReadPool {
-    /// Reads the whole file at `path`: into the smallest idle buffer it fits (else the
+    /// Reads the file at `path` up to `most` bytes (its committed records; a growing
+    /// file's zeros follow them): into the smallest idle buffer it fits (else the
     /// largest, grown, else a new one) when it is at least [`POOLED_MIN`] bytes.
-    pub(super) fn read(&self, path: &Path) -> io::Result<Bytes> {
-        let mut file = File::open(path)?;
-        let len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
+    pub(super) fn read(&self, path: &Path, most: u64) -> io::Result<Bytes> {
+        let file = File::open(path)?;
+        let len = usize::try_from(file.metadata()?.len().min(most)).unwrap_or(usize::MAX);
+        let mut file = io::Read::take(file, len as u64);
         if len < POOLED_MIN {
             let mut buf = Vec::with_capacity(len);
             file.read_to_end(&mut buf)?;
@@ -125,7 +127,7 @@ mod tests {
         let a = file(dir.path(), "a", 300_000, 7);
         let b = file(dir.path(), "b", POOLED_MIN, 9);
         let pool = ReadPool::default();
-        let whole = pool.read(&a).unwrap();
+        let whole = pool.read(&a, u64::MAX).unwrap();
         assert_eq!(whole.len(), 300_000);
         let slice = whole.slice(10..20);
         drop(whole);
@@ -134,7 +136,7 @@ mod tests {
         let addr = slice.as_ptr() as usize - 10;
         drop(slice);
         assert_eq!(pool.idle(), 1);
-        let again = pool.read(&b).unwrap();
+        let again = pool.read(&b, u64::MAX).unwrap();
         assert_eq!(
             again.len(),
             POOLED_MIN,
@@ -152,12 +154,19 @@ mod tests {
         let large = file(dir.path(), "large", 1 << 20, 1);
         let medium = file(dir.path(), "medium", 400_000, 2);
         let pool = ReadPool::default();
-        let (l, m) = (pool.read(&large).unwrap(), pool.read(&medium).unwrap());
+        let (l, m) = (
+            pool.read(&large, u64::MAX).unwrap(),
+            pool.read(&medium, u64::MAX).unwrap(),
+        );
         let (l_addr, m_addr) = (l.as_ptr() as usize, m.as_ptr() as usize);
         drop((l, m));
-        let small = pool.read(&file(dir.path(), "small", 200_000, 3)).unwrap();
+        let small = pool
+            .read(&file(dir.path(), "small", 200_000, 3), u64::MAX)
+            .unwrap();
         assert_eq!(small.as_ptr() as usize, m_addr);
-        let big = pool.read(&file(dir.path(), "big", 900_000, 4)).unwrap();
+        let big = pool
+            .read(&file(dir.path(), "big", 900_000, 4), u64::MAX)
+            .unwrap();
         assert_eq!(big.as_ptr() as usize, l_addr);
         assert!(big.iter().all(|x| *x == 4));
     }
@@ -167,17 +176,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pooled = file(dir.path(), "pooled", POOLED_MIN, 1);
         let pool = ReadPool::default();
-        let held: Vec<Bytes> = (0..KEEP + 2).map(|_| pool.read(&pooled).unwrap()).collect();
+        let held: Vec<Bytes> = (0..KEEP + 2)
+            .map(|_| pool.read(&pooled, u64::MAX).unwrap())
+            .collect();
         drop(held);
         assert_eq!(pool.idle(), KEEP);
         let pool = ReadPool::default();
         let small = file(dir.path(), "small", POOLED_MIN - 1, 2);
         let large = file(dir.path(), "large", KEEP_CAPACITY + 1, 3);
-        drop(pool.read(&small).unwrap());
-        drop(pool.read(&large).unwrap());
+        drop(pool.read(&small, u64::MAX).unwrap());
+        drop(pool.read(&large, u64::MAX).unwrap());
         assert_eq!(pool.idle(), 0);
         assert!(matches!(
-            pool.read(&dir.path().join("missing")).map_err(|e| e.kind()),
+            pool.read(&dir.path().join("missing"), u64::MAX)
+                .map_err(|e| e.kind()),
             Err(io::ErrorKind::NotFound)
         ));
     }

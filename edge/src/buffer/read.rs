@@ -59,9 +59,10 @@ impl Buffer {
             if !s.catalog.contains(key)? {
                 continue;
             }
+            let committed = s.catalog.bytes_of(key).unwrap_or(u64::MAX);
             let decoded = inner
                 .read_pool
-                .read(&files::path(&inner.files, key))
+                .read(&files::path(&inner.files, key), committed)
                 .map_err(|e| e.to_string())
                 .and_then(|v| {
                     let len = v.len();

@@ -98,16 +98,20 @@ pub(super) fn scan(
             Some(len) if len == i.bytes => Some(i),
             // Appended to after sled last stored its entry (durability step 2): the
             // entry is rebuilt from the file, which must still hold what it counted.
+            // Or a pre-sized file whose zeros were not cut yet (`spares.rs`): the
+            // recovery cuts them and the entry stands.
             Some(len) if len > i.bytes => files::recover(dir, key)
                 .filter(|r| r.bytes >= i.bytes && r.count >= i.count)
                 .inspect(|r| {
-                    changed = true;
-                    stats.recovered.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
-                        batch = key,
-                        records = r.count,
-                        "buffer batch index rebuilt from its grown file"
-                    );
+                    if r.bytes > i.bytes {
+                        changed = true;
+                        stats.recovered.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(
+                            batch = key,
+                            records = r.count,
+                            "buffer batch index rebuilt from its grown file"
+                        );
+                    }
                 }),
             _ => None,
         };

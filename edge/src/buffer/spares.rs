@@ -14,6 +14,21 @@
 //! 2. the `buffer-spares` thread creates empty files when the pool runs low, off the
 //!    commit path (it runs while the committer waits for its fsyncs).
 //!
+//! With `sync: always` (files grow by appended segments) the thread makes its spares
+//! *pre-sized*: `batch_max_bytes` (at most [`MAX_PRESIZE`]) of zeros, written and fsynced
+//! before the spare is offered. A group commit that appends inside the file's length
+//! changes neither its size nor its blocks, so its `fdatasync` needs no journal commit
+//! (journaled ext4, the usual gateway setup) and no block allocation. Measured on the
+//! development VM, `edge-bench` 100 B ingest, alternating with the previous edge:
+//! journal-less ext4, `fdatasync` 0.29 -> 0.20 ms on average and 3 pairs 311/315/330k ->
+//! 308/349/339k msgs/s; journaled ext4 (a loop mount), 2 pairs 239/264k -> 314/299k
+//! msgs/s. 4,000 publishes at 200/s on journaled ext4 wrote 67 MB in 12,049 I/Os
+//! before, 17 MB in 8,045 after (flash wear). A batch file keeps zeros
+//! after its data while it grows; the committer cuts them off when it stops appending
+//! (`commit::retire_tail`), and both readers and the open's recovery read only the
+//! records (zeros are not a segment: `record::intact_prefix`). Recycled spares are
+//! truncated, not zeroed: a connected edge writes no zeros.
+//!
 //! A spare holds no data the buffer needs, so none of this is made durable on its own:
 //! a rename into place is covered by the commit's directory fsync like a created file,
 //! and the open deletes every `*.spare` left by an earlier run (after a crash one may
@@ -35,9 +50,17 @@ pub(super) const TARGET: usize = 32;
 /// Recycled files beyond this many are unlinked (each spare is an inode).
 const MAX: usize = 64;
 
+/// The largest pre-size (a larger `batch_max_bytes` grows files past it as before).
+pub(super) const MAX_PRESIZE: u64 = 1 << 20;
+
+/// Zeros to pre-size spares from (static: no heap).
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
 /// The pool of spare files of one batch directory.
 pub(super) struct Spares {
     dir: PathBuf,
+    /// Bytes of zeros in a spare the thread creates (0: empty spares).
+    presize: u64,
     state: Mutex<State>,
     /// Wakes the filler thread: the pool ran low, or shutdown.
     wake: Condvar,
@@ -45,8 +68,8 @@ pub(super) struct Spares {
 
 #[derive(Default)]
 struct State {
-    /// Ids of the spare files ready for use.
-    free: Vec<u64>,
+    /// Ids and lengths of the spare files ready for use.
+    free: Vec<(u64, u64)>,
     next_id: u64,
     shutdown: bool,
 }
@@ -64,8 +87,9 @@ fn spare_path(dir: &Path, id: u64) -> PathBuf {
 }
 
 impl Spares {
-    /// The pool of `dir`, after deleting every spare an earlier run left there.
-    pub(super) fn open(dir: &Path) -> io::Result<Self> {
+    /// The pool of `dir`, after deleting every spare an earlier run left there; the
+    /// spares it creates hold `presize` zeros (at most [`MAX_PRESIZE`]).
+    pub(super) fn open(dir: &Path, presize: u64) -> io::Result<Self> {
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
             if entry
@@ -78,6 +102,7 @@ impl Spares {
         }
         Ok(Spares {
             dir: dir.to_path_buf(),
+            presize: presize.min(MAX_PRESIZE),
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
         })
@@ -93,9 +118,10 @@ impl Spares {
         self.lock().free.len()
     }
 
-    /// A new, empty file at `path` (opened for writing at offset 0): a spare renamed
-    /// there, or a created file when the pool is empty or the rename fails.
-    pub(super) fn take(&self, path: &Path) -> io::Result<File> {
+    /// A new file at `path`, opened for writing at offset 0, and its length: a spare
+    /// renamed there (empty, or pre-sized with zeros), or a created file when the pool
+    /// is empty or the rename fails.
+    pub(super) fn take(&self, path: &Path) -> io::Result<(File, u64)> {
         let id = {
             let mut s = self.lock();
             let id = s.free.pop();
@@ -104,15 +130,14 @@ impl Spares {
             }
             id
         };
-        if let Some(id) = id {
+        if let Some((id, len)) = id {
             match fs::rename(spare_path(&self.dir, id), path) {
-                // Truncating an empty file is free; it also covers a spare that is not
-                // empty for any reason.
-                Ok(()) => return OpenOptions::new().write(true).truncate(true).open(path),
+                // Not truncated: a pre-sized spare's zeros are what makes appends cheap.
+                Ok(()) => return Ok((OpenOptions::new().write(true).open(path)?, len)),
                 Err(e) => tracing::warn!(cause = %e, "using a spare buffer file failed"),
             }
         }
-        File::create(path)
+        Ok((File::create(path)?, 0))
     }
 
     /// Turns the batch file at `path` (its deletion durable in sled) into a spare, empty,
@@ -132,7 +157,7 @@ impl Spares {
             .and_then(|()| fs::rename(path, spare_path(&self.dir, id)));
         match recycled {
             Ok(()) => {
-                self.lock().free.push(id);
+                self.lock().free.push((id, 0));
                 true
             }
             Err(e) => {
@@ -156,7 +181,7 @@ impl Spares {
                 }
             }
             while let Some(id) = self.next_to_fill() {
-                if let Err(e) = File::create(spare_path(&self.dir, id)) {
+                if let Err(e) = self.create(id) {
                     tracing::warn!(cause = %e, "creating a spare buffer file failed");
                     // Back off a second whatever wakes us (the committer creates its own
                     // files meanwhile): one warning a second at most.
@@ -167,9 +192,25 @@ impl Spares {
                     );
                     break;
                 }
-                self.lock().free.push(id);
+                self.lock().free.push((id, self.presize));
             }
         }
+    }
+
+    /// Creates spare `id`, pre-sized: its zeros written and fsynced, so that the
+    /// commits appending to it later neither allocate blocks nor change its size.
+    fn create(&self, id: u64) -> io::Result<()> {
+        let mut f = File::create(spare_path(&self.dir, id))?;
+        if self.presize > 0 {
+            let mut left = self.presize as usize;
+            while left > 0 {
+                let n = left.min(ZEROS.len());
+                io::Write::write_all(&mut f, &ZEROS[..n])?;
+                left -= n;
+            }
+            f.sync_all()?;
+        }
+        Ok(())
     }
 
     /// The id of the next spare to create while the pool is below [`TARGET`].
@@ -206,9 +247,9 @@ mod tests {
     fn retire_recycles_up_to_the_limit_and_take_reuses() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let spares = Spares::open(d).unwrap();
+        let spares = Spares::open(d, 0).unwrap();
         let a = files::path(d, 1);
-        std::io::Write::write_all(&mut spares.take(&a).unwrap(), b"records").unwrap();
+        std::io::Write::write_all(&mut spares.take(&a).unwrap().0, b"records").unwrap();
         assert_eq!(files::retire(d, 1, &spares).unwrap(), 7, "bytes it held");
         assert_eq!(spares.ready(), 1);
         assert_eq!(names(d), ["1.spare"]);
@@ -235,7 +276,31 @@ mod tests {
         files::retire(d, 2, &spares).unwrap();
         assert!(!b.exists(), "unlinked after stop");
         drop(spares);
-        Spares::open(d).unwrap();
+        Spares::open(d, 0).unwrap();
         assert!(names(d).is_empty(), "open deletes the spares");
+    }
+
+    #[test]
+    fn created_spares_are_presized_with_zeros_and_recycled_ones_are_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let spares = Spares::open(d, 10_000).unwrap();
+        // What the filler thread does for one spare.
+        let id = spares.next_to_fill().unwrap();
+        spares.create(id).unwrap();
+        spares.lock().free.push((id, spares.presize));
+        let a = files::path(d, 1);
+        let (f, len) = spares.take(&a).unwrap();
+        assert_eq!(len, 10_000);
+        drop(f);
+        let bytes = fs::read(&a).unwrap();
+        assert_eq!(bytes.len(), 10_000);
+        assert!(bytes.iter().all(|b| *b == 0));
+        // A recycled file is truncated, not zeroed.
+        assert_eq!(files::retire(d, 1, &spares).unwrap(), 10_000);
+        let (_, len) = spares.take(&files::path(d, 2)).unwrap();
+        assert_eq!(len, 0);
+        assert_eq!(fs::metadata(files::path(d, 2)).unwrap().len(), 0);
+        assert_eq!(Spares::open(d, u64::MAX).unwrap().presize, MAX_PRESIZE);
     }
 }

@@ -337,3 +337,115 @@ fn drop_oldest_evicts_grown_files_whole() {
     );
     assert_eq!(buf.stats().corrupt.load(Ordering::Relaxed), 0);
 }
+
+/// Waits until the spare thread has filled its pool (every spare pre-sized).
+fn spares_ready(buf: &Buffer) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while buf.inner.spares.ready() < spares::TARGET {
+        assert!(std::time::Instant::now() < deadline, "spares never filled");
+        std::thread::yield_now();
+    }
+}
+
+/// With `sync: always` a new batch file is a spare pre-sized with zeros (`spares.rs`):
+/// commits append inside it (its length stays `batch_max_bytes`), reads see only its
+/// records, the zeros are cut when the committer stops appending to it, a kill leaves
+/// them for the open to cut without calling them damage, and the counted file bytes
+/// always equal the batch files' lengths on disk.
+#[test]
+fn appends_fill_a_presized_file_in_place_and_its_zeros_go_when_it_stops_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let batches = dir.path().join("batches");
+    let max = 4096u64;
+    let c = always(dir.path(), max as usize);
+    let buf = Buffer::open(c.clone()).unwrap();
+    spares_ready(&buf);
+    let on_disk = |buf: &Buffer| {
+        assert_eq!(
+            buf.batch_file_bytes(),
+            file_lens(&batches).iter().sum::<u64>(),
+            "counted file bytes = lengths on disk"
+        );
+    };
+    durable(&buf, 0);
+    durable(&buf, 1);
+    assert_eq!(
+        file_lens(&batches),
+        [max],
+        "two commits in one pre-sized file"
+    );
+    assert!(buf.inner.lock().catalog.bytes() < max / 2);
+    on_disk(&buf);
+    // Fill it: the file that has no room left is cut to its records.
+    let mut id = 2;
+    while file_lens(&batches).len() < 2 {
+        durable(&buf, id);
+        id += 1;
+    }
+    let lens = file_lens(&batches);
+    let first = files::list(&batches).unwrap().into_iter().min().unwrap();
+    let first_bytes = buf.inner.lock().catalog.bytes_of(first).unwrap();
+    assert_eq!(
+        lens,
+        [first_bytes, max],
+        "full file trimmed, the next pre-sized"
+    );
+    on_disk(&buf);
+    assert_eq!(buf.stats().corrupt.load(Ordering::Relaxed), 0);
+    // A kill: the growing file keeps its zeros; the open cuts them, nothing is damage
+    // and no index entry needed rebuilding.
+    drop(buf);
+    let buf = reopen(c);
+    assert_eq!(buf.stats().corrupt.load(Ordering::Relaxed), 0);
+    assert_eq!(buf.stats().recovered.load(Ordering::Relaxed), 0);
+    assert!(file_lens(&batches)[1] < max, "zeros cut at open");
+    on_disk(&buf);
+    assert_eq!(all_ids(&buf), (0..id).collect::<Vec<_>>());
+    // Drained and deleted: nothing counted, nothing left.
+    let held: Vec<Held> = buf
+        .read(None, usize::MAX)
+        .unwrap()
+        .iter()
+        .flat_map(|b| b.records.iter().map(Held::of))
+        .collect();
+    buf.release(&held).unwrap();
+    buf.reaped();
+    assert!(file_lens(&batches).is_empty());
+    on_disk(&buf);
+}
+
+/// A file the replicator reads while it still has zeros: the read returns its records
+/// only, and once released and deleted the counted bytes return to what is on disk.
+#[test]
+fn a_presized_file_read_while_growing_yields_its_records_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let batches = dir.path().join("batches");
+    let buf = Buffer::open(always(dir.path(), 64 << 10)).unwrap();
+    spares_ready(&buf);
+    for id in 0..5 {
+        durable(&buf, id);
+    }
+    assert_eq!(file_lens(&batches), [64 << 10]);
+    let got = buf.read(None, usize::MAX).unwrap();
+    assert_eq!(
+        got.iter()
+            .flat_map(|b| b.records.iter().map(id_of))
+            .collect::<Vec<_>>(),
+        [0, 1, 2, 3, 4]
+    );
+    assert_eq!(buf.stats().corrupt.load(Ordering::Relaxed), 0);
+    durable(&buf, 5);
+    assert_eq!(file_lens(&batches).len(), 2, "a read file is sealed");
+    let held: Vec<Held> = got
+        .iter()
+        .flat_map(|b| b.records.iter().map(Held::of))
+        .collect();
+    buf.release(&held).unwrap();
+    buf.reaped();
+    assert_eq!(file_lens(&batches), [64 << 10]);
+    assert_eq!(
+        buf.batch_file_bytes(),
+        file_lens(&batches).iter().sum::<u64>()
+    );
+    assert_eq!(all_ids(&buf), [5]);
+}
