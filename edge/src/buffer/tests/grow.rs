@@ -338,15 +338,6 @@ fn drop_oldest_evicts_grown_files_whole() {
     assert_eq!(buf.stats().corrupt.load(Ordering::Relaxed), 0);
 }
 
-/// Waits until the spare thread has filled its pool (every spare pre-sized).
-fn spares_ready(buf: &Buffer) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while buf.inner.spares.ready() < spares::TARGET {
-        assert!(std::time::Instant::now() < deadline, "spares never filled");
-        std::thread::yield_now();
-    }
-}
-
 /// With `sync: always` a new batch file is a spare pre-sized with zeros (`spares.rs`):
 /// commits append inside it (its length stays `batch_max_bytes`), reads see only its
 /// records, the zeros are cut when the committer stops appending to it, a kill leaves
