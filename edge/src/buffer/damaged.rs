@@ -15,6 +15,11 @@
 //! acknowledgement marks, in-flight descriptors, a live-first boundary). So records the
 //! cloud had acknowledged that the edge had not deleted yet, and records in flight, are
 //! sent again under a new producer id: the cloud may receive those twice.
+//!
+//! A damaged `conf` file alone (sled then refuses the database as `Unsupported`: not
+//! UTF-8, or another version or segment size) costs nothing: it is set aside and sled
+//! writes a new one from the edge's fixed settings; only if the open still fails are
+//! the other files set aside.
 
 use std::fs;
 use std::io;
@@ -30,9 +35,30 @@ pub(super) const DIR: &str = "damaged-index";
 pub(super) fn is_damage(e: &Error) -> bool {
     matches!(
         e,
-        Error::Backend(sled::Error::Corruption { .. } | sled::Error::ReportableBug(_))
-            | Error::Corrupt(_)
+        Error::Backend(
+            sled::Error::Corruption { .. }
+                | sled::Error::ReportableBug(_)
+                | sled::Error::Unsupported(_)
+        ) | Error::Corrupt(_)
     )
+}
+
+/// Whether `e` is sled refusing its `conf` file (not UTF-8, or another version or
+/// segment size than the edge's fixed settings: only damage makes it differ). sled
+/// writes a new one from the edge's settings when it is missing, so the log and the
+/// index survive: [`set_aside_conf`] and open again.
+pub(super) fn is_bad_conf(e: &Error) -> bool {
+    matches!(e, Error::Backend(sled::Error::Unsupported(_)))
+}
+
+/// Moves sled's `conf` file of `dir` into `dir/`[`DIR`]; fsyncs `dir`.
+pub(super) fn set_aside_conf(dir: &Path) -> io::Result<PathBuf> {
+    let to = dir.join(DIR);
+    fs::create_dir_all(&to)?;
+    fs::rename(dir.join("conf"), to.join("conf"))?;
+    files::sync_dir(&to)?;
+    files::sync_dir(dir)?;
+    Ok(to)
 }
 
 /// Moves everything in `dir` except the batch directory `keep` (and [`DIR`]) into

@@ -490,7 +490,19 @@ impl Buffer {
     /// damaged beyond what sled recovers, sets them aside and rebuilds the index from the
     /// batch files (`damaged.rs`; [`Stats::index_rebuilt`]).
     pub fn open(cfg: BufferConfig) -> Result<Self, Error> {
-        match Self::open_as_is(cfg.clone()) {
+        let mut opened = Self::open_as_is(cfg.clone());
+        if let Err(e) = &opened {
+            if damaged::is_bad_conf(e) {
+                let to = damaged::set_aside_conf(&cfg.dir)?;
+                tracing::warn!(
+                    cause = %e,
+                    moved_to = %to.display(),
+                    "sled refused its damaged conf file: set aside, sled writes a new one"
+                );
+                opened = Self::open_as_is(cfg.clone());
+            }
+        }
+        match opened {
             Err(e) if damaged::is_damage(&e) => {
                 let to = damaged::set_aside(&cfg.dir, BATCHES)?;
                 tracing::error!(

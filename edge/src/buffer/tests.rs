@@ -1218,6 +1218,7 @@ fn rss_probe() {
     println!("buffer rss {:.1} MB", rss_mb());
 }
 
+mod damage;
 mod grow;
 
 /// Two priority classes committed together interleave in sequence; releasing one class's
@@ -1557,98 +1558,4 @@ fn a_damaged_sled_log_is_rebuilt_from_the_batch_files() {
         assert_eq!(buf.stats().recovered.load(Ordering::Relaxed), 0, "{what}");
         assert_eq!(all_ids(&buf), (0..301).collect::<Vec<_>>(), "{what}");
     }
-}
-
-/// sled refuses to open when its log no longer matches the snapshot it wrote at the last
-/// open (`damaged.rs`): the buffer sets sled's files aside and rebuilds the index from
-/// the batch files instead of failing every start.
-#[test]
-fn sled_files_that_sled_cannot_open_are_set_aside_and_the_index_rebuilt() {
-    let dir0 = tempfile::tempdir().unwrap();
-    let c0 = cfg(dir0.path(), u64::MAX, FullPolicy::Block);
-    open_with_files(&c0, 40).close().unwrap();
-    // A second open writes the snapshot that the damage then contradicts.
-    reopen(c0.clone()).close().unwrap();
-    let sled_files: Vec<_> = std::fs::read_dir(dir0.path())
-        .unwrap()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_type().unwrap().is_file())
-        .map(|e| (e.file_name(), std::fs::read(e.path()).unwrap()))
-        .collect();
-    assert!(sled_files
-        .iter()
-        .any(|(n, _)| n.to_string_lossy().starts_with("snap.")));
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let mut rebuilt = 0;
-    // Rounds 0-39 damage the log at random; 40 garbles the snapshot; 41 deletes the log
-    // (the snapshot left behind points into it).
-    for round in 0..42 {
-        let dir = tempfile::tempdir().unwrap();
-        let c = BufferConfig {
-            dir: dir.path().to_path_buf(),
-            ..c0.clone()
-        };
-        let batches = dir.path().join("batches");
-        std::fs::create_dir(&batches).unwrap();
-        for e in std::fs::read_dir(dir0.path().join("batches")).unwrap() {
-            let e = e.unwrap();
-            std::fs::copy(e.path(), batches.join(e.file_name())).unwrap();
-        }
-        for (name, bytes) in &sled_files {
-            let mut bytes = bytes.clone();
-            let snapshot = name.to_string_lossy().starts_with("snap.");
-            if round == 41 && name == "db" {
-                continue;
-            }
-            if round == 40 && snapshot {
-                bytes.iter_mut().for_each(|b| *b = next() as u8);
-            }
-            if round < 40 && name == "db" {
-                // Up to 512 random bytes within the first 64 (where the log's first
-                // segment header and messages are), every fifth time cut there too.
-                let at = next() as usize % 64;
-                let n = 1 + next() as usize % 512;
-                for b in bytes.iter_mut().skip(at).take(n) {
-                    *b = next() as u8;
-                }
-                if next() % 5 == 0 {
-                    bytes.truncate(at.max(1));
-                }
-            }
-            std::fs::write(dir.path().join(name), bytes).unwrap();
-        }
-        let buf = Buffer::open(c.clone()).unwrap_or_else(|e| panic!("round {round}: {e}"));
-        let was_rebuilt = buf.stats().index_rebuilt.load(Ordering::Relaxed) == 1;
-        let aside = dir.path().join(super::damaged::DIR);
-        assert_eq!(aside.is_dir(), was_rebuilt, "round {round}");
-        assert!(round < 40 || was_rebuilt, "round {round}");
-        if was_rebuilt {
-            rebuilt += 1;
-            assert_eq!(buf.stats().recovered.load(Ordering::Relaxed), 40);
-        }
-        assert_eq!(
-            buf.stats().corrupt.load(Ordering::Relaxed),
-            0,
-            "round {round}"
-        );
-        buf.append(rec(40, 0, 100)).unwrap();
-        buf.commit().unwrap();
-        assert_eq!(all_ids(&buf), (0..41).collect::<Vec<_>>(), "round {round}");
-        buf.close().unwrap();
-        drop(buf);
-        let buf = reopen(c);
-        assert_eq!(buf.stats().index_rebuilt.load(Ordering::Relaxed), 0);
-        assert_eq!(all_ids(&buf), (0..41).collect::<Vec<_>>(), "round {round}");
-    }
-    // The damage must have reached sled's refusal often enough to test the rebuild.
-    assert!(
-        rebuilt >= 5,
-        "only {rebuilt} of 40 damaged logs made sled refuse to open"
-    );
 }
