@@ -181,36 +181,50 @@ impl Spares {
                 }
             }
             while let Some(id) = self.next_to_fill() {
-                if let Err(e) = self.create(id) {
-                    tracing::warn!(cause = %e, "creating a spare buffer file failed");
-                    // Back off a second whatever wakes us (the committer creates its own
-                    // files meanwhile): one warning a second at most.
-                    let s = self.lock();
-                    drop(
-                        self.wake
-                            .wait_timeout_while(s, Duration::from_secs(1), |s| !s.shutdown),
-                    );
-                    break;
+                match self.create(id) {
+                    Ok(len) => self.lock().free.push((id, len)),
+                    Err(e) => {
+                        tracing::warn!(cause = %e, "creating a spare buffer file failed");
+                        // Back off a second whatever wakes us (the committer creates its own
+                        // files meanwhile): one warning a second at most.
+                        let s = self.lock();
+                        drop(
+                            self.wake
+                                .wait_timeout_while(s, Duration::from_secs(1), |s| !s.shutdown),
+                        );
+                        break;
+                    }
                 }
-                self.lock().free.push((id, self.presize));
             }
         }
     }
 
     /// Creates spare `id`, pre-sized: its zeros written and fsynced, so that the
-    /// commits appending to it later neither allocate blocks nor change its size.
-    fn create(&self, id: u64) -> io::Result<()> {
+    /// commits appending to it later neither allocate blocks nor change its size; returns
+    /// its length. If the zeros cannot be written (a full disk), the spare is offered
+    /// empty, as before pre-sizing, instead of left behind unused.
+    fn create(&self, id: u64) -> io::Result<u64> {
         let mut f = File::create(spare_path(&self.dir, id))?;
-        if self.presize > 0 {
+        if self.presize == 0 {
+            return Ok(0);
+        }
+        let zeroed = (|| {
             let mut left = self.presize as usize;
             while left > 0 {
                 let n = left.min(ZEROS.len());
                 io::Write::write_all(&mut f, &ZEROS[..n])?;
                 left -= n;
             }
-            f.sync_all()?;
+            f.sync_all()
+        })();
+        match zeroed {
+            Ok(()) => Ok(self.presize),
+            Err(e) => {
+                tracing::debug!(cause = %e, "pre-sizing a spare buffer file failed: offered empty");
+                f.set_len(0)?;
+                Ok(0)
+            }
         }
-        Ok(())
     }
 
     /// The id of the next spare to create while the pool is below [`TARGET`].
@@ -287,8 +301,8 @@ mod tests {
         let spares = Spares::open(d, 10_000).unwrap();
         // What the filler thread does for one spare.
         let id = spares.next_to_fill().unwrap();
-        spares.create(id).unwrap();
-        spares.lock().free.push((id, spares.presize));
+        assert_eq!(spares.create(id).unwrap(), 10_000);
+        spares.lock().free.push((id, 10_000));
         let a = files::path(d, 1);
         let (f, len) = spares.take(&a).unwrap();
         assert_eq!(len, 10_000);
