@@ -379,7 +379,7 @@ impl Default for CloudConfig {
             compression: CompressionName::Zstd,
             compression_level: common::kafka::record_batch::ZSTD_LEVEL,
             batch_max_bytes: 1 << 20,
-            linger_ms: 5,
+            linger_ms: 20,
             max_in_flight: 5,
             request_timeout_ms: 30_000,
             backoff_initial_ms: 100,
