@@ -320,6 +320,12 @@ pub(super) fn commit_once(inner: &Inner, force: bool, started: Instant) -> Resul
         return Err(e);
     }
     let max = inner.cfg.batch_max_bytes as u64;
+    // A new file that will not be a tail: cut its zeros now, while nobody else sees it
+    // (off the state lock).
+    let tail_room = |index: &Index| index.bytes < max && grows(inner);
+    for f in done.iter().filter(|f| !tail_room(&f.index)) {
+        trim(inner, &f.file, f.key, f.index.bytes, f.len);
+    }
     let mut s = inner.lock();
     let mut gen_done = 0;
     for key in &marked {
@@ -338,7 +344,7 @@ pub(super) fn commit_once(inner: &Inner, force: bool, started: Instant) -> Resul
         gen_done = gen_done.max(f.gen);
         // The newest file of its class (files come in key order) is its tail while it
         // has room.
-        let before = if index.bytes < max && grows(inner) {
+        let before = if tail_room(&index) {
             c.tails.insert(
                 index.priority,
                 Tail {
@@ -349,7 +355,6 @@ pub(super) fn commit_once(inner: &Inner, force: bool, started: Instant) -> Resul
                 },
             )
         } else {
-            trim(inner, &f.file, f.key, index.bytes, f.len);
             c.tails.remove(&index.priority)
         };
         if let Some(t) = before {

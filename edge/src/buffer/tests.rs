@@ -170,16 +170,6 @@ fn spares_ready(buf: &Buffer) {
     }
 }
 
-/// The batch files' lengths on disk.
-fn batch_lens(dir: &std::path::Path) -> u64 {
-    let batches = dir.join("batches");
-    files::list(&batches)
-        .unwrap()
-        .iter()
-        .map(|k| files::path(&batches, *k).metadata().map_or(0, |m| m.len()))
-        .sum()
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
     /// The model test with `sync: always` and small files: commits append to pre-sized
@@ -210,7 +200,7 @@ proptest! {
                     buf.commit().unwrap();
                     committed.extend(open.drain(..));
                     buf.reaped();
-                    prop_assert_eq!(buf.batch_file_bytes(), batch_lens(dir.path()));
+                    prop_assert_eq!(buf.batch_file_bytes(), dir_bytes(&dir.path().join("batches")));
                 }
                 Op::Drain(n) => {
                     for _ in 0..n {
@@ -238,7 +228,7 @@ proptest! {
                     committed.extend(open.drain(..kept));
                     open.clear();
                     cursor = None;
-                    prop_assert_eq!(buf.batch_file_bytes(), batch_lens(dir.path()));
+                    prop_assert_eq!(buf.batch_file_bytes(), dir_bytes(&dir.path().join("batches")));
                 }
             }
             prop_assert_eq!(buf.stats().corrupt.load(Ordering::Relaxed), 0);
@@ -859,11 +849,27 @@ fn inflight_records_survive_eviction_after_restart() {
     assert_eq!(buf.stats().dropped[0].load(Ordering::Relaxed), 2);
 }
 
+/// The lengths of the batch files in `dir` (the `batches` directory; spares, which may
+/// hold zeros, are not batch files).
 fn dir_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
+    files::list(dir)
         .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
+        .iter()
+        .map(|k| files::path(dir, *k).metadata().map_or(0, |m| m.len()))
         .sum()
+}
+
+/// Reads every committed record, releases it and waits until the drained files are
+/// deleted.
+fn release_all(buf: &Buffer) {
+    let held: Vec<Held> = buf
+        .read(None, usize::MAX)
+        .unwrap()
+        .iter()
+        .flat_map(|b| b.records.iter().map(Held::of))
+        .collect();
+    buf.release(&held).unwrap();
+    buf.reaped();
 }
 
 /// The metrics' batch-file total is a running count, not a directory listing: it equals
@@ -895,14 +901,7 @@ fn batch_file_bytes_track_the_files() {
     drop(buf);
     let back = reopen(cfg(dir.path(), quota, FullPolicy::DropOldest));
     assert_eq!(back.batch_file_bytes(), dir_bytes(&batches));
-    let seqs: Vec<Held> = back
-        .read(None, usize::MAX)
-        .unwrap()
-        .iter()
-        .flat_map(|b| b.records.iter().map(Held::of))
-        .collect();
-    back.release(&seqs).unwrap();
-    back.reaped();
+    release_all(&back);
     assert_eq!(back.batch_file_bytes(), 0);
     assert_eq!(dir_bytes(&batches), 0);
 }

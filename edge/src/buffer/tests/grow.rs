@@ -354,7 +354,7 @@ fn appends_fill_a_presized_file_in_place_and_its_zeros_go_when_it_stops_growing(
     let on_disk = |buf: &Buffer| {
         assert_eq!(
             buf.batch_file_bytes(),
-            file_lens(&batches).iter().sum::<u64>(),
+            dir_bytes(&batches),
             "counted file bytes = lengths on disk"
         );
     };
@@ -393,14 +393,7 @@ fn appends_fill_a_presized_file_in_place_and_its_zeros_go_when_it_stops_growing(
     on_disk(&buf);
     assert_eq!(all_ids(&buf), (0..id).collect::<Vec<_>>());
     // Drained and deleted: nothing counted, nothing left.
-    let held: Vec<Held> = buf
-        .read(None, usize::MAX)
-        .unwrap()
-        .iter()
-        .flat_map(|b| b.records.iter().map(Held::of))
-        .collect();
-    buf.release(&held).unwrap();
-    buf.reaped();
+    release_all(&buf);
     assert!(file_lens(&batches).is_empty());
     on_disk(&buf);
 }
@@ -434,9 +427,6 @@ fn a_presized_file_read_while_growing_yields_its_records_only() {
     buf.release(&held).unwrap();
     buf.reaped();
     assert_eq!(file_lens(&batches), [64 << 10]);
-    assert_eq!(
-        buf.batch_file_bytes(),
-        file_lens(&batches).iter().sum::<u64>()
-    );
+    assert_eq!(buf.batch_file_bytes(), dir_bytes(&batches));
     assert_eq!(all_ids(&buf), [5]);
 }
