@@ -113,7 +113,8 @@ fn trim(inner: &Inner, file: &std::fs::File, key: u64, bytes: u64, len: u64) {
 /// Stops appending to `t` (under the state lock `s`): cuts its zeros while it is still
 /// the committer's alone, resident and unclaimed. A tail the replicator claimed or a
 /// quota eviction removed keeps them: whoever deletes it counts its whole length, and
-/// the reaper may already have recycled its inode as a spare.
+/// the reaper may already have recycled its inode as a spare. (A tail a reader sealed
+/// is not retired through here: it keeps its length for recycling, `spares.rs`.)
 fn retire_tail(inner: &Inner, s: &super::State, t: Tail) {
     if s.catalog.is_resident(t.key) && s.claimed.is_none_or(|claimed| t.key > claimed) {
         trim(inner, &t.file, t.key, t.index.bytes, t.len);
@@ -179,9 +180,14 @@ pub(super) fn commit_once(inner: &Inner, force: bool, started: Instant) -> Resul
         // A reader met a tail mid-append and asked for it to stop growing; a round
         // without a sync writes files that are not indexed yet, so no tail is the
         // newest file of its class any more; only `sync: always` grows files.
-        if std::mem::take(&mut s.seal) || !sync || !grows(inner) {
+        let sealed = std::mem::take(&mut s.seal);
+        if sealed || !sync || !grows(inner) {
             for (_, t) in std::mem::take(&mut c.tails) {
-                retire_tail(inner, &s, t);
+                // A sealed tail is being read: claimed, it keeps its length, so the
+                // file is recycled pre-sized once drained (`spares.rs`).
+                if !sealed {
+                    retire_tail(inner, &s, t);
+                }
             }
         }
         prune_tails(c, &s);

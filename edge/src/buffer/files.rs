@@ -91,7 +91,7 @@ pub(super) fn retire(dir: &Path, key: u64, spares: &Spares) -> io::Result<u64> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e),
     };
-    if spares.recycle(&p) {
+    if spares.recycle(&p, bytes) {
         return Ok(bytes);
     }
     unlink(&p, bytes)
@@ -173,10 +173,10 @@ impl Index {
 /// The index entry of a batch file rebuilt from the file itself (its entry is missing:
 /// committed after sled's last flush; or shorter than the file: appended to after it):
 /// its intact prefix ([`super::record::intact_prefix`]), or `None` if that holds no
-/// record or does not start with the record `key`. A torn tail after the prefix (an
-/// append whose commit never completed, never acknowledged), or the zeros of a
-/// pre-sized file, is cut off the file and the cut fsynced, so later appends and reads
-/// never meet it.
+/// record or does not start with the record `key`. What follows the prefix (a torn
+/// append whose commit never completed, never acknowledged; the zeros of a pre-sized
+/// file; a recycled file's old records) is cut off the file and the cut fsynced, so
+/// later appends and reads never meet it.
 pub(super) fn recover(dir: &Path, key: u64) -> Option<Index> {
     let bytes = bytes::Bytes::from(read(dir, key).ok()?);
     let len = bytes.len() as u64;
@@ -186,14 +186,14 @@ pub(super) fn recover(dir: &Path, key: u64) -> Option<Index> {
         return None;
     }
     if (prefix.len as u64) < len {
-        // Zeros are the unused part of a pre-sized file (`spares.rs`), not damage.
-        if bytes[prefix.len..].iter().any(|b| *b != 0) {
-            tracing::warn!(
-                batch = key,
-                cut = len - prefix.len as u64,
-                "torn tail of a buffer batch file cut off"
-            );
-        }
+        // Not damage: the unused part of a pre-sized file (zeros) or of a recycled one
+        // (an older batch's records, whose sequences cannot continue this file's), or an
+        // append whose fsync never returned (never acknowledged).
+        tracing::debug!(
+            batch = key,
+            cut = len - prefix.len as u64,
+            "bytes after the last whole segment of a buffer batch file cut off"
+        );
         let f = fs::OpenOptions::new()
             .write(true)
             .open(path(dir, key))

@@ -15,16 +15,20 @@
 //!   is design.md section 6). A batch file is self-describing (every record carries its
 //!   sequence, priority and receive time under its CRC), so its index entry can be
 //!   rebuilt from it.
-//! - `batches/<id>.spare`: empty *spare* files (`spares.rs`). A new batch file is a
-//!   spare renamed to its name (a file is created only when none is ready), and a
-//!   drained batch file is truncated and renamed to a spare instead of unlinked, up to
-//!   64 spares; the `buffer-spares` thread creates more when fewer than 16 are left.
+//! - `batches/<id>.spare`: *spare* files (`spares.rs`). A new batch file is a spare
+//!   renamed to its name (a file is created only when none is ready), and a drained
+//!   batch file is renamed to a spare instead of unlinked, up to 64 spares (with
+//!   `sync: always` it keeps its blocks and old records, see below; otherwise it is
+//!   truncated); the `buffer-spares` thread creates more when fewer than 16 are left.
 //!   Creating files cost the committer about half its CPU at 64 KB payloads. With
 //!   `sync: always` the thread writes `batch_max_bytes` of zeros into each spare it
 //!   creates (at most 1 MiB, fsynced), so the commits that append to the file later
 //!   change neither its size nor its blocks: a batch file's records can be followed by
-//!   zeros until the committer stops appending to it and cuts them (`spares.rs`). The
-//!   open deletes every spare (they hold nothing the buffer needs).
+//!   zeros, or by a recycled file's older records (kept for the same reason, at most
+//!   32 spares with a length), until the committer stops appending to it and cuts them
+//!   (not when a read sealed it: the file is recycled with its length once drained;
+//!   `spares.rs`); readers read only the committed bytes. The open deletes every spare
+//!   (they hold nothing the buffer needs).
 //! - sled tree `index`: the batch files' index entries (file length, record count,
 //!   priority, first receive time, last sequence; varints, about 12 bytes), packed 64
 //!   files to a sled value (`index.rs`: one sled entry per file cost about 400 bytes of

@@ -1,5 +1,5 @@
-//! Spare batch files: empty files kept ready in the batch directory (`<id>.spare`), so a
-//! group commit renames one into place instead of creating a file.
+//! Spare batch files: files kept ready in the batch directory (`<id>.spare`), so a group
+//! commit renames one into place instead of creating a file.
 //!
 //! Why: creating a file was the committer's largest CPU cost after the copies at 64 KB
 //! payloads (a new file per 256 KiB). On ext4 without a journal (the machines measured
@@ -9,8 +9,8 @@
 //! Two sources fill the pool:
 //!
 //! 1. the reaper *recycles* drained batch files: after the deletion's tombstone is durable
-//!    (step 2 in `reap.rs`) the file is truncated and renamed to a spare instead of being
-//!    unlinked, so a connected edge stops allocating and freeing inodes altogether;
+//!    (step 2 in `reap.rs`) the file is renamed to a spare instead of being unlinked,
+//!    so a connected edge stops allocating and freeing inodes altogether;
 //! 2. the `buffer-spares` thread creates empty files when the pool runs low, off the
 //!    commit path (it runs while the committer waits for its fsyncs).
 //!
@@ -26,13 +26,30 @@
 //! before, 17 MB in 8,045 after (flash wear). A batch file keeps zeros
 //! after its data while it grows; the committer cuts them off when it stops appending
 //! (`commit::retire_tail`), and both readers and the open's recovery read only the
-//! records (zeros are not a segment: `record::intact_prefix`). Recycled spares are
-//! truncated, not zeroed: a connected edge writes no zeros.
+//! records (zeros are not a segment: `record::intact_prefix`).
+//!
+//! A recycled file keeps its blocks the same way, not zeroed (a connected edge writes no
+//! zeros): a file at least half the pre-size long (one that filled up was cut a little
+//! under it) keeps up to the pre-size, old records and all, while fewer than [`TARGET`]
+//! spares of the pool are that long (so at most `TARGET` pre-sizes of disk sit in
+//! spares); a shorter file, and every file without pre-sizing, is truncated to empty. A
+//! take picks the longest spare. Why: a connected edge starts a file per Produce
+//! request (a read seals the file), and while recycled files were truncated every
+//! commit into them grew the file, so each `fdatasync` committed the journal. 2,000
+//! publishes at 200/s with the uplink up on journaled ext4 (after 8,000 more, so the
+//! pool is in its steady state): 62.8-65.3 MB written and 2,654-2,701 journal commits
+//! before, 37.8-39.7 MB and 1,060-1,121 after; after a 30 MB backlog drained first,
+//! 64.8 -> 38.8 MB. The old records never pass for the new batch's: readers read the
+//! catalog's committed bytes only, and the open's recovery takes the run of segments
+//! whose sequences rise from the file's key, while every old record's sequence is
+//! below it (its file was committed, read and acknowledged before the recycling, and
+//! the records of any later commit round were appended after that file's last round
+//! took its records); test `a_recycled_file_keeps_its_old_records_out_of_the_new_batch`.
 //!
 //! A spare holds no data the buffer needs, so none of this is made durable on its own:
 //! a rename into place is covered by the commit's directory fsync like a created file,
-//! and the open deletes every `*.spare` left by an earlier run (after a crash one may
-//! still hold a recycled file's old bytes). If a crash leaves a renamed spare under a
+//! and the open deletes every `*.spare` left by an earlier run (it may hold a recycled
+//! file's old bytes). If a crash leaves a renamed spare under a
 //! batch name before its new contents were synced, the file's records are those of the
 //! old batch (or none): its first record's sequence is not the name's key, so recovery
 //! removes it as an incomplete commit (`files::recover`).
@@ -119,12 +136,14 @@ impl Spares {
     }
 
     /// A new file at `path`, opened for writing at offset 0, and its length: a spare
-    /// renamed there (empty, or pre-sized with zeros), or a created file when the pool
-    /// is empty or the rename fails.
+    /// renamed there (empty, or pre-sized: zeros, or a recycled file's old records), or a
+    /// created file when the pool is empty or the rename fails.
     pub(super) fn take(&self, path: &Path) -> io::Result<(File, u64)> {
         let id = {
             let mut s = self.lock();
-            let id = s.free.pop();
+            // The longest first: a pre-sized spare's appends cost no journal commit.
+            let longest = (0..s.free.len()).max_by_key(|i| s.free[*i].1);
+            let id = longest.map(|i| s.free.swap_remove(i));
             if s.free.len() < LOW {
                 self.wake.notify_one();
             }
@@ -132,7 +151,8 @@ impl Spares {
         };
         if let Some((id, len)) = id {
             match fs::rename(spare_path(&self.dir, id), path) {
-                // Not truncated: a pre-sized spare's zeros are what makes appends cheap.
+                // Not truncated: a spare's length (zeros, or a recycled file's old
+                // blocks) is what makes appends cheap.
                 Ok(()) => return Ok((OpenOptions::new().write(true).open(path)?, len)),
                 Err(e) => tracing::warn!(cause = %e, "using a spare buffer file failed"),
             }
@@ -140,24 +160,40 @@ impl Spares {
         Ok((File::create(path)?, 0))
     }
 
-    /// Turns the batch file at `path` (its deletion durable in sled) into a spare, empty,
-    /// if the pool has room; returns whether it did (if not, the caller unlinks it).
-    pub(super) fn recycle(&self, path: &Path) -> bool {
-        let id = {
+    /// Whether a spare of `len` bytes counts as pre-sized: at least half the pre-size
+    /// (files that filled up are cut to their records when they stop growing, a little
+    /// under `batch_max_bytes`).
+    fn sized(&self, len: u64) -> bool {
+        self.presize > 0 && len >= self.presize / 2
+    }
+
+    /// Turns the batch file at `path`, `len` bytes long (its deletion durable in sled),
+    /// into a spare if the pool has room; returns whether it did (if not, the caller
+    /// unlinks it). With pre-sizing on, a file at least half the pre-size long keeps up
+    /// to the pre-size (its blocks, old records and all) while fewer than [`TARGET`]
+    /// spares of the pool are; any other file is truncated to empty.
+    pub(super) fn recycle(&self, path: &Path, len: u64) -> bool {
+        let (id, keep) = {
             let mut s = self.lock();
             if s.free.len() >= MAX || s.shutdown {
                 return false;
             }
-            s.new_id()
+            let sized = s.free.iter().filter(|(_, l)| self.sized(*l)).count();
+            let keep = if self.sized(len) && sized < TARGET {
+                len.min(self.presize)
+            } else {
+                0
+            };
+            (s.new_id(), keep)
         };
         let recycled = OpenOptions::new()
             .write(true)
             .open(path)
-            .and_then(|f| f.set_len(0))
+            .and_then(|f| if keep < len { f.set_len(keep) } else { Ok(()) })
             .and_then(|()| fs::rename(path, spare_path(&self.dir, id)));
         match recycled {
             Ok(()) => {
-                self.lock().free.push((id, 0));
+                self.lock().free.push((id, keep));
                 true
             }
             Err(e) => {
@@ -295,7 +331,7 @@ mod tests {
     }
 
     #[test]
-    fn created_spares_are_presized_with_zeros_and_recycled_ones_are_empty() {
+    fn created_spares_are_presized_with_zeros_and_recycled_ones_keep_their_blocks() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let spares = Spares::open(d, 10_000).unwrap();
@@ -310,11 +346,46 @@ mod tests {
         let bytes = fs::read(&a).unwrap();
         assert_eq!(bytes.len(), 10_000);
         assert!(bytes.iter().all(|b| *b == 0));
-        // A recycled file is truncated, not zeroed.
+        // A recycled file keeps its length and bytes, up to the pre-size.
+        fs::write(&a, vec![7; 10_000]).unwrap();
         assert_eq!(files::retire(d, 1, &spares).unwrap(), 10_000);
         let (_, len) = spares.take(&files::path(d, 2)).unwrap();
+        assert_eq!(len, 10_000);
+        assert_eq!(fs::read(files::path(d, 2)).unwrap(), vec![7; 10_000]);
+        fs::write(files::path(d, 2), vec![7; 30_000]).unwrap();
+        assert_eq!(files::retire(d, 2, &spares).unwrap(), 30_000);
+        let (_, len) = spares.take(&files::path(d, 3)).unwrap();
+        assert_eq!(len, 10_000, "cut to the pre-size");
+        assert_eq!(fs::metadata(files::path(d, 3)).unwrap().len(), 10_000);
+        // A file that filled up and was cut to its records keeps them; a short one is
+        // truncated (most of its appends would grow it).
+        fs::write(files::path(d, 3), vec![7; 9_000]).unwrap();
+        files::retire(d, 3, &spares).unwrap();
+        assert_eq!(spares.take(&files::path(d, 4)).unwrap().1, 9_000);
+        fs::write(files::path(d, 4), vec![7; 4_000]).unwrap();
+        files::retire(d, 4, &spares).unwrap();
+        assert_eq!(spares.lock().free[0].1, 0);
+        // Once TARGET spares are pre-sized, further ones are truncated; a take picks a
+        // pre-sized one over an empty one.
+        for key in 100..100 + TARGET as u64 + 2 {
+            fs::write(files::path(d, key), vec![7; 10_000]).unwrap();
+            files::retire(d, key, &spares).unwrap();
+        }
+        let lens: Vec<u64> = spares.lock().free.iter().map(|(_, l)| *l).collect();
+        assert_eq!(lens.iter().filter(|l| **l == 10_000).count(), TARGET);
+        assert_eq!(lens.iter().filter(|l| **l == 0).count(), 3);
+        for key in 200..200 + TARGET as u64 {
+            assert_eq!(spares.take(&files::path(d, key)).unwrap().1, 10_000);
+        }
+        assert_eq!(spares.take(&files::path(d, 300)).unwrap().1, 0);
+        // Without pre-sizing (`sync: interval`) a recycled file is truncated.
+        let plain = tempfile::tempdir().unwrap();
+        let spares = Spares::open(plain.path(), 0).unwrap();
+        fs::write(files::path(plain.path(), 1), vec![7; 10_000]).unwrap();
+        files::retire(plain.path(), 1, &spares).unwrap();
+        let (_, len) = spares.take(&files::path(plain.path(), 2)).unwrap();
         assert_eq!(len, 0);
-        assert_eq!(fs::metadata(files::path(d, 2)).unwrap().len(), 0);
+        assert_eq!(fs::metadata(files::path(plain.path(), 2)).unwrap().len(), 0);
         assert_eq!(Spares::open(d, u64::MAX).unwrap().presize, MAX_PRESIZE);
     }
 }

@@ -200,6 +200,64 @@ fn stale_older_segment_after_the_tail_is_cut() {
     assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
 }
 
+/// A drained file is recycled with its blocks and old records (`spares.rs`), and the
+/// next new file is that spare: its first commit overwrites the start, and the older
+/// records that follow (here at a segment boundary, records of one size) are never read
+/// as its own, neither by the replicator nor after a kill, which cuts them off.
+#[test]
+fn a_recycled_file_keeps_its_old_records_out_of_the_new_batch() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let killed = tempfile::tempdir().unwrap();
+    let batches = dir.path().join("batches");
+    let buf = Buffer::open(always(dir.path(), 4096)).unwrap();
+    spares_ready(&buf);
+    for id in 0..5 {
+        durable(&buf, id);
+    }
+    let old = buf.read(None, usize::MAX).unwrap();
+    assert_eq!(old.len(), 1, "five commits, one file");
+    let old_path = files::path(&batches, old[0].key);
+    let (ino, old_len) = {
+        let m = old_path.metadata().unwrap();
+        (m.ino(), m.len())
+    };
+    assert_eq!(old_len, 4096, "a pre-sized file");
+    let held: Vec<Held> = old[0].records.iter().map(Held::of).collect();
+    buf.release(&held).unwrap();
+    buf.reaped();
+    durable(&buf, 10);
+    let new_key = files::list(&batches).unwrap()[0];
+    let new_path = files::path(&batches, new_key);
+    let m = new_path.metadata().unwrap();
+    assert_eq!(m.ino(), ino, "the recycled file");
+    assert_eq!(m.len(), 4096, "its length kept");
+    let bytes = std::fs::read(&new_path).unwrap();
+    let one = record::encode_batch(&[Record {
+        seq: new_key,
+        ..rec(10, 0, 100)
+    }]);
+    let rest = record::intact_prefix(bytes::Bytes::from(bytes[one.len()..].to_vec()));
+    assert_eq!(
+        rest.count, 4,
+        "the old file's later segments follow the new one"
+    );
+    assert!(rest.first.unwrap().0 < new_key);
+    assert_eq!(buf.batch_file_bytes(), 4096);
+    let ids = |b: &[ReadBatch]| -> Vec<u64> {
+        b.iter().flat_map(|b| b.records.iter().map(id_of)).collect()
+    };
+    assert_eq!(ids(&buf.read(Some(old[0].key), usize::MAX).unwrap()), [10]);
+    kill_snapshot(dir.path(), killed.path());
+    drop(buf);
+    let back = reopen(always(killed.path(), 4096));
+    assert_eq!(all_ids(&back), [10]);
+    assert_eq!(back.stats().corrupt.load(Ordering::Relaxed), 0);
+    let cut = files::path(&killed.path().join("batches"), new_key);
+    assert_eq!(std::fs::metadata(&cut).unwrap().len(), one.len() as u64);
+    assert_eq!(back.batch_file_bytes(), one.len() as u64);
+}
+
 #[derive(Debug, Clone)]
 enum GrowOp {
     /// Append this many records, each waited for (acknowledged).
