@@ -172,18 +172,26 @@ impl Index {
 
 /// The index entry of a batch file rebuilt from the file itself (its entry is missing:
 /// committed after sled's last flush; or shorter than the file: appended to after it):
-/// its intact prefix ([`super::record::intact_prefix`]), or `None` if that holds no
-/// record or does not start with the record `key`. What follows the prefix (a torn
-/// append whose commit never completed, never acknowledged; the zeros of a pre-sized
-/// file; a recycled file's old records) is cut off the file and the cut fsynced, so
-/// later appends and reads never meet it.
-pub(super) fn recover(dir: &Path, key: u64) -> Option<Index> {
-    let bytes = bytes::Bytes::from(read(dir, key).ok()?);
+/// its intact prefix ([`super::record::intact_prefix`]), or `None` if the file is gone,
+/// holds no record or does not start with the record `key`. What follows the prefix (a
+/// torn append whose commit never completed, never acknowledged; the zeros of a
+/// pre-sized file; a recycled file's old records) is cut off the file and the cut
+/// fsynced, so later appends and reads never meet it (a cut that fails is logged: reads
+/// stop at the prefix anyway, and the next open cuts again). An error reading the file
+/// is returned, not taken for damage ([`set_aside`]).
+pub(super) fn recover(dir: &Path, key: u64) -> io::Result<Option<Index>> {
+    let bytes = match read(dir, key) {
+        Ok(v) => bytes::Bytes::from(v),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
     let len = bytes.len() as u64;
     let prefix = super::record::intact_prefix(bytes.clone());
-    let (first_seq, priority, first_recv_ms) = prefix.first?;
+    let Some((first_seq, priority, first_recv_ms)) = prefix.first else {
+        return Ok(None);
+    };
     if first_seq != key {
-        return None;
+        return Ok(None);
     }
     if (prefix.len as u64) < len {
         // Not damage: the unused part of a pre-sized file (zeros) or of a recycled one
@@ -194,18 +202,58 @@ pub(super) fn recover(dir: &Path, key: u64) -> Option<Index> {
             cut = len - prefix.len as u64,
             "bytes after the last whole segment of a buffer batch file cut off"
         );
-        let f = fs::OpenOptions::new()
+        let cut = fs::OpenOptions::new()
             .write(true)
             .open(path(dir, key))
-            .ok()?;
-        f.set_len(prefix.len as u64).ok()?;
-        f.sync_data().ok()?;
+            .and_then(|f| {
+                f.set_len(prefix.len as u64)?;
+                f.sync_data()
+            });
+        if let Err(e) = cut {
+            tracing::warn!(batch = key, cause = %e, "cutting a buffer batch file's tail failed");
+        }
     }
-    Some(Index {
+    Ok(Some(Index {
         bytes: prefix.len as u64,
         count: prefix.count,
         priority,
         first_recv_ms,
         last_seq: prefix.last_seq,
-    })
+    }))
+}
+
+/// Where [`set_aside`] moves batch files the open cannot read: `unreadable/` beside the
+/// `batches/` directory.
+pub(super) const UNREADABLE: &str = "unreadable";
+
+/// Moves batch file `key`, which the open could not read (`cause`: an I/O error, or not
+/// a regular file), out of `dir` into [`UNREADABLE`], so the edge starts without it
+/// instead of deleting what may be a read error of the moment; an operator can look at
+/// it there. If the move fails too, the file is removed as damage. Either way its records
+/// are skipped (the caller counts them as corrupt).
+pub(super) fn set_aside(dir: &Path, key: u64, cause: &io::Error) -> io::Result<()> {
+    let to = dir.parent().unwrap_or(dir).join(UNREADABLE);
+    let moved = fs::create_dir_all(&to)
+        .and_then(|()| fs::rename(path(dir, key), to.join(format!("{key:020}.batch"))))
+        .and_then(|()| sync_dir(dir));
+    match moved {
+        Ok(()) => {
+            tracing::error!(
+                batch = key,
+                cause = %cause,
+                moved_to = %to.display(),
+                "unreadable buffer batch file set aside, its records skipped"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(
+                batch = key,
+                cause = %cause,
+                move_failed = %e,
+                "unreadable buffer batch file removed, its records skipped"
+            );
+            remove(dir, key).map(|_| ())
+        }
+    }
 }

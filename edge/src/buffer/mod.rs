@@ -112,11 +112,14 @@
 //! the entry (else damage, as above). The intact prefix is the run of whole segments
 //! whose every record passes its CRC with sequences rising through the file; what
 //! follows it is an append whose fsync never returned (never acknowledged: a torn write,
-//! or stale disk contents after a power cut) and is cut off the file, the cut fsynced
+//! or stale disk contents after a power cut), zeros of a pre-sized file or a recycled
+//! file's old records, and is cut off the file, the cut fsynced
 //! (test `kill_mid_append_keeps_acknowledged_segments_and_cuts_the_torn_tail`), so a
 //! damaged record in an unindexed or grown file loses the segments from its own on (a
-//! file of its indexed length is not scanned). A record whose CRC fails is skipped and
-//! counted when read; none of these stops the edge. The in-flight descriptors' batches are
+//! file of its indexed length is not scanned). A file the open cannot read (an I/O
+//! error, or not a regular file) is moved to `<dir>/unreadable/` and counted as corrupt,
+//! not deleted (test `an_unreadable_batch_file_is_set_aside_not_deleted`). A record
+//! whose CRC fails is skipped and counted when read; none of these stops the edge. The in-flight descriptors' batches are
 //! protected from quota eviction from the open on (their records must be re-sent as
 //! they were described).
 //!

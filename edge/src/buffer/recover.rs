@@ -93,26 +93,46 @@ pub(super) fn scan(
             changed = true;
             continue;
         };
-        let len = files::path(dir, key).metadata().ok().map(|m| m.len());
+        let len = match files::path(dir, key).metadata() {
+            Ok(m) if m.is_file() => Some(m.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Ok(_) => {
+                unreadable(dir, key, &not_a_file(), stats)?;
+                changed = true;
+                continue;
+            }
+            Err(e) => {
+                unreadable(dir, key, &e, stats)?;
+                changed = true;
+                continue;
+            }
+        };
         let index = match len {
             Some(len) if len == i.bytes => Some(i),
             // Appended to after sled last stored its entry (durability step 2): the
             // entry is rebuilt from the file, which must still hold what it counted.
             // Or a pre-sized file whose zeros were not cut yet (`spares.rs`): the
             // recovery cuts them and the entry stands.
-            Some(len) if len > i.bytes => files::recover(dir, key)
-                .filter(|r| r.bytes >= i.bytes && r.count >= i.count)
-                .inspect(|r| {
-                    if r.bytes > i.bytes {
-                        changed = true;
-                        stats.recovered.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(
-                            batch = key,
-                            records = r.count,
-                            "buffer batch index rebuilt from its grown file"
-                        );
-                    }
-                }),
+            Some(len) if len > i.bytes => match files::recover(dir, key) {
+                Ok(r) => r,
+                Err(e) => {
+                    unreadable(dir, key, &e, stats)?;
+                    changed = true;
+                    continue;
+                }
+            }
+            .filter(|r| r.bytes >= i.bytes && r.count >= i.count)
+            .inspect(|r| {
+                if r.bytes > i.bytes {
+                    changed = true;
+                    stats.recovered.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        batch = key,
+                        records = r.count,
+                        "buffer batch index rebuilt from its grown file"
+                    );
+                }
+            }),
             _ => None,
         };
         let Some(index) = index else {
@@ -138,10 +158,17 @@ pub(super) fn scan(
         {
             continue;
         }
-        let Some(index) = files::recover(dir, key) else {
-            tracing::warn!(batch = key, "incomplete buffer batch file removed");
-            files::remove(dir, key)?;
-            continue;
+        let index = match files::recover(dir, key) {
+            Ok(Some(index)) => index,
+            Ok(None) => {
+                tracing::warn!(batch = key, "incomplete buffer batch file removed");
+                files::remove(dir, key)?;
+                continue;
+            }
+            Err(e) => {
+                unreadable(dir, key, &e, stats)?;
+                continue;
+            }
         };
         // One line per file at debug: an open that lost sled's index finds every file
         // here (200,000 in a 50 GB backlog); the count goes in one line below.
@@ -182,4 +209,17 @@ pub(super) fn scan(
         catalog.trim(None, &BTreeSet::new());
     }
     Ok(Scanned { catalog, next_seq })
+}
+
+/// A batch file the open cannot read (an I/O error, or not a regular file): set aside
+/// (`files::set_aside`), not deleted, and counted as corrupt. Deleting it (before
+/// session 22) would have lost its records to a read error of the moment.
+fn unreadable(dir: &Path, key: u64, cause: &std::io::Error, stats: &Stats) -> Result<(), Error> {
+    stats.corrupt.fetch_add(1, Ordering::Relaxed);
+    files::set_aside(dir, key, cause)?;
+    Ok(())
+}
+
+fn not_a_file() -> std::io::Error {
+    std::io::Error::other("not a regular file")
 }

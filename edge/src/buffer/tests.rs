@@ -1359,6 +1359,50 @@ fn drained_batch_files_are_recycled_and_new_batches_take_spares() {
     assert_eq!(buf.batch_file_bytes(), dir_bytes(&batches));
 }
 
+/// A batch file the open cannot read (here: a directory under its name, so reading it
+/// fails) is set aside into `unreadable/` with its contents, not deleted, whether it was
+/// indexed or not; its records are counted as skipped and the buffer opens with the
+/// others and keeps working.
+#[test]
+fn an_unreadable_batch_file_is_set_aside_not_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let batches = dir.path().join("batches");
+    let c = cfg(dir.path(), u64::MAX, FullPolicy::Block);
+    let keys = {
+        let buf = open_with_files(&c, 3);
+        buf.close().unwrap();
+        let mut keys = files::list(&batches).unwrap();
+        keys.sort_unstable();
+        keys
+    };
+    assert_eq!(keys.len(), 3);
+    let indexed = files::path(&batches, keys[1]);
+    let saved = std::fs::read(&indexed).unwrap();
+    std::fs::remove_file(&indexed).unwrap();
+    std::fs::create_dir(&indexed).unwrap();
+    std::fs::write(indexed.join("records"), &saved).unwrap();
+    let stray = keys[2] + 1000;
+    std::fs::create_dir(files::path(&batches, stray)).unwrap();
+    let buf = reopen(c.clone());
+    assert_eq!(all_ids(&buf), [0, 2]);
+    assert_eq!(buf.stats().corrupt.load(Ordering::Relaxed), 2);
+    let aside = dir.path().join(files::UNREADABLE);
+    assert_eq!(
+        std::fs::read(aside.join(format!("{:020}.batch", keys[1])).join("records")).unwrap(),
+        saved,
+        "kept for the operator"
+    );
+    assert!(aside.join(format!("{stray:020}.batch")).is_dir());
+    assert!(!indexed.exists() && !files::path(&batches, stray).exists());
+    buf.append(rec(9, 0, 100)).unwrap();
+    buf.commit().unwrap();
+    assert_eq!(all_ids(&buf), [0, 2, 9]);
+    drop(buf);
+    let again = reopen(c);
+    assert_eq!(all_ids(&again), [0, 2, 9]);
+    assert_eq!(again.stats().corrupt.load(Ordering::Relaxed), 0);
+}
+
 /// Spares left by an earlier run are deleted at open (after a crash one may hold a
 /// recycled file's old bytes), and the batches are untouched.
 #[test]
