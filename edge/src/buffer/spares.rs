@@ -43,7 +43,7 @@
 //! first, 64.8 -> 38.8 MB. The old records never pass for the new batch's: readers read the
 //! catalog's committed bytes only, and the open's recovery takes the run of segments
 //! whose sequences rise from the file's key, while every old record's sequence is
-//! below it (its file was committed, read and acknowledged before the recycling, and
+//! below it (its file was committed, then drained or evicted, before the recycling, and
 //! the records of any later commit round were appended after that file's last round
 //! took its records); test `a_recycled_file_keeps_its_old_records_out_of_the_new_batch`.
 //!
