@@ -419,6 +419,56 @@ mod tests {
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = decode_batch(&bytes);
         }
+
+        /// What a recycled spare holds once reused (`spares.rs`): the new file's segments
+        /// written over an older file's, whose records all have lower sequences, the old
+        /// bytes left after them (and zeros of a pre-size after those). The intact prefix
+        /// is exactly the new segments, wherever the old segment boundaries fall: here
+        /// either anywhere (new records of their own) or right where the new ones end
+        /// (new segments the same size as the old file's first ones, as records of one
+        /// size make them).
+        #[test]
+        fn a_reused_files_old_records_are_not_in_its_intact_prefix(
+            old in proptest::collection::vec(
+                proptest::collection::vec(arb_record(), 1..4), 2..6),
+            own in proptest::collection::vec(
+                proptest::collection::vec(arb_record(), 1..4), 1..4),
+            aligned in any::<bool>(),
+            zeros in 0usize..64,
+        ) {
+            let mut seq = 0;
+            let mut numbered = |segments: &[Vec<Record>]| -> Vec<u8> {
+                let mut out = Vec::new();
+                for seg in segments {
+                    let mut seg = seg.clone();
+                    for r in &mut seg {
+                        seq += 1 + r.seq % 3;
+                        r.seq = seq;
+                    }
+                    out.extend(encode_batch(&seg));
+                }
+                out
+            };
+            let mut file = numbered(&old);
+            let new_bytes = if aligned {
+                numbered(&old[..old.len() - 1])
+            } else {
+                numbered(&own)
+            };
+            let new_count = decode_batch(&new_bytes).unwrap().records.len() as u32;
+            if file.len() < new_bytes.len() {
+                file.resize(new_bytes.len(), 0);
+            }
+            if aligned {
+                let rest = intact_prefix(Bytes::copy_from_slice(&file[new_bytes.len()..]));
+                prop_assert!(rest.count > 0, "an old segment starts where the new ones end");
+            }
+            file[..new_bytes.len()].copy_from_slice(&new_bytes);
+            file.extend(std::iter::repeat_n(0, zeros));
+            let prefix = intact_prefix(Bytes::from(file));
+            prop_assert_eq!(prefix.len, new_bytes.len());
+            prop_assert_eq!(prefix.count, new_count);
+        }
     }
 
     #[test]
