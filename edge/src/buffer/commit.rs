@@ -180,14 +180,13 @@ pub(super) fn commit_once(inner: &Inner, force: bool, started: Instant) -> Resul
         // A reader met a tail mid-append and asked for it to stop growing; a round
         // without a sync writes files that are not indexed yet, so no tail is the
         // newest file of its class any more; only `sync: always` grows files.
-        let sealed = std::mem::take(&mut s.seal);
-        if sealed || !sync || !grows(inner) {
+        if std::mem::take(&mut s.seal) {
+            // A sealed tail is being read: claimed, it keeps its length, so the file is
+            // recycled pre-sized once drained (`spares.rs`).
+            c.tails.clear();
+        } else if !sync || !grows(inner) {
             for (_, t) in std::mem::take(&mut c.tails) {
-                // A sealed tail is being read: claimed, it keeps its length, so the
-                // file is recycled pre-sized once drained (`spares.rs`).
-                if !sealed {
-                    retire_tail(inner, &s, t);
-                }
+                retire_tail(inner, &s, t);
             }
         }
         prune_tails(c, &s);

@@ -93,48 +93,33 @@ pub(super) fn scan(
             changed = true;
             continue;
         };
-        let len = match files::path(dir, key).metadata() {
-            Ok(m) if m.is_file() => Some(m.len()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Ok(_) => {
-                unreadable(dir, key, &not_a_file(), stats)?;
-                changed = true;
-                continue;
-            }
+        let looked = file_len(dir, key).and_then(|len| match len {
+            Some(len) if len == i.bytes => Ok(Some(i)),
+            // Appended to after sled last stored its entry (durability step 2): the
+            // entry is rebuilt from the file, which must still hold what it counted.
+            // Or a pre-sized file whose zeros were not cut yet (`spares.rs`): the
+            // recovery cuts them and the entry stands.
+            Some(len) if len > i.bytes => files::recover(dir, key)
+                .map(|r| r.filter(|r| r.bytes >= i.bytes && r.count >= i.count)),
+            _ => Ok(None),
+        });
+        let index = match looked {
+            Ok(index) => index,
             Err(e) => {
                 unreadable(dir, key, &e, stats)?;
                 changed = true;
                 continue;
             }
         };
-        let index = match len {
-            Some(len) if len == i.bytes => Some(i),
-            // Appended to after sled last stored its entry (durability step 2): the
-            // entry is rebuilt from the file, which must still hold what it counted.
-            // Or a pre-sized file whose zeros were not cut yet (`spares.rs`): the
-            // recovery cuts them and the entry stands.
-            Some(len) if len > i.bytes => match files::recover(dir, key) {
-                Ok(r) => r,
-                Err(e) => {
-                    unreadable(dir, key, &e, stats)?;
-                    changed = true;
-                    continue;
-                }
-            }
-            .filter(|r| r.bytes >= i.bytes && r.count >= i.count)
-            .inspect(|r| {
-                if r.bytes > i.bytes {
-                    changed = true;
-                    stats.recovered.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
-                        batch = key,
-                        records = r.count,
-                        "buffer batch index rebuilt from its grown file"
-                    );
-                }
-            }),
-            _ => None,
-        };
+        if let Some(r) = index.filter(|r| r.bytes > i.bytes) {
+            changed = true;
+            stats.recovered.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                batch = key,
+                records = r.count,
+                "buffer batch index rebuilt from its grown file"
+            );
+        }
         let Some(index) = index else {
             tracing::error!(
                 batch = key,
@@ -220,6 +205,13 @@ fn unreadable(dir: &Path, key: u64, cause: &std::io::Error, stats: &Stats) -> Re
     Ok(())
 }
 
-fn not_a_file() -> std::io::Error {
-    std::io::Error::other("not a regular file")
+/// The length of batch file `key`: `None` if it is gone, an error if it cannot be looked
+/// at or is not a regular file.
+fn file_len(dir: &Path, key: u64) -> std::io::Result<Option<u64>> {
+    match files::path(dir, key).metadata() {
+        Ok(m) if m.is_file() => Ok(Some(m.len())),
+        Ok(_) => Err(std::io::Error::other("not a regular file")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
