@@ -171,6 +171,23 @@ impl PartitionLog {
         batches: Vec<Bytes>,
         durable: bool,
     ) -> Result<Appended, AppendError> {
+        self.append_with(store, batches, durable, |_| false).await
+    }
+
+    /// [`PartitionLog::append`], calling `accepted(base_offset)` once the batches hold
+    /// their offsets and are written or queued for the writer, before the wait for an
+    /// fsync (never for a duplicate). If it returns `true` (an MQTT view keeps the
+    /// messages and may deliver them before they are durable, `mqtt::recent`), the
+    /// partition's waiters are woken then, not only once the high watermark passes them.
+    /// A failed write leaves its offsets unused (a gap) rather than handing them out
+    /// again: a view may have shown them.
+    pub(crate) async fn append_with(
+        &self,
+        store: &Store,
+        batches: Vec<Bytes>,
+        durable: bool,
+        accepted: impl FnOnce(u64) -> bool,
+    ) -> Result<Appended, AppendError> {
         let mut headers = Vec::with_capacity(batches.len());
         for b in &batches {
             let h = BatchHeader::parse(b)?;
@@ -187,7 +204,7 @@ impl PartitionLog {
             }
             if st.reload {
                 let (next, _, producers) = Self::recover(store, self.topic_id, self.index)?;
-                st.next_offset = next;
+                st.next_offset = next.max(st.next_offset);
                 st.producers = producers;
                 st.reload = false;
             }
@@ -249,7 +266,11 @@ impl PartitionLog {
                 )));
             };
             if let Some(mem) = &self.mem {
-                return Ok(self.append_memory(st, mem, mem_batches, end, appended));
+                let appended = self.append_memory(st, mem, mem_batches, end, appended);
+                if !appended.duplicate {
+                    accepted(appended.base_offset);
+                }
+                return Ok(appended);
             }
             for pid in touched {
                 if let Some(s) = st.producers.get(&pid) {
@@ -267,6 +288,9 @@ impl PartitionLog {
                         st.next_offset = end;
                         drop(st);
                         self.visible.fetch_max(end, Ordering::AcqRel);
+                        if !appended.duplicate {
+                            accepted(appended.base_offset);
+                        }
                         self.wake();
                         Ok(Appended {
                             end_offset: end,
@@ -289,6 +313,9 @@ impl PartitionLog {
                 },
             )
         };
+        if !appended.duplicate && accepted(appended.base_offset) {
+            self.wake();
+        }
         match rx.await {
             Ok(Ok(())) => {
                 self.visible
@@ -529,6 +556,28 @@ mod tests {
         assert_eq!(reader.await.expect("reader"), N);
         assert_eq!(part.high_watermark(), N);
         assert_eq!(part.queued.load(Ordering::Acquire), 0);
+    }
+
+    /// After a failed write (here: the state it leaves, its offsets handed out and a
+    /// reload due) the next append does not reuse those offsets, which an MQTT view may
+    /// have shown (`mqtt::recent`); a reader from inside the gap gets the next batch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn offsets_of_a_failed_write_are_not_handed_out_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path(), SyncPolicy::Group).expect("open"));
+        let part = PartitionLog::load(&store, 1, 0, None).expect("load");
+        let b = || encode(1, Compression::None, -1, 0);
+        part.append(&store, vec![b()], true).await.expect("append");
+        {
+            let mut st = part.state.lock().expect("state");
+            st.next_offset += 2;
+            st.reload = true;
+        }
+        let a = part.append(&store, vec![b()], true).await.expect("append");
+        assert_eq!(a.base_offset, 3);
+        assert_eq!(part.high_watermark(), 4);
+        let r = part.read(&store, 1, 1 << 20).expect("read");
+        assert_eq!(bases(&r), vec![3]);
     }
 
     fn mem(cap: usize) -> Option<(usize, Arc<Budget>)> {

@@ -1,7 +1,9 @@
 //! Delivery from the log: one cursor per (topic, partition) a session's subscriptions
 //! match. A cursor is only a position; messages are read from the store when the
 //! partition's high watermark passes it (the connection is woken by the append through
-//! [`PartitionLog::register`]), decoded, and handed to the session state machine.
+//! [`PartitionLog::register`]), decoded, and handed to the session state machine. Recent
+//! MQTT publishes are taken decoded from memory instead, QoS 0/1 ones even before the
+//! high watermark passes them (early delivery: `recent`).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -122,7 +124,10 @@ impl Cursors {
     pub(crate) fn ready(&self, session: &Session) -> bool {
         session.can_send()
             && (!self.retained.is_empty()
-                || self.list.iter().any(|c| c.next < c.log.high_watermark()))
+                || self
+                    .list
+                    .iter()
+                    .any(|c| c.next < c.log.high_watermark() || c.watch.recent().early_at(c.next)))
     }
 
     /// The position each cursor may be committed at: its next offset, or the oldest
@@ -154,8 +159,17 @@ impl Cursors {
         }
     }
 
+    /// Never above the high watermark: a message delivered before it was durable
+    /// (`recent`) may be lost by a crash and its offset given to the message appended
+    /// next, which a stored position past it would skip. (The writer's order already
+    /// keeps a stored position within what is durable: a session write is queued after
+    /// the appends its cursors delivered. The cap does not rely on that.)
     pub(crate) fn committed(&self, session: &Session) -> Vec<(Arc<str>, u32, u64)> {
-        let mut pos: Vec<u64> = self.list.iter().map(|c| c.next).collect();
+        let mut pos: Vec<u64> = self
+            .list
+            .iter()
+            .map(|c| c.next.min(c.log.high_watermark().max(c.log.log_start())))
+            .collect();
         for t in session.tickets_in_flight() {
             if let Some(p) = pos.get_mut(t.cursor as usize) {
                 *p = (*p).min(t.offset);
@@ -211,22 +225,24 @@ impl Cursors {
                 }
                 c.next = c.next.max(c.log.log_start());
                 let hwm = c.log.high_watermark();
-                if c.next >= hwm {
-                    break;
-                }
-                // Recent MQTT appends are kept decoded: no store read, no decode.
+                // Recent MQTT appends are kept decoded: no store read, no decode. Those
+                // above the high watermark only if they may go early (`recent`).
                 kept.clear();
                 c.watch.recent().from(c.next, KEPT_BATCH, kept);
-                if !kept.is_empty() {
-                    for e in kept.iter().take_while(|e| e.offset < hwm) {
-                        if !session.can_send() {
-                            return Ok(false);
-                        }
-                        let at = (i as u32, e.offset, e.offset < c.dup_below);
-                        deliver(session, at, &e.message, e.key.as_deref(), now, version, out)?;
-                        c.next = e.offset + 1;
+                let before = c.next;
+                for e in kept.iter().take_while(|e| e.offset < hwm || e.early()) {
+                    if !session.can_send() {
+                        return Ok(false);
                     }
+                    let at = (i as u32, e.offset, e.offset < c.dup_below);
+                    deliver(session, at, &e.message, e.key.as_deref(), now, version, out)?;
+                    c.next = e.offset + 1;
+                }
+                if c.next != before {
                     continue;
+                }
+                if c.next >= hwm {
+                    break;
                 }
                 let read = c.log.read(store, c.next, READ_BYTES)?;
                 if read.batches.is_empty() {

@@ -827,7 +827,9 @@ impl Hub {
     }
 
     /// Appends messages of one topic as one batch, and keeps them for the partition's
-    /// MQTT cursors ([`Recent`]); returns whether a cursor follows the partition.
+    /// MQTT cursors ([`Recent`]): with `deliver_before_sync` as soon as the append holds
+    /// its offsets (before the fsync this waits for), else once it returns. Returns
+    /// whether a cursor follows the partition.
     async fn append_topic(&self, msgs: &[Arc<Message>], key: &Bytes) -> Result<bool, Error> {
         let Some(first) = msgs.first() else {
             return Ok(false);
@@ -845,11 +847,38 @@ impl Hub {
         };
         let part = self.log.partition(&topic, index)?;
         let batch = records::encode_messages(msgs, Some(key))?;
-        let appended = part
-            .append(&self.log.store, vec![batch], self.config.durable_publish)
-            .await?;
-        let followed =
-            Recent::existing(&part).is_some_and(|r| r.push(appended.base_offset, key, msgs));
+        let recent = Recent::existing(&part);
+        let mut followed = false;
+        let mut early = None;
+        let appended = if self.config.deliver_before_sync {
+            // Kept (and the partition's cursors woken) before the fsync: `recent`.
+            let kept = |base| {
+                early = Some(base);
+                followed = recent.as_ref().is_some_and(|r| r.push(base, key, msgs));
+                followed
+            };
+            part.append_with(
+                &self.log.store,
+                vec![batch],
+                self.config.durable_publish,
+                kept,
+            )
+            .await
+        } else {
+            part.append(&self.log.store, vec![batch], self.config.durable_publish)
+                .await
+        };
+        let appended = match (appended, early, &recent) {
+            (Ok(a), _, _) => a,
+            (Err(e), Some(base), Some(r)) => {
+                r.forget_from(base);
+                return Err(e.into());
+            }
+            (Err(e), _, _) => return Err(e.into()),
+        };
+        if !self.config.deliver_before_sync {
+            followed = recent.is_some_and(|r| r.push(appended.base_offset, key, msgs));
+        }
         for m in msgs.iter().filter(|m| m.retain) {
             self.set_retained(m).await?;
         }

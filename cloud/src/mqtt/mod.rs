@@ -11,7 +11,9 @@
 //!   (`common::topic`), creating the topic on first use; QoS 1/2 acknowledgements are
 //!   sent once the append is durable (`mqtt.durable_publish`).
 //! - A subscriber holds one cursor per matched partition and is woken by the append
-//!   (`PartitionLog::register`), whoever appended (MQTT, Kafka Produce, an edge).
+//!   (`PartitionLog::register`), whoever appended (MQTT, Kafka Produce, an edge). A QoS
+//!   0/1 message published over MQTT reaches it before its fsync (`recent`,
+//!   `mqtt.deliver_before_sync`).
 //! - A persistent session is its subscriptions plus one position per cursor, stored in
 //!   the store's metadata; retained messages are stored there too and survive restarts.
 //! - A delayed will (MQTT 5 Will Delay Interval) is stored there too, with its due time,
@@ -35,6 +37,8 @@ pub(crate) mod topic;
 
 #[cfg(test)]
 mod codec_tests;
+#[cfg(test)]
+mod early_tests;
 #[cfg(test)]
 mod session_tests;
 #[cfg(test)]
@@ -105,6 +109,9 @@ pub struct MqttConfig {
     pub write_timeout_ms: u64,
     /// QoS 1/2 acknowledgements wait for the storage sync policy (like Kafka acks=all).
     pub durable_publish: bool,
+    /// Subscribers may receive QoS 0/1 messages published over MQTT before the append is
+    /// durable (the publisher's acknowledgement still waits): `recent` module docs.
+    pub deliver_before_sync: bool,
     /// username -> password; empty allows every client (no authentication).
     pub credentials: BTreeMap<String, String>,
     /// With `credentials` set, also accept clients that send no username.
@@ -151,6 +158,7 @@ impl Default for MqttConfig {
             connect_timeout_ms: 10_000,
             write_timeout_ms: 30_000,
             durable_publish: true,
+            deliver_before_sync: true,
             credentials: BTreeMap::new(),
             allow_anonymous: false,
             topic_modes: Vec::new(),

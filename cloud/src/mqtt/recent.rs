@@ -9,19 +9,34 @@
 //! instead of reading the store. Whatever is not here (records produced over Kafka, a
 //! subscriber that fell behind, a cursor opened on an old position) is read from the
 //! store as before, so this cache only changes cost, never what is delivered: an entry is
-//! added only after its append succeeded (so at or below the high watermark), under the
-//! offset the log assigned, and holds what the stored record decodes to (the
-//! `records::tests::to_record_then_decode_gives_the_message_back` test holds that).
+//! added under the offset the log assigned, and holds what the stored record decodes to
+//! (the `records::tests::to_record_then_decode_gives_the_message_back` test holds that).
+//!
+//! Early delivery (`mqtt.deliver_before_sync`, on by default): an entry is added as soon
+//! as its append has its offsets and is queued for the writer, before the fsync the
+//! publisher's PUBACK waits for, and a cursor may take entries above the high watermark
+//! whose QoS is 0 or 1 ([`Entry::early`]). A subscriber then receives a message about one
+//! fsync sooner, as from a broker that acknowledges from memory; Kafka readers, share
+//! groups, QoS 2 messages and every read of the store still stop at the high watermark.
+//! What this gives up, only if the cloud stops before the fsync (a crash or power cut)
+//! or the write fails: a subscriber may have received a message the log does not keep
+//! (its publisher had no acknowledgement and sends it again, so a QoS 1 subscriber sees
+//! it twice, as QoS 1 allows). Positions a session stores never pass the high watermark
+//! (`Cursors::committed`), so a message appended again after a restart, under an offset
+//! a subscriber was shown before, still reaches a persistent session; a failed write
+//! removes its entries here ([`Recent::forget_from`]) and its offsets are never reused.
+//! Without early delivery an entry is added once its append is durable.
 //!
 //! Bounds: nothing is kept for a partition no cursor follows; otherwise the newest
 //! [`MAX_ENTRIES`] messages and at most [`MAX_BYTES`] payload bytes.
 
 use std::any::Any;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use rumqttc::v5::mqttbytes::QoS;
 
 use super::records::Message;
 use crate::log::partition::PartitionLog;
@@ -39,6 +54,15 @@ pub(crate) struct Entry {
     pub(crate) message: Arc<Message>,
 }
 
+impl Entry {
+    /// Whether a cursor may deliver this entry before the high watermark passes it (see
+    /// the module docs): QoS 0 and 1 only. A QoS 2 delivery promises exactly once, which
+    /// a message the log then loses and its publisher sends again would break.
+    pub(crate) fn early(&self) -> bool {
+        self.message.qos != QoS::ExactlyOnce
+    }
+}
+
 #[derive(Default)]
 struct Ring {
     entries: VecDeque<Entry>,
@@ -49,6 +73,9 @@ struct Ring {
 pub(crate) struct Recent {
     /// Cursors following this partition (see [`Watch`]).
     watchers: AtomicUsize,
+    /// The offset after the newest kept entry (0: none), written under the ring's lock:
+    /// a cursor that has taken everything kept learns so without the lock.
+    end: AtomicU64,
     ring: Mutex<Ring>,
 }
 
@@ -61,6 +88,7 @@ impl Drop for Watch {
             let mut r = self.0.lock();
             r.entries.clear();
             r.bytes = 0;
+            self.0.end.store(0, Ordering::Release);
         }
     }
 }
@@ -129,7 +157,36 @@ impl Recent {
                 r.bytes -= e.message.payload.len();
             }
         }
+        self.end.store(base + msgs.len() as u64, Ordering::Release);
         true
+    }
+
+    /// Whether the entry at `offset` is kept and may be delivered before the high
+    /// watermark passes it ([`Entry::early`]).
+    pub(crate) fn early_at(&self, offset: u64) -> bool {
+        if offset >= self.end.load(Ordering::Acquire) {
+            return false;
+        }
+        let r = self.lock();
+        let Some(first) = r.entries.front() else {
+            return false;
+        };
+        offset
+            .checked_sub(first.offset)
+            .and_then(|i| r.entries.get(i as usize))
+            .is_some_and(|e| e.offset == offset && e.early())
+    }
+
+    /// Drops the entries at and above `offset` (their write failed).
+    pub(crate) fn forget_from(&self, offset: u64) {
+        let mut r = self.lock();
+        while r.entries.back().is_some_and(|e| e.offset >= offset) {
+            if let Some(e) = r.entries.pop_back() {
+                r.bytes -= e.message.payload.len();
+            }
+        }
+        let end = r.entries.back().map_or(0, |e| e.offset + 1);
+        self.end.store(end, Ordering::Release);
     }
 
     /// The kept entries from exactly `offset` on (consecutive offsets), at most `max`;
@@ -189,6 +246,26 @@ mod tests {
         assert!(offsets(&r, 3, 10).is_empty());
         drop(w);
         assert!(offsets(&r, 1, 10).is_empty());
+    }
+
+    #[test]
+    fn early_only_for_qos_0_and_1_and_a_failed_write_is_forgotten() {
+        let r = Arc::new(Recent::default());
+        let _w = r.clone().watch();
+        let key = Bytes::from_static(b"c");
+        let exact = Arc::new(Message {
+            qos: QoS::ExactlyOnce,
+            ..(*msg(1)).clone()
+        });
+        r.push(0, &key, &[msg(1), exact, msg(1)]);
+        assert!(r.early_at(0) && !r.early_at(1) && r.early_at(2));
+        assert!(!r.early_at(3), "not kept");
+        r.forget_from(1);
+        assert_eq!(offsets(&r, 0, 10), vec![0]);
+        assert!(!r.early_at(2));
+        // The ring goes on after the gap the failed write left.
+        r.push(3, &key, &[msg(1)]);
+        assert_eq!(offsets(&r, 3, 10), vec![3]);
     }
 
     #[test]

@@ -369,6 +369,8 @@ impl Store {
             durable,
             done,
             pending: None,
+            #[cfg(test)]
+            hold: None,
         })
         .map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
@@ -378,6 +380,24 @@ impl Store {
     /// (only `group` fsyncs per write; `interval` and `none` never make a writer wait).
     pub fn needs_sync(&self, durable: bool) -> bool {
         durable && self.policy == SyncPolicy::Group
+    }
+
+    /// Tests only: the writer thread writes nothing submitted after this call until the
+    /// returned sender is dropped (an fsync that takes as long as a test needs).
+    #[cfg(test)]
+    pub(crate) fn hold_writer(&self) -> mpsc::Sender<()> {
+        let (release, hold) = mpsc::channel();
+        let (done, _) = oneshot::channel();
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(writer::WriteReq {
+                set: WriteSet::default(),
+                durable: false,
+                done,
+                pending: None,
+                hold: Some(hold),
+            });
+        }
+        release
     }
 
     /// Applies `set` atomically on the calling thread, without an fsync: for writes that
@@ -407,6 +427,8 @@ impl Store {
                     durable,
                     done,
                     pending: Some(pending),
+                    #[cfg(test)]
+                    hold: None,
                 };
                 // If the writer is gone the receiver reports a closed channel.
                 if let Err(mpsc::SendError(req)) = tx.send(req) {

@@ -40,6 +40,10 @@ pub(super) struct WriteReq {
     pub(super) done: oneshot::Sender<Result<(), Error>>,
     /// Decremented once the write is applied (or failed), even if nobody awaits `done`.
     pub(super) pending: Option<Arc<AtomicU32>>,
+    /// Tests only: the thread waits on this until its sender drops before writing the
+    /// group this request starts ([`super::Store::hold_writer`]).
+    #[cfg(test)]
+    pub(super) hold: Option<mpsc::Receiver<()>>,
 }
 
 pub(super) type Spawned = (mpsc::Sender<WriteReq>, thread::JoinHandle<()>);
@@ -75,6 +79,10 @@ fn interval_sync(db: std::sync::Weak<DB>, every: Duration) {
 
 fn run(db: Arc<DB>, policy: SyncPolicy, rx: mpsc::Receiver<WriteReq>) {
     while let Ok(first) = rx.recv() {
+        #[cfg(test)]
+        if let Some(hold) = &first.hold {
+            let _ = hold.recv();
+        }
         let mut group = vec![first];
         let mut bytes = group[0].set.bytes;
         while bytes < MAX_GROUP_BYTES {
