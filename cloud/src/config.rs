@@ -211,6 +211,11 @@ impl Config {
                     key
                 };
                 let mut reason = e.into_inner().to_string();
+                // serde_yaml names a nested key itself ("mqtt.listen: invalid ..."):
+                // the key is said once, in front.
+                if let Some(rest) = reason.strip_prefix(&format!("{key}: ")) {
+                    reason = rest.to_string();
+                }
                 // serde_yaml appends " at line N column M"; keep it: it helps.
                 if reason.is_empty() {
                     reason = "invalid value".into();
@@ -402,6 +407,13 @@ mod tests {
         );
         let e = err("storage:\n  direct_io: maybe\n");
         assert!(e.contains("storage.direct_io"), "{e}");
+        // The key once, in front of serde_yaml's reason (which names it too).
+        let e = err("mqtt:\n  deliver_before_sync: maybe\n");
+        assert!(
+            e.starts_with("cloud.yaml: mqtt.deliver_before_sync: invalid type")
+                && e.matches("deliver_before_sync").count() == 1,
+            "{e}"
+        );
         let e = err("storage:\n  default_mode: tiered\n");
         assert!(e.contains("not available yet"), "{e}");
     }
