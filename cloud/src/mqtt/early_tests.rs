@@ -16,9 +16,12 @@ use tokio::sync::Notify;
 
 use super::codec::Version;
 use super::cursor::{Cursors, Start};
+use super::hub::Event;
 use super::hub::Hub;
+use super::inbox::inbox;
 use super::records::Message;
 use super::session::{Limits, Session};
+use super::share::ShareGroup;
 use super::MqttConfig;
 use crate::log::partition::PartitionLog;
 use crate::log::Log;
@@ -194,4 +197,52 @@ async fn with_early_delivery_off_a_subscriber_waits_for_the_fsync() {
         .expect("pump");
     assert!(sent(&out, b"after-fsync"));
     assert_eq!(part.high_watermark(), 2);
+}
+
+/// A share group's dispatcher hands a QoS 1 message to a member before its fsync; the
+/// group's stored position stays at what is durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_group_hands_out_a_qos1_message_before_its_fsync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (hub, part, _, _) = setup(dir.path(), true).await;
+    let store = hub.log.store.clone();
+    let durable = part.high_watermark();
+    let name = common::topic::mqtt_to_kafka(TOPIC).expect("name");
+    let group = ShareGroup::new("$share/g/early/t", TOPIC);
+    group.open(name.into(), None, 0, part.clone(), Start::End);
+    let (tx, mut rx) = inbox();
+    group.join(1, tx, 16);
+    let hold = store.hold_writer();
+    let early = publish(&hub, msg(b"to-a-member", QoS::AtLeastOnce));
+    let n = Arc::new(Notify::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let d = loop {
+        part.register(&n);
+        group.dispatch(&store);
+        if let Ok(Some(Event::Shared(_, d))) =
+            tokio::time::timeout(Duration::from_millis(1), rx.recv()).await
+        {
+            break d;
+        }
+        assert!(
+            tokio::time::timeout_at(deadline, n.notified())
+                .await
+                .is_ok(),
+            "the group was not woken before the fsync"
+        );
+    };
+    assert_eq!(&d.message.payload[..], b"to-a-member");
+    assert!(
+        !early.is_finished(),
+        "the publisher still waits for the fsync"
+    );
+    group.done(1, d.cursor, d.offset, false);
+    assert_eq!(
+        group.committed()[0].2,
+        durable,
+        "stored position stays at the durable end"
+    );
+    drop(hold);
+    early.await.expect("publisher");
+    assert_eq!(group.committed()[0].2, durable + 1);
 }

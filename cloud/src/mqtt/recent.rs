@@ -16,13 +16,14 @@
 //! as its append has its offsets and is queued for the writer, before the fsync the
 //! publisher's PUBACK waits for, and a cursor may take entries above the high watermark
 //! whose QoS is 0 or 1 ([`Entry::early`]). A subscriber then receives a message about one
-//! fsync sooner, as from a broker that acknowledges from memory; Kafka readers, share
-//! groups, QoS 2 messages and every read of the store still stop at the high watermark.
+//! fsync sooner, as from a broker that acknowledges from memory (a share group's
+//! dispatcher takes them the same way); Kafka readers, QoS 2 messages and every read of
+//! the store still stop at the high watermark.
 //! What this gives up, only if the cloud stops before the fsync (a crash or power cut)
 //! or the write fails: a subscriber may have received a message the log does not keep
 //! (its publisher had no acknowledgement and sends it again, so a QoS 1 subscriber sees
 //! it twice, as QoS 1 allows). Positions a session stores never pass the high watermark
-//! (`Cursors::committed`), so a message appended again after a restart, under an offset
+//! (`Cursors::committed`, `ShareGroup::committed`), so a message appended again after a restart, under an offset
 //! a subscriber was shown before, still reaches a persistent session; a failed write
 //! removes its entries here ([`Recent::forget_from`]) and its offsets are never reused.
 //! Without early delivery an entry is added once its append is durable.

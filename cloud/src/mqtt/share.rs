@@ -37,6 +37,7 @@ use super::codec::{self, CodecError, Version};
 use super::cursor::Start;
 use super::hub::Event;
 use super::inbox::EventTx;
+use super::recent::{Recent, Watch};
 use super::records::{self, Message};
 use super::session::{Session, Ticket, SHARED_TICKET};
 use super::topic;
@@ -46,6 +47,8 @@ use crate::storage::Store;
 
 /// Bytes read from one partition at a time.
 const READ_BYTES: usize = 256 << 10;
+/// Messages taken from a partition's recent MQTT appends at a time.
+const KEPT_BATCH: usize = 64;
 
 /// A moving group's positions are written at most this often.
 pub(crate) const SAVE_EVERY: Duration = Duration::from_secs(1);
@@ -71,6 +74,9 @@ struct GroupCursor {
     mqtt: Option<Arc<str>>,
     log: Arc<PartitionLog>,
     next: u64,
+    /// Keeps the partition's recent MQTT appends in memory while the group exists: QoS
+    /// 0/1 ones are handed out before their fsync, as to any subscriber (`recent`).
+    watch: Watch,
 }
 
 #[derive(Default)]
@@ -148,12 +154,14 @@ impl ShareGroup {
             Start::Beginning => log.log_start(),
             Start::At(o) => o,
         };
+        let watch = Recent::of(&log).watch();
         st.cursors.push(GroupCursor {
             name: log_name,
             partition,
             mqtt,
             log,
             next,
+            watch,
         });
         drop(st);
         self.wake.notify_one();
@@ -209,9 +217,14 @@ impl ShareGroup {
 
     /// Where a group restarted now must deliver from: per cursor `(log topic, partition,
     /// oldest offset no member finished)`.
+    /// Never above the high watermark (see `Cursors::committed`).
     pub(crate) fn committed(&self) -> Vec<(Arc<str>, u32, u64)> {
         let st = self.lock();
-        let mut pos: Vec<u64> = st.cursors.iter().map(|c| c.next).collect();
+        let mut pos: Vec<u64> = st
+            .cursors
+            .iter()
+            .map(|c| c.next.min(c.log.high_watermark().max(c.log.log_start())))
+            .collect();
         let unfinished = st.members.iter().flat_map(|m| m.inflight.keys().copied());
         let again = st.redeliver.iter().map(|d| (d.cursor, d.offset));
         for (ci, offset) in unfinished.chain(again) {
@@ -227,7 +240,7 @@ impl ShareGroup {
     }
 
     /// Hands out what the members have room for.
-    fn dispatch(self: &Arc<Self>, store: &Store) {
+    pub(super) fn dispatch(self: &Arc<Self>, store: &Store) {
         let mut st = self.lock();
         while !st.redeliver.is_empty() {
             let Some(i) = st.pick() else { return };
@@ -240,7 +253,30 @@ impl ShareGroup {
                 let (log, mqtt) = (st.cursors[ci].log.clone(), st.cursors[ci].mqtt.clone());
                 let next = st.cursors[ci].next.max(log.log_start());
                 st.cursors[ci].next = next;
-                if next >= log.high_watermark() {
+                let hwm = log.high_watermark();
+                // Recent MQTT appends, decoded; above the high watermark only the ones
+                // that may go early (`recent`).
+                let mut kept = Vec::new();
+                st.cursors[ci]
+                    .watch
+                    .recent()
+                    .from(next, KEPT_BATCH, &mut kept);
+                for e in kept.into_iter().take_while(|e| e.offset < hwm || e.early()) {
+                    if topic::matches(&self.filter, &e.message.topic) {
+                        let Some(i) = st.pick() else { return };
+                        let d = Delivery {
+                            cursor: ci,
+                            offset: e.offset,
+                            message: e.message,
+                        };
+                        self.send(&mut st, i, d);
+                    }
+                    st.cursors[ci].next = e.offset + 1;
+                }
+                if st.cursors[ci].next != next {
+                    continue;
+                }
+                if next >= hwm {
                     break;
                 }
                 let read = match log.read(store, next, READ_BYTES) {
