@@ -156,6 +156,12 @@ impl PartitionLog {
         self.visible.load(Ordering::Acquire)
     }
 
+    /// `offset`, lowered to the high watermark (not below the log start): what a reader
+    /// that may have been shown offsets past it (`mqtt::recent`) can store as its position.
+    pub(crate) fn at_most_visible(&self, offset: u64) -> u64 {
+        offset.min(self.high_watermark().max(self.log_start()))
+    }
+
     pub(crate) fn log_start(&self) -> u64 {
         self.log_start.load(Ordering::Acquire)
     }

@@ -168,7 +168,7 @@ impl Cursors {
         let mut pos: Vec<u64> = self
             .list
             .iter()
-            .map(|c| c.next.min(c.log.high_watermark().max(c.log.log_start())))
+            .map(|c| c.log.at_most_visible(c.next))
             .collect();
         for t in session.tickets_in_flight() {
             if let Some(p) = pos.get_mut(t.cursor as usize) {
@@ -228,9 +228,9 @@ impl Cursors {
                 // Recent MQTT appends are kept decoded: no store read, no decode. Those
                 // above the high watermark only if they may go early (`recent`).
                 kept.clear();
-                c.watch.recent().from(c.next, KEPT_BATCH, kept);
+                c.watch.recent().from(c.next, hwm, KEPT_BATCH, kept);
                 let before = c.next;
-                for e in kept.iter().take_while(|e| e.offset < hwm || e.early()) {
+                for e in kept.iter() {
                     if !session.can_send() {
                         return Ok(false);
                     }

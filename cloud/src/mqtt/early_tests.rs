@@ -109,6 +109,15 @@ async fn ready_within(cursors: &Cursors, session: &Session, within: Duration) ->
     }
 }
 
+/// What the cursors deliver now, encoded.
+fn pump(cursors: &mut Cursors, store: &Store, session: &mut Session) -> BytesMut {
+    let mut out = BytesMut::new();
+    cursors
+        .pump(store, session, Version::V5, &mut out)
+        .expect("pump");
+    out
+}
+
 fn sent(out: &BytesMut, payload: &[u8]) -> bool {
     out.windows(payload.len()).any(|w| w == payload)
 }
@@ -125,10 +134,7 @@ async fn a_qos1_message_is_delivered_before_its_fsync_and_a_qos2_one_after() {
         ready_within(&cursors, &session, Duration::from_secs(10)).await,
         "the subscriber was not woken before the fsync"
     );
-    let mut out = BytesMut::new();
-    cursors
-        .pump(&store, &mut session, Version::V5, &mut out)
-        .expect("pump");
+    let out = pump(&mut cursors, &store, &mut session);
     assert!(sent(&out, b"early-one"), "delivered before the fsync");
     assert!(
         !early.is_finished(),
@@ -164,10 +170,7 @@ async fn a_qos1_message_is_delivered_before_its_fsync_and_a_qos2_one_after() {
         t.await.expect("publisher");
     }
     assert!(ready_within(&cursors, &session, Duration::from_secs(10)).await);
-    out.clear();
-    cursors
-        .pump(&store, &mut session, Version::V5, &mut out)
-        .expect("pump");
+    let out = pump(&mut cursors, &store, &mut session);
     assert!(sent(&out, b"exactly-once") && sent(&out, b"behind-it"));
     assert_eq!(part.high_watermark(), durable + 3);
     assert_eq!(
@@ -191,10 +194,7 @@ async fn with_early_delivery_off_a_subscriber_waits_for_the_fsync() {
     drop(hold);
     t.await.expect("publisher");
     assert!(ready_within(&cursors, &session, Duration::from_secs(10)).await);
-    let mut out = BytesMut::new();
-    cursors
-        .pump(&store, &mut session, Version::V5, &mut out)
-        .expect("pump");
+    let out = pump(&mut cursors, &store, &mut session);
     assert!(sent(&out, b"after-fsync"));
     assert_eq!(part.high_watermark(), 2);
 }

@@ -848,37 +848,32 @@ impl Hub {
         let part = self.log.partition(&topic, index)?;
         let batch = records::encode_messages(msgs, Some(key))?;
         let recent = Recent::existing(&part);
-        let mut followed = false;
-        let mut early = None;
-        let appended = if self.config.deliver_before_sync {
-            // Kept (and the partition's cursors woken) before the fsync: `recent`.
-            let kept = |base| {
-                early = Some(base);
-                followed = recent.as_ref().is_some_and(|r| r.push(base, key, msgs));
-                followed
-            };
-            part.append_with(
+        let early = self.config.deliver_before_sync;
+        // (base offset, followed) once kept before the fsync (`recent`).
+        let mut kept = None;
+        let appended = part
+            .append_with(
                 &self.log.store,
                 vec![batch],
                 self.config.durable_publish,
-                kept,
+                |base| {
+                    let followed =
+                        early && recent.as_ref().is_some_and(|r| r.push(base, key, msgs));
+                    kept = early.then_some((base, followed));
+                    followed
+                },
             )
-            .await
-        } else {
-            part.append(&self.log.store, vec![batch], self.config.durable_publish)
-                .await
-        };
-        let appended = match (appended, early, &recent) {
-            (Ok(a), _, _) => a,
-            (Err(e), Some(base), Some(r)) => {
-                r.forget_from(base);
+            .await;
+        let followed = match (appended, kept) {
+            (Ok(_), Some((_, followed))) => followed,
+            (Ok(a), None) => recent.is_some_and(|r| r.push(a.base_offset, key, msgs)),
+            (Err(e), kept) => {
+                if let (Some((base, _)), Some(r)) = (kept, &recent) {
+                    r.forget_from(base);
+                }
                 return Err(e.into());
             }
-            (Err(e), _, _) => return Err(e.into()),
         };
-        if !self.config.deliver_before_sync {
-            followed = recent.is_some_and(|r| r.push(appended.base_offset, key, msgs));
-        }
         for m in msgs.iter().filter(|m| m.retain) {
             self.set_retained(m).await?;
         }

@@ -190,9 +190,14 @@ impl Recent {
         self.end.store(end, Ordering::Release);
     }
 
-    /// The kept entries from exactly `offset` on (consecutive offsets), at most `max`;
-    /// empty when `offset` is not kept.
-    pub(crate) fn from(&self, offset: u64, max: usize, out: &mut Vec<Entry>) {
+    /// The kept entries a reader at `offset` may deliver now, at most `max`: consecutive
+    /// offsets from exactly `offset`, those from `hwm` (the high watermark) on only while
+    /// they may go early ([`Entry::early`]); empty when `offset` is not kept. A reader that
+    /// has taken everything kept learns so without the lock.
+    pub(crate) fn from(&self, offset: u64, hwm: u64, max: usize, out: &mut Vec<Entry>) {
+        if offset >= self.end.load(Ordering::Acquire) {
+            return;
+        }
         let r = self.lock();
         let Some(first) = r.entries.front() else {
             return;
@@ -202,7 +207,7 @@ impl Recent {
         }
         let start = (offset - first.offset) as usize;
         for (i, e) in r.entries.iter().skip(start).take(max).enumerate() {
-            if e.offset != offset + i as u64 {
+            if e.offset != offset + i as u64 || (e.offset >= hwm && !e.early()) {
                 break;
             }
             out.push(e.clone());
@@ -229,7 +234,7 @@ mod tests {
 
     fn offsets(r: &Recent, from: u64, max: usize) -> Vec<u64> {
         let mut out = Vec::new();
-        r.from(from, max, &mut out);
+        r.from(from, u64::MAX, max, &mut out);
         out.iter().map(|e| e.offset).collect()
     }
 

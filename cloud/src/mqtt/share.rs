@@ -223,7 +223,7 @@ impl ShareGroup {
         let mut pos: Vec<u64> = st
             .cursors
             .iter()
-            .map(|c| c.next.min(c.log.high_watermark().max(c.log.log_start())))
+            .map(|c| c.log.at_most_visible(c.next))
             .collect();
         let unfinished = st.members.iter().flat_map(|m| m.inflight.keys().copied());
         let again = st.redeliver.iter().map(|d| (d.cursor, d.offset));
@@ -260,8 +260,8 @@ impl ShareGroup {
                 st.cursors[ci]
                     .watch
                     .recent()
-                    .from(next, KEPT_BATCH, &mut kept);
-                for e in kept.into_iter().take_while(|e| e.offset < hwm || e.early()) {
+                    .from(next, hwm, KEPT_BATCH, &mut kept);
+                for e in kept {
                     if topic::matches(&self.filter, &e.message.topic) {
                         let Some(i) = st.pick() else { return };
                         let d = Delivery {
