@@ -15,6 +15,9 @@ need_apt=()
 command -v kcat >/dev/null || need_apt+=(kcat)
 command -v mosquitto >/dev/null || need_apt+=(mosquitto)
 command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
+# The power-cut test boots the edge in a QEMU virtual machine (tests/python/vm.py).
+command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
+command -v busybox >/dev/null || need_apt+=(busybox-static)
 . tests/libclang.sh
 have_libclang || need_apt+=(libclang-dev clang)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -23,6 +26,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+echo "==> fetching the power-cut test's guest kernel (once)"
+./tests/vm/kernel.sh
 echo "==> installing Python test packages"
 python3 -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
 
