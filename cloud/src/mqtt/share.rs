@@ -262,16 +262,9 @@ impl ShareGroup {
                     .recent()
                     .from(next, hwm, KEPT_BATCH, &mut kept);
                 for e in kept {
-                    if topic::matches(&self.filter, &e.message.topic) {
-                        let Some(i) = st.pick() else { return };
-                        let d = Delivery {
-                            cursor: ci,
-                            offset: e.offset,
-                            message: e.message,
-                        };
-                        self.send(&mut st, i, d);
+                    if !self.offer(&mut st, ci, e.offset, e.message) {
+                        return;
                     }
-                    st.cursors[ci].next = e.offset + 1;
                 }
                 if st.cursors[ci].next != next {
                     continue;
@@ -296,16 +289,9 @@ impl ShareGroup {
                         Vec::new()
                     });
                     for s in stored {
-                        if topic::matches(&self.filter, &s.message.topic) {
-                            let Some(i) = st.pick() else { return };
-                            let d = Delivery {
-                                cursor: ci,
-                                offset: s.offset,
-                                message: Arc::new(s.message),
-                            };
-                            self.send(&mut st, i, d);
+                        if !self.offer(&mut st, ci, s.offset, Arc::new(s.message)) {
+                            return;
                         }
-                        st.cursors[ci].next = s.offset + 1;
                     }
                     if let Ok(h) = BatchHeader::parse(b) {
                         let end = h.base_offset.max(0) as u64 + h.offset_count();
@@ -314,6 +300,29 @@ impl ShareGroup {
                 }
             }
         }
+    }
+
+    /// Hands the message at `offset` of cursor `ci` to a member with room if it matches
+    /// the group's filter, and moves the cursor past it. False (cursor not moved) when it
+    /// matches and every member's window is full.
+    fn offer(
+        self: &Arc<Self>,
+        st: &mut State,
+        ci: usize,
+        offset: u64,
+        message: Arc<Message>,
+    ) -> bool {
+        if topic::matches(&self.filter, &message.topic) {
+            let Some(i) = st.pick() else { return false };
+            let d = Delivery {
+                cursor: ci,
+                offset,
+                message,
+            };
+            self.send(st, i, d);
+        }
+        st.cursors[ci].next = offset + 1;
+        true
     }
 
     fn send(self: &Arc<Self>, st: &mut State, i: usize, d: Delivery) {
