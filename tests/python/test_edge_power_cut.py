@@ -17,8 +17,6 @@ and each topic keeps publish order. `POWER_CUT_SEED=N` replays the cut points of
 
 from __future__ import annotations
 
-import os
-import random
 
 import pytest
 
@@ -50,14 +48,7 @@ metrics:
 
 @pytest.mark.timeout(900)
 def test_acknowledged_publishes_survive_power_cuts(cloud_factory, tmp_path):
-    why = vm.missing([vm.edge_binary(), vm.camera_binary()])
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
-    seed = int(os.environ.get("POWER_CUT_SEED", random.randrange(1 << 30)))
-    rng = random.Random(seed)
-    print(f"POWER_CUT_SEED={seed}")
+    seed, rng = vm.seeded([vm.edge_binary(), vm.camera_binary()])
     # The guest reaches the host's loopback as 10.0.2.2, so Metadata must name that.
     cloud = cloud_factory({"kafka": {"advertised_host": "10.0.2.2"}})
     work = tmp_path / "vm"

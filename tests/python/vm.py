@@ -1,4 +1,5 @@
-"""A QEMU virtual machine that runs the edge and a camera, for the power-cut test.
+"""A QEMU virtual machine that runs the edge and a camera, or the cloud, for the power-cut
+tests.
 
 Killing QEMU with SIGKILL is a power cut for the guest: its page cache and everything
 its kernel had not yet written to the virtual disk is gone, while what it wrote stays in
@@ -7,11 +8,12 @@ a gateway does after power returns.
 
 The guest is Debian's cloud kernel (`tests/vm/kernel.sh` unpacks it into
 $EDGE_VM_DIR, default ~/.cache/edge-cloud-sync/vm) with an initramfs built here: static
-busybox, the host's `edge` and `camera` binaries (stripped) with their shared libraries,
-the virtio modules and `tests/vm/init`. Serial port 0 carries the init script's and the
-camera's lines (`ack RUN SEQ` per PUBACK) or the cloud's stdout, serial port 1 the edge's
-or the cloud's log. The guest reaches
-the host's 127.0.0.1 as 10.0.2.2 through QEMU's user-mode network (no host interface).
+busybox, the host's `edge` and `camera` binaries or its `cloud` binary (stripped) with
+their shared libraries, the virtio modules and `tests/vm/init`. Serial port 0 carries the
+init script's and the camera's lines (`ack RUN SEQ` per PUBACK) or the cloud's stdout,
+serial port 1 the edge's or the cloud's log. The guest reaches the host's 127.0.0.1 as
+10.0.2.2 through QEMU's user-mode network (no host interface); `hostfwd` forwards host
+loopback ports to the guest's listeners.
 
 QEMU runs with TCG (software emulation): on the reference machine /dev/kvm exists but
 nested KVM fails to emulate `cmpxchg16b` while booting.
@@ -21,11 +23,14 @@ from __future__ import annotations
 
 import os
 import queue
+import random
 import shutil
 import subprocess
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from edge_fixtures import edge_binary
 
@@ -51,6 +56,20 @@ def missing(binaries: list[Path]) -> str | None:
         if not b.exists():
             return f"{b} not found (cargo build --workspace --all-targets)"
     return None
+
+
+def seeded(binaries: list[Path]) -> tuple[int, random.Random]:
+    """Skips the test (fails it under CI=true) when the machine cannot run `binaries` in
+    the VM; else returns the run's seed, `POWER_CUT_SEED` or a new one (printed), and a
+    random generator made from it."""
+    why = missing(binaries)
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    seed = int(os.environ.get("POWER_CUT_SEED", random.randrange(1 << 30)))
+    print(f"POWER_CUT_SEED={seed}")
+    return seed, random.Random(seed)
 
 
 def _libraries(binary: Path) -> list[Path]:
