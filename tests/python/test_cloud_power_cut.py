@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 import vm
+from vm import machines  # noqa: F401  (the fixture that kills what a failed test left)
 from conftest import cloud_binary
 from edge_fixtures import free_port
 from helpers import ck_read_all
@@ -108,6 +109,7 @@ def read_log(bootstrap: str, topic: str) -> list[tuple[int, int]]:
 
 
 @pytest.mark.timeout(1200)
+@pytest.mark.usefixtures("machines")
 def test_acknowledged_writes_survive_cloud_power_cuts(tmp_path):
     seed, rng = vm.seeded([cloud_binary()])
     kafka_port, mqtt_port = free_port(), free_port()
@@ -132,9 +134,11 @@ def test_acknowledged_writes_survive_cloud_power_cuts(tmp_path):
         want_k, want_m = rng.randint(100, 3000), rng.randint(100, 3000)
         m = boot(run)
         w = Writers(bootstrap, mqtt_port, run)
-        w.wait_for(want_k, want_m, 300, m)
-        m.power_cut()
-        w.kill()
+        try:
+            w.wait_for(want_k, want_m, 300, m)
+            m.power_cut()
+        finally:
+            w.kill()
         for kind in ("k", "m"):
             got = w.acked[kind]
             assert got == list(range(len(got))), f"boot {run}: {kind} acks out of order"
@@ -142,16 +146,13 @@ def test_acknowledged_writes_survive_cloud_power_cuts(tmp_path):
         print(f"boot {run}: power cut after {len(w.acked['k'])} Kafka and "
               f"{len(w.acked['m'])} MQTT acks")
 
-    m = boot(CUTS + 1)
-    try:
-        for kind, topic in (("k", "pck"), ("m", "pcm.x")):
-            keys = read_log(bootstrap, topic)
-            dup = len(keys) - len(set(keys))
-            assert dup == 0, f"{topic}: {dup} writes in the log twice"
-            assert keys == sorted(keys), f"{topic}: write order broken"
-            missing = sorted(acked[kind] - set(keys))
-            assert not missing, (f"{topic}: {len(missing)} acknowledged writes missing "
-                                 f"(first {missing[:5]}); POWER_CUT_SEED={seed}")
-            print(f"{topic}: {len(acked[kind])} acknowledged, {len(keys)} in the log")
-    finally:
-        m.power_cut()
+    boot(CUTS + 1)
+    for kind, topic in (("k", "pck"), ("m", "pcm.x")):
+        keys = read_log(bootstrap, topic)
+        dup = len(keys) - len(set(keys))
+        assert dup == 0, f"{topic}: {dup} writes in the log twice"
+        assert keys == sorted(keys), f"{topic}: write order broken"
+        missing = sorted(acked[kind] - set(keys))
+        assert not missing, (f"{topic}: {len(missing)} acknowledged writes missing "
+                             f"(first {missing[:5]}); POWER_CUT_SEED={seed}")
+        print(f"{topic}: {len(acked[kind])} acknowledged, {len(keys)} in the log")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import pytest
 
 import vm
+from vm import machines  # noqa: F401  (the fixture that kills what a failed test left)
 from helpers import ck_read_all
 
 TOPICS = 3
@@ -47,6 +48,7 @@ metrics:
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.usefixtures("machines")
 def test_acknowledged_publishes_survive_power_cuts(cloud_factory, tmp_path):
     seed, rng = vm.seeded([vm.edge_binary(), vm.camera_binary()])
     # The guest reaches the host's loopback as 10.0.2.2, so Metadata must name that.

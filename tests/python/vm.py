@@ -123,6 +123,25 @@ def make_disk(path: Path, size: int) -> Path:
     return path
 
 
+_running: list[Vm] = []
+
+
+def kill_all():
+    """Power-cuts every machine still running (a failed test's, at its teardown), so
+    none goes on using the host's CPU or its forwarded ports."""
+    while _running:
+        m = _running.pop()
+        m.proc.kill()
+        m.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def machines():
+    """Kills every machine the test leaves running (see `kill_all`)."""
+    yield
+    kill_all()
+
+
 class Vm:
     """One boot of the machine. `params` reach tests/vm/init as environment variables
     (`role`: edge, the default, or cloud); `hostfwd` maps host loopback ports to guest
@@ -148,6 +167,7 @@ class Vm:
              "-drive", f"file={disk},format=raw,if=virtio,cache=writeback",
              "-nic", nic],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        _running.append(self)
         threading.Thread(target=self._pump, daemon=True, name=f"vm-{run}").start()
 
     def _pump(self):
@@ -182,6 +202,8 @@ class Vm:
         """SIGKILL QEMU, then read what the console had already printed."""
         self.proc.kill()
         self.proc.wait(timeout=30)
+        if self in _running:
+            _running.remove(self)
         while self._new.get(timeout=10) is not None:
             pass
 
