@@ -2,15 +2,15 @@
 
     python3 power_cut_clients.py kafka BOOTSTRAP RUN
     python3 power_cut_clients.py mqtt PORT RUN
+    python3 power_cut_clients.py retained PORT RUN
 
 `kafka`: an idempotent acks=all confluent-kafka producer writes `RUN|SEQ|` to the topic
-`pck`; `mqtt`: a paho MQTT 3.1.1 client publishes `RUN|SEQ|` with QoS 1 to `pcm/x`. SEQ
-counts from 0 until the process is killed. Each acknowledgement is printed as it
-arrives: `k RUN SEQ` (delivery report without error) or `m RUN SEQ` (PUBACK). The test
-kills the process right after it cuts the cloud's power; being a process of its own,
-nothing of it reconnects into the next boot. (One process per writer: in one Python
-process the producer's callbacks took the GIL from the MQTT client, which then got 43
-PUBACKs in the time the producer got four million.)
+`pck`; `mqtt`: a paho MQTT 3.1.1 client publishes `RUN|SEQ|` with QoS 1 to `pcm/x`;
+`retained`: the same, retained, to `pcr/last`. SEQ counts from 0 until the process is
+killed. Each acknowledgement is printed as it arrives: `k RUN SEQ` (delivery report
+without error), `m RUN SEQ` or `r RUN SEQ` (PUBACK). The test kills the process right
+after it cuts the cloud's power; being a process of its own, nothing of it reconnects
+into the next boot.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def kafka(bootstrap: str, run: int):
             p.poll(0.1)
 
 
-def mqtt_writer(port: int, run: int):
+def mqtt_writer(port: int, run: int, topic: str, retain: bool, tag: str):
     pending = threading.Semaphore(OUTSTANDING)
     # mid -> SEQ of publishes not yet acknowledged. paho numbers a client's packets 1,
     # 2, ... 65535, 1, ... (this client sends nothing else that takes a mid), so the entry
@@ -60,10 +60,10 @@ def mqtt_writer(port: int, run: int):
     def on_publish(client, userdata, mid, reason_code, properties):
         with lock:
             seq = seq_of.pop(mid)
-        say(f"m {run} {seq}")
+        say(f"{tag} {run} {seq}")
         pending.release()
 
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pc-{run}",
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pc-{tag}-{run}",
                     protocol=mqtt.MQTTv311, clean_session=True)
     c.max_inflight_messages_set(100)
     c.on_publish = on_publish
@@ -76,7 +76,7 @@ def mqtt_writer(port: int, run: int):
         with lock:
             seq_of[mid] = seq
         # Not under `lock`: paho holds its own lock while it calls on_publish.
-        got = c.publish("pcm/x", f"{run}|{seq}|".encode() + PAD, qos=1).mid
+        got = c.publish(topic, f"{run}|{seq}|".encode() + PAD, qos=1, retain=retain).mid
         assert got == mid, f"paho gave mid {got}, expected {mid}"
         seq += 1
 
@@ -85,8 +85,10 @@ def main():
     kind, addr, run = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if kind == "kafka":
         kafka(addr, run)
+    elif kind == "mqtt":
+        mqtt_writer(int(addr), run, "pcm/x", False, "m")
     else:
-        mqtt_writer(int(addr), run)
+        mqtt_writer(int(addr), run, "pcr/last", True, "r")
 
 
 if __name__ == "__main__":

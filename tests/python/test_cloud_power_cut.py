@@ -3,17 +3,22 @@
 The cloud runs in a QEMU virtual machine (`vm.py`, `role=cloud`) on a journaled ext4
 disk image with the default `storage.sync: group`. Two host loopback ports are forwarded
 to its Kafka and MQTT listeners; it advertises the forwarded Kafka port, so host clients
-use it as they would a broker behind NAT. In each of three boots, a process on the host
-(`power_cut_clients.py`) writes at the same time with an idempotent acks=all
-confluent-kafka producer (topic `pck`) and a paho MQTT 3.1.1 QoS 1 publisher (`pcm/x`,
-read back through Kafka as `pcm.x`); after a seeded number of acknowledgements QEMU is
-killed, which loses the guest's page cache and every write its kernel had not issued, as
-a power cut does (a disk's own volatile write cache is not modelled). A fourth boot
-serves the reads.
+use it as they would a broker behind NAT. In each of three boots, processes on the host
+(`power_cut_clients.py`) write at the same time: an idempotent acks=all confluent-kafka
+producer (topic `pck`), a paho MQTT 3.1.1 QoS 1 publisher (`pcm/x`, read back through
+Kafka as `pcm.x`) and a second one whose publishes are retained (`pcr/last`). After a
+seeded number of acknowledgements of each, QEMU is killed, which loses the guest's page
+cache and every write its kernel had not issued, as a power cut does (a disk's own
+volatile write cache is not modelled). Before the first boot's writers start, a
+persistent MQTT session (clean session off) subscribes to `pcm/x` and disconnects. A
+fourth boot serves the reads.
 
-It checks, for both topics: every acknowledged write is in the log, none is there twice
-(the payload carries the boot and a sequence number), and the log keeps write order.
-`POWER_CUT_SEED=N` replays the cut points of a run.
+It checks, for the three topics: every acknowledged write is in the log, none is there
+twice (the payload carries the boot and a sequence number), and the log keeps write
+order. The retained message of `pcr/last` is the last acknowledged one or a later one.
+The persistent session is still there (CONNACK session present) and delivers, from its
+stored position, every record of `pcm.x` in log order: one copy, two views, after power
+cuts. `POWER_CUT_SEED=N` replays the cut points of a run.
 """
 
 from __future__ import annotations
@@ -51,18 +56,21 @@ storage:
 """
 
 
+WRITERS = (("k", "kafka", "pck"), ("m", "mqtt", "pcm.x"), ("r", "retained", "pcr.last"))
+
+
 class Writers:
-    """The host's two writers for one boot (processes of their own, killed at the cut)."""
+    """The host's writers for one boot (processes of their own, killed at the cut)."""
 
     def __init__(self, bootstrap: str, mqtt_port: int, run: int):
         self.run = run
-        self.acked: dict[str, list[int]] = {"k": [], "m": []}
+        self.acked: dict[str, list[int]] = {tag: [] for tag, _, _ in WRITERS}
         self._new: queue.Queue = queue.Queue()
         self.procs = [
-            subprocess.Popen([sys.executable, str(HERE / "power_cut_clients.py"), kind, addr,
-                              str(run)],
+            subprocess.Popen([sys.executable, str(HERE / "power_cut_clients.py"), kind,
+                              bootstrap if kind == "kafka" else str(mqtt_port), str(run)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for kind, addr in (("kafka", bootstrap), ("mqtt", str(mqtt_port)))]
+            for _, kind, _ in WRITERS]
         for p in self.procs:
             threading.Thread(target=self._pump, args=(p,), daemon=True).start()
 
@@ -74,16 +82,18 @@ class Writers:
                 self._new.put(1)
         self._new.put(None)
 
-    def wait_for(self, kafka: int, mqtt: int, timeout: float, m: vm.Vm):
+    def counts(self) -> dict[str, int]:
+        return {tag: len(seqs) for tag, seqs in self.acked.items()}
+
+    def wait_for(self, want: dict[str, int], timeout: float, m: vm.Vm):
         deadline = time.monotonic() + timeout
-        while len(self.acked["k"]) < kafka or len(self.acked["m"]) < mqtt:
+        while any(len(self.acked[tag]) < n for tag, n in want.items()):
             died = [p for p in self.procs if p.poll() is not None]
             if time.monotonic() > deadline or died:
                 err = "".join(p.stderr.read()[-2000:] for p in died)
                 raise AssertionError(
-                    f"boot {self.run}: wanted {kafka} Kafka and {mqtt} MQTT acks within "
-                    f"{timeout}s, got {len(self.acked['k'])} and {len(self.acked['m'])}"
-                    f"{err}{m.tails()}")
+                    f"boot {self.run}: wanted acks {want} within {timeout}s, got "
+                    f"{self.counts()}{err}{m.tails()}")
             try:
                 self._new.get(timeout=0.5)
             except queue.Empty:
@@ -100,11 +110,61 @@ class Writers:
                 ended += 1
 
 
+class Sub:
+    """A paho MQTT 3.1.1 subscriber client on the cloud's forwarded MQTT port."""
+
+    def __init__(self, port: int, client_id: str, clean: bool):
+        import paho.mqtt.client as mqtt
+        self.id = client_id
+        self.events: queue.Queue = queue.Queue()
+        self.messages: list = []
+        self.arrived = threading.Condition()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv311, clean_session=clean)
+        self.c.on_connect = lambda c, u, flags, rc, p: self.events.put(
+            ("connack", flags.session_present, rc))
+        self.c.on_subscribe = lambda c, u, mid, rcs, p: self.events.put(("suback", rcs))
+        self.c.on_message = self._on_message
+        self.c.connect("127.0.0.1", port, keepalive=60)
+        self.c.loop_start()
+        kind, self.session_present, rc = self._next_event()
+        assert kind == "connack" and not rc.is_failure, f"{client_id}: CONNACK {rc}"
+
+    def _on_message(self, c, u, msg):
+        with self.arrived:
+            self.messages.append(msg)
+            self.arrived.notify_all()
+
+    def _next_event(self):
+        try:
+            return self.events.get(timeout=60)
+        except queue.Empty:
+            raise AssertionError(f"{self.id}: no answer from the cloud within 60 s") from None
+
+    def subscribe(self, topic: str):
+        self.c.subscribe(topic, qos=1)
+        kind, rcs = self._next_event()
+        assert kind == "suback" and not rcs[0].is_failure, f"{self.id}: SUBACK {rcs}"
+
+    def wait_messages(self, n: int, timeout: float) -> list:
+        with self.arrived:
+            self.arrived.wait_for(lambda: len(self.messages) >= n, timeout)
+            return list(self.messages)
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def key(payload: bytes) -> tuple[int, int]:
+    run, seq, _ = payload.split(b"|", 2)
+    return int(run), int(seq)
+
+
 def read_log(bootstrap: str, topic: str) -> list[tuple[int, int]]:
     keys = []
     for r in ck_read_all(bootstrap, topic, timeout=120):
-        run, seq, _ = r.value.split(b"|", 2)
-        keys.append((int(run), int(seq)))
+        keys.append(key(r.value))
     return keys
 
 
@@ -129,30 +189,54 @@ def test_acknowledged_writes_survive_cloud_power_cuts(tmp_path):
                    "the cloud's listeners")
         return m
 
-    acked: dict[str, set[tuple[int, int]]] = {"k": set(), "m": set()}
+    acked: dict[str, set[tuple[int, int]]] = {tag: set() for tag, _, _ in WRITERS}
     for run in range(1, CUTS + 1):
-        want_k, want_m = rng.randint(100, 3000), rng.randint(100, 3000)
+        want = {"k": rng.randint(100, 3000), "m": rng.randint(100, 3000),
+                "r": rng.randint(50, 300)}
         m = boot(run)
+        if run == 1:
+            s = Sub(mqtt_port, "pc-sub", clean=False)
+            s.subscribe("pcm/x")
+            s.close()
         w = Writers(bootstrap, mqtt_port, run)
         try:
-            w.wait_for(want_k, want_m, 300, m)
+            w.wait_for(want, 300, m)
             m.power_cut()
         finally:
             w.kill()
-        for kind in ("k", "m"):
-            got = w.acked[kind]
-            assert got == list(range(len(got))), f"boot {run}: {kind} acks out of order"
-            acked[kind] |= {(run, s) for s in got}
-        print(f"boot {run}: power cut after {len(w.acked['k'])} Kafka and "
-              f"{len(w.acked['m'])} MQTT acks")
+        for tag, got in w.acked.items():
+            assert got == list(range(len(got))), f"boot {run}: {tag} acks out of order"
+            acked[tag] |= {(run, s) for s in got}
+        print(f"boot {run}: power cut after acks {w.counts()}")
 
     boot(CUTS + 1)
-    for kind, topic in (("k", "pck"), ("m", "pcm.x")):
-        keys = read_log(bootstrap, topic)
+    logs = {}
+    for tag, _, topic in WRITERS:
+        keys = logs[topic] = read_log(bootstrap, topic)
         dup = len(keys) - len(set(keys))
         assert dup == 0, f"{topic}: {dup} writes in the log twice"
         assert keys == sorted(keys), f"{topic}: write order broken"
-        missing = sorted(acked[kind] - set(keys))
+        missing = sorted(acked[tag] - set(keys))
         assert not missing, (f"{topic}: {len(missing)} acknowledged writes missing "
                              f"(first {missing[:5]}); POWER_CUT_SEED={seed}")
-        print(f"{topic}: {len(acked[kind])} acknowledged, {len(keys)} in the log")
+        print(f"{topic}: {len(acked[tag])} acknowledged, {len(keys)} in the log")
+
+    r = Sub(mqtt_port, "pc-ret", clean=True)
+    r.subscribe("pcr/last")
+    msgs = r.wait_messages(1, 60)
+    r.close()
+    assert msgs and msgs[0].retain, f"pcr/last: no retained message ({msgs})"
+    last = key(msgs[0].payload)
+    assert last >= max(acked["r"]), (f"pcr/last: retained {last}, older than the last "
+                                      f"acknowledged {max(acked['r'])}")
+    assert last in logs["pcr.last"], f"pcr/last: retained {last} is not in the log"
+
+    s = Sub(mqtt_port, "pc-sub", clean=False)
+    assert s.session_present, "pc-sub: the persistent session is gone"
+    want = logs["pcm.x"]
+    got = [key(m.payload) for m in s.wait_messages(len(want), 120)]
+    s.close()
+    assert got == want, (
+        f"pc-sub: {len(got)} messages, the log holds {len(want)}; first difference at "
+        f"{next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))}")
+    print(f"pc-sub: resumed its session, {len(got)} messages of pcm/x in log order")
