@@ -874,8 +874,9 @@ impl Hub {
                 return Err(e.into());
             }
         };
-        for m in msgs.iter().filter(|m| m.retain) {
-            self.set_retained(m).await?;
+        let retained: Vec<&Message> = msgs.iter().filter(|m| m.retain).map(|m| &**m).collect();
+        if !retained.is_empty() {
+            self.set_retained(&retained).await?;
         }
         Ok(followed)
     }
@@ -925,39 +926,62 @@ impl Hub {
     /// empty value clears it).
     pub(crate) async fn kafka_produced(&self, log_name: &str, batches: &[bytes::Bytes]) {
         let mut fallback: Option<Option<Arc<str>>> = None;
+        let mut retained = Vec::new();
         for b in batches {
             let name = fallback.get_or_insert_with(|| self.name_of(log_name));
-            let stored = match records::decode(b, 0, name.as_deref()) {
-                Ok(s) => s,
-                Err(e) => {
-                    debug!(topic = log_name, cause = %e, "produced batch not decoded");
-                    continue;
-                }
-            };
-            for s in stored.into_iter().filter(|s| s.message.retain) {
-                if topic::validate_name(&s.message.topic).is_err() {
-                    continue;
-                }
-                if let Err(e) = self.set_retained(&s.message).await {
-                    warn!(topic = s.message.topic, cause = %e, "retained message not stored");
-                }
+            match records::decode(b, 0, name.as_deref()) {
+                Ok(stored) => retained.extend(
+                    stored
+                        .into_iter()
+                        .map(|s| s.message)
+                        .filter(|m| m.retain && topic::validate_name(&m.topic).is_ok()),
+                ),
+                Err(e) => debug!(topic = log_name, cause = %e, "produced batch not decoded"),
             }
+        }
+        if retained.is_empty() {
+            return;
+        }
+        let retained: Vec<&Message> = retained.iter().collect();
+        if let Err(e) = self.set_retained(&retained).await {
+            warn!(topic = log_name, cause = %e, "retained messages not stored");
         }
     }
 
-    async fn set_retained(&self, m: &Message) -> Result<(), Error> {
+    /// Makes the retained messages in `msgs` (in publish order; an empty payload clears)
+    /// the retained messages of their topics, with one durable write: per topic, the
+    /// last one is the state afterwards, as if each had been set in turn. (One write per
+    /// message cost one fsync each per batch: in the power-cut VM a client publishing
+    /// retained updates, 100 in flight, got 479 PUBACKs while one without retain got
+    /// 17,116.)
+    async fn set_retained(&self, msgs: &[&Message]) -> Result<(), Error> {
+        let mut last: Vec<&Message> = Vec::new();
+        let mut at: HashMap<&str, usize> = HashMap::new();
+        for m in msgs {
+            match at.get(m.topic.as_str()) {
+                Some(&i) => last[i] = m,
+                None => {
+                    at.insert(&m.topic, last.len());
+                    last.push(m);
+                }
+            }
+        }
         let mut set = WriteSet::default();
-        if m.payload.is_empty() {
-            set.delete_retained(&m.topic);
-        } else {
-            set.put_retained(&m.topic, persist::encode_retained(m)?);
+        for m in &last {
+            if m.payload.is_empty() {
+                set.delete_retained(&m.topic);
+            } else {
+                set.put_retained(&m.topic, persist::encode_retained(m)?);
+            }
         }
         self.log.store.write(set, true).await?;
         let mut g = self.lock();
-        if m.payload.is_empty() {
-            g.retained.remove(&m.topic);
-        } else {
-            g.retained.insert(&m.topic, Arc::new(m.clone()));
+        for m in last {
+            if m.payload.is_empty() {
+                g.retained.remove(&m.topic);
+            } else {
+                g.retained.insert(&m.topic, Arc::new(m.clone()));
+            }
         }
         Ok(())
     }

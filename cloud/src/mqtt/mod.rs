@@ -40,6 +40,8 @@ mod codec_tests;
 #[cfg(test)]
 mod early_tests;
 #[cfg(test)]
+mod retained_tests;
+#[cfg(test)]
 mod session_tests;
 #[cfg(test)]
 mod topic_tests;
