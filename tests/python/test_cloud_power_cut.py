@@ -30,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 
 import vm
@@ -114,7 +115,6 @@ class Sub:
     """A paho MQTT 3.1.1 subscriber client on the cloud's forwarded MQTT port."""
 
     def __init__(self, port: int, client_id: str, clean: bool):
-        import paho.mqtt.client as mqtt
         self.id = client_id
         self.events: queue.Queue = queue.Queue()
         self.messages: list = []
@@ -173,6 +173,8 @@ def read_log(bootstrap: str, topic: str) -> list[tuple[int, int]]:
 def test_acknowledged_writes_survive_cloud_power_cuts(tmp_path):
     seed, rng = vm.seeded([cloud_binary()])
     kafka_port, mqtt_port = free_port(), free_port()
+    while mqtt_port == kafka_port:
+        mqtt_port = free_port()
     bootstrap = f"127.0.0.1:{kafka_port}"
     work = tmp_path / "vm"
     work.mkdir()
@@ -195,9 +197,9 @@ def test_acknowledged_writes_survive_cloud_power_cuts(tmp_path):
                 "r": rng.randint(50, 300)}
         m = boot(run)
         if run == 1:
-            s = Sub(mqtt_port, "pc-sub", clean=False)
-            s.subscribe("pcm/x")
-            s.close()
+            sub = Sub(mqtt_port, "pc-sub", clean=False)
+            sub.subscribe("pcm/x")
+            sub.close()
         w = Writers(bootstrap, mqtt_port, run)
         try:
             w.wait_for(want, 300, m)
@@ -206,7 +208,7 @@ def test_acknowledged_writes_survive_cloud_power_cuts(tmp_path):
             w.kill()
         for tag, got in w.acked.items():
             assert got == list(range(len(got))), f"boot {run}: {tag} acks out of order"
-            acked[tag] |= {(run, s) for s in got}
+            acked[tag] |= {(run, seq) for seq in got}
         print(f"boot {run}: power cut after acks {w.counts()}")
 
     boot(CUTS + 1)
@@ -231,12 +233,13 @@ def test_acknowledged_writes_survive_cloud_power_cuts(tmp_path):
                                       f"acknowledged {max(acked['r'])}")
     assert last in logs["pcr.last"], f"pcr/last: retained {last} is not in the log"
 
-    s = Sub(mqtt_port, "pc-sub", clean=False)
-    assert s.session_present, "pc-sub: the persistent session is gone"
-    want = logs["pcm.x"]
-    got = [key(m.payload) for m in s.wait_messages(len(want), 120)]
-    s.close()
-    assert got == want, (
-        f"pc-sub: {len(got)} messages, the log holds {len(want)}; first difference at "
-        f"{next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))}")
+    sub = Sub(mqtt_port, "pc-sub", clean=False)
+    assert sub.session_present, "pc-sub: the persistent session is gone"
+    log_x = logs["pcm.x"]
+    got = [key(msg.payload) for msg in sub.wait_messages(len(log_x), 120)]
+    sub.close()
+    first_diff = next((i for i, (a, b) in enumerate(zip(got, log_x)) if a != b),
+                      min(len(got), len(log_x)))
+    assert got == log_x, (f"pc-sub: {len(got)} messages, the log holds {len(log_x)}; "
+                          f"first difference at {first_diff}")
     print(f"pc-sub: resumed its session, {len(got)} messages of pcm/x in log order")
