@@ -78,8 +78,21 @@ impl Conn {
     }
 
     pub fn publish(&mut self, topic: &str, qos: QoS, pkid: u16, payload: &[u8]) -> Result<()> {
+        self.publish_retain(topic, qos, pkid, payload, false)
+    }
+
+    /// [`Conn::publish`] with the RETAIN flag as given.
+    pub fn publish_retain(
+        &mut self,
+        topic: &str,
+        qos: QoS,
+        pkid: u16,
+        payload: &[u8],
+        retain: bool,
+    ) -> Result<()> {
         let mut p = Publish::new(topic, qos, payload.to_vec());
         p.pkid = if qos == QoS::AtMostOnce { 0 } else { pkid };
+        p.retain = retain;
         Packet::Publish(p).write(&mut self.wbuf, usize::MAX)?;
         Ok(())
     }

@@ -15,7 +15,11 @@
 //!
 //!   cargo run -p tests --bin mqtt-bench -- [--publishers 8] [--subscribers 20]
 //!        [--messages 10000] [--size 100] [--qos 1] [--round-trips 5000] [--warmup 3000]
-//!        [--connects 4000] [--rows fan-in,fan-out,round-trip,connect]
+//!        [--connects 4000] [--retain 0] [--rows fan-in,fan-out,round-trip,connect]
+//!
+//! `--retain 1` sets RETAIN on the fan-in and fan-out publishes (devices publishing
+//! their state as retained messages): every publish also replaces its topic's retained
+//! message, which the cloud stores durably with the record and Mosquitto keeps in memory.
 //!
 //! The cloud runs three times: with its defaults (QoS 1/2 acknowledged after a group
 //! fsync, i.e. durable), with `storage.sync: none` + `mqtt.durable_publish: false` (the
@@ -48,6 +52,8 @@ struct Opts {
     warmup: usize,
     /// Connections in the connect row.
     connects: usize,
+    /// RETAIN on the fan-in and fan-out publishes.
+    retain: bool,
     /// Which rows to run (`--rows fan-in,fan-out,round-trip`).
     rows: Vec<String>,
 }
@@ -63,6 +69,7 @@ fn opts() -> Result<Opts> {
         round_trips: 5000,
         warmup: 3000,
         connects: 4000,
+        retain: false,
         rows: ROWS.iter().map(|r| r.to_string()).collect(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -93,6 +100,7 @@ fn opts() -> Result<Opts> {
             "--round-trips" => o.round_trips = v,
             "--warmup" => o.warmup = v,
             "--connects" => o.connects = v,
+            "--retain" => o.retain = v != 0,
             other => bail!("unknown flag {other}"),
         }
         i += 2;
@@ -184,21 +192,29 @@ fn payload(size: usize, t0: Instant) -> Vec<u8> {
 }
 
 /// Publishes `n` messages with up to `window` unacknowledged (QoS 1).
-async fn publisher(
-    addr: String,
-    id: String,
-    topic: String,
+/// What one publisher sends: `n` messages of `size` bytes.
+#[derive(Clone, Copy)]
+struct Load {
     n: usize,
     size: usize,
     qos: QoS,
-    t0: Instant,
-) -> Result<()> {
+    retain: bool,
+}
+
+async fn publisher(addr: String, id: String, topic: String, load: Load, t0: Instant) -> Result<()> {
+    let Load {
+        n,
+        size,
+        qos,
+        retain,
+    } = load;
     let mut c = Conn::connect(&addr, &id).await?;
     let window = 100;
     let (mut sent, mut acked) = (0usize, 0usize);
     while acked < n {
         while sent < n && sent - acked < window {
-            c.publish(&topic, qos, (sent % 60_000 + 1) as u16, &payload(size, t0))?;
+            let pkid = (sent % 60_000 + 1) as u16;
+            c.publish_retain(&topic, qos, pkid, &payload(size, t0), retain)?;
             sent += 1;
             if qos == QoS::AtMostOnce {
                 acked += 1;
@@ -277,9 +293,12 @@ async fn fan(b: &Broker, pubs: usize, subs: usize, o: &Opts, tag: &str) -> Resul
                 b.addr.clone(),
                 format!("{tag}-p{i}"),
                 t,
-                o.messages,
-                o.size,
-                o.qos,
+                Load {
+                    n: o.messages,
+                    size: o.size,
+                    qos: o.qos,
+                    retain: o.retain,
+                },
                 t0,
             ))
         })
@@ -396,8 +415,8 @@ async fn main() -> Result<()> {
     ];
     let q = if o.qos == QoS::AtMostOnce { 0 } else { 1 };
     println!(
-        "mqtt-bench: {} B payloads, QoS {q}; fan-in {}x{} msgs; fan-out 1x{} msgs to {} subscribers; {} QoS 1 round trips after {} untimed; {} connects with a will, {} at once",
-        o.size, o.publishers, o.messages, o.messages, o.subscribers, o.round_trips, o.warmup, o.connects, o.publishers
+        "mqtt-bench: {} B payloads, QoS {q}{}; fan-in {}x{} msgs; fan-out 1x{} msgs to {} subscribers; {} QoS 1 round trips after {} untimed; {} connects with a will, {} at once",
+        o.size, if o.retain { ", fan-in/out retained" } else { "" }, o.publishers, o.messages, o.messages, o.subscribers, o.round_trips, o.warmup, o.connects, o.publishers
     );
     println!(
         "{:<10} {:<18} {:>12} {:>9} {:>9} {:>8}",
