@@ -3,12 +3,14 @@
     python3 power_cut_clients.py kafka BOOTSTRAP RUN
     python3 power_cut_clients.py mqtt PORT RUN
     python3 power_cut_clients.py retained PORT RUN
+    python3 power_cut_clients.py qos2 PORT RUN
 
 `kafka`: an idempotent acks=all confluent-kafka producer writes `RUN|SEQ|` to the topic
 `pck`; `mqtt`: a paho MQTT 3.1.1 client publishes `RUN|SEQ|` with QoS 1 to `pcm/x`;
-`retained`: the same, retained, to `pcr/last`. SEQ counts from 0 until the process is
-killed. Each acknowledgement is printed as it arrives: `k RUN SEQ` (delivery report
-without error), `m RUN SEQ` or `r RUN SEQ` (PUBACK). The test kills the process right
+`retained`: the same, retained, to `pcr/last`; `qos2`: the same with QoS 2 to `pcq/x`.
+SEQ counts from 0 until the process is killed. Each acknowledgement is printed as it
+arrives: `k RUN SEQ` (delivery report without error), `m RUN SEQ` or `r RUN SEQ`
+(PUBACK), `q RUN SEQ` (PUBCOMP). The test kills the process right
 after it cuts the cloud's power; being a process of its own, nothing of it reconnects
 into the next boot.
 """
@@ -49,7 +51,7 @@ def kafka(bootstrap: str, run: int):
             p.poll(0.1)
 
 
-def mqtt_writer(port: int, run: int, topic: str, retain: bool, tag: str):
+def mqtt_writer(port: int, run: int, topic: str, retain: bool, tag: str, qos: int = 1):
     pending = threading.Semaphore(OUTSTANDING)
     # mid -> SEQ of publishes not yet acknowledged. paho numbers a client's packets 1,
     # 2, ... 65535, 1, ... (this client sends nothing else that takes a mid), so the entry
@@ -76,7 +78,7 @@ def mqtt_writer(port: int, run: int, topic: str, retain: bool, tag: str):
         with lock:
             seq_of[mid] = seq
         # Not under `lock`: paho holds its own lock while it calls on_publish.
-        got = c.publish(topic, f"{run}|{seq}|".encode() + PAD, qos=1, retain=retain).mid
+        got = c.publish(topic, f"{run}|{seq}|".encode() + PAD, qos=qos, retain=retain).mid
         assert got == mid, f"paho gave mid {got}, expected {mid}"
         seq += 1
 
@@ -87,8 +89,10 @@ def main():
         kafka(addr, run)
     elif kind == "mqtt":
         mqtt_writer(int(addr), run, "pcm/x", False, "m")
-    else:
+    elif kind == "retained":
         mqtt_writer(int(addr), run, "pcr/last", True, "r")
+    else:
+        mqtt_writer(int(addr), run, "pcq/x", False, "q", qos=2)
 
 
 if __name__ == "__main__":

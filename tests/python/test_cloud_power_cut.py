@@ -6,14 +6,15 @@ to its Kafka and MQTT listeners; it advertises the forwarded Kafka port, so host
 use it as they would a broker behind NAT. In each of three boots, processes on the host
 (`power_cut_clients.py`) write at the same time: an idempotent acks=all confluent-kafka
 producer (topic `pck`), a paho MQTT 3.1.1 QoS 1 publisher (`pcm/x`, read back through
-Kafka as `pcm.x`) and a second one whose publishes are retained (`pcr/last`). After a
+Kafka as `pcm.x`), a second one whose publishes are retained (`pcr/last`) and a QoS 2
+one (`pcq/x`, acknowledged by PUBCOMP). After a
 seeded number of acknowledgements of each, QEMU is killed, which loses the guest's page
 cache and every write its kernel had not issued, as a power cut does (a disk's own
 volatile write cache is not modelled). Before the first boot's writers start, a
 persistent MQTT session (clean session off) subscribes to `pcm/x` and disconnects. A
 fourth boot serves the reads.
 
-It checks, for the three topics: every acknowledged write is in the log, none is there
+It checks, for the four topics: every acknowledged write is in the log, none is there
 twice (the payload carries the boot and a sequence number), and the log keeps write
 order. The retained message of `pcr/last` is the last acknowledged one or a later one.
 The persistent session is still there (CONNACK session present) and delivers, from its
@@ -57,7 +58,8 @@ storage:
 """
 
 
-WRITERS = (("k", "kafka", "pck"), ("m", "mqtt", "pcm.x"), ("r", "retained", "pcr.last"))
+WRITERS = (("k", "kafka", "pck"), ("m", "mqtt", "pcm.x"), ("r", "retained", "pcr.last"),
+           ("q", "qos2", "pcq.x"))
 
 
 class Writers:
@@ -194,7 +196,7 @@ def test_acknowledged_writes_survive_cloud_power_cuts(tmp_path):
     acked: dict[str, set[tuple[int, int]]] = {tag: set() for tag, _, _ in WRITERS}
     for run in range(1, CUTS + 1):
         want = {"k": rng.randint(100, 3000), "m": rng.randint(100, 3000),
-                "r": rng.randint(50, 300)}
+                "r": rng.randint(50, 300), "q": rng.randint(50, 1000)}
         m = boot(run)
         if run == 1:
             sub = Sub(mqtt_port, "pc-sub", clean=False)
