@@ -26,6 +26,7 @@ import paho.mqtt.client as mqtt
 PAD = b"x" * 100
 OUTSTANDING = 2000  # unacknowledged publishes per writer, at most
 
+
 def say(line: str):
     sys.stdout.write(line + "\n")
     sys.stdout.flush()

@@ -31,7 +31,6 @@ import threading
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 import vm
@@ -39,6 +38,7 @@ from vm import machines  # noqa: F401  (the fixture that kills what a failed tes
 from conftest import cloud_binary
 from edge_fixtures import free_port
 from helpers import ck_read_all
+from mqtt_fixtures import Mqtt
 
 CUTS = 3
 HERE = Path(__file__).resolve().parent
@@ -113,51 +113,6 @@ class Writers:
                 ended += 1
 
 
-class Sub:
-    """A paho MQTT 3.1.1 subscriber client on the cloud's forwarded MQTT port."""
-
-    def __init__(self, port: int, client_id: str, clean: bool):
-        self.id = client_id
-        self.events: queue.Queue = queue.Queue()
-        self.messages: list = []
-        self.arrived = threading.Condition()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=mqtt.MQTTv311, clean_session=clean)
-        self.c.on_connect = lambda c, u, flags, rc, p: self.events.put(
-            ("connack", flags.session_present, rc))
-        self.c.on_subscribe = lambda c, u, mid, rcs, p: self.events.put(("suback", rcs))
-        self.c.on_message = self._on_message
-        self.c.connect("127.0.0.1", port, keepalive=60)
-        self.c.loop_start()
-        kind, self.session_present, rc = self._next_event()
-        assert kind == "connack" and not rc.is_failure, f"{client_id}: CONNACK {rc}"
-
-    def _on_message(self, c, u, msg):
-        with self.arrived:
-            self.messages.append(msg)
-            self.arrived.notify_all()
-
-    def _next_event(self):
-        try:
-            return self.events.get(timeout=60)
-        except queue.Empty:
-            raise AssertionError(f"{self.id}: no answer from the cloud within 60 s") from None
-
-    def subscribe(self, topic: str):
-        self.c.subscribe(topic, qos=1)
-        kind, rcs = self._next_event()
-        assert kind == "suback" and not rcs[0].is_failure, f"{self.id}: SUBACK {rcs}"
-
-    def wait_messages(self, n: int, timeout: float) -> list:
-        with self.arrived:
-            self.arrived.wait_for(lambda: len(self.messages) >= n, timeout)
-            return list(self.messages)
-
-    def close(self):
-        self.c.disconnect()
-        self.c.loop_stop()
-
-
 def key(payload: bytes) -> tuple[int, int]:
     run, seq, _ = payload.split(b"|", 2)
     return int(run), int(seq)
@@ -199,8 +154,8 @@ def test_acknowledged_writes_survive_cloud_power_cuts(tmp_path):
                 "r": rng.randint(50, 300), "q": rng.randint(50, 1000)}
         m = boot(run)
         if run == 1:
-            sub = Sub(mqtt_port, "pc-sub", clean=False)
-            sub.subscribe("pcm/x")
+            sub = Mqtt(mqtt_port, client_id="pc-sub", clean=False)
+            sub.subscribe("pcm/x", qos=1, timeout=60)
             sub.close()
         w = Writers(bootstrap, mqtt_port, run)
         try:
@@ -225,20 +180,25 @@ def test_acknowledged_writes_survive_cloud_power_cuts(tmp_path):
                              f"(first {missing[:5]}); POWER_CUT_SEED={seed}")
         print(f"{topic}: {len(acked[tag])} acknowledged, {len(keys)} in the log")
 
-    r = Sub(mqtt_port, "pc-ret", clean=True)
-    r.subscribe("pcr/last")
-    msgs = r.wait_messages(1, 60)
+    r = Mqtt(mqtt_port, client_id="pc-ret")
+    r.subscribe("pcr/last", qos=1, timeout=60)
+    msg = r.expect(1, timeout=60)[0]
     r.close()
-    assert msgs and msgs[0].retain, f"pcr/last: no retained message ({msgs})"
-    last = key(msgs[0].payload)
+    assert msg.retain, f"pcr/last: a live message, not the retained one ({msg.payload!r})"
+    last = key(msg.payload)
     assert last >= max(acked["r"]), (f"pcr/last: retained {last}, older than the last "
                                       f"acknowledged {max(acked['r'])}")
     assert last in logs["pcr.last"], f"pcr/last: retained {last} is not in the log"
 
-    sub = Sub(mqtt_port, "pc-sub", clean=False)
-    assert sub.session_present, "pc-sub: the persistent session is gone"
+    sub = Mqtt(mqtt_port, client_id="pc-sub", clean=False)
+    assert sub.connack[0].session_present, "pc-sub: the persistent session is gone"
     log_x = logs["pcm.x"]
-    got = [key(msg.payload) for msg in sub.wait_messages(len(log_x), 120)]
+    got = []
+    while len(got) < len(log_x):
+        try:
+            got.append(key(sub.messages.get(timeout=60).payload))
+        except queue.Empty:
+            break
     sub.close()
     first_diff = next((i for i, (a, b) in enumerate(zip(got, log_x)) if a != b),
                       min(len(got), len(log_x)))

@@ -955,19 +955,9 @@ impl Hub {
     /// retained updates, 100 in flight, got 479 PUBACKs while one without retain got
     /// 17,116.)
     async fn set_retained(&self, msgs: &[&Message]) -> Result<(), Error> {
-        let mut last: Vec<&Message> = Vec::new();
-        let mut at: HashMap<&str, usize> = HashMap::new();
-        for m in msgs {
-            match at.get(m.topic.as_str()) {
-                Some(&i) => last[i] = m,
-                None => {
-                    at.insert(&m.topic, last.len());
-                    last.push(m);
-                }
-            }
-        }
+        let last: HashMap<&str, &Message> = msgs.iter().map(|m| (m.topic.as_str(), *m)).collect();
         let mut set = WriteSet::default();
-        for m in &last {
+        for m in last.values() {
             if m.payload.is_empty() {
                 set.delete_retained(&m.topic);
             } else {
@@ -976,7 +966,7 @@ impl Hub {
         }
         self.log.store.write(set, true).await?;
         let mut g = self.lock();
-        for m in last {
+        for m in last.into_values() {
             if m.payload.is_empty() {
                 g.retained.remove(&m.topic);
             } else {

@@ -191,7 +191,6 @@ fn payload(size: usize, t0: Instant) -> Vec<u8> {
     v
 }
 
-/// Publishes `n` messages with up to `window` unacknowledged (QoS 1).
 /// What one publisher sends: `n` messages of `size` bytes.
 #[derive(Clone, Copy)]
 struct Load {
@@ -201,6 +200,7 @@ struct Load {
     retain: bool,
 }
 
+/// Publishes `load.n` messages with up to `window` unacknowledged (QoS 1).
 async fn publisher(addr: String, id: String, topic: String, load: Load, t0: Instant) -> Result<()> {
     let Load {
         n,
