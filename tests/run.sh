@@ -18,6 +18,9 @@ command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
 # The power-cut test boots the edge in a QEMU virtual machine (tests/python/vm.py).
 command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
 command -v busybox >/dev/null || need_apt+=(busybox-static)
+# KafkaJS (tests/js) runs on Node.js.
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
 . tests/libclang.sh
 have_libclang || need_apt+=(libclang-dev clang)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -30,6 +33,8 @@ echo "==> fetching the power-cut test's guest kernel (once)"
 ./tests/vm/kernel.sh
 echo "==> installing Python test packages"
 python3 -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+echo "==> installing Node.js test packages (KafkaJS)"
+npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 
 echo "==> building"
 cargo build --workspace --all-targets
