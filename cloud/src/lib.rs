@@ -50,6 +50,8 @@ pub enum StartError {
     },
     #[error("mqtt.tls: {0}")]
     MqttTls(#[from] mqtt::TlsError),
+    #[error("mqtt.websocket: {0}")]
+    MqttWsTls(mqtt::TlsError),
     #[error("kafka.tls.{field}: {source}")]
     KafkaTls {
         field: &'static str,
@@ -66,6 +68,9 @@ pub struct Running {
     pub mqtt_addr: Option<std::net::SocketAddr>,
     /// The MQTT over TLS listener's address (`mqtt.tls.listen`), if configured.
     pub mqtts_addr: Option<std::net::SocketAddr>,
+    /// The MQTT over WebSocket listener's address (`mqtt.websocket.listen`) and whether
+    /// it speaks TLS (`wss`), if configured.
+    pub mqtt_ws_addr: Option<(std::net::SocketAddr, bool)>,
     serve: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     mqtt: Arc<mqtt::Hub>,
 }
@@ -208,6 +213,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
         None => None,
     };
+    let ws_listener = match &config.mqtt.websocket {
+        Some(w) => {
+            let acceptor = mqtt::ws_acceptor(w).map_err(StartError::MqttWsTls)?;
+            Some((
+                bind_mqtt(w.listen, "mqtt.websocket.listen").await?,
+                acceptor,
+            ))
+        }
+        None => None,
+    };
+    let mqtt_ws_addr = ws_listener
+        .as_ref()
+        .map(|((_, a), acceptor)| (*a, acceptor.is_some()));
     let config_threads = config.mqtt.thread_count();
     let mqtt_addr = mqtt_listener.as_ref().map(|(_, a)| *a);
     let mqtts_addr = mqtts_listener.as_ref().map(|((_, a), _)| *a);
@@ -236,6 +254,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         mqtt::Listeners {
             plain: mqtt_listener.map(|(l, _)| l),
             tls: mqtts_listener.map(|((l, _), acceptor)| (l, acceptor)),
+            ws: ws_listener.map(|((l, _), acceptor)| (l, acceptor)),
         },
         mqtt_hub.clone(),
     )
@@ -260,6 +279,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         kafka_addr,
         mqtt_addr,
         mqtts_addr,
+        mqtt_ws_addr,
         serve: Box::pin(serve),
         mqtt: hub,
     })

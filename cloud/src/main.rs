@@ -91,6 +91,11 @@ fn main() -> ExitCode {
         if let Some(a) = running.mqtts_addr {
             announce("mqtts", a);
         }
+        match running.mqtt_ws_addr {
+            Some((a, false)) => announce("mqtt-ws", a),
+            Some((a, true)) => announce("mqtt-wss", a),
+            None => {}
+        }
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,

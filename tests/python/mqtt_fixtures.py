@@ -23,7 +23,7 @@ from paho.mqtt.packettypes import PacketTypes
 from conftest import deep_merge
 from helpers import wait_for
 
-LISTEN_RE = re.compile(r"^listening (mqtts?) 127\.0\.0\.1:(\d+)\s*$")
+LISTEN_RE = re.compile(r"^listening (mqtts?|mqtt-wss?) 127\.0\.0\.1:(\d+)\s*$")
 MQTT_OVERRIDES = {"mqtt": {"listen": "127.0.0.1:0"}}
 
 
@@ -61,7 +61,8 @@ class Mqtt:
 
     def __init__(self, port: int, version: int = 4, client_id: str | None = None, clean: bool = True,
                  keepalive: int = 60, will: tuple | None = None, connect_props: Properties | None = None,
-                 tls: dict | None = None, connect: bool = True):
+                 tls: dict | None = None, connect: bool = True, transport: str = "tcp",
+                 ws_path: str = "/mqtt"):
         self.port = port
         self.version = version
         self.client_id = client_id if client_id is not None else f"t-{uuid.uuid4().hex[:10]}"
@@ -69,7 +70,9 @@ class Mqtt:
         kw = {"protocol": proto, "client_id": self.client_id}
         if version != 5:
             kw["clean_session"] = clean
-        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, **kw)
+        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, transport=transport, **kw)
+        if transport == "websockets":
+            self.c.ws_set_options(path=ws_path)
         self.clean = clean
         self.keepalive = keepalive
         self.connect_props = connect_props

@@ -105,10 +105,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         // `write_all_buf` consumes what it writes: if the stop interrupts it, `wbuf` holds
         // exactly what is left, which `goodbye` may still send.
-        let write = tokio::time::timeout(
-            self.write_timeout,
-            self.stream.write_all_buf(&mut self.wbuf),
-        );
+        // The flush matters to streams that buffer (a WebSocket frame the socket did not
+        // take at once); on a TCP stream it is a no-op.
+        let (stream, wbuf) = (&mut self.stream, &mut self.wbuf);
+        let write = tokio::time::timeout(self.write_timeout, async move {
+            stream.write_all_buf(wbuf).await?;
+            stream.flush().await
+        });
         let written = tokio::select! {
             biased;
             w = write => w,

@@ -34,6 +34,7 @@ pub(crate) mod session;
 mod share;
 mod threads;
 pub(crate) mod topic;
+mod ws;
 
 #[cfg(test)]
 mod codec_tests;
@@ -90,6 +91,8 @@ pub struct MqttConfig {
     pub threads: u16,
     /// MQTT over TLS (rustls); absent by default.
     pub tls: Option<TlsConfig>,
+    /// MQTT over WebSocket (`ws`; `wss` with a certificate); absent by default.
+    pub websocket: Option<WsConfig>,
     /// Largest packet accepted (and advertised as MQTT 5 Maximum Packet Size).
     pub max_packet_bytes: u32,
     /// QoS 1/2 publishes a client may have unacknowledged (MQTT 5 Receive Maximum).
@@ -144,12 +147,24 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
+/// The MQTT over WebSocket listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WsConfig {
+    pub listen: SocketAddr,
+    /// PEM certificate chain; with `key`, the listener speaks TLS (`wss`).
+    pub cert: Option<PathBuf>,
+    /// PEM private key, with `cert`.
+    pub key: Option<PathBuf>,
+}
+
 impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
             threads: 0,
             tls: None,
+            websocket: None,
             max_packet_bytes: 1 << 20,
             receive_maximum: 1024,
             max_inflight: 1024,
@@ -202,6 +217,14 @@ impl MqttConfig {
                 ));
             }
         }
+        if let Some(w) = &self.websocket {
+            if w.cert.is_some() != w.key.is_some() {
+                return Err((
+                    "mqtt.websocket",
+                    "cert and key go together (both for wss, neither for ws)".into(),
+                ));
+            }
+        }
         if self.threads > 256 {
             return Err(("mqtt.threads", "must be at most 256".into()));
         }
@@ -250,4 +273,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Loads the TLS certificate chain and key.
 pub(crate) fn tls_acceptor(t: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
     common::tls::acceptor(&t.cert, &t.key, None).map_err(|(_, e)| e)
+}
+
+/// Loads the WebSocket listener's certificate chain and key, if it has them (`wss`).
+pub(crate) fn ws_acceptor(w: &WsConfig) -> Result<Option<tokio_rustls::TlsAcceptor>, TlsError> {
+    match (&w.cert, &w.key) {
+        (Some(cert), Some(key)) => common::tls::acceptor(cert, key, None)
+            .map(Some)
+            .map_err(|(_, e)| e),
+        _ => Ok(None),
+    }
 }

@@ -33,7 +33,7 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use super::{conn, Hub};
+use super::{conn, ws, Hub};
 
 /// How many MQTT threads `mqtt.threads: 0` means: half the cores, at least one, so the
 /// other half serves Kafka clients, the store's writer thread and RocksDB's own threads.
@@ -66,10 +66,12 @@ impl Drop for Threads {
     }
 }
 
-/// The listeners to serve: plain, and TLS with its acceptor.
+/// The listeners to serve: plain, TLS with its acceptor, WebSocket (with an acceptor
+/// for `wss`).
 pub(crate) struct Listeners {
     pub(crate) plain: Option<TcpListener>,
     pub(crate) tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+    pub(crate) ws: Option<(TcpListener, Option<tokio_rustls::TlsAcceptor>)>,
 }
 
 impl Threads {
@@ -81,6 +83,10 @@ impl Threads {
     ) -> std::io::Result<Threads> {
         let plain = listeners.plain.map(|l| l.into_std()).transpose()?;
         let tls = match listeners.tls {
+            Some((l, acceptor)) => Some((l.into_std()?, acceptor)),
+            None => None,
+        };
+        let ws = match listeners.ws {
             Some((l, acceptor)) => Some((l.into_std()?, acceptor)),
             None => None,
         };
@@ -104,10 +110,19 @@ impl Threads {
             });
         }
         if let Some((l, acceptor)) = tls {
+            let (spread, hub) = (spread.clone(), hub.clone());
             first.spawn(async move {
                 match TcpListener::from_std(l) {
                     Ok(l) => serve_tls(l, acceptor, spread, hub).await,
                     Err(e) => warn!(cause = %e, "mqtts listener lost"),
+                }
+            });
+        }
+        if let Some((l, acceptor)) = ws {
+            first.spawn(async move {
+                match TcpListener::from_std(l) {
+                    Ok(l) => serve_ws(l, acceptor, spread, hub).await,
+                    Err(e) => warn!(cause = %e, "mqtt websocket listener lost"),
                 }
             });
         }
@@ -176,64 +191,113 @@ impl Spread {
     }
 }
 
-/// Accepts plain MQTT connections until the stop begins.
-async fn serve(listener: TcpListener, spread: Spread, hub: Arc<Hub>) {
+/// Accepts connections on `listener` until the stop begins; `serve_one` serves each on
+/// the thread it was handed to. `what` names the listener in logs.
+async fn accept_loop<F, Fut>(
+    what: &'static str,
+    listener: TcpListener,
+    spread: Spread,
+    hub: Arc<Hub>,
+    serve_one: F,
+) where
+    F: Fn(TcpStream, SocketAddr, Arc<Hub>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let mut next = 0;
     let mut stop = hub.stop_signal();
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s) => return debug!("mqtt listener closed for the stop"),
+            _ = stop.wait_for(|s| *s) => return debug!(listener = what, "listener closed for the stop"),
             a = listener.accept() => a,
         };
         match accepted {
             Ok((sock, peer)) => {
-                let hub = hub.clone();
-                spread.run(&mut next, sock, peer, move |s| conn::serve(s, peer, hub));
+                let (hub, serve_one) = (hub.clone(), serve_one.clone());
+                spread.run(&mut next, sock, peer, move |s| serve_one(s, peer, hub));
             }
-            Err(e) => accept_failed(false, e).await,
+            Err(e) => {
+                // EMFILE and friends: keep serving the connections we have, try again shortly.
+                warn!(listener = what, cause = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
 }
 
-/// Accepts MQTT over TLS connections; a failed handshake closes that connection only.
+/// Plain MQTT.
+async fn serve(listener: TcpListener, spread: Spread, hub: Arc<Hub>) {
+    accept_loop("mqtt", listener, spread, hub, |s, peer, hub| {
+        conn::serve(s, peer, hub)
+    })
+    .await
+}
+
+/// MQTT over TLS; a failed handshake closes that connection only.
 async fn serve_tls(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     spread: Spread,
     hub: Arc<Hub>,
 ) {
-    let mut next = 0;
-    let mut stop = hub.stop_signal();
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = stop.wait_for(|s| *s) => return debug!("mqtts listener closed for the stop"),
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((sock, peer)) => {
-                let (acceptor, hub) = (acceptor.clone(), hub.clone());
-                let timeout = std::time::Duration::from_millis(hub.config.connect_timeout_ms);
-                spread.run(&mut next, sock, peer, move |s| async move {
-                    match tokio::time::timeout(timeout, acceptor.accept(s)).await {
-                        Ok(Ok(tls)) => conn::serve(tls, peer, hub).await,
-                        Ok(Err(e)) => debug!(%peer, cause = %e, "tls handshake failed"),
-                        Err(_) => debug!(%peer, "tls handshake timed out"),
-                    }
-                });
+    accept_loop("mqtts", listener, spread, hub, move |s, peer, hub| {
+        let acceptor = acceptor.clone();
+        async move {
+            let timeout = Duration::from_millis(hub.config.connect_timeout_ms);
+            match tokio::time::timeout(timeout, acceptor.accept(s)).await {
+                Ok(Ok(tls)) => conn::serve(tls, peer, hub).await,
+                Ok(Err(e)) => debug!(%peer, cause = %e, "tls handshake failed"),
+                Err(_) => debug!(%peer, "tls handshake timed out"),
             }
-            Err(e) => accept_failed(true, e).await,
         }
-    }
+    })
+    .await
 }
 
-/// EMFILE and friends: keep serving the connections we have, try again shortly.
-async fn accept_failed(tls: bool, e: std::io::Error) {
-    if tls {
-        warn!(cause = %e, "mqtts accept failed");
+/// MQTT over WebSocket (`ws`, or `wss` with `acceptor`); a failed TLS or WebSocket
+/// handshake closes that connection only. Both handshakes together get
+/// `mqtt.connect_timeout_ms`.
+async fn serve_ws(
+    listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    spread: Spread,
+    hub: Arc<Hub>,
+) {
+    let what = if acceptor.is_some() {
+        "mqtt-wss"
     } else {
-        warn!(cause = %e, "mqtt accept failed");
+        "mqtt-ws"
+    };
+    accept_loop(what, listener, spread, hub, move |s, peer, hub| {
+        let acceptor = acceptor.clone();
+        async move {
+            let max_packet = hub.config.max_packet_bytes;
+            match acceptor {
+                Some(a) => {
+                    let handshakes = async move {
+                        let tls = a.accept(s).await.map_err(ws::WsError::Io)?;
+                        ws::accept(tls, max_packet).await
+                    };
+                    serve_upgraded(handshakes, peer, hub).await
+                }
+                None => serve_upgraded(ws::accept(s, max_packet), peer, hub).await,
+            }
+        }
+    })
+    .await
+}
+
+/// Serves the connection `handshakes` upgrade, if they end within
+/// `mqtt.connect_timeout_ms`.
+async fn serve_upgraded<S, F>(handshakes: F, peer: SocketAddr, hub: Arc<Hub>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    F: std::future::Future<Output = Result<ws::WsIo<S>, ws::WsError>>,
+{
+    let timeout = Duration::from_millis(hub.config.connect_timeout_ms);
+    match tokio::time::timeout(timeout, handshakes).await {
+        Ok(Ok(io)) => conn::serve(io, peer, hub).await,
+        Ok(Err(e)) => debug!(%peer, cause = %e, "websocket handshake failed"),
+        Err(_) => debug!(%peer, "websocket handshake timed out"),
     }
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 }
