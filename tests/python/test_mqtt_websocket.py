@@ -163,3 +163,42 @@ def test_websocket_config_errors_name_the_key(tmp_path):
     p = subprocess.run([str(cloud_binary()), "--config", str(cfg)], capture_output=True, timeout=30)
     assert p.returncode != 0
     assert b"mqtt.websocket" in p.stderr and b"missing.pem" in p.stderr, p.stderr
+
+
+@pytest.mark.timeout(180)
+def test_idle_websocket_connections_stay_small(cloud_factory):
+    """2,000 idle WebSocket connections: RSS per connection. The task of a connection
+    once held room for the TLS handshakes and a TLS connection whatever its listener
+    (26.8 KB each, measured); boxed, 13.7 KB (an idle TCP connection: 6.5 KB)."""
+    import resource
+    n = 2000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < n + 500:
+        pytest.skip(f"hard file limit {hard} < {n + 500}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, n + 500), hard))
+    c = ws_cloud(cloud_factory)
+    rss0 = c.rss_kb()
+    socks = []
+    try:
+        for i in range(n):
+            s = socket.create_connection(("127.0.0.1", c.ws_port), timeout=30)
+            s.sendall(upgrade_request())
+            rest = read_response_head(s).split(b"\r\n\r\n", 1)[1]
+            cid = f"idle-{i}".encode()
+            vh = b"\x00\x04MQTT\x04\x02\x00\x00" + len(cid).to_bytes(2, "big") + cid
+            s.sendall(masked_frame(0x2, bytes([0x10, len(vh)]) + vh))
+            while len(rest) < 6:
+                chunk = s.recv(64)
+                assert chunk, "closed before the CONNACK"
+                rest += chunk
+            assert rest[:6] == b"\x82\x04\x20\x02\x00\x00", rest
+            socks.append(s)
+        per_conn = (c.rss_kb() - rss0) * 1024 / n
+        print(f"\n{n} idle websocket connections: {per_conn:.0f} bytes each")
+        assert per_conn < 20_000, f"{per_conn:.0f} bytes per idle websocket connection"
+    finally:
+        for s in socks:
+            s.close()
+    # paho selects on its socket, which cannot watch descriptors above 1024: check once
+    # the idle ones are closed.
+    assert_ws_serves(c)

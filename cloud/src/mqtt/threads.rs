@@ -278,9 +278,9 @@ async fn serve_ws(
                         let tls = a.accept(s).await.map_err(ws::WsError::Io)?;
                         ws::accept(tls, max_packet).await
                     };
-                    serve_upgraded(handshakes, peer, hub).await
+                    serve_upgraded(Box::pin(handshakes), peer, hub).await
                 }
-                None => serve_upgraded(ws::accept(s, max_packet), peer, hub).await,
+                None => serve_upgraded(Box::pin(ws::accept(s, max_packet)), peer, hub).await,
             }
         }
     })
@@ -292,11 +292,15 @@ async fn serve_ws(
 async fn serve_upgraded<S, F>(handshakes: F, peer: SocketAddr, hub: Arc<Hub>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    F: std::future::Future<Output = Result<ws::WsIo<S>, ws::WsError>>,
+    F: std::future::Future<Output = Result<ws::WsIo<S>, ws::WsError>> + Unpin,
 {
     let timeout = Duration::from_millis(hub.config.connect_timeout_ms);
+    // The handshakes (boxed by the caller) and the connection are boxed: inline, the
+    // task stays sized for the largest of the handshakes' and the connection's states
+    // over TLS, whichever listener it came from (21.6 KB per idle WebSocket connection,
+    // measured with heaptrack, against 6.5 KB for a whole idle TCP connection).
     match tokio::time::timeout(timeout, handshakes).await {
-        Ok(Ok(io)) => conn::serve(io, peer, hub).await,
+        Ok(Ok(io)) => Box::pin(conn::serve(io, peer, hub)).await,
         Ok(Err(e)) => debug!(%peer, cause = %e, "websocket handshake failed"),
         Err(_) => debug!(%peer, "websocket handshake timed out"),
     }
