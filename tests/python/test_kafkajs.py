@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ck_create_topic, ck_produce, ck_read_all
+import kwire
+from edge_fixtures import Publisher, edge_binary, edge_factory, free_port  # noqa: F401
+from helpers import assert_batches_codec, ck_create_topic, ck_produce, ck_read_all
 from mqtt_fixtures import Mqtt, mqtt_cloud, props  # noqa: F401
 
 JS = Path(__file__).resolve().parent.parent / "js"
@@ -163,3 +165,32 @@ def test_mqtt_publish_reaches_a_kafkajs_consumer_with_its_headers(node, mqtt_clo
         assert r["headers"]["mqtt.topic"] == "plant/kjs/temp"
         assert r["headers"]["mqtt.qos"] == "1"
         assert r["headers"]["mqtt.user.unit"] == "C"
+
+
+@pytest.mark.timeout(150)
+def test_edge_replicated_zstd_records_reach_a_kafkajs_consumer(node, cloud_factory, edge_factory):
+    """The edge replicates in zstd batches, served as stored. KafkaJS reads them with a
+    registered ZSTD codec (it has none built in; the client registers fzstd)."""
+    if not edge_binary().exists():
+        pytest.skip("edge binary not built")
+    port = free_port()
+    cloud = cloud_factory({"kafka": {"listen": f"127.0.0.1:{port}"}})
+    topic = "sitek.temp"
+    ck_create_topic(cloud.bootstrap, topic, partitions=1)
+    g = Group(node, cloud.bootstrap, topic=topic, group="kjs-edge", members=1, expect=3)
+    try:
+        g.ready()
+        edge = edge_factory({"cloud": {"bootstrap": f"127.0.0.1:{port}"}})
+        p = Publisher(edge.v4, "cam-k")
+        for i in range(3):
+            p.publish("sitek/temp", f"t{i}".encode(), qos=1)
+        out = g.result()
+        p.close()
+    finally:
+        g.kill()
+    recs = out["records"]
+    assert [r["value"] for r in recs] == ["t0", "t1", "t2"]
+    for r in recs:
+        assert r["headers"]["mqtt.topic"] == "sitek/temp"
+        assert r["headers"]["edge.id"]
+    assert_batches_codec(kwire.fetch_all_batches(cloud.host, cloud.port, topic), "zstd")
