@@ -50,6 +50,18 @@ def restart(c, kill: bool = True):
     return c
 
 
+def start_error(tmp_path, mqtt_extra: str) -> bytes:
+    """Starts the cloud with `mqtt_extra` (YAML lines under `mqtt:`) added to a minimal
+    config; the start must fail. Returns its stderr."""
+    from conftest import cloud_binary
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'd'}\nkafka:\n  listen: 127.0.0.1:0\nmqtt:\n"
+                   f"  listen: 127.0.0.1:0\n{mqtt_extra}")
+    p = subprocess.run([str(cloud_binary()), "--config", str(cfg)], capture_output=True, timeout=30)
+    assert p.returncode != 0, f"started with a bad config: {p.stderr!r}"
+    return p.stderr
+
+
 @pytest.fixture
 def mqtt_cloud(cloud_factory, request):
     marker = request.node.get_closest_marker("cloud_config")

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from mqtt_fixtures import Mqtt, mqtt_cloud, raw, read_until_closed, start_mqtt_cloud  # noqa: F401
+from mqtt_fixtures import Mqtt, mqtt_cloud, raw, read_until_closed, start_error, start_mqtt_cloud  # noqa: F401
 from helpers import make_certs
 
 
@@ -127,14 +127,9 @@ def test_tls_listener(cloud_factory, tmp_path):
 
 
 def test_tls_config_errors_name_the_key(tmp_path):
-    from conftest import cloud_binary
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"data_dir: {tmp_path / 'd'}\nkafka:\n  listen: 127.0.0.1:0\nmqtt:\n  listen: 127.0.0.1:0\n"
-                   f"  tls:\n    listen: 127.0.0.1:0\n    cert: {tmp_path / 'missing.pem'}\n"
-                   f"    key: {tmp_path / 'missing.key'}\n")
-    p = subprocess.run([str(cloud_binary()), "--config", str(cfg)], capture_output=True, timeout=30)
-    assert p.returncode != 0
-    assert b"mqtt.tls" in p.stderr and b"missing.pem" in p.stderr, p.stderr
+    err = start_error(tmp_path, f"  tls:\n    listen: 127.0.0.1:0\n    cert: {tmp_path / 'missing.pem'}\n"
+                      f"    key: {tmp_path / 'missing.key'}\n")
+    assert b"mqtt.tls" in err and b"missing.pem" in err, err
 
 
 @pytest.mark.timeout(300)

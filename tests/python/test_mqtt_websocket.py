@@ -7,12 +7,11 @@ from __future__ import annotations
 import base64
 import os
 import socket
-import subprocess
 
 import pytest
 
 from helpers import ck_produce, ck_read_all, make_certs
-from mqtt_fixtures import Mqtt, mqtt_port, props, read_until_closed, start_mqtt_cloud
+from mqtt_fixtures import Mqtt, mqtt_port, props, read_until_closed, start_error, start_mqtt_cloud
 
 WS = {"mqtt": {"websocket": {"listen": "127.0.0.1:0"}}}
 
@@ -152,17 +151,11 @@ def test_bad_websocket_input_closes_only_that_connection(cloud_factory):
 
 
 def test_websocket_config_errors_name_the_key(tmp_path):
-    from conftest import cloud_binary
-    cfg = tmp_path / "c.yaml"
-    base = f"data_dir: {tmp_path / 'd'}\nkafka:\n  listen: 127.0.0.1:0\nmqtt:\n  listen: 127.0.0.1:0\n"
-    cfg.write_text(base + f"  websocket:\n    listen: 127.0.0.1:0\n    cert: {tmp_path / 'c.pem'}\n")
-    p = subprocess.run([str(cloud_binary()), "--config", str(cfg)], capture_output=True, timeout=30)
-    assert p.returncode != 0 and b"mqtt.websocket" in p.stderr, p.stderr
-    cfg.write_text(base + f"  websocket:\n    listen: 127.0.0.1:0\n    cert: {tmp_path / 'missing.pem'}\n"
-                   f"    key: {tmp_path / 'missing.key'}\n")
-    p = subprocess.run([str(cloud_binary()), "--config", str(cfg)], capture_output=True, timeout=30)
-    assert p.returncode != 0
-    assert b"mqtt.websocket" in p.stderr and b"missing.pem" in p.stderr, p.stderr
+    err = start_error(tmp_path, f"  websocket:\n    listen: 127.0.0.1:0\n    cert: {tmp_path / 'c.pem'}\n")
+    assert b"mqtt.websocket" in err, err
+    err = start_error(tmp_path, f"  websocket:\n    listen: 127.0.0.1:0\n    cert: {tmp_path / 'missing.pem'}\n"
+                      f"    key: {tmp_path / 'missing.key'}\n")
+    assert b"mqtt.websocket" in err and b"missing.pem" in err, err
 
 
 @pytest.mark.timeout(180)
