@@ -521,6 +521,7 @@ mod tests {
             sync: SyncPolicy::Always,
             batch_max_bytes: 1 << 20,
             cache_bytes: 1 << 20,
+            direct_io: true,
         })
         .unwrap();
         let ctx = IngestCtx {

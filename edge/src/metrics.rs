@@ -42,6 +42,7 @@ pub struct Metrics {
     corrupt: Gauge,
     index_rebuilt: Gauge,
     commits: Gauge,
+    direct_files: Gauge,
 }
 
 impl Default for Metrics {
@@ -73,6 +74,7 @@ impl Metrics {
             corrupt: Gauge::default(),
             index_rebuilt: Gauge::default(),
             commits: Gauge::default(),
+            direct_files: Gauge::default(),
         };
         let r = &mut registry;
         r.register(
@@ -161,6 +163,11 @@ impl Metrics {
             "Group commits (fsyncs)",
             m.commits.clone(),
         );
+        r.register(
+            "buffer_direct_files",
+            "Batch files of large records written with O_DIRECT (buffer.direct_io)",
+            m.direct_files.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -194,6 +201,8 @@ impl Metrics {
             .set(stats.index_rebuilt.load(Ordering::Relaxed) as i64);
         self.commits
             .set(stats.commits.load(Ordering::Relaxed) as i64);
+        self.direct_files
+            .set(stats.direct_files.load(Ordering::Relaxed) as i64);
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -27,7 +27,7 @@ const MAX_SPARE_RECORDS: usize = 16 << 10;
 /// message, peak RSS 17.7-18.7 -> 16.4-17.7 MB. Files of small records are unchanged, so
 /// a 1 KB drain pins no larger read buffers (1 MiB files for every record size: 6,400-
 /// 7,100 msgs/s at 64 KB, but a 1 GB drain's peak RSS went to 32.8-34.7 MB).
-const MIN_FILE_RECORDS: u32 = 16;
+pub(super) const MIN_FILE_RECORDS: u32 = 16;
 
 /// How far past `batch_max_bytes` a file of large records may grow.
 const LARGE_FILE_FACTOR: u64 = 4;
@@ -74,6 +74,71 @@ pub(super) struct Committer {
     /// The encode buffer, reused for every file and segment (see
     /// [`record::encode_batch_into`]); about `batch_max_bytes`.
     scratch: Vec<u8>,
+    /// Whether new files are still written with `O_DIRECT`.
+    direct: Direct,
+    /// [`DIRECT_BACKLOG_BYTES`] (tests lower it).
+    pub(super) direct_backlog: u64,
+}
+
+/// Whether the committer writes files of large records with `O_DIRECT`
+/// (`buffer.direct_io`): while more than [`DIRECT_BACKLOG_BYTES`] are buffered, a new
+/// file larger than `batch_max_bytes` (only records of about 16 KB and more make one: a
+/// file takes records past `batch_max_bytes` until it holds [`MIN_FILE_RECORDS`]) goes
+/// from the encode buffer to the disk in one write, without a copy into the page cache.
+/// Why: that copy was most of the committer's CPU at 64 KB payloads (`perf`: 77% of its
+/// samples in `copy_folio_from_iter_atomic`, the committer the edge's busiest thread; on
+/// this VM a page the kernel has not used before costs about ten times a reused one:
+/// `dd` into the page cache 531 MB/s, then 5.1 GB/s), and a gateway's page cache is
+/// better spent elsewhere than on camera frames an uplink reads once, maybe hours later.
+/// `edge-bench`, 3 alternating pairs (session 27): 64 KB ingest with `sync: always`
+/// 4,734 / 4,439 / 3,999 -> 6,251 / 4,947 / 5,948 msgs/s, with `sync: interval` 2,966 /
+/// 3,344 / 3,028 -> 6,439 / 4,992 / 5,071 (CPU per message 221-350 -> 148-221 us); 100 B
+/// rows unchanged. What it costs: the replicator reads these files from the disk, so a
+/// 1 GB backlog of 64 KB records drains like one evicted from the page cache (three
+/// runs 215-248 MB/s; the previous edge 257-317 from the cache, 203-251 evicted with
+/// `edge-bench --cold`). Reading them with `O_DIRECT` too was slower (184-192 MB/s
+/// against 215-248 through the cache: the kernel's readahead overlaps the disk with the
+/// replicator). Written direct too, files of small records made a 1 GB backlog of 1 KB
+/// records drain at 150-172 MB/s against 197-235 from the cache, so they stay in it.
+/// The first refusal (a file system without `O_DIRECT`) turns it off for the rest of
+/// the run.
+#[derive(Debug)]
+pub(super) struct Direct(bool);
+
+/// Buffered bytes (`State::used_bytes`) above which files of large records are written
+/// direct. Below it the edge is connected and caught up (its unacknowledged batches
+/// are a few MiB), and the replicator reads a file within milliseconds of its commit:
+/// from the page cache, if it went through it. Written direct at all times, the
+/// `edge-live` 64 KB row of `edge-bench` (uplink up) fell from 3,225 / 3,550 to 2,614 /
+/// 2,933 msgs/s; with this bound it runs 3,663 / 3,619 (against 3,169 / 3,390).
+pub(super) const DIRECT_BACKLOG_BYTES: u64 = 64 << 20;
+
+impl Default for Direct {
+    fn default() -> Self {
+        Direct(true)
+    }
+}
+
+impl Direct {
+    fn refused(&mut self) {
+        if self.0 {
+            tracing::info!(
+                "the buffer's file system refuses O_DIRECT: batch files go through the page cache"
+            );
+        }
+        self.0 = false;
+    }
+}
+
+impl Committer {
+    /// A committer that writes large new files with `O_DIRECT` if `direct_io`.
+    pub(super) fn new(direct_io: bool) -> Self {
+        Committer {
+            direct: Direct(direct_io),
+            direct_backlog: DIRECT_BACKLOG_BYTES,
+            ..Committer::default()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -156,7 +221,7 @@ pub(super) fn commit_once(inner: &Inner, force: bool, started: Instant) -> Resul
     let mut guard = inner.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
     let c = &mut *guard;
     let sync = force || inner.cfg.sync == SyncPolicy::Always || c.staged.len() >= MAX_STAGED;
-    let (batches, gen, boundary, marked) = {
+    let (batches, gen, boundary, marked, backlogged) = {
         let mut s = inner.lock();
         if s.open.is_empty() && (c.staged.is_empty() || !sync) {
             // Idle: close the handles of tails claimed or deleted meanwhile (an unlinked
@@ -223,9 +288,18 @@ pub(super) fn commit_once(inner: &Inner, force: bool, started: Instant) -> Resul
             .map(|(_, t)| t.key)
             .collect();
         s.appending.extend(&marked);
-        (open, s.gen, s.live_from, marked)
+        let backlogged = s.used_bytes() > c.direct_backlog;
+        (open, s.gen, s.live_from, marked, backlogged)
     };
-    let cut = write_batches(inner, &batches, gen, boundary, &mut c.tails, &mut c.scratch);
+    let cut = write_batches(
+        inner,
+        &batches,
+        gen,
+        boundary,
+        &mut c.tails,
+        &mut c.scratch,
+        backlogged.then_some(&mut c.direct),
+    );
     // Keep at most twice the largest file [`fits`] allows (LARGE_FILE_FACTOR x
     // `batch_max_bytes`), so files of large records reuse it too; only a record larger
     // than that frees it. Keeping two batches' worth (before session 14) freed the
@@ -414,6 +488,7 @@ fn write_batches(
     boundary: Option<u64>,
     tails: &mut BTreeMap<u8, Tail>,
     scratch: &mut Vec<u8>,
+    mut direct: Option<&mut Direct>,
 ) -> Result<(Vec<Staged>, Vec<Grown>, u64), (u64, u64, std::io::Error)> {
     let max = inner.cfg.batch_max_bytes as u64;
     let total_bytes: u64 = batches.values().map(|o| o.bytes).sum();
@@ -456,17 +531,44 @@ fn write_batches(
             start = end;
             let first = &chunk[0];
             let last_seq = chunk.iter().map(|r| r.seq).max().unwrap_or(first.seq);
-            record::encode_batch_into(chunk, scratch);
-            let bytes = &scratch[..];
+            // `encoded_len` is an upper bound: a file it puts at `max` or below is one of
+            // small records. (A file a later round may append to, a tail, is below `max`:
+            // it stays in the page cache, where an append finds its last page.)
+            let size = 5 + chunk.iter().map(|r| r.encoded_len() + 8).sum::<usize>();
+            let aligned = (direct.as_ref().is_some_and(|d| d.0) && size as u64 > max)
+                .then(|| record::encode_batch_aligned(chunk, scratch, files::DIRECT_ALIGN))
+                .flatten();
+            let (file, len, size) = match aligned {
+                Some((at, size)) => {
+                    let (file, len, was_direct) = files::write_direct(
+                        &inner.files,
+                        first.seq,
+                        &scratch[at..],
+                        size,
+                        &inner.spares,
+                    )
+                    .map_err(failed)?;
+                    if was_direct {
+                        inner.stats.direct_files.fetch_add(1, Ordering::Relaxed);
+                    } else if let Some(d) = direct.as_mut() {
+                        d.refused();
+                    }
+                    (file, len, size)
+                }
+                None => {
+                    record::encode_batch_into(chunk, scratch);
+                    let (file, len) = files::write(&inner.files, first.seq, scratch, &inner.spares)
+                        .map_err(failed)?;
+                    (file, len, scratch.len())
+                }
+            };
             let index = Index {
-                bytes: bytes.len() as u64,
+                bytes: size as u64,
                 count: chunk.len() as u32,
                 priority: *priority,
                 first_recv_ms: first.recv_ms,
                 last_seq,
             };
-            let (file, len) =
-                files::write(&inner.files, first.seq, bytes, &inner.spares).map_err(failed)?;
             inner.file_bytes.fetch_add(len, Ordering::Relaxed);
             out.push(Staged {
                 file,

@@ -54,6 +54,50 @@ pub(super) fn write(
     Ok((f, len.max(bytes.len() as u64)))
 }
 
+/// The alignment of a direct write's address, offset and length: the largest logical
+/// block size in common use (4 KiB sectors), a multiple of the smaller ones.
+pub(super) const DIRECT_ALIGN: usize = 4096;
+
+/// [`write`] with `O_DIRECT`: `block` (at a [`DIRECT_ALIGN`]-aligned address, its length
+/// a multiple of it) holds the batch's `len` bytes followed by zeros, and goes from the
+/// process's buffer to the disk without a copy into the page cache. Returns the file
+/// (positioned after the batch), its length (the zeros included until the committer
+/// trims them) and whether the write was direct: when the file system refuses
+/// `O_DIRECT` (tmpfs, for one) or its alignment, the batch goes through the page cache
+/// as [`write`] writes it.
+pub(super) fn write_direct(
+    dir: &Path,
+    key: u64,
+    block: &[u8],
+    len: usize,
+    spares: &Spares,
+) -> io::Result<(File, u64, bool)> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Seek;
+    use std::os::unix::fs::FileExt;
+    let p = path(dir, key);
+    let (mut f, old_len) = spares.take(&p)?;
+    let refused = |e: &io::Error| e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error());
+    let flags = OFlags::WRONLY | OFlags::DIRECT | OFlags::CLOEXEC;
+    let direct = rustix::fs::open(&p, flags, Mode::empty())
+        .map(File::from)
+        .map_err(io::Error::from)
+        .and_then(|d| d.write_all_at(block, 0));
+    match direct {
+        Ok(()) => {
+            f.seek(io::SeekFrom::Start(len as u64))?;
+            Ok((f, old_len.max(block.len() as u64), true))
+        }
+        // Refused before anything was written (the open, or the alignment checks that
+        // come before any I/O): the file is still the spare it was.
+        Err(e) if refused(&e) => {
+            f.write_all(&block[..len])?;
+            Ok((f, old_len.max(len as u64), false))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Cuts the zeros of a pre-sized batch file of length `len` after its `bytes` of
 /// records (not fsynced: a file that comes back longer after a power cut is read up to
 /// its records, and the open cuts it again); returns the bytes cut.

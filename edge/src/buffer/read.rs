@@ -215,6 +215,7 @@ mod tests {
             sync: SyncPolicy::Interval(Duration::from_secs(3600)),
             batch_max_bytes: usize::MAX,
             cache_bytes: 1 << 20,
+            direct_io: true,
         })
         .unwrap();
         for _ in 0..3 {

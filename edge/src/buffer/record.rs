@@ -236,6 +236,11 @@ pub fn encode_batch_into(records: &[Record], b: &mut Vec<u8>) {
     let cap = 5 + records.iter().map(|r| r.encoded_len() + 8).sum::<usize>();
     b.clear();
     b.reserve(cap);
+    encode_batch_append(records, b);
+}
+
+/// Appends the encoded batch to `b` (which has room for it).
+fn encode_batch_append(records: &[Record], b: &mut Vec<u8>) {
     b.put_u8(MAGIC);
     b.put_u32(records.len() as u32);
     for r in records {
@@ -248,6 +253,38 @@ pub fn encode_batch_into(records: &[Record], b: &mut Vec<u8>) {
         b[at..at + 4].copy_from_slice(&len.to_be_bytes());
         b[at + 4..at + 8].copy_from_slice(&crc.to_be_bytes());
     }
+}
+
+/// [`encode_batch_into`] for a direct write (`O_DIRECT`, `files::write_direct`): the
+/// batch starts at an `align`-aligned address inside `b` and is followed by zeros up to
+/// a multiple of `align` (a batch file may end in zeros: readers stop at its index
+/// length, the open cuts them). Returns where the batch starts in `b` and its length
+/// without the zeros; `b[start..]` is the block to write. `align` is a power of two.
+/// `None` (and `b` empty) if the allocation gives no aligned address.
+pub fn encode_batch_aligned(
+    records: &[Record],
+    b: &mut Vec<u8>,
+    align: usize,
+) -> Option<(usize, usize)> {
+    let room = 5 + records.iter().map(|r| r.encoded_len() + 8).sum::<usize>();
+    b.clear();
+    // Room for the alignment gap and the zeros too, so the vector never moves (and
+    // loses its alignment) while the batch is encoded.
+    b.reserve(room + 2 * align);
+    let start = b.as_ptr().align_offset(align);
+    if start >= align {
+        return None;
+    }
+    b.resize(start, 0);
+    encode_batch_append(records, b);
+    // `encoded_len` is an upper bound, so the vector did not move; if it ever did, the
+    // caller encodes again for a write through the page cache.
+    if b[start..].as_ptr().align_offset(align) != 0 {
+        return None;
+    }
+    let len = b.len() - start;
+    b.resize(start + len.div_ceil(align) * align, 0);
+    Some((start, len))
 }
 
 /// A decoded batch: the readable records and how many were skipped as corrupt.

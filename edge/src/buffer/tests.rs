@@ -16,6 +16,7 @@ fn cfg(dir: &std::path::Path, quota: u64, policy: FullPolicy) -> BufferConfig {
         sync: SyncPolicy::Interval(Duration::from_secs(3600)),
         batch_max_bytes: usize::MAX,
         cache_bytes: 1 << 20,
+        direct_io: true,
     }
 }
 
@@ -1218,6 +1219,7 @@ fn rss_probe() {
 }
 
 mod damage;
+mod direct;
 mod grow;
 
 /// Two priority classes committed together interleave in sequence; releasing one class's

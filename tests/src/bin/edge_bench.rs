@@ -26,10 +26,13 @@
 //! drain rate, the zstd ratio (record bytes / Produce batch bytes), the edge's median and
 //! peak RSS while draining (and its anonymous part), disk use before/after and CPU
 //! seconds of both processes. Then the same with `cloud.max_bytes_per_sec` = `--cap-mb` MB/s and a smaller backlog: achieved / cap.
+//! `--cold` evicts the backlog's batch files from the page cache before the drain: a
+//! gateway's backlog outgrows its memory, while this machine's 24 GiB would otherwise
+//! serve a 1 GB backlog from memory (unless the edge wrote it with `O_DIRECT`).
 //!
 //!   edge-bench [--publishers 8] [--window 100] [--small 200000] [--large 4000]
 //!              [--backlog-mb 1024] [--record 1024] [--cap-mb 20] [--cap-backlog-mb 200]
-//!              [--skip-ingest] [--skip-drain]
+//!              [--skip-ingest] [--skip-drain] [--cold]
 //!              [--brokers edge,edge-intvl,mosquitto,rumqttd (default; also edge-live)]
 //!
 //! `EDGE_BENCH_KEEP=1` keeps the work directory (broker logs) instead of deleting it.
@@ -60,6 +63,8 @@ struct Opts {
     record: usize,
     cap_mb: usize,
     cap_backlog_mb: usize,
+    /// Evict the backlog from the page cache before the drain.
+    cold: bool,
     ingest: bool,
     drain: bool,
     /// Ingest rows to run (default: all four).
@@ -77,6 +82,7 @@ fn opts() -> Result<Opts> {
         record: 1024,
         cap_mb: 20,
         cap_backlog_mb: 200,
+        cold: false,
         ingest: true,
         drain: true,
         brokers: BROKERS
@@ -91,6 +97,7 @@ fn opts() -> Result<Opts> {
         match args[i].as_str() {
             "--skip-ingest" => o.ingest = false,
             "--skip-drain" => o.drain = false,
+            "--cold" => o.cold = true,
             "--brokers" => {
                 let v = args.get(i + 1).context("--brokers needs a value")?;
                 o.brokers = v.split(',').map(str::to_owned).collect();
@@ -424,6 +431,22 @@ async fn ingest(o: &Opts, work: &Path) -> Result<()> {
 }
 
 /// Builds a backlog with the uplink down, then starts the cloud and waits for the drain.
+/// Drops the cached pages of every batch file in `dir` (committed files are clean:
+/// `POSIX_FADV_DONTNEED` evicts them), as on a gateway whose backlog outgrew its memory;
+/// returns how many files.
+fn evict(dir: &Path) -> Result<usize> {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "batch") {
+            let f = std::fs::File::open(&path)?;
+            rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 async fn drain(o: &Opts, work: &Path, backlog_mb: usize, cap: Option<usize>) -> Result<()> {
     let dir = work.join(format!("drain-{}", cap.unwrap_or(0)));
     let kafka = format!("127.0.0.1:{}", free_port()?);
@@ -466,6 +489,10 @@ async fn drain(o: &Opts, work: &Path, backlog_mb: usize, cap: Option<usize>) -> 
         rss_bytes(edge.pid())? as f64 / 1e6,
         peak_rss_bytes(edge.pid())? as f64 / 1e6,
     );
+    if o.cold {
+        let evicted = evict(&data.join("buffer").join("batches"))?;
+        println!("backlog evicted from the page cache (--cold): {evicted} batch files");
+    }
     let cloud_dir = dir.join("cloud");
     std::fs::create_dir_all(&cloud_dir)?;
     let cloud = Cloud::start_at(&cloud_dir, &kafka, "")?;
