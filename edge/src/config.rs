@@ -165,7 +165,7 @@ pub struct CloudConfig {
     pub client_id: String,
     /// `zstd` or `none`.
     pub compression: CompressionName,
-    /// zstd level, 1 (fastest, the default) to 19 (smallest).
+    /// zstd level, 1 (fastest, the default) to 19 (smallest); zstd only.
     pub compression_level: i32,
     /// Largest Produce batch per partition.
     pub batch_max_bytes: usize,
@@ -303,6 +303,10 @@ pub enum DrainPolicy {
 pub enum CompressionName {
     /// zstd.
     Zstd,
+    /// gzip (fastest level), for clients and brokers without zstd.
+    Gzip,
+    /// LZ4 (fast level).
+    Lz4,
     /// None.
     None,
 }
@@ -550,6 +554,17 @@ mod tests {
         }
         let c = Config::parse("cloud:\n  compression_level: 19\n", "e.yaml").unwrap();
         assert_eq!(c.cloud.compression_level, 19);
+        let e = Config::parse("cloud:\n  compression: brotli\n", "e.yaml").unwrap_err();
+        assert_eq!(e.key, "cloud.compression", "{e}");
+        for (name, want) in [
+            ("zstd", CompressionName::Zstd),
+            ("gzip", CompressionName::Gzip),
+            ("lz4", CompressionName::Lz4),
+            ("none", CompressionName::None),
+        ] {
+            let yaml = format!("cloud:\n  compression: {name}\n");
+            assert_eq!(Config::parse(&yaml, "e.yaml").unwrap().cloud.compression, want);
+        }
         let e = Config::parse("buffer:\n  direct_io: maybe\n", "e.yaml").unwrap_err();
         assert_eq!(e.key, "buffer.direct_io", "{e}");
         let c = Config::parse("buffer:\n  direct_io: false\n", "e.yaml").unwrap();

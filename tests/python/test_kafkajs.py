@@ -168,19 +168,24 @@ def test_mqtt_publish_reaches_a_kafkajs_consumer_with_its_headers(node, mqtt_clo
 
 
 @pytest.mark.timeout(150)
-def test_edge_replicated_zstd_records_reach_a_kafkajs_consumer(node, cloud_factory, edge_factory):
-    """The edge replicates in zstd batches, served as stored. KafkaJS reads them with a
-    registered ZSTD codec (it has none built in; the client registers fzstd)."""
+@pytest.mark.parametrize("compression", ["zstd", "gzip"])
+def test_edge_replicated_records_reach_a_kafkajs_consumer(node, cloud_factory, edge_factory,
+                                                          compression):
+    """The edge's uplink batches are served as stored. KafkaJS reads zstd with a
+    registered codec (it has none built in; the client registers fzstd), and the edge's
+    gzip batches (`cloud.compression: gzip`) as it ships, with no codec registered."""
     if not edge_binary().exists():
         pytest.skip("edge binary not built")
     port = free_port()
     cloud = cloud_factory({"kafka": {"listen": f"127.0.0.1:{port}"}})
     topic = "sitek.temp"
     ck_create_topic(cloud.bootstrap, topic, partitions=1)
-    g = Group(node, cloud.bootstrap, topic=topic, group="kjs-edge", members=1, expect=3)
+    g = Group(node, cloud.bootstrap, topic=topic, group="kjs-edge", members=1, expect=3,
+              zstd=compression == "zstd")
     try:
         g.ready()
-        edge = edge_factory({"cloud": {"bootstrap": f"127.0.0.1:{port}"}})
+        edge = edge_factory({"cloud": {"bootstrap": f"127.0.0.1:{port}",
+                                       "compression": compression}})
         p = Publisher(edge.v4, "cam-k")
         for i in range(3):
             p.publish("sitek/temp", f"t{i}".encode(), qos=1)
@@ -193,4 +198,4 @@ def test_edge_replicated_zstd_records_reach_a_kafkajs_consumer(node, cloud_facto
     for r in recs:
         assert r["headers"]["mqtt.topic"] == "sitek/temp"
         assert r["headers"]["edge.id"]
-    assert_batches_codec(kwire.fetch_all_batches(cloud.host, cloud.port, topic), "zstd")
+    assert_batches_codec(kwire.fetch_all_batches(cloud.host, cloud.port, topic), compression)

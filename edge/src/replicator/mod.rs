@@ -520,6 +520,8 @@ impl Replicator {
     fn compression(&self) -> Codec {
         match self.cfg.compression {
             CompressionName::Zstd => Codec::Zstd,
+            CompressionName::Gzip => Codec::Gzip,
+            CompressionName::Lz4 => Codec::Lz4,
             CompressionName::None => Codec::None,
         }
     }

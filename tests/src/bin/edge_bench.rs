@@ -23,7 +23,7 @@
 //! Drain: with the uplink down, N publishers build a backlog of `--backlog-mb` of
 //! `--record`-byte records; then the cloud starts on the edge's bootstrap address and
 //! the edge drains into it (acks=all, zstd, the cloud's default group fsync). Prints the
-//! drain rate, the zstd ratio (record bytes / Produce batch bytes), the edge's median and
+//! drain rate, the compression ratio (record bytes / Produce batch bytes), the edge's median and
 //! peak RSS while draining (and its anonymous part), disk use before/after and CPU
 //! seconds of both processes. Then the same with `cloud.max_bytes_per_sec` = `--cap-mb` MB/s and a smaller backlog: achieved / cap.
 //! `--cold` evicts the backlog's batch files from the page cache before the drain: a
@@ -32,7 +32,7 @@
 //!
 //!   edge-bench [--publishers 8] [--window 100] [--small 200000] [--large 4000]
 //!              [--backlog-mb 1024] [--record 1024] [--cap-mb 20] [--cap-backlog-mb 200]
-//!              [--skip-ingest] [--skip-drain] [--cold]
+//!              [--skip-ingest] [--skip-drain] [--cold] [--compression zstd|gzip|lz4|none]
 //!              [--brokers edge,edge-intvl,mosquitto,rumqttd (default; also edge-live)]
 //!
 //! `EDGE_BENCH_KEEP=1` keeps the work directory (broker logs) instead of deleting it.
@@ -65,6 +65,8 @@ struct Opts {
     cap_backlog_mb: usize,
     /// Evict the backlog from the page cache before the drain.
     cold: bool,
+    /// The edge's `cloud.compression` for the drain.
+    compression: String,
     ingest: bool,
     drain: bool,
     /// Ingest rows to run (default: all four).
@@ -83,6 +85,7 @@ fn opts() -> Result<Opts> {
         cap_mb: 20,
         cap_backlog_mb: 200,
         cold: false,
+        compression: "zstd".into(),
         ingest: true,
         drain: true,
         brokers: BROKERS
@@ -98,6 +101,11 @@ fn opts() -> Result<Opts> {
             "--skip-ingest" => o.ingest = false,
             "--skip-drain" => o.drain = false,
             "--cold" => o.cold = true,
+            "--compression" => {
+                let v = args.get(i + 1).context("--compression needs a value")?;
+                o.compression = v.clone();
+                i += 1;
+            }
             "--brokers" => {
                 let v = args.get(i + 1).context("--brokers needs a value")?;
                 o.brokers = v.split(',').map(str::to_owned).collect();
@@ -450,7 +458,10 @@ fn evict(dir: &Path) -> Result<usize> {
 async fn drain(o: &Opts, work: &Path, backlog_mb: usize, cap: Option<usize>) -> Result<()> {
     let dir = work.join(format!("drain-{}", cap.unwrap_or(0)));
     let kafka = format!("127.0.0.1:{}", free_port()?);
-    let mut cloud_yaml = format!("  bootstrap: {kafka}\n  backoff_max_ms: 200");
+    let mut cloud_yaml = format!(
+        "  bootstrap: {kafka}\n  backoff_max_ms: 200\n  compression: {}",
+        o.compression
+    );
     if let Some(c) = cap {
         cloud_yaml.push_str(&format!("\n  max_bytes_per_sec: {}", c << 20));
     }
@@ -540,8 +551,9 @@ async fn drain(o: &Opts, work: &Path, backlog_mb: usize, cap: Option<usize>) -> 
                     );
                     let batches = m.get("edge_uplink_batches_total").copied().unwrap_or(0.0);
                     println!(
-                        "zstd: {:.0} MB of payload in {:.0} MB of Produce batches (ratio {:.2}, headers included); \
+                        "{}: {:.0} MB of payload in {:.0} MB of Produce batches (ratio {:.2}, headers included); \
                          {batches:.0} batches, {:.0} records each on average",
+                        o.compression,
                         payload / 1e6,
                         wire / 1e6,
                         payload / wire.max(1.0),
