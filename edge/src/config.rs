@@ -563,7 +563,10 @@ mod tests {
             ("none", CompressionName::None),
         ] {
             let yaml = format!("cloud:\n  compression: {name}\n");
-            assert_eq!(Config::parse(&yaml, "e.yaml").unwrap().cloud.compression, want);
+            assert_eq!(
+                Config::parse(&yaml, "e.yaml").unwrap().cloud.compression,
+                want
+            );
         }
         let e = Config::parse("buffer:\n  direct_io: maybe\n", "e.yaml").unwrap_err();
         assert_eq!(e.key, "buffer.direct_io", "{e}");
