@@ -151,8 +151,10 @@ pub struct BufferSection {
     pub batch_max_bytes: usize,
     /// sled page cache.
     pub cache_bytes: u64,
-    /// Write whole large batch files with `O_DIRECT`, past the page cache.
+    /// Write files of large records with `O_DIRECT`, past the page cache...
     pub direct_io: bool,
+    /// ...while more than this many bytes are buffered.
+    pub direct_io_backlog_bytes: u64,
 }
 
 /// Uplink (Kafka) settings.
@@ -374,6 +376,7 @@ impl Default for BufferSection {
             // vs 30.6 MB at the same rate; 100 B ingest unchanged (session 13).
             cache_bytes: 4 << 20,
             direct_io: true,
+            direct_io_backlog_bytes: crate::buffer::DIRECT_BACKLOG_BYTES,
         }
     }
 }
@@ -518,6 +521,7 @@ impl Config {
             batch_max_bytes: self.buffer.batch_max_bytes,
             cache_bytes: self.buffer.cache_bytes,
             direct_io: self.buffer.direct_io,
+            direct_io_backlog_bytes: self.buffer.direct_io_backlog_bytes,
         }
     }
 }

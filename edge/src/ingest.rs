@@ -522,6 +522,7 @@ mod tests {
             batch_max_bytes: 1 << 20,
             cache_bytes: 1 << 20,
             direct_io: true,
+            direct_io_backlog_bytes: crate::buffer::DIRECT_BACKLOG_BYTES,
         })
         .unwrap();
         let ctx = IngestCtx {

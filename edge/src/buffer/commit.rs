@@ -76,12 +76,13 @@ pub(super) struct Committer {
     scratch: Vec<u8>,
     /// Whether new files are still written with `O_DIRECT`.
     direct: Direct,
-    /// [`DIRECT_BACKLOG_BYTES`] (tests lower it).
-    pub(super) direct_backlog: u64,
+    /// `buffer.direct_io_backlog_bytes` ([`DIRECT_BACKLOG_BYTES`] by default).
+    direct_backlog: u64,
 }
 
 /// Whether the committer writes files of large records with `O_DIRECT`
-/// (`buffer.direct_io`): while more than [`DIRECT_BACKLOG_BYTES`] are buffered, a new
+/// (`buffer.direct_io`): while more than `buffer.direct_io_backlog_bytes`
+/// ([`DIRECT_BACKLOG_BYTES`] by default) are buffered, a new
 /// file larger than `batch_max_bytes` (only records of about 16 KB and more make one: a
 /// file takes records past `batch_max_bytes` until it holds [`MIN_FILE_RECORDS`]) goes
 /// from the encode buffer to the disk in one write, without a copy into the page cache.
@@ -106,12 +107,13 @@ pub(super) struct Committer {
 pub(super) struct Direct(bool);
 
 /// Buffered bytes (`State::used_bytes`) above which files of large records are written
-/// direct. Below it the edge is connected and caught up (its unacknowledged batches
-/// are a few MiB), and the replicator reads a file within milliseconds of its commit:
-/// from the page cache, if it went through it. Written direct at all times, the
-/// `edge-live` 64 KB row of `edge-bench` (uplink up) fell from 3,225 / 3,550 to 2,614 /
-/// 2,933 msgs/s; with this bound it runs 3,663 / 3,619 (against 3,169 / 3,390).
-pub(super) const DIRECT_BACKLOG_BYTES: u64 = 64 << 20;
+/// direct, by default (`buffer.direct_io_backlog_bytes`). Below it the edge is
+/// connected and caught up (its unacknowledged batches are a few MiB), and the
+/// replicator reads a file within milliseconds of its commit: from the page cache, if it
+/// went through it. Written direct at all times, the `edge-live` 64 KB row of
+/// `edge-bench` (uplink up) fell from 3,225 / 3,550 to 2,614 / 2,933 msgs/s; with this
+/// bound it runs 3,663 / 3,619 (against 3,169 / 3,390).
+pub const DIRECT_BACKLOG_BYTES: u64 = 64 << 20;
 
 impl Default for Direct {
     fn default() -> Self {
@@ -131,11 +133,12 @@ impl Direct {
 }
 
 impl Committer {
-    /// A committer that writes large new files with `O_DIRECT` if `direct_io`.
-    pub(super) fn new(direct_io: bool) -> Self {
+    /// A committer that writes files of large records with `O_DIRECT` (if
+    /// `direct_io`) while more than `backlog` bytes are buffered.
+    pub(super) fn new(direct_io: bool, backlog: u64) -> Self {
         Committer {
             direct: Direct(direct_io),
-            direct_backlog: DIRECT_BACKLOG_BYTES,
+            direct_backlog: backlog,
             ..Committer::default()
         }
     }

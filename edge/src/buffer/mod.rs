@@ -195,6 +195,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub use commit::DIRECT_BACKLOG_BYTES;
 use commit::{commit_loop, commit_once};
 use files::Index;
 use quota::{remove_batch, victim};
@@ -258,8 +259,10 @@ pub struct BufferConfig {
     pub batch_max_bytes: usize,
     /// sled page cache capacity.
     pub cache_bytes: u64,
-    /// Write and read files of large records with `O_DIRECT` (`commit::Direct`).
+    /// Write files of large records with `O_DIRECT` (`commit::Direct`)...
     pub direct_io: bool,
+    /// ...while more than this many bytes are buffered.
+    pub direct_io_backlog_bytes: u64,
 }
 
 /// Drop reasons, used as metric labels.
@@ -602,7 +605,7 @@ impl Buffer {
             seal: false,
         };
         let (reap_tx, reap_rx) = std::sync::mpsc::channel();
-        let committer = commit::Committer::new(cfg.direct_io);
+        let committer = commit::Committer::new(cfg.direct_io, cfg.direct_io_backlog_bytes);
         let inner = Arc::new(Inner {
             reap: Mutex::new(Some(reap_tx)),
             files: files_dir,
@@ -826,17 +829,6 @@ impl Buffer {
     /// Whether the append with generation `gen` is committed and flushed (no waiting).
     pub fn is_durable(&self, gen: u64) -> bool {
         self.inner.durable_gen.load(Ordering::Acquire) >= gen
-    }
-
-    /// Tests: files of large records go direct once more than `bytes` are buffered.
-    #[cfg(test)]
-    pub(crate) fn direct_from_backlog_for_test(&self, bytes: u64) {
-        let mut c = self
-            .inner
-            .commit_lock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        c.direct_backlog = bytes;
     }
 
     /// Tests: makes every later commit round take at least `d` (a slow disk).

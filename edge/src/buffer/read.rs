@@ -216,6 +216,7 @@ mod tests {
             batch_max_bytes: usize::MAX,
             cache_bytes: 1 << 20,
             direct_io: true,
+            direct_io_backlog_bytes: crate::buffer::DIRECT_BACKLOG_BYTES,
         })
         .unwrap();
         for _ in 0..3 {

@@ -17,6 +17,7 @@ fn cfg(dir: &std::path::Path, quota: u64, policy: FullPolicy) -> BufferConfig {
         batch_max_bytes: usize::MAX,
         cache_bytes: 1 << 20,
         direct_io: true,
+        direct_io_backlog_bytes: DIRECT_BACKLOG_BYTES,
     }
 }
 

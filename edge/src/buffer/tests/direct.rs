@@ -44,12 +44,12 @@ fn assert_no_padding(dir: &std::path::Path) {
     }
 }
 
-fn check(c: BufferConfig, slow_commits: bool) {
+fn check(mut c: BufferConfig, slow_commits: bool) {
     let want = large(40);
-    let buf = Buffer::open(c.clone()).unwrap();
     // As with an uplink down for a while: the first files go through the page cache,
     // the rest direct.
-    buf.direct_from_backlog_for_test(1 << 20);
+    c.direct_io_backlog_bytes = 1 << 20;
+    let buf = Buffer::open(c.clone()).unwrap();
     if slow_commits {
         // Records pile up while a round runs, so rounds take whole files of them.
         buf.slow_commits_for_test(Duration::from_millis(20));
@@ -100,10 +100,10 @@ fn assert_nothing_direct(records: Vec<Record>, direct_from: Option<u64>, direct_
     let mut c = cfg(dir.path(), u64::MAX, FullPolicy::Block);
     c.batch_max_bytes = 256 << 10;
     c.direct_io = direct_io;
-    let buf = Buffer::open(c).unwrap();
     if let Some(bytes) = direct_from {
-        buf.direct_from_backlog_for_test(bytes);
+        c.direct_io_backlog_bytes = bytes;
     }
+    let buf = Buffer::open(c).unwrap();
     let n = records.len();
     for r in records {
         buf.append(r).unwrap();
@@ -125,7 +125,7 @@ fn small_record_files_stay_in_the_page_cache() {
     );
 }
 
-/// Below [`commit::DIRECT_BACKLOG_BYTES`] of buffered bytes (a connected edge) files of
+/// Below [`DIRECT_BACKLOG_BYTES`] of buffered bytes (the default bound) (a connected edge) files of
 /// large records go through the page cache too.
 #[test]
 fn a_small_backlog_stays_in_the_page_cache() {
