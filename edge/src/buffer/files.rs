@@ -88,8 +88,9 @@ pub(super) fn write_direct(
             f.seek(io::SeekFrom::Start(len as u64))?;
             Ok((f, old_len.max(block.len() as u64), true))
         }
-        // Refused before anything was written (the open, or the alignment checks that
-        // come before any I/O): the file is still the spare it was.
+        // Refused by the open or by the alignment checks that come before any I/O: the
+        // batch is written whole from the file's start through the page cache (bytes a
+        // partial direct write left past it are read as a pre-sized file's zeros are).
         Err(e) if refused(&e) => {
             f.write_all(&block[..len])?;
             Ok((f, old_len.max(len as u64), false))
