@@ -22,7 +22,8 @@
 //!
 //! Drain: with the uplink down, N publishers build a backlog of `--backlog-mb` of
 //! `--record`-byte records; then the cloud starts on the edge's bootstrap address and
-//! the edge drains into it (acks=all, zstd, the cloud's default group fsync). Prints the
+//! the edge drains into it (acks=all, zstd or `--compression`, the cloud's default group
+//! fsync). Prints the
 //! drain rate, the compression ratio (record bytes / Produce batch bytes), the edge's median and
 //! peak RSS while draining (and its anonymous part), disk use before/after and CPU
 //! seconds of both processes. Then the same with `cloud.max_bytes_per_sec` = `--cap-mb` MB/s and a smaller backlog: achieved / cap.
@@ -438,7 +439,6 @@ async fn ingest(o: &Opts, work: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Builds a backlog with the uplink down, then starts the cloud and waits for the drain.
 /// Drops the cached pages of every batch file in `dir` (committed files are clean:
 /// `POSIX_FADV_DONTNEED` evicts them), as on a gateway whose backlog outgrew its memory;
 /// returns how many files.
@@ -455,6 +455,7 @@ fn evict(dir: &Path) -> Result<usize> {
     Ok(n)
 }
 
+/// Builds a backlog with the uplink down, then starts the cloud and waits for the drain.
 async fn drain(o: &Opts, work: &Path, backlog_mb: usize, cap: Option<usize>) -> Result<()> {
     let dir = work.join(format!("drain-{}", cap.unwrap_or(0)));
     let kafka = format!("127.0.0.1:{}", free_port()?);
