@@ -30,10 +30,14 @@
 //! `--cold` evicts the backlog's batch files from the page cache before the drain: a
 //! gateway's backlog outgrows its memory, while this machine's 24 GiB would otherwise
 //! serve a 1 GB backlog from memory (unless the edge wrote it with `O_DIRECT`).
+//! `--live N` publishes N more records (one publisher, `--record` bytes) while the
+//! backlog drains, as cameras go on publishing when an uplink returns: the drain then
+//! ends when both are up, and the RSS line covers the edge's worst case for memory.
 //!
 //!   edge-bench [--publishers 8] [--window 100] [--small 200000] [--large 4000]
 //!              [--backlog-mb 1024] [--record 1024] [--cap-mb 20] [--cap-backlog-mb 200]
 //!              [--skip-ingest] [--skip-drain] [--cold] [--compression zstd|gzip|lz4|none]
+//!              [--live 0]
 //!              [--brokers edge,edge-intvl,mosquitto,rumqttd (default; also edge-live)]
 //!
 //! `EDGE_BENCH_KEEP=1` keeps the work directory (broker logs) instead of deleting it.
@@ -68,6 +72,8 @@ struct Opts {
     cold: bool,
     /// The edge's `cloud.compression` for the drain.
     compression: String,
+    /// Records published live (one publisher) while the backlog drains.
+    live: usize,
     ingest: bool,
     drain: bool,
     /// Ingest rows to run (default: all four).
@@ -87,6 +93,7 @@ fn opts() -> Result<Opts> {
         cap_backlog_mb: 200,
         cold: false,
         compression: "zstd".into(),
+        live: 0,
         ingest: true,
         drain: true,
         brokers: BROKERS
@@ -129,6 +136,7 @@ fn opts() -> Result<Opts> {
                     "--record" => o.record = v.max(16),
                     "--cap-mb" => o.cap_mb = v,
                     "--cap-backlog-mb" => o.cap_backlog_mb = v,
+                    "--live" => o.live = v,
                     other => bail!("unknown flag {other}"),
                 }
                 i += 1;
@@ -509,6 +517,13 @@ async fn drain(o: &Opts, work: &Path, backlog_mb: usize, cap: Option<usize>) -> 
     std::fs::create_dir_all(&cloud_dir)?;
     let cloud = Cloud::start_at(&cloud_dir, &kafka, "")?;
     let t0 = Instant::now();
+    let mut live = (o.live > 0 && cap.is_none()).then(|| {
+        let addr = edge.v4.to_string();
+        let (live, record, window) = (o.live, o.record, o.window);
+        tokio::spawn(async move { publish_all(&addr, "live", 1, live, record, window).await })
+    });
+    let live_n = if live.is_some() { o.live } else { 0 };
+    let (n, payload) = (n + live_n, payload + (live_n * o.record) as f64);
     let (e_cpu, c_cpu) = (cpu_secs(edge.pid())?, cpu_secs(cloud.pid())?);
     let e_threads = thread_cpu_secs(edge.pid())?;
     // (RSS, anonymous RSS) samples while draining.
@@ -543,10 +558,11 @@ async fn drain(o: &Opts, work: &Path, backlog_mb: usize, cap: Option<usize>) -> 
             match cap {
                 None => {
                     println!(
-                        "drain: {:.1} MB/s of records ({:.0} records/s) over loopback in {:.1} s \
+                        "drain: {:.1} MB/s of records ({:.0} records/s{}) over loopback in {:.1} s \
                          (first ack after {:.2} s); goal >= 200 MB/s",
                         payload / secs / 1e6,
                         n as f64 / secs,
+                        if live_n > 0 { ", the live records included" } else { "" },
                         secs,
                         first.unwrap_or_default().as_secs_f64(),
                     );
@@ -577,6 +593,18 @@ async fn drain(o: &Opts, work: &Path, backlog_mb: usize, cap: Option<usize>) -> 
                         rss.len(),
                     );
                     println!("CPU while draining: edge {e:.1} s, cloud {c:.1} s");
+                    if let Some(live) = live.take() {
+                        let (dt, lat) = live.await??;
+                        println!(
+                            "live ingest during the drain: {live_n} x {} B in {:.1} s ({:.0} msgs/s), \
+                             PUBACK p50 {:.2} ms, p99 {:.2} ms",
+                            o.record,
+                            dt.as_secs_f64(),
+                            live_n as f64 / dt.as_secs_f64(),
+                            percentile(&lat, 50.0),
+                            percentile(&lat, 99.0),
+                        );
+                    }
                     println!(
                         "  edge CPU s by thread while draining: {}",
                         thread_deltas(&e_threads, &thread_cpu_secs(edge.pid())?)
