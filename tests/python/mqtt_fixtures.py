@@ -62,6 +62,17 @@ def start_error(tmp_path, mqtt_extra: str) -> bytes:
     return p.stderr
 
 
+def raise_file_limit(want: int):
+    """Raises this process's soft limit on open files to `want` (clouds started after it
+    inherit it; nothing changes system-wide), or skips the test if the hard limit is
+    lower."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < want:
+        pytest.skip(f"hard file limit {hard} < {want}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+
+
 @pytest.fixture
 def mqtt_cloud(cloud_factory, request):
     marker = request.node.get_closest_marker("cloud_config")

@@ -9,7 +9,8 @@ import subprocess
 
 import pytest
 
-from mqtt_fixtures import Mqtt, mqtt_cloud, raw, read_until_closed, start_error, start_mqtt_cloud  # noqa: F401
+from mqtt_fixtures import (Mqtt, mqtt_cloud, raise_file_limit, raw, read_until_closed,  # noqa: F401
+                           start_error, start_mqtt_cloud)
 from helpers import make_certs
 
 
@@ -135,15 +136,9 @@ def test_tls_config_errors_name_the_key(tmp_path):
 @pytest.mark.timeout(300)
 def test_ten_thousand_connections(cloud_factory):
     """10,000 concurrent MQTT connections; reports RSS per idle connection."""
-    import resource
     import socket
     n = 10_000
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = n + 1000
-    if hard < want:
-        pytest.skip(f"hard file limit {hard} < {want}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
-    # The cloud inherits the raised limit from this process (not changed globally).
+    raise_file_limit(n + 1000)
     c = start_mqtt_cloud(cloud_factory)
     rss0 = c.rss_kb()
     socks = []

@@ -11,7 +11,8 @@ import socket
 import pytest
 
 from helpers import ck_produce, ck_read_all, make_certs
-from mqtt_fixtures import Mqtt, mqtt_port, props, read_until_closed, start_error, start_mqtt_cloud
+from mqtt_fixtures import (Mqtt, mqtt_port, props, raise_file_limit, read_until_closed, start_error,
+                           start_mqtt_cloud)
 
 WS = {"mqtt": {"websocket": {"listen": "127.0.0.1:0"}}}
 
@@ -163,12 +164,8 @@ def test_idle_websocket_connections_stay_small(cloud_factory):
     """2,000 idle WebSocket connections: RSS per connection. The task of a connection
     once held room for the TLS handshakes and a TLS connection whatever its listener
     (26.8 KB each, measured); boxed, 13.7 KB (an idle TCP connection: 6.5 KB)."""
-    import resource
     n = 2000
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard < n + 500:
-        pytest.skip(f"hard file limit {hard} < {n + 500}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, n + 500), hard))
+    raise_file_limit(n + 500)
     c = ws_cloud(cloud_factory)
     rss0 = c.rss_kb()
     socks = []

@@ -27,7 +27,7 @@ const MAX_SPARE_RECORDS: usize = 16 << 10;
 /// message, peak RSS 17.7-18.7 -> 16.4-17.7 MB. Files of small records are unchanged, so
 /// a 1 KB drain pins no larger read buffers (1 MiB files for every record size: 6,400-
 /// 7,100 msgs/s at 64 KB, but a 1 GB drain's peak RSS went to 32.8-34.7 MB).
-pub(super) const MIN_FILE_RECORDS: u32 = 16;
+const MIN_FILE_RECORDS: u32 = 16;
 
 /// How far past `batch_max_bytes` a file of large records may grow.
 const LARGE_FILE_FACTOR: u64 = 4;
@@ -65,7 +65,6 @@ pub(super) struct Staged {
 }
 
 /// The committer's own state, under `Inner::commit_lock`.
-#[derive(Default)]
 pub(super) struct Committer {
     /// Files written, not yet fsynced nor indexed (`sync: interval`).
     staged: Vec<Staged>,
@@ -115,12 +114,6 @@ pub(super) struct Direct(bool);
 /// bound it runs 3,663 / 3,619 (against 3,169 / 3,390).
 pub const DIRECT_BACKLOG_BYTES: u64 = 64 << 20;
 
-impl Default for Direct {
-    fn default() -> Self {
-        Direct(true)
-    }
-}
-
 impl Direct {
     fn refused(&mut self) {
         if self.0 {
@@ -137,9 +130,11 @@ impl Committer {
     /// `direct_io`) while more than `backlog` bytes are buffered.
     pub(super) fn new(direct_io: bool, backlog: u64) -> Self {
         Committer {
+            staged: Vec::new(),
+            tails: BTreeMap::new(),
+            scratch: Vec::new(),
             direct: Direct(direct_io),
             direct_backlog: backlog,
-            ..Committer::default()
         }
     }
 }
@@ -534,11 +529,11 @@ fn write_batches(
             start = end;
             let first = &chunk[0];
             let last_seq = chunk.iter().map(|r| r.seq).max().unwrap_or(first.seq);
-            // `encoded_len` is an upper bound: a file it puts at `max` or below is one of
-            // small records. (A file a later round may append to, a tail, is below `max`:
-            // it stays in the page cache, where an append finds its last page.)
-            let size = 5 + chunk.iter().map(|r| r.encoded_len() + 8).sum::<usize>();
-            let aligned = (direct.as_ref().is_some_and(|d| d.0) && size as u64 > max)
+            // The bound is an upper bound: a file it puts at `max` or below is one of small
+            // records. (A file a later round may append to, a tail, is below `max`: it
+            // stays in the page cache, where an append finds its last page.)
+            let aligned = (direct.as_ref().is_some_and(|d| d.0)
+                && record::batch_len_bound(chunk) as u64 > max)
                 .then(|| record::encode_batch_aligned(chunk, scratch, files::DIRECT_ALIGN))
                 .flatten();
             let (file, len, size) = match aligned {

@@ -233,10 +233,15 @@ pub fn encode_batch(records: &[Record]) -> Vec<u8> {
 /// reuses one buffer: a fresh one per batch file is a `mmap`, page faults and a
 /// `munmap` each (batches are larger than the edge's `MALLOC_MMAP_THRESHOLD_`).
 pub fn encode_batch_into(records: &[Record], b: &mut Vec<u8>) {
-    let cap = 5 + records.iter().map(|r| r.encoded_len() + 8).sum::<usize>();
     b.clear();
-    b.reserve(cap);
+    b.reserve(batch_len_bound(records));
     encode_batch_append(records, b);
+}
+
+/// An upper bound of the encoded length of `records` as one batch (exact but for the
+/// bound [`Record::encoded_len`] gives each record).
+pub fn batch_len_bound(records: &[Record]) -> usize {
+    5 + records.iter().map(|r| r.encoded_len() + 8).sum::<usize>()
 }
 
 /// Appends the encoded batch to `b` (which has room for it).
@@ -266,7 +271,7 @@ pub fn encode_batch_aligned(
     b: &mut Vec<u8>,
     align: usize,
 ) -> Option<(usize, usize)> {
-    let room = 5 + records.iter().map(|r| r.encoded_len() + 8).sum::<usize>();
+    let room = batch_len_bound(records);
     b.clear();
     // Room for the alignment gap and the zeros too, so the vector never moves (and
     // loses its alignment) while the batch is encoded.
