@@ -93,6 +93,8 @@
 //! 4. The replicator reads batches in key order, assigns per-partition producer sequences
 //!    and persists an in-flight descriptor, flushed *before* sending, so a restarted edge
 //!    re-sends exactly the same batches and the broker's idempotence drops duplicates.
+//!    While it drains a backlog, the `buffer-prefetch` thread asks the kernel to read
+//!    the next 8 MiB of batch files into the page cache ahead of it (`prefetch.rs`).
 //! 5. When the broker acknowledges, the replicator records the partition's acknowledged
 //!    sequence and deletes the descriptor (one atomic sled batch for every batch the
 //!    response acknowledged; step 4 likewise writes a cut's descriptors in one), then
@@ -179,6 +181,7 @@ mod files;
 mod index;
 mod keyed;
 mod pool;
+mod prefetch;
 mod quota;
 mod read;
 mod reap;
@@ -417,6 +420,8 @@ struct Inner {
     file_bytes: AtomicU64,
     /// Empty files the committer renames into place instead of creating one.
     spares: Arc<spares::Spares>,
+    /// Where the replicator's reads are, for the read-ahead thread (`prefetch.rs`).
+    prefetch: prefetch::Hints,
 }
 
 /// Work for the reaper thread.
@@ -433,6 +438,7 @@ pub struct Buffer {
     committer: Mutex<Option<JoinHandle<()>>>,
     reaper: Mutex<Option<JoinHandle<()>>>,
     filler: Mutex<Option<JoinHandle<()>>>,
+    prefetcher: Mutex<Option<JoinHandle<()>>>,
 }
 
 const NEXT_SEQ: &[u8] = b"next_seq";
@@ -632,6 +638,7 @@ impl Buffer {
             // Every file left after the scan is indexed with its exact length.
             file_bytes: AtomicU64::new(file_bytes),
             spares: spares.clone(),
+            prefetch: prefetch::Hints::default(),
         });
         // The reaper ends when `stop` closes its channel, releasing its `Inner`.
         let reaper_inner = inner.clone();
@@ -648,11 +655,14 @@ impl Buffer {
             .name("buffer-spares".into())
             .spawn(move || spares.fill_loop())
             .map_err(|e| Error::Backend(sled::Error::Io(e)))?;
+        let prefetcher =
+            prefetch::spawn(inner.clone()).map_err(|e| Error::Backend(sled::Error::Io(e)))?;
         let buffer = Buffer {
             inner,
             committer: Mutex::new(Some(committer)),
             reaper: Mutex::new(Some(reaper)),
             filler: Mutex::new(Some(filler)),
+            prefetcher: Mutex::new(Some(prefetcher)),
         };
         // Batches that in-flight descriptors refer to must be re-sent, not evicted: a
         // quota eviction between this open and the replicator's start would otherwise
@@ -940,6 +950,15 @@ impl Buffer {
         );
         let reaper = self.reaper.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(h) = reaper {
+            let _ = h.join();
+        }
+        self.inner.prefetch.close();
+        let prefetcher = self
+            .prefetcher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(h) = prefetcher {
             let _ = h.join();
         }
         // No spare is created after this (a reopen deletes the spares there are).

@@ -102,6 +102,8 @@ impl Buffer {
                 }
             }
             if bytes >= max_bytes {
+                // More to read, probably (a backlog): read the next files ahead.
+                inner.prefetch.read_through(key);
                 break;
             }
         }

@@ -1222,6 +1222,7 @@ fn rss_probe() {
 mod damage;
 mod direct;
 mod grow;
+mod prefetch;
 
 /// Two priority classes committed together interleave in sequence; releasing one class's
 /// records must never count against the other class's file. Before releases were found by
