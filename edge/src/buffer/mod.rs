@@ -411,6 +411,12 @@ struct Inner {
     /// Tests: every commit round first sleeps this long (a slow disk).
     #[cfg(test)]
     test_commit_delay_ms: AtomicU64,
+    /// Tests: every batch file read first waits until this is cleared (a slow disk);
+    /// `test_reading` says one is waiting.
+    #[cfg(test)]
+    test_hold_reads: std::sync::atomic::AtomicBool,
+    #[cfg(test)]
+    test_reading: std::sync::atomic::AtomicBool,
     /// Drained batches for the reaper thread to delete (index entry, then file), so the
     /// replicator never waits for an unlink.
     reap: Mutex<Option<std::sync::mpsc::Sender<Reap>>>,

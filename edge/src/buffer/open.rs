@@ -123,6 +123,10 @@ impl Buffer {
             test_panic: Default::default(),
             #[cfg(test)]
             test_commit_delay_ms: Default::default(),
+            #[cfg(test)]
+            test_hold_reads: Default::default(),
+            #[cfg(test)]
+            test_reading: Default::default(),
             sled_file,
             // Every file left after the scan is indexed with its exact length.
             file_bytes: AtomicU64::new(file_bytes),

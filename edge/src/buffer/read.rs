@@ -36,7 +36,8 @@ impl Buffer {
         }
         let mut out = Vec::new();
         let mut bytes = 0;
-        // Hold the state lock so an eviction cannot race the claim.
+        // The state lock is held from each lookup to its claim, so an eviction cannot
+        // race the claim.
         let mut s = inner.lock();
         // The next key is looked up each turn (not every key to `before` collected up
         // front: with a 1 GB backlog that was thousands of keys per read, 2% of a drain).
@@ -60,6 +61,16 @@ impl Buffer {
                 continue;
             }
             let committed = s.catalog.bytes_of(key).unwrap_or(u64::MAX);
+            // Claimed, the file can no longer be evicted, grown (commits stop appending
+            // to a claimed tail) or paged out of the catalog: read it without the lock,
+            // so appends and the committer never wait for a drain's reads.
+            s.claimed = Some(s.claimed.map_or(key, |c| c.max(key)));
+            drop(s);
+            #[cfg(test)]
+            while inner.test_hold_reads.load(Ordering::Acquire) {
+                inner.test_reading.store(true, Ordering::Release);
+                std::thread::yield_now();
+            }
             let decoded = inner
                 .read_pool
                 .read(&files::path(&inner.files, key), committed)
@@ -70,6 +81,7 @@ impl Buffer {
                         .map(|b| (b, len))
                         .map_err(|e| e.to_string())
                 });
+            s = inner.lock();
             match decoded {
                 Ok((batch, len)) => {
                     if batch.corrupt > 0 {
@@ -85,7 +97,6 @@ impl Buffer {
                         release_in(&mut s, inner, key, batch.corrupt as u32)?;
                     }
                     bytes += len;
-                    s.claimed = Some(s.claimed.map_or(key, |c| c.max(key)));
                     if !batch.records.is_empty() {
                         out.push(ReadBatch {
                             key,
@@ -98,7 +109,6 @@ impl Buffer {
                     inner.stats.corrupt.fetch_add(1, Ordering::Relaxed);
                     remove_batch(&mut s, key);
                     inner.delete_batch(&mut s, key)?;
-                    s.claimed = Some(s.claimed.map_or(key, |c| c.max(key)));
                 }
             }
             if bytes >= max_bytes {
@@ -201,7 +211,7 @@ mod tests {
 
     use bytes::Bytes;
 
-    use super::super::{BufferConfig, FullPolicy, SyncPolicy};
+    use super::super::{Appended, BufferConfig, FullPolicy, SyncPolicy};
     use super::*;
 
     /// One release call whose sequences span several batch files, out of order and
@@ -254,5 +264,67 @@ mod tests {
         assert_eq!(buf.snapshot().records, 0);
         buf.reaped();
         assert!(files::list(&buf.inner.files).unwrap().is_empty());
+    }
+
+    /// A batch file is read without the state lock: an append (and the committer) goes
+    /// on while a drain's read waits for the disk.
+    #[test]
+    fn appends_do_not_wait_for_a_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let buf = std::sync::Arc::new(
+            Buffer::open(BufferConfig {
+                dir: dir.path().to_path_buf(),
+                quota_bytes: u64::MAX,
+                full_policy: FullPolicy::Block,
+                sync: SyncPolicy::Always,
+                batch_max_bytes: 1 << 20,
+                cache_bytes: 1 << 20,
+                direct_io: true,
+                direct_io_backlog_bytes: crate::buffer::DIRECT_BACKLOG_BYTES,
+            })
+            .unwrap(),
+        );
+        let rec = || Record {
+            topic: "t".into(),
+            payload: Bytes::from_static(b"p"),
+            ..Record::default()
+        };
+        buf.append(rec()).unwrap();
+        buf.commit().unwrap();
+        // The disk stalls: the reader stops just before reading the file.
+        buf.inner.test_hold_reads.store(true, Ordering::Release);
+        let reader = {
+            let buf = buf.clone();
+            std::thread::spawn(move || buf.read(None, usize::MAX).unwrap())
+        };
+        while !buf.inner.test_reading.load(Ordering::Acquire) {
+            std::thread::yield_now();
+        }
+        // Were the read to hold the lock, the append below would wait for this.
+        let (done, watch) = std::sync::mpsc::channel::<()>();
+        let watchdog = {
+            let buf = buf.clone();
+            std::thread::spawn(move || {
+                let _ = watch.recv_timeout(Duration::from_secs(5));
+                buf.inner.test_hold_reads.store(false, Ordering::Release);
+            })
+        };
+        // Appended and made durable (the committer takes the state lock too) while the
+        // read is still stalled.
+        let Appended::Stored(gen) = buf.append(rec()).unwrap() else {
+            panic!("append dropped");
+        };
+        buf.wait_durable(gen).unwrap();
+        assert!(
+            !reader.is_finished(),
+            "the read ended before the stall was lifted"
+        );
+        drop(done);
+        let read = reader.join().unwrap();
+        watchdog.join().unwrap();
+        // The claimed file did not grow (the second record went to a new file, which
+        // the read found after it).
+        let counts: Vec<usize> = read.iter().map(|b| b.records.len()).collect();
+        assert_eq!(counts, vec![1, 1]);
     }
 }
