@@ -43,9 +43,18 @@ fn clock_synced() -> bool {
 
 /// glibc malloc settings the edge runs with unless `MALLOC_ARENA_MAX` is already set.
 ///
-/// - `MALLOC_ARENA_MAX=2`: glibc gives each thread that allocates concurrently its own
+/// - `MALLOC_ARENA_MAX=1`: glibc gives each thread that allocates concurrently its own
 ///   arena (up to 8 per core), and freed memory stays in the arena that served it: during
-///   a 1 GB drain the edge peaked at 43 MB RSS with the default and 29 MB with 2 arenas.
+///   a 1 GB drain the edge peaked at 43 MB RSS with the default and 29 MB with 2 arenas
+///   (session 4). One arena (session 28): with cameras still publishing while a backlog
+///   drains (`edge-bench --skip-ingest --backlog-mb 1024 --cap-mb 0 --live 300000`, 1 KB
+///   records at about 50,000 msgs/s), 6 runs each way, RSS median 24.4-25.8 MB and
+///   peak 28.6-30.2 with one arena, 27.4-29.8 and 32.5-33.8 with two; a drain alone
+///   22.0-22.7 / 24.1-24.9 against 23.9-24.1 / 25.3-25.5. Rates did not move out of the
+///   noise: ingest 100 B 187-192k vs 179-187k msgs/s, 64 KB 6,140-6,557 vs
+///   5,896-6,737 (3 runs each); drains with live publishes median 155 vs 160 MB/s.
+///   Threads allocate mostly from their own caches (glibc's tcache), so one arena's
+///   lock is not a bottleneck on the edge's two to four busy threads.
 /// - `MALLOC_MMAP_THRESHOLD_=131072` (glibc's initial value, now fixed): by default glibc
 ///   raises the threshold to the size of each large block freed, so the drain's
 ///   256 KB-1 MB batch buffers move from `mmap` (returned to the kernel on free) into the
@@ -55,7 +64,7 @@ fn clock_synced() -> bool {
 /// glibc reads these once, before `main`, so the edge re-executes itself with them (same
 /// pid, same arguments); set `MALLOC_ARENA_MAX` yourself to choose your own settings.
 const MALLOC_ENV: [(&str, &str); 2] = [
-    ("MALLOC_ARENA_MAX", "2"),
+    ("MALLOC_ARENA_MAX", "1"),
     ("MALLOC_MMAP_THRESHOLD_", "131072"),
 ];
 

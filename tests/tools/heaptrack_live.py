@@ -16,7 +16,7 @@ its pid (the `heaptrack` script would run it as a child), as an EDGE_BIN wrapper
 
     mkfifo /tmp/ht/fifo
     (/usr/lib/heaptrack/libexec/heaptrack_interpret < /tmp/ht/fifo | zstd -q > TRACE.zst) &
-    export MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072   # the edge's own settings
+    export MALLOC_ARENA_MAX=1 MALLOC_MMAP_THRESHOLD_=131072   # the edge's own settings
     exec env LD_PRELOAD=/usr/lib/heaptrack/libheaptrack_preload.so \\
         DUMP_HEAPTRACK_OUTPUT=/tmp/ht/fifo path/to/edge "$@"
 """
