@@ -52,7 +52,7 @@ fn clock_synced() -> bool {
 ///   peak 28.6-30.2 with one arena, 27.4-29.8 and 32.5-33.8 with two; a drain alone
 ///   22.0-22.7 / 24.1-24.9 against 23.9-24.1 / 25.3-25.5. Rates did not move out of the
 ///   noise: ingest 100 B 187-192k vs 179-187k msgs/s, 64 KB 6,140-6,557 vs
-///   5,896-6,737 (3 runs each); drains with live publishes median 155 vs 160 MB/s.
+///   5,896-6,737 (3 runs each); drains with live publishes median 155 vs 159 MB/s.
 ///   Threads allocate mostly from their own caches (glibc's tcache), so one arena's
 ///   lock is not a bottleneck on the edge's two to four busy threads.
 /// - `MALLOC_MMAP_THRESHOLD_=131072` (glibc's initial value, now fixed): by default glibc
