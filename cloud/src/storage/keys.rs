@@ -4,14 +4,14 @@
 //! Column family `log`:
 //!   `topic_id u32 | partition u32 | base_offset u64`  -> one stored batch (opaque bytes)
 //! Column family `meta`:
-//!   `b'T' | topic name`                               -> [`TopicRecord`] encoding
+//!   `b'T' | topic name`                               -> [`super::TopicRecord`] encoding
 //!   `b'P' | topic_id u32 | partition u32 | pid i64`   -> producer state (opaque bytes)
 //!   `b'O' | len u16 | group | len u16 | topic | partition u32` -> committed offset
 //!   `b'C' | counter name`                             -> u64 counter (ids)
 //!   `b'R' | topic name`                               -> retained message (opaque bytes)
 //!   `b'S' | client id`                                -> persistent session (opaque bytes)
 //!   `b'A' | log topic name`                           -> original name of a hashed topic
-//!   `b'G' | share subscription (`$share/<group>/<filter>`) -> share group positions (opaque)
+//!   `b'G' | share subscription ($share/<group>/<filter>)` -> share group positions (opaque)
 //!   `b'W' | client id`                                -> pending delayed will (opaque bytes)
 //!   `b'M' | topic_id u32 | partition u32`             -> memory partition's offset floor (u64)
 
