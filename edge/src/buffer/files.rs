@@ -58,13 +58,13 @@ pub(super) fn write(
 /// block size in common use (4 KiB sectors), a multiple of the smaller ones.
 pub(super) const DIRECT_ALIGN: usize = 4096;
 
-/// [`write`] with `O_DIRECT`: `block` (at a [`DIRECT_ALIGN`]-aligned address, its length
+/// [`write()`] with `O_DIRECT`: `block` (at a [`DIRECT_ALIGN`]-aligned address, its length
 /// a multiple of it) holds the batch's `len` bytes followed by zeros, and goes from the
 /// process's buffer to the disk without a copy into the page cache. Returns the file
 /// (positioned after the batch), its length (the zeros included until the committer
 /// trims them) and whether the write was direct: when the file system refuses
 /// `O_DIRECT` (tmpfs, for one) or its alignment, the batch goes through the page cache
-/// as [`write`] writes it.
+/// as [`write()`] writes it.
 pub(super) fn write_direct(
     dir: &Path,
     key: u64,
