@@ -602,14 +602,7 @@ impl Buffer {
         self.inner.changed.notify_all();
         self.inner.work.notify_all();
         self.inner.durable.notify_all();
-        let handle = self
-            .committer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(h) = handle {
-            let _ = h.join();
-        }
+        join(&self.committer);
         // Closing the channel ends the reaper after the deletions queued so far; join it
         // so its handle on sled is gone before anyone reopens the directory.
         drop(
@@ -619,25 +612,12 @@ impl Buffer {
                 .unwrap_or_else(|p| p.into_inner())
                 .take(),
         );
-        let reaper = self.reaper.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(h) = reaper {
-            let _ = h.join();
-        }
+        join(&self.reaper);
         self.inner.prefetch.close();
-        let prefetcher = self
-            .prefetcher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(h) = prefetcher {
-            let _ = h.join();
-        }
+        join(&self.prefetcher);
         // No spare is created after this (a reopen deletes the spares there are).
         self.inner.spares.stop();
-        let filler = self.filler.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(h) = filler {
-            let _ = h.join();
-        }
+        join(&self.filler);
     }
 
     /// Bytes on disk: sled (index, metadata) plus the batch files (a running total, no
@@ -649,6 +629,14 @@ impl Buffer {
     /// Bytes of the batch files on disk.
     pub fn batch_file_bytes(&self) -> u64 {
         self.inner.file_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// Waits for the buffer thread in `slot` to end (once; later calls find it empty).
+fn join(slot: &Mutex<Option<JoinHandle<()>>>) {
+    let handle = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(h) = handle {
+        let _ = h.join();
     }
 }
 
