@@ -76,7 +76,7 @@ pub(super) fn write_direct(
     use std::io::Seek;
     use std::os::unix::fs::FileExt;
     let p = path(dir, key);
-    let (mut f, old_len) = spares.take(&p)?;
+    let (mut f, old_len) = spares.take_whole(&p)?;
     let refused = |e: &io::Error| e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error());
     let flags = OFlags::WRONLY | OFlags::DIRECT | OFlags::CLOEXEC;
     let direct = rustix::fs::open(&p, flags, Mode::empty())

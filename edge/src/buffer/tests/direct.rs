@@ -167,6 +167,28 @@ fn a_refused_direct_write_falls_back_to_the_page_cache() {
     assert!(on_disk[len..].iter().all(|&z| z == 0));
 }
 
+/// A direct write takes the shortest spare, not a pre-sized one: it writes the file
+/// whole, so zeros ahead of it would be written for nothing.
+#[test]
+fn a_direct_write_takes_the_shortest_spare() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let spares = spares::Spares::open(d, 1 << 20).unwrap();
+    // Two drained files recycled: one keeps its megabyte (a pre-sized spare), one is empty.
+    std::fs::write(files::path(d, 1), vec![7; 1 << 20]).unwrap();
+    std::fs::write(files::path(d, 2), b"").unwrap();
+    files::retire(d, 1, &spares).unwrap();
+    files::retire(d, 2, &spares).unwrap();
+    let mut b = Vec::new();
+    let (at, len) = record::encode_batch_aligned(&large(2), &mut b, files::DIRECT_ALIGN).unwrap();
+    let (_, flen, direct) = files::write_direct(d, 8, &b[at..], len, &spares).unwrap();
+    assert!(direct);
+    assert_eq!(flen, (b.len() - at) as u64, "the pre-sized spare was taken");
+    // The pre-sized spare is left for a file that is appended to.
+    let (_, flen) = files::write(d, 9, b"x", &spares).unwrap();
+    assert_eq!(flen, 1 << 20);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     /// An aligned encoding is the plain encoding at an aligned address, zeros after it
