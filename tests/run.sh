@@ -39,6 +39,11 @@ npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 echo "==> building"
 cargo build --workspace --all-targets
 
+# The fuzz targets (fuzz/, their own workspace) include decoder sources by path; a
+# change there must not leave them uncompilable (cargo-fuzz and nightly only run them).
+echo "==> checking that the fuzz targets compile"
+cargo check --manifest-path fuzz/Cargo.toml --bins
+
 echo "==> Rust tests"
 cargo test --workspace
 
