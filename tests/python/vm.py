@@ -176,6 +176,11 @@ class Vm:
     def _pump(self):
         with open(self.console_log, "w") as log:
             for raw in self.proc.stdout:
+                if not raw.endswith(b"\n"):
+                    # The power cut stopped the console mid-line ("ack 2 37" of
+                    # "ack 2 3719" once): not a line the guest finished printing.
+                    log.write(f"(cut mid-line: {raw!r})\n")
+                    continue
                 line = raw.decode(errors="replace").strip()
                 log.write(line + "\n")
                 parts = line.split()
