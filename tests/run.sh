@@ -44,6 +44,11 @@ cargo build --workspace --all-targets
 echo "==> checking that the fuzz targets compile"
 cargo check --manifest-path fuzz/Cargo.toml --bins
 
+# Module docs are where the durability steps and layouts are written down: their links
+# must resolve.
+echo "==> checking the docs (rustdoc warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
 echo "==> Rust tests"
 cargo test --workspace
 

@@ -98,7 +98,7 @@ impl Shutdown {
     /// 2. Every MQTT connection stores its persistent session as a disconnect does
     ///    (subscriptions, the oldest unacknowledged delivery per cursor, the disconnect
     ///    time), publishes a will due now, sends MQTT 5 clients DISCONNECT 0x8B (Server
-    ///    shutting down) and closes; waited for up to [`MQTT_STOP_WAIT`].
+    ///    shutting down) and closes; waited for up to `MQTT_STOP_WAIT`.
     /// 3. Sessions of connections that did not finish keep their last stored positions and
     ///    get the stop as their disconnect time.
     /// 4. Share groups with members store their positions.

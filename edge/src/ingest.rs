@@ -15,7 +15,7 @@
 //! 3. with `sync: always`, when rumqttd has the codec encode a PUBACK or PUBREC, the
 //!    codec first waits until that generation is flushed: at once if it already is
 //!    (often: the router's round trip takes about as long as a group commit), else on the
-//!    worker for up to [`INLINE_WAIT`] if commits are quick, and otherwise outside it
+//!    worker for up to `INLINE_WAIT` if commits are quick, and otherwise outside it
 //!    (`block_in_place`), so a slow disk never holds up a worker's other connections for
 //!    longer than that. Every acknowledged publish was read, so appended, before its
 //!    acknowledgement is encoded.

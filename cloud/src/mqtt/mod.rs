@@ -1,13 +1,13 @@
 //! The cloud's MQTT view of the log (issue 4): MQTT 3.1.1 and 5 clients publish to and
 //! subscribe on the same topics Kafka clients use, served from the one copy in the log.
 //!
-//! Layers, arrows one way: [`codec`] (bytes <-> packets, rumqttc's `mqttbytes`, no I/O)
-//! -> `conn` (one socket: buffers, timeouts, the action loop) -> [`session`] (the
+//! Layers, arrows one way: `codec` (bytes <-> packets, rumqttc's `mqttbytes`, no I/O)
+//! -> `conn` (one socket: buffers, timeouts, the action loop) -> `session` (the
 //! protocol state machine, no I/O) -> `hub` (topic and subscription indexes, session
 //! registry, retained messages) + `cursor` (delivery positions in the log) ->
 //! `crate::log` / `crate::storage`.
 //!
-//! - A publish is appended as one Kafka record ([`records`]) to the mapped topic
+//! - A publish is appended as one Kafka record (`records`) to the mapped topic
 //!   (`common::topic`), creating the topic on first use; QoS 1/2 acknowledgements are
 //!   sent once the append is durable (`mqtt.durable_publish`).
 //! - A subscriber holds one cursor per matched partition and is woken by the append

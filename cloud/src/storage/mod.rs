@@ -3,7 +3,7 @@
 //! Domain verbs only (topics, log entries, producer state, committed offsets, counters);
 //! nothing here knows Kafka or MQTT wire types. A log entry is an opaque byte string
 //! stored under `(topic_id, partition, base_offset)`; the caller decides what it means.
-//! Key layout: [`keys`]. Write path and durability: [`writer`].
+//! Key layout: `keys`. Write path and durability: `writer`.
 //!
 //! Durability, as numbered steps:
 //! 1. Every mutation is a [`WriteSet`] applied atomically in one RocksDB `WriteBatch`

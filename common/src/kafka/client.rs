@@ -109,7 +109,7 @@ impl Connection {
 
     /// Sends one Produce request (acks = all) without waiting for the answer, so several
     /// can be in flight on this connection. The record batches are written from `parts`
-    /// as they are, not copied into the request ([`produce`](super::produce)); the
+    /// as they are, not copied into the request ([`super::produce`]); the
     /// partitions of one topic go in one topic entry, topics in order of first appearance.
     pub async fn produce(
         &self,

@@ -18,12 +18,12 @@
 //! The replicator therefore fills requests across topics, prepares the next request while
 //! the broker works on the previous ones, and never waits for an unlink (the buffer's
 //! reaper deletes drained batches). The replicator's thread never waits for a cut
-//! ([`cuts`]): a cut's batches are encoded and compressed on the encoder thread and its
+//! (`cuts`): a cut's batches are encoded and compressed on the encoder thread and its
 //! descriptors fsynced on the fsync thread while the replicator reads the next records,
 //! sends finished batches and takes acknowledgements; two cuts are prepared at once, so
 //! the encoder does not idle between them. It waits only when nothing can move: for a
 //! response, a cut, or (idle) the next group commit. Memory is bounded by
-//! [`PIPELINE_BYTES`].
+//! `PIPELINE_BYTES`.
 //!
 //! Drain policy (`cloud.drain`): `backlog_first` reads the buffer with one cursor in
 //! arrival order. `live_first`: when a session starts with a backlog, the buffer marks a
