@@ -3,8 +3,9 @@
 //! Rows: fan-in (many publishers, one subscriber on a wildcard), fan-out (one publisher,
 //! many subscribers), and QoS 1 round trip (publish, wait for the subscriber to receive
 //! it and for the PUBACK, repeat: one message in flight, so a broker that acknowledges
-//! after an fsync runs at one fsync per message; `--warmup` untimed round trips first, because Mosquitto's first few thousand
-//! are up to 25% slower than its steady state). Every row reports delivered msgs/s, per-message latency p50/p99 (send time is
+//! after an fsync runs at one fsync per message; `--warmup` untimed round trips first,
+//! because Mosquitto's first few thousand are up to 25% slower than its steady state).
+//! Every row reports delivered msgs/s, per-message latency p50/p99 (send time is
 //! carried in the payload) and the broker's RSS after the row. Clients are the same raw
 //! 3.1.1 clients for both brokers (rumqttc's codec, no client library overhead).
 //!
