@@ -104,6 +104,8 @@ pub struct Ingest<P> {
     /// because `write` only has `&self`.
     connect_ticket: AtomicU64,
     disconnect_ticket: AtomicU64,
+    /// Whether the wrapped codec is rumqttd's v4 one (see [`without_properties`]).
+    v4: bool,
 }
 
 /// No open [`Order`] entry.
@@ -123,7 +125,7 @@ const INLINE_WAIT: Duration = Duration::from_millis(1);
 
 impl<P: Clone> Clone for Ingest<P> {
     fn clone(&self) -> Self {
-        Ingest::new(self.inner.clone(), self.ctx.clone())
+        Ingest::with_version(self.inner.clone(), self.ctx.clone(), self.v4)
     }
 }
 
@@ -195,10 +197,37 @@ fn uplink_priority(uplink: &Uplink, topic: &[u8]) -> Option<(u8, String)> {
     Some((uplink.priority(topic)?, topic.to_owned()))
 }
 
-impl<P> Ingest<P> {
+/// `packet` without MQTT 5 properties, for a 3.1.1 client. rumqttd 0.20's v4 writer
+/// panics (`unreachable!`) on a packet that carries properties, and the router hands v4
+/// connections what v5 clients published as published: a v5 publish with a user
+/// property killed the connection of every 3.1.1 subscriber it was routed to.
+fn without_properties(packet: Packet) -> Packet {
+    match packet {
+        Packet::Publish(p, Some(_)) => Packet::Publish(p, None),
+        Packet::PubAck(p, Some(_)) => Packet::PubAck(p, None),
+        Packet::PubRec(p, Some(_)) => Packet::PubRec(p, None),
+        Packet::PubRel(p, Some(_)) => Packet::PubRel(p, None),
+        Packet::PubComp(p, Some(_)) => Packet::PubComp(p, None),
+        Packet::SubAck(p, Some(_)) => Packet::SubAck(p, None),
+        Packet::UnsubAck(p, Some(_)) => Packet::UnsubAck(p, None),
+        Packet::Disconnect(p, Some(_)) => Packet::Disconnect(p, None),
+        other => other,
+    }
+}
+
+impl<P: 'static> Ingest<P> {
     /// Wraps a rumqttd codec (`V4` or `V5`).
     pub fn new(inner: P, ctx: Arc<IngestCtx>) -> Self {
+        let v4 = std::any::TypeId::of::<P>() == std::any::TypeId::of::<rumqttd::protocol::v4::V4>();
+        Self::with_version(inner, ctx, v4)
+    }
+}
+
+impl<P> Ingest<P> {
+    /// Wraps `inner`, a rumqttd v4 codec if `v4`.
+    fn with_version(inner: P, ctx: Arc<IngestCtx>, v4: bool) -> Self {
         Ingest {
+            v4,
             inner,
             ctx,
             client_id: None,
@@ -493,6 +522,9 @@ impl<P: Protocol> Protocol for Ingest<P> {
                 .get_or_insert_with(Default::default)
                 .assigned_client_identifier = Some(id.clone());
         }
+        if self.v4 {
+            packet = without_properties(packet);
+        }
         self.inner.write(packet, write)
     }
 }
@@ -569,6 +601,37 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         check(Ingest::new(V4, ctx(dir.path(), uplink())), &publish_frame());
+    }
+
+    /// A message a v5 client published with properties reaches a 3.1.1 subscriber
+    /// without them (rumqttd's v4 writer panicked on it); a v5 subscriber keeps them.
+    #[test]
+    fn v4_subscribers_get_v5_publishes_without_properties() {
+        let props = || PublishProperties {
+            user_properties: vec![("site".into(), "a".into())],
+            content_type: Some("text/plain".into()),
+            ..Default::default()
+        };
+        let publish = || Packet::Publish(Publish::new("t/1", "hello", false), Some(props()));
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = BytesMut::new();
+        ingest(dir.path()).write(publish(), &mut out).unwrap();
+        let mut read = out.clone();
+        match V4.read_mut(&mut read, 1 << 20).unwrap() {
+            Packet::Publish(p, None) => assert_eq!(&p.payload[..], b"hello"),
+            other => panic!("{other:?}"),
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let v5 = Ingest::new(rumqttd::protocol::v5::V5, ctx(dir.path(), Uplink::new([])));
+        let mut out5 = BytesMut::new();
+        v5.write(publish(), &mut out5).unwrap();
+        match rumqttd::protocol::v5::V5
+            .read_mut(&mut out5, 1 << 20)
+            .unwrap()
+        {
+            Packet::Publish(_, Some(p)) => assert_eq!(p.user_properties, props().user_properties),
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A QoS 1 PUBLISH of topic `t`, packet id 7.
