@@ -18,6 +18,7 @@
 //!   cargo run -p tests --bin mqtt-bench -- [--publishers 8] [--subscribers 20]
 //!        [--messages 10000] [--size 100] [--qos 1] [--round-trips 5000] [--warmup 3000]
 //!        [--connects 4000] [--retain 0] [--rows fan-in,fan-out,round-trip,connect]
+//!        [--brokers durable,sync-none,memory,mosquitto]
 //!
 //! `--retain 1` sets RETAIN on the fan-in and fan-out publishes (devices publishing
 //! their state as retained messages): every publish also replaces its topic's retained
@@ -28,7 +29,8 @@
 //! record reaches RocksDB's WAL, not the disk, before the ack), and with
 //! `storage.default_mode: memory` (topics kept in memory only: what Mosquitto does by
 //! default, no persistence of messages at all). Each row ends with every broker's msgs/s
-//! as a ratio to Mosquitto's.
+//! as a ratio to Mosquitto's. `--brokers` runs a subset (say `memory`, to profile one
+//! cloud alone); the ratios need `mosquitto` among them.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -42,6 +44,7 @@ use tests::mqtt::Conn;
 use tests::proc::{percentile, rss_bytes, Cloud};
 
 const ROWS: [&str; 4] = ["fan-in", "fan-out", "round-trip", "connect"];
+const BROKERS: [&str; 4] = ["durable", "sync-none", "memory", "mosquitto"];
 
 struct Opts {
     publishers: usize,
@@ -58,6 +61,8 @@ struct Opts {
     retain: bool,
     /// Which rows to run (`--rows fan-in,fan-out,round-trip`).
     rows: Vec<String>,
+    /// Which brokers to run them against (`--brokers memory,mosquitto`).
+    brokers: Vec<String>,
 }
 
 fn opts() -> Result<Opts> {
@@ -73,16 +78,25 @@ fn opts() -> Result<Opts> {
         connects: 4000,
         retain: false,
         rows: ROWS.iter().map(|r| r.to_string()).collect(),
+        brokers: BROKERS.iter().map(|b| b.to_string()).collect(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
-        if args[i] == "--rows" {
+        let list = |allowed: &[&str], what: &str| -> Result<Vec<String>> {
             let v = args.get(i + 1).context("missing value")?;
-            o.rows = v.split(',').map(str::to_string).collect();
-            if let Some(r) = o.rows.iter().find(|r| !ROWS.contains(&r.as_str())) {
-                bail!("unknown row {r} (rows: {})", ROWS.join(","));
+            let items: Vec<String> = v.split(',').map(str::to_string).collect();
+            if let Some(x) = items.iter().find(|x| !allowed.contains(&x.as_str())) {
+                bail!("unknown {what} {x} ({what}s: {})", allowed.join(","));
             }
+            Ok(items)
+        };
+        match args[i].as_str() {
+            "--rows" => o.rows = list(&ROWS, "row")?,
+            "--brokers" => o.brokers = list(&BROKERS, "broker")?,
+            _ => {}
+        }
+        if matches!(args[i].as_str(), "--rows" | "--brokers") {
             i += 2;
             continue;
         }
@@ -397,24 +411,32 @@ async fn connect_storm(b: &Broker, o: &Opts) -> Result<Row> {
 async fn main() -> Result<()> {
     let o = opts()?;
     let dir = tempfile::tempdir()?;
-    let brokers = vec![
-        start_cloud(
+    let wanted = |b: &str| o.brokers.iter().any(|x| x == b);
+    let mut brokers = Vec::new();
+    if wanted("durable") {
+        brokers.push(start_cloud(
             &dir.path().join("cloud"),
             "cloud (durable)",
             "mqtt:\n  listen: 127.0.0.1:0\n",
-        )?,
-        start_cloud(
+        )?);
+    }
+    if wanted("sync-none") {
+        brokers.push(start_cloud(
             &dir.path().join("cloud-nosync"),
             "cloud (sync none)",
             "storage:\n  sync: none\nmqtt:\n  listen: 127.0.0.1:0\n  durable_publish: false\n",
-        )?,
-        start_cloud(
+        )?);
+    }
+    if wanted("memory") {
+        brokers.push(start_cloud(
             &dir.path().join("cloud-memory"),
             "cloud (memory)",
             "storage:\n  default_mode: memory\nmqtt:\n  listen: 127.0.0.1:0\n",
-        )?,
-        start_mosquitto(&dir.path().join("mosquitto"))?,
-    ];
+        )?);
+    }
+    if wanted("mosquitto") {
+        brokers.push(start_mosquitto(&dir.path().join("mosquitto"))?);
+    }
     let q = if o.qos == QoS::AtMostOnce { 0 } else { 1 };
     println!(
         "mqtt-bench: {} B payloads, QoS {q}{}; fan-in {}x{} msgs; fan-out 1x{} msgs to {} subscribers; {} QoS 1 round trips after {} untimed; {} connects with a will, {} at once",
@@ -442,7 +464,7 @@ async fn main() -> Result<()> {
             );
             rates.push((b.name, r.msgs_s));
         }
-        if let Some(&(_, peer)) = rates.last() {
+        if let Some(&(_, peer)) = rates.last().filter(|_| wanted("mosquitto")) {
             let ratios: Vec<String> = rates[..rates.len() - 1]
                 .iter()
                 .map(|(n, r)| format!("{n} {:.2}", r / peer))
