@@ -40,6 +40,135 @@ pub struct Config {
     pub cloud: CloudConfig,
     /// Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// Cloud-to-gateway messages (off unless `downlink.broker` is set).
+    pub downlink: DownlinkConfig,
+}
+
+/// `downlink`: an MQTT broker (the cloud's MQTT listener) whose messages on `filters` the
+/// edge republishes to its local MQTT subscribers (commands, configuration, model updates).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownlinkConfig {
+    /// `host:port` of the MQTT broker; empty: no downlink.
+    pub broker: String,
+    /// MQTT filters to subscribe to there.
+    pub filters: Vec<String>,
+    /// Client id of the downlink's persistent session; empty: `<edge_id>-downlink`.
+    pub client_id: String,
+    /// How long the broker keeps the session (and what arrives for it) while the edge is
+    /// away, in seconds (MQTT 5 session expiry interval).
+    pub session_expiry_secs: u32,
+    /// MQTT keep alive in seconds (1..=65535).
+    pub keep_alive_secs: u16,
+    /// A connection attempt (TCP, TLS, CONNECT to CONNACK, SUBSCRIBE to SUBACK) gets this long.
+    pub connect_timeout_ms: u64,
+    /// Reconnect backoff: first delay (ms).
+    pub backoff_initial_ms: u64,
+    /// Reconnect backoff: largest delay (ms).
+    pub backoff_max_ms: u64,
+    /// User name and password; `None`: anonymous.
+    pub credentials: Option<DownlinkLogin>,
+    /// TLS to the broker (the same keys as `cloud.tls`); `None`: plain TCP.
+    pub tls: Option<CloudTls>,
+}
+
+/// `downlink.credentials`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownlinkLogin {
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for DownlinkLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DownlinkLogin")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for DownlinkConfig {
+    fn default() -> Self {
+        DownlinkConfig {
+            broker: String::new(),
+            filters: Vec::new(),
+            client_id: String::new(),
+            session_expiry_secs: 7 * 24 * 3600,
+            keep_alive_secs: 30,
+            connect_timeout_ms: 10_000,
+            backoff_initial_ms: 500,
+            backoff_max_ms: 30_000,
+            credentials: None,
+            tls: None,
+        }
+    }
+}
+
+impl DownlinkConfig {
+    /// Whether a downlink is configured.
+    pub fn enabled(&self) -> bool {
+        !self.broker.is_empty()
+    }
+
+    /// Builds the TLS client, if any; the error names the key.
+    pub fn tls_connector(&self) -> Result<Option<common::tls::Connector>, (&'static str, String)> {
+        let Some(t) = &self.tls else {
+            return Ok(None);
+        };
+        t.connector([
+            "downlink.tls.ca",
+            "downlink.tls.cert",
+            "downlink.tls.key",
+            "downlink.tls.server_name",
+        ])
+        .map(Some)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !self.enabled() {
+            if !self.filters.is_empty() {
+                return Err(("downlink.broker", "required with downlink.filters".into()));
+            }
+            return Ok(());
+        }
+        match self.broker.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+            _ => {
+                return Err((
+                    "downlink.broker",
+                    format!("{:?} is not host:port", self.broker),
+                ))
+            }
+        }
+        if self.filters.is_empty() {
+            return Err(("downlink.filters", "at least one filter is required".into()));
+        }
+        for f in &self.filters {
+            if !crate::filter::is_valid_filter(f) || f.starts_with("$share/") {
+                return Err(("downlink.filters", format!("invalid MQTT filter {f:?}")));
+            }
+        }
+        if self.keep_alive_secs == 0 {
+            return Err(("downlink.keep_alive_secs", "must be positive".into()));
+        }
+        if self.connect_timeout_ms == 0 {
+            return Err(("downlink.connect_timeout_ms", "must be positive".into()));
+        }
+        if self.backoff_initial_ms == 0 || self.backoff_max_ms < self.backoff_initial_ms {
+            return Err((
+                "downlink.backoff_max_ms",
+                "backoff_initial_ms must be positive and at most backoff_max_ms".into(),
+            ));
+        }
+        if self.client_id.len() > 65_535 {
+            return Err(("downlink.client_id", "longer than 65535 bytes".into()));
+        }
+        self.tls_connector()?;
+        Ok(())
+    }
 }
 
 /// MQTT listener settings.
@@ -207,6 +336,37 @@ pub struct CloudTls {
     pub server_name: Option<String>,
 }
 
+impl CloudTls {
+    /// Reads the files and builds the TLS client. `keys` names, for errors, the config
+    /// keys of `ca`, `cert`, `key` and `server_name` in that order.
+    pub fn connector(
+        &self,
+        keys: [&'static str; 4],
+    ) -> Result<common::tls::Connector, (&'static str, String)> {
+        let [ca, cert, key, server_name] = keys;
+        let cert_key = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            (Some(_), None) => return Err((key, format!("required with {cert}"))),
+            (None, Some(_)) => return Err((cert, format!("required with {key}"))),
+        };
+        let client = common::tls::ClientTls {
+            ca: self.ca.clone(),
+            cert_key,
+            server_name: self.server_name.clone(),
+        };
+        client.connector().map_err(|(field, e)| {
+            let k = match field {
+                "ca" => ca,
+                "cert" => cert,
+                "key" => key,
+                _ => server_name,
+            };
+            (k, e.to_string())
+        })
+    }
+}
+
 /// `cloud.sasl`: SASL credentials.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -240,31 +400,12 @@ impl CloudConfig {
         let mut c = common::kafka::Connector::plaintext(&self.client_id);
         c.connect_timeout = std::time::Duration::from_millis(self.request_timeout_ms);
         if let Some(t) = &self.tls {
-            let cert_key = match (&t.cert, &t.key) {
-                (Some(c), Some(k)) => Some((c.clone(), k.clone())),
-                (None, None) => None,
-                (Some(_), None) => {
-                    return Err(("cloud.tls.key", "required with cloud.tls.cert".into()))
-                }
-                (None, Some(_)) => {
-                    return Err(("cloud.tls.cert", "required with cloud.tls.key".into()))
-                }
-            };
-            let client = common::tls::ClientTls {
-                ca: t.ca.clone(),
-                cert_key,
-                server_name: t.server_name.clone(),
-            };
-            let tls = client.connector().map_err(|(field, e)| {
-                let key = match field {
-                    "ca" => "cloud.tls.ca",
-                    "cert" => "cloud.tls.cert",
-                    "key" => "cloud.tls.key",
-                    _ => "cloud.tls.server_name",
-                };
-                (key, e.to_string())
-            })?;
-            c.tls = Some(tls);
+            c.tls = Some(t.connector([
+                "cloud.tls.ca",
+                "cloud.tls.cert",
+                "cloud.tls.key",
+                "cloud.tls.server_name",
+            ])?);
         }
         if let Some(s) = &self.sasl {
             if s.mechanism != "PLAIN" {
@@ -331,6 +472,7 @@ impl Default for Config {
             buffer: BufferSection::default(),
             cloud: CloudConfig::default(),
             metrics: MetricsConfig::default(),
+            downlink: DownlinkConfig::default(),
         }
     }
 }
@@ -499,6 +641,7 @@ impl Config {
         if self.mqtt.max_inflight == 0 || self.mqtt.max_payload_bytes == 0 {
             return Err(("mqtt.max_inflight", "limits must be positive".into()));
         }
+        self.downlink.validate()?;
         Ok(())
     }
 
@@ -605,6 +748,49 @@ mod tests {
             "e.yaml",
         )
         .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn downlink_errors_name_the_key() {
+        let c = Config::parse("", "e.yaml").unwrap();
+        assert!(!c.downlink.enabled());
+        let bad = [
+            ("downlink:\n  filters: [a/#]\n", "downlink.broker"),
+            ("downlink:\n  broker: nowhere\n  filters: [a/#]\n", "downlink.broker"),
+            ("downlink:\n  broker: h:0\n  filters: [a/#]\n", "downlink.broker"),
+            ("downlink:\n  broker: h:1883\n", "downlink.filters"),
+            ("downlink:\n  broker: h:1883\n  filters: [a/#/b]\n", "downlink.filters"),
+            ("downlink:\n  broker: h:1883\n  filters: [$share/g/a]\n", "downlink.filters"),
+            (
+                "downlink:\n  broker: h:1883\n  filters: [a]\n  keep_alive_secs: 0\n",
+                "downlink.keep_alive_secs",
+            ),
+            (
+                "downlink:\n  broker: h:1883\n  filters: [a]\n  backoff_max_ms: 1\n",
+                "downlink.backoff_max_ms",
+            ),
+            (
+                "downlink:\n  broker: h:1883\n  filters: [a]\n  tls:\n    ca: /nonexistent/ca.pem\n",
+                "downlink.tls.ca",
+            ),
+            (
+                "downlink:\n  broker: h:1883\n  filters: [a]\n  tls:\n    cert: /x.pem\n",
+                "downlink.tls.key",
+            ),
+            ("downlink:\n  brokr: h:1883\n", "downlink"),
+            ("downlink:\n  broker: h:1883\n  filters: [a]\n  credentials:\n    username: u\n", "downlink.credentials"),
+        ];
+        for (yaml, key) in bad {
+            let e = Config::parse(yaml, "e.yaml").unwrap_err();
+            assert_eq!(e.key, key, "{yaml}: {e}");
+        }
+        let c = Config::parse(
+            "downlink:\n  broker: cloud.example:2883\n  filters: [gw/+/cmd/#]\n  credentials:\n    username: u\n    password: hunter2\n",
+            "e.yaml",
+        )
+        .unwrap();
+        assert!(c.downlink.enabled());
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

@@ -160,7 +160,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 .store(clock_synced(), Ordering::Relaxed);
         }
     });
-    let bound = edge::mqtt::start(&cfg.mqtt, ctx).await?;
+    let (bound, link) = edge::mqtt::start(&cfg.mqtt, ctx, cfg.downlink.enabled()).await?;
     let mut out = std::io::stdout().lock();
     if let Some(a) = bound.v4 {
         writeln!(out, "listening mqtt-v4 {a}")?;
@@ -177,6 +177,16 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     out.flush()?;
     drop(out);
+    if let Some(link) = link {
+        let downlink = edge::downlink::Downlink::new(
+            cfg.downlink.clone(),
+            &cfg.edge_id,
+            cfg.mqtt.max_payload_bytes,
+            link,
+            metrics.clone(),
+        );
+        tokio::spawn(downlink.run());
+    }
     let replicator = Replicator::new(
         buffer.clone(),
         cfg.cloud.clone(),

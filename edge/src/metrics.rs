@@ -43,6 +43,14 @@ pub struct Metrics {
     index_rebuilt: Gauge,
     commits: Gauge,
     direct_files: Gauge,
+    /// 1 when the downlink is subscribed at its broker.
+    pub downlink_up: Gauge,
+    /// Downlink connection attempts.
+    pub downlink_reconnects: Counter,
+    /// Downlink messages published to the local broker.
+    pub downlink_messages: Counter,
+    /// Downlink messages dropped because this edge had sent them up (`edge.id` is ours).
+    pub downlink_looped: Counter,
 }
 
 impl Default for Metrics {
@@ -75,6 +83,10 @@ impl Metrics {
             index_rebuilt: Gauge::default(),
             commits: Gauge::default(),
             direct_files: Gauge::default(),
+            downlink_up: Gauge::default(),
+            downlink_reconnects: Counter::default(),
+            downlink_messages: Counter::default(),
+            downlink_looped: Counter::default(),
         };
         let r = &mut registry;
         r.register(
@@ -121,6 +133,26 @@ impl Metrics {
             "uplink_produce_errors",
             "Produce partition errors by Kafka code",
             m.produce_errors.clone(),
+        );
+        r.register(
+            "downlink_up",
+            "1 when the downlink is subscribed at its broker",
+            m.downlink_up.clone(),
+        );
+        r.register(
+            "downlink_reconnects",
+            "Downlink connection attempts",
+            m.downlink_reconnects.clone(),
+        );
+        r.register(
+            "downlink_messages",
+            "Downlink messages published to the local MQTT broker",
+            m.downlink_messages.clone(),
+        );
+        r.register(
+            "downlink_looped",
+            "Downlink messages dropped because this edge sent them up (edge.id is its own)",
+            m.downlink_looped.clone(),
         );
         r.register(
             "backlog_records",

@@ -24,6 +24,9 @@ pub enum Error {
         /// Cause.
         source: std::io::Error,
     },
+    /// The router refused the downlink's local link.
+    #[error("local link for the downlink: {0}")]
+    Link(String),
 }
 
 /// Bound listener addresses.
@@ -150,8 +153,18 @@ fn probe_connect(level: u8, login: Option<(&str, &str)>) -> Vec<u8> {
     packet
 }
 
-/// Starts the router and the listeners; returns once they accept connections.
-pub async fn start(cfg: &MqttConfig, ctx: Arc<IngestCtx>) -> Result<Bound, Error> {
+/// The downlink's local link into the router (publishes only).
+pub type LocalLink = (rumqttd::local::LinkTx, rumqttd::local::LinkRx);
+
+/// Starts the router and the listeners; returns once they accept connections, with a
+/// local link for the downlink if `downlink` (made before any device connects, so its
+/// router connection id is never one a device's reconnect reuses: `takeover.rs`).
+/// Blocks a worker thread while the router registers the link (multi-thread runtime).
+pub async fn start(
+    cfg: &MqttConfig,
+    ctx: Arc<IngestCtx>,
+    downlink: bool,
+) -> Result<(Bound, Option<LocalLink>), Error> {
     let router = rumqttd::Router::new(
         0,
         RouterConfig {
@@ -165,6 +178,16 @@ pub async fn start(cfg: &MqttConfig, ctx: Arc<IngestCtx>) -> Result<Bound, Error
         },
     );
     let router_tx = router.spawn();
+    let link = if downlink {
+        let builder =
+            rumqttd::local::LinkBuilder::new(crate::downlink::LOCAL_CLIENT_ID, router_tx.clone());
+        let (tx, rx, _) = tokio::task::block_in_place(|| {
+            builder.build().map_err(|e| Error::Link(e.to_string()))
+        })?;
+        Some((tx, rx))
+    } else {
+        None
+    };
     let login = cfg
         .credentials
         .iter()
@@ -193,5 +216,5 @@ pub async fn start(cfg: &MqttConfig, ctx: Arc<IngestCtx>) -> Result<Bound, Error
         ready(addr, cfg.tls.is_none().then_some(5), login).await?;
         bound.v5 = Some(addr);
     }
-    Ok(bound)
+    Ok((bound, link))
 }

@@ -41,12 +41,13 @@ pub mod state;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::kafka::record_batch::Codec;
 use common::kafka::{self, codes, Connection, ProducePartition, ProducerState, ResponseFuture};
 use kafka_protocol::messages::ProduceResponse;
 
+use crate::backoff::Backoff;
 use crate::buffer::uplink::UplinkWrites;
 use crate::buffer::{Buffer, Held, ReadBatch};
 use crate::config::{CloudConfig, CompressionName, DrainPolicy};
@@ -141,7 +142,7 @@ pub struct Replicator {
     /// Boundary of the live-first drain in progress.
     live_from: Option<u64>,
     producer: Option<ProducerState>,
-    rng: u64,
+    backoff: Backoff,
     /// Consecutive sequence/producer rejections of the same batch.
     fenced: u32,
     pacer: Option<Pacer>,
@@ -182,10 +183,7 @@ impl Replicator {
         state.restore(descs);
         let cfg_rate = cfg.max_bytes_per_sec;
         let level = cfg.compression_level;
-        let seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
+        let backoff = Backoff::new(cfg.backoff_initial_ms, cfg.backoff_max_ms);
         let live_from = buffer.live_from();
         Ok(Replicator {
             producer: buffer.producer()?,
@@ -196,7 +194,7 @@ impl Replicator {
             cursor: None,
             live_cursor: None,
             live_from,
-            rng: seed | 1,
+            backoff,
             fenced: 0,
             pacer: (cfg_rate > 0).then(|| Pacer {
                 rate: cfg_rate as f64,
@@ -208,16 +206,8 @@ impl Replicator {
         })
     }
 
-    fn jitter(&mut self, max_ms: u64) -> u64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng % max_ms.max(1)
-    }
-
     /// Runs forever: sessions with backoff between them.
     pub async fn run(mut self) {
-        let mut attempt: u32 = 0;
         loop {
             let acked_before = self.metrics.uplink_records.get();
             let err = self.session().await;
@@ -243,18 +233,12 @@ impl Replicator {
                 }
             }
             if self.metrics.uplink_records.get() > acked_before {
-                attempt = 0;
+                self.backoff.reset();
             }
-            let cap = self
-                .cfg
-                .backoff_initial_ms
-                .saturating_mul(1 << attempt.min(20))
-                .min(self.cfg.backoff_max_ms);
-            let delay = self.jitter(cap) + cap / 2;
-            attempt += 1;
-            tracing::warn!(cause = %err, retry_ms = delay, "uplink session ended");
+            let delay = self.backoff.next_delay();
+            tracing::warn!(cause = %err, retry_ms = delay.as_millis() as u64, "uplink session ended");
             self.metrics.reconnects.inc();
-            tokio::time::sleep(Duration::from_millis(delay)).await;
+            tokio::time::sleep(delay).await;
         }
     }
 
