@@ -45,7 +45,7 @@ pub struct Metrics {
     direct_files: Gauge,
     /// 1 when the downlink is subscribed at its broker.
     pub downlink_up: Gauge,
-    /// Downlink connection attempts.
+    /// Downlink reconnect attempts.
     pub downlink_reconnects: Counter,
     /// Downlink messages published to the local broker.
     pub downlink_messages: Counter,
@@ -141,7 +141,7 @@ impl Metrics {
         );
         r.register(
             "downlink_reconnects",
-            "Downlink connection attempts",
+            "Downlink reconnect attempts",
             m.downlink_reconnects.clone(),
         );
         r.register(

@@ -147,7 +147,13 @@ impl Upstream {
     /// The next packet from the broker. Cancel safe: bytes read stay buffered.
     pub async fn next(&mut self) -> Result<Packet, Error> {
         loop {
-            match Packet::read(&mut self.rbuf, Some(self.max_packet_bytes)) {
+            // The broker's bytes are input: a decoder panic (rumqttd's v5 decoder had
+            // one, `crate::client_packets`) ends this connection, not the downlink.
+            let (rbuf, max) = (&mut self.rbuf, Some(self.max_packet_bytes));
+            let read =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Packet::read(rbuf, max)))
+                    .map_err(|_| Error::Protocol("the MQTT decoder panicked".into()))?;
+            match read {
                 Ok(p) => return Ok(p),
                 Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {}
                 Err(e) => return Err(Error::Protocol(format!("{e:?}"))),
@@ -155,6 +161,109 @@ impl Upstream {
             if self.stream.read_buf(&mut self.rbuf).await? == 0 {
                 return Err(Error::Closed);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rumqttc::v5::mqttbytes::v5::{ConnAck, Publish};
+    use tokio::io::duplex;
+
+    use super::*;
+
+    fn hello() -> Hello {
+        Hello {
+            client_id: "gw-downlink".into(),
+            session_expiry_secs: 3600,
+            keep_alive_secs: 30,
+            max_packet_bytes: 1 << 16,
+            login: Some(("gw".into(), "pw".into())),
+        }
+    }
+
+    /// Reads one packet the downlink sent.
+    async fn read_packet(s: &mut tokio::io::DuplexStream, buf: &mut BytesMut) -> Packet {
+        loop {
+            if let Ok(p) = Packet::read(buf, None) {
+                return p;
+            }
+            assert!(s.read_buf(buf).await.unwrap() > 0, "downlink closed");
+        }
+    }
+
+    async fn write_packet(s: &mut tokio::io::DuplexStream, p: Packet) {
+        let mut out = BytesMut::new();
+        p.write(&mut out, None).unwrap();
+        s.write_all(&out).await.unwrap();
+    }
+
+    fn connack(code: ConnectReturnCode) -> Packet {
+        Packet::ConnAck(ConnAck {
+            session_present: true,
+            code,
+            properties: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn connect_asks_for_a_persistent_session_and_reads_publishes() {
+        let (ours, mut broker) = duplex(1 << 16);
+        let server = tokio::spawn(async move {
+            let mut buf = BytesMut::new();
+            let Packet::Connect(c, None, Some(login)) = read_packet(&mut broker, &mut buf).await
+            else {
+                panic!("no CONNECT with a login");
+            };
+            assert!(!c.clean_start);
+            let props = c.properties.unwrap();
+            assert_eq!(props.session_expiry_interval, Some(3600));
+            assert_eq!(props.max_packet_size, Some(1 << 16));
+            assert_eq!(
+                (login.username.as_str(), login.password.as_str()),
+                ("gw", "pw")
+            );
+            write_packet(&mut broker, connack(ConnectReturnCode::Success)).await;
+            let Packet::Subscribe(s) = read_packet(&mut broker, &mut buf).await else {
+                panic!("no SUBSCRIBE");
+            };
+            assert_eq!(s.filters.len(), 2);
+            assert!(s
+                .filters
+                .iter()
+                .all(|f| f.qos == QoS::AtLeastOnce && f.preserve_retain));
+            let mut p = Publish::new("cmd/a", QoS::AtLeastOnce, "go", None);
+            p.pkid = 9;
+            write_packet(&mut broker, Packet::Publish(p)).await;
+            // Then a packet of the reserved type 0.
+            broker.write_all(&[0x00, 0x00]).await.unwrap();
+            broker
+        });
+        let (mut up, ack) = Upstream::connect(Box::new(ours), &hello()).await.unwrap();
+        assert!(ack.session_present);
+        up.subscribe(&["cmd/#".into(), "cfg/#".into()])
+            .await
+            .unwrap();
+        match up.next().await.unwrap() {
+            Packet::Publish(p) => assert_eq!((&p.topic[..], p.pkid), (&b"cmd/a"[..], 9)),
+            p => panic!("{p:?}"),
+        }
+        let _broker = server.await.unwrap();
+        assert!(matches!(up.next().await, Err(Error::Protocol(_))));
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_is_an_error() {
+        let (ours, mut broker) = duplex(1 << 16);
+        tokio::spawn(async move {
+            let mut buf = BytesMut::new();
+            read_packet(&mut broker, &mut buf).await;
+            write_packet(&mut broker, connack(ConnectReturnCode::BadUserNamePassword)).await;
+            broker
+        });
+        match Upstream::connect(Box::new(ours), &hello()).await {
+            Err(Error::Refused(ConnectReturnCode::BadUserNamePassword)) => {}
+            other => panic!("{:?}", other.map(|_| ())),
         }
     }
 }
