@@ -19,6 +19,7 @@ use super::cursor::{Cursors, Start};
 use super::hub::Event;
 use super::hub::Hub;
 use super::inbox::inbox;
+use super::recent::Recent;
 use super::records::Message;
 use super::session::{Limits, Session};
 use super::share::ShareGroup;
@@ -158,8 +159,20 @@ async fn a_qos1_message_is_delivered_before_its_fsync_and_a_qos2_one_after() {
     assert_eq!(cursors.committed(&session)[0].2, durable);
     assert_eq!(cursors.saved(&session).cursors[0].2, durable);
 
-    // QoS 2 waits for the fsync, and so does what follows it.
+    // QoS 2 waits for the fsync, and so does what follows it. The second publish is
+    // started once the first has its offset: two tasks started together could append
+    // in either order (a CI run once appended the QoS 1 one first, which then rightly
+    // went out early).
     let exact = publish(&hub, msg(b"exactly-once", QoS::ExactlyOnce));
+    let recent = Recent::existing(&part).expect("the cursor watches the partition");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while recent.end() < durable + 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the QoS 2 append never started"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let after = publish(&hub, msg(b"behind-it", QoS::AtLeastOnce));
     assert!(
         !ready_within(&cursors, &session, Duration::from_millis(300)).await,

@@ -162,6 +162,12 @@ impl Recent {
         true
     }
 
+    /// One past the last offset pushed (tests: an append has reached the window).
+    #[cfg(test)]
+    pub(crate) fn end(&self) -> u64 {
+        self.end.load(Ordering::Acquire)
+    }
+
     /// Whether the entry at `offset` is kept and may be delivered before the high
     /// watermark passes it ([`Entry::early`]).
     pub(crate) fn early_at(&self, offset: u64) -> bool {
