@@ -189,7 +189,7 @@ def test_what_the_edge_sent_up_is_not_delivered_twice(cloud_and_binary, edge_fac
 def test_retained_cloud_message_is_retained_on_the_edge(cloud_and_binary, edge_factory):
     """A retained configuration published before the edge ever connected reaches it on
     its first subscribe and stays retained locally: a subscriber that comes later gets
-    it with the retain flag."""
+    it with the retain flag; once cleared in the cloud, it is gone on the edge too."""
     cloud = cloud_and_binary
     pub = Mqtt(cloud.mqtt_port, 5)
     pub.publish(f"config/{EDGE_ID}/sampling", b"rate=10hz", qos=1, retain=True)
@@ -200,8 +200,16 @@ def test_retained_cloud_message_is_retained_on_the_edge(cloud_and_binary, edge_f
     late.subscribe("config/#", qos=1)
     m = late.expect(1, timeout=30)[0]
     assert (m.topic, m.payload, m.retain) == (f"config/{EDGE_ID}/sampling", b"rate=10hz", True)
+    # Clearing it in the cloud (an empty retained publish) clears it on the edge too.
+    pub.publish(f"config/{EDGE_ID}/sampling", b"", qos=1, retain=True)
+    wait_for(lambda: metric(edge, "edge_downlink_messages_total") == 2, 30,
+             what=lambda: f"the clearing publish downlinked: {edge.metrics()}")
+    later = Mqtt(edge.v5[1], 5)
+    later.subscribe("config/#", qos=1)
+    later.expect_none(Mqtt(edge.v4[1], 4), "config/barrier")
     pub.close()
     late.close()
+    later.close()
 
 
 @pytest.mark.timeout(180)
