@@ -250,6 +250,13 @@ impl<P> Ingest<P> {
     /// Notes the client id (assigning one if empty) and session kind from CONNECT.
     fn connect(&mut self, c: &mut rumqttd::protocol::Connect) {
         self.clean_session = c.clean_session;
+        // MQTT allows keep alive 0 (no keep-alive mechanism: 3.1.1 3.1.2.10, 5 3.1.2.10)
+        // and some device stacks send it; rumqttd 0.20 closes such a connection before
+        // its CONNACK (`ZeroKeepAlive`). Its longest timeout stands in: a client that
+        // sends nothing is dropped after 1.5 x 65,535 s (about 27 hours) of silence.
+        if c.keep_alive == 0 {
+            c.keep_alive = u16::MAX;
+        }
         // An empty id with a persistent session is refused by rumqttd, as MQTT requires.
         if c.client_id.is_empty() && c.clean_session {
             let id = assign_client_id();
@@ -630,6 +637,22 @@ mod tests {
             .unwrap()
         {
             Packet::Publish(_, Some(p)) => assert_eq!(p.user_properties, props().user_properties),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A CONNECT with keep alive 0 (allowed by MQTT, refused by rumqttd) reaches rumqttd
+    /// with its longest keep alive instead.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keep_alive_zero_becomes_the_longest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut codec = ingest(dir.path());
+        let connect = [
+            0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 0, 0, 1, b'c',
+        ];
+        let mut stream = BytesMut::from(&connect[..]);
+        match codec.read_mut(&mut stream, 1 << 20) {
+            Ok(Packet::Connect(c, ..)) => assert_eq!(c.keep_alive, u16::MAX),
             other => panic!("{other:?}"),
         }
     }

@@ -92,3 +92,18 @@ def test_config_error_names_key(tmp_path):
     p = subprocess.run([str(edge_binary()), "--config", str(cfg)], capture_output=True,
                        text=True, timeout=30)
     assert p.returncode == 2 and "nope" in p.stderr, p.stderr
+
+
+@pytest.mark.timeout(60)
+def test_keep_alive_zero_is_accepted(edge_factory):
+    """MQTT allows keep alive 0 (no keep-alive) and some device stacks send it; rumqttd
+    alone closes such connections before the CONNACK. Both listeners accept them, and
+    the clients publish and receive (paho-mqtt, 3.1.1 and 5)."""
+    from mqtt_fixtures import Mqtt
+    edge = edge_factory({"cloud": {"bootstrap": dead_bootstrap()}})
+    for version, (_, port) in ((4, edge.v4), (5, edge.v5)):
+        c = Mqtt(port, version, keepalive=0)
+        c.subscribe(f"ka0/{version}/#", qos=1)
+        c.publish(f"ka0/{version}/x", b"no keep alive", qos=1)
+        assert [m.payload for m in c.expect(1, timeout=20)] == [b"no keep alive"]
+        c.close()
