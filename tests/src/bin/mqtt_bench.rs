@@ -9,6 +9,13 @@
 //! carried in the payload) and the broker's RSS after the row. Clients are the same raw
 //! 3.1.1 clients for both brokers (rumqttc's codec, no client library overhead).
 //!
+//! A fifth row, downlink, carries cloud-to-gateway messages: `--messages` QoS 1 publishes
+//! on `cmd/t` to the broker under test reach a subscriber on a gateway-side broker: for
+//! a cloud, an edge whose downlink subscribes to `cmd/#` there (`edge/src/downlink`), for
+//! Mosquitto a second Mosquitto bridged to it (`connection`, `topic cmd/# in 1`, the
+//! peer a gateway would otherwise run). Latency is publish to gateway-side receipt; RSS
+//! is the gateway side's (edge or bridged Mosquitto).
+//!
 //! A fourth row, connect, is a reconnect storm of devices that carry a will (the usual
 //! "offline" status message): `--publishers` clients at once, each connecting with a
 //! QoS 1 will, waiting for the CONNACK and disconnecting, `--connects` connections in
@@ -17,7 +24,7 @@
 //!
 //!   cargo run -p tests --bin mqtt-bench -- [--publishers 8] [--subscribers 20]
 //!        [--messages 10000] [--size 100] [--qos 1] [--round-trips 5000] [--warmup 3000]
-//!        [--connects 4000] [--retain 0] [--rows fan-in,fan-out,round-trip,connect]
+//!        [--connects 4000] [--retain 0] [--rows fan-in,fan-out,round-trip,connect,downlink]
 //!        [--brokers durable,sync-none,memory,mosquitto]
 //!
 //! `--retain 1` sets RETAIN on the fan-in and fan-out publishes (devices publishing
@@ -41,9 +48,9 @@ use bytes::BufMut;
 use rumqttc::mqttbytes::v4::{LastWill, Packet, PubAck};
 use rumqttc::mqttbytes::QoS;
 use tests::mqtt::Conn;
-use tests::proc::{percentile, rss_bytes, Cloud};
+use tests::proc::{percentile, rss_bytes, Cloud, Edge};
 
-const ROWS: [&str; 4] = ["fan-in", "fan-out", "round-trip", "connect"];
+const ROWS: [&str; 5] = ["fan-in", "fan-out", "round-trip", "connect", "downlink"];
 const BROKERS: [&str; 4] = ["durable", "sync-none", "memory", "mosquitto"];
 
 struct Opts {
@@ -133,6 +140,7 @@ struct Broker {
 
 enum Process {
     Cloud(Cloud),
+    Edge(Edge),
     Other(Child),
 }
 
@@ -140,6 +148,7 @@ impl Broker {
     fn pid(&self) -> u32 {
         match &self.process {
             Process::Cloud(c) => c.pid(),
+            Process::Edge(e) => e.pid(),
             Process::Other(c) => c.id(),
         }
     }
@@ -166,6 +175,17 @@ fn start_cloud(dir: &Path, name: &'static str, extra: &str) -> Result<Broker> {
 }
 
 fn start_mosquitto(dir: &Path) -> Result<Broker> {
+    let (child, addr) = mosquitto(dir, "")?;
+    Ok(Broker {
+        process: Process::Other(child),
+        name: "mosquitto",
+        addr,
+    })
+}
+
+/// Starts Debian's Mosquitto in `dir` on a free port with `extra` configuration lines;
+/// returns it once it listens, with its address.
+fn mosquitto(dir: &Path, extra: &str) -> Result<(Child, String)> {
     std::fs::create_dir_all(dir)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -174,7 +194,7 @@ fn start_mosquitto(dir: &Path) -> Result<Broker> {
     // Unlimited queues so a slow subscriber is not silently dropped from (fair to a log).
     std::fs::write(
         &cfg,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 1000\n"),
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 1000\n{extra}"),
     )?;
     let child = Command::new("mosquitto")
         .arg("-c")
@@ -193,11 +213,7 @@ fn start_mosquitto(dir: &Path) -> Result<Broker> {
         }
         std::thread::sleep(Duration::from_millis(20)); // process start-up: no event to wait on
     }
-    Ok(Broker {
-        process: Process::Other(child),
-        name: "mosquitto",
-        addr,
-    })
+    Ok((child, addr))
 }
 
 fn payload(size: usize, t0: Instant) -> Vec<u8> {
@@ -370,6 +386,83 @@ async fn round_trip(b: &Broker, o: &Opts) -> Result<Row> {
     row(b, lat, t0.elapsed())
 }
 
+/// The gateway side of the downlink row: an edge whose downlink subscribes to `cmd/#` at
+/// the cloud `b`, or a Mosquitto bridged to Mosquitto `b` (dropped: stopped); its address
+/// is its MQTT 3.1.1 listener.
+fn gateway_for(b: &Broker, dir: &Path) -> Result<Broker> {
+    let tag = b.name.replace([' ', '(', ')'], "");
+    let dir = dir.join(format!("gateway-{tag}"));
+    std::fs::create_dir_all(&dir)?;
+    let (process, addr) = match &b.process {
+        Process::Cloud(c) => {
+            let edge = Edge::start(
+                &dir,
+                &format!(
+                    "edge_id: gw\ncloud:\n  bootstrap: {}\ndownlink:\n  broker: {}\n  filters: [cmd/#]\n",
+                    c.addr, b.addr
+                ),
+            )?;
+            let addr = edge.v4.to_string();
+            (Process::Edge(edge), addr)
+        }
+        _ => {
+            let (child, addr) = mosquitto(
+                &dir,
+                &format!(
+                    "connection cloud\naddress {}\ntopic cmd/# in 1\ncleansession false\n",
+                    b.addr
+                ),
+            )?;
+            (Process::Other(child), addr)
+        }
+    };
+    Ok(Broker {
+        name: "gateway",
+        process,
+        addr,
+    })
+}
+
+/// Publishes QoS 0 probes to `cmd/probe` at `cloud` until one reaches a subscriber at
+/// `gateway` (the downlink or bridge has subscribed; neither announces it).
+async fn wait_for_route(cloud: &str, gateway: &str) -> Result<()> {
+    let mut sub = Conn::connect(gateway, "dl-probe-s").await?;
+    sub.subscribe("cmd/probe", QoS::AtMostOnce).await?;
+    let mut publ = Conn::connect(cloud, "dl-probe-p").await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        publ.publish("cmd/probe", QoS::AtMostOnce, 0, b"probe")?;
+        publ.flush().await?;
+        match tokio::time::timeout(Duration::from_millis(100), sub.next()).await {
+            Ok(Ok(Packet::Publish(_))) => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            _ if Instant::now() > deadline => bail!("no route from {cloud} to {gateway}"),
+            _ => {}
+        }
+    }
+}
+
+async fn downlink(b: &Broker, o: &Opts, dir: &Path) -> Result<Row> {
+    let gateway = gateway_for(b, dir)?;
+    wait_for_route(&b.addr, &gateway.addr).await?;
+    let mut sub = Conn::connect(&gateway.addr, "dl-s").await?;
+    sub.subscribe("cmd/t", QoS::AtLeastOnce).await?;
+    let t0 = Instant::now();
+    let reader = tokio::spawn(subscriber(sub, o.messages, t0));
+    let load = Load {
+        n: o.messages,
+        size: o.size,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+    };
+    publisher(b.addr.clone(), "dl-p".into(), "cmd/t".into(), load, t0).await?;
+    let (lat, end) = tokio::time::timeout(Duration::from_secs(300), reader)
+        .await
+        .context("gateway subscriber stalled")???;
+    // The gateway side's RSS: the edge, or the bridged Mosquitto.
+    row(&gateway, lat, end)
+}
+
 /// `n` connections in a row, each with a will: returns CONNECT-to-CONNACK latencies (ms).
 async fn connector(addr: String, task: usize, n: usize) -> Result<Vec<f64>> {
     let mut lat = Vec::with_capacity(n);
@@ -456,7 +549,8 @@ async fn main() -> Result<()> {
                 0 => fan(b, o.publishers, 1, &o, "fi").await?,
                 1 => fan(b, 1, o.subscribers, &o, "fo").await?,
                 2 => round_trip(b, &o).await?,
-                _ => connect_storm(b, &o).await?,
+                3 => connect_storm(b, &o).await?,
+                _ => downlink(b, &o, dir.path()).await?,
             };
             println!(
                 "{:<10} {:<18} {:>12.0} {:>9.2} {:>9.2} {:>8.1}",
