@@ -3,5 +3,6 @@
 
 pub mod headers;
 pub mod kafka;
+pub mod net;
 pub mod tls;
 pub mod topic;

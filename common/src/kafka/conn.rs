@@ -13,7 +13,7 @@ use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, WriteHalf};
 use tokio::sync::{oneshot, Mutex};
 
 use super::frame::{write_frame, Frame};
@@ -39,9 +39,7 @@ struct Writer<S> {
     buf: BytesMut,
 }
 
-/// A stream a connection can run over (plain TCP, TLS).
-pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+pub use crate::net::Stream;
 
 /// A pipelined Kafka connection.
 pub struct Connection {

@@ -72,35 +72,11 @@ impl Connector {
         let Some(tls) = &self.tls else {
             return Ok(Box::new(tcp));
         };
-        let host = host_of(addr);
+        let host = crate::net::host_of(addr);
         let s = tls
             .connect(host, tcp)
             .await
             .map_err(|e| Error::Tls(format!("handshake with {addr} failed: {e}")))?;
         Ok(Box::new(s))
-    }
-}
-
-/// The host part of `host:port`, `[v6]:port` or a bare host.
-fn host_of(addr: &str) -> &str {
-    if let Some(rest) = addr.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match addr.rsplit_once(':') {
-        Some((h, _)) => h,
-        None => addr,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::host_of;
-
-    #[test]
-    fn hosts() {
-        assert_eq!(host_of("localhost:9093"), "localhost");
-        assert_eq!(host_of("127.0.0.1:1"), "127.0.0.1");
-        assert_eq!(host_of("[::1]:9093"), "::1");
-        assert_eq!(host_of("broker"), "broker");
     }
 }

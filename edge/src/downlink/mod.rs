@@ -40,7 +40,7 @@ pub mod upstream;
 
 use std::time::{Duration, Instant};
 
-use rumqttc::v5::mqttbytes::v5::{Packet, PubAck, PubComp, PubRec, Publish};
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAck, PubComp, PubRec, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttd::local::{LinkRx, LinkTx};
 
@@ -178,7 +178,7 @@ impl Downlink {
                         .filters
                         .iter()
                         .zip(&ack.return_codes)
-                        .filter(|(_, c)| !is_granted(c))
+                        .filter(|(_, c)| !matches!(c, SubscribeReasonCode::Success(_)))
                         .collect();
                     for (filter, code) in &refused {
                         tracing::error!(filter, reason = ?code, "downlink subscription refused");
@@ -224,15 +224,10 @@ impl Downlink {
             .map_err(|(key, reason)| Error::Config { key, reason })?;
         let tcp = tokio::net::TcpStream::connect(&self.cfg.broker).await?;
         tcp.set_nodelay(true)?;
-        let stream: Box<dyn upstream::Stream> = match tls {
+        let stream: Box<dyn common::net::Stream> = match tls {
             None => Box::new(tcp),
             Some(tls) => {
-                let host = self
-                    .cfg
-                    .broker
-                    .rsplit_once(':')
-                    .map_or(self.cfg.broker.as_str(), |(h, _)| h);
-                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let host = common::net::host_of(&self.cfg.broker);
                 Box::new(tls.connect(host, tcp).await?)
             }
         };
@@ -297,10 +292,4 @@ impl Downlink {
                 .map_err(|e| Error::Local(e.to_string()))
         })
     }
-}
-
-/// Whether a SUBACK code grants the subscription.
-fn is_granted(code: &rumqttc::v5::mqttbytes::v5::SubscribeReasonCode) -> bool {
-    use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode as C;
-    matches!(code, C::Success(_))
 }

@@ -5,12 +5,13 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
+use common::net::Stream;
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, Connect, ConnectProperties, ConnectReturnCode, DisconnectReasonCode, Filter, Login,
     Packet, PingReq, RetainForwardRule, Subscribe, SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::QoS;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Why a downlink connection ended (or never started).
 #[derive(Debug, thiserror::Error)]
@@ -51,10 +52,6 @@ pub enum Error {
         reason: String,
     },
 }
-
-/// A stream the connection runs over: TCP or TLS over TCP.
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// What the downlink asks of its broker in CONNECT (no `Debug`: it holds the password).
 #[derive(Clone)]
