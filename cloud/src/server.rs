@@ -55,7 +55,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, peer: SocketAddr, bro
         Duration::from_millis(k.frame_timeout_ms),
         Duration::from_millis(k.idle_timeout_ms),
     );
+    static NEXT_CONN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let mut who = Peer {
+        id: NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         host: peer.ip().to_string(),
         sasl: Sasl::new(k.sasl.is_some()),
     };

@@ -1,8 +1,11 @@
 //! Fetch: whole stored batches from the requested offsets, long-polling on
 //! `max_wait_ms`/`min_bytes`. Waiting is woken by appends to the requested partitions
-//! (each registers this request's `Notify`), never by a sleep loop.
+//! (each registers this request's `Notify`), never by a sleep loop. A member of a shared
+//! group (`$shared/<name>`) gets the batches the group hands it (`groups::shared`).
 
 use std::sync::Arc;
+
+use bytes::Bytes;
 use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::FetchRequest;
@@ -10,7 +13,9 @@ use tokio::sync::Notify;
 use tracing::warn;
 
 use super::errors;
+use super::Peer;
 use crate::broker::Broker;
+use crate::groups::shared::{self, Member, Tag};
 use crate::log::partition::PartitionLog;
 use crate::wire::fetch::{Body, Partition, Topic};
 
@@ -23,10 +28,34 @@ struct Slot {
     offset: i64,
     max_bytes: usize,
     log: Result<Arc<PartitionLog>, i16>,
+    /// The shared group this slot is served for, and what it was handed so far.
+    shared: Option<Member>,
+    got: Vec<Bytes>,
+}
+
+/// Unparks a fetch's shared slots however the long poll ends.
+struct Parked<'a> {
+    broker: &'a Broker,
+    conn: u64,
+    slots: Vec<(String, String, i32)>,
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        for (g, t, p) in &self.slots {
+            self.broker.groups.shares.unpark(g, t, *p, self.conn);
+        }
+    }
 }
 
 /// The response body; its record batches are spliced into the frame, not copied.
-pub(super) async fn handle(broker: &Broker, req: FetchRequest, _version: i16) -> Body {
+pub(super) async fn handle(
+    broker: &Broker,
+    req: FetchRequest,
+    _version: i16,
+    client_id: &str,
+    peer: &Peer,
+) -> Body {
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT);
     let deadline = Instant::now() + wait;
     let min_bytes = req.min_bytes.max(0) as usize;
@@ -36,9 +65,22 @@ pub(super) async fn handle(broker: &Broker, req: FetchRequest, _version: i16) ->
         req.max_bytes as usize
     };
     let mut slots = Vec::new();
+    let tag = Tag {
+        client_id: client_id.to_string(),
+        host: peer.host.clone(),
+    };
     for (ti, t) in req.topics.iter().enumerate() {
         let topic = broker.log.get(t.topic.0.as_str());
+        let member = topic
+            .as_ref()
+            .and_then(|_| broker.groups.shares.classify(&tag, t.topic.0.as_str()));
         for p in &t.partitions {
+            if let Some(m) = &member {
+                let offset = u64::try_from(p.fetch_offset).unwrap_or(0);
+                broker
+                    .groups
+                    .shared_start(&m.group, t.topic.0.as_str(), p.partition, offset);
+            }
             let log = match &topic {
                 None => Err(errors::UNKNOWN_TOPIC_OR_PARTITION),
                 Some(tp) => broker
@@ -52,26 +94,47 @@ pub(super) async fn handle(broker: &Broker, req: FetchRequest, _version: i16) ->
                 offset: p.fetch_offset,
                 max_bytes: p.partition_max_bytes.max(0) as usize,
                 log,
+                shared: member.clone(),
+                got: Vec::new(),
             });
         }
     }
     let notify = Arc::new(Notify::new());
+    let topic_names: Vec<&str> = req.topics.iter().map(|t| t.topic.0.as_str()).collect();
     let parts = loop {
         for s in &slots {
             if let Ok(l) = &s.log {
                 l.register(&notify);
             }
         }
-        let (parts, bytes, errored) = read_all(broker, &slots, max_bytes);
+        let (parts, bytes, errored) =
+            read_all(broker, &mut slots, max_bytes, peer.id, &topic_names);
         let now = Instant::now();
         if bytes >= min_bytes.max(1) || errored || now >= deadline {
             break parts;
         }
+        // Shared slots park, so that a batch handed to another member wakes this one.
+        let _parked = Parked {
+            broker,
+            conn: peer.id,
+            slots: slots
+                .iter()
+                .filter_map(|s| {
+                    let m = s.shared.as_ref()?;
+                    let t = topic_names[s.topic];
+                    broker
+                        .groups
+                        .shares
+                        .park(&m.group, t, s.partition, peer.id, &notify);
+                    Some((m.group.clone(), t.to_string(), s.partition))
+                })
+                .collect(),
+        };
         if tokio::time::timeout(deadline - now, notify.notified())
             .await
             .is_err()
         {
-            break read_all(broker, &slots, max_bytes).0;
+            break read_all(broker, &mut slots, max_bytes, peer.id, &topic_names).0;
         }
     };
     let mut topics: Vec<Topic> = req
@@ -93,11 +156,17 @@ pub(super) async fn handle(broker: &Broker, req: FetchRequest, _version: i16) ->
 
 /// Reads every slot once; returns the partitions, total record bytes, and whether any
 /// partition answered with an error (which ends the long poll, as in Kafka).
-fn read_all(broker: &Broker, slots: &[Slot], max_bytes: usize) -> (Vec<Partition>, usize, bool) {
-    let mut total = 0usize;
+fn read_all(
+    broker: &Broker,
+    slots: &mut [Slot],
+    max_bytes: usize,
+    conn: u64,
+    topics: &[&str],
+) -> (Vec<Partition>, usize, bool) {
+    let mut total: usize = slots.iter().flat_map(|s| &s.got).map(|b| b.len()).sum();
     let mut errored = false;
     let mut out = Vec::with_capacity(slots.len());
-    for s in slots {
+    for s in slots.iter_mut() {
         let mut pd = Partition {
             partition_index: s.partition,
             ..Default::default()
@@ -119,6 +188,42 @@ fn read_all(broker: &Broker, slots: &[Slot], max_bytes: usize) -> (Vec<Partition
                 if s.offset < start as i64 || s.offset > hwm as i64 {
                     pd.error_code = errors::OFFSET_OUT_OF_RANGE;
                     errored = true;
+                } else if let Some(m) = &s.shared {
+                    let budget = s
+                        .max_bytes
+                        .min(max_bytes.saturating_sub(total))
+                        .min(shared::FETCH_BYTES);
+                    if s.offset < hwm as i64 && (budget > 0 || total == 0) {
+                        // Past what this fetch already got: a member's offsets only grow.
+                        let from = s
+                            .got
+                            .last()
+                            .and_then(|b| crate::log::batch::BatchHeader::parse(b).ok())
+                            .map(|h| h.base_offset as u64 + h.offset_count())
+                            .unwrap_or(s.offset as u64);
+                        let ask = shared::Ask {
+                            who: m,
+                            topic: topics[s.topic],
+                            partition: s.partition,
+                            conn,
+                            offset: from,
+                        };
+                        let got = broker.groups.shares.dispatch(&ask, budget, |o, n| {
+                            log.read(&broker.log.store, o, n).map(|r| r.batches)
+                        });
+                        match got {
+                            Ok(b) => {
+                                total += b.iter().map(|b| b.len()).sum::<usize>();
+                                s.got.extend(b);
+                            }
+                            Err(e) => {
+                                warn!(cause = %e, "fetch read failed");
+                                pd.error_code = errors::KAFKA_STORAGE_ERROR;
+                                errored = true;
+                            }
+                        }
+                    }
+                    pd.batches = s.got.clone();
                 } else if s.offset < hwm as i64 {
                     // KIP-74: the first batch is returned even if larger than the limits.
                     let budget = s.max_bytes.min(max_bytes.saturating_sub(total));

@@ -8,6 +8,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::broker::Broker;
 use crate::groups::group::JoinRequest;
+use crate::groups::shared;
 
 pub(super) async fn handle(
     broker: &Broker,
@@ -22,6 +23,18 @@ pub(super) async fn handle(
     } else {
         session
     };
+    let mut protocols: Vec<(String, bytes::Bytes)> = req
+        .protocols
+        .into_iter()
+        .map(|p| (p.name.to_string(), p.metadata))
+        .collect();
+    if shared::is_shared(req.group_id.0.as_str())
+        && protocols.iter().any(|(n, _)| n != shared::COOPERATIVE)
+    {
+        // A cooperative rebalance never revokes, so members would never restart from the
+        // group's offset and receive what others handed back (`shared.rs`, step 5).
+        protocols.retain(|(n, _)| n != shared::COOPERATIVE);
+    }
     let jr = JoinRequest {
         member_id: req.member_id.to_string(),
         instance_id: req.group_instance_id.map(|s| s.to_string()),
@@ -34,11 +47,7 @@ pub(super) async fn handle(
         session_timeout: session,
         rebalance_timeout: rebalance,
         protocol_type: req.protocol_type.to_string(),
-        protocols: req
-            .protocols
-            .into_iter()
-            .map(|p| (p.name.to_string(), p.metadata))
-            .collect(),
+        protocols,
         require_known_member_id: version >= 4,
     };
     let res = broker.groups.join(req.group_id.0.as_str(), jr).await;

@@ -120,6 +120,8 @@ impl Reply {
 
 /// Connection facts and state a handler may need.
 pub(crate) struct Peer {
+    /// Unique per connection (a shared group's batches are pending on a connection).
+    pub(crate) id: u64,
     pub(crate) host: String,
     /// Authentication state (`Sasl::Off` without `kafka.sasl`).
     pub(crate) sasl: sasl::Sasl,
@@ -223,7 +225,10 @@ async fn dispatch(broker: &Broker, peer: &mut Peer, req: Request) -> Reply {
         },
         RequestKind::Metadata(r) => metadata::handle(broker, r, v).await,
         RequestKind::Produce(r) => produce::handle(broker, r, v).await,
-        RequestKind::Fetch(r) => Reply::Fetch(fetch::handle(broker, r, v).await),
+        RequestKind::Fetch(r) => {
+            let client = h.client_id.as_ref().map(|c| c.as_str()).unwrap_or_default();
+            Reply::Fetch(fetch::handle(broker, r, v, client, peer).await)
+        }
         RequestKind::ListOffsets(r) => Reply::message(ResponseKind::ListOffsets(
             list_offsets::handle(broker, r, v),
         )),

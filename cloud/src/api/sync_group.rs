@@ -1,24 +1,45 @@
-//! SyncGroup: the leader's assignment is handed to every member.
+//! SyncGroup: the leader's assignment is handed to every member; in a shared group
+//! (`$shared/<name>`) every member gets every partition of its topics instead.
 
 use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
 use kafka_protocol::protocol::StrBytes;
 
 use crate::broker::Broker;
+use crate::groups::shared;
 
 pub(super) async fn handle(
     broker: &Broker,
     req: SyncGroupRequest,
     _version: i16,
 ) -> SyncGroupResponse {
-    let assignments = req
-        .assignments
-        .into_iter()
-        .map(|a| (a.member_id.to_string(), a.assignment))
-        .collect();
+    let group = req.group_id.0.as_str();
+    let assignments = if shared::is_shared(group) && !req.assignments.is_empty() {
+        // Only the leader sends assignments: replace them all.
+        broker
+            .groups
+            .shared_members(group)
+            .into_iter()
+            .map(|(member, topics)| {
+                let parts: Vec<(String, u32)> = topics
+                    .into_iter()
+                    .filter_map(|t| {
+                        let n = broker.log.get(&t)?.partition_count();
+                        Some((t, n))
+                    })
+                    .collect();
+                (member, shared::assignment(&parts))
+            })
+            .collect()
+    } else {
+        req.assignments
+            .into_iter()
+            .map(|a| (a.member_id.to_string(), a.assignment))
+            .collect()
+    };
     let res = broker
         .groups
         .sync(
-            req.group_id.0.as_str(),
+            group,
             req.member_id.as_str(),
             req.generation_id,
             assignments,

@@ -1,7 +1,9 @@
 //! The group coordinator: consumer-group membership (in memory, rebuilt by rejoining
 //! after a restart, as Kafka clients do) and committed offsets (durable in the store).
 
+mod consumer_protocol;
 pub(crate) mod group;
+pub(crate) mod shared;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::storage::{self, Store, WriteSet};
 use group::{Group, JoinRequest, JoinResult, State, SyncResult};
+use shared::{Shares, Tag};
 
 pub(crate) const GROUP_ID_NOT_FOUND: i16 = 69;
 pub(crate) const NON_EMPTY_GROUP: i16 = 68;
@@ -57,6 +60,38 @@ pub(crate) struct Coordinator {
     store: Arc<Store>,
     initial_delay: Duration,
     pub(crate) session_bounds: (Duration, Duration),
+    /// Shared groups' dispatch state (`shared.rs`).
+    pub(crate) shares: Shares,
+}
+
+/// Reports a shared group's state to `shares` (no-op for other groups).
+fn observe(shares: &Shares, g: &Group) {
+    if !shared::is_shared(&g.name) {
+        return;
+    }
+    let stable = matches!(g.state, State::Stable | State::Empty);
+    shares.observe(&g.name, g.generation, stable, || {
+        g.members
+            .values()
+            .map(|m| {
+                let tag = Tag {
+                    client_id: m.client_id.clone(),
+                    host: m.client_host.trim_start_matches('/').to_string(),
+                };
+                (tag, member_topics(g, m))
+            })
+            .collect()
+    });
+}
+
+/// The topics a member subscribed to under the group's chosen protocol.
+fn member_topics(g: &Group, m: &group::Member) -> Vec<String> {
+    let chosen = g.protocol.as_deref().unwrap_or_default();
+    m.protocols
+        .iter()
+        .find(|(n, _)| n == chosen)
+        .map(|(_, meta)| shared::subscribed_topics(meta))
+        .unwrap_or_default()
 }
 
 impl Coordinator {
@@ -70,6 +105,7 @@ impl Coordinator {
             store,
             initial_delay,
             session_bounds,
+            shares: Shares::default(),
         }
     }
 
@@ -78,7 +114,39 @@ impl Coordinator {
         let g = groups
             .entry(group.to_string())
             .or_insert_with(|| Group::new(group, self.initial_delay));
-        f(g)
+        let r = f(g);
+        observe(&self.shares, g);
+        r
+    }
+
+    /// A shared group's members and the topics each subscribed to (for SyncGroup).
+    pub(crate) fn shared_members(&self, group: &str) -> Vec<(String, Vec<String>)> {
+        let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        groups
+            .get(group)
+            .map(|g| {
+                g.members
+                    .values()
+                    .map(|m| (m.id.clone(), member_topics(g, m)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Starts a shared group's state for a partition on its first fetch: from the
+    /// group's stored offset, else from the fetch's `offset`.
+    pub(crate) fn shared_start(&self, group: &str, topic: &str, partition: i32, offset: u64) {
+        if self.shares.started(group, topic, partition) {
+            return;
+        }
+        let stored = self.store.group_offsets(group).ok().and_then(|v| {
+            v.into_iter()
+                .find(|(t, p, _)| t == topic && *p as i32 == partition)
+                .and_then(|(_, _, v)| Committed::decode(&v))
+                .and_then(|c| u64::try_from(c.offset).ok())
+        });
+        self.shares
+            .start(group, topic, partition, stored.unwrap_or(offset));
     }
 
     /// Runs the clock: call every ~100 ms.
@@ -87,6 +155,7 @@ impl Coordinator {
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         for g in groups.values_mut() {
             g.tick(now);
+            observe(&self.shares, g);
         }
     }
 
@@ -148,6 +217,26 @@ impl Coordinator {
         }
         let mut set = WriteSet::default();
         for (topic, p, c) in &offsets {
+            if shared::is_shared(group) && generation < 0 {
+                // Not a member's: a reset of the group's offset.
+                if let Ok(o) = u64::try_from(c.offset) {
+                    self.shares.reset(group, topic, *p, o);
+                }
+            } else if shared::is_shared(group) {
+                // The acknowledgement; the group's offset is the lowest not yet done.
+                let Some(low) = u64::try_from(c.offset)
+                    .ok()
+                    .and_then(|o| self.shares.commit(group, topic, *p, o))
+                else {
+                    continue;
+                };
+                let c = Committed {
+                    offset: i64::try_from(low).unwrap_or(i64::MAX),
+                    ..c.clone()
+                };
+                set.put_offset(group, topic, *p as u32, c.encode());
+                continue;
+            }
             set.put_offset(group, topic, *p as u32, c.encode());
         }
         self.store.write(set, true).await?;
@@ -164,6 +253,14 @@ impl Coordinator {
             if let Some(c) = Committed::decode(&v) {
                 out.insert((t, p as i32), c);
             }
+        }
+        for (key, low) in self.shares.all_lowest(group) {
+            let c = out.entry(key).or_insert(Committed {
+                offset: 0,
+                leader_epoch: -1,
+                metadata: String::new(),
+            });
+            c.offset = i64::try_from(low).unwrap_or(i64::MAX);
         }
         Ok(out)
     }
@@ -235,6 +332,7 @@ impl Coordinator {
                 None => {}
             }
         }
+        self.shares.forget(group);
         let mut set = WriteSet::default();
         set.delete_group_offsets(group);
         self.store.write(set, true).await?;
