@@ -4,10 +4,9 @@
 //! group (`$shared/<name>`) gets the batches the group hands it (`groups::shared`).
 
 use std::sync::Arc;
-
-use bytes::Bytes;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use kafka_protocol::messages::FetchRequest;
 use tokio::sync::Notify;
 use tracing::warn;
@@ -16,6 +15,7 @@ use super::errors;
 use super::Peer;
 use crate::broker::Broker;
 use crate::groups::shared::{self, Member, Tag};
+use crate::log::batch::BatchHeader;
 use crate::log::partition::PartitionLog;
 use crate::wire::fetch::{Body, Partition, Topic};
 
@@ -198,7 +198,7 @@ fn read_all(
                         let from = s
                             .got
                             .last()
-                            .and_then(|b| crate::log::batch::BatchHeader::parse(b).ok())
+                            .and_then(|b| BatchHeader::parse(b).ok())
                             .map(|h| h.base_offset as u64 + h.offset_count())
                             .unwrap_or(s.offset as u64);
                         let ask = shared::Ask {

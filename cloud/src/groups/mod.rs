@@ -217,26 +217,24 @@ impl Coordinator {
         }
         let mut set = WriteSet::default();
         for (topic, p, c) in &offsets {
-            if shared::is_shared(group) && generation < 0 {
-                // Not a member's: a reset of the group's offset.
-                if let Ok(o) = u64::try_from(c.offset) {
+            let c = match (shared::is_shared(group), u64::try_from(c.offset)) {
+                // Not a member's commit: a reset of the shared group's offset.
+                (true, Ok(o)) if generation < 0 => {
                     self.shares.reset(group, topic, *p, o);
+                    c.clone()
                 }
-            } else if shared::is_shared(group) {
-                // The acknowledgement; the group's offset is the lowest not yet done.
-                let Some(low) = u64::try_from(c.offset)
-                    .ok()
-                    .and_then(|o| self.shares.commit(group, topic, *p, o))
-                else {
-                    continue;
-                };
-                let c = Committed {
-                    offset: i64::try_from(low).unwrap_or(i64::MAX),
-                    ..c.clone()
-                };
-                set.put_offset(group, topic, *p as u32, c.encode());
-                continue;
-            }
+                // A member's acknowledgement: the group's offset is the lowest not done.
+                (true, Ok(o)) => match self.shares.commit(group, topic, *p, o) {
+                    Some(low) => Committed {
+                        offset: i64::try_from(low).unwrap_or(i64::MAX),
+                        ..c.clone()
+                    },
+                    // No state here (the stored offset stands, see `Shares::commit`).
+                    None => continue,
+                },
+                (true, Err(_)) => continue,
+                (false, _) => c.clone(),
+            };
             set.put_offset(group, topic, *p as u32, c.encode());
         }
         self.store.write(set, true).await?;
