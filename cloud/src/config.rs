@@ -110,8 +110,12 @@ pub struct StorageConfig {
     /// `group` (default), `interval` or `none`.
     pub sync: String,
     pub sync_interval_ms: u64,
+    /// Under `sync: group`: how often writes acknowledged without an fsync (topics with
+    /// `storage.mode: hybrid`, Produce acks=1, MQTT QoS 0) are fsynced.
+    pub hybrid_flush_ms: u64,
     pub retention_check_interval_ms: u64,
-    /// `storage.mode` of topics created without one: `persistent` (default) or `memory`.
+    /// `storage.mode` of topics created without one: `persistent` (default), `hybrid` or
+    /// `memory`.
     pub default_mode: String,
     /// Byte cap of a memory partition whose topic sets no `retention.bytes`.
     pub memory_partition_bytes: u64,
@@ -164,6 +168,7 @@ impl Default for StorageConfig {
         StorageConfig {
             sync: "group".into(),
             sync_interval_ms: 100,
+            hybrid_flush_ms: 1000,
             retention_check_interval_ms: 300_000,
             default_mode: "persistent".into(),
             memory_partition_bytes: 64 << 20,
@@ -258,6 +263,9 @@ impl Config {
             }
         }
         self.sync_policy()?;
+        if self.storage.hybrid_flush_ms == 0 {
+            return Err(("storage.hybrid_flush_ms", "must be at least 1".into()));
+        }
         if self.storage.retention_check_interval_ms == 0 {
             return Err((
                 "storage.retention_check_interval_ms",
@@ -414,6 +422,8 @@ mod tests {
                 && e.matches("deliver_before_sync").count() == 1,
             "{e}"
         );
+        let e = err("storage:\n  hybrid_flush_ms: 0\n");
+        assert!(e.contains("storage.hybrid_flush_ms"), "{e}");
         let e = err("storage:\n  default_mode: tiered\n");
         assert!(e.contains("not available yet"), "{e}");
     }

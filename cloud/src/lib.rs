@@ -134,6 +134,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             },
         )?,
     );
+    store
+        .flush_unsynced_every(Duration::from_millis(config.storage.hybrid_flush_ms))
+        .map_err(|source| StartError::Store {
+            path: store_dir.display().to_string(),
+            source,
+        })?;
     let log = Arc::new(
         log::Log::open(store.clone())
             .map_err(|source| StartError::Store {

@@ -4,13 +4,15 @@
     python3 power_cut_clients.py mqtt PORT RUN
     python3 power_cut_clients.py retained PORT RUN
     python3 power_cut_clients.py qos2 PORT RUN
+    python3 power_cut_clients.py hybrid BOOTSTRAP RUN
 
 `kafka`: an idempotent acks=all confluent-kafka producer writes `RUN|SEQ|` to the topic
 `pck`; `mqtt`: a paho MQTT 3.1.1 client publishes `RUN|SEQ|` with QoS 1 to `pcm/x`;
-`retained`: the same, retained, to `pcr/last`; `qos2`: the same with QoS 2 to `pcq/x`.
+`retained`: the same, retained, to `pcr/last`; `qos2`: the same with QoS 2 to `pcq/x`;
+`hybrid`: the `kafka` writer into `pch`, a topic it creates with `storage.mode=hybrid`.
 SEQ counts from 0 until the process is killed. Each acknowledgement is printed as it
 arrives: `k RUN SEQ` (delivery report without error), `m RUN SEQ` or `r RUN SEQ`
-(PUBACK), `q RUN SEQ` (PUBCOMP). The test kills the process right
+(PUBACK), `q RUN SEQ` (PUBCOMP), `h RUN SEQ` (hybrid delivery report). The test kills the process right
 after it cuts the cloud's power; being a process of its own, nothing of it reconnects
 into the next boot.
 """
@@ -32,7 +34,7 @@ def say(line: str):
     sys.stdout.flush()
 
 
-def kafka(bootstrap: str, run: int):
+def kafka(bootstrap: str, run: int, topic: str = "pck", tag: str = "k"):
     p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
                   "linger.ms": 5, "batch.num.messages": 200, "message.timeout.ms": 600000,
                   "queue.buffering.max.messages": OUTSTANDING})
@@ -40,12 +42,12 @@ def kafka(bootstrap: str, run: int):
     def report(err, msg):
         if err is None:
             _, seq, _ = msg.value().split(b"|", 2)
-            say(f"k {run} {int(seq)}")
+            say(f"{tag} {run} {int(seq)}")
 
     seq = 0
     while True:
         try:
-            p.produce("pck", f"{run}|{seq}|".encode() + PAD, on_delivery=report)
+            p.produce(topic, f"{run}|{seq}|".encode() + PAD, on_delivery=report)
             seq += 1
             p.poll(0)
         except BufferError:
@@ -88,6 +90,17 @@ def main():
     kind, addr, run = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if kind == "kafka":
         kafka(addr, run)
+    elif kind == "hybrid":
+        from confluent_kafka.admin import AdminClient, NewTopic
+        admin = AdminClient({"bootstrap.servers": addr})
+        fut = admin.create_topics([NewTopic("pch", num_partitions=1, replication_factor=1,
+                                            config={"storage.mode": "hybrid"})])["pch"]
+        try:
+            fut.result(timeout=60)
+        except Exception as e:  # created in an earlier boot
+            if "TOPIC_ALREADY_EXISTS" not in str(e):
+                raise
+        kafka(addr, run, "pch", "h")
     elif kind == "mqtt":
         mqtt_writer(int(addr), run, "pcm/x", False, "m")
     elif kind == "retained":

@@ -6,17 +6,19 @@ to its Kafka and MQTT listeners; it advertises the forwarded Kafka port, so host
 use it as they would a broker behind NAT. In each of three boots, processes on the host
 (`power_cut_clients.py`) write at the same time: an idempotent acks=all confluent-kafka
 producer (topic `pck`), a paho MQTT 3.1.1 QoS 1 publisher (`pcm/x`, read back through
-Kafka as `pcm.x`), a second one whose publishes are retained (`pcr/last`) and a QoS 2
-one (`pcq/x`, acknowledged by PUBCOMP). After a
+Kafka as `pcm.x`), a second one whose publishes are retained (`pcr/last`), a QoS 2
+one (`pcq/x`, acknowledged by PUBCOMP) and a second acks=all producer into `pch`, a topic
+with `storage.mode=hybrid` (`storage.hybrid_flush_ms: 200`). After a
 seeded number of acknowledgements of each, QEMU is killed, which loses the guest's page
 cache and every write its kernel had not issued, as a power cut does (a disk's own
 volatile write cache is not modelled). Before the first boot's writers start, a
 persistent MQTT session (clean session off) subscribes to `pcm/x` and disconnects. A
 fourth boot serves the reads.
 
-It checks, for the four topics: every acknowledged write is in the log, none is there
-twice (the payload carries the boot and a sequence number), and the log keeps write
-order. The retained message of `pcr/last` is the last acknowledged one or a later one.
+It checks, for the five topics: every acknowledged write is in the log (for `pch`, every
+one acknowledged at least HYBRID_WINDOW_S before the cut: what a hybrid topic promises),
+none is there twice (the payload carries the boot and a sequence number), and the log
+keeps write order. The retained message of `pcr/last` is the last acknowledged one or a later one.
 The persistent session is still there (CONNACK session present) and delivers, from its
 stored position, every record of `pcm.x` in log order: one copy, two views, after power
 cuts. `POWER_CUT_SEED=N` replays the cut points of a run.
@@ -55,11 +57,16 @@ mqtt:
   durable_publish: true
 storage:
   sync: group
+  hybrid_flush_ms: {HYBRID_FLUSH_MS}
 """
 
 
 WRITERS = (("k", "kafka", "pck"), ("m", "mqtt", "pcm.x"), ("r", "retained", "pcr.last"),
-           ("q", "qos2", "pcq.x"))
+           ("q", "qos2", "pcq.x"), ("h", "hybrid", "pch"))
+# The hybrid topic promises less: acknowledged writes older than its flush period (plus a
+# margin for the guest's clock and the pipe from the writer) survive a power cut.
+HYBRID_FLUSH_MS = 200
+HYBRID_WINDOW_S = HYBRID_FLUSH_MS / 1000 + 2.0
 
 
 class Writers:
@@ -68,10 +75,13 @@ class Writers:
     def __init__(self, bootstrap: str, mqtt_port: int, run: int):
         self.run = run
         self.acked: dict[str, list[int]] = {tag: [] for tag, _, _ in WRITERS}
+        # Host monotonic time each acknowledgement was read (no earlier than it arrived).
+        self.acked_at: dict[str, list[float]] = {tag: [] for tag, _, _ in WRITERS}
         self._new: queue.Queue = queue.Queue()
         self.procs = [
             subprocess.Popen([sys.executable, str(HERE / "power_cut_clients.py"), kind,
-                              bootstrap if kind == "kafka" else str(mqtt_port), str(run)],
+                              bootstrap if kind in ("kafka", "hybrid") else str(mqtt_port),
+                              str(run)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _, kind, _ in WRITERS]
         for p in self.procs:
@@ -82,15 +92,23 @@ class Writers:
             parts = line.split()
             if len(parts) == 3 and parts[0] in self.acked and parts[1] == str(self.run):
                 self.acked[parts[0]].append(int(parts[2]))
+                self.acked_at[parts[0]].append(time.monotonic())
                 self._new.put(1)
         self._new.put(None)
 
     def counts(self) -> dict[str, int]:
         return {tag: len(seqs) for tag, seqs in self.acked.items()}
 
+    def older_than(self, tag: str, age: float, now: float) -> list[int]:
+        """The SEQs of `tag` acknowledged at least `age` seconds before `now`."""
+        return [seq for seq, t in zip(self.acked[tag], self.acked_at[tag]) if t <= now - age]
+
     def wait_for(self, want: dict[str, int], timeout: float, m: vm.Vm):
+        """Waits for `want` acknowledgements of each writer, those of the hybrid writer
+        at least HYBRID_WINDOW_S old."""
         deadline = time.monotonic() + timeout
-        while any(len(self.acked[tag]) < n for tag, n in want.items()):
+        while any(len(self.acked[tag]) < n for tag, n in want.items() if tag != "h") or \
+                len(self.older_than("h", HYBRID_WINDOW_S, time.monotonic())) < want["h"]:
             died = [p for p in self.procs if p.poll() is not None]
             if time.monotonic() > deadline or died:
                 err = "".join(p.stderr.read()[-2000:] for p in died)
@@ -151,7 +169,8 @@ def test_acknowledged_writes_survive_cloud_power_cuts(tmp_path):
     acked: dict[str, set[tuple[int, int]]] = {tag: set() for tag, _, _ in WRITERS}
     for run in range(1, CUTS + 1):
         want = {"k": rng.randint(100, 3000), "m": rng.randint(100, 3000),
-                "r": rng.randint(50, 300), "q": rng.randint(50, 1000)}
+                "r": rng.randint(50, 300), "q": rng.randint(50, 1000),
+                "h": rng.randint(100, 3000)}
         m = boot(run)
         if run == 1:
             sub = Mqtt(mqtt_port, client_id="pc-sub", clean=False)
@@ -160,11 +179,14 @@ def test_acknowledged_writes_survive_cloud_power_cuts(tmp_path):
         w = Writers(bootstrap, mqtt_port, run)
         try:
             w.wait_for(want, 300, m)
+            cut_at = time.monotonic()
             m.power_cut()
         finally:
             w.kill()
         for tag, got in w.acked.items():
             assert got == list(range(len(got))), f"boot {run}: {tag} acks out of order"
+            if tag == "h":
+                got = w.older_than("h", HYBRID_WINDOW_S, cut_at)
             acked[tag] |= {(run, seq) for seq in got}
         print(f"boot {run}: power cut after acks {w.counts()}")
 
@@ -178,7 +200,8 @@ def test_acknowledged_writes_survive_cloud_power_cuts(tmp_path):
         missing = sorted(acked[tag] - set(keys))
         assert not missing, (f"{topic}: {len(missing)} acknowledged writes missing "
                              f"(first {missing[:5]}); POWER_CUT_SEED={seed}")
-        print(f"{topic}: {len(acked[tag])} acknowledged, {len(keys)} in the log")
+        older = f" at least {HYBRID_WINDOW_S} s before a cut" if tag == "h" else ""
+        print(f"{topic}: {len(acked[tag])} acknowledged{older}, {len(keys)} in the log")
 
     r = Mqtt(mqtt_port, client_id="pc-ret")
     r.subscribe("pcr/last", qos=1, timeout=60)

@@ -1,6 +1,8 @@
 """Storage modes per topic (topic config `storage.mode`, config `storage.default_mode`):
 a `memory` topic serves Kafka and MQTT like any other but never writes its records to
-disk and starts empty after a restart, with offsets above the ones it handed out."""
+disk and starts empty after a restart, with offsets above the ones it handed out; a
+`hybrid` topic acknowledges without waiting for an fsync and keeps everything across a
+process kill."""
 
 from __future__ import annotations
 
@@ -76,6 +78,23 @@ def test_memory_topic_writes_no_records_and_restarts_empty_above_its_offsets(clo
     assert ck_watermarks(cloud.bootstrap, disk) == (0, n)
 
 
+def test_hybrid_topic_keeps_what_it_acknowledged_across_a_kill(cloud, topic_name):
+    """acks=all into a hybrid topic: answered without an fsync (unit test
+    `a_hybrid_append_does_not_wait_for_the_fsync`), but written to the WAL first, so a
+    SIGKILL of the cloud loses nothing; MQTT subscribers see it like any topic."""
+    ck_create_topic(cloud.bootstrap, topic_name, config={"storage.mode": "hybrid"})
+    assert mode_of(cloud.bootstrap, topic_name) == "hybrid"
+    sent = ck_produce(cloud.bootstrap, topic_name,
+                      [{"value": f"h{i}".encode()} for i in range(2000)],
+                      **{"enable.idempotence": True})
+    cloud.restart(kill=True)
+    assert mode_of(cloud.bootstrap, topic_name) == "hybrid"
+    got = ck_read_all(cloud.bootstrap, topic_name)
+    assert [r.value for r in got] == [m.value() for m in sent]
+    (m,) = ck_produce(cloud.bootstrap, topic_name, [{"value": b"after"}])
+    assert m.offset() == len(sent)
+
+
 def test_memory_topic_keeps_a_bounded_suffix(cloud, topic_name):
     """retention.bytes caps a memory partition: the oldest batches go as new ones come,
     and a reader from the beginning gets exactly the kept suffix."""
@@ -94,7 +113,7 @@ def test_memory_topic_keeps_a_bounded_suffix(cloud, topic_name):
 
 def test_invalid_storage_mode_is_refused(cloud, topic_name):
     a = ck_admin(cloud.bootstrap)
-    for mode in ("hybrid", "disk"):
+    for mode in ("tiered", "disk"):
         with pytest.raises(KafkaException) as ei:
             a.create_topics([NewTopic(topic_name, num_partitions=1, replication_factor=1,
                                       config={"storage.mode": mode})])[topic_name].result(timeout=20)

@@ -55,6 +55,10 @@ pub enum StorageMode {
     Persistent,
     /// In this process only ([`memory`]): never written to disk, gone at a restart.
     Memory,
+    /// In the store, but acknowledged without waiting for an fsync: written to the WAL
+    /// (so a process kill loses nothing) and fsynced every `storage.hybrid_flush_ms`
+    /// (a power cut loses at most that much).
+    Hybrid,
 }
 
 impl StorageMode {
@@ -63,8 +67,9 @@ impl StorageMode {
         match v {
             "persistent" => Ok(StorageMode::Persistent),
             "memory" => Ok(StorageMode::Memory),
-            "hybrid" | "tiered" => Err("not available yet: one of persistent, memory"),
-            _ => Err("one of persistent, memory"),
+            "hybrid" => Ok(StorageMode::Hybrid),
+            "tiered" => Err("not available yet: one of persistent, hybrid, memory"),
+            _ => Err("one of persistent, hybrid, memory"),
         }
     }
 
@@ -72,6 +77,7 @@ impl StorageMode {
         match self {
             StorageMode::Persistent => "persistent",
             StorageMode::Memory => "memory",
+            StorageMode::Hybrid => "hybrid",
         }
     }
 }
@@ -315,12 +321,10 @@ impl Log {
                 .map_or(self.memory_partition_bytes, |b| b as usize);
             (cap, self.memory_budget.clone())
         });
-        let p = Arc::new(PartitionLog::load(
-            &self.store,
-            topic.id,
-            index as u32,
-            memory,
-        )?);
+        let p = Arc::new(
+            PartitionLog::load(&self.store, topic.id, index as u32, memory)?
+                .hybrid(topic.mode() == StorageMode::Hybrid),
+        );
         *slot = Some(p.clone());
         Ok(p)
     }

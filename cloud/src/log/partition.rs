@@ -70,6 +70,9 @@ pub(crate) struct PartitionLog {
     queued: Arc<AtomicU32>,
     /// The batches of a memory partition (`storage.mode=memory`); `None`: in the store.
     mem: Option<Mutex<MemLog>>,
+    /// `storage.mode=hybrid`: appends never wait for an fsync (the store fsyncs such
+    /// writes every `storage.hybrid_flush_ms`, `Store::flush_unsynced_every`).
+    hybrid: bool,
     waiters: Mutex<Vec<Weak<Notify>>>,
     /// A slot for a view's in-memory cache of this partition (the MQTT view keeps its
     /// recently appended messages there: `mqtt::recent`). The log never looks inside.
@@ -115,6 +118,7 @@ impl PartitionLog {
             }),
             queued: Arc::new(AtomicU32::new(0)),
             mem: memory.map(|(cap, budget)| Mutex::new(MemLog::new(cap, budget))),
+            hybrid: false,
             visible: AtomicU64::new(next),
             log_start: AtomicU64::new(start),
             waiters: Mutex::new(Vec::new()),
@@ -170,6 +174,11 @@ impl PartitionLog {
         self.log_start.fetch_max(start, Ordering::AcqRel);
     }
 
+    /// A hybrid partition (`storage.mode=hybrid`): its appends never wait for an fsync.
+    pub(crate) fn hybrid(self, hybrid: bool) -> PartitionLog {
+        PartitionLog { hybrid, ..self }
+    }
+
     /// Appends the batches of one produce request. `durable` asks for the sync policy.
     pub(crate) async fn append(
         &self,
@@ -194,6 +203,7 @@ impl PartitionLog {
         durable: bool,
         accepted: impl FnOnce(u64) -> bool,
     ) -> Result<Appended, AppendError> {
+        let durable = durable && !self.hybrid;
         let mut headers = Vec::with_capacity(batches.len());
         for b in &batches {
             let h = BatchHeader::parse(b)?;
@@ -584,6 +594,41 @@ mod tests {
         assert_eq!(part.high_watermark(), 4);
         let r = part.read(&store, 1, 1 << 20).expect("read");
         assert_eq!(bases(&r), vec![3]);
+    }
+
+    /// A hybrid partition's acks=all append does not wait for the writer's fsync; a
+    /// persistent one does. The writer is held: nothing queued on it completes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hybrid_append_does_not_wait_for_the_fsync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path(), SyncPolicy::Group).expect("open"));
+        let hybrid = PartitionLog::load(&store, 1, 0, None)
+            .expect("load")
+            .hybrid(true);
+        let persistent = Arc::new(PartitionLog::load(&store, 2, 0, None).expect("load"));
+        let b = || encode(1, Compression::None, -1, 0);
+        let hold = store.hold_writer();
+        let waiting = {
+            let (store, part) = (store.clone(), persistent.clone());
+            tokio::spawn(async move { part.append(&store, vec![b()], true).await })
+        };
+        let a = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            hybrid.append(&store, vec![b(), b()], true),
+        )
+        .await
+        .expect("the hybrid append returned while the writer is held")
+        .expect("append");
+        assert_eq!((a.base_offset, a.end_offset), (0, 2));
+        assert_eq!(hybrid.high_watermark(), 2, "readable at once");
+        assert!(store.is_dirty(), "written without an fsync");
+        assert!(
+            !waiting.is_finished(),
+            "the persistent append waits for its fsync"
+        );
+        drop(hold);
+        waiting.await.expect("join").expect("append");
+        assert_eq!(persistent.high_watermark(), 1);
     }
 
     fn mem(cap: usize) -> Option<(usize, Arc<Budget>)> {

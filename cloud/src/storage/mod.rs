@@ -288,6 +288,8 @@ fn direct_io_supported(dir: &Path) -> std::io::Result<()> {
 pub struct Store {
     db: Arc<DB>,
     policy: SyncPolicy,
+    /// Set by every write applied without an fsync (`writer.rs`, step 6).
+    dirty: Arc<std::sync::atomic::AtomicBool>,
     tx: Option<mpsc::Sender<writer::WriteReq>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
@@ -355,10 +357,12 @@ impl Store {
             ColumnFamilyDescriptor::new(CF_META, meta_opts),
         ];
         let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
-        let (tx, writer) = writer::spawn(db.clone(), policy)?;
+        let dirty = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, writer) = writer::spawn(db.clone(), policy, dirty.clone())?;
         Ok(Store {
             db,
             policy,
+            dirty,
             tx: Some(tx),
             writer: Some(writer),
         })
@@ -426,7 +430,28 @@ impl Store {
     /// concurrent writers itself; callers keep their own order (a partition writes under
     /// its lock).
     pub fn write_now(&self, mut set: WriteSet) -> Result<(), Error> {
-        writer::apply_now(&self.db, &mut set)
+        writer::apply_now(&self.db, &mut set, &self.dirty)
+    }
+
+    /// Under `sync: group`, fsyncs the WAL every `every` while writes applied without an
+    /// fsync are unsynced (`storage.hybrid_flush_ms`; `writer.rs`, step 6). Other policies
+    /// already bound those writes (`interval`) or leave them to RocksDB (`none`).
+    pub fn flush_unsynced_every(&self, every: Duration) -> Result<(), Error> {
+        if self.policy != SyncPolicy::Group {
+            return Ok(());
+        }
+        let (db, dirty) = (Arc::downgrade(&self.db), self.dirty.clone());
+        std::thread::Builder::new()
+            .name("store-flush".into())
+            .spawn(move || writer::flush_unsynced(db, dirty, every))
+            .map(drop)
+            .map_err(|e| Error::Backend(format!("spawn wal flush: {e}")))
+    }
+
+    /// Whether writes applied without an fsync may be unsynced (tests).
+    #[cfg(test)]
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Queues `set` and returns a receiver for its result, so a caller can submit under a

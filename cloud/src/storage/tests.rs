@@ -281,3 +281,22 @@ fn live_wal_stays_near_its_bound_while_metadata_is_unflushed() {
     assert_eq!(s.counter("pid").expect("counter"), 4000);
     assert_eq!(s.log_read(1, 0, 39, 2 << 20, 1).expect("read").len(), 1);
 }
+
+/// Under `sync: group`, a write applied without an fsync is fsynced by the flush thread
+/// within its period (`Store::flush_unsynced_every`); a durable write leaves nothing to do.
+#[test]
+fn unsynced_writes_are_flushed_in_the_background() {
+    let (_dir, s) = store();
+    rt().block_on(s.write(WriteSet::default(), true))
+        .expect("durable write");
+    assert!(!s.is_dirty(), "a durable write is synced");
+    s.flush_unsynced_every(Duration::from_millis(20))
+        .expect("flush thread");
+    s.write_now(WriteSet::default()).expect("write");
+    assert!(s.is_dirty());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.is_dirty() {
+        assert!(std::time::Instant::now() < deadline, "never flushed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

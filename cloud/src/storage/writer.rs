@@ -12,8 +12,12 @@
 //! 5. Writes that need no fsync (`sync: none` or `interval`, or a non-durable write under
 //!    `group`) skip this thread: `Store::write_now` applies them on the caller's thread,
 //!    and a partition only does so while none of its writes is queued here.
+//! 6. Every write applied without an fsync marks the store *dirty*; under `group` a
+//!    timer thread fsyncs the WAL every `storage.hybrid_flush_ms` while it is
+//!    (`Store::flush_unsynced_every`): non-durable writes (hybrid topics, acks=1, MQTT
+//!    QoS 0) reach the disk within that time even when no durable write follows.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -50,12 +54,16 @@ pub(super) type Spawned = (mpsc::Sender<WriteReq>, thread::JoinHandle<()>);
 
 /// Starts the writer thread. It ends (dropping its handle on the DB) once every sender
 /// is dropped and the queue is drained.
-pub(super) fn spawn(db: Arc<DB>, policy: SyncPolicy) -> Result<Spawned, Error> {
+pub(super) fn spawn(
+    db: Arc<DB>,
+    policy: SyncPolicy,
+    dirty: Arc<AtomicBool>,
+) -> Result<Spawned, Error> {
     let (tx, rx) = mpsc::channel::<WriteReq>();
     let wdb = db.clone();
     let handle = thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || run(wdb, policy, rx))
+        .spawn(move || run(wdb, policy, rx, &dirty))
         .map_err(|e| Error::Backend(format!("spawn writer: {e}")))?;
     if let SyncPolicy::Interval(every) = policy {
         let weak = Arc::downgrade(&db);
@@ -77,7 +85,21 @@ fn interval_sync(db: std::sync::Weak<DB>, every: Duration) {
     }
 }
 
-fn run(db: Arc<DB>, policy: SyncPolicy, rx: mpsc::Receiver<WriteReq>) {
+/// Fsyncs the WAL every `every` while writes applied without an fsync are unsynced.
+pub(super) fn flush_unsynced(db: std::sync::Weak<DB>, dirty: Arc<AtomicBool>, every: Duration) {
+    loop {
+        thread::sleep(every);
+        let Some(db) = db.upgrade() else { return };
+        if dirty.swap(false, Ordering::AcqRel) {
+            if let Err(e) = db.flush_wal(true) {
+                dirty.store(true, Ordering::Release);
+                warn!(cause = %e, "periodic wal sync failed");
+            }
+        }
+    }
+}
+
+fn run(db: Arc<DB>, policy: SyncPolicy, rx: mpsc::Receiver<WriteReq>, dirty: &AtomicBool) {
     while let Ok(first) = rx.recv() {
         #[cfg(test)]
         if let Some(hold) = &first.hold {
@@ -94,8 +116,11 @@ fn run(db: Arc<DB>, policy: SyncPolicy, rx: mpsc::Receiver<WriteReq>) {
                 Err(_) => break,
             }
         }
-        let durable = group.iter().any(|r| r.durable);
-        let result = apply(&db, &mut group, durable && policy == SyncPolicy::Group);
+        let sync = group.iter().any(|r| r.durable) && policy == SyncPolicy::Group;
+        if !sync {
+            dirty.store(true, Ordering::Release);
+        }
+        let result = apply(&db, &mut group, sync);
         for req in group {
             if let Some(p) = &req.pending {
                 p.fetch_sub(1, Ordering::AcqRel);
@@ -110,7 +135,8 @@ fn apply(db: &DB, group: &mut [WriteReq], sync: bool) -> Result<(), Error> {
 }
 
 /// Applies one set on the caller's thread without an fsync (see `Store::write_now`).
-pub(super) fn apply_now(db: &DB, set: &mut WriteSet) -> Result<(), Error> {
+pub(super) fn apply_now(db: &DB, set: &mut WriteSet, dirty: &AtomicBool) -> Result<(), Error> {
+    dirty.store(true, Ordering::Release);
     write_sets(db, std::iter::once(set), false)
 }
 
