@@ -14,12 +14,17 @@ pub(super) async fn handle(
 ) -> SyncGroupResponse {
     let group = req.group_id.0.as_str();
     let assignments = if shared::is_shared(group) && !req.assignments.is_empty() {
-        // Only the leader sends assignments: replace them all.
+        // Only the leader sends assignments: replace them all. Nothing at all while
+        // members hold unacknowledged batches (`shared.rs`, step 5).
+        let revoke = broker.groups.shares.revoke_first(group);
         broker
             .groups
             .shared_members(group)
             .into_iter()
             .map(|(member, topics)| {
+                if revoke {
+                    return (member, shared::assignment(&[]));
+                }
                 let parts: Vec<(String, u32)> = topics
                     .into_iter()
                     .filter_map(|t| {

@@ -220,6 +220,13 @@ impl Group {
         }
     }
 
+    /// Starts a rebalance of a stable group (members learn it from their next heartbeat).
+    pub(crate) fn rebalance(&mut self, now: Instant) {
+        if self.state == State::Stable {
+            self.start_rebalance(now);
+        }
+    }
+
     fn start_rebalance(&mut self, now: Instant) {
         let was_empty = self.state == State::Empty;
         if self.state == State::CompletingRebalance {

@@ -64,13 +64,14 @@ pub(crate) struct Coordinator {
     pub(crate) shares: Shares,
 }
 
-/// Reports a shared group's state to `shares` (no-op for other groups).
-fn observe(shares: &Shares, g: &Group) {
+/// Reports a shared group's state to `shares` (no-op for other groups), and starts the
+/// rebalance that follows one that revoked everything (`shared.rs`, step 5).
+fn observe(shares: &Shares, g: &mut Group, now: Instant) {
     if !shared::is_shared(&g.name) {
         return;
     }
     let stable = matches!(g.state, State::Stable | State::Empty);
-    shares.observe(&g.name, g.generation, stable, || {
+    let again = shares.observe(&g.name, g.generation, stable, || {
         g.members
             .values()
             .map(|m| {
@@ -82,6 +83,10 @@ fn observe(shares: &Shares, g: &Group) {
             })
             .collect()
     });
+    if again {
+        g.rebalance(now);
+        observe(shares, g, now);
+    }
 }
 
 /// The topics a member subscribed to under the group's chosen protocol.
@@ -115,7 +120,7 @@ impl Coordinator {
             .entry(group.to_string())
             .or_insert_with(|| Group::new(group, self.initial_delay));
         let r = f(g);
-        observe(&self.shares, g);
+        observe(&self.shares, g, Instant::now());
         r
     }
 
@@ -155,7 +160,7 @@ impl Coordinator {
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         for g in groups.values_mut() {
             g.tick(now);
-            observe(&self.shares, g);
+            observe(&self.shares, g, now);
         }
     }
 

@@ -128,6 +128,8 @@ struct Share {
     epoch: u64,
     /// Members' tags and the topics each subscribed to.
     members: Vec<(Tag, Vec<String>)>,
+    /// This rebalance assigns nothing (step 5): once stable, another one must follow.
+    revoking: bool,
     parts: HashMap<(String, i32), Part>,
 }
 
@@ -167,19 +169,21 @@ impl Shares {
     }
 
     /// The coordinator reports a shared group's state after every change it may have
-    /// made; `members` is called only when the generation or stability changed.
+    /// made; `members` is called only when the generation or stability changed. Returns
+    /// whether the coordinator must start another rebalance now (step 5).
     pub(crate) fn observe(
         &self,
         group: &str,
         generation: i32,
         stable: bool,
         members: impl FnOnce() -> Vec<(Tag, Vec<String>)>,
-    ) {
+    ) -> bool {
         let mut inner = self.lock();
         let s = inner.groups.entry(group.to_string()).or_default();
         if s.generation == generation && s.stable == stable {
-            return;
+            return false;
         }
+        let again = stable && std::mem::take(&mut s.revoking);
         s.generation = generation;
         s.epoch += 1;
         if stable {
@@ -205,6 +209,22 @@ impl Shares {
         for t in new {
             inner.tags.entry(t).or_default().insert(group.to_string());
         }
+        again
+    }
+
+    /// SyncGroup of a rebalance: whether it must assign nothing (step 5). While members
+    /// hold unacknowledged batches, this rebalance revokes every partition and the next
+    /// one (started as soon as the group is stable) gives them back: a client keeps its
+    /// position for a partition it keeps across a rebalance (kafka-python does), so only
+    /// a revoked and reassigned partition makes it restart from the group's offset and
+    /// take what was handed back.
+    pub(crate) fn revoke_first(&self, group: &str) -> bool {
+        let mut inner = self.lock();
+        let Some(s) = inner.groups.get_mut(group) else {
+            return false;
+        };
+        s.revoking = s.parts.values().any(|p| !p.pending.is_empty());
+        s.revoking
     }
 
     /// The shared group a fetch of `topic` by `tag` is for, if any.

@@ -213,3 +213,26 @@ fn a_reset_from_outside_the_group_moves_its_offset() {
     assert_eq!(s.all_lowest(G), vec![((T.to_string(), 0), 15)]);
     assert_eq!(fetch(&s, &log, 2, 15, one), vec![15]);
 }
+
+#[test]
+fn a_rebalance_with_batches_pending_revokes_first_then_asks_for_another() {
+    let log = Log::new(4, 5);
+    let s = shares(1);
+    let one = log.0[0].len();
+    let members = || vec![(tag("a"), vec![T.into()])];
+    // Nothing pending: a rebalance assigns as usual and needs no second one.
+    s.observe(G, 1, false, members);
+    assert!(!s.revoke_first(G));
+    assert!(!s.observe(G, 2, true, members));
+    // A batch pending when the next rebalance syncs: it assigns nothing, and once the
+    // group is stable (the batch handed back) another rebalance must follow.
+    assert_eq!(fetch(&s, &log, 1, 0, one), vec![0]);
+    assert!(!s.observe(G, 2, false, members));
+    assert!(s.revoke_first(G));
+    assert!(s.observe(G, 3, true, members));
+    // That one finds nothing pending.
+    assert!(!s.observe(G, 3, false, members));
+    assert!(!s.revoke_first(G));
+    assert!(!s.observe(G, 4, true, members));
+    assert_eq!(s.all_lowest(G), vec![((T.to_string(), 0), 0)]);
+}
