@@ -33,7 +33,7 @@ struct Slot {
     got: Vec<Bytes>,
 }
 
-/// Unparks a fetch's shared slots however the long poll ends.
+/// Unparks a fetch's shared slots however the fetch ends.
 struct Parked<'a> {
     broker: &'a Broker,
     conn: u64,
@@ -101,6 +101,24 @@ pub(super) async fn handle(
     }
     let notify = Arc::new(Notify::new());
     let topic_names: Vec<&str> = req.topics.iter().map(|t| t.topic.0.as_str()).collect();
+    // Shared slots stay parked for the whole fetch: while this member waits, another
+    // served last yields to it, and a batch handed to another member wakes it.
+    let _parked = Parked {
+        broker,
+        conn: peer.id,
+        slots: slots
+            .iter()
+            .filter_map(|s| {
+                let m = s.shared.as_ref()?;
+                let t = topic_names[s.topic];
+                broker
+                    .groups
+                    .shares
+                    .park(&m.group, t, s.partition, peer.id, &notify);
+                Some((m.group.clone(), t.to_string(), s.partition))
+            })
+            .collect(),
+    };
     let parts = loop {
         for s in &slots {
             if let Ok(l) = &s.log {
@@ -113,23 +131,6 @@ pub(super) async fn handle(
         if bytes >= min_bytes.max(1) || errored || now >= deadline {
             break parts;
         }
-        // Shared slots park, so that a batch handed to another member wakes this one.
-        let _parked = Parked {
-            broker,
-            conn: peer.id,
-            slots: slots
-                .iter()
-                .filter_map(|s| {
-                    let m = s.shared.as_ref()?;
-                    let t = topic_names[s.topic];
-                    broker
-                        .groups
-                        .shares
-                        .park(&m.group, t, s.partition, peer.id, &notify);
-                    Some((m.group.clone(), t.to_string(), s.partition))
-                })
-                .collect(),
-        };
         if tokio::time::timeout(deadline - now, notify.notified())
             .await
             .is_err()
@@ -254,3 +255,7 @@ fn read_all(
     }
     (out, total, errored)
 }
+
+#[cfg(test)]
+#[path = "fetch_tests.rs"]
+mod tests;

@@ -19,8 +19,8 @@
 //!    out is a *span* pending on the connection that fetched it. A member's offsets only
 //!    grow (clients drop records below their fetch position), and a fetch that started
 //!    in an earlier rebalance epoch, or while the group rebalances, gets nothing (the
-//!    client discards it). While another connection waits on the partition, the one
-//!    served last waits its turn (round robin between waiting members).
+//!    client discards it). While another member's fetch is open on the partition, the
+//!    one served last waits its turn (round robin between fetching members).
 //! 4. OffsetCommit is the acknowledgement. A commit of X names the span that holds X-1
 //!    (spans are disjoint, so exactly one connection's); that connection's client
 //!    consumed in order up to X-1, so every span of that connection ending below X is
@@ -264,8 +264,9 @@ impl Shares {
             });
     }
 
-    /// Parks `conn` on the partition until [`Shares::unpark`]: a batch handed to another
-    /// connection wakes it through `wake` (it may be its turn now, step 3).
+    /// Parks `conn` on the partition for the length of a fetch, until [`Shares::unpark`]:
+    /// the connection served last yields to it, and a batch handed to another connection
+    /// wakes it through `wake` (step 3).
     pub(crate) fn park(
         &self,
         group: &str,
@@ -313,6 +314,10 @@ impl Shares {
         let Some(part) = s.parts.get_mut(&(topic.to_string(), partition)) else {
             return Ok(Vec::new());
         };
+        // Turn taking: served last and another member's fetch is open: that one takes
+        // this batch and wakes this fetch, which takes the next. (A member that cannot
+        // take, past MAX_PENDING or in a stale epoch, holds the others back for at most
+        // its fetch's max wait.)
         let others_wait = part.parked.keys().any(|c| *c != conn);
         if others_wait && part.last_served == Some(conn) {
             return Ok(Vec::new());
@@ -417,6 +422,13 @@ impl Shares {
             .get_mut(&(topic.to_string(), partition))?;
         part.commit(offset);
         Some(part.lowest())
+    }
+
+    /// How many connections are parked on the partition (tests).
+    #[cfg(test)]
+    pub(crate) fn parked(&self, group: &str, topic: &str, partition: i32) -> usize {
+        let mut inner = self.lock();
+        part_mut(&mut inner, group, topic, partition).map_or(0, |p| p.parked.len())
     }
 
     /// A commit from outside the group (generation -1: an admin tool resetting the
