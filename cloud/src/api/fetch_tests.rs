@@ -71,9 +71,11 @@ fn fetch(b: &Arc<Broker>, conn: u64, offset: i64) -> tokio::task::JoinHandle<Bod
     })
 }
 
-/// Two members' fetches stay open while records are appended one at a time: each
-/// append goes to the member not served last (the fetch handler keeps a shared slot
-/// parked for the whole fetch, so the member served last sees the other waiting).
+/// Two members' fetches stay open while records are appended one at a time. Each
+/// round the member served last is the one an append wakes first (its fetch registered
+/// first: the other's is restarted after it); still each append goes to the member not
+/// served last, because a shared slot stays parked for the whole fetch and the member
+/// served last yields to a parked one.
 #[tokio::test(flavor = "current_thread")]
 async fn shared_members_waiting_together_take_turns() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -89,12 +91,21 @@ async fn shared_members_waiting_together_take_turns() {
         .log
         .partition(&b.log.get("t").expect("topic"), 0)
         .expect("p");
-    let mut open = [Some(fetch(&b, 1, 0)), Some(fetch(&b, 2, 0))];
+    let parked = |n: usize| {
+        let b = b.clone();
+        async move {
+            while b.groups.shares.parked(G, "t", 0) != n {
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    let mut offsets = [0i64; 2];
+    let mut open = [Some(fetch(&b, 1, 0)), None];
+    parked(1).await;
+    open[1] = Some(fetch(&b, 2, 0));
     let mut served = Vec::new();
     for round in 0..10u64 {
-        while b.groups.shares.parked(G, "t", 0) < 2 {
-            tokio::task::yield_now().await;
-        }
+        parked(2).await;
         let batch = encode(1, Compression::None, -1, 0);
         part.append(&b.log.store, vec![batch], false)
             .await
@@ -112,7 +123,17 @@ async fn shared_members_waiting_together_take_turns() {
         let batches = &body.topics[0].partitions[0].batches;
         assert_eq!(batches.len(), 1, "round {round}: the new batch");
         served.push(done + 1);
-        open[done] = Some(fetch(&b, done as u64 + 1, round as i64 + 1));
+        offsets[done] = round as i64 + 1;
+        // The member just served fetches again first; the other's fetch is restarted
+        // after it, so the next append wakes the member served last first.
+        open[done] = Some(fetch(&b, done as u64 + 1, offsets[done]));
+        parked(2).await;
+        let other = 1 - done;
+        let h = open[other].take().expect("open");
+        h.abort();
+        assert!(h.await.is_err(), "the other fetch was still open");
+        parked(1).await;
+        open[other] = Some(fetch(&b, other as u64 + 1, offsets[other]));
     }
     for w in served.windows(2) {
         assert_ne!(w[0], w[1], "the same member twice in a row: {served:?}");
