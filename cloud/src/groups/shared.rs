@@ -87,6 +87,8 @@ struct Part {
     returned: BTreeMap<u64, u64>,
     /// Spans handed out: first offset -> span.
     pending: BTreeMap<u64, Span>,
+    /// How many of `pending` each connection holds (bounded by [`MAX_PENDING`]).
+    held: HashMap<Conn, usize>,
     /// Connections parked in a long poll on this partition, with what wakes them.
     parked: HashMap<Conn, Arc<Notify>>,
     /// The connection served last.
@@ -106,6 +108,21 @@ impl Part {
         }
     }
 
+    /// Hands the span `lo..=span.end` out to `span.conn`.
+    fn hold(&mut self, lo: u64, span: Span) {
+        *self.held.entry(span.conn).or_default() += 1;
+        self.pending.insert(lo, span);
+    }
+
+    /// Hands every pending span back (step 5).
+    fn hand_back_all(&mut self) {
+        for (lo, span) in std::mem::take(&mut self.pending) {
+            self.hand_back(lo, span.end);
+        }
+        self.held.clear();
+        self.last_served = None;
+    }
+
     /// Acknowledges what a commit of `offset` covers (see the module docs, step 4).
     fn commit(&mut self, offset: u64) {
         let Some(last) = offset.checked_sub(1) else {
@@ -115,8 +132,18 @@ impl Part {
             Some((_, s)) if s.end >= last => s.conn,
             _ => return,
         };
-        self.pending
-            .retain(|_, s| s.conn != conn || s.end >= offset);
+        let mut done = 0;
+        self.pending.retain(|_, s| {
+            let keep = s.conn != conn || s.end >= offset;
+            done += usize::from(!keep);
+            keep
+        });
+        if let Some(n) = self.held.get_mut(&conn) {
+            *n -= done.min(*n);
+            if *n == 0 {
+                self.held.remove(&conn);
+            }
+        }
     }
 }
 
@@ -189,10 +216,7 @@ impl Shares {
         if stable {
             // Step 5: what members were sent and have not acknowledged goes out again.
             for part in s.parts.values_mut() {
-                for (lo, span) in std::mem::take(&mut part.pending) {
-                    part.hand_back(lo, span.end);
-                }
-                part.last_served = None;
+                part.hand_back_all();
             }
         }
         s.stable = stable;
@@ -322,7 +346,7 @@ impl Shares {
         if others_wait && part.last_served == Some(conn) {
             return Ok(Vec::new());
         }
-        if part.pending.values().filter(|s| s.conn == conn).count() >= MAX_PENDING {
+        if part.held.get(&conn).is_some_and(|n| *n >= MAX_PENDING) {
             return Ok(Vec::new());
         }
         if offset > part.next {
@@ -357,7 +381,7 @@ impl Shares {
                     break;
                 }
                 budget = budget.saturating_sub(b.len());
-                part.pending.insert(from, Span { end, conn });
+                part.hold(from, Span { end, conn });
                 from = end + 1;
                 out.push(b);
             }
@@ -384,7 +408,7 @@ impl Shares {
                 }
                 budget = budget.saturating_sub(b.len());
                 let lo = base.max(part.next);
-                part.pending.insert(lo, Span { end, conn });
+                part.hold(lo, Span { end, conn });
                 part.next = end + 1;
                 out.push(b);
                 took = true;

@@ -440,12 +440,7 @@ impl Store {
         if self.policy != SyncPolicy::Group {
             return Ok(());
         }
-        let (db, dirty) = (Arc::downgrade(&self.db), self.dirty.clone());
-        std::thread::Builder::new()
-            .name("store-flush".into())
-            .spawn(move || writer::flush_unsynced(db, dirty, every))
-            .map(drop)
-            .map_err(|e| Error::Backend(format!("spawn wal flush: {e}")))
+        writer::spawn_flusher(&self.db, self.dirty.clone(), every)
     }
 
     /// Whether writes applied without an fsync may be unsynced (tests).

@@ -5,7 +5,8 @@
 //!    (up to [`MAX_GROUP_BYTES`]), and applies all of them as one RocksDB `WriteBatch`.
 //! 3. Under `sync: group` the batch is written with `sync = true` when any request in it
 //!    asked to be durable: many producers share one fsync of the WAL. Under `interval` a
-//!    timer thread fsyncs the WAL every `sync_interval_ms`; under `none` RocksDB decides.
+//!    timer thread fsyncs the WAL every `sync_interval_ms` (while anything was written,
+//!    step 6); under `none` RocksDB decides.
 //! 4. Only then is every caller of the group answered, in submission order. A caller that
 //!    assigned offsets before submitting therefore never sees a later write become
 //!    visible before an earlier one.
@@ -61,32 +62,35 @@ pub(super) fn spawn(
 ) -> Result<Spawned, Error> {
     let (tx, rx) = mpsc::channel::<WriteReq>();
     let wdb = db.clone();
+    let dirty_for_flusher = dirty.clone();
     let handle = thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || run(wdb, policy, rx, &dirty))
         .map_err(|e| Error::Backend(format!("spawn writer: {e}")))?;
     if let SyncPolicy::Interval(every) = policy {
-        let weak = Arc::downgrade(&db);
-        thread::Builder::new()
-            .name("store-wal-sync".into())
-            .spawn(move || interval_sync(weak, every))
-            .map_err(|e| Error::Backend(format!("spawn wal sync: {e}")))?;
+        // Under `interval` every write is applied without an fsync and marks `dirty`.
+        spawn_flusher(&db, dirty_for_flusher, every)?;
     }
     Ok((tx, handle))
 }
 
-fn interval_sync(db: std::sync::Weak<DB>, every: Duration) {
-    loop {
-        thread::sleep(every);
-        let Some(db) = db.upgrade() else { return };
-        if let Err(e) = db.flush_wal(true) {
-            warn!(cause = %e, "periodic wal sync failed");
-        }
-    }
+/// Starts the thread that fsyncs the WAL every `every` while `dirty` (`sync: interval`,
+/// and under `group` `Store::flush_unsynced_every`).
+pub(super) fn spawn_flusher(
+    db: &Arc<DB>,
+    dirty: Arc<AtomicBool>,
+    every: Duration,
+) -> Result<(), Error> {
+    let weak = Arc::downgrade(db);
+    thread::Builder::new()
+        .name("store-wal-sync".into())
+        .spawn(move || flush_unsynced(weak, dirty, every))
+        .map(drop)
+        .map_err(|e| Error::Backend(format!("spawn wal sync: {e}")))
 }
 
 /// Fsyncs the WAL every `every` while writes applied without an fsync are unsynced.
-pub(super) fn flush_unsynced(db: std::sync::Weak<DB>, dirty: Arc<AtomicBool>, every: Duration) {
+fn flush_unsynced(db: std::sync::Weak<DB>, dirty: Arc<AtomicBool>, every: Duration) {
     loop {
         thread::sleep(every);
         let Some(db) = db.upgrade() else { return };
