@@ -7,6 +7,7 @@ use bytes::Bytes;
 use crate::config::Config;
 use crate::groups::Coordinator;
 use crate::log::Log;
+use crate::source::Sources;
 use crate::storage::{self, Store, WriteSet};
 
 pub(crate) const NODE_ID: i32 = 0;
@@ -31,6 +32,8 @@ pub(crate) struct Broker {
     pub(crate) metadata_build: tokio::sync::Mutex<()>,
     /// The MQTT view, told of produced records (retained messages set over Kafka).
     pub(crate) mqtt: std::sync::OnceLock<Arc<crate::mqtt::Hub>>,
+    /// S3-backed topics (topic config `source`).
+    pub(crate) sources: Arc<Sources>,
 }
 
 impl Broker {
@@ -40,6 +43,7 @@ impl Broker {
         groups: Arc<Coordinator>,
         config: Config,
         node: Node,
+        sources: Arc<Sources>,
     ) -> Result<Broker, storage::Error> {
         let mut cluster = store.counter("cluster_id")?;
         if cluster == 0 {
@@ -53,6 +57,7 @@ impl Broker {
             store.write(set, true).await?;
         }
         let next_pid = store.counter("producer_id")?;
+
         Ok(Broker {
             log,
             groups,
@@ -63,6 +68,7 @@ impl Broker {
             metadata_cache: Mutex::new(None),
             metadata_build: tokio::sync::Mutex::new(()),
             mqtt: std::sync::OnceLock::new(),
+            sources,
         })
     }
 

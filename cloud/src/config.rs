@@ -37,6 +37,8 @@ pub struct Config {
     pub groups: GroupsConfig,
     /// The MQTT view of the log (issue 4).
     pub mqtt: crate::mqtt::MqttConfig,
+    /// Where S3-backed topics (topic config `source`) read from, and their cache.
+    pub s3: crate::source::S3Config,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -141,6 +143,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             groups: GroupsConfig::default(),
             mqtt: crate::mqtt::MqttConfig::default(),
+            s3: crate::source::S3Config::default(),
         }
     }
 }
@@ -289,6 +292,7 @@ impl Config {
             ));
         }
         self.mqtt.validate()?;
+        self.s3.validate()?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(("data_dir", "must not be empty".into()));
         }
@@ -424,6 +428,17 @@ mod tests {
         );
         let e = err("storage:\n  hybrid_flush_ms: 0\n");
         assert!(e.contains("storage.hybrid_flush_ms"), "{e}");
+        let e = err("s3:\n  endpoint: http://127.0.0.1:9000\n");
+        assert!(
+            e.starts_with("cloud.yaml: s3.endpoint:") && e.contains("allow_http"),
+            "{e}"
+        );
+        let e = err("s3:\n  access_key_id: a\n");
+        assert!(e.starts_with("cloud.yaml: s3.access_key_id:"), "{e}");
+        let e = err("s3:\n  max_object_bytes: 0\n");
+        assert!(e.starts_with("cloud.yaml: s3.max_object_bytes:"), "{e}");
+        let e = err("s3:\n  cache:\n    memory: 1\n");
+        assert!(e.contains("s3.cache") && e.contains("unknown field"), "{e}");
         let e = err("storage:\n  default_mode: tiered\n");
         assert!(e.contains("not available yet"), "{e}");
     }

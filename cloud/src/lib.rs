@@ -14,6 +14,7 @@ mod groups;
 mod log;
 pub mod mqtt;
 mod server;
+pub mod source;
 pub mod storage;
 pub mod wire;
 
@@ -189,6 +190,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         host,
         port: i32::from(config.kafka.advertised_port.unwrap_or(kafka_addr.port())),
     };
+    let cache_dir = config
+        .s3
+        .cache
+        .dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("s3-cache"));
+    let sources = Arc::new(
+        source::Sources::new(store.clone(), config.s3.clone(), &config.data_dir).map_err(
+            |source| StartError::DataDir {
+                path: cache_dir.display().to_string(),
+                source,
+            },
+        )?,
+    );
     let retention_every = Duration::from_millis(config.storage.retention_check_interval_ms);
     let mqtt_hub = mqtt::Hub::open(log.clone(), config.mqtt.clone())
         .await
@@ -236,12 +251,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mqtt_addr = mqtt_listener.as_ref().map(|(_, a)| *a);
     let mqtts_addr = mqtts_listener.as_ref().map(|((_, a), _)| *a);
     let broker = Arc::new(
-        broker::Broker::new(store.clone(), log.clone(), groups.clone(), config, node)
-            .await
-            .map_err(|source| StartError::Store {
-                path: store_dir.display().to_string(),
-                source,
-            })?,
+        broker::Broker::new(
+            store.clone(),
+            log.clone(),
+            groups.clone(),
+            config,
+            node,
+            sources,
+        )
+        .await
+        .map_err(|source| StartError::Store {
+            path: store_dir.display().to_string(),
+            source,
+        })?,
     );
     let _ = broker.mqtt.set(mqtt_hub.clone());
     tracing::info!(topics = log.topic_count(), "store opened");
@@ -270,6 +292,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         // Dropping the serve future stops the MQTT threads and their connections.
         let _mqtt_threads = mqtt_threads;
         tokio::spawn(log::retention::run(log.clone(), retention_every));
+        for t in log.all() {
+            if let Err(e) = broker.sources.open(&t) {
+                tracing::warn!(topic = %t.name, cause = %e, "S3-backed topic not served");
+            }
+        }
         tokio::spawn(mqtt_hub.clone().watch_topics());
         let ticker = groups.clone();
         tokio::spawn(async move {

@@ -6,6 +6,8 @@ use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::protocol::StrBytes;
 
+use tracing::warn;
+
 use super::errors;
 use crate::broker::Broker;
 use crate::log::NewTopic;
@@ -59,6 +61,19 @@ pub(super) async fn handle(
                     .map(|v| (c.name.to_string(), v.to_string()))
             })
             .collect();
+        if let Some(src) = configs.get(crate::source::SOURCE) {
+            // The prefix must be listable now; a typo fails here, not in a log later.
+            if crate::source::Spec::parse(src).is_ok() {
+                if let Err(e) = broker.sources.probe(src).await {
+                    res.error_code = errors::INVALID_CONFIG;
+                    res.error_message = Some(StrBytes::from_string(format!(
+                        "source {src}: cannot list it: {e}"
+                    )));
+                    results.push(res);
+                    continue;
+                }
+            }
+        }
         new.push(NewTopic {
             name: t.name.0.to_string(),
             partitions: partitions as u32,
@@ -74,6 +89,11 @@ pub(super) async fn handle(
             Ok(()) => {
                 if let Some(t) = broker.log.get(res.name.0.as_str()) {
                     res.topic_id = uuid::Uuid::from_bytes(t.uuid());
+                    if !req.validate_only {
+                        if let Err(e) = broker.sources.open(&t) {
+                            warn!(topic = %t.name, cause = %e, "S3-backed topic not served");
+                        }
+                    }
                 }
             }
             Err(e) => {

@@ -43,7 +43,12 @@ pub(super) async fn handle(
         match resolved {
             None => res.error_code = errors::UNKNOWN_TOPIC_ID,
             Some(n) => {
-                if let Err(e) = broker.log.delete(&n).await {
+                let id = broker.log.get(&n).map(|t| t.id);
+                let r = broker.log.delete(&n).await;
+                if let (Ok(()), Some(id)) = (&r, id) {
+                    broker.sources.close(id);
+                }
+                if let Err(e) = r {
                     res.error_code = errors::topic_error(&e);
                     res.error_message = Some(StrBytes::from_string(e.to_string()));
                 }

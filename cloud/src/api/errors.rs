@@ -30,7 +30,7 @@ pub(crate) fn topic_error(e: &TopicError) -> i16 {
     match e {
         TopicError::Exists => TOPIC_ALREADY_EXISTS,
         TopicError::Unknown => UNKNOWN_TOPIC_OR_PARTITION,
-        TopicError::InvalidName(_) => INVALID_TOPIC_EXCEPTION,
+        TopicError::InvalidName(_) | TopicError::ReadOnly => INVALID_TOPIC_EXCEPTION,
         TopicError::InvalidPartitions(_) => INVALID_PARTITIONS,
         TopicError::InvalidConfig { .. } => INVALID_CONFIG,
         TopicError::Storage(_) => KAFKA_STORAGE_ERROR,

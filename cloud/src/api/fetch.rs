@@ -17,6 +17,7 @@ use crate::broker::Broker;
 use crate::groups::shared::{self, Member, Tag};
 use crate::log::batch::BatchHeader;
 use crate::log::partition::PartitionLog;
+use crate::source::SourceTopic;
 use crate::wire::fetch::{Body, Partition, Topic};
 
 /// Longest long poll honoured, whatever the client asks.
@@ -31,6 +32,8 @@ struct Slot {
     /// The shared group this slot is served for, and what it was handed so far.
     shared: Option<Member>,
     got: Vec<Bytes>,
+    /// The topic's S3 source, if it is S3-backed (served from there, not the log).
+    source: Option<Arc<SourceTopic>>,
 }
 
 /// Unparks a fetch's shared slots however the fetch ends.
@@ -71,8 +74,12 @@ pub(super) async fn handle(
     };
     for (ti, t) in req.topics.iter().enumerate() {
         let topic = broker.log.get(t.topic.0.as_str());
+        let source = topic.as_ref().and_then(|t| broker.sources.get(t.id));
+        // Shared groups take turns over stored batches; an S3-backed topic is served
+        // plainly.
         let member = topic
             .as_ref()
+            .filter(|_| source.is_none())
             .and_then(|_| broker.groups.shares.classify(&tag, t.topic.0.as_str()));
         for p in &t.partitions {
             if let Some(m) = &member {
@@ -96,6 +103,7 @@ pub(super) async fn handle(
                 log,
                 shared: member.clone(),
                 got: Vec::new(),
+                source: source.clone(),
             });
         }
     }
@@ -121,8 +129,10 @@ pub(super) async fn handle(
     };
     let parts = loop {
         for s in &slots {
-            if let Ok(l) = &s.log {
-                l.register(&notify);
+            match (&s.source, &s.log) {
+                (Some(src), _) => src.register(&notify),
+                (None, Ok(l)) => l.register(&notify),
+                (None, Err(_)) => {}
             }
         }
         let (parts, bytes, errored) =
@@ -179,6 +189,34 @@ fn read_all(
                 pd.last_stable_offset = -1;
                 pd.log_start_offset = -1;
                 errored = true;
+            }
+            Ok(_) if s.source.is_some() => {
+                let src = s.source.as_ref().expect("checked");
+                let part = s.partition as u32;
+                let hwm = src.end(part);
+                pd.high_watermark = hwm as i64;
+                pd.last_stable_offset = hwm as i64;
+                pd.log_start_offset = 0;
+                if s.offset < 0 || s.offset > hwm as i64 {
+                    pd.error_code = errors::OFFSET_OUT_OF_RANGE;
+                    errored = true;
+                } else if s.offset < hwm as i64 {
+                    let budget = s.max_bytes.min(max_bytes.saturating_sub(total));
+                    if budget > 0 || total == 0 {
+                        let r = broker.sources.read(
+                            src,
+                            part,
+                            s.offset as u64,
+                            budget,
+                            total == 0,
+                            conn,
+                        );
+                        total += r.batches.iter().map(|b| b.len()).sum::<usize>();
+                        pd.high_watermark = r.high_watermark as i64;
+                        pd.last_stable_offset = r.high_watermark as i64;
+                        pd.batches = r.batches;
+                    }
+                }
             }
             Ok(log) => {
                 let hwm = log.high_watermark();

@@ -25,7 +25,10 @@ async fn broker(dir: &std::path::Path) -> Arc<Broker> {
         host: "127.0.0.1".into(),
         port: 9092,
     };
-    let b = Broker::new(store, log, groups, Config::default(), node)
+    let sources = crate::source::Sources::new(store.clone(), Default::default(), dir)
+        .map(Arc::new)
+        .expect("sources");
+    let b = Broker::new(store, log, groups, Config::default(), node, sources)
         .await
         .expect("broker");
     let t = NewTopic {

@@ -99,8 +99,24 @@ pub(super) fn handle(
                     .partition(tp, p.partition_index)
                     .map_err(|e| errors::topic_error(&e)),
             };
+            let source = topic.as_ref().and_then(|t| broker.sources.get(t.id));
             match log {
                 Err(code) => rp.error_code = code,
+                Ok(_) if source.is_some() => {
+                    let s = source.as_ref().expect("checked");
+                    let part = p.partition_index as u32;
+                    match p.timestamp {
+                        LATEST => rp.offset = s.end(part) as i64,
+                        EARLIEST => rp.offset = 0,
+                        ts => {
+                            let ts = (ts != MAX_TIMESTAMP).then_some(ts);
+                            if let Some((o, t)) = s.offset_for_time(part, ts) {
+                                rp.offset = o as i64;
+                                rp.timestamp = t;
+                            }
+                        }
+                    }
+                }
                 Ok(log) => match p.timestamp {
                     LATEST => rp.offset = log.high_watermark() as i64,
                     EARLIEST => rp.offset = log.log_start() as i64,

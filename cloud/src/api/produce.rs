@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::{errors, Reply};
 use crate::broker::Broker;
-use crate::log::batch;
+use crate::log::{batch, TopicError};
 use crate::mqtt::Hub;
 
 const MESSAGE_TOO_LARGE: i16 = 10;
@@ -47,6 +47,10 @@ async fn append_one(
     let Some(t) = broker.log.get(topic) else {
         return Outcome::err(errors::UNKNOWN_TOPIC_OR_PARTITION, "unknown topic");
     };
+    if t.read_only() {
+        let e = TopicError::ReadOnly;
+        return Outcome::err(errors::topic_error(&e), e.to_string());
+    }
     let part = match broker.log.partition(&t, index) {
         Ok(p) => p,
         Err(e) => return Outcome::err(errors::topic_error(&e), e.to_string()),

@@ -9,6 +9,7 @@ pub(crate) mod memory;
 pub(crate) mod partition;
 pub(crate) mod producer;
 pub(crate) mod retention;
+pub(crate) mod waiters;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -32,6 +33,8 @@ pub(crate) enum TopicError {
     InvalidConfig { key: String, reason: String },
     #[error("storage: {0}")]
     Storage(#[from] storage::Error),
+    #[error("topic is backed by S3 (topic config source) and read-only")]
+    ReadOnly,
 }
 
 /// Topic configs the broker understands, with Kafka's defaults (and ours for
@@ -121,6 +124,12 @@ impl Topic {
             .map(|(_, v)| v.to_string())
     }
 
+    /// Whether the topic is served from an S3 prefix (`crate::source`): nothing is
+    /// appended to it.
+    pub(crate) fn read_only(&self) -> bool {
+        self.config(crate::source::SOURCE).is_some()
+    }
+
     /// The topic's storage mode (an unreadable stored value reads as persistent).
     pub(crate) fn mode(&self) -> StorageMode {
         self.config("storage.mode")
@@ -181,6 +190,12 @@ fn validate_config(key: &str, value: &str) -> Result<(), TopicError> {
         "cleanup.policy" if value != "delete" => return Err(bad("only 'delete' is supported")),
         "storage.mode" => {
             StorageMode::parse(value).map_err(bad)?;
+        }
+        crate::source::SOURCE => {
+            crate::source::Spec::parse(value).map_err(bad)?;
+        }
+        crate::source::FORMAT => {
+            crate::source::split::Format::parse(value).map_err(bad)?;
         }
         "cleanup.policy" | "compression.type" | "message.timestamp.type" => {}
         _ => return Err(bad("unknown topic config")),
@@ -352,6 +367,14 @@ impl Log {
                 }
                 for (k, v) in &t.configs {
                     validate_config(k, v)?;
+                }
+                if t.configs.contains_key(crate::source::FORMAT)
+                    && !t.configs.contains_key(crate::source::SOURCE)
+                {
+                    return Err(TopicError::InvalidConfig {
+                        key: crate::source::FORMAT.into(),
+                        reason: "needs the topic config source".into(),
+                    });
                 }
                 if self.get(&t.name).is_some() || !seen.insert(t.name.clone()) {
                     return Err(TopicError::Exists);

@@ -15,7 +15,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -24,6 +24,7 @@ use tracing::error;
 use super::batch::{self, BatchHeader};
 use super::memory::{self, Budget, MemLog};
 use super::producer::{ProducerState, SeqCheck, SeqEntry};
+use super::waiters::Waiters;
 use crate::storage::{self, Store, WriteSet};
 
 /// Why an append was refused (mapped to Kafka error codes by the API layer).
@@ -73,7 +74,7 @@ pub(crate) struct PartitionLog {
     /// `storage.mode=hybrid`: appends never wait for an fsync (the store fsyncs such
     /// writes every `storage.hybrid_flush_ms`, `Store::flush_unsynced_every`).
     hybrid: bool,
-    waiters: Mutex<Vec<Weak<Notify>>>,
+    waiters: Waiters,
     /// A slot for a view's in-memory cache of this partition (the MQTT view keeps its
     /// recently appended messages there: `mqtt::recent`). The log never looks inside.
     pub(crate) view_cache: OnceLock<Arc<dyn Any + Send + Sync>>,
@@ -121,7 +122,7 @@ impl PartitionLog {
             hybrid: false,
             visible: AtomicU64::new(next),
             log_start: AtomicU64::new(start),
-            waiters: Mutex::new(Vec::new()),
+            waiters: Waiters::default(),
             view_cache: OnceLock::new(),
         })
     }
@@ -485,24 +486,11 @@ impl PartitionLog {
     /// Registers `n` to be notified on the next append to this partition (once, however
     /// often it is registered before that append: a connection keeps one `Notify`).
     pub(crate) fn register(&self, n: &Arc<Notify>) {
-        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        if w.iter().any(|x| std::ptr::eq(x.as_ptr(), Arc::as_ptr(n))) {
-            return;
-        }
-        if w.len() >= 64 {
-            w.retain(|x| x.strong_count() > 0);
-        }
-        w.push(Arc::downgrade(n));
+        self.waiters.register(n);
     }
 
     fn wake(&self) {
-        // Drained in place: the list keeps its capacity for the next registrations.
-        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        for w in waiters.drain(..) {
-            if let Some(n) = w.upgrade() {
-                n.notify_one();
-            }
-        }
+        self.waiters.wake();
     }
 
     /// Waits until offsets below `end` are visible (a duplicate of an in-flight batch).

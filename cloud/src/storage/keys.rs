@@ -14,6 +14,8 @@
 //!   `b'G' | share subscription ($share/<group>/<filter>)` -> share group positions (opaque)
 //!   `b'W' | client id`                                -> pending delayed will (opaque bytes)
 //!   `b'M' | topic_id u32 | partition u32`             -> memory partition's offset floor (u64)
+//!   `b'3' | topic_id u32 | partition u32 | first offset u64` -> an S3 source's index entry
+//!                                                        (opaque bytes, `crate::source`)
 
 pub(crate) const LOG_KEY_LEN: usize = 16;
 
@@ -73,6 +75,28 @@ pub(crate) fn mem_floor_key(topic_id: u32, partition: u32) -> Vec<u8> {
 
 pub(crate) fn mem_floor_topic_range(topic_id: u32) -> (Vec<u8>, Vec<u8>) {
     topic_range(b'M', topic_id)
+}
+
+/// Key of an S3-backed topic's index entry (an object and the offsets it holds).
+pub(crate) fn source_key(topic_id: u32, partition: u32, first: u64) -> Vec<u8> {
+    let mut k = partition_key(b'3', topic_id, partition);
+    k.extend_from_slice(&first.to_be_bytes());
+    k
+}
+
+pub(crate) fn source_topic_range(topic_id: u32) -> (Vec<u8>, Vec<u8>) {
+    topic_range(b'3', topic_id)
+}
+
+/// Decodes a source index key into `(topic_id, partition, first offset)`.
+pub(crate) fn parse_source_key(k: &[u8]) -> Option<(u32, u32, u64)> {
+    if k.len() != 17 || k[0] != b'3' {
+        return None;
+    }
+    let t = u32::from_be_bytes(k[1..5].try_into().ok()?);
+    let p = u32::from_be_bytes(k[5..9].try_into().ok()?);
+    let o = u64::from_be_bytes(k[9..17].try_into().ok()?);
+    Some((t, p, o))
 }
 
 /// `[tag | topic_id, tag | topic_id + 1)`: every key of one topic under `tag`.

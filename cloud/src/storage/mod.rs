@@ -180,6 +180,15 @@ impl WriteSet {
         self.ops.push(Op::DeleteMetaRange(a, b));
         let (a, b) = keys::mem_floor_topic_range(t.id);
         self.ops.push(Op::DeleteMetaRange(a, b));
+        let (a, b) = keys::source_topic_range(t.id);
+        self.ops.push(Op::DeleteMetaRange(a, b));
+    }
+
+    /// Records one index entry of an S3-backed topic (`crate::source`).
+    pub fn put_source_entry(&mut self, topic_id: u32, partition: u32, first: u64, v: Vec<u8>) {
+        self.bytes += v.len() + 17;
+        self.ops
+            .push(Op::PutMeta(keys::source_key(topic_id, partition, first), v));
     }
 
     /// Records that a memory partition handed out no offset at or above `floor`.
@@ -671,6 +680,27 @@ impl Store {
             }
             let pid = i64::from_be_bytes(k[prefix.len()..].try_into().unwrap_or([0; 8]));
             out.push((pid, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Every index entry of an S3-backed topic: `(partition, first offset, value)`, in
+    /// key order.
+    pub fn source_entries(&self, topic_id: u32) -> Result<Vec<(u32, u64, Vec<u8>)>, Error> {
+        let cf = self.cf(CF_META)?;
+        let (from, to) = keys::source_topic_range(topic_id);
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&from, Direction::Forward))
+        {
+            let (k, v) = item?;
+            if k.as_ref() >= to.as_slice() {
+                break;
+            }
+            if let Some((_, p, first)) = keys::parse_source_key(&k) {
+                out.push((p, first, v.to_vec()));
+            }
         }
         Ok(out)
     }

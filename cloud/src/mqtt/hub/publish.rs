@@ -79,6 +79,9 @@ impl Hub {
             Some(t) => t,
             None => self.create_topic(&log_name, &first.topic).await?,
         };
+        if topic.read_only() {
+            return Err(TopicError::ReadOnly.into());
+        }
         let count = topic.partition_count().max(1);
         let index = if count == 1 {
             0
