@@ -9,6 +9,7 @@ use crate::groups::Coordinator;
 use crate::log::Log;
 use crate::source::Sources;
 use crate::storage::{self, Store, WriteSet};
+use crate::tier::Tiers;
 
 pub(crate) const NODE_ID: i32 = 0;
 const PID_BLOCK: u64 = 1000;
@@ -34,6 +35,8 @@ pub(crate) struct Broker {
     pub(crate) mqtt: std::sync::OnceLock<Arc<crate::mqtt::Hub>>,
     /// S3-backed topics (topic config `source`).
     pub(crate) sources: Arc<Sources>,
+    /// Tiered partitions' uploaded segments (`storage.mode=tiered`).
+    pub(crate) tiers: Arc<Tiers>,
 }
 
 impl Broker {
@@ -44,6 +47,7 @@ impl Broker {
         config: Config,
         node: Node,
         sources: Arc<Sources>,
+        tiers: Arc<Tiers>,
     ) -> Result<Broker, storage::Error> {
         let mut cluster = store.counter("cluster_id")?;
         if cluster == 0 {
@@ -69,6 +73,7 @@ impl Broker {
             metadata_build: tokio::sync::Mutex::new(()),
             mqtt: std::sync::OnceLock::new(),
             sources,
+            tiers,
         })
     }
 

@@ -125,6 +125,8 @@ pub struct StorageConfig {
     pub memory_total_bytes: u64,
     /// Flush and compaction write SST files past the page cache (`O_DIRECT`).
     pub direct_io: bool,
+    /// Where `storage.mode=tiered` topics move their older batches.
+    pub tiered: crate::tier::TieredConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +179,7 @@ impl Default for StorageConfig {
             memory_partition_bytes: 64 << 20,
             memory_total_bytes: 1 << 30,
             direct_io: true,
+            tiered: crate::tier::TieredConfig::default(),
         }
     }
 }
@@ -275,7 +278,13 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
-        self.default_mode()?;
+        self.storage.tiered.validate()?;
+        if self.default_mode()? == StorageMode::Tiered && self.storage.tiered.target.is_none() {
+            return Err((
+                "storage.default_mode",
+                "tiered needs storage.tiered.target".into(),
+            ));
+        }
         if self.storage.memory_partition_bytes == 0 {
             return Err((
                 "storage.memory_partition_bytes",
@@ -292,6 +301,19 @@ impl Config {
             ));
         }
         self.mqtt.validate()?;
+        if self.storage.tiered.target.is_none() {
+            if let Some(i) = self
+                .mqtt
+                .topic_modes
+                .iter()
+                .position(|m| m.mode == "tiered")
+            {
+                return Err((
+                    "mqtt.topic_modes",
+                    format!("entry {i}: tiered needs storage.tiered.target"),
+                ));
+            }
+        }
         self.s3.validate()?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(("data_dir", "must not be empty".into()));
@@ -440,7 +462,17 @@ mod tests {
         let e = err("s3:\n  cache:\n    memory: 1\n");
         assert!(e.contains("s3.cache") && e.contains("unknown field"), "{e}");
         let e = err("storage:\n  default_mode: tiered\n");
-        assert!(e.contains("not available yet"), "{e}");
+        assert!(
+            e.starts_with("cloud.yaml: storage.default_mode:") && e.contains("target"),
+            "{e}"
+        );
+        let e = err("storage:\n  tiered:\n    target: http://b/p\n");
+        assert!(e.starts_with("cloud.yaml: storage.tiered.target:"), "{e}");
+        let e = err("storage:\n  tiered:\n    segment_bytes: 1\n");
+        assert!(
+            e.starts_with("cloud.yaml: storage.tiered.segment_bytes:"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod mqtt;
 mod server;
 pub mod source;
 pub mod storage;
+pub mod tier;
 pub mod wire;
 
 use std::sync::Arc;
@@ -153,7 +154,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                     .unwrap_or(log::StorageMode::Persistent),
                 usize::try_from(config.storage.memory_partition_bytes).unwrap_or(usize::MAX),
                 usize::try_from(config.storage.memory_total_bytes).unwrap_or(usize::MAX),
-            ),
+            )
+            .with_tiering(config.storage.tiered.target.is_some()),
     );
     let g = &config.groups;
     let groups = Arc::new(groups::Coordinator::new(
@@ -204,6 +206,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             },
         )?,
     );
+    let tiers = Arc::new(tier::Tiers::new(
+        config.storage.tiered.clone(),
+        sources.clone(),
+        store.clone(),
+    ));
     let retention_every = Duration::from_millis(config.storage.retention_check_interval_ms);
     let mqtt_hub = mqtt::Hub::open(log.clone(), config.mqtt.clone())
         .await
@@ -258,6 +265,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             config,
             node,
             sources,
+            tiers,
         )
         .await
         .map_err(|source| StartError::Store {
@@ -296,7 +304,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             if let Err(e) = broker.sources.open(&t) {
                 tracing::warn!(topic = %t.name, cause = %e, "S3-backed topic not served");
             }
+            if t.mode() == log::StorageMode::Tiered {
+                if let Err(e) = broker.tiers.open(&t) {
+                    tracing::warn!(topic = %t.name, cause = %e, "tiered segments not loaded");
+                }
+            }
         }
+        tokio::spawn(tier::run(broker.tiers.clone(), log.clone()));
         tokio::spawn(mqtt_hub.clone().watch_topics());
         let ticker = groups.clone();
         tokio::spawn(async move {

@@ -10,7 +10,12 @@ mod split;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    for format in [split::Format::Line, split::Format::Tar, split::Format::Object] {
+    for format in [
+        split::Format::Line,
+        split::Format::Tar,
+        split::Format::Object,
+        split::Format::Segment,
+    ] {
         if let Ok(spans) = split::spans(format, data) {
             for s in spans {
                 assert!(s.value.start <= s.value.end && s.value.end as usize <= data.len());

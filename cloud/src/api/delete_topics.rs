@@ -47,6 +47,7 @@ pub(super) async fn handle(
                 let r = broker.log.delete(&n).await;
                 if let (Ok(()), Some(id)) = (&r, id) {
                     broker.sources.close(id);
+                    broker.tiers.forget(id);
                 }
                 if let Err(e) = r {
                     res.error_code = errors::topic_error(&e);

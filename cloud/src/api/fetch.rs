@@ -17,7 +17,9 @@ use crate::broker::Broker;
 use crate::groups::shared::{self, Member, Tag};
 use crate::log::batch::BatchHeader;
 use crate::log::partition::PartitionLog;
+use crate::log::StorageMode;
 use crate::source::SourceTopic;
+use crate::tier::PartTier;
 use crate::wire::fetch::{Body, Partition, Topic};
 
 /// Longest long poll honoured, whatever the client asks.
@@ -34,6 +36,8 @@ struct Slot {
     got: Vec<Bytes>,
     /// The topic's S3 source, if it is S3-backed (served from there, not the log).
     source: Option<Arc<SourceTopic>>,
+    /// The partition's uploaded segments, if the topic is tiered.
+    tier: Option<Arc<PartTier>>,
 }
 
 /// Unparks a fetch's shared slots however the fetch ends.
@@ -104,6 +108,10 @@ pub(super) async fn handle(
                 shared: member.clone(),
                 got: Vec::new(),
                 source: source.clone(),
+                tier: topic
+                    .as_ref()
+                    .filter(|t| t.mode() == StorageMode::Tiered)
+                    .and_then(|t| broker.tiers.part(t.id, p.partition as u32)),
             });
         }
     }
@@ -133,6 +141,9 @@ pub(super) async fn handle(
                 (Some(src), _) => src.register(&notify),
                 (None, Ok(l)) => l.register(&notify),
                 (None, Err(_)) => {}
+            }
+            if let Some(t) = &s.tier {
+                t.register(&notify);
             }
         }
         let (parts, bytes, errored) =
@@ -220,7 +231,13 @@ fn read_all(
             }
             Ok(log) => {
                 let hwm = log.high_watermark();
-                let start = log.log_start();
+                let local_start = log.log_start();
+                // A tiered partition starts at its first uploaded segment.
+                let start = s
+                    .tier
+                    .as_ref()
+                    .and_then(|t| t.start())
+                    .map_or(local_start, |t| t.min(local_start));
                 pd.high_watermark = hwm as i64;
                 pd.last_stable_offset = hwm as i64;
                 pd.log_start_offset = start as i64;
@@ -247,9 +264,16 @@ fn read_all(
                             conn,
                             offset: from,
                         };
-                        let got = broker.groups.shares.dispatch(&ask, budget, |o, n| {
-                            log.read(&broker.log.store, o, n).map(|r| r.batches)
-                        });
+                        let got =
+                            broker
+                                .groups
+                                .shares
+                                .dispatch(&ask, budget, |o, n| match &s.tier {
+                                    Some(t) if o < log.log_start() => {
+                                        Ok(broker.tiers.read(t, o, n, true, conn))
+                                    }
+                                    _ => log.read(&broker.log.store, o, n).map(|r| r.batches),
+                                });
                         match got {
                             Ok(b) => {
                                 total += b.iter().map(|b| b.len()).sum::<usize>();
@@ -263,6 +287,16 @@ fn read_all(
                         }
                     }
                     pd.batches = s.got.clone();
+                } else if let (Some(t), true) = (&s.tier, s.offset < local_start as i64) {
+                    // Below the local start of a tiered partition: from its segments.
+                    let budget = s.max_bytes.min(max_bytes.saturating_sub(total));
+                    if budget > 0 || total == 0 {
+                        let b = broker
+                            .tiers
+                            .read(t, s.offset as u64, budget, total == 0, conn);
+                        total += b.iter().map(|b| b.len()).sum::<usize>();
+                        pd.batches = b;
+                    }
                 } else if s.offset < hwm as i64 {
                     // KIP-74: the first batch is returned even if larger than the limits.
                     let budget = s.max_bytes.min(max_bytes.saturating_sub(total));
@@ -277,7 +311,7 @@ fn read_all(
                                 }
                                 pd.high_watermark = res.high_watermark as i64;
                                 pd.last_stable_offset = res.high_watermark as i64;
-                                pd.log_start_offset = res.log_start as i64;
+                                pd.log_start_offset = res.log_start.min(start) as i64;
                             }
                             Err(e) => {
                                 warn!(cause = %e, "fetch read failed");

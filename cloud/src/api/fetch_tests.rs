@@ -28,7 +28,12 @@ async fn broker(dir: &std::path::Path) -> Arc<Broker> {
     let sources = crate::source::Sources::new(store.clone(), Default::default(), dir)
         .map(Arc::new)
         .expect("sources");
-    let b = Broker::new(store, log, groups, Config::default(), node, sources)
+    let tiers = Arc::new(crate::tier::Tiers::new(
+        Default::default(),
+        sources.clone(),
+        store.clone(),
+    ));
+    let b = Broker::new(store, log, groups, Config::default(), node, sources, tiers)
         .await
         .expect("broker");
     let t = NewTopic {

@@ -58,6 +58,28 @@ fn search(
     }
 }
 
+/// The first record at or after `ts` in a tiered partition's uploaded segments (`None`
+/// if the segment could not be loaded in time).
+async fn tiered_search(broker: &Broker, topic_id: u32, p: u32, ts: i64) -> Option<(i64, i64)> {
+    let pt = broker.tiers.part(topic_id, p)?;
+    let (index, seg) = pt.segment_for_time(ts)?;
+    let l = broker
+        .tiers
+        .loaded(
+            &pt,
+            index,
+            seg.key.clone(),
+            std::time::Duration::from_secs(10),
+        )
+        .await?;
+    l.spans
+        .iter()
+        .map(|s| l.bytes.slice(s.value.start as usize..s.value.end as usize))
+        .filter(|b| BatchHeader::parse(b).is_ok_and(|h| h.max_timestamp >= ts))
+        .find_map(|b| pick(&b, Some(ts)))
+        .or(Some((seg.base as i64, ts)))
+}
+
 fn pick(batch: &bytes::Bytes, ts: Option<i64>) -> Option<(i64, i64)> {
     let mut b = batch.clone();
     let set = RecordBatchDecoder::decode(&mut b).ok()?;
@@ -75,7 +97,7 @@ fn pick(batch: &bytes::Bytes, ts: Option<i64>) -> Option<(i64, i64)> {
     }
 }
 
-pub(super) fn handle(
+pub(super) async fn handle(
     broker: &Broker,
     req: ListOffsetsRequest,
     version: i16,
@@ -119,7 +141,28 @@ pub(super) fn handle(
                 }
                 Ok(log) => match p.timestamp {
                     LATEST => rp.offset = log.high_watermark() as i64,
-                    EARLIEST => rp.offset = log.log_start() as i64,
+                    EARLIEST => {
+                        let tier = broker.tiers.part(log.topic_id, log.index);
+                        let start = tier.and_then(|t| t.start()).unwrap_or(u64::MAX);
+                        rp.offset = start.min(log.log_start()) as i64;
+                    }
+                    ts if ts >= 0
+                        && broker
+                            .tiers
+                            .part(log.topic_id, log.index)
+                            .and_then(|t| t.offset_for_time(ts))
+                            .is_some_and(|o| o < log.log_start()) =>
+                    {
+                        // In an uploaded segment (the first whose newest record is at or
+                        // after `ts` holds the answer): read it.
+                        match tiered_search(broker, log.topic_id, log.index, ts).await {
+                            Some((offset, timestamp)) => {
+                                rp.offset = offset;
+                                rp.timestamp = timestamp;
+                            }
+                            None => rp.error_code = errors::KAFKA_STORAGE_ERROR,
+                        }
+                    }
                     ts => {
                         let target = if ts == MAX_TIMESTAMP { None } else { Some(ts) };
                         match search(&broker.log.store, &log, target) {

@@ -230,7 +230,7 @@ async fn dispatch(broker: &Broker, peer: &mut Peer, req: Request) -> Reply {
             Reply::Fetch(fetch::handle(broker, r, v, client, peer).await)
         }
         RequestKind::ListOffsets(r) => Reply::message(ResponseKind::ListOffsets(
-            list_offsets::handle(broker, r, v),
+            list_offsets::handle(broker, r, v).await,
         )),
         RequestKind::CreateTopics(r) => Reply::message(ResponseKind::CreateTopics(
             create_topics::handle(broker, r, v).await,

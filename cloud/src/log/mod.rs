@@ -49,6 +49,7 @@ pub(crate) const TOPIC_CONFIG_DEFAULTS: &[(&str, &str)] = &[
     ("retention.ms", "604800000"),
     ("segment.bytes", "1073741824"),
     ("storage.mode", "persistent"),
+    (crate::tier::LOCAL_BYTES, "-2"),
 ];
 
 /// Where a topic's batches live (topic config `storage.mode`, fixed at creation).
@@ -62,6 +63,9 @@ pub enum StorageMode {
     /// (so a process kill loses nothing) and fsynced every `storage.hybrid_flush_ms`
     /// (a power cut loses at most that much).
     Hybrid,
+    /// In the store like `Persistent`; older batches move to object storage and stay
+    /// readable at their offsets (`crate::tier`).
+    Tiered,
 }
 
 impl StorageMode {
@@ -71,8 +75,8 @@ impl StorageMode {
             "persistent" => Ok(StorageMode::Persistent),
             "memory" => Ok(StorageMode::Memory),
             "hybrid" => Ok(StorageMode::Hybrid),
-            "tiered" => Err("not available yet: one of persistent, hybrid, memory"),
-            _ => Err("one of persistent, hybrid, memory"),
+            "tiered" => Ok(StorageMode::Tiered),
+            _ => Err("one of persistent, hybrid, memory, tiered"),
         }
     }
 
@@ -81,6 +85,7 @@ impl StorageMode {
             StorageMode::Persistent => "persistent",
             StorageMode::Memory => "memory",
             StorageMode::Hybrid => "hybrid",
+            StorageMode::Tiered => "tiered",
         }
     }
 }
@@ -178,6 +183,12 @@ fn validate_config(key: &str, value: &str) -> Result<(), TopicError> {
         reason: reason.to_string(),
     };
     match key {
+        crate::tier::LOCAL_BYTES => {
+            let v: i64 = value.parse().map_err(|_| bad("not an integer"))?;
+            if v < -2 {
+                return Err(bad("must be -2 (storage.tiered.local_bytes) or more"));
+            }
+        }
         "retention.ms" | "retention.bytes" => {
             let v: i64 = value.parse().map_err(|_| bad("not an integer"))?;
             if v < -1 {
@@ -216,6 +227,8 @@ pub(crate) struct Log {
     default_mode: StorageMode,
     /// Byte cap of a memory partition whose topic sets no `retention.bytes`.
     memory_partition_bytes: usize,
+    /// Whether `storage.mode=tiered` is served (`storage.tiered.target` is set).
+    tiered: bool,
     /// What all memory partitions hold together, and its limit.
     memory_budget: Arc<memory::Budget>,
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
@@ -246,6 +259,7 @@ impl Log {
             store,
             default_mode: StorageMode::Persistent,
             memory_partition_bytes: 64 << 20,
+            tiered: false,
             memory_budget: memory::Budget::new(1 << 30),
             topics: RwLock::new(map),
             next_id: AtomicU32::new(next_id),
@@ -272,6 +286,12 @@ impl Log {
         self.default_mode = default_mode;
         self.memory_partition_bytes = partition_bytes;
         self.memory_budget = memory::Budget::new(total_bytes);
+        self
+    }
+
+    /// Serves `storage.mode=tiered` (a `storage.tiered.target` is configured).
+    pub(crate) fn with_tiering(mut self, enabled: bool) -> Log {
+        self.tiered = enabled;
         self
     }
 
@@ -367,6 +387,17 @@ impl Log {
                 }
                 for (k, v) in &t.configs {
                     validate_config(k, v)?;
+                }
+                let mode = t
+                    .configs
+                    .get("storage.mode")
+                    .and_then(|m| StorageMode::parse(m).ok())
+                    .unwrap_or(self.default_mode);
+                if mode == StorageMode::Tiered && !self.tiered {
+                    return Err(TopicError::InvalidConfig {
+                        key: "storage.mode".into(),
+                        reason: "tiered needs storage.tiered.target in the cloud config".into(),
+                    });
                 }
                 if t.configs.contains_key(crate::source::FORMAT)
                     && !t.configs.contains_key(crate::source::SOURCE)

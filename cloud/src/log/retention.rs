@@ -58,6 +58,11 @@ pub(crate) fn sweep(
         if ms < 0 && bytes < 0 {
             continue;
         }
+        if topic.mode() == StorageMode::Tiered {
+            // Not applied yet: deleting local batches here would drop what was not
+            // uploaded, and uploaded segments would need their own sweep.
+            continue;
+        }
         if topic.mode() == StorageMode::Memory {
             // Memory partitions enforce their byte cap on append; only time is left, and
             // only loaded partitions hold anything.

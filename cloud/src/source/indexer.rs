@@ -80,7 +80,7 @@ async fn index_once(sources: &Arc<Sources>, topic: &Arc<SourceTopic>) -> Result<
         }
         let count = match topic.format {
             Format::Object => 1,
-            Format::Line | Format::Tar => {
+            Format::Line | Format::Tar | Format::Segment => {
                 let bytes = client.get(&m.location).await?.bytes().await?;
                 match split::spans(topic.format, &bytes) {
                     Ok(spans) => {
@@ -151,7 +151,7 @@ async fn flush(
     topic.publish(std::mem::take(pending));
     for (i, l) in loaded.drain(..) {
         let (p, index) = ids[i];
-        sources.offer(topic, (topic.id(), p, index), l).await;
+        sources.offer((topic.id(), p, index), l).await;
     }
     Ok(())
 }

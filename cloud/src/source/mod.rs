@@ -38,6 +38,7 @@ use serde::Deserialize;
 
 use crate::log::Topic;
 use crate::storage::Store;
+pub(crate) use read::Owner;
 pub(crate) use topic::SourceTopic;
 
 /// Topic config naming the source.
@@ -236,7 +237,7 @@ impl Sources {
         })
     }
 
-    fn client(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, Error> {
+    pub(crate) fn client(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, Error> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clients.get(bucket) {
             return Ok(c.clone());
@@ -255,6 +256,15 @@ impl Sources {
         let store: Arc<dyn ObjectStore> = Arc::new(b.build()?);
         clients.insert(bucket.to_string(), store.clone());
         Ok(store)
+    }
+
+    /// Uses `client` for `bucket` (tests: object_store's in-memory store).
+    #[cfg(test)]
+    pub(crate) fn set_client(&self, bucket: &str, client: Arc<dyn ObjectStore>) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(bucket.to_string(), client);
     }
 
     /// Checks that `source` can be listed (CreateTopics, before the topic exists).

@@ -19,6 +19,39 @@ pub(super) const KEY_HEADER: &[u8] = b"s3.key";
 /// Objects loaded ahead of a reader, at most.
 const PREFETCH_OBJECTS: usize = 64;
 
+/// Whom a background load is for: where the object is, how it splits, who waits for it.
+pub(crate) trait Owner: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    fn bucket(&self) -> &str;
+    fn format(&self) -> split::Format;
+    /// The object is not in S3 (and not cached).
+    fn gone(&self, id: ObjId);
+    /// A load finished (or failed): waiting fetches look again.
+    fn wake(&self);
+}
+
+impl Owner for SourceTopic {
+    fn name(&self) -> &str {
+        &self.topic.name
+    }
+
+    fn bucket(&self) -> &str {
+        &self.spec.bucket
+    }
+
+    fn format(&self) -> split::Format {
+        self.format
+    }
+
+    fn gone(&self, id: ObjId) {
+        self.mark_gone(id.1, id.2);
+    }
+
+    fn wake(&self) {
+        SourceTopic::wake(self);
+    }
+}
+
 /// What a fetch of one partition got.
 pub(crate) struct Read {
     pub(crate) batches: Vec<Bytes>,
@@ -109,7 +142,17 @@ impl Sources {
         }
     }
 
-    fn lookup(&self, id: &ObjId) -> Option<Arc<Loaded>> {
+    /// Records a reader's position for the cache's eviction rule (reads of objects that
+    /// are not S3-backed topics': tiered segments).
+    pub(crate) fn seen(&self, topic: u32, part: u32, conn: u64, index: u32, len: u32) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .positions
+            .seen(topic, part, conn, index, len, Instant::now());
+    }
+
+    pub(crate) fn lookup(&self, id: &ObjId) -> Option<Arc<Loaded>> {
         if let Some(l) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
             return Some(l);
         }
@@ -154,6 +197,12 @@ impl Sources {
     /// Loads `id` in the background (once at a time; not again before [`RETRY_AFTER`]
     /// after a failure): from the disk tier if there, else from S3.
     fn load(self: &Arc<Self>, topic: &Arc<SourceTopic>, id: ObjId, key: Arc<str>) {
+        let owner: Arc<dyn Owner> = topic.clone();
+        self.load_for(owner, id, key);
+    }
+
+    /// [`Sources::load`] for any owner (an S3-backed topic, a tiered partition).
+    pub(crate) fn load_for(self: &Arc<Self>, topic: Arc<dyn Owner>, id: ObjId, key: Arc<str>) {
         {
             let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
             if failed.get(&id).is_some_and(|t| t.elapsed() < RETRY_AFTER) {
@@ -169,7 +218,6 @@ impl Sources {
             return;
         }
         let me = self.clone();
-        let topic = topic.clone();
         tokio::spawn(async move {
             let r = me.fetch_object(&topic, id, &key).await;
             match r {
@@ -180,12 +228,12 @@ impl Sources {
                         .remove(&id);
                 }
                 Err(object_store::Error::NotFound { .. }) => {
-                    warn!(topic = %topic.topic.name, key = %key,
-                          "object deleted from S3 and not cached: its records are skipped");
-                    topic.mark_gone(id.1, id.2);
+                    warn!(topic = %topic.name(), key = %key,
+                          "object deleted from S3 and not cached");
+                    topic.gone(id);
                 }
                 Err(e) => {
-                    warn!(topic = %topic.topic.name, key = %key, cause = %e, "object read failed");
+                    warn!(topic = %topic.name(), key = %key, cause = %e, "object read failed");
                     me.failed
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -202,7 +250,7 @@ impl Sources {
 
     async fn fetch_object(
         self: &Arc<Self>,
-        topic: &Arc<SourceTopic>,
+        topic: &Arc<dyn Owner>,
         id: ObjId,
         key: &str,
     ) -> Result<(), object_store::Error> {
@@ -228,7 +276,7 @@ impl Sources {
         let (bytes, fresh) = match from_disk {
             Some(b) => (b, false),
             None => {
-                let client = self.client(&topic.spec.bucket).map_err(|e| match e {
+                let client = self.client(topic.bucket()).map_err(|e| match e {
                     super::Error::S3(e) => e,
                     other => object_store::Error::Generic {
                         store: "S3",
@@ -239,16 +287,16 @@ impl Sources {
                 (client.get(&path).await?.bytes().await?, true)
             }
         };
-        let spans = match split::spans(topic.format, &bytes) {
+        let spans = match split::spans(topic.format(), &bytes) {
             Ok(s) => s,
             Err(e) => {
-                warn!(topic = %topic.topic.name, key, cause = %e, "object no longer splits");
+                warn!(topic = %topic.name(), key, cause = %e, "object no longer splits");
                 Vec::new()
             }
         };
         let l = Arc::new(Loaded { bytes, spans });
         if fresh {
-            self.offer(topic, id, l).await;
+            self.offer(id, l).await;
         } else {
             self.keep(id, l);
         }
@@ -257,7 +305,7 @@ impl Sources {
 
     /// Caches an object just read from S3: in memory if admitted, on disk if admitted,
     /// and staged for the waiting fetch otherwise.
-    pub(super) async fn offer(&self, _topic: &Arc<SourceTopic>, id: ObjId, l: Arc<Loaded>) {
+    pub(super) async fn offer(&self, id: ObjId, l: Arc<Loaded>) {
         let reserved = self
             .cache
             .lock()

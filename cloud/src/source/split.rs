@@ -7,6 +7,9 @@
 //! - `tar`: one record per regular file of an uncompressed tar archive (ustar, GNU long
 //!   names, pax paths), keyed by the member's path. Directories, links and other members
 //!   are skipped.
+//! - segment (not a topic config: a tiered topic's uploaded segments, `crate::tier`): the
+//!   stored record batches one after another, each a record of the split (its bytes
+//!   whole, framed by its own `batchLength`).
 
 use std::io::Cursor;
 use std::ops::Range;
@@ -17,6 +20,7 @@ pub enum Format {
     Object,
     Line,
     Tar,
+    Segment,
 }
 
 impl Format {
@@ -25,6 +29,7 @@ impl Format {
             "object" => Ok(Format::Object),
             "line" => Ok(Format::Line),
             "tar" => Ok(Format::Tar),
+            // `segment` is internal (tiered topics), not a `source.format`.
             _ => Err("one of object, line, tar"),
         }
     }
@@ -43,6 +48,8 @@ pub enum Error {
     TooLarge(usize),
     #[error("not a tar archive: {0}")]
     Tar(String),
+    #[error("not a segment of record batches: {0}")]
+    Segment(&'static str),
 }
 
 /// The records of `bytes` in order.
@@ -58,7 +65,42 @@ pub fn spans(format: Format, bytes: &[u8]) -> Result<Vec<Span>, Error> {
         }]),
         Format::Line => Ok(lines(bytes)),
         Format::Tar => tar_members(bytes),
+        Format::Segment => batches(bytes),
     }
+}
+
+/// Offset of `batchLength` and `magic` in a v2 record batch, and its fixed header size.
+const LENGTH_AT: usize = 8;
+const MAGIC_AT: usize = 16;
+const BATCH_HEADER: usize = 61;
+
+fn batches(bytes: &[u8]) -> Result<Vec<Span>, Error> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let len = bytes
+            .get(at + LENGTH_AT..at + LENGTH_AT + 4)
+            .ok_or(Error::Segment("truncated batch header"))?;
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        let total = usize::try_from(len)
+            .ok()
+            .and_then(|l| l.checked_add(LENGTH_AT + 4))
+            .filter(|t| *t >= BATCH_HEADER)
+            .ok_or(Error::Segment("invalid batch length"))?;
+        let end = at
+            .checked_add(total)
+            .filter(|e| *e <= bytes.len())
+            .ok_or(Error::Segment("batch runs past the end"))?;
+        if bytes[at + MAGIC_AT] != 2 {
+            return Err(Error::Segment("not a v2 record batch"));
+        }
+        out.push(Span {
+            key: None,
+            value: at as u32..end as u32,
+        });
+        at = end;
+    }
+    Ok(out)
 }
 
 fn lines(bytes: &[u8]) -> Vec<Span> {
@@ -179,6 +221,30 @@ mod tests {
                 *data
             );
         }
+    }
+
+    #[test]
+    fn segments_split_into_their_batches() {
+        let mut seg = Vec::new();
+        let mut want = Vec::new();
+        for n in [61usize, 100, 70] {
+            let mut b = vec![0u8; n];
+            b[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&((n - 12) as i32).to_be_bytes());
+            b[MAGIC_AT] = 2;
+            want.push(seg.len() as u32..(seg.len() + n) as u32);
+            seg.extend_from_slice(&b);
+        }
+        let got: Vec<_> = spans(Format::Segment, &seg)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.value)
+            .collect();
+        assert_eq!(got, want);
+        assert!(spans(Format::Segment, &seg[..seg.len() - 1]).is_err());
+        let mut bad = seg.clone();
+        bad[MAGIC_AT] = 1;
+        assert!(spans(Format::Segment, &bad).is_err());
+        assert!(spans(Format::Segment, &[]).unwrap().is_empty());
     }
 
     #[test]

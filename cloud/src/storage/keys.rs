@@ -16,6 +16,8 @@
 //!   `b'M' | topic_id u32 | partition u32`             -> memory partition's offset floor (u64)
 //!   `b'3' | topic_id u32 | partition u32 | first offset u64` -> an S3 source's index entry
 //!                                                        (opaque bytes, `crate::source`)
+//!   `b'4' | topic_id u32 | partition u32 | base offset u64` -> a tiered partition's
+//!                                                        uploaded segment (`crate::tier`)
 
 pub(crate) const LOG_KEY_LEN: usize = 16;
 
@@ -90,7 +92,30 @@ pub(crate) fn source_topic_range(topic_id: u32) -> (Vec<u8>, Vec<u8>) {
 
 /// Decodes a source index key into `(topic_id, partition, first offset)`.
 pub(crate) fn parse_source_key(k: &[u8]) -> Option<(u32, u32, u64)> {
-    if k.len() != 17 || k[0] != b'3' {
+    parse_partition_offset_key(b'3', k)
+}
+
+/// Key of a tiered partition's uploaded segment.
+pub(crate) fn tier_key(topic_id: u32, partition: u32, base: u64) -> Vec<u8> {
+    let mut k = partition_key(b'4', topic_id, partition);
+    k.extend_from_slice(&base.to_be_bytes());
+    k
+}
+
+pub(crate) fn tier_topic_range(topic_id: u32) -> (Vec<u8>, Vec<u8>) {
+    topic_range(b'4', topic_id)
+}
+
+pub(crate) fn parse_tier_key(k: &[u8]) -> Option<(u32, u32, u64)> {
+    parse_partition_offset_key(b'4', k)
+}
+
+/// A decoder of `tag | topic_id | partition | offset` keys into `(topic, partition, offset)`.
+pub(crate) type ParsePartitionOffset = fn(&[u8]) -> Option<(u32, u32, u64)>;
+
+/// Decodes `tag | topic_id u32 | partition u32 | offset u64`.
+fn parse_partition_offset_key(tag: u8, k: &[u8]) -> Option<(u32, u32, u64)> {
+    if k.len() != 17 || k[0] != tag {
         return None;
     }
     let t = u32::from_be_bytes(k[1..5].try_into().ok()?);

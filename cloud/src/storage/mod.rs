@@ -182,6 +182,15 @@ impl WriteSet {
         self.ops.push(Op::DeleteMetaRange(a, b));
         let (a, b) = keys::source_topic_range(t.id);
         self.ops.push(Op::DeleteMetaRange(a, b));
+        let (a, b) = keys::tier_topic_range(t.id);
+        self.ops.push(Op::DeleteMetaRange(a, b));
+    }
+
+    /// Records one uploaded segment of a tiered partition (`crate::tier`).
+    pub fn put_tier_segment(&mut self, topic_id: u32, partition: u32, base: u64, v: Vec<u8>) {
+        self.bytes += v.len() + 17;
+        self.ops
+            .push(Op::PutMeta(keys::tier_key(topic_id, partition, base), v));
     }
 
     /// Records one index entry of an S3-backed topic (`crate::source`).
@@ -687,8 +696,21 @@ impl Store {
     /// Every index entry of an S3-backed topic: `(partition, first offset, value)`, in
     /// key order.
     pub fn source_entries(&self, topic_id: u32) -> Result<Vec<(u32, u64, Vec<u8>)>, Error> {
+        self.partition_offset_entries(keys::source_topic_range(topic_id), keys::parse_source_key)
+    }
+
+    /// Every uploaded segment of a tiered topic: `(partition, base offset, value)`, in key
+    /// order.
+    pub fn tier_segments(&self, topic_id: u32) -> Result<Vec<(u32, u64, Vec<u8>)>, Error> {
+        self.partition_offset_entries(keys::tier_topic_range(topic_id), keys::parse_tier_key)
+    }
+
+    fn partition_offset_entries(
+        &self,
+        (from, to): (Vec<u8>, Vec<u8>),
+        parse: keys::ParsePartitionOffset,
+    ) -> Result<Vec<(u32, u64, Vec<u8>)>, Error> {
         let cf = self.cf(CF_META)?;
-        let (from, to) = keys::source_topic_range(topic_id);
         let mut out = Vec::new();
         for item in self
             .db
@@ -698,7 +720,7 @@ impl Store {
             if k.as_ref() >= to.as_slice() {
                 break;
             }
-            if let Some((_, p, first)) = keys::parse_source_key(&k) {
+            if let Some((_, p, first)) = parse(&k) {
                 out.push((p, first, v.to_vec()));
             }
         }
