@@ -59,8 +59,8 @@ pub(crate) fn sweep(
             continue;
         }
         if topic.mode() == StorageMode::Tiered {
-            // Not applied yet: deleting local batches here would drop what was not
-            // uploaded, and uploaded segments would need their own sweep.
+            // Applied to the uploaded segments by the tiering task (`crate::tier`):
+            // deleting local batches here would drop what was not uploaded yet.
             continue;
         }
         if topic.mode() == StorageMode::Memory {

@@ -186,6 +186,12 @@ impl WriteSet {
         self.ops.push(Op::DeleteMetaRange(a, b));
     }
 
+    /// Forgets one uploaded segment of a tiered partition (retention).
+    pub fn delete_tier_segment(&mut self, topic_id: u32, partition: u32, base: u64) {
+        self.ops
+            .push(Op::DeleteMeta(keys::tier_key(topic_id, partition, base)));
+    }
+
     /// Records one uploaded segment of a tiered partition (`crate::tier`).
     pub fn put_tier_segment(&mut self, topic_id: u32, partition: u32, base: u64, v: Vec<u8>) {
         self.bytes += v.len() + 17;

@@ -20,8 +20,12 @@
 //!
 //! Reads below the local start (`read.rs`) go through the S3-backed topics' cache
 //! (`crate::source`): memory, disk, then a background GET that wakes the fetch.
-//! Not done: retention (`retention.ms`, `retention.bytes`) is not applied to tiered
-//! topics; their segments stay until the topic is deleted.
+//!
+//! Retention (`retention.ms`, `retention.bytes`) drops whole segments from the front,
+//! each check: those whose newest record is older than `retention.ms`, and while the
+//! partition (segments plus local bytes) is larger than `retention.bytes`. The index
+//! entries go first (durably), then the objects. Local batches are never deleted by
+//! retention (they are at most the local limit plus a segment).
 
 pub mod index;
 mod read;
@@ -93,13 +97,36 @@ impl TieredConfig {
     }
 }
 
+/// A partition's segments, oldest first, and how many were dropped from the front by
+/// retention since start: segment `i` of the list is cache object `dropped + i`, so
+/// cached objects keep their ids when older segments go.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SegList {
+    list: Vec<Segment>,
+    pub(crate) dropped: u32,
+}
+
+impl std::ops::Deref for SegList {
+    type Target = Vec<Segment>;
+
+    fn deref(&self) -> &Vec<Segment> {
+        &self.list
+    }
+}
+
+impl std::ops::DerefMut for SegList {
+    fn deref_mut(&mut self) -> &mut Vec<Segment> {
+        &mut self.list
+    }
+}
+
 /// One tiered partition's segments and the fetches waiting for their loads.
 pub(crate) struct PartTier {
     name: String,
     bucket: String,
     topic_id: u32,
     partition: u32,
-    segments: RwLock<Vec<Segment>>,
+    segments: RwLock<SegList>,
     waiters: Waiters,
     /// Local bytes counted up to an offset, and where local batches may be deleted below.
     acct: Mutex<Acct>,
@@ -130,11 +157,11 @@ impl PartTier {
             .map(|s| s.end)
     }
 
-    /// The first segment holding a record at or after `ts_ms`, with its index.
+    /// The first segment holding a record at or after `ts_ms`, with its cache index.
     pub(crate) fn segment_for_time(&self, ts_ms: i64) -> Option<(u32, Segment)> {
         let segs = self.segments.read().unwrap_or_else(|p| p.into_inner());
         let i = segs.iter().position(|s| s.max_ts >= ts_ms)?;
-        Some((i as u32, segs[i].clone()))
+        Some((segs.dropped + i as u32, segs[i].clone()))
     }
 
     pub(crate) fn offset_for_time(&self, ts_ms: i64) -> Option<u64> {
@@ -208,7 +235,10 @@ impl Tiers {
         }
         for (p, segs) in by_part {
             let pt = self.part_or_new(topic, p);
-            *pt.segments.write().unwrap_or_else(|e| e.into_inner()) = segs;
+            *pt.segments.write().unwrap_or_else(|e| e.into_inner()) = SegList {
+                list: segs,
+                dropped: 0,
+            };
         }
         Ok(())
     }
@@ -239,7 +269,7 @@ impl Tiers {
                         .unwrap_or_default(),
                     topic_id: topic.id,
                     partition,
-                    segments: RwLock::new(Vec::new()),
+                    segments: RwLock::new(SegList::default()),
                     waiters: Waiters::default(),
                     acct: Mutex::new(Acct::default()),
                 })

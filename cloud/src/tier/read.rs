@@ -57,7 +57,7 @@ impl Tiers {
                 return Vec::new();
             };
             let segs: Vec<index::Segment> = all[i..].iter().take(4).cloned().collect();
-            (i as u32, segs, all.len() as u32)
+            (all.dropped + i as u32, segs, all.dropped + all.len() as u32)
         };
         self.sources
             .seen(pt.topic_id, pt.partition, conn, start_index, len);

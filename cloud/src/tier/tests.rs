@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use super::*;
 use crate::log::batch::tests::encode;
 use crate::log::batch::BatchHeader;
+use crate::log::partition::PartitionLog;
 use crate::log::{Log, NewTopic};
 use crate::source::{S3CacheConfig, S3Config};
 use crate::storage::SyncPolicy;
@@ -49,6 +50,8 @@ async fn fixture(dir: &std::path::Path, s3: Arc<InMemory>) -> Fixture {
     if log.get("t").is_none() {
         let mut configs = BTreeMap::new();
         configs.insert("storage.mode".to_string(), "tiered".to_string());
+        // The test batches' timestamps are old: only retention.bytes, where set.
+        configs.insert("retention.ms".to_string(), "-1".to_string());
         let r = log
             .create(
                 vec![NewTopic {
@@ -70,6 +73,34 @@ async fn fixture(dir: &std::path::Path, s3: Arc<InMemory>) -> Fixture {
         s3,
         topic,
     }
+}
+
+/// Creates a one-partition tiered topic with `configs` besides the mode; returns it and
+/// its partition with `batches` batches of 5 old-timestamped records appended.
+async fn tiered_topic(
+    f: &Fixture,
+    name: &str,
+    configs: &[(&str, &str)],
+    batches: usize,
+) -> (Arc<Topic>, Arc<PartitionLog>) {
+    let mut c = BTreeMap::new();
+    c.insert("storage.mode".to_string(), "tiered".to_string());
+    for (k, v) in configs {
+        c.insert(k.to_string(), v.to_string());
+    }
+    let new = NewTopic {
+        name: name.into(),
+        partitions: 1,
+        configs: c,
+    };
+    assert_eq!(f.log.create(vec![new], false).await, vec![Ok(())]);
+    let topic = f.log.get(name).expect("topic");
+    let part = f.log.partition(&topic, 0).expect("partition");
+    for _ in 0..batches {
+        let b = encode(5, Compression::None, -1, 0);
+        part.append(&f.store, vec![b], true).await.expect("append");
+    }
+    (topic, part)
 }
 
 /// Reads everything from `offset` through the tier, waiting for loads.
@@ -224,21 +255,9 @@ async fn a_crash_after_the_upload_neither_uploads_again_nor_loses_the_index() {
 async fn local_retention_bytes_minus_one_keeps_everything_local() {
     let dir = tempfile::tempdir().expect("dir");
     let f = fixture(dir.path(), Arc::new(InMemory::new())).await;
-    let mut configs = BTreeMap::new();
-    configs.insert("storage.mode".to_string(), "tiered".to_string());
-    configs.insert(LOCAL_BYTES.to_string(), "-1".to_string());
-    let new = NewTopic {
-        name: "u".into(),
-        partitions: 1,
-        configs,
-    };
-    assert_eq!(f.log.create(vec![new], false).await, vec![Ok(())]);
-    let topic = f.log.get("u").expect("topic");
-    let part = f.log.partition(&topic, 0).expect("partition");
-    for _ in 0..20 {
-        let b = encode(5, Compression::None, -1, 0);
-        part.append(&f.store, vec![b], true).await.expect("append");
-    }
+    // The test batches' timestamps are old: no retention.ms.
+    let cfg = [("retention.ms", "-1"), (LOCAL_BYTES, "-1")];
+    let (topic, part) = tiered_topic(&f, "u", &cfg, 20).await;
     upload::check(&f.tiers, &topic, 0, &part)
         .await
         .expect("check");
@@ -254,4 +273,77 @@ async fn local_retention_bytes_minus_one_keeps_everything_local() {
         .await
         .expect("check");
     assert!(t.log_start() > 0);
+}
+
+#[tokio::test]
+async fn retention_drops_whole_segments_from_the_front_index_first() {
+    use futures_util::TryStreamExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let s3 = Arc::new(InMemory::new());
+    let f = fixture(dir.path(), s3.clone()).await;
+    let cfg = [("retention.ms", "-1"), ("retention.bytes", "3000")];
+    let (topic, part) = tiered_topic(&f, "r", &cfg, 60).await;
+    upload::check(&f.tiers, &topic, 0, &part)
+        .await
+        .expect("check");
+    let pt = f.tiers.part(topic.id, 0).expect("tier state");
+    let segs = pt.segments.read().expect("segments").clone();
+    assert!(segs.dropped > 0, "some segments expired");
+    let start = pt.start().expect("segments left");
+    assert!(start > 0, "the partition now starts later");
+    let total: u64 = segs.iter().map(|s| s.size).sum();
+    assert!(total <= 3000, "what is left fits retention.bytes: {total}");
+    // The index and the bucket hold exactly the segments left.
+    let stored = f.store.tier_segments(topic.id).expect("index");
+    assert_eq!(stored.len(), segs.len());
+    assert_eq!(stored[0].1, start);
+    let objects: Vec<_> = s3.list(None).try_collect().await.expect("list");
+    let mut keys: Vec<String> = objects.iter().map(|o| o.location.to_string()).collect();
+    keys.sort();
+    let mut want: Vec<String> = segs.iter().map(|s| s.key.to_string()).collect();
+    want.sort();
+    assert_eq!(keys, want);
+    // Reads from the new start still work (cache ids shifted by what was dropped).
+    let pt_topic = Fixture {
+        store: f.store.clone(),
+        log: f.log.clone(),
+        tiers: f.tiers.clone(),
+        s3: s3.clone(),
+        topic: topic.clone(),
+    };
+    let got = read_tier(&pt_topic, start).await;
+    assert_eq!(
+        BatchHeader::parse(&got[0]).expect("batch").base_offset as u64,
+        start
+    );
+}
+
+#[tokio::test]
+async fn retention_ms_drops_segments_whose_records_are_all_older() {
+    use futures_util::TryStreamExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let s3 = Arc::new(InMemory::new());
+    let f = fixture(dir.path(), s3.clone()).await;
+    // `encode`'s records are far older than the default retention.ms (7 days).
+    let (topic, part) = tiered_topic(&f, "old", &[], 20).await;
+    let newest = f
+        .store
+        .log_last(topic.id, 0)
+        .expect("read")
+        .expect("a batch")
+        .1;
+    assert!(BatchHeader::parse(&newest).expect("batch").max_timestamp < 1_000_000_000_000);
+    upload::check(&f.tiers, &topic, 0, &part)
+        .await
+        .expect("check");
+    let pt = f.tiers.part(topic.id, 0).expect("tier state");
+    assert!(pt.segments.read().expect("segments").dropped > 0);
+    assert!(pt.start().is_none(), "every uploaded segment expired");
+    assert!(f.store.tier_segments(topic.id).expect("index").is_empty());
+    let left: Vec<_> = s3.list(None).try_collect().await.expect("list");
+    let other = f
+        .tiers
+        .part(f.topic.id, 0)
+        .map_or(0, |p| p.segments.read().expect("s").len());
+    assert_eq!(left.len(), other, "only the other topic's objects remain");
 }

@@ -83,6 +83,19 @@ pub(super) async fn check(
         store.write(set, false).await?;
     }
     count_local(&store, topic.id, p, part, &pt).await?;
+    upload_due(tiers, topic, p, part, &pt).await?;
+    expire(tiers, topic, p, &pt).await
+}
+
+/// Steps 1-3 while the partition holds more than its local limit plus a segment.
+async fn upload_due(
+    tiers: &Tiers,
+    topic: &Topic,
+    p: u32,
+    part: &PartitionLog,
+    pt: &PartTier,
+) -> Result<(), Error> {
+    let store = tiers.store.clone();
     let limit = match topic
         .config(LOCAL_BYTES)
         .and_then(|v| v.parse::<i64>().ok())
@@ -123,6 +136,59 @@ pub(super) async fn check(
         a.delete_below = Some(end);
         debug!(topic = %topic.name, partition = p, end, size, "segment tiered");
     }
+}
+
+/// Retention: drops whole segments from the front (module docs of `crate::tier`).
+async fn expire(tiers: &Tiers, topic: &Topic, p: u32, pt: &PartTier) -> Result<(), Error> {
+    let limit = |key: &str| -> i64 { topic.config(key).and_then(|v| v.parse().ok()).unwrap_or(-1) };
+    let (ms, max_bytes) = (limit("retention.ms"), limit("retention.bytes"));
+    if ms < 0 && max_bytes < 0 {
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let local = pt.acct.lock().unwrap_or_else(|e| e.into_inner()).bytes;
+    let doomed: Vec<Segment> = {
+        let segs = pt.segments.read().unwrap_or_else(|e| e.into_inner());
+        let mut total = segs.iter().map(|s| s.size).sum::<u64>() + local;
+        let mut out = Vec::new();
+        for s in segs.iter() {
+            let old = ms >= 0 && s.max_ts < now.saturating_sub(ms);
+            let big = max_bytes >= 0 && total > max_bytes as u64;
+            if !old && !big {
+                break;
+            }
+            total -= s.size;
+            out.push(s.clone());
+        }
+        out
+    };
+    if doomed.is_empty() {
+        return Ok(());
+    }
+    let mut set = WriteSet::default();
+    for s in &doomed {
+        set.delete_tier_segment(topic.id, p, s.base);
+    }
+    tiers.store.write(set, true).await?;
+    {
+        let mut segs = pt.segments.write().unwrap_or_else(|e| e.into_inner());
+        segs.drain(..doomed.len());
+        segs.dropped += doomed.len() as u32;
+    }
+    debug!(topic = %topic.name, partition = p, segments = doomed.len(), "tiered segments expired");
+    if let Some(target) = &tiers.target {
+        let client = tiers.sources.client(&target.bucket)?;
+        for s in doomed {
+            let path = object_store::path::Path::from(s.key.as_ref());
+            if let Err(e) = client.delete(&path).await {
+                warn!(key = %s.key, cause = %e, "expired tiered segment not deleted from S3");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Adds the sizes of local batches not counted yet (below the high watermark).
