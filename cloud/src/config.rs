@@ -457,6 +457,11 @@ mod tests {
         );
         let e = err("s3:\n  access_key_id: a\n");
         assert!(e.starts_with("cloud.yaml: s3.access_key_id:"), "{e}");
+        let e = err("s3:\n  allowed_sources: [\"s3://ok/x\", \"gs://b\"]\n");
+        assert!(
+            e.starts_with("cloud.yaml: s3.allowed_sources: entry 1:"),
+            "{e}"
+        );
         let e = err("s3:\n  max_object_bytes: 0\n");
         assert!(e.starts_with("cloud.yaml: s3.max_object_bytes:"), "{e}");
         let e = err("s3:\n  cache:\n    memory: 1\n");

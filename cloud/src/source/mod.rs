@@ -64,6 +64,10 @@ pub struct S3Config {
     pub refresh_ms: u64,
     /// Larger objects are not indexed (logged).
     pub max_object_bytes: u64,
+    /// `s3://bucket[/prefix]` values a topic's `source` must lie under; empty: any.
+    /// Creating a topic reads with the cloud's credentials, so any client allowed to
+    /// create topics can read whatever they reach unless this narrows it.
+    pub allowed_sources: Vec<String>,
     pub cache: S3CacheConfig,
 }
 
@@ -89,6 +93,7 @@ impl Default for S3Config {
             allow_http: false,
             refresh_ms: 60_000,
             max_object_bytes: 256 << 20,
+            allowed_sources: Vec::new(),
             cache: S3CacheConfig::default(),
         }
     }
@@ -127,6 +132,14 @@ impl S3Config {
                 ));
             }
         }
+        if let Some((i, why)) = self
+            .allowed_sources
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| Spec::parse(s).err().map(|e| (i, e)))
+        {
+            return Err(("s3.allowed_sources", format!("entry {i}: {why}")));
+        }
         if self.access_key_id.is_some() != self.secret_access_key.is_some() {
             return Err((
                 "s3.access_key_id",
@@ -146,6 +159,17 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// Whether this source lies under `other` (same bucket; prefix equal or below).
+    pub fn within(&self, other: &Spec) -> bool {
+        self.bucket == other.bucket
+            && (other.prefix.is_empty()
+                || self.prefix == other.prefix
+                || self
+                    .prefix
+                    .strip_prefix(other.prefix.as_str())
+                    .is_some_and(|rest| rest.starts_with('/')))
+    }
+
     pub fn parse(v: &str) -> Result<Spec, &'static str> {
         let rest = v
             .strip_prefix("s3://")
@@ -271,6 +295,15 @@ impl Sources {
     pub(crate) async fn probe(&self, source: &str) -> Result<(), Error> {
         use futures_util::StreamExt;
         let spec = Spec::parse(source).map_err(Error::Spec)?;
+        let allowed = &self.config.allowed_sources;
+        if !allowed.is_empty()
+            && !allowed
+                .iter()
+                .filter_map(|a| Spec::parse(a).ok())
+                .any(|a| spec.within(&a))
+        {
+            return Err(Error::Spec("not under any of s3.allowed_sources"));
+        }
         let client = self.client(&spec.bucket)?;
         let prefix = spec.path();
         let mut list = client.list(prefix.as_ref());
@@ -363,6 +396,43 @@ mod tests {
         assert!(Spec::parse("http://b/x").is_err());
         assert!(Spec::parse("s3:///x").is_err());
         assert!(Spec::parse("s3://Bad_Bucket/x").is_err());
+    }
+
+    #[test]
+    fn a_source_is_within_a_prefix_at_path_boundaries() {
+        let s = |v: &str| Spec::parse(v).unwrap();
+        assert!(s("s3://b/data/train").within(&s("s3://b/data")));
+        assert!(s("s3://b/data").within(&s("s3://b/data/")));
+        assert!(s("s3://b/anything").within(&s("s3://b")));
+        assert!(
+            !s("s3://b/data2").within(&s("s3://b/data")),
+            "not a path boundary"
+        );
+        assert!(!s("s3://b/data").within(&s("s3://b/data/train")));
+        assert!(!s("s3://c/data").within(&s("s3://b/data")));
+    }
+
+    #[tokio::test]
+    async fn sources_outside_the_allowed_ones_are_refused_before_any_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            Store::open(&dir.path().join("s"), crate::storage::SyncPolicy::Group).unwrap(),
+        );
+        let config = S3Config {
+            allowed_sources: vec!["s3://datasets/public".into()],
+            cache: S3CacheConfig {
+                disk_bytes: 0,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let sources = Sources::new(store, config, dir.path()).unwrap();
+        // No client for the bucket exists (nothing reachable): refused before a request.
+        let e = sources.probe("s3://secrets/keys").await.unwrap_err();
+        assert!(e.to_string().contains("s3.allowed_sources"), "{e}");
+        let e = sources.probe("s3://datasets/public2").await.unwrap_err();
+        assert!(e.to_string().contains("s3.allowed_sources"), "{e}");
+        assert!(sources.clients.lock().unwrap().is_empty());
     }
 
     #[test]
