@@ -192,12 +192,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         host,
         port: i32::from(config.kafka.advertised_port.unwrap_or(kafka_addr.port())),
     };
-    let cache_dir = config
-        .s3
-        .cache
-        .dir
-        .clone()
-        .unwrap_or_else(|| config.data_dir.join("s3-cache"));
+    let cache_dir = config.s3.cache.dir_in(&config.data_dir);
     let sources = Arc::new(
         source::Sources::new(store.clone(), config.s3.clone(), &config.data_dir).map_err(
             |source| StartError::DataDir {

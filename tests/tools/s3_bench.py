@@ -152,12 +152,18 @@ def cloud_yaml(data_dir: Path, endpoint: str, cache: dict) -> str:
 
 def start_cloud(workdir: Path, endpoint: str, cache: dict, timeout: float = 30.0):
     """Returns (process, bootstrap, config path, stderr log path)."""
+    return start_cloud_with(workdir, cloud_yaml(workdir / "data", endpoint, cache), timeout)
+
+
+def start_cloud_with(workdir: Path, config: str, timeout: float = 30.0):
+    """Starts the cloud on `config` (YAML text) in `workdir`; returns (process,
+    bootstrap, config path, stderr log path)."""
     binary = cloud_binary()
     if not binary.exists():
         raise SystemExit(f"cloud binary not found at {binary} (set CLOUD_BIN)")
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "cloud.yaml"
-    cfg.write_text(cloud_yaml(workdir / "data", endpoint, cache))
+    cfg.write_text(config)
     log = workdir / "cloud.stderr.log"
     with open(log, "ab") as err:
         p = spawn([str(binary), "--config", str(cfg)], stdout=subprocess.PIPE, stderr=err,

@@ -17,13 +17,10 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
-import queue
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -35,9 +32,8 @@ SEGMENT = 16 << 20
 
 
 def start_cloud(workdir: Path, endpoint: str, bucket: str, memory_bytes: int):
-    workdir.mkdir(parents=True, exist_ok=True)
-    cfg = workdir / "cloud.yaml"
-    cfg.write_text(f"""data_dir: "{workdir / 'data'}"
+    """Returns (process, bootstrap, config path)."""
+    p, bootstrap, cfg, _ = sb.start_cloud_with(workdir, f"""data_dir: "{workdir / 'data'}"
 kafka:
   listen: "127.0.0.1:0"
 mqtt:
@@ -58,30 +54,7 @@ s3:
     memory_bytes: {memory_bytes}
     disk_bytes: 0
 """)
-    log = workdir / "cloud.stderr.log"
-    with open(log, "ab") as err:
-        p = sb.spawn([str(sb.cloud_binary()), "--config", str(cfg)], stdout=subprocess.PIPE,
-                     stderr=err)
-    lines: queue.Queue = queue.Queue()
-
-    def pump():
-        for raw in p.stdout:
-            lines.put(raw.decode(errors="replace").strip())
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=0.5)
-        except queue.Empty:
-            continue
-        if line is None:
-            break
-        m = sb.LISTEN_RE.match(line)
-        if m:
-            return p, m.group(1), cfg
-    raise SystemExit(f"the cloud did not start\n{sb.tail(log)}")
+    return p, bootstrap, cfg
 
 
 def produce(bootstrap: str, topic: str, n: int):

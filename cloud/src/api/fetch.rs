@@ -17,7 +17,6 @@ use crate::broker::Broker;
 use crate::groups::shared::{self, Member, Tag};
 use crate::log::batch::BatchHeader;
 use crate::log::partition::PartitionLog;
-use crate::log::StorageMode;
 use crate::source::SourceTopic;
 use crate::tier::PartTier;
 use crate::wire::fetch::{Body, Partition, Topic};
@@ -108,9 +107,9 @@ pub(super) async fn handle(
                 shared: member.clone(),
                 got: Vec::new(),
                 source: source.clone(),
+                // Only tiered partitions have tier state: no topic config read here.
                 tier: topic
                     .as_ref()
-                    .filter(|t| t.mode() == StorageMode::Tiered)
                     .and_then(|t| broker.tiers.part(t.id, p.partition as u32)),
             });
         }

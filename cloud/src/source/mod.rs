@@ -110,6 +110,15 @@ impl Default for S3CacheConfig {
     }
 }
 
+impl S3CacheConfig {
+    /// The disk tier's directory: `dir`, else `<data_dir>/s3-cache`.
+    pub fn dir_in(&self, data_dir: &Path) -> PathBuf {
+        self.dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("s3-cache"))
+    }
+}
+
 impl S3Config {
     pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.region.is_empty() {
@@ -238,11 +247,7 @@ impl Sources {
         config: S3Config,
         data_dir: &Path,
     ) -> std::io::Result<Sources> {
-        let dir = config
-            .cache
-            .dir
-            .clone()
-            .unwrap_or_else(|| data_dir.join("s3-cache"));
+        let dir = config.cache.dir_in(data_dir);
         let cache = cache::Cache::new(
             usize::try_from(config.cache.memory_bytes).unwrap_or(usize::MAX),
             usize::try_from(config.cache.disk_bytes).unwrap_or(usize::MAX),

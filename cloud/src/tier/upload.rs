@@ -37,17 +37,25 @@ pub(crate) async fn run(tiers: Arc<Tiers>, log: Arc<Log>) {
     }
     let mut tick = tokio::time::interval(Duration::from_millis(tiers.config.check_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The tiered topics, found again only when topics were created or deleted (listing
+    // and sorting every topic each check costs about a second a minute with a million).
+    let mut tiered: (u64, Vec<Arc<Topic>>) = (0, Vec::new());
     loop {
         tick.tick().await;
-        for topic in log.all() {
-            if topic.mode() != StorageMode::Tiered {
-                continue;
-            }
+        let generation = log.generation();
+        if generation != tiered.0 {
+            let topics = log.all().into_iter();
+            tiered = (
+                generation,
+                topics.filter(|t| t.mode() == StorageMode::Tiered).collect(),
+            );
+        }
+        for topic in &tiered.1 {
             for p in 0..topic.partition_count() {
-                let Ok(part) = log.partition(&topic, p as i32) else {
+                let Ok(part) = log.partition(topic, p as i32) else {
                     continue;
                 };
-                if let Err(e) = check(&tiers, &topic, p, &part).await {
+                if let Err(e) = check(&tiers, topic, p, &part).await {
                     warn!(topic = %topic.name, partition = p, cause = %e, "tiering failed");
                 }
             }
