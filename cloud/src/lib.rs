@@ -207,7 +207,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         store.clone(),
     ));
     let retention_every = Duration::from_millis(config.storage.retention_check_interval_ms);
-    let mqtt_hub = mqtt::Hub::open(log.clone(), config.mqtt.clone())
+    let mqtt_hub = mqtt::Hub::open(log.clone(), Some(tiers.clone()), config.mqtt.clone())
         .await
         .map_err(|e| StartError::Mqtt(e.to_string()))?;
     let bind_mqtt = |addr: std::net::SocketAddr, key: &'static str| async move {

@@ -21,6 +21,7 @@ read with boto3 and decoded with kafka-python's record-batch parser (CRC checked
 from __future__ import annotations
 
 import os
+import queue
 import re
 import struct
 import time
@@ -32,6 +33,8 @@ from confluent_kafka.admin import ConfigResource, ResourceType
 
 from s3_fixtures import (REGION, MotoServer, bucket, expect_invalid_config,  # noqa: F401
                          moto, poll_records, s3)
+from mqtt_fixtures import Mqtt, props, start_mqtt_cloud
+from paho.mqtt.packettypes import PacketTypes
 from helpers import (Rec, ck_admin, ck_consumer, ck_create_topic, ck_produce, ck_read_all,
                      ck_watermarks, kcat, kp_read_all, wait_for)
 
@@ -684,3 +687,61 @@ def test_retention_bytes_drops_the_oldest_segments(cloud_factory, moto, s3, buck
     assert low >= start, (low, start)
     recs = ck_read_all(cloud.bootstrap, topic_name, start=low, timeout=90)
     assert_records(recs, expected[0][low:], "records from the new start")
+
+
+def assert_payloads(client: Mqtt, want: list[bytes], what: str, timeout: float = 60):
+    """The client receives exactly `want`, in order (compared by each record's numbered
+    prefix first, so a failure names offsets, not a megabyte of payloads)."""
+    got = []
+    try:
+        while len(got) < len(want):
+            got.append(client.messages.get(timeout=timeout).payload)
+    except queue.Empty:
+        pass
+    tag = lambda v: v.split(b"|", 1)[0].decode()  # noqa: E731
+    assert [tag(v) for v in got] == [tag(v) for v in want], (
+        f"{what}: {len(got)} of {len(want)} messages, first "
+        f"{[tag(v) for v in got[:3]]}, expected first {[tag(v) for v in want[:3]]}")
+    assert got == want, f"{what}: payloads differ"
+
+
+@pytest.mark.timeout(240)
+def test_offline_mqtt_sessions_get_what_moved_to_s3_meanwhile(
+        cloud_factory, moto, s3, bucket, topic_name):
+    """An MQTT session's queue is a position in the log, so it survives tiering: an MQTT 5
+    subscriber (clean start off, session expiry 1 h) and a shared subscription
+    ($share/g/...) subscribe QoS 1 to a tiered topic's MQTT name and go offline; 1000
+    records of 1 KB are produced over Kafka and tiering moves all but the newest ~300 KB
+    to S3 (local copies deleted). On reconnect the session gets all 1000 payloads in
+    offset order, and the shared subscription's only member (re-subscribing within the
+    group's expiry) likewise: the ones read from S3 segments, then the local ones."""
+    cloud = start_mqtt_cloud(cloud_factory, tier_overrides(moto, bucket))
+    log_topic = topic_name.replace("_", "-")
+    create_tiered(cloud.bootstrap, log_topic)
+    mqtt_topic = log_topic.replace(".", "/")
+    session = props(PacketTypes.CONNECT, SessionExpiryInterval=3600)
+    sub = Mqtt(cloud.mqtt_port, version=5, clean=False, connect_props=session)
+    sub.subscribe(mqtt_topic, qos=1)
+    member = Mqtt(cloud.mqtt_port, version=5)
+    member.subscribe(f"$share/g/{mqtt_topic}", qos=1)
+    sub.close()
+    member.close()
+
+    n = 1000
+    expected = produce(cloud.bootstrap, log_topic, make_records(n, "m"), flushes=4)
+    tier = Tier(s3, bucket, log_topic)
+    _, ends = tier_and_check(tier, expected, LOCAL_BYTES)
+    assert ends[0] >= 500, f"only offsets below {ends[0]} tiered"
+    want = [r.value for r in expected[0]]
+
+    sub = Mqtt(cloud.mqtt_port, version=5, client_id=sub.client_id, clean=False,
+               connect_props=session)
+    assert sub.connack[0].session_present, "the session was kept"
+    assert_payloads(sub, want, "session")
+
+    member = Mqtt(cloud.mqtt_port, version=5)
+    member.subscribe(f"$share/g/{mqtt_topic}", qos=1)
+    assert_payloads(member, want, "shared subscription")
+    sub.close()
+    member.close()
+    cloud.assert_alive()

@@ -689,7 +689,7 @@ async fn serve_loop<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(will);
         }
         c.shares.pump(session, conn_id, c.version, &mut c.wbuf)?;
-        let more = cursors.pump(&c.hub.log.store, session, c.version, &mut c.wbuf)?;
+        let more = cursors.pump(c.hub.stored(conn_id), session, c.version, &mut c.wbuf)?;
         c.flush().await?;
         let ready = more || cursors.ready(session) || c.shares.ready(session);
         // Registered on the partitions only when the loop is about to wait.

@@ -3,7 +3,9 @@
 //! partition's high watermark passes it (the connection is woken by the append through
 //! [`PartitionLog::register`]), decoded, and handed to the session state machine. Recent
 //! MQTT publishes are taken decoded from memory instead, QoS 0/1 ones even before the
-//! high watermark passes them (early delivery: `recent`).
+//! high watermark passes them (early delivery: `recent`). Below a tiered partition's local
+//! start a cursor reads the uploaded segments (`stored`), woken when one it waits for has
+//! loaded.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -18,10 +20,11 @@ use super::codec::{self, Version};
 use super::recent::{Entry, Recent, Watch};
 use super::records::{self, Message};
 use super::session::{Session, Ticket};
+use super::stored::{Read, Stored};
 use super::Error;
 use crate::log::batch::BatchHeader;
 use crate::log::partition::PartitionLog;
-use crate::storage::Store;
+use crate::tier::PartTier;
 
 /// Stop filling the write buffer past this many bytes (flush, then continue).
 pub(crate) const WRITE_BUDGET: usize = 1 << 20;
@@ -43,6 +46,8 @@ pub(crate) struct Cursor {
     pub(crate) dup_below: u64,
     /// Keeps the partition's recent MQTT appends in memory while this cursor exists.
     watch: Watch,
+    /// The tiered segment at `next` is loading (`stored::Read::Loading`).
+    loading: Option<(Arc<PartTier>, u64)>,
 }
 
 /// Every cursor of one connection, plus retained messages waiting to be sent.
@@ -93,6 +98,7 @@ impl Cursors {
             next,
             dup_below: 0,
             watch,
+            loading: None,
         });
     }
 
@@ -113,10 +119,14 @@ impl Cursors {
         }
     }
 
-    /// Registers `n` on every partition, to be woken by the next append.
+    /// Registers `n` on every partition, to be woken by the next append (and by the
+    /// load of a tiered segment a cursor waits for).
     pub(crate) fn register(&self, n: &Arc<Notify>) {
         for c in &self.list {
             c.log.register(n);
+            if let Some((pt, _)) = &c.loading {
+                pt.register(n);
+            }
         }
     }
 
@@ -124,10 +134,10 @@ impl Cursors {
     pub(crate) fn ready(&self, session: &Session) -> bool {
         session.can_send()
             && (!self.retained.is_empty()
-                || self
-                    .list
-                    .iter()
-                    .any(|c| c.next < c.log.high_watermark() || c.watch.recent().early_at(c.next)))
+                || self.list.iter().any(|c| match &c.loading {
+                    Some((pt, loads)) => pt.loads() != *loads,
+                    None => c.next < c.log.high_watermark() || c.watch.recent().early_at(c.next),
+                }))
     }
 
     /// The position each cursor may be committed at: its next offset, or the oldest
@@ -187,12 +197,12 @@ impl Cursors {
     /// stopped on the budget (more may be ready).
     pub(crate) fn pump(
         &mut self,
-        store: &Store,
+        stored: Stored<'_>,
         session: &mut Session,
         version: Version,
         out: &mut BytesMut,
     ) -> Result<bool, Error> {
-        let more = self.pump_list(store, session, version, out);
+        let more = self.pump_list(stored, session, version, out);
         // The scratch list must not hold messages while the connection waits.
         self.kept.clear();
         more
@@ -200,7 +210,7 @@ impl Cursors {
 
     fn pump_list(
         &mut self,
-        store: &Store,
+        stored: Stored<'_>,
         session: &mut Session,
         version: Version,
         out: &mut BytesMut,
@@ -216,6 +226,7 @@ impl Cursors {
         }
         let kept = &mut self.kept;
         for (i, c) in self.list.iter_mut().enumerate() {
+            c.loading = None;
             loop {
                 if out.len() >= WRITE_BUDGET {
                     return Ok(true);
@@ -223,7 +234,7 @@ impl Cursors {
                 if !session.can_send() {
                     return Ok(false);
                 }
-                c.next = c.next.max(c.log.log_start());
+                c.next = stored.first(&c.log, c.next);
                 let hwm = c.log.high_watermark();
                 // Recent MQTT appends are kept decoded: no store read, no decode. Those
                 // above the high watermark only if they may go early (`recent`).
@@ -244,12 +255,16 @@ impl Cursors {
                 if c.next >= hwm {
                     break;
                 }
-                let read = c.log.read(store, c.next, READ_BYTES)?;
-                if read.batches.is_empty() {
-                    break;
-                }
+                let batches = match stored.read(&c.log, c.next, READ_BYTES)? {
+                    Read::Batches(b) => b,
+                    Read::Nothing => break,
+                    Read::Loading(pt, loads) => {
+                        c.loading = Some((pt, loads));
+                        break;
+                    }
+                };
                 let mut blocked = false;
-                for b in &read.batches {
+                for b in &batches {
                     let end = BatchHeader::parse(b)
                         .map(|h| h.base_offset.max(0) as u64 + h.offset_count());
                     let stored = match records::decode(b, c.next, c.mqtt.as_deref()) {

@@ -23,6 +23,7 @@ use super::recent::Recent;
 use super::records::Message;
 use super::session::{Limits, Session};
 use super::share::ShareGroup;
+use super::stored::Stored;
 use super::MqttConfig;
 use crate::log::partition::PartitionLog;
 use crate::log::Log;
@@ -53,7 +54,7 @@ async fn setup(
         deliver_before_sync: early,
         ..MqttConfig::default()
     };
-    let hub = Hub::open(log, config).await.expect("hub");
+    let hub = Hub::open(log, None, config).await.expect("hub");
     let key = Bytes::from_static(b"pub");
     hub.append(msg(b"first", QoS::AtLeastOnce), &key)
         .await
@@ -110,11 +111,19 @@ async fn ready_within(cursors: &Cursors, session: &Session, within: Duration) ->
     }
 }
 
+fn untiered(store: &Store) -> Stored<'_> {
+    Stored {
+        store,
+        tiers: None,
+        reader: 1,
+    }
+}
+
 /// What the cursors deliver now, encoded.
 fn pump(cursors: &mut Cursors, store: &Store, session: &mut Session) -> BytesMut {
     let mut out = BytesMut::new();
     cursors
-        .pump(store, session, Version::V5, &mut out)
+        .pump(untiered(store), session, Version::V5, &mut out)
         .expect("pump");
     out
 }
@@ -231,7 +240,7 @@ async fn a_share_group_hands_out_a_qos1_message_before_its_fsync() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let d = loop {
         part.register(&n);
-        group.dispatch(&store);
+        group.dispatch(untiered(&store));
         if let Ok(Some(Event::Shared(_, d))) =
             tokio::time::timeout(Duration::from_millis(1), rx.recv()).await
         {

@@ -26,11 +26,13 @@ use super::recent::Recent;
 use super::records::{self, Message};
 use super::session::{Limits, Session};
 use super::share::{Delivery, ShareGroup};
+use super::stored::Stored;
 use super::topic::{self, FilterIndex, TopicIndex};
 use super::{codec::Version, Error, MqttConfig};
 use crate::log::partition::PartitionLog;
 use crate::log::{Log, NewTopic, TopicError};
 use crate::storage::WriteSet;
+use crate::tier::Tiers;
 use wills::PendingWill;
 
 mod publish;
@@ -107,6 +109,8 @@ struct Inner {
 
 pub(crate) struct Hub {
     pub(crate) log: Arc<Log>,
+    /// Tiered partitions' uploaded segments, read below their local start (`stored`).
+    tiers: Option<Arc<Tiers>>,
     pub(crate) config: MqttConfig,
     inner: Mutex<Inner>,
     created: Mutex<Option<broadcast::Receiver<Arc<str>>>>,
@@ -169,7 +173,11 @@ impl Inner {
 }
 
 impl Hub {
-    pub(crate) async fn open(log: Arc<Log>, config: MqttConfig) -> Result<Arc<Hub>, Error> {
+    pub(crate) async fn open(
+        log: Arc<Log>,
+        tiers: Option<Arc<Tiers>>,
+        config: MqttConfig,
+    ) -> Result<Arc<Hub>, Error> {
         let created = log.watch_created();
         let mut inner = Inner::default();
         let aliases: HashMap<String, String> = log.store.topic_aliases()?.into_iter().collect();
@@ -284,6 +292,7 @@ impl Hub {
         let (share_saver, mut saves) = mpsc::unbounded_channel::<String>();
         let hub = Arc::new(Hub {
             log,
+            tiers,
             config,
             inner: Mutex::new(inner),
             created: Mutex::new(Some(created)),
@@ -609,7 +618,8 @@ impl Hub {
                     }
                     g.shares.insert(key.to_string(), group.clone());
                     let saver = self.share_saver.clone();
-                    tokio::spawn(group.clone().run(self.log.store.clone(), saver));
+                    let (store, tiers) = (self.log.store.clone(), self.tiers.clone());
+                    tokio::spawn(group.clone().run(store, tiers, saver));
                     (group, true)
                 }
             };
@@ -704,6 +714,16 @@ impl Hub {
 
     pub(crate) fn limits(&self) -> Limits {
         limits(&self.config)
+    }
+
+    /// Where connection `conn`'s cursors read stored batches from.
+    pub(crate) fn stored(&self, conn: u64) -> Stored<'_> {
+        Stored {
+            store: &self.log.store,
+            tiers: self.tiers.as_deref(),
+            // Apart from Kafka connections' ids, which count up from 1.
+            reader: conn | 1 << 63,
+        }
     }
 }
 

@@ -32,6 +32,7 @@ mod recent;
 pub(crate) mod records;
 pub(crate) mod session;
 mod share;
+mod stored;
 mod threads;
 pub(crate) mod topic;
 mod ws;

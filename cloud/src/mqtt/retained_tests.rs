@@ -31,7 +31,9 @@ async fn the_last_retained_message_of_a_batch_wins_and_an_empty_one_clears() {
     let dir = tempfile::tempdir().expect("dir");
     let store = Arc::new(Store::open(dir.path(), SyncPolicy::Group).expect("store"));
     let log = Arc::new(Log::open(store.clone()).expect("log"));
-    let hub = Hub::open(log, MqttConfig::default()).await.expect("hub");
+    let hub = Hub::open(log, None, MqttConfig::default())
+        .await
+        .expect("hub");
     let key = Bytes::from_static(b"pub");
     let mut ok = Vec::new();
     // c/t holds a retained message from an earlier publish; the batch clears it.

@@ -40,10 +40,12 @@ use super::inbox::EventTx;
 use super::recent::{Recent, Watch};
 use super::records::{self, Message};
 use super::session::{Session, Ticket, SHARED_TICKET};
+use super::stored::{Read, Stored};
 use super::topic;
 use crate::log::batch::BatchHeader;
 use crate::log::partition::PartitionLog;
 use crate::storage::Store;
+use crate::tier::Tiers;
 
 /// Bytes read from one partition at a time.
 const READ_BYTES: usize = 256 << 10;
@@ -240,7 +242,7 @@ impl ShareGroup {
     }
 
     /// Hands out what the members have room for.
-    pub(super) fn dispatch(self: &Arc<Self>, store: &Store) {
+    pub(super) fn dispatch(self: &Arc<Self>, stored: Stored<'_>) {
         let mut st = self.lock();
         while !st.redeliver.is_empty() {
             let Some(i) = st.pick() else { return };
@@ -251,7 +253,7 @@ impl ShareGroup {
         for ci in 0..st.cursors.len() {
             loop {
                 let (log, mqtt) = (st.cursors[ci].log.clone(), st.cursors[ci].mqtt.clone());
-                let next = st.cursors[ci].next.max(log.log_start());
+                let next = stored.first(&log, st.cursors[ci].next);
                 st.cursors[ci].next = next;
                 let hwm = log.high_watermark();
                 // Recent MQTT appends, decoded; above the high watermark only the ones
@@ -272,17 +274,16 @@ impl ShareGroup {
                 if next >= hwm {
                     break;
                 }
-                let read = match log.read(store, next, READ_BYTES) {
-                    Ok(r) => r,
+                // A tiered segment loading wakes the dispatcher (`run` registered it).
+                let batches = match stored.read(&log, next, READ_BYTES) {
+                    Ok(Read::Batches(b)) => b,
+                    Ok(Read::Nothing | Read::Loading(..)) => break,
                     Err(e) => {
                         warn!(group = self.key, cause = %e, "shared subscription read failed");
                         break;
                     }
                 };
-                if read.batches.is_empty() {
-                    break;
-                }
-                for b in &read.batches {
+                for b in &batches {
                     let from = st.cursors[ci].next;
                     let stored = records::decode(b, from, mqtt.as_deref()).unwrap_or_else(|e| {
                         warn!(group = self.key, cause = %e, "undecodable batch skipped");
@@ -337,8 +338,14 @@ impl ShareGroup {
     pub(crate) async fn run(
         self: Arc<Self>,
         store: Arc<Store>,
+        tiers: Option<Arc<Tiers>>,
         saver: mpsc::UnboundedSender<String>,
     ) {
+        let stored = Stored {
+            store: &store,
+            tiers: tiers.as_deref(),
+            reader: reader_id(&self.key),
+        };
         let mut saved = self.committed();
         let mut due: Option<Instant> = None;
         loop {
@@ -350,9 +357,18 @@ impl ShareGroup {
                 }
                 for c in &st.cursors {
                     c.log.register(&appended);
+                    // Below a tiered partition's local start: woken by segment loads.
+                    if c.next < c.log.log_start() {
+                        if let Some(pt) = tiers
+                            .as_ref()
+                            .and_then(|t| t.part(c.log.topic_id, c.log.index))
+                        {
+                            pt.register(&appended);
+                        }
+                    }
                 }
             }
-            self.dispatch(&store);
+            self.dispatch(stored);
             let activity = tokio::select! {
                 _ = appended.notified() => true,
                 _ = self.wake.notified() => true,
@@ -371,6 +387,14 @@ impl ShareGroup {
             }
         }
     }
+}
+
+/// A group's id as a reader of tiered segments: apart from connections' (`Hub::stored`).
+fn reader_id(key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() | 1 << 62) & !(1 << 63)
 }
 
 async fn sleep_until(d: Option<Instant>) {

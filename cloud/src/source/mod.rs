@@ -232,6 +232,9 @@ pub(crate) struct Sources {
     loading: Mutex<HashSet<cache::ObjId>>,
     failed: Mutex<HashMap<cache::ObjId, Instant>>,
     gets: tokio::sync::Semaphore,
+    /// The runtime loads run on (the one `new` ran on): readers on other runtimes (the
+    /// MQTT threads' own) start loads too, and S3 connections stay on one runtime.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// Bytes of loaded objects kept outside the cache for the fetches waiting for them.
@@ -263,6 +266,7 @@ impl Sources {
             loading: Mutex::new(HashSet::new()),
             failed: Mutex::new(HashMap::new()),
             gets: tokio::sync::Semaphore::new(MAX_GETS),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         })
     }
 

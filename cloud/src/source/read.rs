@@ -195,20 +195,22 @@ impl Sources {
     }
 
     /// Loads `id` in the background (once at a time; not again before [`RETRY_AFTER`]
-    /// after a failure): from the disk tier if there, else from S3.
+    /// after a failure, then by itself): from the disk tier if there, else from S3.
     fn load(self: &Arc<Self>, topic: &Arc<SourceTopic>, id: ObjId, key: Arc<str>) {
         let owner: Arc<dyn Owner> = topic.clone();
         self.load_for(owner, id, key);
     }
 
     /// [`Sources::load`] for any owner (an S3-backed topic, a tiered partition).
+    /// A load asked for within [`RETRY_AFTER`] of a failure starts when that has passed,
+    /// so a reader waiting for the owner's wake-up (an MQTT cursor) is woken then too.
     pub(crate) fn load_for(self: &Arc<Self>, topic: Arc<dyn Owner>, id: ObjId, key: Arc<str>) {
-        {
-            let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
-            if failed.get(&id).is_some_and(|t| t.elapsed() < RETRY_AFTER) {
-                return;
-            }
-        }
+        let delay = self
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .and_then(|t| RETRY_AFTER.checked_sub(t.elapsed()));
         if !self
             .loading
             .lock()
@@ -218,7 +220,10 @@ impl Sources {
             return;
         }
         let me = self.clone();
-        tokio::spawn(async move {
+        let load = async move {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
             let r = me.fetch_object(&topic, id, &key).await;
             match r {
                 Ok(()) => {
@@ -231,6 +236,11 @@ impl Sources {
                     warn!(topic = %topic.name(), key = %key,
                           "object deleted from S3 and not cached");
                     topic.gone(id);
+                    // Not asked for again at once by a reader that keeps waiting for it.
+                    me.failed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id, Instant::now());
                 }
                 Err(e) => {
                     warn!(topic = %topic.name(), key = %key, cause = %e, "object read failed");
@@ -245,7 +255,11 @@ impl Sources {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&id);
             topic.wake();
-        });
+        };
+        match &self.runtime {
+            Some(rt) => drop(rt.spawn(load)),
+            None => drop(tokio::spawn(load)),
+        }
     }
 
     async fn fetch_object(

@@ -32,6 +32,7 @@ mod read;
 mod upload;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use object_store::ObjectStoreExt;
@@ -128,6 +129,9 @@ pub(crate) struct PartTier {
     partition: u32,
     segments: RwLock<SegList>,
     waiters: Waiters,
+    /// Loads finished (or failed) so far: a reader that found its segment loading waits
+    /// for this to change ([`PartTier::loads`]).
+    loads: AtomicU64,
     /// Local bytes counted up to an offset, and where local batches may be deleted below.
     acct: Mutex<Acct>,
 }
@@ -149,7 +153,8 @@ impl PartTier {
             .map(|s| s.base)
     }
 
-    fn end(&self) -> Option<u64> {
+    /// The end of the last uploaded segment (its last offset + 1), if any.
+    pub(crate) fn end(&self) -> Option<u64> {
         self.segments
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -174,6 +179,12 @@ impl PartTier {
     pub(crate) fn register(&self, n: &Arc<tokio::sync::Notify>) {
         self.waiters.register(n);
     }
+
+    /// Counts finished loads: read it before a read that may start one, and the read's
+    /// load has finished once it differs.
+    pub(crate) fn loads(&self) -> u64 {
+        self.loads.load(Ordering::Acquire)
+    }
 }
 
 impl Owner for PartTier {
@@ -195,6 +206,7 @@ impl Owner for PartTier {
     }
 
     fn wake(&self) {
+        self.loads.fetch_add(1, Ordering::AcqRel);
         self.waiters.wake();
     }
 }
@@ -271,6 +283,7 @@ impl Tiers {
                     partition,
                     segments: RwLock::new(SegList::default()),
                     waiters: Waiters::default(),
+                    loads: AtomicU64::new(0),
                     acct: Mutex::new(Acct::default()),
                 })
             })

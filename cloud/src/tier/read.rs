@@ -1,5 +1,6 @@
-//! Fetch reads below a tiered partition's local start: whole stored batches sliced out of
-//! cached segments (no copy), loads in the background for segments not cached.
+//! Reads below a tiered partition's local start (Kafka Fetch, and the MQTT view through
+//! `mqtt::stored`): whole stored batches sliced out of cached segments (no copy), loads in
+//! the background for segments not cached.
 
 use std::sync::Arc;
 

@@ -103,6 +103,16 @@ async fn tiered_topic(
     (topic, part)
 }
 
+/// The object at `key`, which must exist.
+async fn uploaded(f: &Fixture, key: &object_store::path::Path) -> bytes::Bytes {
+    f.s3.get(key)
+        .await
+        .expect("uploaded")
+        .bytes()
+        .await
+        .expect("bytes")
+}
+
 /// Reads everything from `offset` through the tier, waiting for loads.
 async fn read_tier(f: &Fixture, offset: u64) -> Vec<bytes::Bytes> {
     let pt = f.tiers.part(f.topic.id, 0).expect("tier state");
@@ -163,13 +173,7 @@ async fn old_batches_move_to_s3_and_read_back_at_their_offsets() {
         "{}",
         segs[0].key
     );
-    let obj =
-        f.s3.get(&key)
-            .await
-            .expect("uploaded")
-            .bytes()
-            .await
-            .expect("bytes");
+    let obj = uploaded(&f, &key).await;
     assert_eq!(obj.len() as u64, segs[0].size);
 
     // Local copies are deleted one check later; reads below the local start come from S3.
@@ -346,4 +350,51 @@ async fn retention_ms_drops_segments_whose_records_are_all_older() {
         .part(f.topic.id, 0)
         .map_or(0, |p| p.segments.read().expect("s").len());
     assert_eq!(left.len(), other, "only the other topic's objects remain");
+}
+
+#[tokio::test]
+async fn a_failed_segment_load_is_retried_by_itself_and_wakes_its_reader() {
+    let dir = tempfile::tempdir().expect("dir");
+    let f = fixture(dir.path(), Arc::new(InMemory::new())).await;
+    let part = f.log.partition(&f.topic, 0).expect("partition");
+    for _ in 0..20 {
+        let b = encode(5, Compression::None, -1, 0);
+        part.append(&f.store, vec![b], true).await.expect("append");
+    }
+    for _ in 0..2 {
+        upload::check(&f.tiers, &f.topic, 0, &part)
+            .await
+            .expect("check");
+    }
+    let pt = f.tiers.part(f.topic.id, 0).expect("tier state");
+    let key = object_store::path::Path::from(pt.segments.read().expect("segs")[0].key.as_ref());
+    let body = uploaded(&f, &key).await;
+    f.s3.delete(&key).await.expect("delete");
+
+    // A reader (an MQTT cursor) waits for the partition's wake-up, not on a timer.
+    let n = Arc::new(Notify::new());
+    pt.register(&n);
+    let loads = pt.loads();
+    assert!(
+        f.tiers.read(&pt, 0, usize::MAX, true, 1).is_empty(),
+        "not cached"
+    );
+    tokio::time::timeout(Duration::from_secs(10), n.notified())
+        .await
+        .expect("woken when the load failed");
+    assert_ne!(pt.loads(), loads, "the failed load counts");
+
+    // Back in S3. Asked for again within the retry delay: the load runs once it passed.
+    f.s3.put(&key, body.into()).await.expect("put back");
+    pt.register(&n);
+    assert!(f.tiers.read(&pt, 0, usize::MAX, true, 1).is_empty());
+    tokio::time::timeout(Duration::from_secs(10), n.notified())
+        .await
+        .expect("woken by the retried load, without another read");
+    let got = f.tiers.read(&pt, 0, usize::MAX, true, 1);
+    assert_eq!(
+        BatchHeader::parse(&got[0]).expect("batch").base_offset,
+        0,
+        "served once the segment is back"
+    );
 }

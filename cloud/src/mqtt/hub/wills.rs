@@ -354,7 +354,9 @@ mod tests {
     async fn open(dir: &std::path::Path) -> Arc<Hub> {
         let store = Arc::new(Store::open(dir, SyncPolicy::Group).expect("store"));
         let log = Arc::new(Log::open(store).expect("log"));
-        Hub::open(log, MqttConfig::default()).await.expect("hub")
+        Hub::open(log, None, MqttConfig::default())
+            .await
+            .expect("hub")
     }
 
     /// Payloads of the wills appended to [`TOPIC`], in log order.
@@ -450,7 +452,9 @@ mod tests {
         set.put_will("corrupt", vec![9, 9]);
         store.write(set, true).await.expect("write");
         let log = Arc::new(Log::open(store).expect("log"));
-        let hub = Hub::open(log, MqttConfig::default()).await.expect("hub");
+        let hub = Hub::open(log, None, MqttConfig::default())
+            .await
+            .expect("hub");
         // The overdue will is published, then deleted: wait for the delete.
         wait_until_deleted(&hub, "overdue").await;
         assert_eq!(published(&hub), vec![Bytes::from_static(b"late")]);
