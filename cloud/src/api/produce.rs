@@ -79,6 +79,11 @@ async fn append_one(
             ),
         );
     }
+    if t.compacted() {
+        if let Some(e) = batches.iter().find_map(|b| keyless(b).err()) {
+            return Outcome::err(e.0, e.1);
+        }
+    }
     let check = broker.mqtt.get().map(|hub| (hub, batches.clone()));
     // Which batches set a retained MQTT message (every compressed batch is decompressed
     // for that) is found while the store writes and syncs the append. It waits one turn
@@ -122,6 +127,19 @@ async fn append_one(
             }
             Outcome::err(errors::append_error(&e), e.to_string())
         }
+    }
+}
+
+/// A compacted topic keeps the newest record per key, so every record needs one (Kafka's
+/// INVALID_RECORD, with its message). The batch is decoded for that.
+fn keyless(b: &Bytes) -> Result<(), (i16, String)> {
+    match batch::records(b) {
+        Ok(rs) if rs.iter().all(|r| r.key.is_some()) => Ok(()),
+        Ok(_) => Err((
+            errors::INVALID_RECORD,
+            "Compacted topic cannot accept message without key".into(),
+        )),
+        Err(e) => Err((errors::CORRUPT_MESSAGE, e)),
     }
 }
 

@@ -8,6 +8,8 @@
 //! leader epoch keeps a stored batch valid: Fetch returns stored bytes, never re-encoded.
 
 use bytes::{Bytes, BytesMut};
+use common::kafka::record_batch::{self, RecordView};
+use kafka_protocol::records::RecordBatchDecoder;
 
 pub(crate) const HEADER_LEN: usize = 61;
 const LENGTH_OFFSET: usize = 8;
@@ -86,6 +88,37 @@ impl BatchHeader {
 
     pub(crate) fn is_control(&self) -> bool {
         self.attributes & 0x20 != 0
+    }
+}
+
+/// Every record of one stored batch, whatever its codec: the lean reader
+/// (`common::kafka::record_batch`) for none and zstd, kafka-protocol for gzip, snappy and
+/// lz4. Control records (transaction markers) are left out.
+pub(crate) fn records(batch: &Bytes) -> Result<Vec<RecordView>, String> {
+    match record_batch::read(batch) {
+        Ok(r) if r.control => Ok(Vec::new()),
+        Ok(r) => r.collect::<Result<_, _>>().map_err(|e| e.to_string()),
+        Err(record_batch::Error::Unsupported(_)) => {
+            let mut buf = batch.clone();
+            let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| e.to_string())?;
+            Ok(set
+                .records
+                .into_iter()
+                .filter(|r| !r.control)
+                .map(|r| RecordView {
+                    offset: r.offset,
+                    timestamp: r.timestamp,
+                    key: r.key,
+                    value: r.value,
+                    headers: r
+                        .headers
+                        .into_iter()
+                        .map(|(k, v)| (Bytes::copy_from_slice(k.as_bytes()), v))
+                        .collect(),
+                })
+                .collect())
+        }
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -5,6 +5,7 @@
 //! first use, so start-up cost does not grow with data volume.
 
 pub(crate) mod batch;
+pub(crate) mod compaction;
 pub(crate) mod memory;
 pub(crate) mod partition;
 pub(crate) mod producer;
@@ -42,8 +43,11 @@ pub(crate) enum TopicError {
 pub(crate) const TOPIC_CONFIG_DEFAULTS: &[(&str, &str)] = &[
     ("cleanup.policy", "delete"),
     ("compression.type", "producer"),
+    ("delete.retention.ms", "86400000"),
     ("max.message.bytes", "1048588"),
     ("message.timestamp.type", "CreateTime"),
+    ("min.cleanable.dirty.ratio", "0.5"),
+    ("min.compaction.lag.ms", "0"),
     ("min.insync.replicas", "1"),
     ("retention.bytes", "-1"),
     ("retention.ms", "604800000"),
@@ -135,6 +139,19 @@ impl Topic {
         self.config(crate::source::SOURCE).is_some()
     }
 
+    /// `cleanup.policy` includes `compact`: older records of a key are removed
+    /// (`compaction`).
+    pub(crate) fn compacted(&self) -> bool {
+        self.config("cleanup.policy")
+            .is_some_and(|p| p.split(',').any(|x| x.trim() == "compact"))
+    }
+
+    /// `cleanup.policy` includes `delete`: `retention.ms` and `retention.bytes` apply.
+    pub(crate) fn deletes(&self) -> bool {
+        self.config("cleanup.policy")
+            .is_none_or(|p| p.split(',').any(|x| x.trim() == "delete"))
+    }
+
     /// The topic's storage mode (an unreadable stored value reads as persistent).
     pub(crate) fn mode(&self) -> StorageMode {
         self.config("storage.mode")
@@ -198,7 +215,24 @@ fn validate_config(key: &str, value: &str) -> Result<(), TopicError> {
         "segment.bytes" | "max.message.bytes" | "min.insync.replicas" => {
             value.parse::<i64>().map_err(|_| bad("not an integer"))?;
         }
-        "cleanup.policy" if value != "delete" => return Err(bad("only 'delete' is supported")),
+        "cleanup.policy" => {
+            let mut parts = value.split(',').map(str::trim);
+            if value.trim().is_empty() || !parts.all(|p| p == "delete" || p == "compact") {
+                return Err(bad("must be delete, compact or compact,delete"));
+            }
+        }
+        "delete.retention.ms" | "min.compaction.lag.ms" => {
+            let v: i64 = value.parse().map_err(|_| bad("not an integer"))?;
+            if v < 0 {
+                return Err(bad("must be 0 or more"));
+            }
+        }
+        "min.cleanable.dirty.ratio" => {
+            let v: f64 = value.parse().map_err(|_| bad("not a number"))?;
+            if !(0.0..=1.0).contains(&v) {
+                return Err(bad("must be between 0 and 1"));
+            }
+        }
         "storage.mode" => {
             StorageMode::parse(value).map_err(bad)?;
         }
@@ -208,7 +242,7 @@ fn validate_config(key: &str, value: &str) -> Result<(), TopicError> {
         crate::source::FORMAT => {
             crate::source::split::Format::parse(value).map_err(bad)?;
         }
-        "cleanup.policy" | "compression.type" | "message.timestamp.type" => {}
+        "compression.type" | "message.timestamp.type" => {}
         _ => return Err(bad("unknown topic config")),
     }
     Ok(())
@@ -397,6 +431,26 @@ impl Log {
                     return Err(TopicError::InvalidConfig {
                         key: "storage.mode".into(),
                         reason: "tiered needs storage.tiered.target in the cloud config".into(),
+                    });
+                }
+                let compact = t
+                    .configs
+                    .get("cleanup.policy")
+                    .is_some_and(|p| p.split(',').any(|x| x.trim() == "compact"));
+                if compact && matches!(mode, StorageMode::Memory | StorageMode::Tiered) {
+                    // Kafka refuses compaction with tiered storage too.
+                    return Err(TopicError::InvalidConfig {
+                        key: "cleanup.policy".into(),
+                        reason: format!(
+                            "compact needs storage.mode persistent or hybrid, not {}",
+                            mode.name()
+                        ),
+                    });
+                }
+                if compact && t.configs.contains_key(crate::source::SOURCE) {
+                    return Err(TopicError::InvalidConfig {
+                        key: "cleanup.policy".into(),
+                        reason: "an S3-backed topic is read-only: nothing to compact".into(),
                     });
                 }
                 if t.configs.contains_key(crate::source::FORMAT)

@@ -1,39 +1,61 @@
 //! Retention: deletes a partition's oldest batches once they are older than `retention.ms`
 //! (by the batch's max timestamp) or while the partition is larger than `retention.bytes`.
 //! A deletion is one range delete. The last batch is always kept so the partition's end
-//! offset survives a restart (Kafka likewise keeps the active segment).
+//! offset survives a restart (Kafka likewise keeps the active segment). Only topics whose
+//! `cleanup.policy` includes `delete`; the same task then compacts the topics whose
+//! policy includes `compact` ([`super::compaction`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::batch::BatchHeader;
+use super::compaction::Compactor;
 use super::{Log, StorageMode, Topic};
 use crate::storage::{self, WriteSet};
 
 const SCAN_CHUNK: usize = 256;
 
-/// Runs a sweep every `every` until the process ends.
+/// Runs a sweep, then a compaction pass, every `every` until the process ends.
 pub(crate) async fn run(log: Arc<Log>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
+    let compactor = Arc::new(std::sync::Mutex::new(Compactor::default()));
     loop {
         tick.tick().await;
         let log = log.clone();
         let handle = tokio::runtime::Handle::current();
+        let compactor = compactor.clone();
         let res = tokio::task::spawn_blocking(move || {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0);
-            sweep(&log, &handle, now)
+            let deleted = sweep(&log, &handle, now);
+            let mut c = compactor.lock().unwrap_or_else(|p| p.into_inner());
+            (deleted, c.sweep(&log, &handle, now))
         })
         .await;
         match res {
-            Ok(Ok(n)) if n > 0 => debug!(deleted_batches = n, "retention sweep"),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => warn!(cause = %e, "retention sweep failed"),
+            Ok((deleted, compacted)) => {
+                match deleted {
+                    Ok(n) if n > 0 => debug!(deleted_batches = n, "retention sweep"),
+                    Ok(_) => {}
+                    Err(e) => warn!(cause = %e, "retention sweep failed"),
+                }
+                match compacted {
+                    Ok(p) if p.partitions > 0 => info!(
+                        partitions = p.partitions,
+                        records_removed = p.records_removed,
+                        batches_rewritten = p.batches_rewritten,
+                        batches_deleted = p.batches_deleted,
+                        "compaction pass"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => warn!(cause = %e, "compaction pass failed"),
+                }
+            }
             Err(e) => warn!(cause = %e, "retention sweep panicked"),
         }
     }
@@ -55,7 +77,7 @@ pub(crate) fn sweep(
             .config("retention.bytes")
             .and_then(|v| v.parse().ok())
             .unwrap_or(-1);
-        if ms < 0 && bytes < 0 {
+        if (ms < 0 && bytes < 0) || !topic.deletes() {
             continue;
         }
         if topic.mode() == StorageMode::Tiered {

@@ -15,7 +15,6 @@ use bytes::Bytes;
 use common::headers as h;
 use common::kafka::batch::ProducerState;
 use common::kafka::record_batch::{self, RecordView};
-use kafka_protocol::records::RecordBatchDecoder;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
 
@@ -179,12 +178,7 @@ pub(crate) fn decode(
     fallback_topic: Option<&str>,
 ) -> Result<Vec<Stored>, RecordError> {
     let decode_err = |e: &dyn std::fmt::Display| RecordError::Decode(e.to_string());
-    let views: Vec<RecordView> = match record_batch::read(batch) {
-        Ok(r) if r.control => Vec::new(),
-        Ok(r) => r.collect::<Result<_, _>>().map_err(|e| decode_err(&e))?,
-        Err(record_batch::Error::Unsupported(_)) => decode_foreign(batch)?,
-        Err(e) => return Err(decode_err(&e)),
-    };
+    let views = crate::log::batch::records(batch).map_err(|e| decode_err(&e))?;
     let mut out = Vec::with_capacity(views.len());
     for r in views {
         if r.offset < 0 || (r.offset as u64) < from {
@@ -242,30 +236,6 @@ fn may_set_retained(block: &[u8]) -> bool {
         // Value lengths 4 and 1, as zigzag varints: 8 and 2.
         value.starts_with(b"\x08true") || value.starts_with(b"\x021")
     })
-}
-
-/// The records of a batch whose codec the lean reader leaves to `kafka-protocol` (gzip,
-/// snappy, lz4), as views; control records are left out.
-fn decode_foreign(batch: &Bytes) -> Result<Vec<RecordView>, RecordError> {
-    let mut buf = batch.clone();
-    let set =
-        RecordBatchDecoder::decode(&mut buf).map_err(|e| RecordError::Decode(e.to_string()))?;
-    Ok(set
-        .records
-        .into_iter()
-        .filter(|r| !r.control)
-        .map(|r| RecordView {
-            offset: r.offset,
-            timestamp: r.timestamp,
-            key: r.key,
-            value: r.value,
-            headers: r
-                .headers
-                .into_iter()
-                .map(|(k, v)| (Bytes::copy_from_slice(k.as_bytes()), v))
-                .collect(),
-        })
-        .collect())
 }
 
 /// The message for one record's headers and value; `None` without a topic name.

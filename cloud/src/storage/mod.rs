@@ -118,6 +118,7 @@ impl TopicRecord {
 
 enum Op {
     PutLog([u8; keys::LOG_KEY_LEN], Bytes),
+    DeleteLog([u8; keys::LOG_KEY_LEN]),
     DeleteLogRange([u8; keys::LOG_KEY_LEN], [u8; keys::LOG_KEY_LEN]),
     PutMeta(Vec<u8>, Vec<u8>),
     DeleteMeta(Vec<u8>),
@@ -142,6 +143,12 @@ impl WriteSet {
             keys::log_key(topic_id, partition, offset),
             value,
         ));
+    }
+
+    /// Deletes the log entry (batch) at `offset` (compaction emptied it).
+    pub fn delete_log(&mut self, topic_id: u32, partition: u32, offset: u64) {
+        self.ops
+            .push(Op::DeleteLog(keys::log_key(topic_id, partition, offset)));
     }
 
     /// Deletes every log entry of the partition whose base offset is below `offset`.

@@ -164,6 +164,7 @@ fn write_sets<'a>(
         for op in set.ops.drain(..) {
             match op {
                 Op::PutLog(k, v) => batch.put_cf(log, k, v),
+                Op::DeleteLog(k) => batch.delete_cf(log, k),
                 Op::DeleteLogRange(a, b) => batch.delete_range_cf(log, a, b),
                 Op::PutMeta(k, v) => batch.put_cf(meta, k, v),
                 Op::DeleteMeta(k) => batch.delete_cf(meta, k),

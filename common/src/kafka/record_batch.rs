@@ -202,8 +202,26 @@ impl Compressor {
 pub struct Writer {
     body: Vec<u8>,
     count: i32,
+    /// Offset delta of the last record pushed.
+    last_delta: i32,
     base_ts: i64,
     max_ts: i64,
+}
+
+/// The fields a rewritten batch keeps from the batch it replaces
+/// ([`Writer::finish_rewrite`]): log compaction drops records but keeps offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rewrite {
+    /// Base offset of the original batch.
+    pub base_offset: i64,
+    /// Its last offset delta: the batch still spans the same offsets.
+    pub last_offset_delta: i32,
+    /// Its attributes (codec bits are replaced by the codec written).
+    pub attributes: i16,
+    /// Its producer id and epoch.
+    pub producer: ProducerState,
+    /// Its base sequence (records keep their deltas, so their sequences hold).
+    pub base_sequence: i32,
 }
 
 fn put_varint(out: &mut Vec<u8>, v: i64) {
@@ -261,6 +279,23 @@ impl Writer {
         I: IntoIterator<Item = Header<'h>>,
         I::IntoIter: Clone,
     {
+        self.push_at(self.count, timestamp_ms, key, value, headers);
+    }
+
+    /// Appends one record at `offset_delta`, which must be above the previous record's
+    /// (compaction keeps each retained record's offset).
+    pub fn push_at<'h, I>(
+        &mut self,
+        offset_delta: i32,
+        timestamp_ms: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: I,
+    ) where
+        I: IntoIterator<Item = Header<'h>>,
+        I::IntoIter: Clone,
+    {
+        debug_assert!(self.count == 0 || offset_delta > self.last_delta);
         if self.count == 0 {
             self.base_ts = timestamp_ms;
             self.max_ts = timestamp_ms;
@@ -268,7 +303,7 @@ impl Writer {
         self.max_ts = self.max_ts.max(timestamp_ms);
         let headers = headers.into_iter();
         let ts_delta = timestamp_ms.wrapping_sub(self.base_ts);
-        let i = i64::from(self.count);
+        let i = i64::from(offset_delta);
         let mut n_headers = 0;
         let mut len = 1 + varint_len(ts_delta) + varint_len(i) + bytes_len(key) + bytes_len(value);
         for (k, v) in headers.clone() {
@@ -290,6 +325,7 @@ impl Writer {
             put_bytes(body, v);
         }
         self.count += 1;
+        self.last_delta = offset_delta;
     }
 
     /// The finished batch. An idempotent producer (`producer_id >= 0`) gets
@@ -302,31 +338,64 @@ impl Writer {
         codec: Codec,
         zstd: &mut Compressor,
     ) -> Result<Bytes, Error> {
-        let idempotent = producer.producer_id >= 0;
-        let count = self.count;
-        let attributes = match codec {
-            Codec::None => CODEC_NONE,
-            Codec::Gzip => CODEC_GZIP,
-            Codec::Lz4 => CODEC_LZ4,
-            Codec::Zstd => CODEC_ZSTD,
+        let seq = if producer.producer_id >= 0 {
+            base_sequence
+        } else {
+            -1
         };
+        let span = Rewrite {
+            base_offset: 0,
+            last_offset_delta: self.last_delta.max(0),
+            attributes: 0,
+            producer,
+            base_sequence: seq,
+        };
+        self.finish_span(span, codec, zstd)
+    }
+
+    /// The batch that replaces `old` after records were dropped from it: same base offset,
+    /// offset span, producer fields and timestamp type, the records pushed (at their
+    /// deltas) in `codec`. Timestamps are the records' own (the maximum may fall).
+    pub fn finish_rewrite(
+        &self,
+        old: Rewrite,
+        codec: Codec,
+        zstd: &mut Compressor,
+    ) -> Result<Bytes, Error> {
+        debug_assert!(self.last_delta <= old.last_offset_delta);
+        self.finish_span(old, codec, zstd)
+    }
+
+    fn finish_span(
+        &self,
+        span: Rewrite,
+        codec: Codec,
+        zstd: &mut Compressor,
+    ) -> Result<Bytes, Error> {
+        let count = self.count;
+        let attributes = (span.attributes & !CODEC_MASK & !CONTROL)
+            | match codec {
+                Codec::None => CODEC_NONE,
+                Codec::Gzip => CODEC_GZIP,
+                Codec::Lz4 => CODEC_LZ4,
+                Codec::Zstd => CODEC_ZSTD,
+            };
         let mut out = Vec::with_capacity(match codec {
             Codec::None => HEADER_LEN + self.body.len(),
             Codec::Gzip | Codec::Lz4 | Codec::Zstd => HEADER_LEN,
         });
-        out.extend_from_slice(&0i64.to_be_bytes());
+        out.extend_from_slice(&span.base_offset.to_be_bytes());
         out.extend_from_slice(&0i32.to_be_bytes()); // batch length, set below
         out.extend_from_slice(&(-1i32).to_be_bytes());
         out.push(2);
         out.extend_from_slice(&0u32.to_be_bytes()); // crc, set below
         out.extend_from_slice(&attributes.to_be_bytes());
-        out.extend_from_slice(&(count - 1).max(0).to_be_bytes());
+        out.extend_from_slice(&span.last_offset_delta.to_be_bytes());
         out.extend_from_slice(&self.base_ts.to_be_bytes());
         out.extend_from_slice(&self.max_ts.to_be_bytes());
-        out.extend_from_slice(&producer.producer_id.to_be_bytes());
-        out.extend_from_slice(&producer.producer_epoch.to_be_bytes());
-        let seq = if idempotent { base_sequence } else { -1 };
-        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(&span.producer.producer_id.to_be_bytes());
+        out.extend_from_slice(&span.producer.producer_epoch.to_be_bytes());
+        out.extend_from_slice(&span.base_sequence.to_be_bytes());
         out.extend_from_slice(&count.to_be_bytes());
         debug_assert_eq!(out.len(), HEADER_LEN);
         let mut out = match codec {
@@ -354,6 +423,7 @@ impl Writer {
     pub fn clear(&mut self) {
         self.body.clear();
         self.count = 0;
+        self.last_delta = 0;
     }
 }
 
@@ -711,6 +781,64 @@ mod tests {
         };
         RecordBatchEncoder::encode(&mut buf, &records, &opts).unwrap();
         assert!(matches!(read(&buf.freeze()), Err(Error::Unsupported(_))));
+    }
+
+    #[test]
+    fn a_rewritten_batch_keeps_its_offsets_producer_and_span() {
+        let recs: Vec<BatchRecord> = (0..6)
+            .map(|i| rec(i, Some(format!("k{i}").as_bytes()), Some(b"v"), 1))
+            .collect();
+        let p = ProducerState {
+            producer_id: 42,
+            producer_epoch: 3,
+        };
+        for codec in [Codec::None, Codec::Gzip, Codec::Lz4, Codec::Zstd] {
+            let old = write(&recs, p, 100, Codec::Zstd).unwrap();
+            let kept = [1usize, 4];
+            let mut w = Writer::default();
+            for &i in &kept {
+                let r = &recs[i];
+                let headers = r.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_deref()));
+                w.push_at(
+                    i as i32,
+                    r.timestamp_ms,
+                    r.key.as_deref(),
+                    r.value.as_deref(),
+                    headers,
+                );
+            }
+            let span = Rewrite {
+                base_offset: 1_000,
+                last_offset_delta: 5,
+                attributes: 0x08 | CODEC_ZSTD, // LogAppendTime, zstd
+                producer: p,
+                base_sequence: 100,
+            };
+            let mut b = w
+                .finish_rewrite(span, codec, &mut Compressor::default())
+                .unwrap();
+            assert!(b.len() < old.len() || codec != Codec::Zstd);
+            // kafka-protocol checks the CRC.
+            let set = RecordBatchDecoder::decode(&mut b).unwrap();
+            let got: Vec<(i64, i32, Option<Bytes>)> = set
+                .records
+                .iter()
+                .map(|r| (r.offset, r.sequence, r.key.clone()))
+                .collect();
+            let want: Vec<(i64, i32, Option<Bytes>)> = kept
+                .iter()
+                .map(|&i| (1_000 + i as i64, 100 + i as i32, recs[i].key.clone()))
+                .collect();
+            assert_eq!(got, want, "{codec:?}");
+            assert!(set
+                .records
+                .iter()
+                .all(|r| r.producer_id == 42 && r.producer_epoch == 3));
+            assert!(set
+                .records
+                .iter()
+                .all(|r| r.timestamp_type == TimestampType::LogAppend));
+        }
     }
 
     #[test]
