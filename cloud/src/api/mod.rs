@@ -1,6 +1,7 @@
 //! Kafka APIs: one file per API with its handler (parse -> apply -> response); this file
 //! holds the advertised versions and the dispatch. Kafka error codes are chosen here only.
 
+mod alter_configs;
 mod api_versions;
 mod create_partitions;
 mod create_topics;
@@ -58,6 +59,8 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::InitProducerId, 0, 5),
     (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::DescribeCluster, 0, 1),
@@ -244,6 +247,14 @@ async fn dispatch(broker: &Broker, peer: &mut Peer, req: Request) -> Reply {
         RequestKind::DescribeConfigs(r) => Reply::message(ResponseKind::DescribeConfigs(
             describe_configs::handle(broker, r, v),
         )),
+        RequestKind::AlterConfigs(r) => Reply::message(ResponseKind::AlterConfigs(
+            alter_configs::handle(broker, r, v).await,
+        )),
+        RequestKind::IncrementalAlterConfigs(r) => {
+            Reply::message(ResponseKind::IncrementalAlterConfigs(
+                alter_configs::handle_incremental(broker, r, v).await,
+            ))
+        }
         RequestKind::DescribeCluster(r) => Reply::message(ResponseKind::DescribeCluster(
             describe_cluster::handle(broker, r, v),
         )),

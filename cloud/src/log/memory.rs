@@ -73,6 +73,11 @@ impl MemLog {
         }
     }
 
+    /// A new cap (the topic's `retention.bytes` was altered): applies from the next push.
+    pub(crate) fn set_cap(&mut self, cap: usize) {
+        self.cap = cap;
+    }
+
     /// Adds a batch at `base` (above every batch held) and evicts the oldest while the
     /// partition holds more than its cap or all memory partitions more than their
     /// budget. Returns the new first base offset if any batch was evicted.

@@ -56,6 +56,10 @@ pub(crate) const TOPIC_CONFIG_DEFAULTS: &[(&str, &str)] = &[
     (crate::tier::LOCAL_BYTES, "-2"),
 ];
 
+/// Topic configs that fix where a topic's batches are: never altered.
+pub(crate) const FIXED_AT_CREATION: [&str; 3] =
+    ["storage.mode", crate::source::SOURCE, crate::source::FORMAT];
+
 /// Where a topic's batches live (topic config `storage.mode`, fixed at creation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StorageMode {
@@ -382,14 +386,8 @@ impl Log {
         if let Some(p) = slot {
             return Ok(p.clone());
         }
-        let memory = (topic.mode() == StorageMode::Memory).then(|| {
-            let cap = topic
-                .config("retention.bytes")
-                .and_then(|v| v.parse::<i64>().ok())
-                .filter(|b| *b >= 0)
-                .map_or(self.memory_partition_bytes, |b| b as usize);
-            (cap, self.memory_budget.clone())
-        });
+        let memory = (topic.mode() == StorageMode::Memory)
+            .then(|| (self.memory_cap(topic), self.memory_budget.clone()));
         let p = Arc::new(
             PartitionLog::load(&self.store, topic.id, index as u32, memory)?
                 .hybrid(topic.mode() == StorageMode::Hybrid),
@@ -419,48 +417,7 @@ impl Log {
                         t.partitions
                     )));
                 }
-                for (k, v) in &t.configs {
-                    validate_config(k, v)?;
-                }
-                let mode = t
-                    .configs
-                    .get("storage.mode")
-                    .and_then(|m| StorageMode::parse(m).ok())
-                    .unwrap_or(self.default_mode);
-                if mode == StorageMode::Tiered && !self.tiered {
-                    return Err(TopicError::InvalidConfig {
-                        key: "storage.mode".into(),
-                        reason: "tiered needs storage.tiered.target in the cloud config".into(),
-                    });
-                }
-                let compact = t
-                    .configs
-                    .get("cleanup.policy")
-                    .is_some_and(|p| p.split(',').any(|x| x.trim() == "compact"));
-                if compact && matches!(mode, StorageMode::Memory | StorageMode::Tiered) {
-                    // Kafka refuses compaction with tiered storage too.
-                    return Err(TopicError::InvalidConfig {
-                        key: "cleanup.policy".into(),
-                        reason: format!(
-                            "compact needs storage.mode persistent or hybrid, not {}",
-                            mode.name()
-                        ),
-                    });
-                }
-                if compact && t.configs.contains_key(crate::source::SOURCE) {
-                    return Err(TopicError::InvalidConfig {
-                        key: "cleanup.policy".into(),
-                        reason: "an S3-backed topic is read-only: nothing to compact".into(),
-                    });
-                }
-                if t.configs.contains_key(crate::source::FORMAT)
-                    && !t.configs.contains_key(crate::source::SOURCE)
-                {
-                    return Err(TopicError::InvalidConfig {
-                        key: crate::source::FORMAT.into(),
-                        reason: "needs the topic config source".into(),
-                    });
-                }
+                self.check_configs(&t.configs)?;
                 if self.get(&t.name).is_some() || !seen.insert(t.name.clone()) {
                     return Err(TopicError::Exists);
                 }
@@ -523,6 +480,114 @@ impl Log {
             .remove(name);
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Checks a topic's whole config set: each value, then how they combine.
+    fn check_configs(&self, configs: &BTreeMap<String, String>) -> Result<(), TopicError> {
+        for (k, v) in configs {
+            validate_config(k, v)?;
+        }
+        let mode = configs
+            .get("storage.mode")
+            .and_then(|m| StorageMode::parse(m).ok())
+            .unwrap_or(self.default_mode);
+        if mode == StorageMode::Tiered && !self.tiered {
+            return Err(TopicError::InvalidConfig {
+                key: "storage.mode".into(),
+                reason: "tiered needs storage.tiered.target in the cloud config".into(),
+            });
+        }
+        let compact = configs
+            .get("cleanup.policy")
+            .is_some_and(|p| p.split(',').any(|x| x.trim() == "compact"));
+        if compact && matches!(mode, StorageMode::Memory | StorageMode::Tiered) {
+            // Kafka refuses compaction with tiered storage too.
+            return Err(TopicError::InvalidConfig {
+                key: "cleanup.policy".into(),
+                reason: format!(
+                    "compact needs storage.mode persistent or hybrid, not {}",
+                    mode.name()
+                ),
+            });
+        }
+        if compact && configs.contains_key(crate::source::SOURCE) {
+            return Err(TopicError::InvalidConfig {
+                key: "cleanup.policy".into(),
+                reason: "an S3-backed topic is read-only: nothing to compact".into(),
+            });
+        }
+        if configs.contains_key(crate::source::FORMAT)
+            && !configs.contains_key(crate::source::SOURCE)
+        {
+            return Err(TopicError::InvalidConfig {
+                key: crate::source::FORMAT.into(),
+                reason: "needs the topic config source".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Changes a topic's configs (AlterConfigs, IncrementalAlterConfigs): `change` edits
+    /// the explicit configs; the result is checked as at creation and stored durably
+    /// before it applies. What fixes where a topic's batches are (`storage.mode`,
+    /// `source`, `source.format`) cannot change: left out, it is kept; another value is
+    /// INVALID_CONFIG.
+    pub(crate) async fn alter_configs(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut BTreeMap<String, String>) -> Result<(), TopicError>,
+        validate_only: bool,
+    ) -> Result<(), TopicError> {
+        let _admin = self.admin.lock().await;
+        let topic = self.get(name).ok_or(TopicError::Unknown)?;
+        let old = topic.configs();
+        let mut new = old.clone();
+        change(&mut new)?;
+        let default = |k: &str| TOPIC_CONFIG_DEFAULTS.iter().find(|d| d.0 == k).map(|d| d.1);
+        for key in FIXED_AT_CREATION {
+            match (old.get(key), new.get(key)) {
+                (Some(o), None) => {
+                    new.insert(key.to_string(), o.clone());
+                }
+                (o, Some(n)) if o.map(String::as_str).or(default(key)) != Some(n.as_str()) => {
+                    return Err(TopicError::InvalidConfig {
+                        key: key.to_string(),
+                        reason: "set at creation only".into(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        self.check_configs(&new)?;
+        if validate_only || new == old {
+            return Ok(());
+        }
+        let mut rec = topic.record();
+        rec.configs = new.clone();
+        let mut set = WriteSet::default();
+        set.put_topic(&rec);
+        self.store.write(set, true).await?;
+        *topic.configs.write().unwrap_or_else(|p| p.into_inner()) = new;
+        if topic.mode() == StorageMode::Memory {
+            let cap = self.memory_cap(&topic);
+            for i in 0..topic.partition_count() {
+                if let Some(p) = self.loaded_partition(&topic, i) {
+                    p.set_memory_cap(cap);
+                }
+            }
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// A memory partition's byte cap: the topic's `retention.bytes`, else
+    /// `storage.memory_partition_bytes`.
+    fn memory_cap(&self, topic: &Topic) -> usize {
+        topic
+            .config("retention.bytes")
+            .and_then(|v| v.parse::<i64>().ok())
+            .filter(|b| *b >= 0)
+            .map_or(self.memory_partition_bytes, |b| b as usize)
     }
 
     /// Raises a topic's partition count to `count`.

@@ -432,6 +432,13 @@ impl PartitionLog {
         }
     }
 
+    /// Memory partitions: a new byte cap, applied from the next append.
+    pub(crate) fn set_memory_cap(&self, cap: usize) {
+        if let Some(m) = &self.mem {
+            m.lock().unwrap_or_else(|p| p.into_inner()).set_cap(cap);
+        }
+    }
+
     /// Memory partitions: drops batches older than `cutoff_ms` (retention.ms; the store's
     /// partitions are swept by `retention`). Returns how many were dropped.
     pub(crate) fn expire_memory(&self, cutoff_ms: i64) -> u64 {
