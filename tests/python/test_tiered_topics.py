@@ -745,3 +745,19 @@ def test_offline_mqtt_sessions_get_what_moved_to_s3_meanwhile(
     sub.close()
     member.close()
     cloud.assert_alive()
+
+
+@pytest.mark.timeout(60)
+def test_delete_records_is_refused_on_tiered_topics(cloud_factory, moto, bucket, topic_name):
+    """DeleteRecords on a tiered topic: POLICY_VIOLATION (its start is the first
+    uploaded segment's), and the watermarks stay."""
+    from confluent_kafka import KafkaError, KafkaException
+    cloud = cloud_factory(tier_overrides(moto, bucket))
+    create_tiered(cloud.bootstrap, topic_name)
+    produce(cloud.bootstrap, topic_name, make_records(5, "d"), flushes=1)
+    admin = ck_admin(cloud.bootstrap)
+    tp = TopicPartition(topic_name, 0, 3)
+    with pytest.raises(KafkaException) as ei:
+        admin.delete_records([tp])[tp].result(timeout=20)
+    assert ei.value.args[0].code() == KafkaError.POLICY_VIOLATION, ei.value
+    assert ck_watermarks(cloud.bootstrap, topic_name) == (0, 5)

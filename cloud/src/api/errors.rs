@@ -25,6 +25,7 @@ pub(crate) const ILLEGAL_SASL_STATE: i16 = 34;
 pub(crate) const SASL_AUTHENTICATION_FAILED: i16 = 58;
 pub(crate) const KAFKA_STORAGE_ERROR: i16 = 56;
 pub(crate) const INVALID_RECORD: i16 = 87;
+pub(crate) const POLICY_VIOLATION: i16 = 44;
 pub(crate) const UNKNOWN_TOPIC_ID: i16 = 100;
 
 pub(crate) fn topic_error(e: &TopicError) -> i16 {

@@ -6,6 +6,7 @@ mod api_versions;
 mod create_partitions;
 mod create_topics;
 mod delete_groups;
+mod delete_records;
 mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
@@ -61,6 +62,7 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::DescribeCluster, 0, 1),
@@ -255,6 +257,9 @@ async fn dispatch(broker: &Broker, peer: &mut Peer, req: Request) -> Reply {
                 alter_configs::handle_incremental(broker, r, v).await,
             ))
         }
+        RequestKind::DeleteRecords(r) => Reply::message(ResponseKind::DeleteRecords(
+            delete_records::handle(broker, r, v).await,
+        )),
         RequestKind::DescribeCluster(r) => Reply::message(ResponseKind::DescribeCluster(
             describe_cluster::handle(broker, r, v),
         )),

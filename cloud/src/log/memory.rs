@@ -147,6 +147,22 @@ impl MemLog {
         (n, self.batches.front().map(|(o, _)| *o).filter(|_| n > 0))
     }
 
+    /// Drops the batches that end at or below `offset` (DeleteRecords); returns how many.
+    pub(crate) fn drop_before(&mut self, offset: u64) -> u64 {
+        let mut n = 0;
+        while let Some((base, b)) = self.batches.front() {
+            let end = BatchHeader::parse(b).map_or(*base + 1, |h| *base + h.offset_count());
+            if end > offset {
+                break;
+            }
+            if let Some((_, b)) = self.batches.pop_front() {
+                self.forget(b.len());
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Bytes held.
     #[cfg(test)]
     pub(crate) fn bytes(&self) -> usize {

@@ -136,10 +136,15 @@ impl PartitionLog {
             .log_last(topic_id, index)?
             .map(|(base, b)| end_of(base, &b))
             .unwrap_or(0);
+        // DeleteRecords may have set a start inside the first batch, or deleted every
+        // batch (the next offset is then that start).
+        let deleted_to = store.log_start(topic_id, index)?.unwrap_or(0);
+        let next = next.max(deleted_to);
         let start = store
             .log_first(topic_id, index)?
             .map(|(base, _)| base)
-            .unwrap_or(next);
+            .unwrap_or(next)
+            .max(deleted_to);
         let mut producers = HashMap::new();
         for (pid, v) in store.producer_states(topic_id, index)? {
             match ProducerState::decode(&v) {
@@ -173,6 +178,41 @@ impl PartitionLog {
 
     pub(crate) fn set_log_start(&self, start: u64) {
         self.log_start.fetch_max(start, Ordering::AcqRel);
+    }
+
+    /// DeleteRecords: the partition now starts at `before` (the caller keeps it at most
+    /// the high watermark). The start is stored durably with the deletion of the batches
+    /// wholly below it; a batch holding it stays, and its records below are no longer
+    /// served (Fetch returns whole batches; clients skip records below the offset they
+    /// asked for, as with Kafka). Returns the partition's start afterwards.
+    pub(crate) async fn delete_records(
+        &self,
+        store: &Store,
+        before: u64,
+    ) -> Result<u64, storage::Error> {
+        if before <= self.log_start() {
+            return Ok(self.log_start());
+        }
+        match &self.mem {
+            Some(m) => {
+                m.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .drop_before(before);
+            }
+            None => {
+                let cut = store
+                    .log_read(self.topic_id, self.index, before, 1, 1)?
+                    .first()
+                    .filter(|(base, b)| *base <= before && end_of(*base, b) > before)
+                    .map_or(before, |(base, _)| *base);
+                let mut set = WriteSet::default();
+                set.put_log_start(self.topic_id, self.index, before);
+                set.delete_log_before(self.topic_id, self.index, cut);
+                store.write(set, true).await?;
+            }
+        }
+        self.set_log_start(before);
+        Ok(self.log_start())
     }
 
     /// A hybrid partition (`storage.mode=hybrid`): its appends never wait for an fsync.

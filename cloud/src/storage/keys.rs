@@ -14,6 +14,7 @@
 //!   `b'G' | share subscription ($share/<group>/<filter>)` -> share group positions (opaque)
 //!   `b'W' | client id`                                -> pending delayed will (opaque bytes)
 //!   `b'M' | topic_id u32 | partition u32`             -> memory partition's offset floor (u64)
+//!   `b'L' | topic_id u32 | partition u32`             -> log start set by DeleteRecords (u64)
 //!   `b'3' | topic_id u32 | partition u32 | first offset u64` -> an S3 source's index entry
 //!                                                        (opaque bytes, `crate::source`)
 //!   `b'4' | topic_id u32 | partition u32 | base offset u64` -> a tiered partition's
@@ -77,6 +78,15 @@ pub(crate) fn mem_floor_key(topic_id: u32, partition: u32) -> Vec<u8> {
 
 pub(crate) fn mem_floor_topic_range(topic_id: u32) -> (Vec<u8>, Vec<u8>) {
     topic_range(b'M', topic_id)
+}
+
+/// Key of a partition's log start as DeleteRecords set it (it may fall inside a batch).
+pub(crate) fn log_start_key(topic_id: u32, partition: u32) -> Vec<u8> {
+    partition_key(b'L', topic_id, partition)
+}
+
+pub(crate) fn log_start_topic_range(topic_id: u32) -> (Vec<u8>, Vec<u8>) {
+    topic_range(b'L', topic_id)
 }
 
 /// Key of an S3-backed topic's index entry (an object and the offsets it holds).

@@ -191,6 +191,8 @@ impl WriteSet {
         self.ops.push(Op::DeleteMetaRange(a, b));
         let (a, b) = keys::tier_topic_range(t.id);
         self.ops.push(Op::DeleteMetaRange(a, b));
+        let (a, b) = keys::log_start_topic_range(t.id);
+        self.ops.push(Op::DeleteMetaRange(a, b));
     }
 
     /// Forgets one uploaded segment of a tiered partition (retention).
@@ -219,6 +221,15 @@ impl WriteSet {
         self.ops.push(Op::PutMeta(
             keys::mem_floor_key(topic_id, partition),
             floor.to_be_bytes().to_vec(),
+        ));
+    }
+
+    /// Records that the partition starts at `start` (DeleteRecords).
+    pub fn put_log_start(&mut self, topic_id: u32, partition: u32, start: u64) {
+        self.bytes += 17;
+        self.ops.push(Op::PutMeta(
+            keys::log_start_key(topic_id, partition),
+            start.to_be_bytes().to_vec(),
         ));
     }
 
@@ -677,10 +688,19 @@ impl Store {
 
     /// A memory partition's offset floor ([`WriteSet::put_mem_floor`]), if it has one.
     pub fn mem_floor(&self, topic_id: u32, partition: u32) -> Result<Option<u64>, Error> {
+        self.meta_u64(keys::mem_floor_key(topic_id, partition))
+    }
+
+    /// The log start DeleteRecords set, if any.
+    pub fn log_start(&self, topic_id: u32, partition: u32) -> Result<Option<u64>, Error> {
+        self.meta_u64(keys::log_start_key(topic_id, partition))
+    }
+
+    fn meta_u64(&self, key: Vec<u8>) -> Result<Option<u64>, Error> {
         let cf = self.cf(CF_META)?;
         Ok(self
             .db
-            .get_cf(cf, keys::mem_floor_key(topic_id, partition))?
+            .get_cf(cf, key)?
             .and_then(|v| Some(u64::from_be_bytes(v.as_slice().try_into().ok()?))))
     }
 
