@@ -39,6 +39,15 @@ pub struct Config {
     pub mqtt: crate::mqtt::MqttConfig,
     /// Where S3-backed topics (topic config `source`) read from, and their cache.
     pub s3: crate::source::S3Config,
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics (`crate::metrics`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the `GET /metrics` endpoint; `None` (the default) serves none.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,6 +155,7 @@ impl Default for Config {
             groups: GroupsConfig::default(),
             mqtt: crate::mqtt::MqttConfig::default(),
             s3: crate::source::S3Config::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod connection;
 mod groups;
 mod log;
+mod metrics;
 pub mod mqtt;
 mod server;
 pub mod source;
@@ -73,6 +74,8 @@ pub struct Running {
     /// The MQTT over WebSocket listener's address (`mqtt.websocket.listen`) and whether
     /// it speaks TLS (`wss`), if configured.
     pub mqtt_ws_addr: Option<(std::net::SocketAddr, bool)>,
+    /// The metrics endpoint's address (`metrics.listen`), if enabled.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     serve: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     mqtt: Arc<mqtt::Hub>,
 }
@@ -246,6 +249,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
         None => None,
     };
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(bind_mqtt(addr, "metrics.listen").await?),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().map(|(_, a)| *a);
     let mqtt_ws_addr = ws_listener
         .as_ref()
         .map(|((_, a), acceptor)| (*a, acceptor.is_some()));
@@ -295,6 +303,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         // Dropping the serve future stops the MQTT threads and their connections.
         let _mqtt_threads = mqtt_threads;
         tokio::spawn(log::retention::run(log.clone(), retention_every));
+        if let Some((l, _)) = metrics_listener {
+            tokio::spawn(metrics::serve(l, log.clone()));
+        }
         for t in log.all() {
             if let Err(e) = broker.sources.open(&t) {
                 tracing::warn!(topic = %t.name, cause = %e, "S3-backed topic not served");
@@ -322,6 +333,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         mqtt_addr,
         mqtts_addr,
         mqtt_ws_addr,
+        metrics_addr,
         serve: Box::pin(serve),
         mqtt: hub,
     })

@@ -96,6 +96,9 @@ fn main() -> ExitCode {
             Some((a, true)) => announce("mqtt-wss", a),
             None => {}
         }
+        if let Some(a) = running.metrics_addr {
+            announce("metrics", a);
+        }
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,

@@ -62,6 +62,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, peer: SocketAddr, bro
         sasl: Sasl::new(k.sasl.is_some()),
     };
     debug!("connection opened");
+    let _open = crate::metrics::Open::kafka();
     loop {
         let body = match conn.read_frame().await {
             Ok(Some(b)) => b,

@@ -3,6 +3,7 @@
 
 pub mod headers;
 pub mod kafka;
+pub mod metrics_http;
 pub mod net;
 pub mod tls;
 pub mod topic;

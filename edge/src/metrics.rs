@@ -1,5 +1,6 @@
 //! Prometheus metrics (prometheus-client; rumqttd's `metrics` 0.22 would clash with a
-//! `metrics` 0.24 recorder) served as text on `GET /metrics` by a minimal HTTP responder.
+//! `metrics` 0.24 recorder) served as text on `GET /metrics` by a minimal HTTP responder
+//! (`common::metrics_http`, shared with the cloud).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,7 +11,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::buffer::{Buffer, DROP_REASONS};
@@ -245,39 +245,5 @@ impl Metrics {
 
 /// Serves `GET /metrics` on an already bound listener.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, buffer: Arc<Buffer>) {
-    loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        let buffer = buffer.clone();
-        tokio::spawn(async move {
-            let mut req = [0u8; 2048];
-            let mut n = 0;
-            // Read until the end of the request head (or the buffer fills).
-            while n < req.len() {
-                match sock.read(&mut req[n..]).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(k) => n += k,
-                }
-                if req[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
-            }
-            let head = String::from_utf8_lossy(&req[..n]);
-            let (status, body) = if head.starts_with("GET /metrics") {
-                let body = tokio::task::spawn_blocking(move || metrics.render(&buffer))
-                    .await
-                    .unwrap_or_default();
-                ("200 OK", body)
-            } else {
-                ("404 Not Found", "not found\n".to_owned())
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-        });
-    }
+    common::metrics_http::serve(listener, Arc::new(move || metrics.render(&buffer))).await;
 }

@@ -158,6 +158,12 @@ pub(super) async fn handle(
             break read_all(broker, &mut slots, max_bytes, peer.id, &topic_names).0;
         }
     };
+    let sent: usize = parts
+        .iter()
+        .flat_map(|p| p.batches.iter())
+        .map(|b| b.len())
+        .sum();
+    crate::metrics::get().fetch_bytes.inc_by(sent as u64);
     let mut topics: Vec<Topic> = req
         .topics
         .iter()

@@ -179,6 +179,7 @@ pub(crate) async fn handle(
     let version = req.version;
     let correlation_id = req.header.correlation_id;
     let api = req.api;
+    crate::metrics::get().request(api as i16);
     let reply = dispatch(broker, peer, req).await;
     let header_version = api.response_header_version(version);
     let (msg, close) = match reply {

@@ -84,6 +84,7 @@ async fn append_one(
             return Outcome::err(e.0, e.1);
         }
     }
+    let stored_bytes: usize = batches.iter().map(|b| b.len()).sum();
     let check = broker.mqtt.get().map(|hub| (hub, batches.clone()));
     // Which batches set a retained MQTT message (every compressed batch is decompressed
     // for that) is found while the store writes and syncs the append. It waits one turn
@@ -97,6 +98,11 @@ async fn append_one(
         });
     match appended {
         Ok(a) => {
+            if !a.duplicate {
+                crate::metrics::get()
+                    .produce_bytes
+                    .inc_by(stored_bytes as u64);
+            }
             if let (Some((hub, b)), false) = (retaining, a.duplicate) {
                 hub.kafka_produced(topic, &b).await;
             }

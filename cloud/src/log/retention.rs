@@ -39,6 +39,14 @@ pub(crate) async fn run(log: Arc<Log>, every: Duration) {
         .await;
         match res {
             Ok((deleted, compacted)) => {
+                if let Ok(n) = deleted {
+                    crate::metrics::get().retention_batches.inc_by(n);
+                }
+                if let Ok(p) = compacted {
+                    crate::metrics::get()
+                        .compaction_records
+                        .inc_by(p.records_removed);
+                }
                 match deleted {
                     Ok(n) if n > 0 => debug!(deleted_batches = n, "retention sweep"),
                     Ok(_) => {}

@@ -41,6 +41,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 ) {
     let span = info_span!("mqtt", %peer, client_id = field::Empty);
     let _live = hub.live();
+    let _open = crate::metrics::Open::mqtt();
     async move {
         if let Err(e) = run(stream, hub).await {
             debug!(cause = %e, "connection ended");

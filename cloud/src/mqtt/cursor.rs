@@ -202,7 +202,9 @@ impl Cursors {
         version: Version,
         out: &mut BytesMut,
     ) -> Result<bool, Error> {
-        let more = self.pump_list(stored, session, version, out);
+        let mut sent = 0u64;
+        let more = self.pump_list(stored, session, version, out, &mut sent);
+        crate::metrics::get().mqtt_sent.inc_by(sent);
         // The scratch list must not hold messages while the connection waits.
         self.kept.clear();
         more
@@ -214,6 +216,7 @@ impl Cursors {
         session: &mut Session,
         version: Version,
         out: &mut BytesMut,
+        sent: &mut u64,
     ) -> Result<bool, Error> {
         let now = records::now_ms();
         while session.can_send() {
@@ -222,6 +225,7 @@ impl Cursors {
             };
             if let (Some(p), _) = session.deliver(&m, None, false, true, now) {
                 codec::encode(&p, version, out)?;
+                *sent += 1;
             }
         }
         let kept = &mut self.kept;
@@ -246,7 +250,7 @@ impl Cursors {
                         return Ok(false);
                     }
                     let at = (i as u32, e.offset, e.offset < c.dup_below);
-                    deliver(session, at, &e.message, e.key.as_deref(), now, version, out)?;
+                    *sent += deliver(session, at, &e.message, e.key.as_deref(), now, version, out)?;
                     c.next = e.offset + 1;
                 }
                 if c.next != before {
@@ -280,7 +284,8 @@ impl Cursors {
                             break;
                         }
                         let at = (i as u32, s.offset, s.offset < c.dup_below);
-                        deliver(session, at, &s.message, s.key.as_deref(), now, version, out)?;
+                        *sent +=
+                            deliver(session, at, &s.message, s.key.as_deref(), now, version, out)?;
                         c.next = s.offset + 1;
                     }
                     if blocked {
@@ -300,7 +305,8 @@ impl Cursors {
 }
 
 /// Hands the message at `(cursor, offset)` to the session and encodes what it sends,
-/// with DUP set if `dup` (sent before a restart) and the delivery is QoS 1 or 2.
+/// with DUP set if `dup` (sent before a restart) and the delivery is QoS 1 or 2. Returns
+/// how many publishes it encoded (0 or 1).
 fn deliver(
     session: &mut Session,
     (cursor, offset, dup): (u32, u64, bool),
@@ -309,7 +315,7 @@ fn deliver(
     now: i64,
     version: Version,
     out: &mut BytesMut,
-) -> Result<(), Error> {
+) -> Result<u64, Error> {
     // No-local: the record key is the publisher's client id.
     let from_self = key == Some(session.client_id.as_bytes());
     let ticket = Ticket { cursor, offset };
@@ -318,6 +324,7 @@ fn deliver(
             p.dup = dup && p.qos != QoS::AtMostOnce;
         }
         codec::encode(&p, version, out)?;
+        return Ok(1);
     }
-    Ok(())
+    Ok(0)
 }

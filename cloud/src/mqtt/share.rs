@@ -462,6 +462,7 @@ impl Memberships {
             let (p, done) = session.deliver_shared(&g.key, &d.message, ticket, now);
             if let Some(p) = p {
                 codec::encode(&p, version, out)?;
+                crate::metrics::get().mqtt_sent.inc();
             }
             if done.is_some() {
                 g.done(conn, d.cursor, d.offset, false);

@@ -298,7 +298,11 @@ impl Sources {
                     },
                 })?;
                 let path = object_store::path::Path::from(key);
-                (client.get(&path).await?.bytes().await?, true)
+                let bytes = client.get(&path).await?.bytes().await?;
+                let m = crate::metrics::get();
+                m.s3_gets.inc();
+                m.s3_get_bytes.inc_by(bytes.len() as u64);
+                (bytes, true)
             }
         };
         let spans = match split::spans(topic.format(), &bytes) {

@@ -691,6 +691,20 @@ impl Store {
         self.meta_u64(keys::mem_floor_key(topic_id, partition))
     }
 
+    /// Bytes of the store's SST files, all column families (`None` if RocksDB does not
+    /// say).
+    pub fn sst_bytes(&self) -> Option<u64> {
+        let mut total = 0;
+        for name in [CF_LOG, CF_META] {
+            let cf = self.cf(name).ok()?;
+            total += self
+                .db
+                .property_int_value_cf(cf, "rocksdb.total-sst-files-size")
+                .ok()??;
+        }
+        Some(total)
+    }
+
     /// The log start DeleteRecords set, if any.
     pub fn log_start(&self, topic_id: u32, partition: u32) -> Result<Option<u64>, Error> {
         self.meta_u64(keys::log_start_key(topic_id, partition))

@@ -323,6 +323,9 @@ async fn upload(
             PutPayload::from(body.freeze()),
         )
         .await?;
+    let m = crate::metrics::get();
+    m.tier_segments.inc();
+    m.tier_bytes.inc_by(size);
     Ok(Some(Segment {
         base,
         end,

@@ -34,6 +34,10 @@ impl Hub {
             let r = self.append_topic(msgs, key).await;
             if let Err(e) = &r {
                 warn!(topic = first.topic, cause = %e, "publish not appended");
+            } else {
+                crate::metrics::get()
+                    .mqtt_received
+                    .inc_by(msgs.len() as u64);
             }
             ok.resize(msgs.len(), r.is_ok());
             return matches!(r, Ok(true));
@@ -63,6 +67,8 @@ impl Hub {
                 ok[i] = r.is_ok();
             }
         }
+        let appended = ok.iter().filter(|o| **o).count();
+        crate::metrics::get().mqtt_received.inc_by(appended as u64);
         followed
     }
 
