@@ -143,7 +143,36 @@ async function admin({ topic, partitions, retention_ms, grow_to }) {
   });
 }
 
-const commands = { produce, group, admin };
+// Admin calls after creation: alter a config (AlterConfigs) and delete records
+// (DeleteRecords) below an offset of partition 0.
+async function alter({ topic, retention_ms, records, delete_before }) {
+  const a = kafka.admin();
+  await a.connect();
+  await a.createTopics({ waitForLeaders: true, topics: [{ topic, numPartitions: 1 }] });
+  const p = kafka.producer();
+  await p.connect();
+  const messages = Array.from({ length: records }, (_, i) => ({ value: `v${i}` }));
+  await p.send({ topic, messages });
+  await p.disconnect();
+  await a.alterConfigs({
+    validateOnly: false,
+    resources: [{ type: 2, name: topic, configEntries: [{ name: 'retention.ms', value: `${retention_ms}` }] }],
+  });
+  const configs = await a.describeConfigs({
+    includeSynonyms: false,
+    resources: [{ type: 2, name: topic, configNames: ['retention.ms'] }],
+  });
+  const entry = configs.resources[0].configEntries.find((e) => e.configName === 'retention.ms');
+  await a.deleteTopicRecords({ topic, partitions: [{ partition: 0, offset: `${delete_before}` }] });
+  const offsets = await a.fetchTopicOffsets(topic);
+  await a.disconnect();
+  emit({
+    retention_ms: entry ? entry.configValue : null,
+    offsets: offsets.map((o) => [o.partition, Number(o.low), Number(o.high)]),
+  });
+}
+
+const commands = { produce, group, admin, alter };
 (commands[command] || (() => Promise.reject(new Error(`unknown command ${command}`))))(spec)
   .then(() => process.exit(0))
   .catch((e) => {

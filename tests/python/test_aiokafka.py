@@ -125,3 +125,40 @@ def test_consumer_group_two_members_commit_and_resume(cloud, topic_name):
     # Resume at the committed offsets: only the 40 new records, once each.
     assert sorted(v for _, _, v in c) == sorted(want2)
     assert sorted((p, o) for p, o, _ in c) == sorted((p, o) for p in range(P) for o in range(25, 35))
+
+
+def test_admin_alter_configs_and_delete_records(cloud, topic_name):
+    """aiokafka's admin client: AlterConfigs sets retention.ms (DescribeConfigs reads it
+    back), DeleteRecords moves the start to 40 of 100 (the answer is the new low
+    watermark, and a reader from the beginning starts there)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+    from aiokafka.admin.records_to_delete import RecordsToDelete
+    from aiokafka.structs import TopicPartition
+
+    ck_create_topic(cloud.bootstrap, topic_name)
+    run_async(aio_produce(cloud.bootstrap, topic_name,
+                          [{"value": f"v{i}".encode()} for i in range(100)]))
+
+    async def admin_calls():
+        a = AIOKafkaAdminClient(bootstrap_servers=cloud.bootstrap)
+        await a.start()
+        try:
+            res = ConfigResource(ConfigResourceType.TOPIC, topic_name,
+                                 configs={"retention.ms": "3600000"})
+            (altered,) = await a.alter_configs([res])
+            described = await a.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic_name)])
+            tp = TopicPartition(topic_name, 0)
+            low = await a.delete_records({tp: RecordsToDelete(before_offset=40)})
+            return altered, described, low[tp]
+        finally:
+            await a.close()
+
+    altered, described, low = run_async(admin_calls())
+    assert all(r[0] == 0 for r in altered.resources), altered
+    entries = {e[0]: e[1] for r in described for res in r.resources for e in res[4]}
+    assert entries["retention.ms"] == "3600000"
+    assert low == 40
+    got = run_async(aio_read_all(cloud.bootstrap, topic_name))
+    assert [r.offset for r in got] == list(range(40, 100))

@@ -143,6 +143,16 @@ def test_admin_create_describe_grow_offsets_delete(node, module_cloud):
     assert out["listed_after_delete"] is False
 
 
+def test_admin_alter_configs_and_delete_records(node, module_cloud):
+    """KafkaJS alterConfigs (AlterConfigs) changes retention.ms, read back by
+    describeConfigs; deleteTopicRecords (DeleteRecords) below offset 3 of 10 makes the
+    partition's low offset 3."""
+    out = js(node, "alter", module_cloud.bootstrap, topic="kjs.alter", retention_ms=7200000,
+             records=10, delete_before=3)
+    assert out["retention_ms"] == "7200000"
+    assert out["offsets"] == [[0, 3, 10]]
+
+
 @pytest.mark.timeout(120)
 def test_mqtt_publish_reaches_a_kafkajs_consumer_with_its_headers(node, mqtt_cloud):
     topic = "plant.kjs.temp"
