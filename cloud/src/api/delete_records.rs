@@ -40,6 +40,7 @@ pub(super) async fn handle(
                         if before < 0 || before as u64 > hwm {
                             errors::OFFSET_OUT_OF_RANGE
                         } else {
+                            let _order = broker.log.rewrites.lock().await;
                             match part.delete_records(&broker.log.store, before as u64).await {
                                 Ok(start) => {
                                     res.low_watermark = start as i64;

@@ -21,7 +21,9 @@
 //!    topics).
 //! 4. The rewrites go to the store in sets of [`WRITE_SET_BATCHES`], unsynced: a crash
 //!    loses only removals of superseded records, and the next pass after a start
-//!    compacts the whole partition again.
+//!    compacts the whole partition again. A set leaves out batches that a DeleteRecords
+//!    removed since they were read (checked under `Log::rewrites`, which DeleteRecords
+//!    holds while it writes), so a rewrite never brings one back.
 //!
 //! A Fetch running meanwhile reads each batch either before or after its rewrite; both
 //! hold the newest record of every key. Appends go above the last batch, which is never
@@ -185,8 +187,7 @@ impl Compactor {
             !(value_null && ts < cutoff)
         };
         let mut left = 0u64;
-        let mut set = WriteSet::default();
-        let mut in_set = 0usize;
+        let mut pending: Vec<Change> = Vec::new();
         let mut zstd = Compressor::default();
         let mut from = 0u64;
         'rewrite: loop {
@@ -201,17 +202,15 @@ impl Compactor {
                 match rewrite(*base, b, &keep, &mut zstd) {
                     Ok(Outcome::Unchanged) => left += b.len() as u64,
                     Ok(Outcome::Empty(removed)) => {
-                        set.delete_log(topic.id, p, *base);
+                        pending.push((*base, span_end(*base, b), None));
                         pass.batches_deleted += 1;
                         pass.records_removed += removed;
-                        in_set += 1;
                     }
                     Ok(Outcome::Rewritten(nb, removed)) => {
                         left += nb.len() as u64;
-                        set.put_log(topic.id, p, *base, nb);
+                        pending.push((*base, span_end(*base, b), Some(nb)));
                         pass.batches_rewritten += 1;
                         pass.records_removed += removed;
-                        in_set += 1;
                     }
                     Err(e) => {
                         left += b.len() as u64;
@@ -219,16 +218,15 @@ impl Compactor {
                               "batch not compacted");
                     }
                 }
-                if in_set >= WRITE_SET_BATCHES {
-                    write(log, rt, topic, std::mem::take(&mut set))?;
-                    in_set = 0;
+                if pending.len() >= WRITE_SET_BATCHES {
+                    write(log, rt, topic, p, std::mem::take(&mut pending))?;
                 }
             }
             if n < SCAN_CHUNK {
                 break;
             }
         }
-        write(log, rt, topic, set)?;
+        write(log, rt, topic, p, pending)?;
         pass.partitions += 1;
         debug!(topic = %topic.name, partition = p, end, dirty, left, "compacted");
         self.parts.insert(
@@ -242,18 +240,46 @@ impl Compactor {
     }
 }
 
-/// Writes `set` unless the topic was deleted meanwhile (its batches would come back as
-/// garbage under an id nothing reads).
+/// One batch's change: (base, end of its offsets, the rewrite or `None` to delete it).
+type Change = (u64, u64, Option<Bytes>);
+
+fn span_end(base: u64, b: &Bytes) -> u64 {
+    base + BatchHeader::parse(b).map_or(1, |h| h.offset_count())
+}
+
+/// Writes `changes` unless the topic was deleted meanwhile (its batches would come back
+/// as garbage under an id nothing reads), leaving out batches a DeleteRecords removed
+/// since they were read: those wholly below the partition's start, checked under
+/// `Log::rewrites`, which DeleteRecords holds while it writes.
 fn write(
     log: &Log,
     rt: &tokio::runtime::Handle,
     topic: &Topic,
-    set: WriteSet,
+    p: u32,
+    changes: Vec<Change>,
 ) -> Result<(), storage::Error> {
-    if set.is_empty() || log.get(&topic.name).is_none_or(|t| t.id != topic.id) {
+    if changes.is_empty() || log.get(&topic.name).is_none_or(|t| t.id != topic.id) {
         return Ok(());
     }
-    rt.block_on(log.store.write(set, false))
+    rt.block_on(async {
+        let _order = log.rewrites.lock().await;
+        let start = match log.loaded_partition(topic, p) {
+            Some(part) => part.log_start(),
+            None => log.store.log_start(topic.id, p)?.unwrap_or(0),
+        };
+        let mut set = WriteSet::default();
+        for (base, end, new) in changes {
+            match new {
+                _ if end <= start => {}
+                Some(b) => set.put_log(topic.id, p, base, b),
+                None => set.delete_log(topic.id, p, base),
+            }
+        }
+        if set.is_empty() {
+            return Ok(());
+        }
+        log.store.write(set, false).await
+    })
 }
 
 enum Outcome {

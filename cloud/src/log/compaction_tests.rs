@@ -298,3 +298,35 @@ async fn records_without_a_key_and_other_topics_are_left_alone() {
         "cleanup.policy=delete topics are not compacted"
     );
 }
+
+#[tokio::test]
+async fn a_rewrite_never_brings_back_a_batch_delete_records_removed() {
+    let fx = fixture(&[]).await;
+    for v in ["1", "2", "3"] {
+        append(
+            &fx,
+            &[(Some("a"), Some(v), 0), (Some("b"), Some(v), 0)],
+            Codec::None,
+        )
+        .await;
+    }
+    let (base, first) = batches(&fx)[0].clone();
+    // DeleteRecords past the first batch, as if it ran while a pass held a rewrite of it.
+    assert_eq!(
+        fx.part
+            .delete_records(&fx.log.store, 2)
+            .await
+            .expect("delete"),
+        2
+    );
+    let (log, topic) = (fx.log.clone(), fx.topic.clone());
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        super::write(&log, &rt, &topic, 0, vec![(base, 2, Some(first))])
+    })
+    .await
+    .expect("join")
+    .expect("write");
+    let bases: Vec<u64> = batches(&fx).iter().map(|(b, _)| *b).collect();
+    assert_eq!(bases, vec![2, 4], "the deleted batch stays deleted");
+}

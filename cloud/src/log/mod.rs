@@ -273,6 +273,9 @@ pub(crate) struct Log {
     next_id: AtomicU32,
     generation: AtomicU64,
     admin: tokio::sync::Mutex<()>,
+    /// Orders compaction's rewrites against DeleteRecords: a rewrite written after a
+    /// DeleteRecords never brings back a batch it deleted (`compaction`).
+    pub(crate) rewrites: tokio::sync::Mutex<()>,
     /// Names of newly created topics, for views that index topics (MQTT). Additive: a
     /// send with no receiver is a no-op.
     created: tokio::sync::broadcast::Sender<Arc<str>>,
@@ -303,6 +306,7 @@ impl Log {
             next_id: AtomicU32::new(next_id),
             generation: AtomicU64::new(1),
             admin: tokio::sync::Mutex::new(()),
+            rewrites: tokio::sync::Mutex::new(()),
             created: tokio::sync::broadcast::channel(4096).0,
         })
     }
