@@ -95,13 +95,9 @@ fn apply(
     value: Option<String>,
 ) -> Result<(), TopicError> {
     let list = |m: &BTreeMap<String, String>, key: &str| -> Vec<String> {
-        let current = m.get(key).cloned().or_else(|| {
-            crate::log::TOPIC_CONFIG_DEFAULTS
-                .iter()
-                .find(|d| d.0 == key)
-                .map(|d| d.1.to_string())
-        });
-        current
+        m.get(key)
+            .map(String::as_str)
+            .or(crate::log::default_config(key))
             .unwrap_or_default()
             .split(',')
             .map(|x| x.trim().to_string())

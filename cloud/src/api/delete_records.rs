@@ -11,7 +11,36 @@ use tracing::warn;
 
 use super::errors;
 use crate::broker::Broker;
-use crate::log::StorageMode;
+use crate::log::{StorageMode, Topic};
+
+/// Deletes the records of one partition below `offset`; the new start, or an error code.
+async fn delete_one(
+    broker: &Broker,
+    topic: Option<&Topic>,
+    partition: i32,
+    offset: i64,
+) -> Result<u64, i16> {
+    let topic = topic.ok_or(errors::UNKNOWN_TOPIC_OR_PARTITION)?;
+    if topic.read_only() || topic.mode() == StorageMode::Tiered {
+        return Err(errors::POLICY_VIOLATION);
+    }
+    let part = broker
+        .log
+        .partition(topic, partition)
+        .map_err(|e| errors::topic_error(&e))?;
+    let hwm = part.high_watermark();
+    let before = if offset == -1 { hwm as i64 } else { offset };
+    if before < 0 || before as u64 > hwm {
+        return Err(errors::OFFSET_OUT_OF_RANGE);
+    }
+    let _order = broker.log.rewrites.lock().await;
+    part.delete_records(&broker.log.store, before as u64)
+        .await
+        .map_err(|e| {
+            warn!(topic = %topic.name, partition, cause = %e, "delete records failed");
+            errors::KAFKA_STORAGE_ERROR
+        })
+}
 
 pub(super) async fn handle(
     broker: &Broker,
@@ -26,36 +55,13 @@ pub(super) async fn handle(
         for p in t.partitions {
             let mut res = DeleteRecordsPartitionResult::default();
             res.partition_index = p.partition_index;
-            res.low_watermark = -1;
-            res.error_code = match &topic {
-                None => errors::UNKNOWN_TOPIC_OR_PARTITION,
-                Some(tp) if tp.read_only() || tp.mode() == StorageMode::Tiered => {
-                    errors::POLICY_VIOLATION
+            match delete_one(broker, topic.as_deref(), p.partition_index, p.offset).await {
+                Ok(start) => res.low_watermark = start as i64,
+                Err(code) => {
+                    res.low_watermark = -1;
+                    res.error_code = code;
                 }
-                Some(tp) => match broker.log.partition(tp, p.partition_index) {
-                    Err(e) => errors::topic_error(&e),
-                    Ok(part) => {
-                        let hwm = part.high_watermark();
-                        let before = if p.offset == -1 { hwm as i64 } else { p.offset };
-                        if before < 0 || before as u64 > hwm {
-                            errors::OFFSET_OUT_OF_RANGE
-                        } else {
-                            let _order = broker.log.rewrites.lock().await;
-                            match part.delete_records(&broker.log.store, before as u64).await {
-                                Ok(start) => {
-                                    res.low_watermark = start as i64;
-                                    errors::NONE
-                                }
-                                Err(e) => {
-                                    warn!(topic = %t.name.as_str(), partition = p.partition_index,
-                                          cause = %e, "delete records failed");
-                                    errors::KAFKA_STORAGE_ERROR
-                                }
-                            }
-                        }
-                    }
-                },
-            };
+            }
             out.partitions.push(res);
         }
         r.topics.push(out);

@@ -122,6 +122,11 @@ pub(crate) fn records(batch: &Bytes) -> Result<Vec<RecordView>, String> {
     }
 }
 
+/// The offset after the stored batch `b` at `base` (`base + 1` if its header is bad).
+pub(crate) fn end_of(base: u64, b: &[u8]) -> u64 {
+    base + BatchHeader::parse(b).map_or(1, |h| h.offset_count())
+}
+
 /// Verifies the CRC-32C of one whole batch.
 pub(crate) fn verify_crc(b: &[u8]) -> Result<(), BatchError> {
     if b.len() < HEADER_LEN {

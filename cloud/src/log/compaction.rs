@@ -202,13 +202,13 @@ impl Compactor {
                 match rewrite(*base, b, &keep, &mut zstd) {
                     Ok(Outcome::Unchanged) => left += b.len() as u64,
                     Ok(Outcome::Empty(removed)) => {
-                        pending.push((*base, span_end(*base, b), None));
+                        pending.push((*base, batch::end_of(*base, b), None));
                         pass.batches_deleted += 1;
                         pass.records_removed += removed;
                     }
                     Ok(Outcome::Rewritten(nb, removed)) => {
                         left += nb.len() as u64;
-                        pending.push((*base, span_end(*base, b), Some(nb)));
+                        pending.push((*base, batch::end_of(*base, b), Some(nb)));
                         pass.batches_rewritten += 1;
                         pass.records_removed += removed;
                     }
@@ -242,10 +242,6 @@ impl Compactor {
 
 /// One batch's change: (base, end of its offsets, the rewrite or `None` to delete it).
 type Change = (u64, u64, Option<Bytes>);
-
-fn span_end(base: u64, b: &Bytes) -> u64 {
-    base + BatchHeader::parse(b).map_or(1, |h| h.offset_count())
-}
 
 /// Writes `changes` unless the topic was deleted meanwhile (its batches would come back
 /// as garbage under an id nothing reads), leaving out batches a DeleteRecords removed

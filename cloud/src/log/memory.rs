@@ -151,8 +151,7 @@ impl MemLog {
     pub(crate) fn drop_before(&mut self, offset: u64) -> u64 {
         let mut n = 0;
         while let Some((base, b)) = self.batches.front() {
-            let end = BatchHeader::parse(b).map_or(*base + 1, |h| *base + h.offset_count());
-            if end > offset {
+            if super::batch::end_of(*base, b) > offset {
                 break;
             }
             if let Some((_, b)) = self.batches.pop_front() {

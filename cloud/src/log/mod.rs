@@ -56,6 +56,19 @@ pub(crate) const TOPIC_CONFIG_DEFAULTS: &[(&str, &str)] = &[
     (crate::tier::LOCAL_BYTES, "-2"),
 ];
 
+/// A topic config's default ([`TOPIC_CONFIG_DEFAULTS`]).
+pub(crate) fn default_config(key: &str) -> Option<&'static str> {
+    TOPIC_CONFIG_DEFAULTS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| *v)
+}
+
+/// Whether a `cleanup.policy` value lists `policy` (`delete`, `compact`).
+fn has_policy(value: &str, policy: &str) -> bool {
+    value.split(',').any(|x| x.trim() == policy)
+}
+
 /// Topic configs that fix where a topic's batches are: never altered.
 pub(crate) const FIXED_AT_CREATION: [&str; 3] =
     ["storage.mode", crate::source::SOURCE, crate::source::FORMAT];
@@ -131,10 +144,7 @@ impl Topic {
         {
             return Some(v.clone());
         }
-        TOPIC_CONFIG_DEFAULTS
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.to_string())
+        default_config(key).map(str::to_string)
     }
 
     /// Whether the topic is served from an S3 prefix (`crate::source`): nothing is
@@ -147,13 +157,13 @@ impl Topic {
     /// (`compaction`).
     pub(crate) fn compacted(&self) -> bool {
         self.config("cleanup.policy")
-            .is_some_and(|p| p.split(',').any(|x| x.trim() == "compact"))
+            .is_some_and(|p| has_policy(&p, "compact"))
     }
 
     /// `cleanup.policy` includes `delete`: `retention.ms` and `retention.bytes` apply.
     pub(crate) fn deletes(&self) -> bool {
         self.config("cleanup.policy")
-            .is_none_or(|p| p.split(',').any(|x| x.trim() == "delete"))
+            .is_none_or(|p| has_policy(&p, "delete"))
     }
 
     /// The topic's storage mode (an unreadable stored value reads as persistent).
@@ -503,7 +513,7 @@ impl Log {
         }
         let compact = configs
             .get("cleanup.policy")
-            .is_some_and(|p| p.split(',').any(|x| x.trim() == "compact"));
+            .is_some_and(|p| has_policy(p, "compact"));
         if compact && matches!(mode, StorageMode::Memory | StorageMode::Tiered) {
             // Kafka refuses compaction with tiered storage too.
             return Err(TopicError::InvalidConfig {
@@ -547,13 +557,14 @@ impl Log {
         let old = topic.configs();
         let mut new = old.clone();
         change(&mut new)?;
-        let default = |k: &str| TOPIC_CONFIG_DEFAULTS.iter().find(|d| d.0 == k).map(|d| d.1);
         for key in FIXED_AT_CREATION {
             match (old.get(key), new.get(key)) {
                 (Some(o), None) => {
                     new.insert(key.to_string(), o.clone());
                 }
-                (o, Some(n)) if o.map(String::as_str).or(default(key)) != Some(n.as_str()) => {
+                (o, Some(n))
+                    if o.map(String::as_str).or(default_config(key)) != Some(n.as_str()) =>
+                {
                     return Err(TopicError::InvalidConfig {
                         key: key.to_string(),
                         reason: "set at creation only".into(),

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tracing::error;
 
-use super::batch::{self, BatchHeader};
+use super::batch::{self, end_of, BatchHeader};
 use super::memory::{self, Budget, MemLog};
 use super::producer::{ProducerState, SeqCheck, SeqEntry};
 use super::waiters::Waiters;
@@ -85,10 +85,6 @@ pub(crate) struct ReadResult {
     pub(crate) batches: Vec<Bytes>,
     pub(crate) high_watermark: u64,
     pub(crate) log_start: u64,
-}
-
-fn end_of(base: u64, b: &[u8]) -> u64 {
-    base + BatchHeader::parse(b).map(|h| h.offset_count()).unwrap_or(1)
 }
 
 impl PartitionLog {

@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 
 use super::index::Segment;
 use super::{PartTier, Tiers, LOCAL_BYTES};
-use crate::log::batch::BatchHeader;
+use crate::log::batch::{end_of, BatchHeader};
 use crate::log::partition::PartitionLog;
 use crate::log::{Log, StorageMode, Topic};
 use crate::storage::{Store, WriteSet};
@@ -247,10 +247,6 @@ async fn count_local(
         a.counted_to = to;
     }
     Ok(())
-}
-
-fn end_of(base: u64, b: &[u8]) -> u64 {
-    base + BatchHeader::parse(b).map(|h| h.offset_count()).unwrap_or(1)
 }
 
 /// The oldest local batches from `from`, below `hwm`, up to `max` bytes (at least one).
