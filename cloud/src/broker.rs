@@ -37,6 +37,8 @@ pub(crate) struct Broker {
     pub(crate) sources: Arc<Sources>,
     /// Tiered partitions' uploaded segments (`storage.mode=tiered`).
     pub(crate) tiers: Arc<Tiers>,
+    /// The `acl` rules (`None`: no access control); set by the start after `new`.
+    pub(crate) acl: Option<Arc<crate::acl::Acl>>,
 }
 
 impl Broker {
@@ -74,6 +76,7 @@ impl Broker {
             mqtt: std::sync::OnceLock::new(),
             sources,
             tiers,
+            acl: None,
         })
     }
 

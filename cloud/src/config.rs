@@ -40,6 +40,9 @@ pub struct Config {
     /// Where S3-backed topics (topic config `source`) read from, and their cache.
     pub s3: crate::source::S3Config,
     pub metrics: MetricsConfig,
+    /// Who may read, write and administer which topics, over MQTT and Kafka alike
+    /// (`crate::acl`); `None` (the default): no access control.
+    pub acl: Option<Vec<crate::acl::RuleConfig>>,
 }
 
 /// Prometheus metrics (`crate::metrics`).
@@ -156,6 +159,7 @@ impl Default for Config {
             mqtt: crate::mqtt::MqttConfig::default(),
             s3: crate::source::S3Config::default(),
             metrics: MetricsConfig::default(),
+            acl: None,
         }
     }
 }
@@ -325,10 +329,27 @@ impl Config {
             }
         }
         self.s3.validate()?;
+        self.access()?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(("data_dir", "must not be empty".into()));
         }
         Ok(())
+    }
+
+    /// The `acl` rules, checked (`None`: no access control).
+    pub fn access(&self) -> Result<Option<crate::acl::Acl>, (&'static str, String)> {
+        let Some(rules) = &self.acl else {
+            return Ok(None);
+        };
+        let known = |u: &str| {
+            self.mqtt.credentials.contains_key(u)
+                || self
+                    .kafka
+                    .sasl
+                    .as_ref()
+                    .is_some_and(|s| s.users.contains_key(u))
+        };
+        crate::acl::Acl::new(rules, known).map(Some)
     }
 
     pub fn default_mode(&self) -> Result<StorageMode, (&'static str, String)> {

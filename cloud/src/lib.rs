@@ -5,6 +5,7 @@
 //! per Kafka API) -> `log` / `groups` (partitions, offsets, idempotence, membership) ->
 //! [`storage`] (RocksDB, domain verbs only). See ARCHITECTURE.md.
 
+pub mod acl;
 pub mod alloc;
 mod api;
 mod broker;
@@ -210,7 +211,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         store.clone(),
     ));
     let retention_every = Duration::from_millis(config.storage.retention_check_interval_ms);
-    let mqtt_hub = mqtt::Hub::open(log.clone(), Some(tiers.clone()), config.mqtt.clone())
+    // Checked when the configuration was loaded; a config built in code is checked here.
+    let acl = config
+        .access()
+        .map_err(|(key, why)| StartError::Mqtt(format!("{key}: {why}")))?
+        .map(Arc::new);
+    let mut mqtt_config = config.mqtt.clone();
+    mqtt_config.acl = acl.clone();
+    let mqtt_hub = mqtt::Hub::open(log.clone(), Some(tiers.clone()), mqtt_config)
         .await
         .map_err(|e| StartError::Mqtt(e.to_string()))?;
     let bind_mqtt = |addr: std::net::SocketAddr, key: &'static str| async move {
@@ -260,22 +268,22 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let config_threads = config.mqtt.thread_count();
     let mqtt_addr = mqtt_listener.as_ref().map(|(_, a)| *a);
     let mqtts_addr = mqtts_listener.as_ref().map(|((_, a), _)| *a);
-    let broker = Arc::new(
-        broker::Broker::new(
-            store.clone(),
-            log.clone(),
-            groups.clone(),
-            config,
-            node,
-            sources,
-            tiers,
-        )
-        .await
-        .map_err(|source| StartError::Store {
-            path: store_dir.display().to_string(),
-            source,
-        })?,
-    );
+    let mut broker = broker::Broker::new(
+        store.clone(),
+        log.clone(),
+        groups.clone(),
+        config,
+        node,
+        sources,
+        tiers,
+    )
+    .await
+    .map_err(|source| StartError::Store {
+        path: store_dir.display().to_string(),
+        source,
+    })?;
+    broker.acl = acl;
+    let broker = Arc::new(broker);
     let _ = broker.mqtt.set(mqtt_hub.clone());
     tracing::info!(topics = log.topic_count(), "store opened");
     tracing::info!(

@@ -60,6 +60,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, peer: SocketAddr, bro
         id: NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         host: peer.ip().to_string(),
         sasl: Sasl::new(k.sasl.is_some()),
+        grants: None,
     };
     debug!("connection opened");
     let _open = crate::metrics::Open::kafka();

@@ -15,6 +15,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::errors;
+use crate::acl::{Grants, Op};
 use crate::broker::Broker;
 use crate::log::TopicError;
 
@@ -36,6 +37,7 @@ fn invalid(key: &str, reason: &str) -> TopicError {
 /// The outcome of one resource: (error code, message).
 async fn alter(
     broker: &Broker,
+    grants: &Grants,
     resource_type: i8,
     name: &str,
     change: impl FnOnce(&mut BTreeMap<String, String>) -> Result<(), TopicError>,
@@ -44,6 +46,10 @@ async fn alter(
     if resource_type != TOPIC {
         let m = "only topic configs can be altered; broker configs come from cloud.yaml";
         return (errors::INVALID_REQUEST, Some(StrBytes::from_static_str(m)));
+    }
+    if !grants.may_kafka(Op::Admin, name) {
+        let m = StrBytes::from_static_str(errors::NOT_ALLOWED);
+        return (errors::TOPIC_AUTHORIZATION_FAILED, Some(m));
     }
     match broker.log.alter_configs(name, change, validate_only).await {
         Ok(()) => (errors::NONE, None),
@@ -56,6 +62,7 @@ async fn alter(
 
 pub(super) async fn handle(
     broker: &Broker,
+    grants: &Grants,
     req: AlterConfigsRequest,
     _version: i16,
 ) -> AlterConfigsResponse {
@@ -75,8 +82,15 @@ pub(super) async fn handle(
             Ok(())
         };
         let name = res.resource_name.to_string();
-        let (code, message) =
-            alter(broker, res.resource_type, &name, replace, req.validate_only).await;
+        let (code, message) = alter(
+            broker,
+            grants,
+            res.resource_type,
+            &name,
+            replace,
+            req.validate_only,
+        )
+        .await;
         let mut out = alter_configs_response::AlterConfigsResourceResponse::default();
         out.error_code = code;
         out.error_message = message;
@@ -132,6 +146,7 @@ fn apply(
 
 pub(super) async fn handle_incremental(
     broker: &Broker,
+    grants: &Grants,
     req: IncrementalAlterConfigsRequest,
     _version: i16,
 ) -> IncrementalAlterConfigsResponse {
@@ -152,8 +167,15 @@ pub(super) async fn handle_incremental(
             Ok(())
         };
         let name = res.resource_name.to_string();
-        let (code, message) =
-            alter(broker, res.resource_type, &name, change, req.validate_only).await;
+        let (code, message) = alter(
+            broker,
+            grants,
+            res.resource_type,
+            &name,
+            change,
+            req.validate_only,
+        )
+        .await;
         let mut out = incremental_alter_configs_response::AlterConfigsResourceResponse::default();
         out.error_code = code;
         out.error_message = message;

@@ -5,10 +5,12 @@ use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse
 use kafka_protocol::protocol::StrBytes;
 
 use super::errors;
+use crate::acl::{Grants, Op};
 use crate::broker::Broker;
 
 pub(super) async fn handle(
     broker: &Broker,
+    grants: &Grants,
     req: CreatePartitionsRequest,
     _version: i16,
 ) -> CreatePartitionsResponse {
@@ -16,6 +18,12 @@ pub(super) async fn handle(
     for t in req.topics {
         let mut res = CreatePartitionsTopicResult::default();
         res.name = t.name.clone();
+        if !grants.may_kafka(Op::Admin, t.name.0.as_str()) {
+            res.error_code = errors::TOPIC_AUTHORIZATION_FAILED;
+            res.error_message = Some(StrBytes::from_static_str(errors::NOT_ALLOWED));
+            r.results.push(res);
+            continue;
+        }
         let outcome = if t.count <= 0 {
             Err(crate::log::TopicError::InvalidPartitions(format!(
                 "{} is not a valid partition count",

@@ -9,11 +9,13 @@ use kafka_protocol::protocol::StrBytes;
 use tracing::warn;
 
 use super::errors;
+use crate::acl::{Grants, Op};
 use crate::broker::Broker;
 use crate::log::NewTopic;
 
 pub(super) async fn handle(
     broker: &Broker,
+    grants: &Grants,
     req: CreateTopicsRequest,
     _version: i16,
 ) -> CreateTopicsResponse {
@@ -30,6 +32,14 @@ pub(super) async fn handle(
         };
         res.num_partitions = partitions;
         res.replication_factor = 1;
+        // Creating a topic with chosen partitions and configs is administration
+        // (Kafka: Create); auto-creation by Metadata needs only the right to write.
+        if !grants.may_kafka(Op::Admin, t.name.0.as_str()) {
+            res.error_code = errors::TOPIC_AUTHORIZATION_FAILED;
+            res.error_message = Some(StrBytes::from_static_str(errors::NOT_ALLOWED));
+            results.push(res);
+            continue;
+        }
         if t.replication_factor != -1 && t.replication_factor != 1 {
             res.error_code = errors::INVALID_REPLICATION_FACTOR;
             res.error_message = Some(StrBytes::from_string(format!(

@@ -10,6 +10,7 @@ use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 use tracing::warn;
 
 use super::errors;
+use crate::acl::{Grants, Op};
 use crate::broker::Broker;
 use crate::log::{StorageMode, Topic};
 
@@ -44,18 +45,24 @@ async fn delete_one(
 
 pub(super) async fn handle(
     broker: &Broker,
+    grants: &Grants,
     req: DeleteRecordsRequest,
     _version: i16,
 ) -> DeleteRecordsResponse {
     let mut r = DeleteRecordsResponse::default();
     for t in req.topics {
+        let allowed = grants.may_kafka(Op::Admin, t.name.as_str());
         let topic = broker.log.get(t.name.as_str());
         let mut out = DeleteRecordsTopicResult::default();
         out.name = t.name.clone();
         for p in t.partitions {
             let mut res = DeleteRecordsPartitionResult::default();
             res.partition_index = p.partition_index;
-            match delete_one(broker, topic.as_deref(), p.partition_index, p.offset).await {
+            let outcome = match allowed {
+                false => Err(errors::TOPIC_AUTHORIZATION_FAILED),
+                true => delete_one(broker, topic.as_deref(), p.partition_index, p.offset).await,
+            };
+            match outcome {
                 Ok(start) => res.low_watermark = start as i64,
                 Err(code) => {
                     res.low_watermark = -1;

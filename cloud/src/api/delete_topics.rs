@@ -5,10 +5,12 @@ use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicN
 use kafka_protocol::protocol::StrBytes;
 
 use super::errors;
+use crate::acl::{Grants, Op};
 use crate::broker::Broker;
 
 pub(super) async fn handle(
     broker: &Broker,
+    grants: &Grants,
     req: DeleteTopicsRequest,
     version: i16,
 ) -> DeleteTopicsResponse {
@@ -42,6 +44,10 @@ pub(super) async fn handle(
         });
         match resolved {
             None => res.error_code = errors::UNKNOWN_TOPIC_ID,
+            Some(n) if !grants.may_kafka(Op::Admin, &n) => {
+                res.error_code = errors::TOPIC_AUTHORIZATION_FAILED;
+                res.error_message = Some(StrBytes::from_static_str(errors::NOT_ALLOWED));
+            }
             Some(n) => {
                 let id = broker.log.get(&n).map(|t| t.id);
                 let r = broker.log.delete(&n).await;

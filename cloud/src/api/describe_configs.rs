@@ -7,6 +7,7 @@ use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::protocol::StrBytes;
 
 use super::errors;
+use crate::acl::Grants;
 use crate::broker::{Broker, NODE_ID};
 use crate::log::TOPIC_CONFIG_DEFAULTS;
 
@@ -27,6 +28,7 @@ fn entry(name: &str, value: &str, source: i8, read_only: bool) -> DescribeConfig
 
 pub(super) fn handle(
     broker: &Broker,
+    grants: &Grants,
     req: DescribeConfigsRequest,
     _version: i16,
 ) -> DescribeConfigsResponse {
@@ -41,6 +43,10 @@ pub(super) fn handle(
                 .is_none_or(|keys| keys.iter().any(|x| x.as_str() == k))
         };
         match res.resource_type {
+            TOPIC if !grants.sees_kafka(res.resource_name.as_str()) => {
+                out.error_code = errors::TOPIC_AUTHORIZATION_FAILED;
+                out.error_message = Some(StrBytes::from_static_str(errors::NOT_ALLOWED));
+            }
             TOPIC => match broker.log.get(res.resource_name.as_str()) {
                 Some(t) => {
                     let explicit = t.configs();

@@ -13,6 +13,7 @@ use tracing::warn;
 
 use super::errors;
 use super::Peer;
+use crate::acl::{Grants, Op};
 use crate::broker::Broker;
 use crate::groups::shared::{self, Member, Tag};
 use crate::log::batch::BatchHeader;
@@ -61,6 +62,7 @@ pub(super) async fn handle(
     _version: i16,
     client_id: &str,
     peer: &Peer,
+    grants: &Grants,
 ) -> Body {
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT);
     let deadline = Instant::now() + wait;
@@ -76,7 +78,10 @@ pub(super) async fn handle(
         host: peer.host.clone(),
     };
     for (ti, t) in req.topics.iter().enumerate() {
-        let topic = broker.log.get(t.topic.0.as_str());
+        let allowed = grants.may_kafka(Op::Read, t.topic.0.as_str());
+        let topic = allowed
+            .then(|| broker.log.get(t.topic.0.as_str()))
+            .flatten();
         let source = topic.as_ref().and_then(|t| broker.sources.get(t.id));
         // Shared groups take turns over stored batches; an S3-backed topic is served
         // plainly.
@@ -92,6 +97,7 @@ pub(super) async fn handle(
                     .shared_start(&m.group, t.topic.0.as_str(), p.partition, offset);
             }
             let log = match &topic {
+                None if !allowed => Err(errors::TOPIC_AUTHORIZATION_FAILED),
                 None => Err(errors::UNKNOWN_TOPIC_OR_PARTITION),
                 Some(tp) => broker
                     .log

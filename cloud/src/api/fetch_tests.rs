@@ -74,8 +74,10 @@ fn fetch(b: &Arc<Broker>, conn: u64, offset: i64) -> tokio::task::JoinHandle<Bod
             id: conn,
             host: "127.0.0.1".into(),
             sasl: Sasl::new(false),
+            grants: None,
         };
-        handle(&b, request(offset), 12, "a", &peer).await
+        let all = crate::acl::Grants::all();
+        handle(&b, request(offset), 12, "a", &peer, &all).await
     })
 }
 

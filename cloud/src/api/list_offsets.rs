@@ -8,6 +8,7 @@ use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::records::RecordBatchDecoder;
 
 use super::errors;
+use crate::acl::Grants;
 use crate::broker::Broker;
 use crate::log::batch::BatchHeader;
 use crate::log::partition::PartitionLog;
@@ -99,12 +100,15 @@ fn pick(batch: &bytes::Bytes, ts: Option<i64>) -> Option<(i64, i64)> {
 
 pub(super) async fn handle(
     broker: &Broker,
+    grants: &Grants,
     req: ListOffsetsRequest,
     version: i16,
 ) -> ListOffsetsResponse {
     let mut r = ListOffsetsResponse::default();
     for t in req.topics {
-        let topic = broker.log.get(t.name.0.as_str());
+        // Kafka asks for Describe, which Read and Write imply.
+        let allowed = grants.sees_kafka(t.name.0.as_str());
+        let topic = allowed.then(|| broker.log.get(t.name.0.as_str())).flatten();
         let mut rt = ListOffsetsTopicResponse::default();
         for p in t.partitions {
             let mut rp = ListOffsetsPartitionResponse::default();
@@ -115,6 +119,7 @@ pub(super) async fn handle(
                 rp.leader_epoch = 0;
             }
             let log = match &topic {
+                None if !allowed => Err(errors::TOPIC_AUTHORIZATION_FAILED),
                 None => Err(errors::UNKNOWN_TOPIC_OR_PARTITION),
                 Some(tp) => broker
                     .log

@@ -15,6 +15,7 @@ use kafka_protocol::protocol::{Encodable, StrBytes};
 use tracing::warn;
 
 use super::{errors, Reply};
+use crate::acl::{Grants, Op};
 use crate::broker::{Broker, NODE_ID};
 use crate::log::{NewTopic, Topic};
 
@@ -55,13 +56,18 @@ fn base(broker: &Broker) -> MetadataResponse {
     r
 }
 
-pub(super) async fn handle(broker: &Broker, req: MetadataRequest, version: i16) -> Reply {
+pub(super) async fn handle(
+    broker: &Broker,
+    grants: &Grants,
+    req: MetadataRequest,
+    version: i16,
+) -> Reply {
     let Some(requested) = req.topics else {
-        return all_topics(broker, version).await;
+        return all_topics(broker, grants, version).await;
     };
     // v0 has no null: an empty list means all topics.
     if requested.is_empty() && version == 0 {
-        return all_topics(broker, version).await;
+        return all_topics(broker, grants, version).await;
     }
     let auto =
         broker.config.kafka.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
@@ -75,7 +81,11 @@ pub(super) async fn handle(broker: &Broker, req: MetadataRequest, version: i16) 
             ));
             continue;
         };
-        if broker.log.get(name.0.as_str()).is_none() && auto {
+        // Auto-creation needs the right to write the topic (Kafka: Create).
+        if auto
+            && grants.may_kafka(Op::Write, name.0.as_str())
+            && broker.log.get(name.0.as_str()).is_none()
+        {
             to_create.push(NewTopic {
                 name: name.0.to_string(),
                 partitions: broker.config.kafka.default_partitions,
@@ -97,6 +107,12 @@ pub(super) async fn handle(broker: &Broker, req: MetadataRequest, version: i16) 
     }
     for t in requested {
         let Some(name) = t.name else { continue };
+        // Kafka answers a topic the client may not see the same whether it exists or not.
+        if !grants.sees_kafka(name.0.as_str()) {
+            r.topics
+                .push(missing(name, errors::TOPIC_AUTHORIZATION_FAILED));
+            continue;
+        }
         match broker.log.get(name.0.as_str()) {
             Some(topic) => r.topics.push(topic_entry(&topic)),
             None => {
@@ -112,7 +128,10 @@ pub(super) async fn handle(broker: &Broker, req: MetadataRequest, version: i16) 
     Reply::message(ResponseKind::Metadata(r))
 }
 
-async fn all_topics(broker: &Broker, version: i16) -> Reply {
+async fn all_topics(broker: &Broker, grants: &Grants, version: i16) -> Reply {
+    if grants.restricted() {
+        return visible_topics(broker, grants);
+    }
     let generation = broker.log.generation();
     if let Some(b) = cached(broker, generation, version) {
         return Reply::Encoded(b);
@@ -155,6 +174,21 @@ async fn all_topics(broker: &Broker, version: i16) -> Reply {
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = Some((generation, version, bytes.clone()));
     Reply::Encoded(bytes)
+}
+
+/// All topics a client under `acl` may see (Kafka leaves the others out): built per
+/// request, not cached, as the set differs per user.
+fn visible_topics(broker: &Broker, grants: &Grants) -> Reply {
+    let mut r = base(broker);
+    r.topics = broker
+        .log
+        .all()
+        .iter()
+        .filter(|t| grants.sees_kafka(&t.name))
+        .take(broker.config.kafka.metadata_max_topics)
+        .map(|t| topic_entry(t))
+        .collect();
+    Reply::message(ResponseKind::Metadata(r))
 }
 
 /// Encodes a Metadata response topic by topic, never holding more than one topic's

@@ -29,11 +29,14 @@ mod sasl_authenticate;
 mod sasl_handshake;
 mod sync_group;
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use common::kafka::frame::Frame;
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::Encodable;
 
+use crate::acl::Grants;
 use crate::broker::Broker;
 use crate::wire::{self, Request};
 
@@ -130,6 +133,28 @@ pub(crate) struct Peer {
     pub(crate) host: String,
     /// Authentication state (`Sasl::Off` without `kafka.sasl`).
     pub(crate) sasl: sasl::Sasl,
+    /// What this connection may do under `acl`, once known (see [`Peer::grants`]).
+    pub(crate) grants: Option<Arc<Grants>>,
+}
+
+impl Peer {
+    /// What this connection may do under `acl`: as its SASL user, or anonymous. Only
+    /// ApiVersions and the SASL requests are served before authentication, and they
+    /// need no grants, so the first request that does fixes them.
+    fn grants(&mut self, broker: &Broker) -> Arc<Grants> {
+        if let Some(g) = &self.grants {
+            return g.clone();
+        }
+        let g = Arc::new(match &broker.acl {
+            None => Grants::all(),
+            Some(acl) => match &self.sasl {
+                sasl::Sasl::Done(user) => acl.grants(Some(user), None),
+                _ => acl.grants(None, None),
+            },
+        });
+        self.grants = Some(g.clone());
+        g
+    }
 }
 
 /// An encoded response frame (length prefix included): its buffer, and the byte strings
@@ -229,37 +254,38 @@ async fn dispatch(broker: &Broker, peer: &mut Peer, req: Request) -> Reply {
             Some(cfg) => sasl_authenticate::handle(cfg, &mut peer.sasl, r),
             None => Reply::Nothing,
         },
-        RequestKind::Metadata(r) => metadata::handle(broker, r, v).await,
-        RequestKind::Produce(r) => produce::handle(broker, r, v).await,
+        RequestKind::Metadata(r) => metadata::handle(broker, &peer.grants(broker), r, v).await,
+        RequestKind::Produce(r) => produce::handle(broker, &peer.grants(broker), r, v).await,
         RequestKind::Fetch(r) => {
             let client = h.client_id.as_ref().map(|c| c.as_str()).unwrap_or_default();
-            Reply::Fetch(fetch::handle(broker, r, v, client, peer).await)
+            let grants = peer.grants(broker);
+            Reply::Fetch(fetch::handle(broker, r, v, client, peer, &grants).await)
         }
         RequestKind::ListOffsets(r) => Reply::message(ResponseKind::ListOffsets(
-            list_offsets::handle(broker, r, v).await,
+            list_offsets::handle(broker, &peer.grants(broker), r, v).await,
         )),
         RequestKind::CreateTopics(r) => Reply::message(ResponseKind::CreateTopics(
-            create_topics::handle(broker, r, v).await,
+            create_topics::handle(broker, &peer.grants(broker), r, v).await,
         )),
         RequestKind::DeleteTopics(r) => Reply::message(ResponseKind::DeleteTopics(
-            delete_topics::handle(broker, r, v).await,
+            delete_topics::handle(broker, &peer.grants(broker), r, v).await,
         )),
         RequestKind::CreatePartitions(r) => Reply::message(ResponseKind::CreatePartitions(
-            create_partitions::handle(broker, r, v).await,
+            create_partitions::handle(broker, &peer.grants(broker), r, v).await,
         )),
         RequestKind::DescribeConfigs(r) => Reply::message(ResponseKind::DescribeConfigs(
-            describe_configs::handle(broker, r, v),
+            describe_configs::handle(broker, &peer.grants(broker), r, v),
         )),
         RequestKind::AlterConfigs(r) => Reply::message(ResponseKind::AlterConfigs(
-            alter_configs::handle(broker, r, v).await,
+            alter_configs::handle(broker, &peer.grants(broker), r, v).await,
         )),
         RequestKind::IncrementalAlterConfigs(r) => {
             Reply::message(ResponseKind::IncrementalAlterConfigs(
-                alter_configs::handle_incremental(broker, r, v).await,
+                alter_configs::handle_incremental(broker, &peer.grants(broker), r, v).await,
             ))
         }
         RequestKind::DeleteRecords(r) => Reply::message(ResponseKind::DeleteRecords(
-            delete_records::handle(broker, r, v).await,
+            delete_records::handle(broker, &peer.grants(broker), r, v).await,
         )),
         RequestKind::DescribeCluster(r) => Reply::message(ResponseKind::DescribeCluster(
             describe_cluster::handle(broker, r, v),
@@ -280,10 +306,10 @@ async fn dispatch(broker: &Broker, peer: &mut Peer, req: Request) -> Reply {
             Reply::message(ResponseKind::LeaveGroup(leave_group::handle(broker, r, v)))
         }
         RequestKind::OffsetCommit(r) => Reply::message(ResponseKind::OffsetCommit(
-            offset_commit::handle(broker, r, v).await,
+            offset_commit::handle(broker, &peer.grants(broker), r, v).await,
         )),
         RequestKind::OffsetFetch(r) => Reply::message(ResponseKind::OffsetFetch(
-            offset_fetch::handle(broker, r, v),
+            offset_fetch::handle(broker, &peer.grants(broker), r, v),
         )),
         RequestKind::ListGroups(r) => {
             Reply::message(ResponseKind::ListGroups(list_groups::handle(broker, r, v)))

@@ -8,18 +8,25 @@ use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 use tracing::error;
 
 use super::errors;
+use crate::acl::{Grants, Op};
 use crate::broker::Broker;
 use crate::groups::Committed;
 
 pub(super) async fn handle(
     broker: &Broker,
+    grants: &Grants,
     req: OffsetCommitRequest,
     _version: i16,
 ) -> OffsetCommitResponse {
     let group = req.group_id.0.to_string();
     let mut offsets = Vec::new();
     let mut unknown = std::collections::HashSet::new();
+    let mut refused = std::collections::HashSet::new();
     for t in &req.topics {
+        if !grants.may_kafka(Op::Read, t.name.0.as_str()) {
+            refused.insert(t.name.0.to_string());
+            continue;
+        }
         let topic = broker.log.get(t.name.0.as_str());
         for p in &t.partitions {
             let known = topic.as_ref().is_some_and(|tp| {
@@ -70,7 +77,9 @@ pub(super) async fn handle(
         for p in &t.partitions {
             let mut rp = OffsetCommitResponsePartition::default();
             rp.partition_index = p.partition_index;
-            rp.error_code = if unknown.contains(&(t.name.0.to_string(), p.partition_index)) {
+            rp.error_code = if refused.contains(t.name.0.as_str()) {
+                errors::TOPIC_AUTHORIZATION_FAILED
+            } else if unknown.contains(&(t.name.0.to_string(), p.partition_index)) {
                 errors::UNKNOWN_TOPIC_OR_PARTITION
             } else {
                 code

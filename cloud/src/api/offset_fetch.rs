@@ -10,14 +10,27 @@ use kafka_protocol::messages::{GroupId, OffsetFetchRequest, OffsetFetchResponse,
 use kafka_protocol::protocol::StrBytes;
 
 use super::errors;
+use crate::acl::{Grants, Op};
 use crate::broker::Broker;
 use crate::groups::Committed;
 
-/// (topic, [(partition, committed)]) for the requested topics, or all committed ones.
+/// (topic, [(partition, committed)]) for the requested topics, or all committed ones
+/// the client may read. A requested topic it may not read has no committed offsets
+/// here; [`code`] answers it TOPIC_AUTHORIZATION_FAILED.
 type Answer = Vec<(String, Vec<(i32, Option<Committed>)>)>;
+
+/// A requested topic's partition error code.
+fn code(grants: &Grants, topic: &str) -> i16 {
+    if grants.may_kafka(Op::Read, topic) {
+        errors::NONE
+    } else {
+        errors::TOPIC_AUTHORIZATION_FAILED
+    }
+}
 
 fn lookup(
     broker: &Broker,
+    grants: &Grants,
     group: &str,
     topics: Option<Vec<(String, Vec<i32>)>>,
 ) -> Result<Answer, i16> {
@@ -29,9 +42,15 @@ fn lookup(
         Some(ts) => ts
             .into_iter()
             .map(|(t, parts)| {
+                let readable = grants.may_kafka(Op::Read, &t);
                 let ps = parts
                     .into_iter()
-                    .map(|p| (p, committed.get(&(t.clone(), p)).cloned()))
+                    .map(|p| {
+                        (
+                            p,
+                            committed.get(&(t.clone(), p)).filter(|_| readable).cloned(),
+                        )
+                    })
                     .collect();
                 (t, ps)
             })
@@ -39,6 +58,9 @@ fn lookup(
         None => {
             let mut by_topic: HashMap<String, Vec<(i32, Option<Committed>)>> = HashMap::new();
             for ((t, p), c) in committed {
+                if !grants.may_kafka(Op::Read, &t) {
+                    continue;
+                }
                 by_topic.entry(t).or_default().push((p, Some(c)));
             }
             let mut v: Answer = by_topic.into_iter().collect();
@@ -53,6 +75,7 @@ fn lookup(
 
 pub(super) fn handle(
     broker: &Broker,
+    grants: &Grants,
     req: OffsetFetchRequest,
     version: i16,
 ) -> OffsetFetchResponse {
@@ -65,14 +88,16 @@ pub(super) fn handle(
                     .collect()
             });
             let mut out = OffsetFetchResponseGroup::default();
-            match lookup(broker, g.group_id.0.as_str(), topics) {
+            match lookup(broker, grants, g.group_id.0.as_str(), topics) {
                 Ok(answer) => {
                     for (t, ps) in answer {
                         let mut rt = OffsetFetchResponseTopics::default();
+                        let error = code(grants, &t);
                         rt.name = TopicName(StrBytes::from_string(t));
                         for (p, c) in ps {
                             let mut rp = OffsetFetchResponsePartitions::default();
                             rp.partition_index = p;
+                            rp.error_code = error;
                             rp.committed_offset = c.as_ref().map(|c| c.offset).unwrap_or(-1);
                             rp.committed_leader_epoch =
                                 c.as_ref().map(|c| c.leader_epoch).unwrap_or(-1);
@@ -96,14 +121,16 @@ pub(super) fn handle(
             .map(|t| (t.name.0.to_string(), t.partition_indexes))
             .collect()
     });
-    match lookup(broker, req.group_id.0.as_str(), topics) {
+    match lookup(broker, grants, req.group_id.0.as_str(), topics) {
         Ok(answer) => {
             for (t, ps) in answer {
                 let mut rt = OffsetFetchResponseTopic::default();
+                let error = code(grants, &t);
                 rt.name = TopicName(StrBytes::from_string(t));
                 for (p, c) in ps {
                     let mut rp = OffsetFetchResponsePartition::default();
                     rp.partition_index = p;
+                    rp.error_code = error;
                     rp.committed_offset = c.as_ref().map(|c| c.offset).unwrap_or(-1);
                     rp.committed_leader_epoch = c.as_ref().map(|c| c.leader_epoch).unwrap_or(-1);
                     rp.metadata = Some(StrBytes::from_string(

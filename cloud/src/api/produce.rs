@@ -12,6 +12,7 @@ use kafka_protocol::protocol::StrBytes;
 use tracing::{debug, info, warn};
 
 use super::{errors, Reply};
+use crate::acl::{Grants, Op};
 use crate::broker::Broker;
 use crate::log::{batch, TopicError};
 use crate::mqtt::Hub;
@@ -38,12 +39,16 @@ impl Outcome {
 
 async fn append_one(
     broker: &Broker,
+    grants: &Grants,
     topic: &str,
     index: i32,
     records: Option<Bytes>,
     acks: i16,
     timeout: Duration,
 ) -> Outcome {
+    if !grants.may_kafka(Op::Write, topic) {
+        return Outcome::err(errors::TOPIC_AUTHORIZATION_FAILED, errors::NOT_ALLOWED);
+    }
     let Some(t) = broker.log.get(topic) else {
         return Outcome::err(errors::UNKNOWN_TOPIC_OR_PARTITION, "unknown topic");
     };
@@ -149,7 +154,12 @@ fn keyless(b: &Bytes) -> Result<(), (i16, String)> {
     }
 }
 
-pub(super) async fn handle(broker: &Broker, req: ProduceRequest, _version: i16) -> Reply {
+pub(super) async fn handle(
+    broker: &Broker,
+    grants: &Grants,
+    req: ProduceRequest,
+    _version: i16,
+) -> Reply {
     let acks = req.acks;
     let timeout = Duration::from_millis(req.timeout_ms.clamp(1, 300_000) as u64);
     let mut futures = Vec::new();
@@ -160,6 +170,7 @@ pub(super) async fn handle(broker: &Broker, req: ProduceRequest, _version: i16) 
             }
             futures.push(append_one(
                 broker,
+                grants,
                 t.name.0.as_str(),
                 p.index,
                 p.records.clone(),

@@ -15,7 +15,7 @@ use rumqttc::v5::mqttbytes::v5::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
-use tracing::{debug, field, info_span, warn, Instrument};
+use tracing::{debug, field, info, info_span, warn, Instrument};
 
 use super::actions::{flush_appends, perform, Pending};
 use super::codec::{self, CodecError, Version};
@@ -26,6 +26,7 @@ use super::records::{self, Message};
 use super::session::{Action, ClientLimits, Session};
 use super::share::Memberships;
 use super::{topic, Error};
+use crate::acl::Op;
 
 /// How long a refused MQTT 5 connection drains input after its DISCONNECT.
 const LINGER: Duration = Duration::from_millis(500);
@@ -389,11 +390,17 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
     tracing::Span::current().record("client_id", client_id.as_str());
     c.key = Bytes::copy_from_slice(client_id.as_bytes());
+    let grants = Arc::new(cfg.grants(login.map(|l| l.0), &client_id));
     let will = match will {
         Some(w) => {
             let name = String::from_utf8(w.topic.to_vec()).unwrap_or_default();
             if topic::validate_name(&name).is_err() {
                 c.send(&connack(ConnectReturnCode::TopicNameInvalid, None))?;
+                return c.flush().await.map(|()| None);
+            }
+            if !grants.may(Op::Write, &name) {
+                debug!(topic = name, "will refused by acl");
+                c.send(&connack(ConnectReturnCode::NotAuthorized, None))?;
                 return c.flush().await.map(|()| None);
             }
             let delay = w
@@ -466,6 +473,14 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             let mut s = d.session;
             s.expiry = expiry_granted;
             resend = s.resume(version, client_limits, hub.limits());
+            s.grants = grants.clone();
+            for f in s.drop_refused_subscriptions() {
+                info!(
+                    filter = f,
+                    "stored subscription no longer allowed by acl, dropped"
+                );
+                hub.unsubscribe(conn_id, &f);
+            }
             // Loaded from the store: what was sent and not acknowledged goes with DUP.
             let sent: HashMap<(Arc<str>, u32), u64> =
                 d.sent.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
@@ -493,6 +508,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         None => {
             let mut s = Session::new(client_id.clone(), version, expiry_granted, hub.limits());
             s.client = client_limits;
+            s.grants = grants.clone();
             s
         }
     };

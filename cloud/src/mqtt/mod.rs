@@ -125,6 +125,10 @@ pub struct MqttConfig {
     /// Storage mode of topics created by an MQTT publish or subscribe, by MQTT topic
     /// filter (first match); other topics get `storage.default_mode`.
     pub topic_modes: Vec<TopicMode>,
+    /// The top-level `acl` rules, compiled (`None`: no access control). Not a key of
+    /// `mqtt:`; set from [`crate::Config::access`] at start.
+    #[serde(skip)]
+    pub acl: Option<std::sync::Arc<crate::acl::Acl>>,
 }
 
 /// One `mqtt.topic_modes` entry.
@@ -180,6 +184,7 @@ impl Default for MqttConfig {
             credentials: BTreeMap::new(),
             allow_anonymous: false,
             topic_modes: Vec::new(),
+            acl: None,
         }
     }
 }
@@ -248,6 +253,18 @@ impl MqttConfig {
             return Err(("mqtt.write_timeout_ms", "must be at least 1".into()));
         }
         Ok(())
+    }
+
+    /// What a client may do under `acl`: `user` is the authenticated user name (`None`
+    /// when anonymous, or when the listener checks no credentials), `client` its id.
+    pub(crate) fn grants(&self, user: Option<&str>, client: &str) -> crate::acl::Grants {
+        match &self.acl {
+            None => crate::acl::Grants::all(),
+            Some(acl) => {
+                let user = user.filter(|u| !u.is_empty() && !self.credentials.is_empty());
+                acl.grants(user, Some(client))
+            }
+        }
     }
 
     /// Whether a CONNECT with this login may connect.

@@ -6,8 +6,10 @@
 //! user property). Records are encoded as one v2 RecordBatch with
 //! `sequence = offset delta` (common's encoder), never re-encoded afterwards.
 //!
-//! Reading back, a record produced by any Kafka client becomes a publish: the
-//! `mqtt.topic` header names it where present, else the topic's reverse-mapped name;
+//! Reading back, a record produced by any Kafka client becomes a publish on the MQTT
+//! name of the topic it is stored in (its reverse-mapped name, or the stored alias of a
+//! hashed name; the `mqtt.topic` header only where the topic has neither: see
+//! [`decode`]);
 //! `mqtt.*` property headers become MQTT 5 properties, `mqtt.user.<name>` headers and
 //! any other header become user properties.
 
@@ -165,9 +167,17 @@ pub(crate) struct Stored {
     pub(crate) message: Message,
 }
 
-/// Decodes one stored batch into messages at offsets `>= from`. `fallback_topic` names
-/// records without an `mqtt.topic` header (the topic's reverse-mapped name); records
-/// with neither are skipped.
+/// Decodes one stored batch into messages at offsets `>= from`. `log_topic` is the MQTT
+/// name of the log topic the batch is stored in (its reverse-mapped name, or its alias),
+/// when it has one: every record is read under that name, whatever its `mqtt.topic`
+/// header says. Without it, a record's `mqtt.topic` header names it; records with
+/// neither are skipped.
+///
+/// Why the header does not win: a Kafka producer may write any header, and a record
+/// shown or retained under a topic other than the one it was stored in would let a
+/// client allowed to write its own topic speak on another's (`acl`). Every record an
+/// MQTT publish or an edge stores carries its topic's own name, so for them the two
+/// agree.
 ///
 /// Uncompressed and zstd batches (every MQTT publish, every edge batch) are read by
 /// common's lean reader without copying payloads; gzip, snappy and lz4 batches from
@@ -175,7 +185,7 @@ pub(crate) struct Stored {
 pub(crate) fn decode(
     batch: &Bytes,
     from: u64,
-    fallback_topic: Option<&str>,
+    log_topic: Option<&str>,
 ) -> Result<Vec<Stored>, RecordError> {
     let decode_err = |e: &dyn std::fmt::Display| RecordError::Decode(e.to_string());
     let views = crate::log::batch::records(batch).map_err(|e| decode_err(&e))?;
@@ -185,7 +195,7 @@ pub(crate) fn decode(
             continue;
         }
         let headers = r.headers.iter().map(|(k, v)| (&k[..], v.as_ref()));
-        if let Some(message) = to_message(headers, r.value, r.timestamp, fallback_topic) {
+        if let Some(message) = to_message(headers, r.value, r.timestamp, log_topic) {
             out.push(Stored {
                 offset: r.offset as u64,
                 key: r.key,
@@ -243,7 +253,7 @@ fn to_message<'a>(
     headers: impl Iterator<Item = (&'a [u8], Option<&'a Bytes>)>,
     value: Option<Bytes>,
     timestamp_ms: i64,
-    fallback_topic: Option<&str>,
+    log_topic: Option<&str>,
 ) -> Option<Message> {
     let mut topic: Option<String> = None;
     let mut qos = QoS::AtLeastOnce;
@@ -293,8 +303,9 @@ fn to_message<'a>(
             }
         }
     }
-    let topic = topic
-        .or_else(|| fallback_topic.map(str::to_string))
+    let topic = log_topic
+        .map(str::to_string)
+        .or(topic)
         .filter(|t| !t.is_empty())?;
     Some(Message {
         topic,
@@ -391,7 +402,30 @@ mod tests {
     }
 
     #[test]
-    fn foreign_records_use_the_fallback_name_and_headers_become_user_properties() {
+    fn a_header_naming_another_topic_does_not_move_the_record() {
+        let rec = BatchRecord {
+            key: None,
+            value: Some(Bytes::from_static(b"v")),
+            headers: vec![
+                (
+                    h::MQTT_TOPIC.into(),
+                    Some(Bytes::from_static(b"devices/bob/cmd")),
+                ),
+                (h::MQTT_RETAIN.into(), Some(Bytes::from_static(b"true"))),
+            ],
+            timestamp_ms: 5,
+        };
+        let b = encode(&[rec]).expect("encode");
+        let got = decode(&b, 0, Some("devices/alice/x")).expect("decode");
+        assert_eq!(got[0].message.topic, "devices/alice/x");
+        assert!(got[0].message.retain);
+        // A log topic without an MQTT name: the header is all there is.
+        let got = decode(&b, 0, None).expect("decode");
+        assert_eq!(got[0].message.topic, "devices/bob/cmd");
+    }
+
+    #[test]
+    fn foreign_records_use_the_log_topics_name_and_headers_become_user_properties() {
         let rec = BatchRecord {
             key: None,
             value: Some(Bytes::from_static(b"v")),

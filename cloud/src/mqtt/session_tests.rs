@@ -648,3 +648,148 @@ fn actions_stay_small() {
         std::mem::size_of::<Action>()
     );
 }
+
+/// A session under `acl`: alice may read `a/#` and write `a/up` only.
+fn restricted(v: Version) -> Session {
+    let rule = crate::acl::RuleConfig {
+        user: "alice".into(),
+        read: vec!["a/#".into()],
+        write: vec!["a/up".into()],
+        admin: vec![],
+        deny: vec!["a/secret".into()],
+    };
+    let acl = crate::acl::Acl::new(&[rule], |u| u == "alice").expect("acl");
+    let mut s = session(v);
+    s.grants = std::sync::Arc::new(acl.grants(Some("alice"), Some("me")));
+    s
+}
+
+#[test]
+fn acl_refuses_filters_outside_the_read_grants_one_by_one() {
+    for v in [Version::V4, Version::V5] {
+        let mut s = restricted(v);
+        let a = subscribe(
+            &mut s,
+            vec![
+                filter("a/+", QoS::AtLeastOnce),
+                filter("#", QoS::AtLeastOnce),
+                filter("$share/g/a/#", QoS::AtMostOnce),
+                filter("$share/g/b/#", QoS::AtMostOnce),
+            ],
+            None,
+        );
+        let [Action::Send(Reply::Other(ack)), Action::Subscribed(added)] = &a[..] else {
+            panic!("{a:?}")
+        };
+        let Packet::SubAck(ack) = &**ack else {
+            panic!("{ack:?}")
+        };
+        assert_eq!(
+            ack.return_codes,
+            [
+                SubscribeReasonCode::Success(QoS::AtLeastOnce),
+                SubscribeReasonCode::NotAuthorized,
+                SubscribeReasonCode::Success(QoS::AtMostOnce),
+                SubscribeReasonCode::NotAuthorized,
+            ]
+        );
+        let paths: Vec<&str> = added.iter().map(|(p, _, _)| p.as_str()).collect();
+        assert_eq!(paths, ["a/+", "$share/g/a/#"]);
+        assert_eq!(s.subscriptions.len(), 2);
+    }
+}
+
+#[test]
+fn acl_drops_refused_publishes_with_the_versions_answer() {
+    // MQTT 5: Not authorized, nothing appended.
+    let mut s = restricted(Version::V5);
+    assert!(s
+        .incoming(Packet::Publish(publish("b/x", QoS::AtMostOnce, 0)))
+        .is_empty());
+    let a = s.incoming(Packet::Publish(publish("b/x", QoS::AtLeastOnce, 1)));
+    assert!(
+        matches!(&a[..], [Action::Send(Reply::PubAck(p))] if p.reason == PubAckReason::NotAuthorized && p.pkid == 1),
+        "{a:?}"
+    );
+    let a = s.incoming(Packet::Publish(publish("b/x", QoS::ExactlyOnce, 2)));
+    assert!(
+        matches!(&a[..], [Action::Send(Reply::PubRec(p))] if p.reason == PubRecReason::NotAuthorized),
+        "{a:?}"
+    );
+    // Refused publishes take no receive-maximum slot (the limit is 2).
+    for pkid in 3..6 {
+        let a = s.incoming(Packet::Publish(publish("b/x", QoS::AtLeastOnce, pkid)));
+        assert!(matches!(&a[..], [Action::Send(Reply::PubAck(_))]), "{a:?}");
+    }
+    let (m, _, _) = appended(s.incoming(Packet::Publish(publish("a/up", QoS::AtLeastOnce, 9))));
+    assert_eq!(m.topic, "a/up");
+    // 3.1.1: a positive acknowledgement (MQTT-3.3.5-2), still nothing appended; a QoS 2
+    // flow completes.
+    let mut s = restricted(Version::V4);
+    let a = s.incoming(Packet::Publish(publish("b/x", QoS::AtLeastOnce, 1)));
+    assert!(
+        matches!(&a[..], [Action::Send(Reply::PubAck(p))] if p.reason == PubAckReason::Success),
+        "{a:?}"
+    );
+    let a = s.incoming(Packet::Publish(publish("b/x", QoS::ExactlyOnce, 2)));
+    assert!(
+        matches!(&a[..], [Action::Send(Reply::PubRec(p))] if p.reason == PubRecReason::Success),
+        "{a:?}"
+    );
+    let a = s.incoming(Packet::PubRel(PubRel {
+        pkid: 2,
+        reason: PubRelReason::Success,
+        properties: None,
+    }));
+    assert!(
+        matches!(&a[..], [Action::Send(Reply::PubComp(c))] if c.reason == PubCompReason::Success),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn acl_narrowed_while_offline_drops_stored_subscriptions() {
+    let mut s = session(Version::V5);
+    subscribe(
+        &mut s,
+        vec![
+            filter("a/b", QoS::AtLeastOnce),
+            filter("b/#", QoS::AtLeastOnce),
+            filter("$share/g/b/c", QoS::AtLeastOnce),
+        ],
+        None,
+    );
+    assert_eq!(s.subscriptions.len(), 3);
+    s.grants = restricted(Version::V5).grants;
+    let mut dropped = s.drop_refused_subscriptions();
+    dropped.sort();
+    assert_eq!(dropped, ["$share/g/b/c", "b/#"]);
+    assert_eq!(s.subscriptions.keys().collect::<Vec<_>>(), ["a/b"]);
+}
+
+#[test]
+fn acl_denied_topics_are_skipped_by_wider_subscriptions() {
+    let mut s = restricted(Version::V5);
+    subscribe(&mut s, vec![filter("a/#", QoS::AtLeastOnce)], None);
+    subscribe(&mut s, vec![filter("$share/g/a/#", QoS::AtLeastOnce)], None);
+    assert_eq!(
+        s.subscriptions.len(),
+        2,
+        "a/# overlaps a/secret but is granted"
+    );
+    let t = Ticket {
+        cursor: 1,
+        offset: 7,
+    };
+    let (p, done) = s.deliver(&msg("a/secret", QoS::AtLeastOnce), Some(t), false, false, 0);
+    assert_eq!((p, done), (None, Some(Action::Done(t))));
+    let (p, _) = s.deliver(&msg("a/open", QoS::AtLeastOnce), Some(t), false, false, 0);
+    assert!(matches!(p, Some(Packet::Publish(_))));
+    let t = Ticket {
+        cursor: SHARED_TICKET | 1,
+        offset: 8,
+    };
+    let secret = msg("a/secret", QoS::AtLeastOnce);
+    let (p, done) = s.deliver_shared("$share/g/a/#", &secret, t, 0);
+    assert_eq!((p, done), (None, Some(Action::Done(t))));
+}

@@ -25,7 +25,7 @@
 //!   cargo run -p tests --bin mqtt-bench -- [--publishers 8] [--subscribers 20]
 //!        [--messages 10000] [--size 100] [--qos 1] [--round-trips 5000] [--warmup 3000]
 //!        [--connects 4000] [--retain 0] [--rows fan-in,fan-out,round-trip,connect,downlink]
-//!        [--brokers durable,sync-none,memory,mosquitto]
+//!        [--brokers durable,sync-none,memory,mosquitto (default); also memory-acl,mosquitto-acl]
 //!
 //! `--retain 1` sets RETAIN on the fan-in and fan-out publishes (devices publishing
 //! their state as retained messages): every publish also replaces its topic's retained
@@ -38,6 +38,22 @@
 //! default, no persistence of messages at all). Each row ends with every broker's msgs/s
 //! as a ratio to Mosquitto's. `--brokers` runs a subset (say `memory`, to profile one
 //! cloud alone); the ratios need `mosquitto` among them.
+//!
+//! Two more brokers on request measure topic access control, each side with rules that
+//! allow everything but one unrelated topic, so every publish and every delivery is
+//! checked (the most a rule set costs per message): `memory-acl`, the memory cloud with
+//! `acl: [{user: "*", read: ["#"], write: ["#"], deny: ["nothing/here"]}]`, and
+//! `mosquitto-acl`, Mosquitto with the `acl_file` lines `topic readwrite #` and
+//! `topic deny nothing/here`. Each row then compares the two, and each with its plain
+//! run when that ran too (the acl's own cost).
+//!
+//! Two more brokers on request measure topic access control, each side with rules that
+//! allow everything but one unrelated topic, so every publish and every delivery is
+//! checked (the most a rule set costs per message): `memory-acl`, the memory cloud with
+//! `acl: [{user: "*", read: ["#"], write: ["#"], deny: ["nothing/here"]}]`, and
+//! `mosquitto-acl`, Mosquitto with the `acl_file` lines `topic readwrite #` and
+//! `topic deny nothing/here`. Their row compares the two, and each with its plain run
+//! when that ran too (the acl's own cost).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -52,6 +68,8 @@ use tests::proc::{percentile, rss_bytes, Cloud, Edge};
 
 const ROWS: [&str; 5] = ["fan-in", "fan-out", "round-trip", "connect", "downlink"];
 const BROKERS: [&str; 4] = ["durable", "sync-none", "memory", "mosquitto"];
+/// Brokers run only when `--brokers` names them.
+const OPTIONAL_BROKERS: [&str; 2] = ["memory-acl", "mosquitto-acl"];
 
 struct Opts {
     publishers: usize,
@@ -100,7 +118,10 @@ fn opts() -> Result<Opts> {
         };
         match args[i].as_str() {
             "--rows" => o.rows = list(&ROWS, "row")?,
-            "--brokers" => o.brokers = list(&BROKERS, "broker")?,
+            "--brokers" => {
+                let all: Vec<&str> = BROKERS.iter().chain(&OPTIONAL_BROKERS).copied().collect();
+                o.brokers = list(&all, "broker")?
+            }
             _ => {}
         }
         if matches!(args[i].as_str(), "--rows" | "--brokers") {
@@ -174,11 +195,11 @@ fn start_cloud(dir: &Path, name: &'static str, extra: &str) -> Result<Broker> {
     })
 }
 
-fn start_mosquitto(dir: &Path) -> Result<Broker> {
-    let (child, addr) = mosquitto(dir, "")?;
+fn start_mosquitto(dir: &Path, name: &'static str, extra: &str) -> Result<Broker> {
+    let (child, addr) = mosquitto(dir, extra)?;
     Ok(Broker {
         process: Process::Other(child),
-        name: "mosquitto",
+        name,
         addr,
     })
 }
@@ -527,8 +548,27 @@ async fn main() -> Result<()> {
             "storage:\n  default_mode: memory\nmqtt:\n  listen: 127.0.0.1:0\n",
         )?);
     }
+    if wanted("memory-acl") {
+        brokers.push(start_cloud(
+            &dir.path().join("cloud-memory-acl"),
+            "cloud (memory, acl)",
+            "storage:\n  default_mode: memory\nmqtt:\n  listen: 127.0.0.1:0\nacl:\n  - user: \"*\"\n    read: [\"#\"]\n    write: [\"#\"]\n    deny: [\"nothing/here\"]\n",
+        )?);
+    }
     if wanted("mosquitto") {
-        brokers.push(start_mosquitto(&dir.path().join("mosquitto"))?);
+        brokers.push(start_mosquitto(
+            &dir.path().join("mosquitto"),
+            "mosquitto",
+            "",
+        )?);
+    }
+    if wanted("mosquitto-acl") {
+        let d = dir.path().join("mosquitto-acl");
+        std::fs::create_dir_all(&d)?;
+        let acl = d.join("acl");
+        std::fs::write(&acl, "topic readwrite #\ntopic deny nothing/here\n")?;
+        let extra = format!("acl_file {}\n", acl.display());
+        brokers.push(start_mosquitto(&d, "mosquitto (acl)", &extra)?);
     }
     let q = if o.qos == QoS::AtMostOnce { 0 } else { 1 };
     println!(
@@ -536,7 +576,7 @@ async fn main() -> Result<()> {
         o.size, if o.retain { ", fan-in/out retained" } else { "" }, o.publishers, o.messages, o.messages, o.subscribers, o.round_trips, o.warmup, o.connects, o.publishers
     );
     println!(
-        "{:<10} {:<18} {:>12} {:>9} {:>9} {:>8}",
+        "{:<10} {:<20} {:>12} {:>9} {:>9} {:>8}",
         "row", "broker", "msgs/s", "p50 ms", "p99 ms", "RSS MB"
     );
     for (row, name) in ROWS.iter().enumerate() {
@@ -553,17 +593,30 @@ async fn main() -> Result<()> {
                 _ => downlink(b, &o, dir.path()).await?,
             };
             println!(
-                "{:<10} {:<18} {:>12.0} {:>9.2} {:>9.2} {:>8.1}",
+                "{:<10} {:<20} {:>12.0} {:>9.2} {:>9.2} {:>8.1}",
                 name, b.name, r.msgs_s, r.p50, r.p99, r.rss_mb
             );
             rates.push((b.name, r.msgs_s));
         }
-        if let Some(&(_, peer)) = rates.last().filter(|_| wanted("mosquitto")) {
-            let ratios: Vec<String> = rates[..rates.len() - 1]
+        let rate = |n: &str| rates.iter().find(|(b, _)| *b == n).map(|(_, r)| *r);
+        if let Some(peer) = rate("mosquitto") {
+            let ratios: Vec<String> = rates
                 .iter()
+                .filter(|(n, _)| n.starts_with("cloud"))
                 .map(|(n, r)| format!("{n} {:.2}", r / peer))
                 .collect();
             println!("{name:<10} x Mosquitto: {}", ratios.join(", "));
+        }
+        if let (Some(ours), Some(peer)) = (rate("cloud (memory, acl)"), rate("mosquitto (acl)")) {
+            let own = |with: f64, without: Option<f64>| {
+                without.map_or(String::new(), |w| format!(" ({:.2} x without)", with / w))
+            };
+            println!(
+                "{name:<10} with acl: cloud {:.2} x Mosquitto; cloud{}, Mosquitto{}",
+                ours / peer,
+                own(ours, rate("cloud (memory)")),
+                own(peer, rate("mosquitto"))
+            );
         }
     }
     Ok(())

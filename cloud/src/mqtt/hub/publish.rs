@@ -174,16 +174,22 @@ impl Hub {
     /// the retained message of their MQTT topic, as a retained MQTT publish does (an
     /// empty value clears it).
     pub(crate) async fn kafka_produced(&self, log_name: &str, batches: &[bytes::Bytes]) {
-        let mut fallback: Option<Option<Arc<str>>> = None;
+        let mut mqtt_name: Option<Option<Arc<str>>> = None;
         let mut retained = Vec::new();
         for b in batches {
-            let name = fallback.get_or_insert_with(|| self.name_of(log_name));
+            let name = mqtt_name.get_or_insert_with(|| self.name_of(log_name));
+            // A topic the hub has no MQTT name for yet (a hashed name first written over
+            // Kafka) takes a record's `mqtt.topic` header only if it maps to this topic.
+            let own = |m: &Message| {
+                name.is_some()
+                    || common::topic::mqtt_to_kafka(&m.topic).is_ok_and(|k| k == log_name)
+            };
             match records::decode(b, 0, name.as_deref()) {
                 Ok(stored) => retained.extend(
                     stored
                         .into_iter()
                         .map(|s| s.message)
-                        .filter(|m| m.retain && topic::validate_name(&m.topic).is_ok()),
+                        .filter(|m| m.retain && topic::validate_name(&m.topic).is_ok() && own(m)),
                 ),
                 Err(e) => debug!(topic = log_name, cause = %e, "produced batch not decoded"),
             }
