@@ -131,7 +131,7 @@ impl Metrics {
         );
         r.register(
             "uplink_produce_errors",
-            "Produce partition errors by Kafka code",
+            "Topics the cluster refused, by Kafka error code (Produce or Metadata)",
             m.produce_errors.clone(),
         );
         r.register(

@@ -28,6 +28,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from conftest import CloudStartError
 from helpers import ck_admin, ck_consumer, ck_produce, ck_producer, ck_read_all, wait_for
+from edge_fixtures import edge_binary, edge_factory, free_port  # noqa: F401
 from mqtt_fixtures import Mqtt, mqtt_cloud, restart  # noqa: F401
 
 MQTT_USERS = {"alice": "a-pw", "bob": "b-pw", "root": "r-pw"}
@@ -551,3 +552,58 @@ def test_rules_may_name_users_known_to_either_listener(cloud_factory):
                        "acl": [{"user": "m-only", "read": ["a/%c/#"]},
                                {"user": "k-only", "write": ["b/%u"]}]})
     assert c.alive()
+
+
+# ---- an edge replicating under the rules ------------------------------------------------
+
+
+@pytest.mark.timeout(180)
+def test_an_edge_refused_a_topic_keeps_its_records_until_the_rules_allow_it(
+        cloud_factory, edge_factory):
+    """The edge's uplink user may write `plant/ok/#` only. Records of another topic are
+    refused (TOPIC_AUTHORIZATION_FAILED, counted by code on the edge) and stay in the
+    edge's buffer, none dropped; once the cloud restarts with rules that allow them,
+    every record of both topics arrives exactly once, in order."""
+    users = {"edge": "e-pw", "root": "r-pw"}
+    rules = [{"user": "edge", "write": ["plant/ok/#"]},
+             {"user": "root", "read": ["#"], "write": ["#"], "admin": ["#"]}]
+    cloud = cloud_factory({"kafka": {"listen": f"127.0.0.1:{free_port()}",
+                                     "sasl": {"users": users}},
+                           "acl": rules})
+    edge = edge_factory({"cloud": {"bootstrap": cloud.bootstrap, "sasl": {
+        "mechanism": "PLAIN", "username": "edge", "password": users["edge"]}}})
+
+    def publish(topic: str, n: int, start: int = 0):
+        lines = "".join(f"{topic}-{i:04d}\n" for i in range(start, start + n))
+        p = subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(edge.v4[1]),
+                            "-q", "1", "-i", f"pub-{topic.replace('/', '-')}", "-t", topic,
+                            "-l"], input=lines.encode(), capture_output=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+
+    def values(kafka_topic: str) -> list[bytes]:
+        return [r.value for r in ck_read_all(cloud.bootstrap, kafka_topic,
+                                             conf=sasl_root(users))]
+
+    publish("plant/ok/a", 50)
+    wait_for(lambda: edge.metrics().get("edge_uplink_records_total", 0) >= 50, 60,
+             what=lambda: f"allowed records to go up: {edge.metrics()}")
+    publish("plant/no/b", 20)
+    refused = 'edge_uplink_produce_errors_total{code="29"}'
+    wait_for(lambda: edge.metrics().get(refused, 0) >= 2, 60,
+             what=lambda: f"refusals counted: {edge.metrics()}\n{edge.stderr_tail()}")
+    m = edge.metrics()
+    assert m["edge_backlog_records"] >= 20, m
+    assert m.get('edge_buffer_dropped_records{reason="drop_oldest"}', 0) == 0, m
+
+    cloud.config["acl"][0]["write"] = ["plant/#"]
+    cloud.restart(kill=False)
+    publish("plant/ok/a", 10, start=50)
+    wait_for(lambda: edge.metrics().get("edge_backlog_records") == 0, 90,
+             what=lambda: f"backlog to drain: {edge.metrics()}\n{edge.stderr_tail()}")
+    assert values("plant.ok.a") == [f"plant/ok/a-{i:04d}".encode() for i in range(60)]
+    assert values("plant.no.b") == [f"plant/no/b-{i:04d}".encode() for i in range(20)]
+
+
+def sasl_root(users: dict) -> dict:
+    return {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanisms": "PLAIN",
+            "sasl.username": "root", "sasl.password": users["root"]}

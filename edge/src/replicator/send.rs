@@ -110,6 +110,13 @@ impl Replicator {
                     .await?;
                 if let Some((code, _)) = md.topics.get(topic) {
                     if *code != codes::NONE {
+                        // Counted like a refused Produce: a topic the cluster will not
+                        // let this edge write (29, TOPIC_AUTHORIZATION_FAILED) is
+                        // usually refused here, before any Produce is sent.
+                        self.metrics
+                            .produce_errors
+                            .get_or_create(&vec![("code".to_owned(), code.to_string())])
+                            .inc();
                         return Err(Error::Rejected {
                             topic: topic.to_owned(),
                             code: *code,
