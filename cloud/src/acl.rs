@@ -17,8 +17,11 @@
 //! value holds `/`, `+` or `#` grants that client nothing.
 //!
 //! Who the user is: the MQTT user name checked against `mqtt.credentials`, the Kafka
-//! SASL user. Without authentication on a listener (no credentials, no SASL) its
-//! clients are anonymous: a user name nobody checked grants nothing beyond `*` rules.
+//! SASL user, or on a listener with a `client_ca` the common name of the client's
+//! certificate (`crate::identity`; on Kafka the SASL user wins when there are both).
+//! Without authentication on a listener (no credentials, no SASL, no client
+//! certificates) its clients are anonymous: a user name nobody checked grants nothing
+//! beyond `*` rules.
 //!
 //! A subscription is granted when every topic it can match is allowed for reading: its
 //! filter lies within a read filter ([`covers`]), and not wholly within a denied one. A
@@ -90,7 +93,8 @@ impl Acl {
                     "acl",
                     format!(
                         "entry {i}: user {:?} is in neither mqtt.credentials nor \
-                         kafka.sasl.users, so no client can be it",
+                         kafka.sasl.users, and no listener takes client certificates \
+                         (client_ca), so no client can be it",
                         r.user
                     ),
                 ));

@@ -341,8 +341,21 @@ impl Config {
         let Some(rules) = &self.acl else {
             return Ok(None);
         };
+        // Client certificates name users no list here holds: with a listener that
+        // takes them, any name may be a real client.
+        let certificates = self
+            .kafka
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca.is_some())
+            || self
+                .mqtt
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca.is_some());
         let known = |u: &str| {
-            self.mqtt.credentials.contains_key(u)
+            certificates
+                || self.mqtt.credentials.contains_key(u)
                 || self
                     .kafka
                     .sasl

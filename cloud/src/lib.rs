@@ -12,6 +12,7 @@ mod broker;
 pub mod config;
 pub mod connection;
 mod groups;
+mod identity;
 mod log;
 mod metrics;
 pub mod mqtt;
@@ -52,8 +53,11 @@ pub enum StartError {
         key: &'static str,
         source: std::io::Error,
     },
-    #[error("mqtt.tls: {0}")]
-    MqttTls(#[from] mqtt::TlsError),
+    #[error("mqtt.tls.{field}: {source}")]
+    MqttTls {
+        field: &'static str,
+        source: mqtt::TlsError,
+    },
     #[error("mqtt.websocket: {0}")]
     MqttWsTls(mqtt::TlsError),
     #[error("kafka.tls.{field}: {source}")]
@@ -242,7 +246,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let mqtts_listener = match &config.mqtt.tls {
         Some(t) => {
-            let acceptor = mqtt::tls_acceptor(t)?;
+            let acceptor = mqtt::tls_acceptor(t)
+                .map_err(|(field, source)| StartError::MqttTls { field, source })?;
             Some((bind_mqtt(t.listen, "mqtt.tls.listen").await?, acceptor))
         }
         None => None,

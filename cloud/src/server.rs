@@ -26,13 +26,16 @@ pub(crate) async fn serve(listener: TcpListener, broker: Arc<Broker>, tls: Optio
                 let broker = broker.clone();
                 let span = tracing::info_span!("kafka", %peer);
                 let Some(acceptor) = tls.clone() else {
-                    tokio::spawn(run(stream, peer, broker).instrument(span));
+                    tokio::spawn(run(stream, peer, broker, None).instrument(span));
                     continue;
                 };
                 let limit = Duration::from_millis(broker.config.kafka.frame_timeout_ms);
                 let task = async move {
                     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => run(tls, peer, broker).await,
+                        Ok(Ok(tls)) => {
+                            let id = crate::identity::of(&tls);
+                            run(tls, peer, broker, id).await
+                        }
                         Ok(Err(e)) => info!(cause = %e, "tls handshake failed, closing"),
                         Err(_) => info!(?limit, "tls handshake timed out, closing"),
                     }
@@ -47,7 +50,13 @@ pub(crate) async fn serve(listener: TcpListener, broker: Arc<Broker>, tls: Optio
     }
 }
 
-async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, peer: SocketAddr, broker: Arc<Broker>) {
+/// `identity`: the user a verified client certificate names (mutual TLS), for `acl`.
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    identity: Option<String>,
+) {
     let k = &broker.config.kafka;
     let mut conn = Connection::new(
         stream,
@@ -60,6 +69,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, peer: SocketAddr, bro
         id: NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         host: peer.ip().to_string(),
         sasl: Sasl::new(k.sasl.is_some()),
+        identity,
         grants: None,
     };
     debug!("connection opened");

@@ -29,7 +29,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from conftest import CloudStartError
 from helpers import ck_admin, ck_consumer, ck_produce, ck_producer, ck_read_all, wait_for
 from edge_fixtures import edge_binary, edge_factory, free_port  # noqa: F401
-from mqtt_fixtures import Mqtt, mqtt_cloud, restart  # noqa: F401
+from mqtt_fixtures import Mqtt, mqtt_cloud, mqtt_port, restart  # noqa: F401
+from test_kafka_security import pki  # noqa: F401
 
 MQTT_USERS = {"alice": "a-pw", "bob": "b-pw", "root": "r-pw"}
 KAFKA_USERS = {"alice": "a-pw", "root": "r-pw", "sensor": "s-pw"}
@@ -552,6 +553,69 @@ def test_rules_may_name_users_known_to_either_listener(cloud_factory):
                        "acl": [{"user": "m-only", "read": ["a/%c/#"]},
                                {"user": "k-only", "write": ["b/%u"]}]})
     assert c.alive()
+
+
+# ---- client certificates name the user ---------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_client_certificates_name_the_user_on_both_listeners(cloud_factory, pki):
+    """With a `client_ca` on the MQTTS and Kafka listeners, a client's certificate is
+    its authentication and its common name its user (no password): the `client`
+    certificate may use `devices/client/#` only, over MQTT and Kafka alike; the `edge`
+    certificate everything. A client without a certificate does not get past the TLS
+    handshake."""
+    tls = {"cert": str(pki["cert"]), "key": str(pki["key"]), "client_ca": str(pki["ca"])}
+    cloud = cloud_factory({
+        "kafka": {"tls": tls},
+        "mqtt": {"tls": {"listen": "127.0.0.1:0", **tls}},
+        "acl": [{"user": "client", "read": ["devices/%u/#"], "write": ["devices/%u/#"]},
+                {"user": "edge", "read": ["#"], "write": ["#"], "admin": ["#"]}]})
+    port = mqtt_port(cloud, "mqtts")
+
+    def tls_for(who: str | None) -> dict:
+        t = {"ca_certs": str(pki["ca"])}
+        if who:
+            t.update(certfile=str(pki[who][0]), keyfile=str(pki[who][1]))
+        return t
+
+    root = Client(port, 5, tls=tls_for("edge"))
+    assert root.subscribe("#", qos=1)[0].value == 1
+    dev = Client(port, 5, tls=tls_for("client"), client_id="cam")
+    assert dev.subscribe_many(["devices/client/#", "devices/edge/#"]) == [1, NOT_AUTHORIZED]
+    assert dev.publish_reason("devices/edge/x", b"not mine") == NOT_AUTHORIZED
+    assert dev.publish_reason("devices/client/x", b"mine") == 0
+    assert received(root, 1) == [("devices/client/x", b"mine")]
+    assert received(dev, 1) == [("devices/client/x", b"mine")]
+
+    # TLS 1.3: the client's half of the handshake may finish before the server refuses
+    # it, so the refusal shows as an error at connect or the connection closing.
+    nocert = Client(port, 5, tls=tls_for(None), connect=False)
+    try:
+        nocert.c.connect("127.0.0.1", port)
+        nocert.c.loop_start()
+        assert nocert.disconnected.wait(10), "a client without a certificate stays connected"
+        nocert.c.loop_stop()
+    except OSError:  # ssl.SSLError included
+        pass
+    assert not nocert._connected.is_set(), "CONNACK without a client certificate"
+
+    def ssl(who: str) -> dict:
+        return {"security.protocol": "SSL", "ssl.ca.location": str(pki["ca"]),
+                "ssl.certificate.location": str(pki[who][0]),
+                "ssl.key.location": str(pki[who][1])}
+
+    assert [r.value for r in ck_read_all(cloud.bootstrap, "devices.client.x",
+                                         conf=ssl("client"))] == [b"mine"]
+    p = ck_producer(cloud.bootstrap, **ssl("client"), **{"message.timeout.ms": 15000})
+    errs = []
+    p.produce("devices.edge.y", value=b"no", on_delivery=lambda e, m: errs.append(e))
+    assert p.flush(30) == 0
+    assert errs[0] is not None and errs[0].code() == TOPIC_AUTHORIZATION_FAILED, errs
+    md = ck_admin(cloud.bootstrap, **ssl("client")).list_topics(timeout=10)
+    assert set(md.topics) == {"devices.client.x"}, set(md.topics)
+    md = ck_admin(cloud.bootstrap, **ssl("edge")).list_topics(timeout=10)
+    assert "devices.client.x" in md.topics
 
 
 # ---- an edge replicating under the rules ------------------------------------------------

@@ -74,6 +74,7 @@ fn fetch(b: &Arc<Broker>, conn: u64, offset: i64) -> tokio::task::JoinHandle<Bod
             id: conn,
             host: "127.0.0.1".into(),
             sasl: Sasl::new(false),
+            identity: None,
             grants: None,
         };
         let all = crate::acl::Grants::all();

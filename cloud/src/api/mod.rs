@@ -133,14 +133,18 @@ pub(crate) struct Peer {
     pub(crate) host: String,
     /// Authentication state (`Sasl::Off` without `kafka.sasl`).
     pub(crate) sasl: sasl::Sasl,
+    /// The user a verified client certificate names (mutual TLS).
+    pub(crate) identity: Option<String>,
     /// What this connection may do under `acl`, once known (see [`Peer::grants`]).
     pub(crate) grants: Option<Arc<Grants>>,
 }
 
 impl Peer {
-    /// What this connection may do under `acl`: as its SASL user, or anonymous. Only
-    /// ApiVersions and the SASL requests are served before authentication, and they
-    /// need no grants, so the first request that does fixes them.
+    /// What this connection may do under `acl`: as its SASL user, else as the user its
+    /// client certificate names (Kafka's principal is the SASL one when there is
+    /// both), else anonymous. Only ApiVersions and the SASL requests are served before
+    /// authentication, and they need no grants, so the first request that does fixes
+    /// them.
     fn grants(&mut self, broker: &Broker) -> Arc<Grants> {
         if let Some(g) = &self.grants {
             return g.clone();
@@ -149,7 +153,7 @@ impl Peer {
             None => Grants::all(),
             Some(acl) => match &self.sasl {
                 sasl::Sasl::Done(user) => acl.grants(Some(user), None),
-                _ => acl.grants(None, None),
+                _ => acl.grants(self.identity.as_deref(), None),
             },
         });
         self.grants = Some(g.clone());

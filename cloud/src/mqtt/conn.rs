@@ -35,16 +35,19 @@ const LINGER: Duration = Duration::from_millis(500);
 const GOODBYE: Duration = Duration::from_secs(1);
 
 /// Serves one accepted stream (plain TCP or TLS) until it closes.
+/// `identity`: the user a verified client certificate names (`crate::identity`), which
+/// then authenticates the client instead of `mqtt.credentials`.
 pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     peer: SocketAddr,
     hub: Arc<Hub>,
+    identity: Option<String>,
 ) {
     let span = info_span!("mqtt", %peer, client_id = field::Empty);
     let _live = hub.live();
     let _open = crate::metrics::Open::mqtt();
     async move {
-        if let Err(e) = run(stream, hub).await {
+        if let Err(e) = run(stream, hub, identity).await {
             debug!(cause = %e, "connection ended");
         }
     }
@@ -196,7 +199,11 @@ fn assign_id() -> String {
     )
 }
 
-async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Result<(), Error> {
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    hub: Arc<Hub>,
+    identity: Option<String>,
+) -> Result<(), Error> {
     let mut c = Conn {
         stream,
         hub: hub.clone(),
@@ -211,7 +218,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(stream: S, hub: Arc<Hub>) -> Res
     // 1-2. In a future of its own (boxed): the decoded CONNECT and the handshake's
     // temporaries are freed once it is done, instead of taking room in this future,
     // which lives as long as the connection (most of what an idle connection costs).
-    let Some(opened) = Box::pin(handshake(&mut c, &hub)).await? else {
+    let Some(opened) = Box::pin(handshake(&mut c, &hub, identity)).await? else {
         return Ok(());
     };
     let Opened {
@@ -326,6 +333,7 @@ struct Opened {
 async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     c: &mut Conn<S>,
     hub: &Arc<Hub>,
+    identity: Option<String>,
 ) -> Result<Option<Opened>, Error> {
     let cfg = &hub.config;
     let max = cfg.max_packet_bytes as usize;
@@ -373,11 +381,19 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let login = login
         .as_ref()
         .map(|l| (l.username.as_str(), l.password.as_str()));
-    if !cfg.authenticate(login) {
-        debug!(username = login.map(|l| l.0), "bad user name or password");
-        c.send(&connack(ConnectReturnCode::BadUserNamePassword, None))?;
-        return c.flush().await.map(|()| None);
-    }
+    // Who the client is for `acl`: a verified client certificate's name, which
+    // authenticates it by itself; else the user name `mqtt.credentials` checked (none
+    // when the listener checks no credentials).
+    let user = match &identity {
+        Some(id) => Some(id.as_str()),
+        None if !cfg.authenticate(login) => {
+            debug!(username = login.map(|l| l.0), "bad user name or password");
+            c.send(&connack(ConnectReturnCode::BadUserNamePassword, None))?;
+            return c.flush().await.map(|()| None);
+        }
+        None if cfg.credentials.is_empty() => None,
+        None => login.map(|l| l.0).filter(|u| !u.is_empty()),
+    };
     let mut client_id = connect.client_id.clone();
     let mut assigned = None;
     if client_id.is_empty() {
@@ -390,7 +406,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
     tracing::Span::current().record("client_id", client_id.as_str());
     c.key = Bytes::copy_from_slice(client_id.as_bytes());
-    let grants = Arc::new(cfg.grants(login.map(|l| l.0), &client_id));
+    let grants = Arc::new(cfg.grants(user, &client_id));
     let will = match will {
         Some(w) => {
             let name = String::from_utf8(w.topic.to_vec()).unwrap_or_default();

@@ -150,6 +150,10 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
+    /// PEM CA bundle; when set, clients must present a certificate it signed (mutual
+    /// TLS), and its common name is their user name (`crate::identity`).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// The MQTT over WebSocket listener.
@@ -255,15 +259,12 @@ impl MqttConfig {
         Ok(())
     }
 
-    /// What a client may do under `acl`: `user` is the authenticated user name (`None`
-    /// when anonymous, or when the listener checks no credentials), `client` its id.
+    /// What a client may do under `acl`: `user` is its authenticated user name (`None`:
+    /// anonymous), `client` its id.
     pub(crate) fn grants(&self, user: Option<&str>, client: &str) -> crate::acl::Grants {
         match &self.acl {
             None => crate::acl::Grants::all(),
-            Some(acl) => {
-                let user = user.filter(|u| !u.is_empty() && !self.credentials.is_empty());
-                acl.grants(user, Some(client))
-            }
+            Some(acl) => acl.grants(user, Some(client)),
         }
     }
 
@@ -289,8 +290,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Loads the TLS certificate chain and key.
-pub(crate) fn tls_acceptor(t: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
-    common::tls::acceptor(&t.cert, &t.key, None).map_err(|(_, e)| e)
+pub(crate) fn tls_acceptor(
+    t: &TlsConfig,
+) -> Result<tokio_rustls::TlsAcceptor, (common::tls::Field, TlsError)> {
+    common::tls::acceptor(&t.cert, &t.key, t.client_ca.as_deref())
 }
 
 /// Loads the WebSocket listener's certificate chain and key, if it has them (`wss`).

@@ -228,7 +228,7 @@ async fn accept_loop<F, Fut>(
 /// Plain MQTT.
 async fn serve(listener: TcpListener, spread: Spread, hub: Arc<Hub>) {
     accept_loop("mqtt", listener, spread, hub, |s, peer, hub| {
-        conn::serve(s, peer, hub)
+        conn::serve(s, peer, hub, None)
     })
     .await
 }
@@ -245,7 +245,10 @@ async fn serve_tls(
         async move {
             let timeout = Duration::from_millis(hub.config.connect_timeout_ms);
             match tokio::time::timeout(timeout, acceptor.accept(s)).await {
-                Ok(Ok(tls)) => conn::serve(tls, peer, hub).await,
+                Ok(Ok(tls)) => {
+                    let id = crate::identity::of(&tls);
+                    conn::serve(tls, peer, hub, id).await
+                }
                 Ok(Err(e)) => debug!(%peer, cause = %e, "tls handshake failed"),
                 Err(_) => debug!(%peer, "tls handshake timed out"),
             }
@@ -300,7 +303,7 @@ where
     // over TLS, whichever listener it came from (21.6 KB per idle WebSocket connection,
     // measured with heaptrack, against 6.5 KB for a whole idle TCP connection).
     match tokio::time::timeout(timeout, handshakes).await {
-        Ok(Ok(io)) => Box::pin(conn::serve(io, peer, hub)).await,
+        Ok(Ok(io)) => Box::pin(conn::serve(io, peer, hub, None)).await,
         Ok(Err(e)) => debug!(%peer, cause = %e, "websocket handshake failed"),
         Err(_) => debug!(%peer, "websocket handshake timed out"),
     }
