@@ -5,7 +5,14 @@
 //! (publish, produce, auto-create) and `admin` (create, delete, alter configs, delete
 //! records, add partitions), and filters it is denied (`deny`: none of these, whatever
 //! any rule allows). With no `acl` key every client may do everything; with one, a
-//! client may do only what some rule grants it and no rule denies it. Rules are written in MQTT topic names, and a Kafka
+//! client may do only what some rule grants it and no rule denies it.
+//!
+//! Consumer groups too: `groups` lists the group ids a rule's users may use (join,
+//! commit and fetch offsets, describe, delete; ListGroups shows only those), a literal
+//! or a prefix ending in `*` (Kafka's PREFIXED pattern), `%u` allowed: `["%u-*"]`. MQTT
+//! shared subscriptions `$share/<group>/...` are checked against the same list, so a
+//! group name means the same on both views. Refusals: GROUP_AUTHORIZATION_FAILED (30),
+//! SUBACK 0x87. Rules are written in MQTT topic names, and a Kafka
 //! topic is checked under the MQTT name it maps to (`common::topic`), so a device's MQTT
 //! topics and their Kafka view are governed by the same line. A Kafka name that maps to
 //! no MQTT name (a hashed long name, or one the mapping never produces) is granted only
@@ -48,6 +55,8 @@ pub struct RuleConfig {
     pub admin: Vec<String>,
     #[serde(default)]
     pub deny: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 /// What a client asks to do with a topic.
@@ -74,6 +83,7 @@ pub struct Grants {
     write: Vec<String>,
     admin: Vec<String>,
     deny: Vec<String>,
+    groups: Vec<String>,
 }
 
 impl Acl {
@@ -105,6 +115,10 @@ impl Acl {
                 ("admin", &r.admin),
                 ("deny", &r.deny),
             ];
+            for g in &r.groups {
+                check_group(g)
+                    .map_err(|why| ("acl", format!("entry {i}: groups: pattern {g:?}: {why}")))?;
+            }
             for (what, list) in lists {
                 for f in list {
                     check_filter(f).map_err(|why| {
@@ -133,6 +147,8 @@ impl Acl {
             ] {
                 out.extend(list.iter().filter_map(|f| fill(f, user, client)));
             }
+            g.groups
+                .extend(r.groups.iter().filter_map(|p| fill_group(p, user)));
             // A denied filter whose placeholder has no value for this client denies what
             // it would deny for any value: its placeholder levels match any level.
             g.deny.extend(
@@ -175,6 +191,15 @@ impl Grants {
                 .iter()
                 .any(|f| common::topic::matches(f, name))
                 && !self.denies(name))
+    }
+
+    /// Whether the consumer group (or MQTT share group) `group` may be used.
+    pub fn may_group(&self, group: &str) -> bool {
+        self.all
+            || self.groups.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => group.starts_with(prefix),
+                None => p == group,
+            })
     }
 
     /// Whether a rule denies the MQTT topic `name` to this client (deliveries check it).
@@ -249,6 +274,26 @@ fn fill(f: &str, user: Option<&str>, client: Option<&str>) -> Option<String> {
     Some(out.join("/"))
 }
 
+/// A `groups` pattern: not empty, `*` only as its last character.
+fn check_group(p: &str) -> Result<(), &'static str> {
+    if p.is_empty() {
+        return Err("empty");
+    }
+    if p.trim_end_matches('*').contains('*') || p.ends_with("**") {
+        return Err("* may only end a pattern (a prefix)");
+    }
+    Ok(())
+}
+
+/// A `groups` pattern with `%u` filled in, or `None` for a client without a user name.
+fn fill_group(p: &str, user: Option<&str>) -> Option<String> {
+    if !p.contains("%u") {
+        return Some(p.to_string());
+    }
+    let user = user.filter(|u| !u.is_empty() && !u.contains('*'))?;
+    Some(p.replace("%u", user))
+}
+
 /// `f` with its placeholder levels made `+`.
 fn wild(f: &str) -> String {
     f.split('/')
@@ -293,6 +338,7 @@ mod tests {
             write: write.iter().map(|s| s.to_string()).collect(),
             admin: vec![],
             deny: vec![],
+            groups: vec![],
         }
     }
 
@@ -435,6 +481,32 @@ mod tests {
             .grants(None, None);
         assert!(!g.may_kafka(Op::Write, &long));
         assert!(!g.may_subscribe("a"));
+    }
+
+    #[test]
+    fn groups_by_name_or_prefix_with_the_users_name() {
+        let mut everyone = rule("*", &[], &[]);
+        everyone.groups = vec!["public".into()];
+        let mut alice = rule("alice", &[], &[]);
+        alice.groups = vec!["%u-*".into(), "$shared/team-*".into()];
+        let acl = Acl::new(&[everyone, alice], |u| u == "alice").unwrap();
+        let a = acl.grants(Some("alice"), None);
+        assert!(a.may_group("public"));
+        assert!(!a.may_group("public2"));
+        assert!(a.may_group("alice-etl"));
+        assert!(a.may_group("alice-"));
+        assert!(!a.may_group("bob-etl"));
+        assert!(a.may_group("$shared/team-x"));
+        let anon = acl.grants(None, None);
+        assert!(anon.may_group("public"));
+        assert!(!anon.may_group("-etl"), "no user: %u-* grants nothing");
+        assert!(Grants::all().may_group("anything"));
+        let mut bad = rule("*", &[], &[]);
+        bad.groups = vec!["a*b".into()];
+        assert!(Acl::new(&[bad], |_| false)
+            .unwrap_err()
+            .1
+            .contains("entry 0: groups"));
     }
 
     #[test]

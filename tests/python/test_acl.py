@@ -35,10 +35,11 @@ from test_kafka_security import pki  # noqa: F401
 MQTT_USERS = {"alice": "a-pw", "bob": "b-pw", "root": "r-pw"}
 KAFKA_USERS = {"alice": "a-pw", "root": "r-pw", "sensor": "s-pw"}
 RULES = [
-    {"user": "*", "read": ["public/#"]},
+    # Consumer groups need a grant too: the test clients' groups for everyone.
+    {"user": "*", "read": ["public/#"], "groups": ["g", "pytest-*"]},
     {"user": "alice", "read": ["devices/%u/#", "public/#"],
-     "write": ["devices/%u/%c/up", "devices/%u/shared"]},
-    {"user": "root", "read": ["#"], "write": ["#"], "admin": ["#"]},
+     "write": ["devices/%u/%c/up", "devices/%u/shared"], "groups": ["%u-*"]},
+    {"user": "root", "read": ["#"], "write": ["#"], "admin": ["#"], "groups": ["*"]},
     {"user": "sensor", "write": ["telemetry/#"]},
 ]
 CONFIG = {"mqtt": {"credentials": MQTT_USERS, "allow_anonymous": True},
@@ -292,7 +293,8 @@ DENY_CONFIG = {
     "mqtt": {"credentials": MQTT_USERS, "allow_anonymous": True},
     "acl": [
         # The paho interoperability suite's broker setup: everything but one topic.
-        {"user": "*", "read": ["#"], "write": ["#"], "deny": ["test/nosubscribe"]},
+        {"user": "*", "read": ["#"], "write": ["#"], "deny": ["test/nosubscribe"],
+         "groups": ["*"]},
         {"user": "alice", "deny": ["secret/#"]},
     ],
 }
@@ -525,6 +527,64 @@ def test_one_rule_governs_both_views_of_a_topic(mqtt_cloud):
                                "devices/alice/#"]) == [NOT_AUTHORIZED] * 3
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.cloud_config(CONFIG)
+def test_consumer_groups_need_a_grant_on_both_views(mqtt_cloud):
+    """alice may use the groups `alice-*` (rule `%u-*`) and the everyone-groups: a Kafka
+    consumer group of hers works, another's is refused (GROUP_AUTHORIZATION_FAILED, 30)
+    for joining, listing, describing and deleting; an MQTT shared subscription is
+    checked against the same names."""
+    bs = mqtt_cloud.bootstrap
+    ck_produce(bs, "devices.alice.g", [{"value": b"one"}, {"value": b"two"}], **sasl("root"))
+    root = ck_consumer(bs, group="root-only", **sasl("root"))
+    root.subscribe(["devices.alice.g"])
+    wait_for(lambda: (m := root.poll(0.5)) is not None and m.error() is None, 30,
+             what="root's group to read")
+    root.commit(asynchronous=False)
+    root.close()
+
+    mine = ck_consumer(bs, group="alice-etl", **sasl("alice"))
+    mine.subscribe(["devices.alice.g"])
+    got = []
+    deadline = time.monotonic() + 30
+    while len(got) < 2:
+        assert time.monotonic() < deadline, f"alice's group got {got}"
+        m = mine.poll(0.5)
+        if m is not None and m.error() is None:
+            got.append(m.value())
+    assert got == [b"one", b"two"]
+    mine.commit(asynchronous=False)
+    mine.close()
+
+    theirs = ck_consumer(bs, group="root-only", **sasl("alice"))
+    theirs.subscribe(["devices.alice.g"])
+    errors = []
+    deadline = time.monotonic() + 30
+    while not errors:
+        assert time.monotonic() < deadline, "no error for a group alice may not use"
+        m = theirs.poll(0.5)
+        if m is not None and m.error() is not None:
+            errors.append(m.error())
+        assert m is None or m.error() is not None, f"read {m.value()} in root's group"
+    assert errors[0].code() == KafkaError.GROUP_AUTHORIZATION_FAILED, errors
+    theirs.close()
+
+    admin = ck_admin(bs, **sasl("alice"))
+    listed = {g.group_id for g in admin.list_consumer_groups().result(timeout=30).valid}
+    assert "alice-etl" in listed and "root-only" not in listed, listed
+    with pytest.raises(KafkaException) as e:
+        admin.delete_consumer_groups(["root-only"])["root-only"].result(timeout=30)
+    assert e.value.args[0].code() == KafkaError.GROUP_AUTHORIZATION_FAILED
+    root_admin = ck_admin(bs, **sasl("root"))
+    listed = {g.group_id for g in root_admin.list_consumer_groups().result(timeout=30).valid}
+    assert {"alice-etl", "root-only"} <= listed, "root sees every group; nothing deleted"
+
+    port = mqtt_cloud.mqtt_port
+    a = Client(port, 5, user="alice", client_id="cam1")
+    assert a.subscribe_many(["$share/alice-w/devices/alice/#", "$share/bob-w/devices/alice/#",
+                             "$share/g/public/#"]) == [1, NOT_AUTHORIZED, 1]
+
+
 # ---- configuration ----------------------------------------------------------------------
 
 
@@ -569,8 +629,9 @@ def test_client_certificates_name_the_user_on_both_listeners(cloud_factory, pki)
     cloud = cloud_factory({
         "kafka": {"tls": tls},
         "mqtt": {"tls": {"listen": "127.0.0.1:0", **tls}},
-        "acl": [{"user": "client", "read": ["devices/%u/#"], "write": ["devices/%u/#"]},
-                {"user": "edge", "read": ["#"], "write": ["#"], "admin": ["#"]}]})
+        "acl": [{"user": "client", "read": ["devices/%u/#"], "write": ["devices/%u/#"],
+                 "groups": ["pytest-*"]},
+                {"user": "edge", "read": ["#"], "write": ["#"], "admin": ["#"], "groups": ["*"]}]})
     port = mqtt_port(cloud, "mqtts")
 
     def tls_for(who: str | None) -> dict:
@@ -630,7 +691,7 @@ def test_an_edge_refused_a_topic_keeps_its_records_until_the_rules_allow_it(
     every record of both topics arrives exactly once, in order."""
     users = {"edge": "e-pw", "root": "r-pw"}
     rules = [{"user": "edge", "write": ["plant/ok/#"]},
-             {"user": "root", "read": ["#"], "write": ["#"], "admin": ["#"]}]
+             {"user": "root", "read": ["#"], "write": ["#"], "admin": ["#"], "groups": ["*"]}]
     cloud = cloud_factory({"kafka": {"listen": f"127.0.0.1:{free_port()}",
                                      "sasl": {"users": users}},
                            "acl": rules})

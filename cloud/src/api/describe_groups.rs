@@ -4,16 +4,26 @@ use kafka_protocol::messages::describe_groups_response::{DescribedGroup, Describ
 use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 use kafka_protocol::protocol::StrBytes;
 
+use super::errors;
+use crate::acl::Grants;
 use crate::broker::Broker;
 
 pub(super) fn handle(
     broker: &Broker,
+    grants: &Grants,
     req: DescribeGroupsRequest,
     _version: i16,
 ) -> DescribeGroupsResponse {
     let mut r = DescribeGroupsResponse::default();
     for id in req.groups {
         let mut g = DescribedGroup::default();
+        if !grants.may_group(id.0.as_str()) {
+            g.error_code = errors::GROUP_AUTHORIZATION_FAILED;
+            g.group_id = id;
+            g.authorized_operations = i32::MIN;
+            r.groups.push(g);
+            continue;
+        }
         match broker.groups.describe(id.0.as_str()) {
             Some(view) => {
                 g.group_state = StrBytes::from_static_str(view.state);

@@ -9,6 +9,7 @@ pub(crate) const CORRUPT_MESSAGE: i16 = 2;
 pub(crate) const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 pub(crate) const INVALID_REQUIRED_ACKS: i16 = 21;
 pub(crate) const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+pub(crate) const GROUP_AUTHORIZATION_FAILED: i16 = 30;
 /// The message of a TOPIC_AUTHORIZATION_FAILED answer.
 pub(crate) const NOT_ALLOWED: &str = "not allowed by the broker's acl";
 pub(crate) const UNKNOWN_SERVER_ERROR: i16 = -1;

@@ -4,6 +4,7 @@ use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 
 use super::errors;
+use crate::acl::Grants;
 use crate::broker::{Broker, NODE_ID};
 use kafka_protocol::protocol::StrBytes;
 
@@ -11,6 +12,7 @@ const GROUP: i8 = 0;
 
 pub(super) fn handle(
     broker: &Broker,
+    grants: &Grants,
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
@@ -28,11 +30,21 @@ pub(super) fn handle(
             c.node_id = BrokerId(NODE_ID);
             c.host = host.clone();
             c.port = broker.node.port;
-            c.error_code = code;
+            c.error_code = match code {
+                errors::NONE if !grants.may_group(c.key.as_str()) => {
+                    errors::GROUP_AUTHORIZATION_FAILED
+                }
+                code => code,
+            };
             r.coordinators.push(c);
         }
     } else {
-        r.error_code = code;
+        r.error_code = match code {
+            errors::NONE if !grants.may_group(req.key.as_str()) => {
+                errors::GROUP_AUTHORIZATION_FAILED
+            }
+            code => code,
+        };
         r.node_id = BrokerId(NODE_ID);
         r.host = host;
         r.port = broker.node.port;

@@ -6,17 +6,26 @@ use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse, RequestHeader};
 use kafka_protocol::protocol::StrBytes;
 
+use crate::acl::Grants;
 use crate::broker::Broker;
 use crate::groups::group::JoinRequest;
 use crate::groups::shared;
 
 pub(super) async fn handle(
     broker: &Broker,
+    grants: &Grants,
     req: JoinGroupRequest,
     version: i16,
     h: &RequestHeader,
     host: &str,
 ) -> JoinGroupResponse {
+    if !grants.may_group(req.group_id.0.as_str()) {
+        let mut r = JoinGroupResponse::default();
+        r.error_code = super::errors::GROUP_AUTHORIZATION_FAILED;
+        r.generation_id = -1;
+        r.protocol_name = Some(StrBytes::default());
+        return r;
+    }
     let session = Duration::from_millis(req.session_timeout_ms.max(0) as u64);
     let rebalance = if version >= 1 {
         Duration::from_millis(req.rebalance_timeout_ms.max(0) as u64)

@@ -5,13 +5,24 @@ use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
 use kafka_protocol::protocol::StrBytes;
 
 use super::errors;
+use crate::acl::Grants;
 use crate::broker::Broker;
 
-pub(super) fn handle(broker: &Broker, req: ListGroupsRequest, _version: i16) -> ListGroupsResponse {
+/// Under `acl`, only the groups the client may use are listed (as Kafka lists those it
+/// may describe).
+pub(super) fn handle(
+    broker: &Broker,
+    grants: &Grants,
+    req: ListGroupsRequest,
+    _version: i16,
+) -> ListGroupsResponse {
     let mut r = ListGroupsResponse::default();
     match broker.groups.list() {
         Ok(groups) => {
             for (name, protocol_type, state) in groups {
+                if !grants.may_group(&name) {
+                    continue;
+                }
                 if !req.states_filter.is_empty()
                     && !req
                         .states_filter

@@ -295,19 +295,25 @@ async fn dispatch(broker: &Broker, peer: &mut Peer, req: Request) -> Reply {
             describe_cluster::handle(broker, r, v),
         )),
         RequestKind::FindCoordinator(r) => Reply::message(ResponseKind::FindCoordinator(
-            find_coordinator::handle(broker, r, v),
+            find_coordinator::handle(broker, &peer.grants(broker), r, v),
         )),
         RequestKind::JoinGroup(r) => Reply::message(ResponseKind::JoinGroup(
-            join_group::handle(broker, r, v, h, &peer.host).await,
+            join_group::handle(broker, &peer.grants(broker), r, v, h, &peer.host).await,
         )),
         RequestKind::SyncGroup(r) => Reply::message(ResponseKind::SyncGroup(
-            sync_group::handle(broker, r, v).await,
+            sync_group::handle(broker, &peer.grants(broker), r, v).await,
         )),
         RequestKind::Heartbeat(r) => {
-            Reply::message(ResponseKind::Heartbeat(heartbeat::handle(broker, r, v)))
+            let grants = peer.grants(broker);
+            Reply::message(ResponseKind::Heartbeat(heartbeat::handle(
+                broker, &grants, r, v,
+            )))
         }
         RequestKind::LeaveGroup(r) => {
-            Reply::message(ResponseKind::LeaveGroup(leave_group::handle(broker, r, v)))
+            let grants = peer.grants(broker);
+            Reply::message(ResponseKind::LeaveGroup(leave_group::handle(
+                broker, &grants, r, v,
+            )))
         }
         RequestKind::OffsetCommit(r) => Reply::message(ResponseKind::OffsetCommit(
             offset_commit::handle(broker, &peer.grants(broker), r, v).await,
@@ -316,13 +322,16 @@ async fn dispatch(broker: &Broker, peer: &mut Peer, req: Request) -> Reply {
             offset_fetch::handle(broker, &peer.grants(broker), r, v),
         )),
         RequestKind::ListGroups(r) => {
-            Reply::message(ResponseKind::ListGroups(list_groups::handle(broker, r, v)))
+            let grants = peer.grants(broker);
+            Reply::message(ResponseKind::ListGroups(list_groups::handle(
+                broker, &grants, r, v,
+            )))
         }
         RequestKind::DescribeGroups(r) => Reply::message(ResponseKind::DescribeGroups(
-            describe_groups::handle(broker, r, v),
+            describe_groups::handle(broker, &peer.grants(broker), r, v),
         )),
         RequestKind::DeleteGroups(r) => Reply::message(ResponseKind::DeleteGroups(
-            delete_groups::handle(broker, r, v).await,
+            delete_groups::handle(broker, &peer.grants(broker), r, v).await,
         )),
         RequestKind::InitProducerId(r) => Reply::message(ResponseKind::InitProducerId(
             init_producer_id::handle(broker, r, v).await,

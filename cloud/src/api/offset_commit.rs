@@ -53,6 +53,8 @@ pub(super) async fn handle(
     }
     let code = if group.is_empty() {
         crate::groups::INVALID_GROUP_ID
+    } else if !grants.may_group(&group) {
+        errors::GROUP_AUTHORIZATION_FAILED
     } else {
         match broker
             .groups

@@ -88,7 +88,11 @@ pub(super) fn handle(
                     .collect()
             });
             let mut out = OffsetFetchResponseGroup::default();
-            match lookup(broker, grants, g.group_id.0.as_str(), topics) {
+            let answer = match grants.may_group(g.group_id.0.as_str()) {
+                true => lookup(broker, grants, g.group_id.0.as_str(), topics),
+                false => Err(errors::GROUP_AUTHORIZATION_FAILED),
+            };
+            match answer {
                 Ok(answer) => {
                     for (t, ps) in answer {
                         let mut rt = OffsetFetchResponseTopics::default();
@@ -121,7 +125,11 @@ pub(super) fn handle(
             .map(|t| (t.name.0.to_string(), t.partition_indexes))
             .collect()
     });
-    match lookup(broker, grants, req.group_id.0.as_str(), topics) {
+    let answer = match grants.may_group(req.group_id.0.as_str()) {
+        true => lookup(broker, grants, req.group_id.0.as_str(), topics),
+        false => Err(errors::GROUP_AUTHORIZATION_FAILED),
+    };
+    match answer {
         Ok(answer) => {
             for (t, ps) in answer {
                 let mut rt = OffsetFetchResponseTopic::default();

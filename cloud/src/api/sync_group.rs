@@ -4,15 +4,22 @@
 use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
 use kafka_protocol::protocol::StrBytes;
 
+use crate::acl::Grants;
 use crate::broker::Broker;
 use crate::groups::shared;
 
 pub(super) async fn handle(
     broker: &Broker,
+    grants: &Grants,
     req: SyncGroupRequest,
     _version: i16,
 ) -> SyncGroupResponse {
     let group = req.group_id.0.as_str();
+    if !grants.may_group(group) {
+        let mut r = SyncGroupResponse::default();
+        r.error_code = super::errors::GROUP_AUTHORIZATION_FAILED;
+        return r;
+    }
     let assignments = if shared::is_shared(group) && !req.assignments.is_empty() {
         // Only the leader sends assignments: replace them all. Nothing at all while
         // members hold unacknowledged batches (`shared.rs`, step 5).

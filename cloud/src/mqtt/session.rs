@@ -427,7 +427,10 @@ impl Session {
         let refused: Vec<String> = self
             .subscriptions
             .keys()
-            .filter(|k| !grants.may_subscribe(topic::shared(k).map_or(k.as_str(), |(_, f)| f)))
+            .filter(|k| match topic::shared(k) {
+                Some((g, f)) => !grants.may_subscribe(f) || !grants.may_group(g),
+                None => !grants.may_subscribe(k),
+            })
             .cloned()
             .collect();
         for k in &refused {
@@ -476,13 +479,13 @@ impl Session {
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut added = Vec::new();
         for f in s.filters {
-            let filter = match topic::shared(&f.path) {
+            let (group, filter) = match topic::shared(&f.path) {
                 Some((group, _)) if group.is_empty() || group.contains(['+', '#']) => {
                     codes.push(SubscribeReasonCode::TopicFilterInvalid);
                     continue;
                 }
-                Some((_, filter)) => filter,
-                None => &f.path,
+                Some((group, filter)) => (Some(group), filter),
+                None => (None, f.path.as_str()),
             };
             if f.path.starts_with("$share/") && topic::shared(&f.path).is_none() {
                 codes.push(SubscribeReasonCode::TopicFilterInvalid);
@@ -492,7 +495,9 @@ impl Session {
                 codes.push(SubscribeReasonCode::TopicFilterInvalid);
                 continue;
             }
-            if !self.grants.may_subscribe(filter) {
+            if !self.grants.may_subscribe(filter)
+                || group.is_some_and(|g| !self.grants.may_group(g))
+            {
                 tracing::debug!(client_id = %self.client_id, filter = %f.path, "subscribe refused by acl");
                 codes.push(SubscribeReasonCode::NotAuthorized);
                 continue;

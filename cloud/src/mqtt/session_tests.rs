@@ -657,6 +657,7 @@ fn restricted(v: Version) -> Session {
         write: vec!["a/up".into()],
         admin: vec![],
         deny: vec!["a/secret".into()],
+        groups: vec!["g".into()],
     };
     let acl = crate::acl::Acl::new(&[rule], |u| u == "alice").expect("acl");
     let mut s = session(v);
@@ -675,6 +676,7 @@ fn acl_refuses_filters_outside_the_read_grants_one_by_one() {
                 filter("#", QoS::AtLeastOnce),
                 filter("$share/g/a/#", QoS::AtMostOnce),
                 filter("$share/g/b/#", QoS::AtMostOnce),
+                filter("$share/h/a/#", QoS::AtMostOnce),
             ],
             None,
         );
@@ -690,6 +692,8 @@ fn acl_refuses_filters_outside_the_read_grants_one_by_one() {
                 SubscribeReasonCode::Success(QoS::AtLeastOnce),
                 SubscribeReasonCode::NotAuthorized,
                 SubscribeReasonCode::Success(QoS::AtMostOnce),
+                SubscribeReasonCode::NotAuthorized,
+                // Readable filter, but a share group the rules do not grant.
                 SubscribeReasonCode::NotAuthorized,
             ]
         );
