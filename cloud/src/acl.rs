@@ -215,6 +215,12 @@ impl Grants {
                 && !self.deny.iter().any(|f| covers(f, filter)))
     }
 
+    /// Whether a subscription with the share group `group` (`$share/<group>/<filter>`),
+    /// if any, to `filter` is allowed.
+    pub fn may_subscribe_in(&self, group: Option<&str>, filter: &str) -> bool {
+        self.may_subscribe(filter) && group.is_none_or(|g| self.may_group(g))
+    }
+
     /// Whether `op` is allowed on the Kafka topic `kafka_name` (checked under its MQTT
     /// name; a name without one only under `#`).
     pub fn may_kafka(&self, op: Op, kafka_name: &str) -> bool {

@@ -427,9 +427,10 @@ impl Session {
         let refused: Vec<String> = self
             .subscriptions
             .keys()
-            .filter(|k| match topic::shared(k) {
-                Some((g, f)) => !grants.may_subscribe(f) || !grants.may_group(g),
-                None => !grants.may_subscribe(k),
+            .filter(|k| {
+                let (group, filter) =
+                    topic::shared(k).map_or((None, k.as_str()), |(g, f)| (Some(g), f));
+                !grants.may_subscribe_in(group, filter)
             })
             .cloned()
             .collect();
@@ -495,9 +496,7 @@ impl Session {
                 codes.push(SubscribeReasonCode::TopicFilterInvalid);
                 continue;
             }
-            if !self.grants.may_subscribe(filter)
-                || group.is_some_and(|g| !self.grants.may_group(g))
-            {
+            if !self.grants.may_subscribe_in(group, filter) {
                 tracing::debug!(client_id = %self.client_id, filter = %f.path, "subscribe refused by acl");
                 codes.push(SubscribeReasonCode::NotAuthorized);
                 continue;

@@ -110,17 +110,10 @@ impl Replicator {
                     .await?;
                 if let Some((code, _)) = md.topics.get(topic) {
                     if *code != codes::NONE {
-                        // Counted like a refused Produce: a topic the cluster will not
-                        // let this edge write (29, TOPIC_AUTHORIZATION_FAILED) is
-                        // usually refused here, before any Produce is sent.
-                        self.metrics
-                            .produce_errors
-                            .get_or_create(&vec![("code".to_owned(), code.to_string())])
-                            .inc();
-                        return Err(Error::Rejected {
-                            topic: topic.to_owned(),
-                            code: *code,
-                        });
+                        // A topic the cluster will not let this edge write (29,
+                        // TOPIC_AUTHORIZATION_FAILED) is usually refused here, before
+                        // any Produce is sent.
+                        return Err(self.refused(topic, *code));
                     }
                 }
                 let addr = md
@@ -160,14 +153,7 @@ impl Replicator {
                 .find(|(t, p, _)| t == topic && *p == 0)
                 .map_or(codes::UNKNOWN_TOPIC_OR_PARTITION, |(_, _, c)| *c);
             if code != codes::NONE && code != codes::DUPLICATE_SEQUENCE_NUMBER {
-                self.metrics
-                    .produce_errors
-                    .get_or_create(&vec![("code".to_owned(), code.to_string())])
-                    .inc();
-                refused = Some(Error::Rejected {
-                    topic: topic.to_owned(),
-                    code,
-                });
+                refused = Some(self.refused(topic, code));
                 break;
             }
             if let Some(b) = self.acknowledge_batch(&mut acks, topic, *base) {
@@ -190,6 +176,19 @@ impl Replicator {
             self.metrics.uplink_batches.inc();
         }
         refused.map_or(Ok(()), Err)
+    }
+
+    /// The error that ends the session when the cluster refuses `topic` (at Metadata or
+    /// Produce), counted by code in `edge_uplink_produce_errors_total`.
+    fn refused(&self, topic: &str, code: i16) -> Error {
+        self.metrics
+            .produce_errors
+            .get_or_create(&vec![("code".to_owned(), code.to_string())])
+            .inc();
+        Error::Rejected {
+            topic: topic.to_owned(),
+            code,
+        }
     }
 
     /// Takes the oldest batch of `topic` (the one the broker acknowledged) out of its
