@@ -176,6 +176,10 @@ pub struct CloudConfig {
     pub compression_level: i32,
     /// Largest Produce batch per partition.
     pub batch_max_bytes: usize,
+    /// Largest RecordBatch the brokers accept, encoded and compressed (Kafka's
+    /// `max.message.bytes`): batches are cut under it, and a record that alone would
+    /// exceed it is dropped and counted (`too_large_for_cloud`).
+    pub max_message_bytes: usize,
     /// How long a caught-up replicator waits after the next commit before it reads, so
     /// the records of several group commits travel in one request (Kafka's `linger.ms`).
     pub linger_ms: u64,
@@ -196,6 +200,42 @@ pub struct CloudConfig {
     pub sasl: Option<CloudSasl>,
     /// Which records go first when there is a backlog.
     pub drain: DrainPolicy,
+    /// Create a topic the brokers do not know with CreateTopics (one partition, the
+    /// cluster's default replication factor, `topic_configs`), for clusters that do not
+    /// create topics on Metadata (Kafka's `auto.create.topics.enable=false`).
+    pub create_topics: bool,
+    /// Configs for the topics the edge creates (`retention.ms`, ...). When set, topics
+    /// are created with CreateTopics rather than by Metadata, which would apply the
+    /// broker's defaults.
+    #[serde(deserialize_with = "topic_configs")]
+    pub topic_configs: Vec<(String, String)>,
+}
+
+/// `cloud.topic_configs`: a map of names to scalars, kept as Kafka's strings.
+fn topic_configs<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<(String, String)>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Int(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    let map = BTreeMap::<String, Scalar>::deserialize(d)?;
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Scalar::Text(s) => s,
+                Scalar::Int(i) => i.to_string(),
+                Scalar::Float(f) => f.to_string(),
+                Scalar::Bool(b) => b.to_string(),
+            };
+            (k, v)
+        })
+        .collect())
 }
 
 /// `cloud.tls`: how the uplink verifies the brokers and, optionally, identifies itself.
@@ -399,6 +439,10 @@ impl Default for BufferSection {
     }
 }
 
+/// Kafka's default `max.message.bytes` (topic) and `message.max.bytes` (broker), which
+/// the cloud applies too.
+pub const MAX_MESSAGE_BYTES: usize = 1_048_588;
+
 impl Default for CloudConfig {
     fn default() -> Self {
         CloudConfig {
@@ -407,6 +451,7 @@ impl Default for CloudConfig {
             compression: CompressionName::Zstd,
             compression_level: common::kafka::record_batch::ZSTD_LEVEL,
             batch_max_bytes: 1 << 20,
+            max_message_bytes: MAX_MESSAGE_BYTES,
             linger_ms: 20,
             max_in_flight: 5,
             request_timeout_ms: 30_000,
@@ -416,6 +461,8 @@ impl Default for CloudConfig {
             tls: None,
             sasl: None,
             drain: DrainPolicy::BacklogFirst,
+            create_topics: true,
+            topic_configs: Vec::new(),
         }
     }
 }
@@ -507,6 +554,9 @@ impl Config {
                 ),
             ));
         }
+        if self.cloud.max_message_bytes < 4096 {
+            return Err(("cloud.max_message_bytes", "must be at least 4096".into()));
+        }
         if self.cloud.linger_ms > 10_000 {
             return Err(("cloud.linger_ms", "must be at most 10000".into()));
         }
@@ -566,6 +616,20 @@ mod tests {
         assert!(e.reason.contains("bogus"), "{e}");
         let e = Config::parse("cloud:\n  linger_ms: 60000\n", "e.yaml").unwrap_err();
         assert_eq!(e.key, "cloud.linger_ms");
+        let e = Config::parse("cloud:\n  max_message_bytes: 100\n", "e.yaml").unwrap_err();
+        assert_eq!(e.key, "cloud.max_message_bytes");
+        let e = Config::parse("cloud:\n  topic_configs: {a: [1]}\n", "e.yaml").unwrap_err();
+        assert!(e.key.starts_with("cloud.topic_configs"), "{e}");
+        let c = Config::parse(
+            "cloud:\n  topic_configs: {retention.ms: 3600000, cleanup.policy: delete}\n",
+            "e.yaml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.cloud.topic_configs,
+            [("cleanup.policy", "delete"), ("retention.ms", "3600000")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
         let e = Config::parse("cloud:\n  max_in_flight: 9\n", "e.yaml").unwrap_err();
         assert_eq!(e.key, "cloud.max_in_flight");
         assert!(e.to_string().starts_with("e.yaml: cloud.max_in_flight: "));

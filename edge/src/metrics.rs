@@ -176,7 +176,8 @@ impl Metrics {
         );
         r.register(
             "buffer_dropped_records",
-            "Records dropped by the quota policy, by reason",
+            "Records dropped, by reason: the quota policy (drop_oldest, drop_newest), larger \
+             than the quota (too_large), too large for the cloud (too_large_for_cloud)",
             m.dropped.clone(),
         );
         r.register(

@@ -6,12 +6,13 @@ per-topic order intact, headers and timestamps as the design brief specifies."""
 from __future__ import annotations
 
 import json
+import random
 import time
 
 import pytest
 
 from edge_fixtures import Publisher, edge_factory, free_port  # noqa: F401
-from helpers import ck_read_all, wait_for
+from helpers import ck_admin, ck_read_all, wait_for
 
 TOPICS = ["cam/1", "cam/2", "site_a/temp.x"]
 
@@ -207,3 +208,104 @@ def test_compression_level_trades_cpu_for_uplink_bytes(cloud_factory, edge_facto
         edge.stop()
         cloud.stop()
     assert wire[19] < wire[1], wire
+
+
+@pytest.mark.timeout(240)
+def test_records_too_large_for_the_cloud_are_dropped_and_counted_not_retried_forever(
+        cloud_factory, edge_factory):
+    """The cloud, like Kafka, refuses a RecordBatch over its max.message.bytes (1,048,588
+    by default) with MESSAGE_TOO_LARGE however often it is sent. Camera frames do not
+    compress: two frames of 524,150 bytes made one batch just over that, and a frame of
+    1.5 MB (the edge's MQTT limit raised to 2 MiB) could never fit; either refusal used
+    to stop the uplink for every topic, for good. Now batches are cut under
+    `cloud.max_message_bytes`, a record that alone cannot fit is dropped and counted,
+    and everything else arrives once, in order. A frame as large that compresses fits."""
+    port = free_port()
+    cloud = cloud_factory({"kafka": {"listen": f"127.0.0.1:{port}"}}, start=False)
+    edge = edge_factory({"cloud": {"bootstrap": f"127.0.0.1:{port}"},
+                         "mqtt": {"max_payload_bytes": 2 << 20}})
+    rnd = random.Random(7)
+    cam = [b"first", rnd.randbytes(524_150), rnd.randbytes(524_150),
+           rnd.randbytes(1_500_000), bytes(1_500_000), b"last"]
+    p = Publisher(edge.v4, "camera")
+    for i, frame in enumerate(cam):
+        p.publish("cam/big", frame)
+        p.publish("sensors/t", f"t{i}".encode())
+    wait_for(lambda: len(p.acked) == 2 * len(cam), 30, what="acks while the cloud is down")
+    p.close()
+    cloud.start()
+    wait_for(lambda: edge.metrics().get("edge_backlog_records") == 0, 90,
+             what=lambda: f"backlog to drain: {edge.metrics()}\n{edge.stderr_tail()}")
+    m = edge.metrics()
+    assert m.get('edge_buffer_dropped_records{reason="too_large_for_cloud"}') == 1, m
+    assert not [k for k in m if k.startswith("edge_uplink_produce_errors_total")], m
+    got = [r.value for r in ck_read_all(cloud.bootstrap, "cam.big", timeout=60)]
+    assert [len(v) for v in got] == [len(v) for v in cam[:3] + cam[4:]]
+    assert got == cam[:3] + cam[4:]
+    assert [r.value for r in ck_read_all(cloud.bootstrap, "sensors.t")] == \
+        [f"t{i}".encode() for i in range(len(cam))]
+    assert "record too large for the cloud" in edge.stderr_tail(200)
+
+
+@pytest.mark.timeout(180)
+def test_topics_are_created_on_clusters_that_do_not_auto_create(cloud_factory, edge_factory):
+    """Production Kafka clusters often run with auto.create.topics.enable=false (the
+    cloud's `kafka.auto_create_topics: false` is the same). With `cloud.create_topics:
+    false` the edge's topic is refused (UNKNOWN_TOPIC_OR_PARTITION, counted) and its
+    records wait in the buffer; with the default the edge creates each topic it needs
+    with CreateTopics, `cloud.topic_configs` applied, and every record arrives once, in
+    order."""
+    from confluent_kafka.admin import ConfigResource, ResourceType
+
+    cloud = cloud_factory({"kafka": {"listen": f"127.0.0.1:{free_port()}",
+                                     "auto_create_topics": False}})
+    edge = edge_factory({"cloud": {"bootstrap": cloud.bootstrap, "create_topics": False}})
+    p = Publisher(edge.v4, "plant")
+    for i in range(5):
+        p.publish("plant/a", f"a{i}".encode())
+    wait_for(lambda: edge.metrics().get('edge_uplink_produce_errors_total{code="3"}', 0) >= 2,
+             30, what=lambda: f"refusals counted: {edge.metrics()}")
+    admin = ck_admin(cloud.bootstrap)
+    assert "plant.a" not in admin.list_topics(timeout=10).topics
+    assert edge.metrics()["edge_backlog_records"] == 5
+    p.close()
+    edge.stop()
+
+    edge.config["cloud"]["create_topics"] = True
+    edge.config["cloud"]["topic_configs"] = {"retention.ms": 3600000, "cleanup.policy": "delete"}
+    edge.start()
+    p = Publisher(edge.v4, "plant")
+    for i in range(5, 10):
+        p.publish("plant/a", f"a{i}".encode())
+        p.publish("plant/b", f"b{i}".encode())
+    wait_for(lambda: edge.metrics().get("edge_backlog_records") == 0, 60,
+             what=lambda: f"backlog to drain: {edge.metrics()}\n{edge.stderr_tail()}")
+    assert [r.value for r in ck_read_all(cloud.bootstrap, "plant.a")] == \
+        [f"a{i}".encode() for i in range(10)]
+    assert [r.value for r in ck_read_all(cloud.bootstrap, "plant.b")] == \
+        [f"b{i}".encode() for i in range(5, 10)]
+    for topic in ("plant.a", "plant.b"):
+        res = ConfigResource(ResourceType.TOPIC, topic)
+        configs = admin.describe_configs([res])[res].result(timeout=20)
+        assert configs["retention.ms"].value == "3600000", topic
+        assert len(admin.list_topics(timeout=10).topics[topic].partitions) == 1
+
+
+@pytest.mark.timeout(120)
+def test_topic_configs_apply_where_the_cloud_would_auto_create(cloud_factory, edge_factory):
+    """With `cloud.topic_configs` set the edge creates its topics itself even where the
+    brokers auto-create, which would apply their defaults instead of the configs."""
+    from confluent_kafka.admin import ConfigResource, ResourceType
+
+    cloud = cloud_factory({"kafka": {"listen": f"127.0.0.1:{free_port()}"}})
+    edge = edge_factory({"cloud": {"bootstrap": cloud.bootstrap,
+                                   "topic_configs": {"retention.ms": 7200000}}})
+    p = Publisher(edge.v4, "plant")
+    p.publish("plant/c", b"c0")
+    wait_for(lambda: edge.metrics().get("edge_uplink_records_total") == 1, 30,
+             what=lambda: f"uplinked: {edge.metrics()}\n{edge.stderr_tail()}")
+    res = ConfigResource(ResourceType.TOPIC, "plant.c")
+    admin = ck_admin(cloud.bootstrap)
+    configs = admin.describe_configs([res])[res].result(timeout=20)
+    assert configs["retention.ms"].value == "7200000"
+    assert "created topic" in edge.stderr_tail(100)

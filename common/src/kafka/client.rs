@@ -3,13 +3,15 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, InitProducerIdRequest, MetadataRequest, ProduceResponse, TopicName,
+    ApiKey, BrokerId, CreateTopicsRequest, InitProducerIdRequest, MetadataRequest, ProduceResponse,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::{batch::ProducerState, conn::Connection, produce, Error, ResponseFuture};
+use super::{batch::ProducerState, codes, conn::Connection, produce, Error, ResponseFuture};
 
 /// One partition as Metadata describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +31,8 @@ pub struct Metadata {
     pub brokers: HashMap<i32, String>,
     /// Topic -> (topic error code, partitions).
     pub topics: HashMap<String, (i16, Vec<PartitionMeta>)>,
+    /// The controller's broker id, if the cluster named one.
+    pub controller: Option<i32>,
 }
 
 impl Metadata {
@@ -66,7 +70,10 @@ impl Connection {
             ))
             .with_allow_auto_topic_creation(auto_create);
         let resp = self.send(&req).await?.wait().await?;
-        let mut md = Metadata::default();
+        let mut md = Metadata {
+            controller: (resp.controller_id.0 >= 0).then_some(resp.controller_id.0),
+            ..Metadata::default()
+        };
         for b in resp.brokers {
             md.brokers
                 .insert(b.node_id.0, format!("{}:{}", b.host.as_str(), b.port));
@@ -85,6 +92,41 @@ impl Connection {
             md.topics.insert(name.0.to_string(), (t.error_code, parts));
         }
         Ok(md)
+    }
+
+    /// Creates `topic` with one partition, the cluster's default replication factor and
+    /// `configs` (CreateTopics version 4 and up take -1 for the broker's default), for
+    /// clusters that do not create topics on Metadata. Returns the topic's error code
+    /// (0, or TOPIC_ALREADY_EXISTS when another client was first) and message.
+    pub async fn create_topic(
+        &self,
+        topic: &str,
+        configs: &[(String, String)],
+        timeout_ms: i32,
+    ) -> Result<(i16, Option<String>), Error> {
+        let version = self.version_within(ApiKey::CreateTopics, 4, i16::MAX)?;
+        let configs = (configs.iter())
+            .map(|(k, v)| {
+                CreatableTopicConfig::default()
+                    .with_name(StrBytes::from_string(k.clone()))
+                    .with_value(Some(StrBytes::from_string(v.clone())))
+            })
+            .collect();
+        let req = CreateTopicsRequest::default()
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_num_partitions(1)
+                .with_replication_factor(-1)
+                .with_configs(configs)])
+            .with_timeout_ms(timeout_ms);
+        let resp = self.send_versioned(&req, version).await?.wait().await?;
+        let t = (resp.topics.into_iter())
+            .find(|t| t.name.0.as_str() == topic)
+            .ok_or(Error::Broker {
+                api: "CreateTopics",
+                code: codes::UNKNOWN_SERVER_ERROR,
+            })?;
+        Ok((t.error_code, t.error_message.map(|m| m.to_string())))
     }
 
     /// Obtains a fresh idempotent producer id and epoch.

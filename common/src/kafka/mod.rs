@@ -67,6 +67,8 @@ impl Error {
 
 /// Kafka error codes the client reacts to.
 pub mod codes {
+    /// An error the broker did not classify.
+    pub const UNKNOWN_SERVER_ERROR: i16 = -1;
     /// No error.
     pub const NONE: i16 = 0;
     /// The topic or partition does not exist (yet).
@@ -77,6 +79,12 @@ pub mod codes {
     pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
     /// Request timed out.
     pub const REQUEST_TIMED_OUT: i16 = 7;
+    /// A batch is larger than the topic's `max.message.bytes`.
+    pub const MESSAGE_TOO_LARGE: i16 = 10;
+    /// The client may not use the topic.
+    pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+    /// The topic exists already (CreateTopics).
+    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
     /// Out-of-order sequence number (idempotent producer).
     pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     /// Duplicate sequence number: the batch is already in the log.

@@ -270,8 +270,18 @@ pub struct BufferConfig {
     pub direct_io_backlog_bytes: u64,
 }
 
-/// Drop reasons, used as metric labels.
-pub const DROP_REASONS: [&str; 3] = ["drop_oldest", "drop_newest", "too_large"];
+/// Drop reasons, used as metric labels: the quota policy's two, a record larger than the
+/// whole quota, and a record whose Produce batch would exceed `cloud.max_message_bytes`
+/// (the broker would refuse it with MESSAGE_TOO_LARGE however often it was sent).
+pub const DROP_REASONS: [&str; 4] = [
+    "drop_oldest",
+    "drop_newest",
+    "too_large",
+    "too_large_for_cloud",
+];
+
+/// Index of `too_large_for_cloud` in [`DROP_REASONS`].
+pub const DROPPED_TOO_LARGE_FOR_CLOUD: usize = 3;
 
 /// Counters read by the metrics endpoint.
 #[derive(Debug, Default)]
@@ -281,7 +291,7 @@ pub struct Stats {
     /// Payload+metadata bytes appended.
     pub appended_bytes: AtomicU64,
     /// Dropped records by reason, indexed like [`DROP_REASONS`].
-    pub dropped: [AtomicU64; 3],
+    pub dropped: [AtomicU64; DROP_REASONS.len()],
     /// Corrupt records (or unreadable batches) skipped.
     pub corrupt: AtomicU64,
     /// Group commits (fsyncs).

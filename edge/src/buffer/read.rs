@@ -135,6 +135,14 @@ impl Buffer {
         }
     }
 
+    /// Releases records the cloud will never take (too large for its
+    /// `max.message.bytes`), counting each as dropped `too_large_for_cloud`.
+    pub fn discard_too_large(&self, held: &[Held]) -> Result<(), Error> {
+        self.inner.stats.dropped[super::DROPPED_TOO_LARGE_FOR_CLOUD]
+            .fetch_add(held.len() as u64, Ordering::Relaxed);
+        self.release(held)
+    }
+
     /// Releases records the cloud acknowledged (or that were already acknowledged before
     /// a restart). A batch is deleted once all its records are released.
     ///

@@ -43,13 +43,15 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::kafka::record_batch::Codec;
-use common::kafka::{self, codes, Connection, ProducePartition, ProducerState, ResponseFuture};
+use common::kafka::record_batch::{Codec, Compressor, Writer};
+use common::kafka::{
+    self, codes, Connection, Metadata, ProducePartition, ProducerState, ResponseFuture,
+};
 use kafka_protocol::messages::ProduceResponse;
 
 use crate::backoff::Backoff;
 use crate::buffer::uplink::UplinkWrites;
-use crate::buffer::{Buffer, Held, ReadBatch};
+use crate::buffer::{Buffer, Held, ReadBatch, Record};
 use crate::config::{CloudConfig, CompressionName, DrainPolicy};
 use crate::metrics::Metrics;
 use state::{OutBatch, Placed, State};
@@ -107,6 +109,22 @@ const REQUEST_TARGET_BYTES: usize = 1 << 20;
 /// Largest Produce request (batches as encoded), well under brokers' request limits.
 const REQUEST_MAX_BYTES: usize = 16 << 20;
 
+/// Whether `rec` alone makes a RecordBatch within `cloud.max_message_bytes`, encoded
+/// exactly as the encoder will (only asked of records whose bound says it might not).
+fn fits_alone(
+    rec: &Record,
+    edge_id: &str,
+    cfg: &CloudConfig,
+    producer: ProducerState,
+    codec: Codec,
+) -> bool {
+    let mut w = Writer::default();
+    state::push_record(&mut w, rec, edge_id);
+    let mut zstd = Compressor::with_level(cfg.compression_level);
+    w.finish(producer, 0, codec, &mut zstd)
+        .is_ok_and(|b| b.len() <= cfg.max_message_bytes)
+}
+
 /// Token bucket for the optional bandwidth cap. The burst is a tenth of a second, so even
 /// a short drain after an idle period stays close to the cap (a one-second burst measured
 /// 1.15 x the cap over a five-second drain).
@@ -148,6 +166,8 @@ pub struct Replicator {
     pacer: Option<Pacer>,
     cuts: cuts::Cuts,
     topic_names: TopicNames,
+    /// Stamped on every record (`edge.id`).
+    edge_id: String,
 }
 
 /// Rejections after which the producer identity is renewed: the broker lost or expired
@@ -203,6 +223,7 @@ impl Replicator {
             }),
             cuts: cuts::Cuts::new(&edge_id, level),
             topic_names: TopicNames::default(),
+            edge_id,
         })
     }
 
@@ -391,6 +412,8 @@ impl Replicator {
         // Every descriptor of the cut in one sled write (applied below, before the fsync).
         let mut descriptors = UplinkWrites::default();
         let max_batches = self.cfg.max_in_flight;
+        let max_message = self.cfg.max_message_bytes;
+        let mut too_large = Vec::new();
         let mut jobs: Vec<Job> = Vec::new();
         for (topic, t) in self.state.topics.iter_mut() {
             let mut queued = t.batches.len();
@@ -423,19 +446,38 @@ impl Replicator {
                     break;
                 }
                 let mut recs = Vec::new();
-                let mut bytes = 0;
+                let (mut bytes, mut taken, mut bound) = (0, 0, 0);
                 while let Some(r) = queue.front() {
                     let sz = r.encoded_len();
-                    if !recs.is_empty() && bytes + sz > self.cfg.batch_max_bytes {
+                    let kb = state::kafka_len_bound(r, &self.edge_id);
+                    if !recs.is_empty()
+                        && (bytes + sz > self.cfg.batch_max_bytes
+                            || state::batch_len_bound(bound + kb, compression) > max_message)
+                    {
                         break;
                     }
-                    bytes += sz;
-                    if let Some(r) = queue.pop_front() {
-                        recs.push(r);
+                    let Some(r) = queue.pop_front() else {
+                        break;
+                    };
+                    taken += sz;
+                    if recs.is_empty()
+                        && state::batch_len_bound(kb, compression) > max_message
+                        && !fits_alone(&r, &self.edge_id, &self.cfg, producer, compression)
+                    {
+                        tracing::warn!(topic = %r.topic, bytes = r.payload.len(), max_message_bytes = max_message,
+                            "record too large for the cloud (cloud.max_message_bytes) dropped");
+                        too_large.push(Held::of(&r));
+                        continue;
                     }
+                    bytes += sz;
+                    bound += kb;
+                    recs.push(r);
                 }
-                t.unsent_bytes -= bytes.min(t.unsent_bytes);
-                self.state.unsent_bytes -= bytes.min(self.state.unsent_bytes);
+                t.unsent_bytes -= taken.min(t.unsent_bytes);
+                self.state.unsent_bytes -= taken.min(self.state.unsent_bytes);
+                if recs.is_empty() {
+                    continue;
+                }
                 let seqs: Vec<u64> = recs.iter().map(|r| r.seq).collect();
                 let base = self.buffer.assign_in(&mut descriptors, topic, 0, &seqs)?;
                 assigned = true;
@@ -444,6 +486,9 @@ impl Replicator {
             }
         }
         self.buffer.apply_uplink(descriptors)?;
+        if !too_large.is_empty() {
+            self.buffer.discard_too_large(&too_large)?;
+        }
         let jobs_len = jobs.len();
         if jobs_len == 0 {
             return Ok(0);

@@ -105,16 +105,24 @@ impl Replicator {
         let addr = match known {
             Some(a) => a,
             None => {
-                let md = self
-                    .bounded(s.bootstrap.metadata(&[topic.to_owned()], true))
-                    .await?;
-                if let Some((code, _)) = md.topics.get(topic) {
-                    if *code != codes::NONE {
-                        // A topic the cluster will not let this edge write (29,
-                        // TOPIC_AUTHORIZATION_FAILED) is usually refused here, before
-                        // any Produce is sent.
-                        return Err(self.refused(topic, *code));
-                    }
+                let name = [topic.to_owned()];
+                // With configs of its own, a topic must not be auto-created with the
+                // brokers' defaults first.
+                let auto = self.cfg.topic_configs.is_empty();
+                let mut md = self.bounded(s.bootstrap.metadata(&name, auto)).await?;
+                let code = md.topics.get(topic).map_or(codes::NONE, |(c, _)| *c);
+                if code == codes::UNKNOWN_TOPIC_OR_PARTITION && self.cfg.create_topics {
+                    self.create_topic(s, &md, topic).await?;
+                    md = self.bounded(s.bootstrap.metadata(&name, false)).await?;
+                }
+                match md.topics.get(topic).map_or(codes::NONE, |(c, _)| *c) {
+                    codes::NONE => {}
+                    // A topic being created: the session retries after its backoff.
+                    codes::LEADER_NOT_AVAILABLE => return Err(Error::NoLeader(topic.into())),
+                    // A topic the cluster will not let this edge write (29,
+                    // TOPIC_AUTHORIZATION_FAILED) is usually refused here, before any
+                    // Produce is sent.
+                    code => return Err(self.refused(topic, code)),
                 }
                 let addr = md
                     .leader_addr(topic, 0)
@@ -126,12 +134,45 @@ impl Replicator {
                 addr
             }
         };
-        if let Some(c) = s.conns.get(&addr) {
+        self.connection(s, &addr).await
+    }
+
+    /// The session's connection to the broker at `addr`, opened on first use.
+    async fn connection(&self, s: &mut Session, addr: &str) -> Result<Arc<Connection>, Error> {
+        if let Some(c) = s.conns.get(addr) {
             return Ok(c.clone());
         }
-        let c = Arc::new(s.connector.connect(&addr).await?);
-        s.conns.insert(addr, c.clone());
+        let c = Arc::new(s.connector.connect(addr).await?);
+        s.conns.insert(addr.to_owned(), c.clone());
         Ok(c)
+    }
+
+    /// Creates `topic` (`cloud.create_topics`) on the controller Metadata named (any
+    /// broker forwards it in KRaft clusters; the bootstrap broker if none was named).
+    /// Another client creating it first is success too.
+    async fn create_topic(&self, s: &mut Session, md: &Metadata, topic: &str) -> Result<(), Error> {
+        let conn = match md.controller.and_then(|id| md.brokers.get(&id)) {
+            Some(addr) => self.connection(s, addr).await?,
+            None => s.bootstrap.clone(),
+        };
+        let timeout_ms = i32::try_from(self.cfg.request_timeout_ms).unwrap_or(i32::MAX);
+        let created = conn.create_topic(topic, &self.cfg.topic_configs, timeout_ms);
+        match self.bounded(created).await? {
+            (codes::NONE, _) => {
+                tracing::info!(topic, "created topic");
+                Ok(())
+            }
+            (codes::TOPIC_ALREADY_EXISTS, _) => Ok(()),
+            (code, message) => {
+                tracing::warn!(
+                    topic,
+                    code,
+                    message = message.as_deref().unwrap_or(""),
+                    "the cloud refused to create a topic"
+                );
+                Err(self.refused(topic, code))
+            }
+        }
     }
 
     /// Handles the response to one Produce request: each batch in it is the oldest
@@ -181,6 +222,17 @@ impl Replicator {
     /// The error that ends the session when the cluster refuses `topic` (at Metadata or
     /// Produce), counted by code in `edge_uplink_produce_errors_total`.
     fn refused(&self, topic: &str, code: i16) -> Error {
+        if code == codes::MESSAGE_TOO_LARGE {
+            // Batches are cut under `cloud.max_message_bytes`: this broker's limit for the
+            // topic is lower. Nothing is dropped; the uplink retries until it is raised
+            // or the setting lowered.
+            tracing::error!(
+                topic,
+                max_message_bytes = self.cfg.max_message_bytes,
+                "the cloud refused a batch as too large (MESSAGE_TOO_LARGE): set \
+                 cloud.max_message_bytes to the topic's max.message.bytes"
+            );
+        }
         self.metrics
             .produce_errors
             .get_or_create(&vec![("code".to_owned(), code.to_string())])
