@@ -91,11 +91,12 @@ pub struct KafkaTls {
     pub client_ca: Option<PathBuf>,
 }
 
-/// `kafka.sasl`: SASL/PLAIN users.
+/// `kafka.sasl`: SASL users (PLAIN and SCRAM check the same passwords).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SaslConfig {
-    /// Enabled mechanisms (Kafka's `sasl.enabled.mechanisms`); only `PLAIN` exists.
+    /// Enabled mechanisms (Kafka's `sasl.enabled.mechanisms`): `PLAIN` (the default),
+    /// `SCRAM-SHA-256`, `SCRAM-SHA-512`.
     #[serde(default = "default_mechanisms")]
     pub mechanisms: Vec<String>,
     /// username -> password.
@@ -275,10 +276,15 @@ impl Config {
             if sasl.mechanisms.is_empty() {
                 return Err(("kafka.sasl.mechanisms", "must not be empty".into()));
             }
-            if let Some(m) = sasl.mechanisms.iter().find(|m| m.as_str() != "PLAIN") {
+            if let Some(m) =
+                (sasl.mechanisms.iter()).find(|m| common::kafka::Mechanism::from_name(m).is_none())
+            {
                 return Err((
                     "kafka.sasl.mechanisms",
-                    format!("unsupported mechanism {m:?}; only PLAIN is available"),
+                    format!(
+                        "unsupported mechanism {m:?}; PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 \
+                         are available"
+                    ),
                 ));
             }
         }
@@ -440,7 +446,7 @@ mod tests {
                 "cloud.yaml: kafka.sasl.users:",
             ),
             (
-                "kafka:\n  sasl:\n    mechanisms: [SCRAM-SHA-256]\n    users: {a: b}\n",
+                "kafka:\n  sasl:\n    mechanisms: [PLAIN, GSSAPI]\n    users: {a: b}\n",
                 "cloud.yaml: kafka.sasl.mechanisms:",
             ),
             (

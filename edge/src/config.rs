@@ -287,7 +287,7 @@ impl CloudTls {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CloudSasl {
-    /// Only `PLAIN`.
+    /// `PLAIN` (the default), `SCRAM-SHA-256` or `SCRAM-SHA-512`.
     #[serde(default = "plain")]
     pub mechanism: String,
     /// User name.
@@ -324,19 +324,21 @@ impl CloudConfig {
             ])?);
         }
         if let Some(s) = &self.sasl {
-            if s.mechanism != "PLAIN" {
+            let Some(mechanism) = common::kafka::Mechanism::from_name(&s.mechanism) else {
                 return Err((
                     "cloud.sasl.mechanism",
                     format!(
-                        "unsupported mechanism {:?}; only PLAIN is available",
+                        "unsupported mechanism {:?}; PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 \
+                         are available",
                         s.mechanism
                     ),
                 ));
-            }
+            };
             if s.username.is_empty() {
                 return Err(("cloud.sasl.username", "must not be empty".into()));
             }
-            c.sasl = Some(common::kafka::Plain {
+            c.sasl = Some(common::kafka::Credentials {
+                mechanism,
                 username: s.username.clone(),
                 password: s.password.clone(),
             });

@@ -1,15 +1,19 @@
 //! SASL on the Kafka listener: the per-connection authentication state (no I/O) and
-//! SASL/PLAIN (RFC 4616) verification. The API handlers are `sasl_handshake` and
+//! SASL/PLAIN (RFC 4616) verification; SCRAM's exchange is `common::kafka::scram`. The API handlers are `sasl_handshake` and
 //! `sasl_authenticate`; the gate in `api::handle` consults [`Sasl::admits`].
 //!
 //! As in Kafka: before authentication only ApiVersions, SaslHandshake and
 //! SaslAuthenticate are served, anything else closes the connection; a failed
 //! authentication is answered (SaslAuthenticate error 58) and the connection closed.
 //! SaslHandshake v0 is followed by the token as a bare length-prefixed frame and an
-//! empty frame as the answer (Kafka's pre-KIP-152 framing).
+//! empty frame as the answer (Kafka's pre-KIP-152 framing); SCRAM needs SaslHandshake v1
+//! (its two rounds travel in SaslAuthenticate), which every client that speaks SCRAM
+//! sends.
 
 use std::collections::BTreeMap;
 
+use common::kafka::scram::ScramServer;
+use common::kafka::Mechanism;
 use kafka_protocol::messages::ApiKey;
 
 /// Where a connection is in the SASL exchange.
@@ -22,7 +26,9 @@ pub(crate) enum Sasl {
     /// SaslHandshake v0 done: the next frame is a bare token.
     AwaitRawToken,
     /// SaslHandshake v1 done: the next request must be SaslAuthenticate.
-    AwaitAuthenticate,
+    AwaitAuthenticate(Mechanism),
+    /// SCRAM's first round done: the next SaslAuthenticate carries the client's proof.
+    ScramFinal(Box<ScramServer>),
     /// Authenticated as this user.
     Done(String),
 }
@@ -41,7 +47,7 @@ impl Sasl {
         match self {
             Sasl::Off | Sasl::Done(_) => true,
             Sasl::AwaitRawToken => false,
-            Sasl::Start | Sasl::AwaitAuthenticate => [
+            Sasl::Start | Sasl::AwaitAuthenticate(_) | Sasl::ScramFinal(_) => [
                 ApiKey::ApiVersions as i16,
                 ApiKey::SaslHandshake as i16,
                 ApiKey::SaslAuthenticate as i16,
@@ -148,7 +154,7 @@ mod tests {
         assert!(s.admits(api(ApiKey::ApiVersions)));
         assert!(s.admits(api(ApiKey::SaslHandshake)));
         assert!(!s.admits(api(ApiKey::Metadata)));
-        assert!(!Sasl::AwaitAuthenticate.admits(api(ApiKey::Produce)));
+        assert!(!Sasl::AwaitAuthenticate(Mechanism::Plain).admits(api(ApiKey::Produce)));
         assert!(!Sasl::AwaitRawToken.admits(api(ApiKey::ApiVersions)));
     }
 }

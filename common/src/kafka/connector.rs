@@ -1,10 +1,10 @@
 //! Opening a connection with the listener's security: TCP, then TLS (optional, with a
-//! client certificate for mutual TLS), then ApiVersions, then SASL/PLAIN (optional).
+//! client certificate for mutual TLS), then ApiVersions, then SASL (PLAIN or SCRAM, optional).
 //! The four Kafka security protocols follow: PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL.
 
 use std::time::Duration;
 
-use super::{conn::Connection, sasl::Plain, Error};
+use super::{conn::Connection, sasl::Credentials, Error};
 use crate::tls;
 
 /// How to reach brokers; cheap to clone, shared by every connection of a client.
@@ -14,8 +14,8 @@ pub struct Connector {
     pub client_id: String,
     /// TLS, if the listener speaks it.
     pub tls: Option<tls::Connector>,
-    /// SASL/PLAIN credentials, if the listener requires them.
-    pub sasl: Option<Plain>,
+    /// SASL credentials, if the listener requires them.
+    pub sasl: Option<Credentials>,
     /// Limit for TCP connect, the TLS handshake, ApiVersions and SASL together.
     pub connect_timeout: Duration,
 }

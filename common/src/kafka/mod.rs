@@ -13,12 +13,13 @@ pub mod frame;
 pub mod produce;
 pub mod record_batch;
 pub mod sasl;
+pub mod scram;
 
 pub use batch::{encode_batch, restamp, BatchRecord, ProducerState};
 pub use client::{Metadata, PartitionMeta, ProducePartition};
 pub use conn::{Connection, ResponseFuture};
 pub use connector::Connector;
-pub use sasl::Plain;
+pub use sasl::{Credentials, Mechanism};
 
 use kafka_protocol::messages::ApiKey;
 

@@ -1,27 +1,59 @@
-//! SASL/PLAIN (RFC 4616) for the client: the token and the exchange over a connection
-//! (SaslHandshake v1, then SaslAuthenticate), after ApiVersions as Kafka requires.
+//! SASL for the client: PLAIN (RFC 4616) and SCRAM-SHA-256/512 ([`super::scram`]) over a
+//! connection (SaslHandshake v1, then SaslAuthenticate: one round for PLAIN, two for
+//! SCRAM), after ApiVersions as Kafka requires.
 
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, SaslAuthenticateRequest, SaslHandshakeRequest};
 use kafka_protocol::protocol::StrBytes;
 
+use super::scram::{Scram, ScramClient};
 use super::{conn::Connection, Error};
 
 /// Kafka's SASL_AUTHENTICATION_FAILED.
 pub const SASL_AUTHENTICATION_FAILED: i16 = 58;
 
-/// SASL/PLAIN credentials.
+/// A SASL mechanism the client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    /// `PLAIN`.
+    Plain,
+    /// `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    Scram(Scram),
+}
+
+impl Mechanism {
+    /// The mechanism for a SASL name.
+    pub fn from_name(name: &str) -> Option<Mechanism> {
+        match name {
+            "PLAIN" => Some(Mechanism::Plain),
+            _ => Scram::from_name(name).map(Mechanism::Scram),
+        }
+    }
+
+    /// The SASL name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::Plain => "PLAIN",
+            Mechanism::Scram(s) => s.name(),
+        }
+    }
+}
+
+/// SASL credentials and the mechanism to present them with.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Plain {
+pub struct Credentials {
+    /// The mechanism.
+    pub mechanism: Mechanism,
     /// Authentication identity.
     pub username: String,
     /// Password.
     pub password: String,
 }
 
-impl std::fmt::Debug for Plain {
+impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plain")
+        f.debug_struct("Credentials")
+            .field("mechanism", &self.mechanism)
             .field("username", &self.username)
             .field("password", &"***")
             .finish()
@@ -38,34 +70,52 @@ pub fn plain_token(username: &str, password: &str) -> Bytes {
     Bytes::from(t)
 }
 
-impl Plain {
+impl Credentials {
     /// Authenticates `conn` (which has negotiated API versions).
     pub async fn authenticate(&self, conn: &Connection) -> Result<(), Error> {
-        let fail = |reason: String| Error::Auth(format!("as {:?}: {reason}", self.username));
+        let fail = |reason: String| {
+            Error::Auth(format!(
+                "as {:?} ({}): {reason}",
+                self.username,
+                self.mechanism.name()
+            ))
+        };
         if conn.version_for(ApiKey::SaslAuthenticate).is_err() {
             return Err(fail(
                 "the broker does not offer SaslAuthenticate (SASL not enabled on this listener?)"
                     .into(),
             ));
         }
-        let hs = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
+        let name = self.mechanism.name();
+        let hs = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(name));
         let resp = conn.send_versioned(&hs, 1).await?.wait().await?;
         if resp.error_code != 0 {
             let offered: Vec<&str> = resp.mechanisms.iter().map(|m| m.as_str()).collect();
             return Err(fail(format!(
-                "mechanism PLAIN refused (error {}); broker offers {offered:?}",
+                "mechanism {name} refused (error {}); broker offers {offered:?}",
                 resp.error_code
             )));
         }
-        let req = SaslAuthenticateRequest::default()
-            .with_auth_bytes(plain_token(&self.username, &self.password));
-        let resp = conn.send(&req).await?.wait().await?;
-        if resp.error_code != 0 {
-            let msg = resp
-                .error_message
-                .as_ref()
-                .map_or("no message", |m| m.as_str());
-            return Err(fail(format!("error {}: {msg}", resp.error_code)));
+        let round = |bytes: Vec<u8>| async move {
+            let req = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(bytes));
+            let resp = conn.send(&req).await?.wait().await?;
+            if resp.error_code != 0 {
+                let msg = (resp.error_message.as_ref()).map_or("no message", |m| m.as_str());
+                return Err(fail(format!("error {}: {msg}", resp.error_code)));
+            }
+            Ok(resp.auth_bytes)
+        };
+        match self.mechanism {
+            Mechanism::Plain => {
+                round(plain_token(&self.username, &self.password).to_vec()).await?;
+            }
+            Mechanism::Scram(m) => {
+                let mut c = ScramClient::new(m, &self.username, &self.password);
+                let server_first = round(c.first()).await?;
+                let last = c.finish(&server_first).map_err(|e| fail(e.to_string()))?;
+                let server_final = round(last).await?;
+                c.verify(&server_final).map_err(|e| fail(e.to_string()))?;
+            }
         }
         Ok(())
     }
@@ -80,7 +130,8 @@ mod tests {
         assert_eq!(&plain_token("u", "p")[..], b"\0u\0p");
         let dbg = format!(
             "{:?}",
-            Plain {
+            Credentials {
+                mechanism: Mechanism::Plain,
                 username: "u".into(),
                 password: "secret".into()
             }
