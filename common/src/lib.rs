@@ -5,5 +5,6 @@ pub mod headers;
 pub mod kafka;
 pub mod metrics_http;
 pub mod net;
+pub mod secret;
 pub mod tls;
 pub mod topic;

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use common::kafka::scram::ScramServer;
 use common::kafka::Mechanism;
+use common::secret::constant_time_eq;
 use kafka_protocol::messages::ApiKey;
 
 /// Where a connection is in the SASL exchange.
@@ -97,15 +98,6 @@ pub(crate) fn verify_plain(
         return Err(PlainError::WrongPassword(user.to_owned()));
     }
     Ok(user.to_owned())
-}
-
-/// Compares without an early exit on the first differing byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for (i, x) in a.iter().enumerate() {
-        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
-    }
-    diff == 0
 }
 
 #[cfg(test)]

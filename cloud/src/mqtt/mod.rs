@@ -52,6 +52,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use common::secret::constant_time_eq;
 use serde::Deserialize;
 
 pub(crate) use hub::Hub;
@@ -282,11 +283,6 @@ impl MqttConfig {
                 .is_some_and(|p| constant_time_eq(p.as_bytes(), given.as_bytes())),
         }
     }
-}
-
-/// Compares without an early exit, so timing does not reveal a matching prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Loads the TLS certificate chain and key.

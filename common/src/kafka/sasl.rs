@@ -96,8 +96,8 @@ impl Credentials {
                 resp.error_code
             )));
         }
-        let round = |bytes: Vec<u8>| async move {
-            let req = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(bytes));
+        let round = |bytes: Bytes| async move {
+            let req = SaslAuthenticateRequest::default().with_auth_bytes(bytes);
             let resp = conn.send(&req).await?.wait().await?;
             if resp.error_code != 0 {
                 let msg = (resp.error_message.as_ref()).map_or("no message", |m| m.as_str());
@@ -107,13 +107,13 @@ impl Credentials {
         };
         match self.mechanism {
             Mechanism::Plain => {
-                round(plain_token(&self.username, &self.password).to_vec()).await?;
+                round(plain_token(&self.username, &self.password)).await?;
             }
             Mechanism::Scram(m) => {
                 let mut c = ScramClient::new(m, &self.username, &self.password);
-                let server_first = round(c.first()).await?;
+                let server_first = round(Bytes::from(c.first())).await?;
                 let last = c.finish(&server_first).map_err(|e| fail(e.to_string()))?;
-                let server_final = round(last).await?;
+                let server_final = round(Bytes::from(last)).await?;
                 c.verify(&server_final).map_err(|e| fail(e.to_string()))?;
             }
         }

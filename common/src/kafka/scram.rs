@@ -23,6 +23,8 @@ use base64::Engine;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{digest, hmac, pbkdf2};
 
+use crate::secret::constant_time_eq;
+
 /// Iterations the server asks for (Kafka's default and minimum).
 pub const ITERATIONS: u32 = 4096;
 
@@ -108,7 +110,8 @@ impl Scram {
     }
 }
 
-fn nonce() -> String {
+/// 24 random bytes (nonces, salts).
+fn random() -> [u8; 24] {
     let mut b = [0u8; 24];
     // SystemRandom reads the OS generator; it fails only where there is none.
     if SystemRandom::new().fill(&mut b).is_err() {
@@ -117,7 +120,11 @@ fn nonce() -> String {
             .map_or(0, |d| d.as_nanos());
         b[..16].copy_from_slice(&t.to_le_bytes());
     }
-    B64.encode(b)
+    b
+}
+
+fn nonce() -> String {
+    B64.encode(random())
 }
 
 /// `,`-separated `k=v` attributes of a message, in order.
@@ -264,7 +271,7 @@ fn keys_for(mech: Scram, user: &str, password: &str) -> Keys {
     if let Some(k) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return k.clone();
     }
-    let salt = B64.decode(nonce()).unwrap_or_default();
+    let salt = random().to_vec();
     let iterations = NonZeroU32::new(ITERATIONS).unwrap_or(NonZeroU32::MIN);
     let salted = mech.salted(password, &salt, iterations);
     let k = Keys {
@@ -392,10 +399,6 @@ impl ScramServer {
             format!("v={}", B64.encode(v)).into_bytes(),
         ))
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 #[cfg(test)]
